@@ -1,0 +1,8 @@
+"""resflex: transfer learning of image classifiers with variable input sizes.
+
+One set of weights, many input resolutions: a timm backbone maps any H×W image
+to a feature map, an adaptive pooling head turns that map into a fixed-length
+vector, and the schedule of input resolutions becomes a training knob.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""Dataset sources: each yields train/val(/test) splits of ``(RGB PIL image, label)`` at native size.
+
+A *source* knows its class names and its splits; the data module wraps each
+split so that images are resized to the size the batch sampler chose. Folder
+scanning reuses torchvision's ``ImageFolder`` (class discovery, extensions);
+what is added here is the one-line errors and the seeded train/val split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from resflex.data.images import IMAGE_EXTENSIONS, load_rgb
+from resflex.data.synthetic import SyntheticShapes
+from resflex.errors import DataError
+
+
+class ImageSource:
+    """What the data module needs from a dataset: class names and named splits."""
+
+    classes: Sequence[str]
+    splits: dict[str, Dataset]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class SyntheticSource(ImageSource):
+    """The embedded procedural shapes dataset (see :mod:`resflex.data.synthetic`)."""
+
+    def __init__(
+        self,
+        num_train: int = 2000,
+        num_val: int = 500,
+        num_test: int = 500,
+        seed: int = 0,
+        min_side: int = 40,
+        max_side: int = 112,
+        object_scale: Sequence[float] = (0.25, 0.85),
+    ) -> None:
+        common = dict(min_side=min_side, max_side=max_side, object_scale=object_scale)
+        # distinct seeds per split: the splits share no image
+        self.splits = {
+            "train": SyntheticShapes(num_train, seed=seed * 3 + 0, **common),
+            "val": SyntheticShapes(num_val, seed=seed * 3 + 1, **common),
+        }
+        if num_test > 0:
+            self.splits["test"] = SyntheticShapes(num_test, seed=seed * 3 + 2, **common)
+        self.classes = SyntheticShapes.classes
+
+
+def _scan_folder(path: Path, key: str) -> ImageFolder:
+    try:
+        return ImageFolder(str(path), loader=load_rgb, extensions=IMAGE_EXTENSIONS)
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"{key}: no images found under {path} ({exc})",
+            hint="expected <root>/train/<class_name>/<image files>",
+        ) from None
+
+
+class ImageFolderSource(ImageSource):
+    """``root/train/<class>/*``, optional ``root/val/`` and ``root/test/``.
+
+    Without ``val/``, a seeded ``val_fraction`` of ``train/`` becomes validation.
+    Class names come from ``train/``; ``val/`` and ``test/`` must use the same ones.
+    """
+
+    def __init__(self, root: str | None, val_fraction: float = 0.1, seed: int = 0) -> None:
+        if not root:
+            raise DataError(
+                "data.root is not set", hint="pass data.root=/path/to/folder (with train/<class>/ inside)"
+            )
+        base = Path(root).expanduser()
+        if not base.is_dir():
+            raise DataError(
+                f"data.root does not exist: {base}", hint="check the path; expected <root>/train/<class>/"
+            )
+        if not any(base.iterdir()):
+            raise DataError(f"data.root is empty: {base}", hint="expected <root>/train/<class>/<images>")
+        train_dir = base / "train"
+        if not train_dir.is_dir():
+            raise DataError(
+                f"data.root has no train/ folder: {base}", hint="expected <root>/train/<class>/<images>"
+            )
+        train = _scan_folder(train_dir, "data.root")
+        self.classes = list(train.classes)
+        self.splits: dict[str, Dataset] = {}
+        val_dir = base / "val"
+        if val_dir.is_dir():
+            val = _scan_folder(val_dir, "data.root (val/)")
+            self._check_same_classes(val, "val")
+            self.splits = {"train": train, "val": val}
+        else:
+            if not 0 < val_fraction < 1:
+                raise DataError(
+                    f"data.val_fraction must be in (0, 1) when there is no val/ folder, got {val_fraction}"
+                )
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+            n_val = max(1, round(len(train) * val_fraction))
+            if n_val >= len(train):
+                raise DataError(f"too few images in {train_dir} to split off a validation set ({len(train)})")
+            self.splits = {"train": Subset(train, order[n_val:]), "val": Subset(train, order[:n_val])}
+        test_dir = base / "test"
+        if test_dir.is_dir():
+            test = _scan_folder(test_dir, "data.root (test/)")
+            self._check_same_classes(test, "test")
+            self.splits["test"] = test
+
+    def _check_same_classes(self, split: ImageFolder, name: str) -> None:
+        if list(split.classes) != list(self.classes):
+            missing = sorted(set(self.classes) ^ set(split.classes))
+            raise DataError(
+                f"{name}/ has different class folders than train/: {missing[:5]}",
+                hint="use the same class folder names in every split",
+            )

@@ -1,0 +1,76 @@
+"""User-facing errors: one line that names the cause, plus a hint.
+
+Everything a user can get wrong (a config value, a path, a file) raises
+:class:`ConfigError` or :class:`DataError`. The command-line entry points catch
+these and print ``error: <cause> (hint: <hint>)`` without a traceback, unless
+``HYDRA_FULL_ERROR=1`` asks for the full trace. Internal bugs are *not* wrapped:
+they keep their traceback so they can be fixed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ResflexError(Exception):
+    """Base class for errors caused by user input; carries an optional hint."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+        return " ".join(text.split())
+
+
+class ConfigError(ResflexError, ValueError):
+    """A configuration value is invalid (unknown name, out of range, wrong type)."""
+
+
+class DataError(ResflexError, OSError):
+    """A dataset path or file is missing, empty, or unreadable."""
+
+
+def full_error_requested() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR", "0") not in ("", "0")
+
+
+@contextmanager
+def user_errors_as_one_line(exit_code: int = 2) -> Iterator[None]:
+    """Turn :class:`ResflexError` into ``error: ...`` on stderr and ``SystemExit``.
+
+    Hydra wraps exceptions raised inside the task; we unwrap the chain to find
+    the user-facing cause so that the message is the same however deep it came from.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        cause = find_user_error(exc)
+        if cause is None or full_error_requested():
+            raise
+        print(f"error: {cause.one_line()}", file=sys.stderr)
+        raise SystemExit(exit_code) from None
+
+
+def find_user_error(exc: BaseException | None) -> ResflexError | None:
+    """Walk ``__cause__`` / ``__context__`` to find the first :class:`ResflexError`."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ResflexError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def call_with_one_line_errors(fn: Callable[[], T], exit_code: int = 2) -> T:
+    with user_errors_as_one_line(exit_code):
+        return fn()

@@ -1,0 +1,98 @@
+"""timm backbones as feature extractors that return a spatial map for any input size.
+
+``TimmBackbone(x)`` always returns ``(B, C, h, w)``: CNNs already do; ViTs built
+with ``dynamic_img_size=True`` return tokens, which are reshaped here (prefix
+tokens dropped) so the same pooling heads serve both; NHWC models (Swin and
+friends) are permuted. Model names, weights and normalisation constants come
+from timm's registry and pretrained configs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from resflex.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`ConfigError` with close timm names when ``name`` is not a timm architecture."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"backbone.name must be a timm model name, got {name!r}")
+    architecture = name.split(".", 1)[0]  # "resnet18.a1_in1k" -> "resnet18"
+    if timm.is_model(architecture):
+        return
+    candidates = timm.list_models()
+    close = difflib.get_close_matches(architecture, candidates, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models('*pattern*') for names"
+    raise ConfigError(f"unknown backbone {name!r} (backbone.name)", hint=hint)
+
+
+class TimmBackbone(nn.Module):
+    """A timm model without its classifier, returning a (B, C, h, w) feature map."""
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        weights: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_model_name(name)
+        kwargs = dict(model_kwargs or {})
+        if weights:
+            # A local weights file: timm loads it through the model's own pretrained
+            # filter (key remapping, classifier removal) exactly like hub weights.
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+            pretrained = True
+        self.name = name
+        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        self.num_features: int = int(self.model.num_features)
+        self.num_prefix_tokens: int = int(getattr(self.model, "num_prefix_tokens", 0))
+        self.patch_embed = getattr(self.model, "patch_embed", None)
+        self.output_fmt: str = str(getattr(self.model, "output_fmt", "NCHW"))
+        config = timm.data.resolve_data_config({}, model=self.model)
+        self.mean: tuple[float, ...] = tuple(config.get("mean", IMAGENET_MEAN))
+        self.std: tuple[float, ...] = tuple(config.get("std", IMAGENET_STD))
+
+    @property
+    def reduction(self) -> int:
+        """Total stride from input pixels to the final feature map (32 for ResNets, 16 for ViT-B/16)."""
+        info = getattr(self.model, "feature_info", None)
+        if info:
+            last = info[-1] if isinstance(info, list) else info.info[-1]
+            return int(last.get("reduction", 32))
+        if self.patch_embed is not None:
+            return int(max(self.patch_embed.patch_size))
+        return 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.model.forward_features(x)
+        if features.ndim == 3:
+            return self._tokens_to_map(features, x.shape[-2:])
+        if self.output_fmt == "NHWC":
+            return features.permute(0, 3, 1, 2)
+        return features
+
+    def _tokens_to_map(self, tokens: torch.Tensor, image_size: torch.Size) -> torch.Tensor:
+        """(B, prefix + h*w, C) tokens -> (B, C, h, w), using the patch grid of this input."""
+        patch_tokens = tokens[:, self.num_prefix_tokens :]
+        if self.patch_embed is not None and hasattr(self.patch_embed, "dynamic_feat_size"):
+            h, w = self.patch_embed.dynamic_feat_size((int(image_size[0]), int(image_size[1])))
+        else:
+            h = w = math.isqrt(patch_tokens.shape[1])
+        if h * w != patch_tokens.shape[1]:
+            raise RuntimeError(
+                f"cannot reshape {patch_tokens.shape[1]} tokens of {self.name} to a {h}x{w} grid; "
+                "build the ViT with dynamic_img_size=True"
+            )
+        return patch_tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)

@@ -1,0 +1,29 @@
+"""Backbone → pooling head → dropout → linear: the model every resflex run trains."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from resflex.models.backbone import TimmBackbone
+from resflex.models.pooling import PoolingHead
+
+
+class ImageClassifier(nn.Module):
+    """Classifies images of any size: the pooling head fixes the feature length."""
+
+    def __init__(self, backbone: TimmBackbone, pooling: PoolingHead, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.num_features = pooling.out_features(backbone.num_features)
+        self.head = nn.Linear(self.num_features, num_classes)
+        self.num_classes = num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> pooled (B, D)."""
+        return self.pooling(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.forward_features(x)))

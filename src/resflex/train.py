@@ -1,0 +1,199 @@
+"""The Hydra task: ``python scripts/train.py [overrides]``.
+
+Reads top to bottom as the experiment's story: seed → data → model →
+callbacks/loggers → trainer → fit → test → record. Every object is built by
+``hydra.utils.instantiate`` from the composed config, which Hydra saves in
+``<run>/.hydra/config.yaml``; the run folder also gets TensorBoard events,
+``checkpoints/`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from resflex.config import CONFIG_DIR, check_group_choices
+from resflex.data.datamodule import ResflexDataModule
+from resflex.errors import ResflexError, find_user_error, full_error_requested, user_errors_as_one_line
+from resflex.models.classifier import ImageClassifier
+from resflex.training.module import ClassificationModule
+from resflex.training.results import (
+    collect_metrics,
+    flat_hparams,
+    log_hparams_with_metrics,
+    write_metrics_json,
+)
+
+log = logging.getLogger("resflex")
+FAILED_JOBS: list[str] = []
+
+
+def quiet_library_noise() -> None:
+    """Drop messages that are advertising or about choices resflex made on purpose."""
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡")
+    )
+
+
+def resolve_precision(precision: Any) -> Any:
+    """``auto``: bf16 mixed precision on a GPU that supports it, full fp32 otherwise."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
+    schedule = instantiate(cfg.resolution)
+    source = instantiate(cfg.data.source)
+    loader = cfg.data.loader
+    return ResflexDataModule(
+        source=source,
+        schedule=schedule,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=loader.get("eval_batch_size"),
+        num_workers=cfg.data.num_workers,
+        pin_memory=loader.pin_memory,
+        persistent_workers=loader.persistent_workers,
+        prefetch_factor=loader.prefetch_factor,
+        augment=OmegaConf.to_container(cfg.data.augment, resolve=True),
+        eval_crop_pct=cfg.data.eval_crop_pct,
+        seed=cfg.seed,
+    )
+
+
+def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
+    backbone = instantiate(cfg.backbone)
+    pooling = instantiate(cfg.pooling)
+    model = ImageClassifier(backbone, pooling, num_classes=num_classes, dropout=cfg.model.dropout)
+    return ClassificationModule(
+        model=model,
+        optimizer=instantiate(cfg.optimizer),
+        warmup_epochs=cfg.scheduler.warmup_epochs,
+        min_lr_ratio=cfg.scheduler.min_lr_ratio,
+        label_smoothing=cfg.model.label_smoothing,
+        channels_last=cfg.model.channels_last,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer_cfg, dict)
+    trainer_cfg.pop("_target_", None)
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
+    return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=loggers or False)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment; returns the record also written to ``metrics.json``."""
+    output_dir = Path(cfg.paths.output_dir)
+    record: dict[str, Any] = {"status": "running", "output_dir": str(output_dir)}
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        record["overrides"] = list(hc.overrides.task)
+        record["choices"] = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    started = time.time()
+    quiet_library_noise()
+    trainer: pl.Trainer | None = None
+    fit_metrics: dict[str, Any] = {}
+    try:
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = build_datamodule(cfg)
+        module = build_module(cfg, datamodule.num_classes)
+        trainer = build_trainer(cfg)
+        log.info(
+            "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        fit_metrics = collect_metrics(trainer)  # trainer.test() replaces callback_metrics
+        if trainer.interrupted:
+            record["status"] = "interrupted"
+        else:
+            record["status"] = "completed"
+            if cfg.get("test_after_fit") and datamodule.has_split("test"):
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+                trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
+    except BaseException as exc:
+        user_error = find_user_error(exc)
+        record["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        record["error"] = (
+            user_error.one_line() if user_error else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        )
+        raise
+    finally:
+        record["wall_time_s"] = round(time.time() - started, 2)
+        throughput = {}
+        if trainer is not None:
+            throughput = next((c.last for c in trainer.callbacks if hasattr(c, "last")), {})
+            ckpt = trainer.checkpoint_callback
+            if ckpt is not None and getattr(ckpt, "best_model_score", None) is not None:
+                record["best"] = {"val/acc": float(ckpt.best_model_score), "checkpoint": ckpt.best_model_path}
+        record["metrics"] = {**fit_metrics, **collect_metrics(trainer, throughput)}
+        write_metrics_json(output_dir / "metrics.json", record)
+        if trainer is not None and record["status"] == "completed":
+            choices = record.get("choices", {})
+            log_hparams_with_metrics(trainer, flat_hparams(cfg, choices), record["metrics"])
+    log.info("finished: %s", {k: v for k, v in record["metrics"].items() if "/" in k and "step" not in k})
+    return record
+
+
+def _task(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if not multirun:
+        with user_errors_as_one_line():
+            record = train(cfg)
+        return record["metrics"].get("val/acc")
+    # In a sweep, a failing job is recorded and the sweep goes on with the next one.
+    try:
+        record = train(cfg)
+        return record["metrics"].get("val/acc")
+    except Exception as exc:
+        if full_error_requested():
+            raise
+        user_error = find_user_error(exc)
+        cause = user_error.one_line() if user_error else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        job = HydraConfig.get().job.override_dirname or str(HydraConfig.get().job.num)
+        FAILED_JOBS.append(job)
+        log.error("job %s failed: %s", job, cause)
+        print(f"error: job {job} failed: {cause}", file=sys.stderr)
+        return None
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_entry(cfg: DictConfig) -> float | None:
+    return _task(cfg)
+
+
+def main() -> None:
+    """Console entry point: validates group choices, runs Hydra, exits with the number of failed jobs."""
+    try:
+        check_group_choices(sys.argv[1:])
+    except ResflexError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _hydra_entry()
+    if FAILED_JOBS:
+        print(f"{len(FAILED_JOBS)} job(s) failed: {', '.join(FAILED_JOBS)}", file=sys.stderr)
+        raise SystemExit(min(len(FAILED_JOBS), 125))
+
+
+if __name__ == "__main__":
+    main()
