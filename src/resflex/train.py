@@ -9,10 +9,13 @@ callbacks/loggers → trainer → fit → test → record. Every object is built
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from resflex.config import CONFIG_DIR, check_group_choices
 from resflex.data.datamodule import ResflexDataModule
-from resflex.errors import ResflexError, find_user_error, full_error_requested, user_errors_as_one_line
+from resflex.errors import (
+    ConfigError,
+    ResflexError,
+    find_user_error,
+    full_error_requested,
+    user_errors_as_one_line,
+)
+from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
+from resflex.sweeps import register_resolvers
+from resflex.training.distributed import ddp_job_scope
+from resflex.training.finetune import Finetuning, build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.results import (
     collect_metrics,
@@ -38,6 +52,7 @@ from resflex.training.results import (
 
 log = logging.getLogger("resflex")
 FAILED_JOBS: list[str] = []
+register_resolvers()  # ${resflex.job_dir:...} names sweep job folders (configs/hydra/default.yaml)
 
 
 def quiet_library_noise() -> None:
@@ -48,6 +63,28 @@ def quiet_library_noise() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡")
     )
+
+
+def check_finite(metrics: Mapping[str, Any]) -> None:
+    """A diverged run (NaN/inf loss) is a failure, not a result: say so in one line."""
+    for key in ("train/loss", "val/loss"):
+        value = metrics.get(key)
+        if value is not None and not math.isfinite(float(value)):
+            raise ConfigError(
+                f"training diverged: {key} is {float(value)}",
+                hint="lower optimizer.lr or set trainer.gradient_clip_val",
+            )
+
+
+def is_global_zero(trainer: pl.Trainer | None) -> bool:
+    """Rank 0 of a distributed run (or a single process); before the trainer exists, from the environment."""
+    return trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def resolve_precision(precision: Any) -> Any:
@@ -75,25 +112,49 @@ def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
         augment=OmegaConf.to_container(cfg.data.augment, resolve=True),
         eval_crop_pct=cfg.data.eval_crop_pct,
         seed=cfg.seed,
+        eval_resolutions=_plain_list(OmegaConf.select(cfg, "eval.resolutions", default=None)),
     )
+
+
+def _plain_list(value: Any) -> Any:
+    """ListConfig -> list (anything else is passed on, for the data module to reject with the key named)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_list(value) else value
+
+
+def build_optimizer_factory(cfg: DictConfig) -> Any:
+    """``optimizer`` minus resflex's own key ``scale_lr_with_world_size`` (not a torch.optim argument)."""
+    spec = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    assert isinstance(spec, dict)
+    spec.pop("scale_lr_with_world_size", None)
+    return instantiate(spec)
 
 
 def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
     backbone = instantiate(cfg.backbone)
     pooling = instantiate(cfg.pooling)
     model = ImageClassifier(backbone, pooling, num_classes=num_classes, dropout=cfg.model.dropout)
+    init_head_from_checkpoint(model)  # backbone.init_from + backbone.init_head=true: pooling and head too
+    finetune = OmegaConf.select(cfg, "finetune", default=None)
     return ClassificationModule(
         model=model,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=build_optimizer_factory(cfg),
         warmup_epochs=cfg.scheduler.warmup_epochs,
         min_lr_ratio=cfg.scheduler.min_lr_ratio,
         label_smoothing=cfg.model.label_smoothing,
         channels_last=cfg.model.channels_last,
+        finetune=OmegaConf.to_container(finetune, resolve=True) if finetune is not None else None,
+        compile=OmegaConf.select(cfg, "model.compile", default=False),
+        compile_mode=OmegaConf.select(cfg, "model.compile_mode", default=None),
+        compile_dynamic=OmegaConf.select(cfg, "model.compile_dynamic", default=None),
+        scale_lr_with_world_size=OmegaConf.select(cfg, "optimizer.scale_lr_with_world_size", default=False),
     )
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    finetune = OmegaConf.select(cfg, "finetune", default=None)
+    # freezing / unfreezing / BatchNorm modes and parameter counts (configs/finetune/)
+    callbacks.append(instantiate(finetune) if finetune is not None else build_finetuning(None))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer_cfg, dict)
@@ -124,6 +185,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         fit_metrics = collect_metrics(trainer)  # trainer.test() replaces callback_metrics
+        check_finite(trainer.callback_metrics)
         if trainer.interrupted:
             record["status"] = "interrupted"
         else:
@@ -140,6 +202,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         record["wall_time_s"] = round(time.time() - started, 2)
+        if trainer is not None:
+            finetuning = next((c for c in trainer.callbacks if isinstance(c, Finetuning)), None)
+            if finetuning is not None and finetuning.param_counts:
+                record["params"] = dict(finetuning.param_counts)
         throughput = {}
         if trainer is not None:
             throughput = next((c.last for c in trainer.callbacks if hasattr(c, "last")), {})
@@ -147,8 +213,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if ckpt is not None and getattr(ckpt, "best_model_score", None) is not None:
                 record["best"] = {"val/acc": float(ckpt.best_model_score), "checkpoint": ckpt.best_model_path}
         record["metrics"] = {**fit_metrics, **collect_metrics(trainer, throughput)}
-        write_metrics_json(output_dir / "metrics.json", record)
-        if trainer is not None and record["status"] == "completed":
+        if is_global_zero(trainer):  # metrics are synced across ranks; one writer per run folder
+            write_metrics_json(output_dir / "metrics.json", record)
+        if trainer is not None and trainer.is_global_zero and record["status"] == "completed":
             choices = record.get("choices", {})
             log_hparams_with_metrics(trainer, flat_hparams(cfg, choices), record["metrics"])
     log.info("finished: %s", {k: v for k, v in record["metrics"].items() if "/" in k and "step" not in k})
@@ -162,16 +229,20 @@ def _task(cfg: DictConfig) -> float | None:
             record = train(cfg)
         return record["metrics"].get("val/acc")
     # In a sweep, a failing job is recorded and the sweep goes on with the next one.
+    # ddp_job_scope: strategy=ddp launches this job's ranks into this job's folder (docs/scaling.md).
+    hc = HydraConfig.get()
     try:
-        record = train(cfg)
+        with ddp_job_scope(hc.runtime.output_dir, list(hc.overrides.task), hc.job.config_name):
+            record = train(cfg)
         return record["metrics"].get("val/acc")
     except Exception as exc:
         if full_error_requested():
             raise
         user_error = find_user_error(exc)
         cause = user_error.one_line() if user_error else f"{type(exc).__name__}: {exc}".splitlines()[0]
-        job = HydraConfig.get().job.override_dirname or str(HydraConfig.get().job.num)
+        job = Path(HydraConfig.get().runtime.output_dir).name  # the job's folder: named by what differs
         FAILED_JOBS.append(job)
+        release_memory()  # an OOM job must not take the next job's memory with it
         log.error("job %s failed: %s", job, cause)
         print(f"error: job {job} failed: {cause}", file=sys.stderr)
         return None
@@ -189,7 +260,15 @@ def main() -> None:
     except ResflexError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         raise SystemExit(2) from None
-    _hydra_entry()
+    # configs/hydra/launcher/submitit_*.yaml deliberately share the plugin's names (its schema checks them)
+    warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema with the same name")
+    try:
+        _hydra_entry()
+    except SystemExit as exc:
+        # the sweeper itself gave up after failed jobs (Optuna with no completed trial):
+        # Hydra has printed why; the exit code still counts the failed jobs
+        if not FAILED_JOBS or exc.code in (None, 0):
+            raise
     if FAILED_JOBS:
         print(f"{len(FAILED_JOBS)} job(s) failed: {', '.join(FAILED_JOBS)}", file=sys.stderr)
         raise SystemExit(min(len(FAILED_JOBS), 125))

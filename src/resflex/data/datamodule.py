@@ -2,12 +2,17 @@
 
 Training batches come from :class:`ResolutionBatchSampler` (one size per
 batch, chosen by the schedule); evaluation batches use the schedule's
-``eval_size``. Each item is decoded once and resized once in the worker, and
-batches stay uint8 until the LightningModule moves them to the device.
+``eval_size``, plus one extra val/test loader per size in
+``eval.resolutions`` (:attr:`ResflexDataModule.eval_sizes` maps a
+``dataloader_idx`` to its size). Each item is decoded once and resized once in
+the worker, and batches stay uint8 until the LightningModule moves them to the
+device. With ``geometry=keep_aspect`` every loader batches by aspect-ratio
+bucket (image sizes are read once per split, headers only).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,27 +20,66 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from resflex.data.buckets import assign_buckets, image_sizes
 from resflex.data.datasets import ImageSource
-from resflex.data.resolution import ResolutionSchedule, Size
+from resflex.data.resolution import ResolutionSchedule, Size, parse_size
 from resflex.data.sampler import ResolutionBatchSampler
 from resflex.data.transforms import EvalTransform, TrainTransform
 from resflex.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 class SizedDataset(Dataset):
-    """Wraps a ``(PIL image, label)`` dataset; ``dataset[(i, h, w)] -> (uint8 (3, h, w), label)``."""
+    """Wraps a ``(PIL image, label)`` dataset; ``dataset[(i, h, w)] -> (uint8 (3, h, w), label)``.
 
-    def __init__(self, base: Dataset, transform: TrainTransform | EvalTransform) -> None:
+    ``dataset[(i, h, w, phase)]`` uses ``phase_transforms[phase]`` instead (FixRes'
+    final phase: the train transform with weaker crops).
+    """
+
+    def __init__(
+        self,
+        base: Dataset,
+        transform: TrainTransform | EvalTransform,
+        phase_transforms: dict[str, TrainTransform] | None = None,
+    ) -> None:
         self.base = base
         self.transform = transform
+        self.phase_transforms = phase_transforms or {}
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
-        index, h, w = item
+    def __getitem__(self, item: tuple) -> tuple[torch.Tensor, int]:
+        index, h, w = item[:3]
+        transform = self.phase_transforms[item[3]] if len(item) > 3 else self.transform
         image, label = self.base[index]
-        return self.transform(image, (h, w)), label
+        return transform(image, (h, w)), label
+
+
+class ScheduleLengthSync(pl.Callback):
+    """Keeps Lightning's batches-per-epoch in step with a schedule whose epoch length varies.
+
+    Lightning reads ``len(train_dataloader)`` once; with multigrid or batch
+    scaling the number of steps changes from epoch to epoch (the sampler
+    re-plans each epoch). The data module adds this callback in that case.
+    """
+
+    def __init__(self, sampler: ResolutionBatchSampler) -> None:
+        self.sampler = sampler
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = self.sampler.num_batches(self.sampler.epoch)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            n = min(n, limit)
+        elif limit is not None and float(limit) < 1.0:
+            n = max(1, int(n * float(limit)))
+        trainer.fit_loop.max_batches = n
+        if trainer.fit_loop._combined_loader is not None:
+            trainer.fit_loop._combined_loader.limits = [n]
+        if isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0:
+            trainer.val_check_batch = n
 
 
 class ResflexDataModule(pl.LightningDataModule):
@@ -52,6 +96,7 @@ class ResflexDataModule(pl.LightningDataModule):
         augment: dict[str, Any] | None = None,
         eval_crop_pct: float = 1.0,
         seed: int = 0,
+        eval_resolutions: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -67,6 +112,13 @@ class ResflexDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.prefetch_factor = prefetch_factor if num_workers > 0 else None
         self.train_transform = TrainTransform(**(augment or {}))
+        self.phase_transforms = {
+            name: TrainTransform(**{**(augment or {}), **dict(overrides)})
+            for name, overrides in schedule.augment_phases.items()
+        }
+        self.eval_sizes = self._eval_sizes(schedule.eval_size, eval_resolutions or [])
+        self._bucket_cache: dict[str, list[int]] = {}
+        self._resume: dict[str, Any] | None = None
         self.eval_transform = EvalTransform(crop_pct=eval_crop_pct)
         self.seed = seed
         self._loaders: dict[str, DataLoader] = {}
@@ -78,6 +130,28 @@ class ResflexDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.source.classes)
+
+    @staticmethod
+    def _eval_sizes(main: Size, extra: Sequence[int | Sequence[int]]) -> list[Size]:
+        """Loader sizes: the main eval size first (``val/acc``), then each extra size once."""
+        if isinstance(extra, int | str):
+            raise ConfigError(
+                f"eval.resolutions must be a list of sizes, got {extra!r}", hint="eval.resolutions=[32,64]"
+            )
+        sizes = [main]
+        for value in extra:
+            try:
+                size = parse_size(value, "eval.resolutions")
+            except ConfigError as exc:
+                raise ConfigError(exc.message, hint="e.g. eval.resolutions=[32,48,64]") from None
+            if size not in sizes:
+                sizes.append(size)
+        return sizes
+
+    def setup(self, stage: str) -> None:
+        """Bind the schedule to the run length (epoch-based schedules need ``trainer.max_epochs``)."""
+        if self.trainer is not None:
+            self.schedule.bind(self.trainer.max_epochs)
 
     def has_split(self, split: str) -> bool:
         return split in self.source.splits
@@ -93,7 +167,8 @@ class ResflexDataModule(pl.LightningDataModule):
         key = f"{split}@{size}"
         if key not in self._loaders:
             transform = self.train_transform if split == "train" else self.eval_transform
-            dataset = SizedDataset(self.source.splits[split], transform)
+            phases = self.phase_transforms if split == "train" else None
+            dataset = SizedDataset(self.source.splits[split], transform, phases)
             rank, world = self._rank_and_world()
             sampler = ResolutionBatchSampler(
                 num_samples=len(dataset),
@@ -105,6 +180,7 @@ class ResflexDataModule(pl.LightningDataModule):
                 rank=rank,
                 world_size=world,
                 fixed_size=size,
+                buckets=self._buckets(split),
             )
             self._loaders[key] = DataLoader(
                 dataset,
@@ -116,11 +192,65 @@ class ResflexDataModule(pl.LightningDataModule):
             )
         return self._loaders[key]
 
+    def _buckets(self, split: str) -> list[int] | None:
+        """Aspect-ratio bucket of every image of ``split`` (keep_aspect only; computed once)."""
+        if self.schedule.geometry != "keep_aspect":
+            return None
+        if split not in self._bucket_cache:
+            sizes = image_sizes(self.source.splits[split])
+            self._bucket_cache[split] = assign_buckets(sizes, self.schedule.aspect_ratios)
+        return self._bucket_cache[split]
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, size=None)
+        # overfit_batches: the same first batches every epoch (Lightning would swap in a
+        # SequentialSampler, but it cannot see inside this batch sampler)
+        overfit = self.trainer is not None and bool(self.trainer.overfit_batches)
+        loader = self._loader("train", shuffle=not overfit, size=None)
+        sampler = loader.batch_sampler
+        assert isinstance(sampler, ResolutionBatchSampler)
+        self._follow_trainer(sampler)
+        return loader
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False, size=self.schedule.eval_size)
+    def _follow_trainer(self, sampler: ResolutionBatchSampler) -> None:
+        """Resume position and epoch-length sync with the trainer.
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, size=self.schedule.eval_size)
+        Lightning builds the train iterator (and prefetches from it) before it
+        restores the loops from a checkpoint and before it calls ``set_epoch``;
+        so the position saved by :meth:`state_dict` is applied here, while the
+        sampler has not started the epoch yet.
+        """
+        if self._resume is not None:
+            epoch, step = int(self._resume.get("epoch", 0)), int(self._resume.get("step", 0))
+            if step >= sampler.num_batches(epoch):  # saved at the end of an epoch: the next one
+                epoch, step = epoch + 1, 0
+            sampler.set_epoch(epoch)
+            sampler.set_start_step(step)
+            log.info("train sampler resumes at epoch %d, step %d", epoch, step)
+            self._resume = None
+        trainer = self.trainer
+        synced = trainer is None or any(isinstance(c, ScheduleLengthSync) for c in trainer.callbacks)
+        if sampler.varies_per_epoch and not synced:
+            trainer.callbacks.append(ScheduleLengthSync(sampler))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the sampler's epoch and the batches the trainer finished in it."""
+        trainer = self.trainer
+        loader = self._loaders.get("train@None")
+        if trainer is None or loader is None:
+            return {}
+        sampler = loader.batch_sampler
+        return {"epoch": sampler.epoch, "step": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning calls this before it builds the train loader of a resumed run."""
+        self._resume = dict(state_dict) if state_dict else None
+
+    def _eval_loaders(self, split: str) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader(split, shuffle=False, size=size) for size in self.eval_sizes]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("test")

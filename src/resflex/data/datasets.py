@@ -2,7 +2,7 @@
 
 A *source* knows its class names and its splits; the data module wraps each
 split so that images are resized to the size the batch sampler chose. Folder
-scanning reuses torchvision's ``ImageFolder`` (class discovery, extensions);
+scanning reuses torchvision's ``DatasetFolder`` (class discovery, extensions);
 what is added here is the one-line errors and the seeded train/val split.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Subset
-from torchvision.datasets import ImageFolder
+from torchvision.datasets import DatasetFolder
 
 from resflex.data.images import IMAGE_EXTENSIONS, load_rgb
 from resflex.data.synthetic import SyntheticShapes
@@ -55,9 +55,9 @@ class SyntheticSource(ImageSource):
         self.classes = SyntheticShapes.classes
 
 
-def _scan_folder(path: Path, key: str) -> ImageFolder:
+def _scan_folder(path: Path, key: str) -> DatasetFolder:
     try:
-        return ImageFolder(str(path), loader=load_rgb, extensions=IMAGE_EXTENSIONS)
+        return DatasetFolder(str(path), loader=load_rgb, extensions=IMAGE_EXTENSIONS)
     except FileNotFoundError as exc:
         raise DataError(
             f"{key}: no images found under {path} ({exc})",
@@ -113,7 +113,7 @@ class ImageFolderSource(ImageSource):
             self._check_same_classes(test, "test")
             self.splits["test"] = test
 
-    def _check_same_classes(self, split: ImageFolder, name: str) -> None:
+    def _check_same_classes(self, split: DatasetFolder, name: str) -> None:
         if list(split.classes) != list(self.classes):
             missing = sorted(set(self.classes) ^ set(split.classes))
             raise DataError(

@@ -1,17 +1,42 @@
-"""Input-resolution schedules: answer "which (h, w) for this training step?".
+"""Input-resolution schedules: answer "which (h, w) and batch size for this training step?".
 
 A schedule is a pure function of (epoch, step) — plus its own seed where it is
 random — so every DDP rank and every resumed run picks the same size for the
-same step. ``eval_size`` is the size validation runs at by default.
+same step. Epoch-based schedules (progressive, multigrid, fixres) need the
+length of training: the data module calls :meth:`ResolutionSchedule.bind` with
+``trainer.max_epochs`` in ``setup()``; tests call it directly.
+
+=============  ===========================================================
+fixed          one size (the baseline)
+progressive    FFCV-style low -> high ramp over epochs, rounded to ``multiple``,
+               optional final phase at ``final_size``
+random         a random size per batch from ``sizes`` (optional ``probs``)
+multigrid      Wu et al.: long cycles over epochs and/or short cycles over
+               steps of (size, batch size) with pixels per batch ~constant
+fixres         Touvron et al.: train at ``size``, then the last
+               ``final_epochs`` at ``test_size`` with weaker crop augmentation
+=============  ===========================================================
+
+Common knobs (every schedule): ``eval_size``, ``geometry`` (``square`` or
+``keep_aspect``: aspect-ratio buckets, see :mod:`resflex.data.buckets`),
+``multiple`` (sides are rounded to it), ``aspect_ratios`` (bucket centres, w/h),
+``batch_scaling`` (+ ``reference_size``, ``max_batch_size``): grow the batch when
+the size shrinks so that pixels per batch stay ~constant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 from resflex.errors import ConfigError
 
 Size = tuple[int, int]
+GEOMETRIES = ("square", "keep_aspect")
+DEFAULT_ASPECTS = (0.5, 0.75, 1.0, 1.333, 2.0)
 
 
 def parse_size(value: int | Sequence[int], key: str = "resolution.size") -> Size:
@@ -29,39 +54,391 @@ def parse_size(value: int | Sequence[int], key: str = "resolution.size") -> Size
     return int(h), int(w)
 
 
-class ResolutionSchedule:
-    """Base class: subclasses implement :meth:`size_at`."""
+def round_to(value: float, multiple: int) -> int:
+    """Nearest multiple of ``multiple`` (never below ``multiple`` itself)."""
+    return max(multiple, math.floor(value / multiple + 0.5) * multiple)
 
+
+def _check_int(value: Any, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class ResolutionSchedule:
+    """Base class: subclasses implement :meth:`size_at` (and :meth:`train_sizes`)."""
+
+    #: True when :meth:`size_at` depends on the number of epochs (then :meth:`bind` is required).
+    needs_max_epochs = False
+
+    def __init__(
+        self,
+        eval_size: int | Sequence[int] | None = None,
+        geometry: str = "square",
+        multiple: int = 8,
+        aspect_ratios: Sequence[float] = DEFAULT_ASPECTS,
+        batch_scaling: bool = False,
+        reference_size: int | Sequence[int] | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
+        if geometry not in GEOMETRIES:
+            raise ConfigError(
+                f"resolution.geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}",
+                hint="resolution.geometry=keep_aspect",
+            )
+        self.geometry = geometry
+        self.multiple = _check_int(multiple, "resolution.multiple", 1)
+        ratios = [float(a) for a in aspect_ratios]
+        if not ratios or any(not math.isfinite(a) or a <= 0 for a in ratios):
+            raise ConfigError(
+                f"resolution.aspect_ratios must be positive numbers (w/h), got {aspect_ratios!r}"
+            )
+        self.aspect_ratios = tuple(sorted(ratios))
+        self.batch_scaling = bool(batch_scaling)
+        self._reference_size = (
+            parse_size(reference_size, "resolution.reference_size") if reference_size is not None else None
+        )
+        if max_batch_size is not None:
+            _check_int(max_batch_size, "resolution.max_batch_size", 1)
+        self.max_batch_size = max_batch_size
+        self._eval_size = parse_size(eval_size, "resolution.eval_size") if eval_size is not None else None
+        self.max_epochs: int | None = None
+
+    # ---- binding to the run ----------------------------------------------
+    def bind(self, max_epochs: int | None) -> ResolutionSchedule:
+        """Tell the schedule how long training is (``trainer.max_epochs``); returns ``self``."""
+        if max_epochs is not None and max_epochs > 0:
+            self.max_epochs = int(max_epochs)
+        elif self.needs_max_epochs:
+            raise ConfigError(
+                f"resolution={type(self).__name__} needs trainer.max_epochs (got {max_epochs!r})",
+                hint="set trainer.max_epochs=N (a schedule over epochs cannot run on max_steps alone)",
+            )
+        return self
+
+    def _epochs(self) -> int:
+        if self.max_epochs is None:
+            raise RuntimeError(f"{type(self).__name__}.bind(max_epochs) must be called before use")
+        return self.max_epochs
+
+    # ---- what a step gets ------------------------------------------------
     def size_at(self, epoch: int, step: int) -> Size:
         raise NotImplementedError
 
-    @property
-    def eval_size(self) -> Size:
+    def train_sizes(self) -> list[Size]:
+        """Every size training can use (for the plot's train-size mark, warm-up, memory checks)."""
         raise NotImplementedError
 
+    def augment_at(self, epoch: int, step: int) -> str | None:
+        """Name of the augmentation phase for this step (a key of :attr:`augment_phases`), or None."""
+        return None
+
+    @property
+    def augment_phases(self) -> Mapping[str, Mapping[str, Any]]:
+        """Per phase, the overrides for the train transform's arguments (e.g. ``scale``)."""
+        return {}
+
+    @property
+    def reference_size(self) -> Size:
+        """The size at which the configured ``data.batch_size`` applies under batch scaling."""
+        return self._reference_size or max(self.train_sizes(), key=lambda s: s[0] * s[1])
+
+    def batch_size_at(self, epoch: int, step: int, batch_size: int) -> int:
+        """``batch_size`` unless batch scaling is on: then scaled by reference pixels / step pixels."""
+        if not self.batch_scaling:
+            return batch_size
+        return self._scaled_batch(self.size_at(epoch, step), batch_size)
+
+    def _scaled_batch(self, size: Size, batch_size: int) -> int:
+        ref_h, ref_w = self.reference_size
+        scaled = int(batch_size * (ref_h * ref_w) / (size[0] * size[1]) + 1e-9)
+        if self.max_batch_size is not None:
+            scaled = min(scaled, self.max_batch_size)
+        return max(1, scaled)
+
+    @property
+    def varies_batch_size(self) -> bool:
+        """True when steps per epoch can change from epoch to epoch (the sampler then re-plans)."""
+        return self.batch_scaling and len(set(self.train_sizes())) > 1
+
+    @property
+    def eval_size(self) -> Size:
+        return self._eval_size or max(self.train_sizes(), key=lambda s: s[0] * s[1])
+
     def sizes(self) -> list[Size]:
-        """Every size this schedule can return (for warm-up, memory checks and logging)."""
-        return [self.eval_size]
+        """Every size this schedule can return, training and evaluation."""
+        return sorted({*self.train_sizes(), self.eval_size})
+
+    # ---- geometry ----------------------------------------------------------
+    def shape_for(self, size: Size, aspect: float) -> Size:
+        """``keep_aspect``: an (h, w) with w/h ~ ``aspect`` and h*w ~ the pixels of ``size``."""
+        if self.geometry == "square" or aspect == 1.0:
+            return size
+        pixels = size[0] * size[1]
+        h = math.sqrt(pixels / aspect)
+        return round_to(h, self.multiple), round_to(h * aspect, self.multiple)
+
+    def _describe(self, **fields: Any) -> str:
+        text = ", ".join(f"{k}={v}" for k, v in fields.items())
+        return f"{type(self).__name__}({text}, eval_size={self.eval_size}, geometry={self.geometry})"
 
 
 class FixedResolution(ResolutionSchedule):
     """One size for every step."""
 
-    def __init__(self, size: int | Sequence[int] = 64, eval_size: int | Sequence[int] | None = None):
+    def __init__(self, size: int | Sequence[int] = 64, **common: Any) -> None:
+        super().__init__(**common)
         self.size = parse_size(size)
-        self._eval_size = (
-            parse_size(eval_size, "resolution.eval_size") if eval_size is not None else self.size
-        )
 
     def size_at(self, epoch: int, step: int) -> Size:
         return self.size
 
-    @property
-    def eval_size(self) -> Size:
-        return self._eval_size
-
-    def sizes(self) -> list[Size]:
-        return sorted({self.size, self._eval_size})
+    def train_sizes(self) -> list[Size]:
+        return [self.size]
 
     def __repr__(self) -> str:
-        return f"FixedResolution(size={self.size}, eval_size={self._eval_size})"
+        return self._describe(size=self.size)
+
+
+class ProgressiveResolution(ResolutionSchedule):
+    """FFCV-style ramp: ``start_size`` until ``start_epoch``, linear to ``end_size`` at ``end_epoch``.
+
+    Sizes are rounded to ``multiple`` (FFCV uses 32 on ImageNet; the stride of
+    the backbone is the natural choice). ``end_epoch=None`` ends the ramp on the
+    last epoch before the final phase. ``final_epochs`` > 0 adds a final phase
+    at ``final_size`` (default ``end_size``), e.g. the test size, FixRes-like.
+    """
+
+    needs_max_epochs = True
+
+    def __init__(
+        self,
+        start_size: int | Sequence[int] = 32,
+        end_size: int | Sequence[int] = 64,
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        final_size: int | Sequence[int] | None = None,
+        final_epochs: int = 0,
+        **common: Any,
+    ) -> None:
+        super().__init__(**common)
+        self.start_size = parse_size(start_size, "resolution.start_size")
+        self.end_size = parse_size(end_size, "resolution.end_size")
+        self.start_epoch = _check_int(start_epoch, "resolution.start_epoch")
+        self.end_epoch = None if end_epoch is None else _check_int(end_epoch, "resolution.end_epoch")
+        if self.end_epoch is not None and self.end_epoch < self.start_epoch:
+            raise ConfigError(
+                f"resolution.end_epoch ({end_epoch}) must be >= resolution.start_epoch ({start_epoch})"
+            )
+        self.final_size = parse_size(final_size, "resolution.final_size") if final_size is not None else None
+        self.final_epochs = _check_int(final_epochs, "resolution.final_epochs")
+
+    def _ramp_end(self) -> int:
+        if self.end_epoch is not None:
+            return self.end_epoch
+        return max(self.start_epoch, self._epochs() - self.final_epochs - 1)
+
+    def size_at(self, epoch: int, step: int) -> Size:
+        if self.final_epochs and epoch >= self._epochs() - self.final_epochs:
+            return self.final_size or self.end_size
+        start, end = self.start_epoch, self._ramp_end()
+        if epoch <= start:
+            return self.start_size
+        if epoch >= end:
+            return self.end_size
+        t = (epoch - start) / (end - start)
+        pairs = zip(self.start_size, self.end_size, strict=True)
+        return tuple(round_to(a + t * (b - a), self.multiple) for a, b in pairs)  # type: ignore[return-value]
+
+    def train_sizes(self) -> list[Size]:
+        if self.max_epochs is None:
+            sizes = {self.start_size, self.end_size}
+        else:
+            sizes = {self.size_at(e, 0) for e in range(self.max_epochs)}
+        if self.final_epochs:
+            sizes.add(self.final_size or self.end_size)
+        return sorted(sizes)
+
+    @property
+    def eval_size(self) -> Size:
+        return self._eval_size or self.final_size or self.end_size
+
+    def __repr__(self) -> str:
+        return self._describe(
+            start=self.start_size, end=self.end_size, epochs=(self.start_epoch, self.end_epoch),
+            final=(self.final_size, self.final_epochs),
+        )  # fmt: skip
+
+
+class RandomResolution(ResolutionSchedule):
+    """Multi-scale training: each step a size drawn from ``sizes`` (weights ``probs``).
+
+    The draw is seeded by (seed, epoch, step) alone, so it needs no state and
+    is the same on every rank and after a resume. ``eval_size`` defaults to the
+    largest size.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int | Sequence[int]] = (32, 48, 64),
+        probs: Sequence[float] | None = None,
+        seed: int = 0,
+        **common: Any,
+    ) -> None:
+        super().__init__(**common)
+        if isinstance(sizes, int | str) or not sizes:
+            raise ConfigError(
+                f"resolution.sizes must be a non-empty list, got {sizes!r}",
+                hint="resolution.sizes=[32,48,64]",
+            )
+        self.size_choices = [parse_size(s, "resolution.sizes") for s in sizes]
+        if probs is None:
+            self.probs = np.full(len(self.size_choices), 1.0 / len(self.size_choices))
+        else:
+            p = np.asarray(list(probs), dtype=np.float64)
+            if p.shape != (len(self.size_choices),):
+                raise ConfigError(
+                    f"resolution.probs has {p.size} entries, resolution.sizes has {len(self.size_choices)}",
+                    hint="give one probability per size, or probs=null for uniform",
+                )
+            if not np.all(np.isfinite(p)) or np.any(p < 0) or abs(p.sum() - 1.0) > 1e-6:
+                raise ConfigError(
+                    f"resolution.probs must be >= 0 and sum to 1, got {list(probs)} (sum {p.sum():g})",
+                    hint="e.g. resolution.probs=[0.25,0.25,0.5]",
+                )
+            self.probs = p
+        self.seed = _check_int(seed, "resolution.seed")
+
+    def size_at(self, epoch: int, step: int) -> Size:
+        rng = np.random.default_rng([self.seed, epoch, step])
+        return self.size_choices[int(rng.choice(len(self.size_choices), p=self.probs))]
+
+    def train_sizes(self) -> list[Size]:
+        return sorted({s for s, p in zip(self.size_choices, self.probs, strict=True) if p > 0})
+
+    def mean_pixels(self) -> float:
+        """Expected pixels per image (to compare against a fixed run at the same cost)."""
+        return float(sum(p * h * w for (h, w), p in zip(self.size_choices, self.probs, strict=True)))
+
+    def __repr__(self) -> str:
+        return self._describe(sizes=self.size_choices, probs=[round(float(p), 4) for p in self.probs])
+
+
+class MultigridResolution(ResolutionSchedule):
+    """Multigrid training (Wu et al., 2020): cycles of (size, batch size) at ~constant pixels per batch.
+
+    *Long cycle*: the epochs before the final phase are split into
+    ``long_cycles`` cycles, each stepping through ``long_factors`` (side
+    factors of ``size``, small to large). *Short cycle*: within an epoch the
+    step index cycles through ``short_factors`` (applied on top of the long
+    factor). The last ``final_epochs`` run at ``size`` without cycles, as in the
+    paper. The batch size scales by (size / side)^2, capped by ``max_batch_size``.
+    """
+
+    needs_max_epochs = True
+
+    def __init__(
+        self,
+        size: int | Sequence[int] = 64,
+        long_factors: Sequence[float] = (0.5, 0.71, 1.0),
+        short_factors: Sequence[float] = (0.71, 1.0),
+        long_cycles: int = 1,
+        final_epochs: int = 1,
+        **common: Any,
+    ) -> None:
+        common.setdefault("batch_scaling", True)
+        super().__init__(**common)
+        self.size = parse_size(size)
+        for key, factors in (("long_factors", long_factors), ("short_factors", short_factors)):
+            if any(not 0 < float(f) <= 4 for f in factors):
+                raise ConfigError(f"resolution.{key} must be side factors in (0, 4], got {list(factors)}")
+        self.long_factors = tuple(float(f) for f in long_factors) or (1.0,)
+        self.short_factors = tuple(float(f) for f in short_factors) or (1.0,)
+        self.long_cycles = _check_int(long_cycles, "resolution.long_cycles", 1)
+        self.final_epochs = _check_int(final_epochs, "resolution.final_epochs")
+
+    def _scaled(self, factor: float) -> Size:
+        return tuple(round_to(v * factor, self.multiple) for v in self.size)  # type: ignore[return-value]
+
+    def long_factor(self, epoch: int) -> float | None:
+        """The long-cycle factor for ``epoch``; None in the final phase."""
+        cycled = self._epochs() - self.final_epochs
+        if epoch >= cycled or cycled <= 0:
+            return None
+        cycle_len = cycled / self.long_cycles
+        position = (epoch % cycle_len) / cycle_len if cycle_len > 0 else 0.0
+        return self.long_factors[min(int(position * len(self.long_factors)), len(self.long_factors) - 1)]
+
+    def size_at(self, epoch: int, step: int) -> Size:
+        long = self.long_factor(epoch)
+        if long is None:
+            return self.size
+        return self._scaled(long * self.short_factors[step % len(self.short_factors)])
+
+    def train_sizes(self) -> list[Size]:
+        sizes = {self._scaled(lf * sf) for lf in self.long_factors for sf in self.short_factors}
+        return sorted(sizes | {self.size})
+
+    @property
+    def reference_size(self) -> Size:
+        return self._reference_size or self.size
+
+    @property
+    def eval_size(self) -> Size:
+        return self._eval_size or self.size
+
+    def __repr__(self) -> str:
+        return self._describe(size=self.size, long=self.long_factors, short=self.short_factors)
+
+
+class FixResResolution(ResolutionSchedule):
+    """FixRes (Touvron et al., 2019): train at ``size``, fine-tune the last ``final_epochs`` at ``test_size``.
+
+    Random-resized crops make objects look larger in training than in a centre
+    crop at test time, so a net trained at ``size`` is best tested at a larger
+    size; the final phase adapts it to ``test_size`` with the *test-time*
+    pre-processing, i.e. a much weaker crop: the train transform gets
+    ``final_augment`` (default ``scale: [0.8, 1.0]``) merged over ``data.augment``.
+    The paper also freezes all but the classifier and the last norm layers in
+    that phase; that is the fine-tuning options' job, not the schedule's.
+    """
+
+    needs_max_epochs = True
+    PHASE = "fixres"
+
+    def __init__(
+        self,
+        size: int | Sequence[int] = 48,
+        test_size: int | Sequence[int] = 64,
+        final_epochs: int = 1,
+        final_augment: Mapping[str, Any] | None = None,
+        **common: Any,
+    ) -> None:
+        super().__init__(**common)
+        self.size = parse_size(size)
+        self.test_size = parse_size(test_size, "resolution.test_size")
+        self.final_epochs = _check_int(final_epochs, "resolution.final_epochs")
+        self.final_augment = dict(final_augment if final_augment is not None else {"scale": [0.8, 1.0]})
+
+    def _in_final(self, epoch: int) -> bool:
+        return self.final_epochs > 0 and epoch >= self._epochs() - self.final_epochs
+
+    def size_at(self, epoch: int, step: int) -> Size:
+        return self.test_size if self._in_final(epoch) else self.size
+
+    def augment_at(self, epoch: int, step: int) -> str | None:
+        return self.PHASE if self._in_final(epoch) else None
+
+    @property
+    def augment_phases(self) -> Mapping[str, Mapping[str, Any]]:
+        return {self.PHASE: self.final_augment}
+
+    def train_sizes(self) -> list[Size]:
+        return sorted({self.size, self.test_size} if self.final_epochs else {self.size})
+
+    @property
+    def eval_size(self) -> Size:
+        return self._eval_size or self.test_size
+
+    def __repr__(self) -> str:
+        return self._describe(size=self.size, test_size=self.test_size, final_epochs=self.final_epochs)

@@ -1,25 +1,77 @@
-"""A batch sampler that gives every batch one target size: ``[(index, h, w), ...]``.
+"""A batch sampler that gives every batch one target size: ``[(index, h, w[, phase]), ...]``.
 
-Why not ``timm.data.ScheduledBatchSampler``? It chooses a transform per batch
-from a fixed list with constant/progressive *probabilities*; resflex schedules
-are functions of (epoch, step) (FFCV-style ramps, FixRes phases, multigrid
-cycles) and must stay exact across DDP ranks and mid-epoch resumes. So the
-size comes from a :class:`~resflex.data.resolution.ResolutionSchedule`, and the
-sample order is a seeded permutation per epoch, sharded by rank like
-``DistributedSampler`` (padding by repeating the first indices so every rank
-gets the same number of batches).
+The dataset (:class:`resflex.data.datamodule.SizedDataset`) decodes each image
+once and resizes it straight to (h, w) in the worker; ``phase`` (FixRes' final
+phase) selects a variant of the train transform.
+
+How an epoch is planned (a pure function of (seed, epoch), so every DDP rank
+and a resumed run agree):
+
+- the size of step ``t`` is ``schedule.size_at(epoch, t)``; its batch size is
+  ``schedule.batch_size_at(epoch, t, batch_size)`` (multigrid / batch scaling:
+  variable batch sizes that still cover every sample once per epoch);
+- ``square``: a seeded permutation, padded and sharded by rank like
+  ``DistributedSampler``, consumed step by step;
+- ``keep_aspect``: samples are grouped into aspect-ratio buckets; each step
+  draws a bucket (seeded, weighted by what the bucket has left), takes
+  ``batch_size * world_size`` of its samples and deals them out to the ranks,
+  so all ranks see the same (h, w) at the same step. Each sample appears
+  exactly once per epoch (a bucket's last batch is smaller; with several
+  ranks it is padded by repeating samples so every rank gets the same count).
+
+Resume: :meth:`ResolutionBatchSampler.set_start_step` skips the first steps of
+the (reproducible) epoch plan without loading them; Lightning restarts a
+non-stateful epoch from its first batch while counting from the saved batch
+index, so the data module sets it from the restored loop state.
+
+Why not ``timm.data.ScheduledBatchSampler`` (timm 1.0.31)? It fits one case —
+random sizes with per-choice batch sizes (its "sample budget" mode) — but
+resflex schedules are functions of (epoch, step): FFCV ramps rounded to a
+multiple, FixRes phases that also change the augmentation, multigrid long and
+short cycles. timm's schedule is a per-epoch shuffle of a fixed composition of
+choices or a probabilistic window over epochs, so a given step's size cannot be
+asked for in isolation (which is what resuming at a step, logging the
+scheduled size and the aspect buckets need), it has no aspect-ratio buckets
+(its choices are transforms over a flat index stream, so a batch cannot be
+drawn from one bucket), and it cycles the index stream in fixed-batch mode
+(samples repeat within an epoch). Its ``ScheduledTransformDataset`` is also not
+needed: our items carry (h, w) themselves, so one cached pipeline per size
+replaces a list of prebuilt transforms. The DDP contract is the same as
+timm's (same seed and epoch -> same schedule on every rank).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from resflex.data.resolution import ResolutionSchedule
+from resflex.data.resolution import ResolutionSchedule, Size
 
-SizedIndex = tuple[int, int, int]
+SizedIndex = tuple  # (index, h, w) or (index, h, w, phase)
+
+
+class PlannedBatch(NamedTuple):
+    """One step of an epoch plan, for this rank."""
+
+    size: Size  # (h, w) every image of the batch is resized to
+    scheduled: Size  # the schedule's size for the step (differs from ``size`` in keep_aspect)
+    indices: list[int]
+    phase: str | None
+
+
+class _EpochHook:
+    """What Lightning finds at ``batch_sampler.sampler``: it calls ``set_epoch`` there, not on us."""
+
+    def __init__(self, owner: ResolutionBatchSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
 
 
 class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
@@ -34,11 +86,14 @@ class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
         rank: int = 0,
         world_size: int = 1,
         fixed_size: tuple[int, int] | None = None,
+        buckets: Sequence[int] | None = None,
     ) -> None:
         if num_samples <= 0:
             raise ValueError("ResolutionBatchSampler needs a non-empty dataset")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if buckets is not None and len(buckets) != num_samples:
+            raise ValueError(f"buckets has {len(buckets)} entries for {num_samples} samples")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.schedule = schedule
@@ -48,36 +103,155 @@ class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
         self.rank = rank
         self.world_size = world_size
         self.fixed_size = fixed_size  # evaluation loaders: one size, whatever the schedule says
+        self.buckets = list(buckets) if buckets is not None else None
         self.epoch = 0
+        self.start_step = 0
+        # Before the first set_epoch, a schedule whose epoch length varies reports the mean
+        # epoch length, so that Lightning's estimated_stepping_batches (LR schedule) is right.
+        self._epoch_was_set = False
+        self._plans: dict[int, list[PlannedBatch]] = {}
+        # Lightning's _set_sampler_epoch looks at dataloader.sampler and dataloader.batch_sampler.sampler
+        self.sampler = _EpochHook(self)
 
+    # ---- epoch / resume state ----------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each epoch (also on persistent-worker loaders)."""
         self.epoch = epoch
+        self._epoch_was_set = True
 
-    def _rank_indices(self) -> list[int]:
+    def set_start_step(self, step: int) -> None:
+        """Skip the first ``step`` batches of the next iteration (resume mid-epoch); applies once."""
+        self.start_step = max(0, int(step))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "start_step": self.start_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.set_epoch(int(state["epoch"]))
+        self.set_start_step(int(state.get("start_step", 0)))
+
+    # ---- planning -----------------------------------------------------------
+    @property
+    def varies_per_epoch(self) -> bool:
+        return self.fixed_size is None and self.schedule.varies_batch_size
+
+    def _step_batch_size(self, epoch: int, step: int) -> int:
+        if self.fixed_size is not None:
+            return self.batch_size
+        return self.schedule.batch_size_at(epoch, step, self.batch_size)
+
+    def _step_size(self, epoch: int, step: int) -> Size:
+        return self.fixed_size or self.schedule.size_at(epoch, step)
+
+    def _per_rank(self) -> int:
+        return -(-self.num_samples // self.world_size)
+
+    def _square_layout(self, epoch: int) -> list[int]:
+        """Per-rank batch sizes for every step of ``epoch``."""
+        remaining, step, layout = self._per_rank(), 0, []
+        while remaining > 0:
+            bs = self._step_batch_size(epoch, step)
+            if remaining < bs and self.drop_last and layout:
+                break
+            layout.append(min(bs, remaining))
+            remaining -= layout[-1]
+            step += 1
+        return layout
+
+    def _bucket_members(self) -> dict[int, list[int]]:
+        members: dict[int, list[int]] = {}
+        for index, bucket in enumerate(self.buckets or []):
+            members.setdefault(bucket, []).append(index)
+        return members
+
+    def _bucket_layout(self, epoch: int) -> list[tuple[int, int]]:
+        """(bucket, global sample count before padding) for every step of ``epoch``."""
+        remaining = {b: len(m) for b, m in sorted(self._bucket_members().items())}
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        layout, step = [], 0
+        while any(remaining.values()):
+            live = [b for b, n in remaining.items() if n > 0]
+            if self.shuffle:
+                weights = np.array([remaining[b] for b in live], dtype=np.float64)
+                bucket = live[int(rng.choice(len(live), p=weights / weights.sum()))]
+            else:
+                bucket = live[0]
+            take = min(self._step_batch_size(epoch, step) * self.world_size, remaining[bucket])
+            layout.append((bucket, take))
+            remaining[bucket] -= take
+            step += 1
+        return layout
+
+    def plan(self, epoch: int | None = None) -> list[PlannedBatch]:
+        """Every batch of ``epoch`` (default: the current one) for this rank; cached per epoch."""
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._plans:
+            self._plans = {epoch: self._build_plan(epoch)}  # keep one epoch: plans can be large
+        return self._plans[epoch]
+
+    def _build_plan(self, epoch: int) -> list[PlannedBatch]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        plan = []
+        if self.buckets is None:
+            if self.shuffle:
+                order = torch.randperm(self.num_samples, generator=generator).tolist()
+            else:
+                order = list(range(self.num_samples))
+            if self.world_size > 1:
+                padded = order + order[: self._per_rank() * self.world_size - len(order)]
+                order = padded[self.rank :: self.world_size]
+            start = 0
+            for step, count in enumerate(self._square_layout(epoch)):
+                size = self._step_size(epoch, step)
+                phase = None if self.fixed_size else self.schedule.augment_at(epoch, step)
+                plan.append(PlannedBatch(size, size, order[start : start + count], phase))
+                start += count
+            return plan
+        members = self._bucket_members()
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_samples))
-        if self.world_size > 1:
-            per_rank = -(-self.num_samples // self.world_size)
-            padded = order + order[: per_rank * self.world_size - len(order)]
-            order = padded[self.rank :: self.world_size]
-        return order
+            for b in sorted(members):
+                perm = torch.randperm(len(members[b]), generator=generator).tolist()
+                members[b] = [members[b][i] for i in perm]
+        taken = dict.fromkeys(members, 0)
+        for step, (bucket, count) in enumerate(self._bucket_layout(epoch)):
+            chunk = members[bucket][taken[bucket] : taken[bucket] + count]
+            taken[bucket] += count
+            per_rank = -(-len(chunk) // self.world_size)
+            chunk = (chunk * self.world_size)[: per_rank * self.world_size]  # pad by repeating
+            scheduled = self._step_size(epoch, step)
+            size = self.schedule.shape_for(scheduled, self.schedule.aspect_ratios[bucket])
+            phase = None if self.fixed_size else self.schedule.augment_at(epoch, step)
+            plan.append(PlannedBatch(size, scheduled, chunk[self.rank :: self.world_size], phase))
+        return plan
+
+    def num_batches(self, epoch: int) -> int:
+        """Steps in ``epoch`` for this rank (counts only, no index lists)."""
+        if epoch in self._plans:
+            return len(self._plans[epoch])
+        if self.buckets is None:
+            return len(self._square_layout(epoch))
+        return len(self._bucket_layout(epoch))
+
+    def mean_num_batches(self) -> int:
+        """Mean steps per epoch over the bound schedule's epochs (rounded up)."""
+        epochs = self.schedule.max_epochs or 1
+        return math.ceil(sum(self.num_batches(e) for e in range(epochs)) / epochs)
 
     def __len__(self) -> int:
-        per_rank = -(-self.num_samples // self.world_size)
-        if self.drop_last:
-            return max(per_rank // self.batch_size, 0)
-        return -(-per_rank // self.batch_size)
+        if self.varies_per_epoch and not self._epoch_was_set:
+            return self.mean_num_batches()
+        return self.num_batches(self.epoch)
 
     def size_for_step(self, step: int) -> tuple[int, int]:
-        return self.fixed_size or self.schedule.size_at(self.epoch, step)
+        """The (h, w) of step ``step`` in the current epoch."""
+        plan = self.plan()
+        return plan[step].size if step < len(plan) else self._step_size(self.epoch, step)
 
     def __iter__(self) -> Iterator[list[SizedIndex]]:
-        indices = self._rank_indices()
-        for step in range(len(self)):
-            chunk = indices[step * self.batch_size : (step + 1) * self.batch_size]
-            h, w = self.size_for_step(step)
-            yield [(index, h, w) for index in chunk]
+        start, self.start_step = self.start_step, 0
+        for batch in self.plan()[start:]:
+            h, w = batch.size
+            if batch.phase is None:
+                yield [(index, h, w) for index in batch.indices]
+            else:
+                yield [(index, h, w, batch.phase) for index in batch.indices]

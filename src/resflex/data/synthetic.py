@@ -108,7 +108,7 @@ class SyntheticShapes(Dataset):
         min_side: int = 40,
         max_side: int = 112,
         object_scale: Sequence[float] = (0.25, 0.85),
-        distractors: int = 3,
+        distractors: int = 2,
         noise: float = 18.0,
     ) -> None:
         if num_samples <= 0:
@@ -128,6 +128,11 @@ class SyntheticShapes(Dataset):
 
     def label(self, index: int) -> int:
         return index % len(self.classes)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of item ``index`` without drawing it (for aspect-ratio buckets)."""
+        rng = random.Random(self.seed * 1_000_003 + index)
+        return rng.randint(self.min_side, self.max_side), rng.randint(self.min_side, self.max_side)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         if not 0 <= index < self.num_samples:
@@ -151,7 +156,7 @@ class SyntheticShapes(Dataset):
 
         short = min(width, height)
         for _ in range(self.distractors):
-            dr = rng.uniform(0.03, 0.08) * short
+            dr = rng.uniform(0.02, 0.06) * short
             dx, dy = rng.uniform(0, width), rng.uniform(0, height)
             tint = tuple(int((c + rng.randint(-60, 60)) % 256) for c in foreground)
             draw.ellipse([dx - dr, dy - dr, dx + dr, dy + dr], fill=tint)

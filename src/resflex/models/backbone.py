@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from resflex.errors import ConfigError
+from resflex.models.checkpoint import LoadReport, load_backbone_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,6 +37,25 @@ def check_model_name(name: str) -> None:
     raise ConfigError(f"unknown backbone {name!r} (backbone.name)", hint=hint)
 
 
+def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` without a classifier; hub download failures become one-line errors.
+
+    Local weight files are *not* passed to timm here: resflex reads them itself
+    (:func:`resflex.models.checkpoint.load_backbone_weights`) so that the load is
+    always ``weights_only``/safetensors and reports missing keys in one line.
+    """
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not pretrained:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"could not get pretrained weights for {name} (backbone.pretrained=true): {first}",
+            hint="online: check the network/HF hub; offline: backbone.weights=/path/to/file.safetensors",
+        ) from None
+
+
 class TimmBackbone(nn.Module):
     """A timm model without its classifier, returning a (B, C, h, w) feature map."""
 
@@ -45,17 +65,33 @@ class TimmBackbone(nn.Module):
         pretrained: bool = False,
         weights: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        init_from: str | None = None,
+        init_head: bool = False,
     ) -> None:
         super().__init__()
         check_model_name(name)
-        kwargs = dict(model_kwargs or {})
-        if weights:
-            # A local weights file: timm loads it through the model's own pretrained
-            # filter (key remapping, classifier removal) exactly like hub weights.
-            kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
-            pretrained = True
+        if weights and init_from:
+            raise ConfigError(
+                "backbone.weights and backbone.init_from both set: they are two sources for the same tensors",
+                hint="keep one (init_from for a resflex checkpoint, weights for a timm/torch weights file)",
+            )
         self.name = name
-        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        # init_head is applied by the classifier builder (the head lives outside the backbone);
+        # both are kept so that the saved config and the model agree on where weights came from.
+        self.init_from = str(init_from) if init_from else None
+        self.init_head = bool(init_head)
+        self.load_reports: list[LoadReport] = []
+        self.model = create_timm_model(
+            name, pretrained=bool(pretrained) and not (weights or init_from), **dict(model_kwargs or {})
+        )
+        if weights:
+            self.load_reports.append(load_backbone_weights(self.model, weights, key="backbone.weights"))
+        if init_from:
+            self.load_reports.append(
+                load_backbone_weights(self.model, init_from, key="backbone.init_from", require_resflex=True)
+            )
+        for report in self.load_reports:
+            report.log()
         self.num_features: int = int(self.model.num_features)
         self.num_prefix_tokens: int = int(getattr(self.model, "num_prefix_tokens", 0))
         self.patch_embed = getattr(self.model, "patch_embed", None)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from timm.optim import param_groups_weight_decay
 from torchmetrics.classification import MulticlassAccuracy
 
 from resflex.models.classifier import ImageClassifier
+from resflex.training.finetune import FinetuneSpec, apply_lr_mults, build_lr_scheduler, build_param_groups
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
@@ -51,11 +51,20 @@ class ClassificationModule(pl.LightningModule):
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
         channels_last: bool = True,
+        finetune: Mapping[str, Any] | None = None,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        compile_dynamic: bool | None = None,
+        scale_lr_with_world_size: bool = False,
     ) -> None:
         super().__init__()
+        # a plain dict: hyper-parameters are saved in checkpoints, which load with weights_only=True
+        finetune = FinetuneSpec.from_config(finetune).as_dict()
         self.save_hyperparameters(ignore=["model", "optimizer"], logger=False)
+        self.finetune = FinetuneSpec.from_config(finetune)
         self.model = model
         self.optimizer_factory = optimizer
+        self.scale_lr_with_world_size = scale_lr_with_world_size
         self.warmup_epochs = warmup_epochs
         self.min_lr_ratio = min_lr_ratio
         self.label_smoothing = label_smoothing
@@ -66,8 +75,12 @@ class ClassificationModule(pl.LightningModule):
         self.register_buffer("pixel_std", std, persistent=False)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.compile_model = bool(compile)
+        self.compile_mode = compile_mode
+        self.compile_dynamic = compile_dynamic
         num_classes = model.num_classes
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: the argument checks call torch.unique on the labels, a host sync per step
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.top5 = num_classes >= 5
@@ -89,6 +102,18 @@ class ClassificationModule(pl.LightningModule):
             images = self.normalize(images)
         return images, labels
 
+    def configure_model(self) -> None:
+        """``model.compile=true``: ``torch.compile`` the classifier in place (state-dict keys unchanged).
+
+        ``compile_dynamic=null`` is torch's automatic dynamic shapes: the first
+        input size compiles a static graph, the first *different* size recompiles
+        once with symbolic h/w (and batch), which then serves every later size; so
+        a multi-resolution run costs about two compilations per mode (train/eval),
+        not one per size. ``true`` starts symbolic, ``false`` compiles per shape.
+        """
+        if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile(mode=self.compile_mode, dynamic=self.compile_dynamic)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -102,35 +127,79 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         return loss
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+    def _eval_size_tag(self, dataloader_idx: int, images: torch.Tensor) -> str:
+        """``64`` or ``48x80``: the size of evaluation loader ``dataloader_idx`` (from the data module)."""
+        sizes = getattr(getattr(self._trainer, "datamodule", None), "eval_sizes", None)
+        h, w = sizes[dataloader_idx] if sizes and dataloader_idx < len(sizes) else images.shape[-2:]
+        return str(w) if h == w else f"{h}x{w}"
+
+    def _eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0
+    ) -> None:
+        """Loss/accuracy per evaluation size (``val/acc@64``); loader 0 is the main size (``val/acc``).
+
+        Metrics are named by size, not loader index (``add_dataloader_idx=False``).
+        The per-size accuracy is a batch mean weighted by ``batch_size``, i.e. exact.
+        """
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
+        n = len(labels)
+        tag = self._eval_size_tag(dataloader_idx, images)
+        correct = (logits.argmax(dim=-1) == labels).float().mean()
+        per_size = dict(on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
+        self.log(f"{stage}/acc@{tag}", correct, **per_size)
+        self.log(f"{stage}/loss@{tag}", loss, **per_size)
+        if dataloader_idx != 0:
+            return
         acc = getattr(self, f"{stage}_acc")
         acc(logits, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
-        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=stage == "val", batch_size=len(labels))
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
+        self.log(
+            f"{stage}/acc",
+            acc,
+            on_epoch=True,
+            prog_bar=stage == "val",
+            batch_size=n,
+            add_dataloader_idx=False,
+        )
         if self.top5:
             acc5 = getattr(self, f"{stage}_acc5")
             acc5(logits, labels)
-            self.log(f"{stage}/acc_top5", acc5, on_epoch=True, batch_size=len(labels))
+            self.log(f"{stage}/acc_top5", acc5, on_epoch=True, batch_size=n, add_dataloader_idx=False)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
 
     # ---- optimisation ----------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        # no weight decay on biases and norm layers (timm's helper)
-        groups = param_groups_weight_decay(self.model, weight_decay=weight_decay)
+        # head vs backbone LR, layer decay, no weight decay on biases/norms, frozen parameters left
+        # out or (gradual) given an LR of 0 until their unfreeze epoch: see resflex.training.finetune
+        groups = build_param_groups(self.model, weight_decay, self.finetune)
         optimizer = self.optimizer_factory(groups)
+        apply_lr_mults(optimizer)
+        if self.scale_lr_with_world_size:  # linear scaling rule: the global batch grows with the ranks
+            for group in optimizer.param_groups:
+                group["lr"] *= self.trainer.world_size
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = round(self.warmup_epochs * total / epochs)
-        scheduler = warmup_cosine(optimizer, total, warmup, self.min_lr_ratio)
+        scheduler = build_lr_scheduler(
+            optimizer,
+            total_steps=total,
+            steps_per_epoch=total / epochs,
+            warmup_steps=warmup,
+            min_lr_ratio=self.min_lr_ratio,
+            unfreeze_warmup_epochs=self.finetune.unfreeze_warmup_epochs,
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},

@@ -16,14 +16,16 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 
 HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "train/images_per_sec")
 
 
 def _plain(value: Any) -> Any:
+    """Tensors -> Python numbers; NaN/inf -> None (JSON has no NaN, and a summary must not sort on it)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
-        return value.item() if value.numel() == 1 else value.tolist()
+        value = value.item() if value.numel() == 1 else value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -79,15 +81,42 @@ def flat_hparams(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The final metrics shown beside the hyperparameters: ``hp/val_acc``, ``hp/val_acc@64``, ..."""
+    names = [*HPARAM_METRICS, *sorted(k for k in metrics if "/acc@" in k)]
+    final = {}
+    for name in names:
+        value = metrics.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            final["hp/" + name.replace("/", "_")] = float(value)
+    return final
+
+
 def log_hparams_with_metrics(
     trainer: pl.Trainer, hparams: dict[str, Any], metrics: Mapping[str, Any]
 ) -> None:
-    """One HPARAMS entry per run, carrying the final metrics (``hp/val_acc`` etc.)."""
-    final = {}
-    for name in HPARAM_METRICS:
-        value = metrics.get(name)
-        if isinstance(value, int | float) and math.isfinite(value):
-            final["hp/" + name.replace("/", "_")] = float(value)
+    """One HPARAMS entry per run, carrying the final metrics (``hp/val_acc`` etc.).
+
+    For TensorBoard we write the session start/end summaries but *not* the
+    per-run "experiment" summary that Lightning adds: TensorBoard takes the
+    first run's experiment summary as the column list for the whole logdir, so
+    in a sweep where runs differ in keys (``pooling.levels`` exists only for
+    pyramid) columns would go missing. Without it, TensorBoard builds the
+    columns from the union of all runs.
+    """
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    final = hparam_metrics(metrics)
     for logger in trainer.loggers:
-        logger.log_hyperparams(hparams, final)
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams)  # hparams.yaml; no summaries without metrics
+            if final:
+                logger.log_metrics(final, step=trainer.global_step)
+            _, start, end = hparams_summaries(hparams, final)
+            writer = logger.experiment._get_file_writer()
+            writer.add_summary(start, trainer.global_step)
+            writer.add_summary(end, trainer.global_step)
+            logger.experiment.flush()
+        else:
+            logger.log_hyperparams(hparams, final)
         logger.save()

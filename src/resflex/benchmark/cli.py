@@ -1,0 +1,243 @@
+"""``python scripts/benchmark.py [options]``: every figure side by side in one process; table + JSON.
+
+Examples::
+
+    python scripts/benchmark.py --quick --json bench.json            # < 2 min on 2 CPU cores
+    python scripts/benchmark.py --backbone resnet18 --size 64         # the CPU table
+    python scripts/benchmark.py --backbone resnet50 --size 224 --device cuda --precision bf16-mixed
+    python scripts/benchmark.py --study --study-epochs 8              # time-to-accuracy (long)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resflex.benchmark import sections
+from resflex.benchmark.machine import machine_info
+from resflex.benchmark.runners import Setup, build_model, quiet
+
+SECTIONS = ("overhead", "pipeline", "mixed", "memory")
+#: Keys every JSON report has (tests check them); a skipped section is ``null``.
+REQUIRED_KEYS = ("machine", "config", "wall_seconds", *SECTIONS, "study")
+QUICK = {"backbone": "test_resnet", "size": 64, "sizes": [48, 64, 80], "batch_size": 16,
+         "warmup": 2, "steps": 4, "repeats": 3}  # fmt: skip
+DEFAULTS = {
+    "cpu": {"backbone": "resnet18", "size": 64, "sizes": [48, 64, 80], "batch_size": 32,
+            "warmup": 3, "steps": 8, "repeats": 5},
+    "cuda": {"backbone": "resnet50", "size": 224, "sizes": [160, 192, 224, 256, 288], "batch_size": 256,
+             "warmup": 10, "steps": 20, "repeats": 3},
+}  # fmt: skip
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.replace(" ", "").split(",") if v]
+
+
+def _kwarg(text: str) -> tuple[str, Any]:
+    key, _, raw = text.partition("=")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = {"true": True, "false": False}.get(raw.lower(), raw)
+    return key, value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--backbone", help="timm model name (default: resnet18 on CPU, resnet50 on GPU)")
+    p.add_argument(
+        "--model-kwarg", action="append", default=[], metavar="KEY=VALUE", type=_kwarg,
+        help="timm create_model argument, e.g. dynamic_img_size=True (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--size", type=int, help="side of the fixed size (default 64 CPU / 224 GPU)")
+    p.add_argument("--sizes", type=_int_list, help="multi-scale sides, comma separated (mixed + memory)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--precision", default="auto", help="auto (bf16-mixed on a GPU, 32-true on CPU), 32-true, bf16-mixed, 16-mixed"
+    )  # fmt: skip
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (both sides)")
+    p.add_argument(
+        "--compile-dynamic", default="auto", choices=("auto", "true", "false"),
+        help="auto: torch's automatic dynamic shapes (recompile once, then symbolic sizes)",
+    )  # fmt: skip
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--workers", type=int, help="data loader workers for the pipeline figure")
+    p.add_argument("--format", default="jpeg", choices=("jpeg", "png"), help="image files of the pipeline")
+    p.add_argument("--warmup", type=int, help="warm-up steps before each timed window")
+    p.add_argument("--steps", type=int, help="steps per timed window")
+    p.add_argument("--repeats", type=int, help="timed windows per side (median reported)")
+    p.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    p.add_argument("--study", action="store_true", help="also time-to-accuracy: progressive vs fixed (long)")
+    p.add_argument("--study-epochs", type=int, default=6)
+    p.add_argument("--target-acc", type=float, help="study target (default: the fixed run's final val/acc)")
+    p.add_argument("--quick", action="store_true", help="tiny model and few steps: < 2 min on 2 CPU cores")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, help="write every figure and the machine here")
+    args = p.parse_args(argv)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown --sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Same rule as resflex.train.resolve_precision (not imported: that module needs Hydra)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def fill_defaults(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
+    base = {**DEFAULTS[device.type], **(QUICK if args.quick else {})}
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.workers is None:
+        args.workers = sections.default_workers(device)
+    return args
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, float | int) else str(value)
+
+
+def _verdict(ratio: float | None, goal: float, at_most: bool = False) -> str:
+    if ratio is None:
+        return "n/a"
+    return "met" if (ratio <= goal if at_most else ratio >= goal) else "NOT met"
+
+
+def render_table(report: dict[str, Any]) -> str:
+    m, c = report["machine"], report["config"]
+    where = m.get("gpu_name") or f"{m['cpu_model']} ({m['cpu_cores']} cores)"
+    lines = [
+        f"resflex benchmark: {c['backbone']} bs={c['batch_size']} {c['precision']} "
+        f"channels_last={c['channels_last']} compile={c['compile']} on {where}",
+        f"torch {m['torch']}, timm {m['timm']}, lightning {m['pytorch_lightning']}; load {m.get('load_average')}",
+        "",
+        f"{'figure':<34}{'resflex / test':>16}{'baseline':>16}{'ratio':>9}{'target':>9}  verdict",
+    ]
+
+    def row(name: str, a: Any, b: Any, ratio: Any, goal: float, unit: str, at_most: bool = False) -> None:
+        sign = "<=" if at_most else ">="
+        lines.append(
+            f"{name:<34}{_fmt(a):>16}{_fmt(b):>16}{_fmt(ratio, 3):>9}{sign + _fmt(goal, 2):>9}  "
+            f"{_verdict(ratio, goal, at_most)}  ({unit})"
+        )
+
+    if report.get("overhead"):
+        o = report["overhead"]
+        row(f"1 overhead @{o['size']}: Lightning vs plain", o["resflex_images_per_sec"],
+            o["plain_images_per_sec"], o["ratio"], o["target"], "images/s")  # fmt: skip
+    if report.get("pipeline"):
+        p = report["pipeline"]
+        row(f"2 pipeline @{p['size']}: files vs memory", p["full_images_per_sec"],
+            p["compute_only_images_per_sec"], p["ratio"], p["target"],
+            f"images/s, {p['workers']} workers, {p['format']}")  # fmt: skip
+    if report.get("mixed"):
+        x = report["mixed"]
+        row(f"3 mixed {x['sizes']} vs {x['fixed_size']}", x["mixed_pixels_per_sec"] / 1e6,
+            x["fixed_pixels_per_sec"] / 1e6, x["ratio"], x["target"], "Mpixels/s")  # fmt: skip
+    if report.get("study"):
+        s = report["study"]
+        row(f"5 progressive {s['progressive']} to acc {s['target_val_acc']:.3f}",
+            s["progressive_seconds_to_target"], s["fixed_seconds"], s["ratio"], s["target"],
+            "training seconds", at_most=True)  # fmt: skip
+    if report.get("memory"):
+        mem = report["memory"]
+        lines += ["", f"4 memory ({mem['kind']}, batch {mem['batch_size']}):"]
+        for size, v in mem["per_size"].items():
+            lines.append(f"  {size:>5}px  peak {v['peak_mb']:>9,.1f} MiB   above start {v['above_start_mb']:>9,.1f} MiB")
+    lines.append(f"\nwall time {report['wall_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    quiet()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args = fill_defaults(args, device)
+    setup = Setup(
+        backbone=args.backbone,
+        device=device,
+        batch_size=args.batch_size,
+        precision=resolve_precision(args.precision, device),
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_dynamic={"auto": None, "true": True, "false": False}[args.compile_dynamic],
+        model_kwargs=dict(args.model_kwarg),
+        cudnn_benchmark=args.cudnn_benchmark,
+    )
+    chosen = args.sections.split(",")
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update(precision=setup.precision, model_kwarg=dict(args.model_kwarg))
+    report: dict[str, Any] = {"machine": machine_info(device), "config": config}
+    for key in (*SECTIONS, "study"):
+        report[key] = None
+    model = build_model(setup)
+    multiple = model.backbone.reduction if model.backbone.patch_embed is not None else 8
+    w, s, r = args.warmup, args.steps, args.repeats
+
+    def announce(name: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {name} ...", file=sys.stderr, flush=True)
+
+    if "overhead" in chosen:
+        announce("overhead")
+        report["overhead"] = sections.overhead(setup, model, args.size, w, s, r)
+    if "pipeline" in chosen:
+        announce("pipeline")
+        report["pipeline"] = sections.pipeline(setup, model, args.size, args.workers, w, s, r, args.format)
+    if "mixed" in chosen:
+        announce("mixed")
+        report["mixed"] = sections.mixed(setup, model, args.sizes, multiple, w, s, r, args.seed)
+    if "memory" in chosen:
+        announce("memory")
+        report["memory"] = sections.memory(setup, model, sorted({*args.sizes, args.size}))
+    if args.study:
+        announce("study")
+        report["study"] = sections.study(
+            setup, args.size, args.study_epochs, args.workers, args.seed, args.target_acc
+        )
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run(args)
+    print(render_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 0

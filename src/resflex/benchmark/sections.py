@@ -1,0 +1,374 @@
+"""The benchmark's figures; each returns a plain dict that goes into the JSON as is.
+
+Two sides of a ratio alternate (A B B A ...) over the repeats, so a load that
+drifts during the run hits both; each side's figure is the median over repeats.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from resflex.benchmark.machine import PeakMemory, usable_cores
+from resflex.benchmark.runners import (
+    Batch,
+    Setup,
+    Window,
+    build_model,
+    build_module,
+    lightning_windows,
+    make_trainer,
+    plain_windows,
+    random_batch,
+)
+
+TARGETS = {
+    "overhead": {"cpu": 0.95, "cuda": 0.97},
+    "pipeline": {"cpu": 0.90, "cuda": 0.95},
+    "mixed": {"cpu": 0.95, "cuda": 0.95},
+    "study": {"cpu": 0.75, "cuda": 0.75},  # progressive time-to-target / fixed wall time: at most
+}
+
+
+def target(section: str, device: torch.device) -> float:
+    return TARGETS[section]["cuda" if device.type == "cuda" else "cpu"]
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def _alternate(
+    repeats: int, first: Callable[[], list[Window]], second: Callable[[], list[Window]]
+) -> tuple[list[Window], list[Window]]:
+    a: list[Window] = []
+    b: list[Window] = []
+    for r in range(repeats):
+        if r % 2 == 0:
+            a += first()
+            b += second()
+        else:
+            b += second()
+            a += first()
+    return a, b
+
+
+def _sequence(batches: Sequence[Batch], n: int) -> list[Batch]:
+    return [batches[i % len(batches)] for i in range(n)]
+
+
+def _on_device(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
+    return [(x.to(device), y.to(device)) for x, y in batches]
+
+
+def _unique_graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # noqa: BLE001 - optional diagnostics
+        return 0
+
+
+def _ratio_record(name_a: str, a: list[Window], name_b: str, b: list[Window], key: str) -> dict[str, Any]:
+    va = [getattr(w, key) for w in a]
+    vb = [getattr(w, key) for w in b]
+    ma, mb = _median(va), _median(vb)
+    return {
+        name_a: round(ma, 2),
+        name_b: round(mb, 2),
+        "ratio": round(ma / mb, 4) if mb > 0 else None,
+        "samples": {name_a: [round(v, 2) for v in va], name_b: [round(v, 2) for v in vb]},
+    }
+
+
+# ---- 1. framework overhead ---------------------------------------------------------------
+def overhead(
+    setup: Setup, model: torch.nn.Module, size: int, warmup: int, steps: int, repeats: int
+) -> dict[str, Any]:
+    """resflex's Lightning step vs the plain loop, same in-memory batches on the device."""
+    module = build_module(setup, model)
+    distinct = _on_device([random_batch(setup.batch_size, (size, size), setup.num_classes, i) for i in range(4)], setup.device)
+    seq = _sequence(distinct, warmup + steps)
+    graphs = _unique_graphs()
+    resflex, plain = _alternate(
+        repeats,
+        lambda: lightning_windows(setup, module, seq, warmup, steps),
+        lambda: plain_windows(setup, model, seq, warmup, steps),
+    )
+    record = _ratio_record("resflex_images_per_sec", resflex, "plain_images_per_sec", plain, "images_per_sec")
+    record.update(size=size, target=target("overhead", setup.device))
+    if setup.compile:
+        record["compiled_graphs"] = _unique_graphs() - graphs
+    return record
+
+
+# ---- 2. input pipeline ------------------------------------------------------------------
+def _write_chunk(args: tuple[str, int, int, int, int, int, str]) -> None:
+    from resflex.data.synthetic import SyntheticShapes
+
+    root, start, stop, seed, min_side, max_side, fmt = args
+    shapes = SyntheticShapes(stop, seed=seed, min_side=min_side, max_side=max_side)
+    ext = "jpg" if fmt == "jpeg" else "png"
+    for i in range(start, stop):
+        image, label = shapes[i]
+        folder = Path(root) / shapes.classes[label]
+        kwargs = {"quality": 90} if fmt == "jpeg" else {}
+        image.save(folder / f"{i:06d}.{ext}", **kwargs)
+
+
+def write_image_folder(root: Path, num_train: int, size: int, fmt: str = "jpeg", seed: int = 0) -> Path:
+    """``root/train/<class>/*.jpg`` (+ a small ``val/``): the synthetic shapes at native sides in
+    [size, 2*size] (an ImageNet-like ratio of stored to trained size), written in parallel."""
+    from resflex.data.synthetic import SyntheticShapes
+
+    for split in ("train", "val"):
+        for name in SyntheticShapes.classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+    jobs = []
+    workers = max(1, min(16, usable_cores()))
+    chunk = max(1, math.ceil(num_train / workers))
+    for start in range(0, num_train, chunk):
+        jobs.append((str(root / "train"), start, min(num_train, start + chunk), seed, size, 2 * size, fmt))
+    jobs.append((str(root / "val"), 0, len(SyntheticShapes.classes), seed + 1, size, 2 * size, fmt))
+    if workers > 1 and len(jobs) > 2:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_chunk, jobs))
+    else:
+        for job in jobs:
+            _write_chunk(job)
+    return root
+
+
+def pipeline(
+    setup: Setup,
+    model: torch.nn.Module,
+    size: int,
+    workers: int,
+    warmup: int,
+    steps: int,
+    repeats: int,
+    fmt: str = "jpeg",
+) -> dict[str, Any]:
+    """Full pipeline from image files (ImageFolderSource + ResflexDataModule with workers: decode,
+    resize, collate, pinned transfer) vs the same batches pre-loaded on the device; both through
+    resflex's Lightning step."""
+    from resflex.data.datamodule import ResflexDataModule
+    from resflex.data.datasets import ImageFolderSource
+    from resflex.data.resolution import FixedResolution
+
+    module = build_module(setup, model)
+    total = warmup + steps
+    num_train = (total + 1) * setup.batch_size
+    with tempfile.TemporaryDirectory(prefix="resflex-bench-") as tmp:
+        started = time.perf_counter()
+        root = write_image_folder(Path(tmp) / "images", num_train, size, fmt)
+        write_s = time.perf_counter() - started
+        datamodule = ResflexDataModule(
+            source=ImageFolderSource(str(root)),
+            schedule=FixedResolution(size),
+            batch_size=setup.batch_size,
+            num_workers=workers,
+            pin_memory=True,
+            persistent_workers=True,
+            prefetch_factor=2 if workers > 0 else None,
+            augment={"scale": [0.35, 1.0], "ratio": [0.75, 1.3333], "hflip": True},
+        )
+        loader = datamodule.train_dataloader()
+        batches = []
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == total:
+                break
+        compute_batches = _on_device(batches, setup.device)
+        full, compute = _alternate(
+            repeats,
+            lambda: lightning_windows(setup, module, datamodule, warmup, steps),
+            lambda: lightning_windows(setup, module, compute_batches, warmup, steps),
+        )
+        del loader, datamodule
+    record = _ratio_record(
+        "full_images_per_sec", full, "compute_only_images_per_sec", compute, "images_per_sec"
+    )
+    record.update(
+        size=size,
+        workers=workers,
+        format=fmt,
+        images=num_train,
+        image_sides=[size, 2 * size],
+        write_seconds=round(write_s, 2),
+        target=target("pipeline", setup.device),
+    )
+    return record
+
+
+# ---- 3. mixed resolution ------------------------------------------------------------------
+def equal_pixel_side(sizes: Sequence[int], multiple: int) -> int:
+    """The square side (a multiple of ``multiple``) closest to the mean pixel count of ``sizes``."""
+    mean = sum(s * s for s in sizes) / len(sizes)
+    return max(multiple, round(math.sqrt(mean) / multiple) * multiple)
+
+
+def mixed(
+    setup: Setup,
+    model: torch.nn.Module,
+    sizes: Sequence[int],
+    multiple: int,
+    warmup: int,
+    steps: int,
+    repeats: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A random multi-scale schedule (resflex's RandomResolution) vs one fixed size with the same
+    mean pixels; compared in pixels/s (= images/s at equal pixels). Warm-up visits every size."""
+    from resflex.data.resolution import RandomResolution
+
+    module = build_module(setup, model)
+    schedule = RandomResolution(sizes=list(sizes), seed=seed)
+    fixed_side = equal_pixel_side(sizes, multiple)
+    by_size = {
+        s: _on_device([random_batch(setup.batch_size, (s, s), setup.num_classes, k)], setup.device)[0]
+        for k, s in enumerate(sorted({*sizes, fixed_side}))
+    }
+    warm = [*sizes, *(schedule.size_at(0, 10_000 + i)[0] for i in range(warmup))]
+    drawn = [schedule.size_at(0, i)[0] for i in range(steps)]
+    mixed_seq = [by_size[s] for s in [*warm, *drawn]]
+    fixed_seq = [by_size[fixed_side]] * (len(warm) + steps)
+    graphs = _unique_graphs()
+    mix, fix = _alternate(
+        repeats,
+        lambda: lightning_windows(setup, module, mixed_seq, len(warm), steps),
+        lambda: lightning_windows(setup, module, fixed_seq, len(warm), steps),
+    )
+    record = _ratio_record("mixed_pixels_per_sec", mix, "fixed_pixels_per_sec", fix, "pixels_per_sec")
+    record.update(
+        sizes=list(sizes),
+        fixed_size=fixed_side,
+        mean_pixels_mixed=round(sum(s * s for s in drawn) / len(drawn), 1),
+        pixels_fixed=fixed_side * fixed_side,
+        mixed_images_per_sec=round(_median([w.images_per_sec for w in mix]), 2),
+        fixed_images_per_sec=round(_median([w.images_per_sec for w in fix]), 2),
+        target=target("mixed", setup.device),
+    )
+    if setup.compile:
+        record["compiled_graphs"] = _unique_graphs() - graphs
+    return record
+
+
+# ---- 4. memory ------------------------------------------------------------------------------
+def memory(setup: Setup, model: torch.nn.Module, sizes: Sequence[int], steps: int = 2) -> dict[str, Any]:
+    """Peak memory of training steps (the plain loop: model, optimizer state, activations) per size,
+    smallest size first (see :class:`PeakMemory`)."""
+    meter = PeakMemory(setup.device)
+    per_size: dict[str, dict[str, float]] = {}
+    for s in sorted(set(sizes)):
+        batch = _on_device([random_batch(setup.batch_size, (s, s), setup.num_classes, s)], setup.device)[0]
+        plain_windows(setup, model, [batch], 1, 1)  # optimizer state exists, this size is warm
+        meter.reset()
+        plain_windows(setup, model, [batch] * steps, 0, steps)
+        peak = meter.peak_mb()
+        per_size[str(s)] = {"peak_mb": round(peak, 1), "above_start_mb": round(peak - meter.baseline_mb, 1)}
+        del batch
+    return {"kind": meter.kind, "resettable": meter.resettable, "batch_size": setup.batch_size, "per_size": per_size}
+
+
+# ---- 5. time-to-accuracy ----------------------------------------------------------------------
+class _AccuracyClock(pl.Callback):
+    """Training time (validation excluded) and val/acc at the end of each epoch."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.train_seconds = 0.0
+        self._start = 0.0
+        self.points: list[dict[str, float]] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.train_seconds += time.perf_counter() - self._start
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        acc = trainer.callback_metrics.get("val/acc")
+        self.points.append(
+            {"epoch": trainer.current_epoch, "train_seconds": round(self.train_seconds, 2),
+             "val_acc": round(float(acc), 4) if acc is not None else float("nan")}
+        )  # fmt: skip
+        self._start = time.perf_counter()
+
+
+def _study_run(setup: Setup, schedule: Any, epochs: int, workers: int, seed: int) -> list[dict[str, float]]:
+    from resflex.data.datamodule import ResflexDataModule
+    from resflex.data.datasets import SyntheticSource
+
+    pl.seed_everything(seed, workers=True)
+    datamodule = ResflexDataModule(
+        source=SyntheticSource(num_test=0),
+        schedule=schedule,
+        batch_size=setup.batch_size,
+        num_workers=workers,
+        augment={"scale": [0.5, 1.0], "ratio": [0.75, 1.3333], "hflip": True},
+        seed=seed,
+    )
+    module = build_module(setup, build_model(setup))
+    clock = _AccuracyClock(setup.device)
+    with tempfile.TemporaryDirectory() as log_dir:
+        trainer = make_trainer(setup, -1, [clock], log_dir, max_epochs=epochs, limit_val_batches=None)
+        trainer.fit(module, datamodule=datamodule)
+    return clock.points
+
+
+def study(
+    setup: Setup, size: int, epochs: int, workers: int, seed: int = 0, target_acc: float | None = None
+) -> dict[str, Any]:
+    """Progressive (size/2 -> size) vs fixed (size) on the default synthetic data, same epochs.
+
+    The target is the fixed run's final val/acc (or ``target_acc``); the ratio is
+    the progressive run's training time until it first reaches the target over
+    the fixed run's total training time (validation excluded from both).
+    """
+    try:
+        from resflex.data.resolution import FixedResolution, ProgressiveResolution
+    except ImportError as exc:  # the progressive schedule is optional in older trees
+        raise SystemExit(f"error: --study needs resflex.data.resolution.ProgressiveResolution ({exc})") from None
+    start = max(16, (size // 2) // 16 * 16)
+    fixed_points = _study_run(setup, FixedResolution(size), epochs, workers, seed)
+    progressive = ProgressiveResolution(start_size=start, end_size=size, multiple=16, eval_size=size)
+    prog_points = _study_run(setup, progressive, epochs, workers, seed)
+    goal = target_acc if target_acc is not None else fixed_points[-1]["val_acc"]
+    fixed_time = fixed_points[-1]["train_seconds"]
+    reached = next((p for p in prog_points if p["val_acc"] >= goal), None)
+    ratio = reached["train_seconds"] / fixed_time if reached and fixed_time > 0 else None
+    return {
+        "epochs": epochs,
+        "fixed_size": size,
+        "progressive": f"{start} -> {size}",
+        "target_val_acc": goal,
+        "fixed_seconds": fixed_time,
+        "progressive_seconds_to_target": reached["train_seconds"] if reached else None,
+        "progressive_final_val_acc": prog_points[-1]["val_acc"],
+        "ratio": round(ratio, 4) if ratio is not None else None,
+        "target": target("study", setup.device),
+        "fixed_curve": fixed_points,
+        "progressive_curve": prog_points,
+    }
+
+
+def default_workers(device: torch.device) -> int:
+    cores = usable_cores()
+    return min(12, max(1, cores - 2)) if device.type == "cuda" else min(2, cores)
+

@@ -1,0 +1,63 @@
+"""Aspect-ratio buckets for ``geometry=keep_aspect``: which bucket each image belongs to.
+
+Bucketing needs every image's (width, height) before training, without
+decoding the pixels: a dataset can answer cheaply through an
+``image_size(index)`` method (the synthetic shapes compute it from their seed),
+image folders are read with PIL's lazy ``Image.open`` (header only, EXIF
+orientation applied), and ``Subset`` maps indices to its base. Anything else
+falls back to decoding, once, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+log = logging.getLogger(__name__)
+
+# EXIF orientations 5..8 rotate by 90 degrees: width and height swap.
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+def file_image_size(path: str) -> tuple[int, int]:
+    """(width, height) as the decoded, EXIF-transposed image would have; reads only the header."""
+    with Image.open(path) as image:
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(0x0112, 1)
+        except Exception:  # a broken EXIF block just means "no rotation"
+            orientation = 1
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+def image_sizes(dataset: Dataset) -> list[tuple[int, int]]:
+    """(width, height) of every item of ``dataset``, as cheaply as the dataset allows."""
+    if isinstance(dataset, Subset):
+        base = image_sizes_lookup(dataset.dataset)
+        return [base(int(i)) for i in dataset.indices]
+    lookup = image_sizes_lookup(dataset)
+    return [lookup(i) for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
+def image_sizes_lookup(dataset: Dataset) -> Callable[[int], tuple[int, int]]:
+    if hasattr(dataset, "image_size"):
+        return dataset.image_size
+    samples = getattr(dataset, "samples", None)  # torchvision ImageFolder / DatasetFolder
+    if isinstance(samples, list) and samples and isinstance(samples[0], tuple):
+        return lambda i: file_image_size(samples[i][0])
+    log.warning("%s has no cheap image_size(); decoding every image once to bucket by aspect", type(dataset))
+    return lambda i: tuple(dataset[i][0].size)
+
+
+def assign_buckets(sizes: Sequence[tuple[int, int]], aspect_ratios: Sequence[float]) -> list[int]:
+    """Index of the nearest bucket aspect (w/h, compared in log space) for each (width, height)."""
+    logs = [math.log(a) for a in aspect_ratios]
+    out = []
+    for width, height in sizes:
+        a = math.log(width / height)
+        out.append(min(range(len(logs)), key=lambda k: abs(logs[k] - a)))
+    return out

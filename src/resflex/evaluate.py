@@ -1,0 +1,255 @@
+"""Evaluate a checkpoint at several resolutions: ``python scripts/eval.py ckpt_path=PATH [data=...]
+eval.resolutions=[48,64,96]``.
+
+The checkpoint's own run folder says what to build: ``<run>/.hydra/config.yaml``
+(found next to ``<run>/checkpoints/``) gives the backbone, pooling head, model
+options, resolution geometry, seed and — unless ``data=`` is given — the data.
+The same builders as training (:func:`resflex.train.build_datamodule`,
+:func:`resflex.train.build_module`) make the loaders and the model, so
+preprocessing is identical; weights come from the checkpoint through
+:func:`resflex.models.checkpoint.safe_load` (``weights_only``).
+
+The evaluation loop itself is a plain ``inference_mode`` loop rather than
+``Trainer.validate``: it needs nothing from Lightning but the module, counts
+exactly (micro accuracy and mean loss over every image, the same quantities
+as ``val/acc``/``val/loss``) and measures images/s per size.
+
+Outputs go to this command's own Hydra run folder (``logs/eval/runs/<time>/``,
+or ``hydra.run.dir=...``), never into the training run: ``eval.json``,
+``eval.csv``, TensorBoard events (``<split>/acc@<size>``, and
+``<split>/acc_vs_resolution`` with the image width as the x axis) and
+``.hydra/`` with the exact command. The table is also printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from resflex.config import CONFIG_DIR, check_group_choices
+from resflex.errors import ConfigError, ResflexError, user_errors_as_one_line
+from resflex.models.checkpoint import (
+    HEAD_PREFIX,
+    find_run_config,
+    resolve_checkpoint_path,
+    safe_load,
+    state_dict_of,
+)
+from resflex.train import build_datamodule, build_module, quiet_library_noise, resolve_precision
+
+log = logging.getLogger("resflex")
+
+COLUMNS = ("resolution", "height", "width", "acc", "acc_top5", "loss", "images", "images_per_sec")
+
+
+def compose_eval_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
+    """The training run's config, with this command's data / resolutions / device applied."""
+    run_config = cfg.get("run_config") or find_run_config(ckpt)
+    if not run_config or not Path(str(run_config)).is_file():
+        raise ConfigError(
+            f"no run config found for {ckpt} (looked for .hydra/config.yaml next to its checkpoints/ folder)",
+            hint="pass run_config=/path/to/run/.hydra/config.yaml",
+        )
+    train_cfg = OmegaConf.load(run_config)
+    assert isinstance(train_cfg, DictConfig)
+    merged = train_cfg.copy()
+    OmegaConf.set_struct(merged, False)
+    if cfg.get("data") is not None:
+        merged.data = cfg.data
+    # weights come from the checkpoint: do not download, read or require the pre-training sources again
+    for key in ("pretrained", "weights", "init_from", "init_head"):
+        if key in merged.backbone:
+            merged.backbone[key] = False if key in ("pretrained", "init_head") else None
+    sizes = list(cfg.eval.resolutions or [])
+    if sizes:  # the first size takes the main loader (val/acc), the rest one loader each
+        merged.resolution.eval_size = sizes[0]
+        merged.eval = {"resolutions": sizes[1:]}
+    # else: the sizes the training run evaluated at (its eval size and eval.resolutions)
+    if cfg.eval.get("batch_size"):
+        merged.data.batch_size = int(cfg.eval.batch_size)
+        if "loader" in merged.data:
+            merged.data.loader.eval_batch_size = int(cfg.eval.batch_size)
+    if cfg.eval.get("num_workers") is not None:
+        merged.data.num_workers = int(cfg.eval.num_workers)
+    merged.run_config = str(run_config)
+    return merged
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], ckpt: Path) -> None:
+    """Strict load: an evaluation with half the weights missing must fail, not print a number."""
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(
+            f"checkpoint {ckpt} does not fit the model built from its run config: "
+            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}",
+            hint="was the run config edited after training? pass run_config=... of the right run",
+        )
+
+
+def autocast_for(precision: Any, device: torch.device) -> Any:
+    if device.type == "cuda" and str(precision).startswith("bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cuda" and str(precision).startswith("16"):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def evaluate_loader(
+    module: Any, loader: Any, device: torch.device, precision: Any, limit_batches: int | None = None
+) -> dict[str, float]:
+    """Micro top-1/top-5 accuracy and mean cross-entropy over every image of ``loader``."""
+    correct = correct5 = 0
+    loss_sum = 0.0
+    images = 0
+    started = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if limit_batches is not None and i >= limit_batches:
+            break
+        x, y = module.on_after_batch_transfer((x.to(device, non_blocking=True), y.to(device)), 0)
+        with autocast_for(precision, device):
+            logits = module(x)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(dim=1).sum())
+        images += int(y.numel())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - started
+    if not images:
+        raise ConfigError("the evaluation split has no images", hint="check data.* and eval.split")
+    return {
+        "acc": correct / images,
+        "acc_top5": correct5 / images if logits.shape[1] >= 5 else None,  # JSON null, empty CSV cell
+        "loss": loss_sum / images,
+        "images": images,
+        "images_per_sec": images / elapsed if elapsed > 0 else float("nan"),
+    }
+
+
+def top5(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = f"{'resolution':>10}  {'acc':>7}  {'top5':>7}  {'loss':>7}  {'images':>6}  {'img/s':>8}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['resolution']:>10}  {r['acc']:7.4f}  {top5(r['acc_top5']):>7}  {r['loss']:7.4f}  "
+            f"{r['images']:6d}  {r['images_per_sec']:8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(output_dir: Path, record: dict[str, Any]) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "eval.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    with open(output_dir / "eval.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(record["results"])
+
+
+def log_tensorboard(output_dir: Path, split: str, rows: list[dict[str, Any]], table: str) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(output_dir))
+    try:
+        for r in rows:
+            writer.add_scalar(f"{split}/acc@{r['tag']}", r["acc"], 0)
+            writer.add_scalar(f"{split}/loss@{r['tag']}", r["loss"], 0)
+            writer.add_scalar(f"{split}/acc_vs_resolution", r["acc"], int(r["width"]))
+        writer.add_text("eval", "```\n" + table + "\n```", 0)
+    finally:
+        writer.close()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` at each of ``cfg.eval.resolutions``; returns the record in eval.json."""
+    quiet_library_noise()
+    started = time.time()
+    ckpt = resolve_checkpoint_path(cfg.get("ckpt_path"))
+    state = state_dict_of(safe_load(ckpt, what="ckpt_path"), ckpt)  # first: refuse unsafe files early
+    run_cfg = compose_eval_config(cfg, ckpt)
+    split = str(cfg.eval.get("split", "val"))
+
+    datamodule = build_datamodule(run_cfg)
+    if not datamodule.has_split(split):
+        raise ConfigError(f"the data has no {split!r} split (eval.split={split})", hint="eval.split=val")
+    head = state.get(HEAD_PREFIX + "weight")
+    if head is not None and head.shape[0] != datamodule.num_classes:
+        raise ConfigError(
+            f"the checkpoint classifies {head.shape[0]} classes but the data has {datamodule.num_classes}",
+            hint="evaluate on data with the label set the checkpoint was trained on",
+        )
+    module = build_module(run_cfg, datamodule.num_classes)
+    load_weights(module, state, ckpt)
+
+    device_name = str(cfg.eval.get("device", "auto"))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    precision = resolve_precision(cfg.eval.get("precision", "auto")) if device.type == "cuda" else "32-true"
+    module.to(device).eval()
+
+    loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+    limit = cfg.eval.get("limit_batches")
+    rows = []
+    for (h, w), loader in zip(datamodule.eval_sizes, loaders, strict=True):
+        tag = str(w) if h == w else f"{h}x{w}"
+        metrics = evaluate_loader(module, loader, device, precision, limit)
+        rows.append({"resolution": f"{h}x{w}", "tag": tag, "height": h, "width": w, **metrics})
+        log.info("%s@%s: acc %.4f, loss %.4f", split, tag, metrics["acc"], metrics["loss"])
+
+    table = format_table(rows)
+    output_dir = Path(cfg.paths.output_dir)
+    record = {
+        "checkpoint": str(ckpt),
+        "run_config": str(run_cfg.run_config),
+        "data": str(run_cfg.data.get("name", "")),
+        "split": split,
+        "device": str(device),
+        "precision": str(precision),
+        "results": rows,
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    write_outputs(output_dir, record)
+    log_tensorboard(output_dir, split, rows, table)
+    print(f"checkpoint: {ckpt}\ndata: {record['data']} ({split} split)\n{table}")
+    print(f"written: {output_dir / 'eval.json'}, {output_dir / 'eval.csv'} (TensorBoard: {output_dir})")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def _hydra_entry(cfg: DictConfig) -> None:
+    with user_errors_as_one_line():
+        evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry point (``scripts/eval.py``)."""
+    try:
+        check_group_choices(sys.argv[1:])
+    except ResflexError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Summarise a sweep (or one run): ``python scripts/summarize.py logs/multirun/<sweep> [--sort val/acc]``.
+
+Reads each job folder's ``metrics.json`` (written by :func:`resflex.train.train`
+for completed, failed and interrupted runs alike) and prints one row per job:
+the overrides that differ between jobs, status, final and best ``val/acc``,
+``test/acc``, per-resolution accuracies (``val/acc@64`` ...), images/s and wall
+time. Writes ``summary.csv``, ``summary.md`` and ``summary.png`` into the
+folder. A job folder without ``metrics.json`` is ``running`` while its files
+are still being written, ``missing`` otherwise (killed, or never finished), so
+a sweep can be summarised while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resflex.errors import ResflexError
+
+RUNNING_WINDOW_S = 15 * 60  # a job folder touched this recently, without metrics.json, is running
+_RES_KEY = re.compile(r"^(val|test)/acc@(\d+)(?:x(\d+))?$")
+BASE_METRICS = ("val/acc", "best val/acc", "test/acc")
+STATUS_ORDER = {"completed": 0, "interrupted": 1, "failed": 2, "running": 3, "missing": 4}
+
+
+@dataclass
+class Job:
+    """One row of the summary."""
+
+    name: str
+    path: Path
+    status: str
+    overrides: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    error: str = ""
+
+    def value(self, column: str) -> Any:
+        if column == "img/s":
+            return self.metrics.get("train/images_per_sec")
+        if column == "time_s":
+            return self.wall_time_s
+        if column in self.overrides:
+            return self.overrides[column]
+        return self.metrics.get(column)
+
+
+def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    parsed = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if sep:
+            parsed[key.lstrip("+~")] = value
+    return parsed
+
+
+def _latest_mtime(folder: Path) -> float:
+    latest = folder.stat().st_mtime
+    for path in folder.rglob("*"):
+        try:
+            latest = max(latest, path.stat().st_mtime)
+        except OSError:  # a file replaced while we look
+            continue
+    return latest
+
+
+def load_job(folder: Path, name: str | None = None, now: float | None = None) -> Job:
+    """Read one job folder; tolerate a missing or unreadable ``metrics.json``."""
+    name = name or folder.name
+    metrics_path = folder / "metrics.json"
+    overrides_path = folder / ".hydra" / "overrides.yaml"
+    record: dict[str, Any] = {}
+    if metrics_path.is_file():
+        try:
+            record = json.loads(metrics_path.read_text())
+        except (OSError, ValueError) as exc:
+            return Job(name, folder, "unreadable", error=f"metrics.json: {exc}")
+    overrides: list[str] = record.get("overrides") or []
+    if not overrides and overrides_path.is_file():
+        try:
+            overrides = yaml.safe_load(overrides_path.read_text()) or []
+        except (OSError, yaml.YAMLError):
+            overrides = []
+    if not record:
+        recent = (now or time.time()) - _latest_mtime(folder) < RUNNING_WINDOW_S
+        return Job(name, folder, "running" if recent else "missing", _parse_overrides(overrides))
+    metrics = dict(record.get("metrics") or {})
+    best = (record.get("best") or {}).get("val/acc")
+    if best is not None:
+        metrics["best val/acc"] = best
+    return Job(
+        name=name,
+        path=folder,
+        status=str(record.get("status", "unknown")),
+        overrides=_parse_overrides(overrides),
+        metrics=metrics,
+        wall_time_s=record.get("wall_time_s"),
+        error=str(record.get("error") or ""),
+    )
+
+
+def _is_job_folder(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file() or (folder / ".hydra").is_dir()
+
+
+def find_jobs(root: Path) -> list[Job]:
+    """A run folder gives one job; a sweep folder gives one per job sub-folder (any depth)."""
+    if not root.is_dir():
+        raise ResflexError(f"no such folder: {root}", hint="pass a run folder or logs/multirun/<sweep>")
+    now = time.time()
+    if _is_job_folder(root):
+        return [load_job(root, now=now)]
+    folders = sorted(p.parent for p in root.rglob(".hydra") if p.is_dir())
+    folders += sorted(p.parent for p in root.rglob("metrics.json") if p.parent not in folders)
+    if not folders:
+        raise ResflexError(
+            f"no runs under {root}",
+            hint="a run folder has .hydra/ and metrics.json; a sweep folder has one such folder per job",
+        )
+    return [load_job(f, name=str(f.relative_to(root)), now=now) for f in sorted(set(folders))]
+
+
+def _resolution_sort_key(key: str) -> tuple[int, int, int]:
+    match = _RES_KEY.match(key)
+    assert match
+    split, h, w = match.groups()
+    return (0 if split == "val" else 1, int(h), int(w or h))
+
+
+def resolution_columns(jobs: Sequence[Job]) -> list[str]:
+    keys = {k for job in jobs for k in job.metrics if _RES_KEY.match(k)}
+    return sorted(keys, key=_resolution_sort_key)
+
+
+def varying_overrides(jobs: Sequence[Job]) -> tuple[list[str], dict[str, str]]:
+    """(keys whose value differs between jobs, {key: value} shared by all). One job: all keys vary."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    if len(jobs) == 1:
+        return keys, {}
+    common = {}
+    varying = []
+    for key in keys:
+        values = {job.overrides.get(key) for job in jobs}
+        if len(values) == 1:
+            common[key] = next(iter(values))  # type: ignore[assignment]
+        else:
+            varying.append(key)
+    return varying, common
+
+
+def columns_for(jobs: Sequence[Job]) -> list[str]:
+    varying, _ = varying_overrides(jobs)
+    return ["job", *varying, "status", *BASE_METRICS, *resolution_columns(jobs), "img/s", "time_s", "error"]
+
+
+def sort_jobs(jobs: Sequence[Job], metric: str, ascending: bool = False) -> list[Job]:
+    """By ``metric`` (best first); jobs without a value for it go last: failed, running, missing."""
+
+    def key(job: Job) -> tuple[int, Any]:
+        value = job.value(metric)
+        if isinstance(value, str):
+            try:
+                value = float(value)  # overrides are strings: optimizer.lr=0.001
+            except ValueError:
+                return (1, value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return (0, value if ascending else -value)
+        return (2, STATUS_ORDER.get(job.status, len(STATUS_ORDER)))
+
+    return sorted(jobs, key=key)
+
+
+def _format(column: str, value: Any) -> str:
+    if value is None or value == "":
+        return "" if column == "error" else "-"
+    if isinstance(value, float):
+        if column == "img/s" or column == "time_s":
+            return f"{value:.1f}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def table_rows(jobs: Sequence[Job], columns: Sequence[str]) -> list[list[str]]:
+    rows = []
+    for job in jobs:
+        row = []
+        for column in columns:
+            if column == "job":
+                row.append(job.name)
+            elif column == "status":
+                row.append(job.status)
+            elif column == "error":
+                row.append(job.error)
+            else:
+                row.append(_format(column, job.value(column)))
+        rows.append(row)
+    return rows
+
+
+def format_text(columns: Sequence[str], rows: Sequence[Sequence[str]], max_error: int = 70) -> str:
+    rows = [[*r[:-1], (r[-1][: max_error - 1] + "…") if len(r[-1]) > max_error else r[-1]] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def format_markdown(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _label(job: Job, varying: Sequence[str]) -> str:
+    parts = [f"{k}={job.overrides[k]}" for k in varying if k in job.overrides]
+    return ",".join(parts) or job.name
+
+
+def plot(jobs: Sequence[Job], path: Path, metric: str) -> Path | None:
+    """Accuracy vs resolution (a curve per job) if per-resolution metrics exist; else bars of ``metric``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    varying, _ = varying_overrides(jobs)
+    res_cols = resolution_columns(jobs)
+    split = "test" if any(c.startswith("test/") for c in res_cols) else "val"
+    res_cols = [c for c in res_cols if c.startswith(split + "/")]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if res_cols:
+        sizes = [_resolution_sort_key(c)[1] for c in res_cols]
+        drawn = 0
+        for job in jobs:
+            points = [(s, job.metrics.get(c)) for s, c in zip(sizes, res_cols, strict=True)]
+            points = [(s, v) for s, v in points if isinstance(v, int | float)]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=_label(job, varying))
+                drawn += 1
+        if not drawn:
+            plt.close(fig)
+            return None
+        ax.set_xlabel("test resolution (px)")
+        ax.set_ylabel(f"{split}/acc")
+        ax.set_xticks(sizes)
+        ax.set_title(f"{split} accuracy vs input resolution")
+        ax.legend(fontsize=7, loc="best")
+    else:
+        bars = [(_label(j, varying), j.value(metric)) for j in jobs]
+        bars = [(n, v) for n, v in bars if isinstance(v, int | float) and not isinstance(v, bool)]
+        if not bars:
+            plt.close(fig)
+            return None
+        names, values = zip(*bars, strict=True)
+        fig.set_size_inches(7, 1.2 + 0.35 * len(bars))
+        ax.barh(range(len(bars)), values)
+        ax.set_yticks(range(len(bars)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(metric)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.4f}", va="center", fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summarize(root: str | Path, sort: str = "val/acc", ascending: bool = False, write: bool = True) -> str:
+    """Build the summary of ``root``; write the csv/md/png files there unless ``write`` is False."""
+    root = Path(root)
+    jobs = sort_jobs(find_jobs(root), sort, ascending)
+    columns = columns_for(jobs)
+    rows = table_rows(jobs, columns)
+    _, common = varying_overrides(jobs)
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    header = [f"{root}: {len(jobs)} job(s), " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    if common:
+        header.append("common overrides: " + " ".join(f"{k}={v}" for k, v in common.items()))
+    header.append(f"sorted by {sort} ({'ascending' if ascending else 'descending'})")
+    text = "\n".join([*header, "", format_text(columns, rows)])
+    if write:
+        with open(root / "summary.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows(rows)
+        (root / "summary.md").write_text(
+            "\n\n".join(["\n".join(header), format_markdown(columns, rows)]) + "\n"
+        )
+        png = plot(jobs, root / "summary.png", sort)
+        text += "\n\nwrote " + ", ".join(
+            str(p) for p in (root / "summary.csv", root / "summary.md", png) if p is not None
+        )
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="summarize.py")
+    parser.add_argument("path", help="a sweep folder (logs/multirun/<time>) or one run folder")
+    parser.add_argument("--sort", default="val/acc", help="column or metric to sort by (default: val/acc)")
+    parser.add_argument("--ascending", action="store_true", help="smallest first (e.g. for val/loss)")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no files")
+    args = parser.parse_args(argv)
+    try:
+        print(summarize(args.path, sort=args.sort, ascending=args.ascending, write=not args.no_write))
+    except ResflexError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Naming of sweep job folders, so ``tensorboard --logdir <sweep>`` labels runs by what differs.
+
+Hydra names a job folder by ``hydra.job.override_dirname`` (``backbone=resnet18,pooling=avg``).
+Used raw, that name breaks in three cases this module handles:
+
+* empty (a one-job sweep with no overrides, or only excluded keys): the job
+  would write into the sweep folder itself -> ``job<N>`` instead;
+* a ``/`` in a value (``backbone.name=hf-hub:timm/resnet18``) would nest folders
+  -> replaced by ``_``, as are whitespace and control characters;
+* longer than a file name may be (255 bytes) -> cut, with a short hash that
+  keeps the names distinct.
+
+Hydra's ``override_dirname`` also lists the overrides every job shares
+(``data=fashion_mnist trainer=gpu ...`` typed once on the command line), which
+buries what the sweep varies. So the name keeps only the *swept* keys: those
+given with sweep syntax on the command line (``pooling=avg,max``,
+``range(...)``, ``choice(...)``) and those in ``hydra.sweeper.params``
+(Optuna). Where they cannot be found (another launcher's process), the full
+``override_dirname`` is used.
+
+The resolver ``${resflex.job_dir:${hydra.job.override_dirname},${hydra.job.num}}``
+is registered when :mod:`resflex.train` is imported, before Hydra composes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+MAX_NAME = 160
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|\s")
+
+
+def job_dir_name(override_dirname: str | None, job_num: int | str = 0) -> str:
+    """A safe, readable folder name for one sweep job (see module docstring)."""
+    name = _UNSAFE.sub("_", str(override_dirname or "")).strip(".")
+    if not name:
+        return f"job{job_num}"
+    if len(name.encode()) > MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = name.encode()[: MAX_NAME - 9].decode(errors="ignore") + "-" + digest
+    return name
+
+
+def swept_keys(argv: Sequence[str], sweeper_params: Iterable[str] = ()) -> set[str]:
+    """Keys that vary between the jobs of a sweep: sweep-syntax overrides in ``argv`` + sweeper params."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = {str(k) for k in sweeper_params}
+    parser = OverridesParser.create()
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # not an override Hydra would accept: Hydra reports it, not us
+            continue
+        if override.is_sweep_override():
+            keys.add(override.key_or_group)
+        else:  # a fixed value on the command line pins a searched parameter (Optuna)
+            keys.discard(override.key_or_group)
+    return keys
+
+
+def swept_dirname(override_dirname: str | None) -> str | None:
+    """The job's ``override_dirname`` cut down to the swept keys, in Hydra's format; None if unknown."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return override_dirname
+    hc = HydraConfig.get()
+    params = OmegaConf.select(hc, "sweeper.params", default=None) or {}
+    keys = swept_keys(sys.argv[1:], params.keys())
+    if not keys:
+        return override_dirname
+    conf = hc.job.config.override_dirname
+    excluded = set(conf.exclude_keys)
+    items = []
+    for item in hc.overrides.task:
+        key, _, value = str(item).partition("=")
+        if key.lstrip("+~") in keys and key.lstrip("+~") not in excluded:
+            items.append(f"{key}{conf.kv_sep}{value}")
+    return conf.item_sep.join(sorted(items)) or override_dirname
+
+
+def job_folder(override_dirname: str | None, job_num: int | str = 0) -> str:
+    """The resolver: swept keys only (see module docstring), made safe by :func:`job_dir_name`.
+
+    A search can draw the same values twice (Optuna over categorical choices):
+    a name whose folder another job already used gets ``-job<N>`` appended.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        name = job_dir_name(swept_dirname(override_dirname), job_num)
+        if HydraConfig.initialized():
+            sweep_dir = Path(str(HydraConfig.get().sweep.dir))
+            if (sweep_dir / name / ".hydra").exists() and not _same_job(sweep_dir / name, job_num):
+                name = f"{name}-job{job_num}"
+        return name
+    except Exception:  # naming must never stop a sweep
+        return job_dir_name(override_dirname, job_num)
+
+
+def _same_job(folder: Path, job_num: int | str) -> bool:
+    """The folder is this very job's: a requeued SLURM job, or another DDP rank of it (same job number).
+
+    Under submitit every rank of a multi-GPU job resolves the folder name, and a
+    preempted job is requeued with its number: both must land in the job's folder.
+    """
+    saved = folder / ".hydra" / "hydra.yaml"
+    if not saved.exists():
+        return True  # the job's rank 0 is writing it right now
+    return str(OmegaConf.select(OmegaConf.load(saved), "hydra.job.num", default=None)) == str(job_num)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("resflex.job_dir"):
+        OmegaConf.register_new_resolver("resflex.job_dir", job_folder)

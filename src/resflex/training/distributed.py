@@ -1,0 +1,252 @@
+"""Multi-process training helpers: a per-rank batch log, and DDP jobs inside a Hydra sweep.
+
+:class:`RankBatchLog` writes, on every rank, one JSON line per training step
+(epoch, step, the batch's (h, w), its sample indices) to
+``<run>/ranks/rank<k>.jsonl``, and a weights checksum at the end of each epoch.
+It exists so that the sampler's DDP contract can be *checked from the run
+folder*, not just believed: all ranks use the same size at the same step, the
+ranks' shards are disjoint and together cover the data, and the replicas stay
+identical (a checksum that differs means gradients were not synchronised).
+``python -m resflex.training.distributed <run>`` prints that check.
+
+:func:`ddp_job_scope` makes Lightning's subprocess launcher (``strategy=ddp``)
+work for each job of a Hydra multirun; see its docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pytorch_lightning as pl
+import torch
+
+# Environment variables Lightning's launcher sets in the launching process for its children.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+class RankBatchLog(pl.Callback):
+    """Per-rank record of training batches: ``<output_dir>/ranks/rank<k>.jsonl``.
+
+    Lines are ``{"epoch", "step", "size": [h, w], "indices": [...]}`` per step and
+    ``{"epoch", "event": "epoch_end", "steps", "param_checksum"}`` per epoch.
+    ``only_distributed``: write nothing in a single-process run (the default).
+    """
+
+    def __init__(self, output_dir: str | None = None, only_distributed: bool = True) -> None:
+        super().__init__()
+        self.output_dir = output_dir
+        self.only_distributed = only_distributed
+        self._file: IO[str] | None = None
+        self._steps = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or (self.only_distributed and trainer.world_size < 2):
+            return
+        folder = Path(self.output_dir or trainer.default_root_dir) / "ranks"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._file = open(folder / f"rank{trainer.global_rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._steps = 0
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._file is None:
+            return
+        shape = tuple(int(v) for v in batch[0].shape[-2:])
+        self._steps += 1
+        self._write(
+            {
+                "epoch": trainer.current_epoch,
+                "step": batch_idx,
+                "size": list(shape),
+                "indices": _planned_indices(trainer, batch_idx, shape, len(batch[0])),
+            }
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._file is None:
+            return
+        with torch.no_grad():
+            checksum = sum(float(p.detach().double().sum()) for p in pl_module.parameters())
+        self._write(
+            {
+                "epoch": trainer.current_epoch,
+                "event": "epoch_end",
+                "steps": self._steps,
+                "param_checksum": checksum,
+                "num_samples": getattr(
+                    getattr(trainer.train_dataloader, "batch_sampler", None), "num_samples", None
+                ),
+            }
+        )
+        self._file.flush()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._file is not None and stage == "fit":
+            self._file.close()
+            self._file = None
+
+
+def _planned_indices(trainer: pl.Trainer, batch_idx: int, shape: tuple[int, ...], n: int) -> list[int] | None:
+    """The batch's sample indices from the sampler's epoch plan (None if the plan does not match)."""
+    sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+    plan = getattr(sampler, "plan", None)
+    if not callable(plan):
+        return None
+    steps = plan()
+    if 0 <= batch_idx < len(steps):
+        step = steps[batch_idx]
+        if tuple(step.size) == shape and len(step.indices) == n:
+            return [int(i) for i in step.indices]
+    return None
+
+
+# ---- reading the log back ------------------------------------------------------------------
+def read_rank_logs(run_dir: str | Path) -> dict[int, list[dict[str, Any]]]:
+    """``{rank: [records...]}`` from ``<run_dir>/ranks/rank<k>.jsonl``."""
+    logs = {}
+    for path in sorted(Path(run_dir, "ranks").glob("rank*.jsonl")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        logs[int(path.stem[4:])] = [json.loads(line) for line in lines if line.strip()]
+    return logs
+
+
+def check_rank_logs(run_dir: str | Path, num_samples: int | None = None) -> dict[str, Any]:
+    """What the per-rank logs say about the DDP contract, per epoch.
+
+    ``sizes_agree``: every rank had the same (h, w) at every step;
+    ``rank_repeats``: samples one rank saw twice (0: each rank's shard has no duplicates);
+    ``padding``: samples seen by two ranks: the sampler's padding, which keeps the ranks' step
+    counts equal (square: at most world_size - 1; keep_aspect: at most that per bucket);
+    ``covered`` / ``missing``: distinct samples seen / not seen (``num_samples``: the train split
+    size, read from the log unless given; with ``drop_last`` a partial last step is skipped);
+    ``weights_agree``: the ranks' parameter checksums are equal at the end of the epoch.
+    """
+    logs = read_rank_logs(run_dir)
+    if not logs:
+        raise FileNotFoundError(f"no per-rank logs in {Path(run_dir, 'ranks')} (was the run distributed?)")
+    epochs = sorted({r["epoch"] for records in logs.values() for r in records})
+    report: dict[str, Any] = {"ranks": sorted(logs), "epochs": {}}
+    for epoch in epochs:
+        steps = {
+            rank: [r for r in recs if r["epoch"] == epoch and "step" in r] for rank, recs in logs.items()
+        }
+        ends = {
+            rank: [r for r in recs if r["epoch"] == epoch and r.get("event") == "epoch_end"]
+            for rank, recs in logs.items()
+        }
+        sizes = {rank: [(s["step"], tuple(s["size"])) for s in recs] for rank, recs in steps.items()}
+        counts: Counter[int] = Counter(
+            i for recs in steps.values() for s in recs for i in (s.get("indices") or [])
+        )
+        checksums = {rank: e[-1]["param_checksum"] for rank, e in ends.items() if e}
+        per_rank = [Counter(i for s in recs for i in (s.get("indices") or [])) for recs in steps.values()]
+        total = num_samples or next((e[-1].get("num_samples") for e in ends.values() if e), None)
+        entry = {
+            "steps": {rank: len(recs) for rank, recs in steps.items()},
+            "sizes_agree": len({tuple(v) for v in sizes.values()}) == 1,
+            "sizes": sorted({size for v in sizes.values() for _, size in v}),
+            "seen": sum(counts.values()),
+            "covered": len(counts),
+            "rank_repeats": sum(c - 1 for own in per_rank for c in own.values()),
+            "padding": sum(c - 1 for c in counts.values()),
+            "weights_agree": len(set(checksums.values())) <= 1 if checksums else None,
+        }
+        if total is not None:
+            entry["missing"] = int(total) - len(counts)
+        report["epochs"][epoch] = entry
+    return report
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="check a DDP run's per-rank batch logs (<run>/ranks/)")
+    parser.add_argument("run_dir")
+    parser.add_argument("--num-samples", type=int, default=None, help="size of the train split")
+    args = parser.parse_args(argv)
+    report = check_rank_logs(args.run_dir, args.num_samples)
+    ok = True
+    print(f"ranks: {report['ranks']}")
+    for epoch, e in report["epochs"].items():
+        ok &= e["sizes_agree"] and e["rank_repeats"] == 0 and e["weights_agree"] is not False
+        missing = f", missing {e['missing']}" if "missing" in e else ""
+        print(
+            f"epoch {epoch}: steps/rank {e['steps']}, sizes agree: {e['sizes_agree']} {e['sizes']}, "
+            f"samples {e['covered']} distinct of {e['seen']} seen "
+            f"({e['padding']} padding repeats{missing}), "
+            f"weights agree: {e['weights_agree']}"
+        )
+    return 0 if ok else 1
+
+
+# ---- DDP inside a Hydra multirun ------------------------------------------------------------
+@contextmanager
+def ddp_job_scope(
+    output_dir: str | Path, job_overrides: Sequence[str], config_name: str | None
+) -> Iterator[None]:
+    """Run one job of a Hydra multirun so that ``strategy=ddp`` launches *this job's* ranks.
+
+    Lightning's subprocess launcher starts ranks 1..N-1 by re-running the entry
+    point with ``sys.argv`` plus ``hydra.run.dir=<HydraConfig run.dir>``. In a
+    multirun that command is the whole sweep (``-m a=1,2``): each child would
+    start a sweep of its own, in run.dir, not the job's folder. And the
+    launcher leaves ``LOCAL_RANK``/``MASTER_PORT``... in ``os.environ``, so the
+    next job of the sweep believes its ranks were started externally and waits
+    for them forever. So, for the duration of the job:
+
+    - ``sys.argv`` is the job's own overrides (what ``.hydra/overrides.yaml``
+      holds), without ``-m``: a child composes exactly this job's config, in
+      run mode;
+    - Hydra's ``run.dir`` is the job's folder, which Lightning passes on as
+      ``hydra.run.dir``: every rank writes to the same job folder;
+    - afterwards the DDP variables are restored and the process group is
+      destroyed, so the next job starts its own ranks on a fresh port.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    saved_argv = list(sys.argv)
+    saved_env = {key: os.environ.get(key) for key in _DDP_ENV}
+    hydra_run = HydraConfig.get().run
+    saved_run_dir = hydra_run.dir
+    argv = [sys.argv[0]]
+    if config_name:
+        argv.append(f"--config-name={config_name}")
+    sys.argv = [*argv, *job_overrides]
+    with read_write(hydra_run):
+        hydra_run.dir = str(Path(output_dir).resolve())
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        with read_write(hydra_run):
+            hydra_run.dir = saved_run_dir
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        destroy_process_group()
+
+
+def destroy_process_group() -> None:
+    """Tear down torch.distributed after a run, so a next run in this process can start its own group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,143 @@
+"""Accuracy vs test resolution: the plot at the end of fit, and the same plot across runs.
+
+:class:`AccuracyVsResolution` reads the per-size metrics that the module logs
+(``val/acc@64``, ``test/acc@96``; see ``eval.resolutions``), draws accuracy
+against the evaluation side with the training size(s) marked, writes
+``<run>/acc_vs_resolution.png`` and logs the figure to TensorBoard
+(``eval/acc_vs_resolution``). It redraws after ``trainer.test`` so the test
+curve joins the validation one.
+
+Across runs (one curve per run, e.g. per pooling head)::
+
+    python -m resflex.training.resolution_eval logs/multirun/<time>/* --out fig.png --stage test
+
+The figure is built on matplotlib's Agg canvas directly (no pyplot, no global
+backend switch), so it works on headless machines and inside data workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_TAG = re.compile(r"^(val|test)/acc@(\d+)$")
+
+Curve = dict[int, float]
+
+
+def curve_from_metrics(metrics: Mapping[str, Any], stage: str) -> Curve:
+    """``{side: accuracy}`` from ``{stage}/acc@<side>`` entries (square sizes only)."""
+    curve: Curve = {}
+    for key, value in metrics.items():
+        match = _TAG.match(key)
+        if match and match.group(1) == stage and value is not None:
+            curve[int(match.group(2))] = float(value)
+    return dict(sorted(curve.items()))
+
+
+def draw_accuracy_vs_resolution(
+    curves: Mapping[str, Curve], train_sides: Sequence[int] = (), title: str = "accuracy vs test resolution"
+) -> Figure:
+    """One line per curve; vertical dashed lines at the training side(s) (a band if there are many)."""
+    figure = Figure(figsize=(5.0, 3.4), dpi=120)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot(1, 1, 1)
+    for label, curve in curves.items():
+        if curve:
+            sides = sorted(curve)
+            ax.plot(sides, [curve[s] for s in sides], marker="o", label=label)
+    sides = sorted(set(train_sides))
+    if len(sides) > 3:
+        ax.axvspan(sides[0], sides[-1], color="grey", alpha=0.15, label=f"train {sides[0]}-{sides[-1]}")
+    for k, side in enumerate(sides if len(sides) <= 3 else ()):
+        ax.axvline(side, color="grey", linestyle="--", linewidth=1, label="train size" if k == 0 else None)
+    ax.set_xlabel("test resolution (pixels per side)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+class AccuracyVsResolution(pl.Callback):
+    """At the end of fit (and again after test): PNG in the run folder + TensorBoard image."""
+
+    def __init__(self, output_dir: str | None = None, filename: str = "acc_vs_resolution.png") -> None:
+        super().__init__()
+        self.output_dir = output_dir
+        self.filename = filename
+        self.curves: dict[str, Curve] = {}
+        self.path: Path | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.curves["val"] = curve_from_metrics(trainer.callback_metrics, "val")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.curves["test"] = curve_from_metrics(trainer.callback_metrics, "test")
+        self.save(trainer)
+
+    def save(self, trainer: pl.Trainer) -> Path | None:
+        """Draw what has been collected; nothing when no size was evaluated."""
+        if not trainer.is_global_zero or not any(self.curves.values()):
+            return None
+        schedule = getattr(getattr(trainer, "datamodule", None), "schedule", None)
+        train_sides = [w for _, w in schedule.train_sizes()] if schedule is not None else []
+        figure = draw_accuracy_vs_resolution(self.curves, train_sides, title=_title(schedule))
+        folder = Path(self.output_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / self.filename
+        figure.savefig(self.path)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure("eval/acc_vs_resolution", figure, global_step=trainer.global_step)
+                experiment.flush()
+        return self.path
+
+
+def _title(schedule: object) -> str:
+    name = type(schedule).__name__ if schedule is not None else ""
+    return f"accuracy vs test resolution ({name})" if name else "accuracy vs test resolution"
+
+
+def _run_label(run: Path, record: Mapping[str, Any]) -> str:
+    choices = record.get("choices") or {}
+    if choices.get("pooling"):
+        return f"{choices['pooling']} pooling"
+    return run.name
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Plot one curve per run folder (each with a ``metrics.json``) into one PNG."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.json")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--stage", default="test", choices=("val", "test"))
+    parser.add_argument("--train-size", type=int, action="append", default=[], help="mark a training side")
+    args = parser.parse_args(argv)
+    curves = {}
+    for run in args.runs:
+        record = json.loads((run / "metrics.json").read_text())
+        curves[_run_label(run, record)] = curve_from_metrics(record.get("metrics", {}), args.stage)
+    title = f"{args.stage} accuracy vs resolution"
+    figure = draw_accuracy_vs_resolution(curves, args.train_size, title=title)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Nothing lost: atomic checkpoints, a checkpoint on SIGTERM/Ctrl-C, a stop on NaN loss, RNG state in checkpoints.
+
+Lightning already turns SIGTERM into a clean stop (``SIGTERMException`` after
+the current batch) and Ctrl-C into a graceful shutdown, but saves nothing
+then; :class:`SaveOnInterrupt` writes ``last.ckpt`` at that moment so
+``ckpt_path=last`` resumes from it. Lightning's checkpoint IO writes through an
+fsspec transaction; :class:`AtomicCheckpointIO` makes the guarantee explicit
+and local (temp file in the same folder, fsync, ``os.replace``), so a crash
+while saving never leaves a truncated ``last.ckpt``, and it loads with
+``weights_only=True`` always.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from resflex.errors import ResflexError
+
+log = logging.getLogger("resflex")
+
+
+class NonFiniteLossError(ResflexError, FloatingPointError):
+    """Training produced a NaN/inf loss; the run is marked failed, the last good checkpoint kept."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``<path>.tmp`` in the same folder, fsync, then rename over ``<path>``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def checkpoint_dir(trainer: pl.Trainer) -> Path:
+    callback = trainer.checkpoint_callback
+    dirpath = getattr(callback, "dirpath", None)
+    return Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
+
+
+class SaveOnInterrupt(pl.Callback):
+    """On SIGTERM (clusters send it before killing) or Ctrl-C: save ``checkpoints/last.ckpt`` and stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved_path: str | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            return
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        path = checkpoint_dir(trainer) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved_path = str(path)
+        log.warning("interrupted at step %d: checkpoint saved to %s", trainer.global_step, path)
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops training when the loss becomes NaN/inf, naming the step, before a bad checkpoint is written.
+
+    The check runs on the device without a host sync per step: the first bad
+    step is remembered in a device tensor and read once per logging interval and
+    before each validation (checkpoints are written after validation).
+    """
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        super().__init__()
+        self.check_every_n_steps = check_every_n_steps
+        self._first_bad: torch.Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        step = torch.tensor(trainer.global_step, device=loss.device)
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad_now = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad_now, step, self._first_bad)
+        every = self.check_every_n_steps or trainer.log_every_n_steps
+        if loss.device.type == "cpu" or trainer.global_step % max(1, every) == 0:
+            self._raise_if_bad()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._raise_if_bad()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._raise_if_bad()
+
+    def _raise_if_bad(self) -> None:
+        if self._first_bad is None:
+            return
+        step = int(self._first_bad)
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"training loss became NaN/inf at step {step}; the last good checkpoint is kept",
+                hint="lower optimizer.lr, set trainer.gradient_clip_val, or check the data",
+            )
+
+
+class RngStateCheckpoint(pl.Callback):
+    """Saves and restores the torch / numpy / Python RNG states, so a resumed run draws the same numbers.
+
+    Stored as tensors and plain tuples so that ``weights_only=True`` loading accepts them.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        np_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        name, keys, *rest = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,104 @@
+"""Shared test helpers: tiny image folders, running the CLI as a user types it, reading TensorBoard events."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO / "scripts" / "train.py"
+
+# Keep each test process to the machine's size and the run deterministic.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Overrides that make a CLI run take seconds: a tiny timm model, tiny data, a few batches.
+TINY = (
+    "backbone.name=test_resnet",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "resolution.size=32",
+)
+TINY_SYNTHETIC = ("data.source.num_train=48", "data.source.num_val=16", "data.source.num_test=16")
+
+
+def run_cli(args: Sequence[str], cwd: Path, script: Path = TRAIN_SCRIPT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python scripts/<script> args...`` in a subprocess, exactly as a user would."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def scalar_tags(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series in the TensorBoard event files directly under ``run_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            series.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return series
+
+
+def make_image_folder(
+    root: Path,
+    classes: Sequence[str] = ("cats", "dogs", "owls"),
+    per_class: int = 6,
+    splits: Sequence[str] = ("train",),
+    seed: int = 0,
+) -> Path:
+    """Write a folder of varied images: sizes, aspect ratios, modes (L, RGB, RGBA, P) and formats (PNG, JPEG).
+
+    Each class has a distinct mean colour so that a model can learn it quickly.
+    """
+    rng = np.random.default_rng(seed)
+    modes = ("RGB", "L", "RGBA", "P")
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = int(rng.integers(9, 90)), int(rng.integers(9, 90))
+                base = np.zeros(3)
+                base[c % 3] = 200
+                pixels = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels, "RGB")
+                mode = modes[i % len(modes)]
+                if mode == "L":
+                    image = image.convert("L")
+                elif mode == "RGBA":
+                    image = image.convert("RGBA")
+                elif mode == "P":
+                    image = image.convert("P")
+                ext = "jpg" if mode in ("RGB", "L") and i % 2 == 0 else "png"
+                image.save(folder / f"{name}_{i}.{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images", splits=("train", "val"))

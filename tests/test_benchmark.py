@@ -1,0 +1,150 @@
+"""scripts/benchmark.py: the pieces it is built from (fast) and the --quick run with every JSON key (slow).
+
+No test asserts a wall-clock figure: machines differ and are shared; the
+benchmark prints ratios, the tests check that they are measured and reported.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resflex.benchmark import cli, sections
+from resflex.benchmark.machine import PeakMemory, machine_info
+from resflex.benchmark.runners import Setup, build_model, plain_windows, random_batch
+from tests.conftest import REPO, run_cli
+
+BENCHMARK = REPO / "scripts" / "benchmark.py"
+
+
+def _imports(module: str, seen: set[str]) -> set[str]:
+    """Every module ``module`` imports, anywhere in its source (lazy imports too), through resflex."""
+    if module in seen:
+        return set()
+    seen.add(module)
+    path = REPO / "src" / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            found.add(name)
+            if name.startswith("resflex"):
+                found |= _imports(name, seen)
+    return found
+
+
+def test_benchmark_needs_neither_hydra_nor_omegaconf() -> None:
+    """The GPU machines have torch/timm/Lightning but no Hydra: nothing the benchmark runs may import it."""
+    imported = _imports("resflex.benchmark.cli", set())
+    assert "resflex.training.module" in imported and "resflex.data.datamodule" in imported
+    offending = sorted(n for n in imported if n.split(".")[0] in ("hydra", "omegaconf"))
+    assert not offending, offending
+
+
+def test_quick_defaults_fill_only_what_is_not_given() -> None:
+    args = cli.fill_defaults(cli.parse_args(["--quick", "--batch-size", "4"]), torch.device("cpu"))
+    assert args.backbone == "test_resnet"
+    assert args.batch_size == 4
+    assert args.sizes == [48, 64, 80]
+    args = cli.fill_defaults(cli.parse_args(["--sizes", "32,40", "--size", "40"]), torch.device("cpu"))
+    assert args.sizes == [32, 40] and args.size == 40 and args.backbone == "resnet18"
+
+
+def test_model_kwargs_and_sections_are_parsed() -> None:
+    args = cli.parse_args(["--model-kwarg", "dynamic_img_size=True", "--model-kwarg", "name=abc"])
+    assert dict(args.model_kwarg) == {"dynamic_img_size": True, "name": "abc"}
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--sections", "overhead,nonsense"])
+
+
+def test_precision_auto_is_fp32_on_cpu() -> None:
+    assert cli.resolve_precision("auto", torch.device("cpu")) == "32-true"
+    assert cli.resolve_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"
+
+
+def test_equal_pixel_side_matches_the_mean_pixel_count() -> None:
+    assert sections.equal_pixel_side([48, 64, 80], 8) == 64  # sqrt(4266.7) = 65.3
+    side = sections.equal_pixel_side([160, 192, 224, 256, 288], 16)
+    assert side % 16 == 0 and abs(side * side - 52224) / 52224 < 0.05
+
+
+def test_cpu_peak_memory_is_reset_and_sees_a_new_allocation() -> None:
+    meter = PeakMemory(torch.device("cpu"))
+    meter.reset()
+    if not meter.resettable:
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    before = meter.peak_mb()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    grown = meter.peak_mb()
+    del block
+    assert grown - before > 48, (before, grown)
+
+
+def test_machine_info_names_the_machine_and_versions() -> None:
+    info = machine_info(torch.device("cpu"))
+    for key in ("cpu_model", "cpu_cores", "torch", "timm", "pytorch_lightning", "load_average"):
+        assert info[key], key
+
+
+def test_plain_loop_reports_one_figure_per_window_and_trains() -> None:
+    setup = Setup("test_resnet", torch.device("cpu"), batch_size=4)
+    model = build_model(setup)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = random_batch(4, (32, 32), 10)
+    windows = plain_windows(setup, model, [batch] * 5, warmup=1, steps=2, windows=2)
+    assert len(windows) == 2
+    assert all(w.images_per_sec > 0 and w.pixels_per_sec == pytest.approx(w.images_per_sec * 32 * 32) for w in windows)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_table_renders_every_section_and_verdict() -> None:
+    report = {
+        "machine": {"cpu_model": "X", "cpu_cores": 2, "torch": "t", "timm": "m", "pytorch_lightning": "l"},
+        "config": {"backbone": "b", "batch_size": 8, "precision": "32-true", "channels_last": True, "compile": False},
+        "overhead": {"size": 64, "resflex_images_per_sec": 96.0, "plain_images_per_sec": 100.0, "ratio": 0.96, "target": 0.95},
+        "pipeline": {"size": 64, "full_images_per_sec": 80.0, "compute_only_images_per_sec": 100.0, "ratio": 0.8,
+                     "target": 0.9, "workers": 2, "format": "jpeg"},
+        "mixed": {"sizes": [48, 64], "fixed_size": 56, "mixed_pixels_per_sec": 1e6, "fixed_pixels_per_sec": 1e6,
+                  "ratio": 1.0, "target": 0.95},
+        "memory": {"kind": "cpu_peak_rss", "batch_size": 8, "per_size": {"48": {"peak_mb": 1.0, "above_start_mb": 0.5}}},
+        "study": None,
+        "wall_seconds": 1.0,
+    }  # fmt: skip
+    table = cli.render_table(report)
+    assert "1 overhead" in table and "met" in table
+    assert "2 pipeline" in table and "NOT met" in table
+    assert "3 mixed" in table and "4 memory" in table and "48px" in table
+
+
+@pytest.mark.slow
+def test_quick_benchmark_produces_every_json_key(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_cli(["--quick", "--json", str(out)], cwd=tmp_path, script=BENCHMARK, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for key in cli.REQUIRED_KEYS:
+        assert key in report, key
+    for key in cli.SECTIONS:
+        assert report[key] is not None, key
+    for section, a, b in (
+        ("overhead", "resflex_images_per_sec", "plain_images_per_sec"),
+        ("pipeline", "full_images_per_sec", "compute_only_images_per_sec"),
+        ("mixed", "mixed_pixels_per_sec", "fixed_pixels_per_sec"),
+    ):
+        record = report[section]
+        assert record[a] > 0 and record[b] > 0, section
+        assert record["ratio"] == pytest.approx(record[a] / record[b], rel=1e-2), section
+        assert len(record["samples"][a]) == report["config"]["repeats"], section
+        assert "target" in record
+    assert set(report["memory"]["per_size"]) == {"48", "64", "80"}
+    assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["torch"]
+    assert "1 overhead" in result.stdout and "ratio" in result.stdout

@@ -1,0 +1,141 @@
+"""The command line exactly as a user types it: runs, run folders, TensorBoard tags, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, TINY_SYNTHETIC, make_image_folder, run_cli, scalar_tags
+
+REQUIRED_TAGS = {
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "val/acc_top5",
+    "train/images_per_sec",
+    "val/images_per_sec",
+    "train/resolution",
+}
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_train_writes_run_folder_with_tensorboard_tags(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(["pooling=pyramid", *TINY, *TINY_SYNTHETIC, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    tags = scalar_tags(run_dir)
+    assert REQUIRED_TAGS <= set(tags), sorted(tags)
+    assert any(tag.startswith("train/lr") for tag in tags)
+    assert all(0.0 <= v <= 1.0 for _, v in tags["val/acc"])
+    assert all(v > 0 for _, v in tags["train/images_per_sec"])
+    assert {v for _, v in tags["train/resolution"]} == {32.0}
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "completed"
+    assert record["choices"]["pooling"] == "pyramid"
+    assert "val/acc" in record["metrics"] and "test/acc" in record["metrics"]
+
+
+def test_hparams_are_logged_with_final_metrics(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run_dir = tmp_path / "run"
+    result = run_cli([*TINY, *TINY_SYNTHETIC, "optimizer.lr=0.003", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found: dict[str, object] = {}
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        try:
+            content = acc.PluginTagToContent("hparams").get("_hparams_/session_start_info")
+        except KeyError:  # an event file without an HPARAMS session
+            continue
+        if content:
+            data = plugin_data_pb2.HParamsPluginData.FromString(content)
+            found = {k: v for k, v in data.session_start_info.hparams.items()}
+    assert found, "no HPARAMS session in the event files"
+    assert found["optimizer.lr"].number_value == pytest.approx(0.003)
+    assert found["choice/pooling"].string_value == "avg"
+    assert "hp/val_acc" in scalar_tags(run_dir)
+
+
+def test_train_on_image_folder_of_mixed_images(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "images", per_class=8)  # no val/: seeded split
+    run_dir = tmp_path / "run"
+    result = run_cli(["data=imagefolder", f"data.root={root}", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "completed" and "val/acc" in record["metrics"]
+    assert "val/acc_top5" not in record["metrics"]  # only 3 classes
+
+
+def test_multirun_gives_each_job_its_own_named_folder(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        ["-m", "pooling=avg,max,pyramid", *TINY, *TINY_SYNTHETIC, "test_after_fit=false", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 3, jobs
+    assert {next(part for part in name.split(",") if part.startswith("pooling=")) for name in jobs} == {
+        "pooling=avg",
+        "pooling=max",
+        "pooling=pyramid",
+    }
+    for name in jobs:
+        assert "val/acc" in scalar_tags(sweep / name)
+        assert json.loads((sweep / name / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_unknown_backbone_is_one_line_with_suggestions(tmp_path: Path) -> None:
+    result = run_cli([*TINY, "backbone.name=resnet19", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    assert_one_line_error(result, "unknown backbone 'resnet19'", "resnet18")
+
+
+def test_unknown_pooling_is_one_line_with_choices(tmp_path: Path) -> None:
+    result = run_cli(["pooling=median"], cwd=tmp_path)
+    assert_one_line_error(result, "unknown pooling 'median'", "avg", "pyramid")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "unset"])
+def test_bad_data_root_is_one_line(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "nowhere"
+    if kind == "empty":
+        root.mkdir()
+    args = ["data=imagefolder", *TINY, f"hydra.run.dir={tmp_path / 'r'}"]
+    if kind != "unset":
+        args.append(f"data.root={root}")
+    result = run_cli(args, cwd=tmp_path)
+    expected = {"missing": "does not exist", "empty": "is empty", "unset": "data.root is not set"}[kind]
+    assert_one_line_error(result, expected)
+
+
+def test_full_error_shows_the_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TRAIN_SCRIPT
+
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "backbone.name=resnet19", f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr

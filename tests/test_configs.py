@@ -1,0 +1,78 @@
+"""Every config file composes (Hydra compose API), resolves, and builds what it describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from resflex.config import CONFIG_DIR, check_group_choices, group_options
+from resflex.errors import ConfigError
+from resflex.models.backbone import check_model_name
+from resflex.models.pooling import PoolingHead
+
+# groups whose files are selected on the command line as `group=option`
+GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+OPTIONS = [(g, o) for g in GROUPS for o in group_options(g)]
+
+
+def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_every_group_has_options() -> None:
+    for group in ("backbone", "pooling", "resolution", "data", "trainer", "logger", "callbacks", "debug", "paths"):
+        assert group_options(group), f"configs/{group}/ is empty"
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_config_file_composes_and_resolves(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "hparams_search":
+        pytest.skip("sweeper configs are composed by their own tests")
+    cfg = compose_train(overrides, tmp_path)
+    assert cfg.hydra.runtime.choices[group] == option
+    task_cfg = cfg.copy()
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    container = OmegaConf.to_container(task_cfg, resolve=True)  # every interpolation resolves
+    assert container["paths"]["output_dir"] == str(tmp_path)
+    check_model_name(cfg.backbone.name)
+    assert isinstance(instantiate(cfg.pooling), PoolingHead)
+    schedule = instantiate(cfg.resolution)
+    assert len(schedule.eval_size) == 2
+
+
+def test_overrides_reach_the_objects(tmp_path: Path) -> None:
+    cfg = compose_train(["pooling=pyramid", "pooling.levels=[1,3]", "resolution.size=[48,80]", "optimizer.lr=0.01"], tmp_path)
+    head = instantiate(cfg.pooling)
+    assert head.out_features(10) == 10 * (1 + 9)
+    assert instantiate(cfg.resolution).size_at(0, 0) == (48, 80)
+    assert instantiate(cfg.optimizer).keywords["lr"] == 0.01
+
+
+def test_debug_preset_limits_the_run(tmp_path: Path) -> None:
+    cfg = compose_train(["debug=fast"], tmp_path)
+    assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 4 and cfg.data.num_workers == 0
+
+
+def test_unknown_group_choice_is_one_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_group_choices(["pooling=median"])
+    assert str(info.value) == "unknown pooling 'median' (pooling=median) (hint: choose one of: " + ", ".join(
+        group_options("pooling")
+    ) + ")"
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet_99'"):
+        check_group_choices(["-m", "backbone=resnet18,resnet_99"])
+    check_group_choices(["pooling=avg,max,pyramid", "backbone.name=anything", "hydra.run.dir=x", "+extra=1"])

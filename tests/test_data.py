@@ -1,0 +1,149 @@
+"""Data: the embedded synthetic set, image folders of any mode/size, transforms and loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resflex.data.datamodule import ResflexDataModule, SizedDataset
+from resflex.data.datasets import ImageFolderSource, SyntheticSource
+from resflex.data.images import load_rgb
+from resflex.data.resolution import FixedResolution, parse_size
+from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.synthetic import SyntheticShapes
+from resflex.data.transforms import EvalTransform, TrainTransform
+from resflex.errors import ConfigError, DataError
+from tests.conftest import make_image_folder
+
+
+def test_synthetic_is_deterministic_and_varied() -> None:
+    a, b = SyntheticShapes(40, seed=3), SyntheticShapes(40, seed=3)
+    img_a, label_a = a[5]
+    img_b, label_b = b[5]
+    assert label_a == label_b and np.array_equal(np.asarray(img_a), np.asarray(img_b))
+    sizes = {a[i][0].size for i in range(40)}
+    aspects = [w / h for w, h in sizes]
+    assert len(sizes) > 30, "image sizes should vary"
+    assert min(aspects) < 0.8 and max(aspects) > 1.25, "aspect ratios should vary"
+    assert all(a[i][0].mode == "RGB" for i in range(5))
+    other = SyntheticShapes(40, seed=4)[5][0]
+    assert other.size != img_a.size or not np.array_equal(np.asarray(other), np.asarray(img_a))
+
+
+def test_synthetic_classes_are_balanced_and_splits_differ() -> None:
+    source = SyntheticSource(num_train=100, num_val=30, num_test=20)
+    labels = [source.splits["train"][i][1] for i in range(100)]
+    assert np.bincount(labels).tolist() == [10] * 10
+    assert set(source.splits) == {"train", "val", "test"}
+    train0 = np.asarray(source.splits["train"][0][0])
+    val0 = np.asarray(source.splits["val"][0][0])
+    assert train0.shape != val0.shape or not np.array_equal(train0, val0)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 56), (57, 13), (1, 1)])
+def test_transforms_give_exact_uint8_size(size: tuple[int, int]) -> None:
+    image = Image.new("RGB", (91, 37), (10, 20, 30))
+    for transform in (TrainTransform(), EvalTransform(), EvalTransform(crop_pct=0.875)):
+        out = transform(image, size)
+        assert out.dtype == torch.uint8 and out.shape == (3, *size)
+
+
+def test_eval_transform_keeps_the_centre() -> None:
+    pixels = np.zeros((40, 100, 3), np.uint8)
+    pixels[:, 30:70] = 255  # a white vertical band in the middle
+    out = EvalTransform()(Image.fromarray(pixels), (20, 20))
+    assert out.float().mean() > 250  # the centre crop lies inside the band
+
+
+def test_image_modes_become_rgb(tmp_path: Path) -> None:
+    for mode, value in [("L", 128), ("RGBA", (1, 2, 3, 255)), ("P", 5), ("CMYK", (0, 0, 0, 0))]:
+        path = tmp_path / f"x_{mode}.png" if mode != "CMYK" else tmp_path / "x.jpg"
+        Image.new(mode, (5, 4), value).save(path)
+        image = load_rgb(path)
+        assert image.mode == "RGB" and image.size == (5, 4)
+    sixteen = Image.fromarray(np.full((4, 5), 65535, dtype=np.uint16))
+    sixteen.save(tmp_path / "deep.png")
+    assert np.asarray(load_rgb(tmp_path / "deep.png")).min() == 255  # scaled, not clipped at 255 of 65535
+
+
+def test_image_folder_with_val_and_test(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "d", splits=("train", "val", "test"))
+    source = ImageFolderSource(str(root))
+    assert source.classes == ["cats", "dogs", "owls"]
+    assert {k: len(v) for k, v in source.splits.items()} == {"train": 18, "val": 18, "test": 18}
+    image, label = source.splits["val"][7]
+    assert image.mode == "RGB" and label == 1
+
+
+def test_image_folder_without_val_splits_train_by_seed(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "d", per_class=10)
+    first = ImageFolderSource(str(root), val_fraction=0.2, seed=1)
+    again = ImageFolderSource(str(root), val_fraction=0.2, seed=1)
+    other = ImageFolderSource(str(root), val_fraction=0.2, seed=2)
+    assert len(first.splits["val"]) == 6 and len(first.splits["train"]) == 24
+    assert first.splits["val"].indices == again.splits["val"].indices
+    assert first.splits["val"].indices != other.splits["val"].indices
+    assert not set(first.splits["val"].indices) & set(first.splits["train"].indices)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(), "is empty"),
+        (lambda p: (p / "other").mkdir(parents=True), "no train/ folder"),
+        (lambda p: (p / "train").mkdir(parents=True) or (p / "train" / "x.txt").write_text("x"), "no images"),
+        (lambda p: (p / "train" / "cats").mkdir(parents=True), "no images"),
+    ],
+)
+def test_image_folder_errors_are_one_line(tmp_path: Path, setup, message: str) -> None:
+    root = tmp_path / "root"
+    setup(root)
+    with pytest.raises(DataError, match=message) as info:
+        ImageFolderSource(str(root))
+    assert "\n" not in str(info.value) and "hint:" in str(info.value)
+
+
+def test_unset_root_is_explained() -> None:
+    with pytest.raises(DataError, match="data.root is not set"):
+        ImageFolderSource(None)
+
+
+@pytest.mark.parametrize("bad", [0, -3, [0, 4], "big", [1, 2, 3], True])
+def test_bad_sizes_are_rejected(bad: object) -> None:
+    with pytest.raises(ConfigError, match="resolution.size"):
+        parse_size(bad)  # type: ignore[arg-type]
+
+
+def test_sampler_covers_every_sample_once_per_epoch_and_reshuffles() -> None:
+    sampler = ResolutionBatchSampler(50, 8, FixedResolution(32), shuffle=True, drop_last=False, seed=0)
+    epoch0 = [i for batch in sampler for i, _, _ in batch]
+    sampler.set_epoch(1)
+    epoch1 = [i for batch in sampler for i, _, _ in batch]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(50))
+    assert epoch0 != epoch1
+    assert all((h, w) == (32, 32) for batch in sampler for _, h, w in batch)
+
+
+def test_datamodule_batches_are_uint8_at_the_scheduled_size() -> None:
+    dm = ResflexDataModule(SyntheticSource(40, 20, 0), FixedResolution([24, 40]), batch_size=8, num_workers=0)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (8, 3, 24, 40)
+    assert labels.dtype == torch.int64 and labels.shape == (8,)
+    val = list(dm.val_dataloader())
+    assert sum(len(b[1]) for b in val) == 20  # evaluation keeps every sample
+    assert not dm.has_split("test")
+
+
+def test_sized_dataset_uses_the_requested_size() -> None:
+    ds = SizedDataset(SyntheticShapes(4), EvalTransform())
+    assert ds[(2, 17, 29)][0].shape == (3, 17, 29)
+
+
+def test_datamodule_rejects_bad_loader_settings() -> None:
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        ResflexDataModule(SyntheticSource(10, 10, 0), FixedResolution(32), batch_size=0)

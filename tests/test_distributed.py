@@ -1,0 +1,326 @@
+"""Scale-out: the sampler's DDP contract, trainer presets, DDP in sweeps, the SLURM launcher config."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict, read_write
+
+import resflex.train  # also registers the resolvers the configs use
+from resflex.config import CONFIG_DIR
+from resflex.data.buckets import assign_buckets, image_sizes
+from resflex.data.datamodule import ResflexDataModule
+from resflex.data.datasets import SyntheticSource
+from resflex.data.resolution import FixedResolution, MultigridResolution, RandomResolution
+from resflex.data.sampler import ResolutionBatchSampler
+from resflex.sweeps import _same_job
+from resflex.training.distributed import check_rank_logs, ddp_job_scope
+from tests.conftest import make_image_folder, run_cli
+
+WORLD = 4
+
+
+def _rank_plans(num_samples: int, batch_size: int, schedule, epoch: int, **kwargs) -> list[list]:
+    plans = []
+    for rank in range(WORLD):
+        sampler = ResolutionBatchSampler(
+            num_samples, batch_size, schedule, rank=rank, world_size=WORLD, **kwargs
+        )
+        sampler.set_epoch(epoch)
+        plans.append([(b.size, list(b.indices)) for b in sampler.plan()])
+    return plans
+
+
+def _check_agreement_and_coverage(plans: list[list], num_samples: int, max_padding: int) -> Counter:
+    shapes = [[(size, len(indices)) for size, indices in plan] for plan in plans]
+    assert all(s == shapes[0] for s in shapes), "ranks disagree on the size or batch size of a step"
+    seen = Counter(i for plan in plans for _, indices in plan for i in indices)
+    assert set(seen) == set(range(num_samples)), "a sample was never seen in the epoch"
+    assert sum(seen.values()) - num_samples <= max_padding
+    # the repeats are padding only: no rank sees a sample twice
+    for plan in plans:
+        own = [i for _, indices in plan for i in indices]
+        assert len(own) == len(set(own))
+    return seen
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        FixedResolution(48),
+        RandomResolution(sizes=[32, 48, 64], seed=7),
+        RandomResolution(sizes=[32, 64], batch_scaling=True, seed=7),
+        MultigridResolution(size=64).bind(3),
+    ],
+    ids=["fixed", "random", "random+batch_scaling", "multigrid"],
+)
+def test_four_ranks_split_an_epoch_disjointly_with_the_same_size_per_step(schedule) -> None:
+    """Padding rule (square): like DistributedSampler, the shuffled order is padded with its own first
+    samples up to a multiple of the world size, so at most world_size - 1 samples repeat."""
+    for epoch in range(3):
+        plans = _rank_plans(101, 4, schedule, epoch, seed=3, drop_last=False)
+        seen = _check_agreement_and_coverage(plans, 101, max_padding=WORLD - 1)
+        assert sum(seen.values()) == 104  # 101 padded to 4 * 26
+        sizes = [size for size, _ in plans[0]]
+        assert sizes == [schedule.size_at(epoch, t) for t in range(len(sizes))]
+    if isinstance(schedule, RandomResolution) and not schedule.batch_scaling:
+        assert len({size for size, _ in _rank_plans(101, 4, schedule, 0, seed=3)[0]}) > 1
+
+
+def test_training_layout_drops_the_same_partial_step_on_every_rank() -> None:
+    """drop_last (the data module's choice for training when every rank has a full batch): the last
+    partial step is dropped on all ranks alike; the dropped samples change from epoch to epoch."""
+    schedule = RandomResolution(sizes=[32, 48], seed=1)
+    dropped = []
+    for epoch in range(2):
+        plans = _rank_plans(103, 8, schedule, epoch, seed=0, drop_last=True)
+        shapes = [[(size, len(indices)) for size, indices in plan] for plan in plans]
+        assert all(s == shapes[0] for s in shapes) and all(n == 8 for _, n in shapes[0])
+        seen = Counter(i for plan in plans for _, indices in plan for i in indices)
+        assert max(seen.values()) == 1 and len(seen) == 3 * 8 * WORLD  # 26 per rank -> 3 full steps
+        dropped.append(set(range(103)) - set(seen))
+    assert dropped[0] != dropped[1]
+
+
+def test_keep_aspect_buckets_under_four_ranks_share_shapes_and_cover_every_sample() -> None:
+    """Padding rule (keep_aspect): each step takes batch_size * world_size samples of one bucket and
+    deals them out; a bucket's last, smaller chunk is padded by repeating its own samples."""
+    source = SyntheticSource(150, 8, 0, min_side=16, max_side=96)
+    aspects = (0.5, 1.0, 2.0)
+    buckets = assign_buckets(image_sizes(source.splits["train"]), aspects)
+    assert len(set(buckets)) == 3
+    schedule = RandomResolution(sizes=[32, 48], geometry="keep_aspect", aspect_ratios=list(aspects), seed=4)
+    for epoch in range(2):
+        plans = _rank_plans(150, 4, schedule, epoch, seed=2, buckets=buckets)
+        _check_agreement_and_coverage(plans, 150, max_padding=(WORLD - 1) * len(aspects))
+        assert any(h != w for h, w in {size for size, _ in plans[0]})
+        for plan in plans:  # one bucket per batch, on every rank
+            assert all(len({buckets[i] for i in indices}) == 1 for _, indices in plan)
+
+
+def test_the_data_module_shards_by_the_trainers_rank_and_world_size() -> None:
+    source = SyntheticSource(90, 16, 0)
+    plans = []
+    for rank in range(WORLD):
+        dm = ResflexDataModule(source, RandomResolution(sizes=[32, 48], seed=0), batch_size=4, num_workers=0)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=WORLD, overfit_batches=0, callbacks=[])
+        sampler = dm.train_dataloader().batch_sampler
+        assert (sampler.rank, sampler.world_size) == (rank, WORLD)
+        plans.append([(b.size, list(b.indices)) for b in sampler.plan(0)])
+        val = dm.val_dataloader().batch_sampler
+        assert (val.rank, val.world_size, val.drop_last) == (rank, WORLD, False)
+    shapes = [[(s, len(i)) for s, i in p] for p in plans]
+    assert all(s == shapes[0] for s in shapes)
+    seen = Counter(i for p in plans for _, indices in p for i in indices)
+    assert max(seen.values()) == 1 and len(seen) == 5 * 4 * WORLD  # 23 per rank, drop_last: 5 steps of 4
+
+
+# ---- per-rank logs ---------------------------------------------------------------------------
+def _write_rank_log(run: Path, rank: int, steps: list[tuple[list[int], list[int]]], checksum: float) -> None:
+    lines = [{"epoch": 0, "step": t, "size": size, "indices": idx} for t, (size, idx) in enumerate(steps)]
+    lines.append({"epoch": 0, "event": "epoch_end", "steps": len(steps), "param_checksum": checksum})
+    (run / "ranks").mkdir(parents=True, exist_ok=True)
+    (run / "ranks" / f"rank{rank}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_rank_log_check_flags_disagreeing_sizes_and_weights(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    _write_rank_log(good, 0, [([32, 32], [0, 1]), ([48, 48], [4, 5])], 1.5)
+    _write_rank_log(good, 1, [([32, 32], [2, 3]), ([48, 48], [6, 0])], 1.5)
+    epoch = check_rank_logs(good, num_samples=7)["epochs"][0]
+    assert epoch["sizes_agree"] and epoch["weights_agree"] and epoch["rank_repeats"] == 0
+    assert (epoch["covered"], epoch["padding"], epoch["missing"]) == (7, 1, 0)
+    bad = tmp_path / "bad"
+    _write_rank_log(bad, 0, [([32, 32], [0, 1]), ([48, 48], [4, 5])], 1.5)
+    _write_rank_log(bad, 1, [([48, 48], [2, 3]), ([48, 48], [3, 1])], 1.25)
+    epoch = check_rank_logs(bad, num_samples=7)["epochs"][0]
+    assert not epoch["sizes_agree"] and not epoch["weights_agree"] and epoch["rank_repeats"] == 1
+    assert epoch["missing"] == 1
+
+
+# ---- trainer presets and the LR switch ------------------------------------------------------------
+def _compose(overrides: list[str]):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_ddp_sim_builds_a_two_process_gloo_trainer(tmp_path: Path) -> None:
+    cfg = _compose(["trainer=ddp_sim", f"hydra.run.dir={tmp_path}"])
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.trainer.use_distributed_sampler is False  # the batch sampler shards by rank itself
+    trainer = resflex.train.build_trainer(cfg)
+    assert isinstance(trainer.strategy, pl.strategies.DDPStrategy)
+    assert trainer.num_devices == 2 and trainer.world_size == 2
+    assert trainer.strategy._get_process_group_backend() == "gloo"
+    ddp = _compose(["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]).trainer
+    assert (ddp.strategy, ddp.accelerator, ddp.devices, ddp.num_nodes) == ("ddp", "gpu", 4, 2)
+
+
+def test_linear_lr_scaling_multiplies_every_group_by_the_world_size() -> None:
+    cfg = _compose(["backbone.name=test_resnet", "optimizer.scale_lr_with_world_size=true"])
+    module = resflex.train.build_module(cfg, num_classes=3)
+    assert module.scale_lr_with_world_size
+    lrs = {}
+    for world in (1, 4):
+        module._trainer = SimpleNamespace(world_size=world, estimated_stepping_batches=10, max_epochs=1)
+        optimizer = module.configure_optimizers()["optimizer"]
+        lrs[world] = [g["initial_lr"] for g in optimizer.param_groups]
+    assert lrs[1][0] == pytest.approx(cfg.optimizer.lr * optimizer.param_groups[0].get("lr_mult", 1.0))
+    assert lrs[4] == pytest.approx([4 * lr for lr in lrs[1]])
+
+
+# ---- DDP inside a Hydra multirun -------------------------------------------------------------------
+def test_ddp_job_scope_makes_lightning_relaunch_this_job_into_its_folder(tmp_path: Path, monkeypatch) -> None:
+    from lightning_fabric.strategies.launchers.subprocess_script import _hydra_subprocess_cmd
+
+    cfg = _compose(["pooling=max"])
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.cwd = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    job_dir = tmp_path / "sweep" / "pooling=max"
+    monkeypatch.setattr(sys, "argv", ["scripts/train.py", "-m", "pooling=avg,max"])
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "12910")
+    with ddp_job_scope(job_dir, ["pooling=max"], "train"):
+        command, cwd = _hydra_subprocess_cmd(local_rank=1)
+        os.environ["LOCAL_RANK"] = "0"  # what Lightning's launcher leaves behind
+        os.environ["MASTER_PORT"] = "33333"
+    assert "-m" not in command and "pooling=avg,max" not in command
+    assert command[-5:-3] == ["--config-name=train", "pooling=max"]
+    assert f'hydra.run.dir="{job_dir.resolve()}"' in command and cwd == str(tmp_path)
+    assert sys.argv == ["scripts/train.py", "-m", "pooling=avg,max"]
+    assert "LOCAL_RANK" not in os.environ and os.environ["MASTER_PORT"] == "12910"
+    assert HydraConfig.get().run.dir != str(job_dir.resolve())
+
+
+def test_a_requeued_job_or_another_rank_keeps_its_job_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "pooling=max"
+    (folder / ".hydra").mkdir(parents=True)
+    assert _same_job(folder, 3)  # rank 0 of the job is still writing .hydra/
+    OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": 3}}}), folder / ".hydra" / "hydra.yaml")
+    assert _same_job(folder, 3) and not _same_job(folder, 4)
+
+
+# ---- SLURM ---------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:(?s).*validated against ConfigStore schema")
+def test_submitit_slurm_config_composes_into_an_sbatch_script(tmp_path: Path, monkeypatch) -> None:
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    overrides = [
+        "hydra/launcher=submitit_slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=90",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    cfg = _compose(overrides)
+    launcher = instantiate(cfg.hydra.launcher)
+    assert type(launcher).__name__ == "SlurmLauncher"
+    params = launcher.params
+    assert (params["gpus_per_node"], params["tasks_per_node"], params["nodes"]) == (4, 4, 2)
+    assert params["max_num_timeout"] > 0  # preempted jobs are requeued
+    # what the launcher hands to submitit, turned into the sbatch script (a stand-in srun, no cluster)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    executor = submitit.AutoExecutor(
+        folder=params["submitit_folder"], cluster="slurm", slurm_max_num_timeout=params["max_num_timeout"]
+    )
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    skip = {"submitit_folder", "max_num_timeout"}
+    executor.update_parameters(
+        **{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in skip}
+    )
+    script = executor._executor._make_submission_file_text("python -m resflex", "uid")
+    for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=2", "--partition=gpu", "--time=90"):
+        assert f"#SBATCH {line}\n" in script
+    assert "#SBATCH --signal=USR2@120" in script  # submitit's requeue signal, 2 minutes before the end
+
+
+# ---- real two-process runs (gloo) -------------------------------------------------------------
+DDP_TINY = (
+    "trainer=ddp_sim",
+    "backbone.name=test_resnet",
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "trainer.max_epochs=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+)
+
+
+@pytest.mark.slow
+def test_ddp_sim_trains_with_random_sizes_and_keep_aspect_on_an_image_folder(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "images", per_class=9, splits=("train", "val"), seed=3)
+    run = tmp_path / "run"
+    args = [
+        *DDP_TINY,
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.batch_size=4",
+        "resolution=random",
+        "resolution.sizes=[32,48]",
+        "resolution.geometry=keep_aspect",
+        "resolution.aspect_ratios=[0.75,1.0,1.333]",
+        f"hydra.run.dir={run}",
+    ]
+    result = run_cli(args, cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = check_rank_logs(run, num_samples=27)
+    assert report["ranks"] == [0, 1]
+    for epoch in (0, 1):
+        e = report["epochs"][epoch]
+        assert e["sizes_agree"] and e["rank_repeats"] == 0 and e["weights_agree"], e
+        assert e["missing"] == 0 and e["padding"] <= 3  # every image, padding at most 1 per bucket
+        assert e["steps"][0] == e["steps"][1] > 0
+    assert len({s for e in report["epochs"].values() for s in e["sizes"]}) > 1
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "completed" and 0.0 <= record["metrics"]["val/acc"] <= 1.0
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert not list(run.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_ddp_inside_a_multirun_launches_each_jobs_ranks_into_its_folder(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "pooling=avg,max",
+        *DDP_TINY,
+        "trainer.max_epochs=1",
+        "data.source.num_train=24",
+        "data.source.num_val=8",
+        "data.source.num_test=0",
+        "resolution=random",
+        "resolution.sizes=[32,48]",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    result = run_cli(args, cwd=tmp_path, timeout=500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["pooling=avg", "pooling=max"]
+    for job in jobs:
+        record = json.loads((sweep / job / "metrics.json").read_text())
+        assert record["status"] == "completed" and record["overrides"][0] == job
+        e = check_rank_logs(sweep / job, num_samples=24)["epochs"][0]
+        assert e["sizes_agree"] and e["weights_agree"] and e["missing"] == 0
+    assert not (tmp_path / "logs").exists()  # no rank wandered off into a folder of its own

@@ -1,0 +1,157 @@
+"""scripts/eval.py: a checkpoint evaluated at several sizes gives the trainer's own validation numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from resflex.config import CONFIG_DIR
+from resflex.errors import ConfigError, DataError
+from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
+
+EVAL_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "eval.py"
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """What ``@hydra.main`` hands the task, with the run folder set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def train_tiny_run(run_dir: Path) -> dict:
+    """A real training run folder (``.hydra/config.yaml``, ``checkpoints/last.ckpt``, ``metrics.json``)."""
+    from resflex.train import train
+
+    overrides = [*TINY, *TINY_SYNTHETIC, "eval.resolutions=[24]", "logger=none", "test_after_fit=false"]
+    cfg = compose_config("train", overrides, run_dir)
+    saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")  # as Hydra does: without the hydra node
+    return train(cfg)
+
+
+def test_eval_matches_the_trainers_validation_at_each_size(tmp_path: Path) -> None:
+    from resflex.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    record = train_tiny_run(run_dir)
+    assert record["status"] == "completed"
+    assert record["params"]["frozen"] == 0 and record["params"]["trainable"] == record["params"]["total"] > 0
+    trained = record["metrics"]
+
+    out = tmp_path / "eval"
+    cfg = compose_config(
+        "eval",
+        [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "eval.resolutions=[32,24]", "eval.device=cpu"],
+        out,
+    )
+    result = evaluate(cfg)
+    by_size = {r["resolution"]: r for r in result["results"]}
+    assert list(by_size) == ["32x32", "24x24"]
+    assert by_size["32x32"]["images"] == 16
+    # the same images, the same weights, the same preprocessing: the same numbers
+    assert by_size["32x32"]["acc"] == pytest.approx(trained["val/acc"], abs=1e-6)
+    assert by_size["32x32"]["loss"] == pytest.approx(trained["val/loss"], rel=1e-4)
+    assert by_size["24x24"]["acc"] == pytest.approx(trained["val/acc@24"], abs=1e-6)
+    assert by_size["24x24"]["loss"] == pytest.approx(trained["val/loss@24"], rel=1e-4)
+
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["checkpoint"].endswith("last.ckpt") and saved["split"] == "val"
+    rows = list(csv.DictReader((out / "eval.csv").open()))
+    assert [r["resolution"] for r in rows] == ["32x32", "24x24"]
+    assert float(rows[0]["acc"]) == pytest.approx(by_size["32x32"]["acc"])
+    tags = scalar_tags(out)
+    assert {"val/acc@32", "val/acc@24", "val/acc_vs_resolution"} <= set(tags)
+    assert sorted(step for step, _ in tags["val/acc_vs_resolution"]) == [24, 32]
+
+
+def test_eval_rejects_a_checkpoint_for_another_label_set(tmp_path: Path) -> None:
+    from resflex.evaluate import evaluate
+    from tests.conftest import make_image_folder
+
+    run_dir = tmp_path / "run"
+    train_tiny_run(run_dir)  # 10 synthetic classes
+    folder = make_image_folder(tmp_path / "images", splits=("train", "val"))  # 3 classes
+    cfg = compose_config(
+        "eval",
+        [f"ckpt_path={run_dir}", "data=imagefolder", f"data.root={folder}", "eval.resolutions=[32]"],
+        tmp_path / "eval",
+    )
+    with pytest.raises(ConfigError, match="classifies 10 classes but the data has 3"):
+        evaluate(cfg)
+
+
+def test_eval_refuses_unsafe_and_missing_checkpoints(tmp_path: Path) -> None:
+    from resflex.evaluate import evaluate
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'hacked'}",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "evil": Evil()}, evil)
+    cfg = compose_config("eval", [f"ckpt_path={evil}"], tmp_path / "eval")
+    with pytest.raises(DataError, match="refusing to load"):
+        evaluate(cfg)
+    assert not (tmp_path / "hacked").exists()
+    cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path / "eval")
+    with pytest.raises(DataError, match="checkpoint not found"):
+        evaluate(cfg)
+
+
+def test_eval_cli_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
+    result = run_cli([f"ckpt_path={tmp_path / 'nope.ckpt'}"], cwd=tmp_path, script=EVAL_SCRIPT)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "checkpoint not found" in errors[0], result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_cli_pretrain_then_linear_probe_then_eval(tmp_path: Path) -> None:
+    """The user's path: pre-train, fine-tune with init_from + linear_probe on another label set, evaluate."""
+    from tests.conftest import make_image_folder
+
+    pre = tmp_path / "pre"
+    result = run_cli([*TINY, *TINY_SYNTHETIC, f"hydra.run.dir={pre}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = make_image_folder(tmp_path / "images", splits=("train", "val"))
+    ft = tmp_path / "ft"
+    result = run_cli(
+        [
+            *TINY,
+            "data=imagefolder",
+            f"data.root={folder}",
+            "finetune=linear_probe",
+            f"backbone.init_from={pre / 'checkpoints' / 'last.ckpt'}",
+            f"hydra.run.dir={ft}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finetune=linear_probe" in result.stdout and "parameters:" in result.stdout
+    record = json.loads((ft / "metrics.json").read_text())
+    assert record["params"]["frozen"] > 0 and record["params"]["trainable"] < record["params"]["frozen"]
+    out = tmp_path / "eval"
+    result = run_cli(
+        [f"ckpt_path={ft / 'checkpoints' / 'last.ckpt'}", "eval.resolutions=[32,48]", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        script=EVAL_SCRIPT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "32x32" in result.stdout and "48x48" in result.stdout
+    assert json.loads((out / "eval.json").read_text())["data"] == "imagefolder"

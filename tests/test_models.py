@@ -1,0 +1,84 @@
+"""Backbones and the classifier: feature maps and logits for odd, non-square and tiny inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resflex.errors import ConfigError
+from resflex.models.backbone import TimmBackbone, check_model_name
+from resflex.models.classifier import ImageClassifier
+from resflex.models.pooling import POOLING_HEADS, create_pooling
+
+INPUT_SIZES = [(32, 32), (37, 53), (61, 29), (8, 8), (1, 1)]
+
+
+@pytest.fixture(scope="module")
+def cnn() -> TimmBackbone:
+    return TimmBackbone("test_resnet").eval()
+
+
+@pytest.fixture(scope="module")
+def vit() -> TimmBackbone:
+    return TimmBackbone("test_vit", model_kwargs={"dynamic_img_size": True, "dynamic_img_pad": True}).eval()
+
+
+@pytest.mark.parametrize("size", INPUT_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_cnn_returns_a_feature_map_for_any_input(cnn: TimmBackbone, size: tuple[int, int]) -> None:
+    with torch.no_grad():
+        out = cnn(torch.randn(2, 3, *size))
+    assert out.ndim == 4 and out.shape[:2] == (2, cnn.num_features)
+    # a stride-32 network: ceil-ish division, never zero
+    assert 1 <= out.shape[2] <= max(1, -(-size[0] // 16)) and out.shape[3] >= 1
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 80), (37, 53), (16, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_vit_tokens_become_a_map_of_the_patch_grid(vit: TimmBackbone, size: tuple[int, int]) -> None:
+    patch = vit.patch_embed.patch_size
+    with torch.no_grad():
+        out = vit(torch.randn(2, 3, *size))
+    expected = (-(-size[0] // patch[0]), -(-size[1] // patch[1]))  # dynamic_img_pad rounds up
+    assert out.shape == (2, vit.num_features, *expected)
+
+
+def test_vit_map_equals_reshaped_patch_tokens(vit: TimmBackbone) -> None:
+    """Reference: timm's own tokens without the prefix, reshaped row-major."""
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        tokens = vit.model.forward_features(x)[:, vit.num_prefix_tokens :]
+        spatial = vit(x)
+    h, w = spatial.shape[-2:]
+    torch.testing.assert_close(spatial, tokens.transpose(1, 2).reshape(1, -1, h, w))
+
+
+@pytest.mark.parametrize("pooling", sorted(POOLING_HEADS))
+@pytest.mark.parametrize("size", [(33, 47), (8, 8), (64, 20)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_classifier_logits_for_every_head_and_size(cnn: TimmBackbone, pooling: str, size: tuple[int, int]) -> None:
+    model = ImageClassifier(cnn, create_pooling(pooling), num_classes=7).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(3, 3, *size))
+    assert logits.shape == (3, 7)
+    assert torch.isfinite(logits).all()
+
+
+def test_classifier_on_vit_with_pyramid(vit: TimmBackbone) -> None:
+    model = ImageClassifier(vit, create_pooling("pyramid", levels=[1, 2]), num_classes=4).eval()
+    assert model.num_features == vit.num_features * 5
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 40, 24)).shape == (2, 4)
+
+
+def test_unknown_backbone_suggests_close_names() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_model_name("resnet19")
+    message = str(info.value)
+    assert "unknown backbone 'resnet19'" in message and "resnet18" in message and "\n" not in message
+
+
+def test_pretrained_tag_names_are_accepted() -> None:
+    check_model_name("resnet18.a1_in1k")  # architecture + pretrained tag: no error
+
+
+def test_backbone_reports_normalisation_and_stride(cnn: TimmBackbone) -> None:
+    assert len(cnn.mean) == 3 and len(cnn.std) == 3
+    assert cnn.reduction in (16, 32)

@@ -1,0 +1,132 @@
+"""Evaluation across test resolutions: per-size tags, the accuracy-vs-resolution plot, schedule logging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from resflex.config import CONFIG_DIR
+from resflex.errors import ConfigError
+from resflex.train import build_datamodule, train
+from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution, main
+
+from .conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _compose(overrides: list[str], out: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.job.num = 0  # set by Hydra's launcher in a real run
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _image_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["images"])
+    return tags
+
+
+def test_curve_from_metrics_reads_square_sizes_of_one_stage() -> None:
+    metrics = {
+        "val/acc@64": 0.5,
+        "val/acc@32": 0.25,
+        "val/acc": 0.5,
+        "test/acc@64": 0.75,
+        "val/acc@48x80": 0.1,
+    }
+    assert curve_from_metrics(metrics, "val") == {32: 0.25, 64: 0.5}
+    assert list(curve_from_metrics(metrics, "val")) == [32, 64]
+    assert curve_from_metrics(metrics, "test") == {64: 0.75}
+
+
+def test_plot_across_runs_writes_a_png(tmp_path: Path) -> None:
+    for name, accs in (("a", (0.2, 0.6)), ("b", (0.4, 0.5))):
+        run = tmp_path / name
+        run.mkdir()
+        record = {"choices": {"pooling": name}, "metrics": {"test/acc@32": accs[0], "test/acc@64": accs[1]}}
+        (run / "metrics.json").write_text(json.dumps(record))
+    out = tmp_path / "fig" / "acc.png"
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--train-size", "48"])
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    figure = draw_accuracy_vs_resolution({"x": {32: 0.1, 64: 0.2}}, [48])
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert labels == ["x", "train size"]
+
+
+def test_eval_resolutions_give_one_loader_per_size_and_reject_a_scalar(tmp_path: Path) -> None:
+    cfg = _compose([*TINY, *TINY_SYNTHETIC, "eval.resolutions=[16,32,48,16]"], tmp_path)
+    dm = build_datamodule(cfg)
+    assert dm.eval_sizes == [(32, 32), (16, 16), (48, 48)]  # main size first, each size once
+    loaders = dm.val_dataloader()
+    assert [tuple(next(iter(dl))[0].shape[-2:]) for dl in loaders] == dm.eval_sizes
+    with pytest.raises(ConfigError, match=r"eval\.resolutions"):
+        build_datamodule(_compose([*TINY, *TINY_SYNTHETIC, "eval.resolutions=64"], tmp_path))
+
+
+def test_fit_logs_per_size_metrics_and_writes_the_plot(tmp_path: Path) -> None:
+    limits = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+    cfg = _compose([*TINY, *TINY_SYNTHETIC, *limits, "eval.resolutions=[16,48]"], tmp_path)
+    record = train(cfg)
+    assert record["status"] == "completed"
+    metrics = record["metrics"]
+    for stage in ("val", "test"):
+        for size in (16, 32, 48):
+            assert 0.0 <= metrics[f"{stage}/acc@{size}"] <= 1.0
+            assert metrics[f"{stage}/loss@{size}"] > 0
+        # loader 0 is the main size: val/acc and val/acc@32 are the same numbers
+        assert metrics[f"{stage}/acc"] == pytest.approx(metrics[f"{stage}/acc@32"])
+    assert not any("dataloader_idx" in key for key in metrics)
+    plot = tmp_path / "acc_vs_resolution.png"
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+    tags = scalar_tags(tmp_path)
+    assert {"val/acc@16", "val/acc@48", "test/acc@48", "val/acc", "train/images_per_sec@32"} <= set(tags)
+    assert "eval/acc_vs_resolution" in _image_tags(tmp_path)
+
+
+@pytest.mark.slow
+def test_progressive_cli_run_logs_increasing_resolution(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        [
+            *(arg for arg in TINY if not arg.startswith("resolution.")),
+            "data.source.num_train=64",
+            "data.source.num_val=32",
+            "data.source.num_test=16",
+            "resolution=progressive",
+            "resolution.start_size=16",
+            "resolution.end_size=32",
+            "resolution.multiple=8",
+            "trainer.max_epochs=3",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "eval.resolutions=[16,24,48]",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tags = scalar_tags(run_dir)
+    sides = [value for _, value in sorted(tags["train/resolution"])]
+    assert sides[0] == 16 and sides[-1] == 32
+    assert sides == sorted(sides) and 24 in sides
+    assert {"train/images_per_sec@16", "train/images_per_sec@24", "train/images_per_sec@32"} <= set(tags)
+    assert {"val/acc@16", "val/acc@24", "val/acc@32", "val/acc@48", "test/acc@48"} <= set(tags)
+    assert (run_dir / "acc_vs_resolution.png").read_bytes()[:8] == PNG_MAGIC

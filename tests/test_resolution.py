@@ -1,0 +1,141 @@
+"""Resolution schedules: the size (and batch size) they give at chosen epochs and steps."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from resflex.config import CONFIG_DIR
+from resflex.data.resolution import (
+    FixedResolution,
+    FixResResolution,
+    MultigridResolution,
+    ProgressiveResolution,
+    RandomResolution,
+    round_to,
+)
+from resflex.errors import ConfigError
+
+
+def test_round_to_rounds_half_up_and_never_below_the_multiple() -> None:
+    assert [round_to(v, 16) for v in (40, 56, 3, 71.9, 72)] == [48, 64, 16, 64, 80]
+
+
+def test_fixed_is_constant_and_eval_size_defaults_to_it() -> None:
+    s = FixedResolution(48)
+    assert {s.size_at(e, t) for e in range(3) for t in range(5)} == {(48, 48)}
+    assert s.eval_size == (48, 48)
+    assert FixedResolution(48, eval_size=64).eval_size == (64, 64)
+    assert s.batch_size_at(0, 0, 32) == 32
+
+
+def test_progressive_ramps_ffcv_style_with_rounding_and_final_phase() -> None:
+    s = ProgressiveResolution(start_size=32, end_size=64, start_epoch=1, end_epoch=5, multiple=16)
+    s.bind(8)
+    # epochs 0-1 at start, ramp 32 -> 64 over epochs 1..5 (40, 48, 56 rounded to 16), then end
+    assert [s.size_at(e, 0)[0] for e in range(8)] == [32, 32, 48, 48, 64, 64, 64, 64]
+    assert s.size_at(3, 999) == s.size_at(3, 0)  # per epoch, not per step
+    final = ProgressiveResolution(start_size=32, end_size=64, final_size=96, final_epochs=2, multiple=8).bind(
+        6
+    )
+    # ramp ends on the last epoch before the final phase (epoch 3), then 2 epochs at 96
+    assert [final.size_at(e, 0)[0] for e in range(6)] == [32, 40, 56, 64, 96, 96]
+    assert final.eval_size == (96, 96)
+    assert final.train_sizes() == [(32, 32), (40, 40), (56, 56), (64, 64), (96, 96)]
+
+
+def test_progressive_needs_max_epochs_and_checks_the_epoch_order() -> None:
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs"):
+        ProgressiveResolution().bind(-1)
+    with pytest.raises(ConfigError, match=r"resolution\.end_epoch"):
+        ProgressiveResolution(start_epoch=4, end_epoch=2)
+
+
+def test_random_is_a_pure_function_of_seed_epoch_step_and_follows_probs() -> None:
+    s = RandomResolution(sizes=[32, 48, 64], probs=[0.5, 0.25, 0.25], seed=3)
+    draws = [s.size_at(e, t) for e in range(4) for t in range(500)]
+    same = RandomResolution(sizes=[32, 48, 64], probs=[0.5, 0.25, 0.25], seed=3)
+    other = RandomResolution(sizes=[32, 48, 64], probs=[0.5, 0.25, 0.25], seed=4)
+    assert draws == [same.size_at(e, t) for e in range(4) for t in range(500)]
+    assert draws != [other.size_at(e, t) for e in range(4) for t in range(500)]
+    share = draws.count((32, 32)) / len(draws)
+    assert 0.45 < share < 0.55
+    assert s.eval_size == (64, 64)
+    assert s.mean_pixels() == pytest.approx(0.5 * 32**2 + 0.25 * 48**2 + 0.25 * 64**2)
+    zero = RandomResolution(sizes=[32, 64], probs=[0.0, 1.0])
+    assert {zero.size_at(0, t) for t in range(50)} == {(64, 64)}
+    assert zero.train_sizes() == [(64, 64)]
+
+
+@pytest.mark.parametrize(
+    ("probs", "match"),
+    [
+        ([0.5, 0.6, 0.1], "sum to 1"),
+        ([0.5, 0.5], "resolution.probs has 2 entries"),
+        ([1.2, -0.2, 0.0], ">= 0"),
+    ],
+)
+def test_random_rejects_bad_probs_naming_the_key(probs: list[float], match: str) -> None:
+    with pytest.raises(ConfigError, match=r"resolution\.probs") as info:
+        RandomResolution(sizes=[32, 48, 64], probs=probs)
+    assert match in str(info.value)
+
+
+def test_multigrid_long_and_short_cycles_keep_pixels_per_batch_constant() -> None:
+    s = MultigridResolution(size=64, long_factors=[0.5, 1.0], short_factors=[0.5, 1.0], final_epochs=1)
+    s.bind(5)  # epochs 0-1: long factor 0.5, epochs 2-3: 1.0, epoch 4: final phase at 64
+    assert [s.size_at(0, t) for t in range(4)] == [(16, 16), (32, 32), (16, 16), (32, 32)]
+    assert [s.size_at(2, t) for t in range(2)] == [(32, 32), (64, 64)]
+    assert [s.size_at(4, t) for t in range(3)] == [(64, 64)] * 3
+    assert [s.batch_size_at(0, t, 8) for t in range(2)] == [128, 32]
+    assert [s.batch_size_at(2, t, 8) for t in range(2)] == [32, 8]
+    assert s.batch_size_at(4, 0, 8) == 8
+    for epoch in range(5):
+        for step in range(2):
+            h, w = s.size_at(epoch, step)
+            assert s.batch_size_at(epoch, step, 8) * h * w == 8 * 64 * 64
+    capped = MultigridResolution(size=64, long_factors=[0.5], short_factors=[], max_batch_size=20).bind(3)
+    assert capped.batch_size_at(0, 0, 8) == 20
+
+
+def test_multigrid_several_long_cycles() -> None:
+    s = MultigridResolution(size=64, long_factors=[0.5, 1.0], short_factors=[], long_cycles=2, final_epochs=0)
+    s.bind(8)
+    assert [s.size_at(e, 0)[0] for e in range(8)] == [32, 32, 64, 64, 32, 32, 64, 64]
+
+
+def test_fixres_switches_size_and_augmentation_in_the_last_epochs() -> None:
+    s = FixResResolution(size=48, test_size=64, final_epochs=2, final_augment={"scale": [0.9, 1.0]}).bind(5)
+    assert [s.size_at(e, 0)[0] for e in range(5)] == [48, 48, 48, 64, 64]
+    assert [s.augment_at(e, 0) for e in range(5)] == [None, None, None, "fixres", "fixres"]
+    assert s.augment_phases == {"fixres": {"scale": [0.9, 1.0]}}
+    assert s.eval_size == (64, 64)
+
+
+def test_batch_scaling_grows_the_batch_at_small_sizes_up_to_the_cap() -> None:
+    s = RandomResolution(sizes=[32, 64], batch_scaling=True, max_batch_size=24)
+    sizes = {s.size_at(0, t): s.batch_size_at(0, t, 8) for t in range(20)}
+    assert sizes == {(64, 64): 8, (32, 32): 24}  # 32 would get 8 * 4 = 32, capped at 24
+    assert s.varies_batch_size
+    assert not FixedResolution(32, batch_scaling=True).varies_batch_size
+
+
+def test_keep_aspect_shape_has_about_the_scheduled_pixels() -> None:
+    s = FixedResolution(64, geometry="keep_aspect", multiple=8)
+    assert s.shape_for((64, 64), 1.0) == (64, 64)
+    h, w = s.shape_for((64, 64), 2.0)
+    assert (h, w) == (48, 88) and h % 8 == 0 and w % 8 == 0
+    assert abs(h * w - 64 * 64) / (64 * 64) < 0.05
+    with pytest.raises(ConfigError, match=r"resolution\.geometry"):
+        FixedResolution(64, geometry="round")
+
+
+@pytest.mark.parametrize("name", ["fixed", "progressive", "random", "multigrid", "fixres"])
+def test_every_config_instantiates(name: str) -> None:
+    root = OmegaConf.create(
+        {"seed": 0, "resolution": OmegaConf.load(CONFIG_DIR / "resolution" / f"{name}.yaml")}
+    )
+    schedule = instantiate(root.resolution).bind(4)
+    assert schedule.size_at(0, 0)[0] > 0
+    assert schedule.eval_size[0] > 0

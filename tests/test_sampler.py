@@ -1,0 +1,230 @@
+"""The multi-resolution batch sampler: DDP agreement, resume, variable batch sizes, aspect buckets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from resflex.data.buckets import assign_buckets, file_image_size, image_sizes
+from resflex.data.datamodule import ResflexDataModule, SizedDataset
+from resflex.data.datasets import ImageFolderSource, SyntheticSource
+from resflex.data.resolution import (
+    FixedResolution,
+    FixResResolution,
+    MultigridResolution,
+    ProgressiveResolution,
+    RandomResolution,
+)
+from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.transforms import TrainTransform
+
+
+def _epoch(sampler: ResolutionBatchSampler) -> list[list[tuple]]:
+    return [list(batch) for batch in sampler]
+
+
+def _sizes(batches: list[list[tuple]]) -> list[tuple[int, int]]:
+    return [(batch[0][1], batch[0][2]) for batch in batches]
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        RandomResolution(sizes=[32, 48, 64], seed=5),
+        RandomResolution(sizes=[32, 64], batch_scaling=True, seed=5),
+        MultigridResolution(size=64).bind(4),
+        ProgressiveResolution(start_size=32, end_size=64).bind(4),
+    ],
+    ids=["random", "random+batch_scaling", "multigrid", "progressive"],
+)
+def test_ranks_agree_on_sizes_and_batch_sizes_and_share_out_every_sample(schedule) -> None:
+    for epoch in range(3):
+        per_rank = []
+        for rank in range(4):
+            sampler = ResolutionBatchSampler(
+                103, 4, schedule, seed=1, rank=rank, world_size=4, drop_last=False
+            )
+            sampler.set_epoch(epoch)
+            per_rank.append(_epoch(sampler))
+        shapes = [[(len(b), b[0][1], b[0][2]) for b in batches] for batches in per_rank]
+        assert all(s == shapes[0] for s in shapes), f"ranks disagree in epoch {epoch}"
+        assert _sizes(per_rank[0]) == [schedule.size_at(epoch, t) for t in range(len(per_rank[0]))]
+        seen = Counter(i for batches in per_rank for batch in batches for i, *_ in batch)
+        assert set(seen) == set(range(103))  # 103 = 4 * 26 - 1: exactly one sample is repeated as padding
+        assert sum(seen.values()) == 104
+
+
+def test_variable_batch_sizes_cover_each_sample_once_and_len_follows_the_epoch() -> None:
+    schedule = MultigridResolution(size=64, long_factors=[0.5, 1.0], short_factors=[0.5, 1.0]).bind(3)
+    sampler = ResolutionBatchSampler(200, 8, schedule, seed=0, drop_last=False)
+    assert sampler.varies_per_epoch
+    lengths = [sampler.num_batches(e) for e in range(3)]
+    assert lengths == [3, 10, 25]  # 128+32 per pair of steps, then 32+8, then 8 per step
+    assert len(sampler) == 13  # before set_epoch: the mean (Lightning's LR-schedule length)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = _epoch(sampler)
+        assert len(sampler) == len(batches) == lengths[epoch]
+        indices = [i for batch in batches for i, *_ in batch]
+        assert sorted(indices) == list(range(200))
+        full = batches[:-1]
+        assert [len(b) for b in full] == [schedule.batch_size_at(epoch, t, 8) for t in range(len(full))]
+
+
+def test_resume_mid_epoch_continues_with_the_same_sizes_and_samples() -> None:
+    schedule = RandomResolution(sizes=[32, 48, 64], seed=2)
+    full = ResolutionBatchSampler(64, 4, schedule, seed=9)
+    full.set_epoch(3)
+    expected = _epoch(full)
+    resumed = ResolutionBatchSampler(64, 4, schedule, seed=9)  # a fresh process
+    resumed.load_state_dict({"epoch": 3, "start_step": 6})
+    assert len(resumed) == len(expected)  # Lightning counts the skipped batches itself
+    assert _epoch(resumed) == expected[6:]
+    assert len(_epoch(resumed)) == len(expected)  # the skip applies once
+
+
+def test_fixres_final_phase_items_carry_the_phase_and_get_the_weaker_crop() -> None:
+    schedule = FixResResolution(size=32, test_size=48, final_epochs=1, final_augment={"scale": [0.9, 1.0]})
+    schedule.bind(2)
+    sampler = ResolutionBatchSampler(16, 4, schedule)
+    assert {item[1:] for batch in sampler for item in batch} == {(32, 32)}
+    sampler.set_epoch(1)
+    assert {item[1:] for batch in sampler for item in batch} == {(48, 48, "fixres")}
+    dm = ResflexDataModule(SyntheticSource(16, 8, 0), schedule, batch_size=4, num_workers=0)
+    assert dm.phase_transforms["fixres"].scale == (0.9, 1.0)
+    assert dm.train_transform.scale != (0.9, 1.0)
+    dataset = SizedDataset(dm.source.splits["train"], dm.train_transform, dm.phase_transforms)
+    assert dataset[(0, 48, 48, "fixres")][0].shape == (3, 48, 48)
+
+
+def test_real_dataloader_batches_have_exactly_the_scheduled_shapes() -> None:
+    schedule = RandomResolution(sizes=[24, 40, [32, 48]], seed=0, batch_scaling=True)
+    dataset = SizedDataset(SyntheticSource(40, 8, 0).splits["train"], TrainTransform())
+    sampler = ResolutionBatchSampler(len(dataset), 4, schedule, drop_last=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        shapes = [tuple(images.shape) for images, _ in loader]
+        plan = sampler.plan(epoch)
+        assert shapes == [(len(b.indices), 3, *b.size) for b in plan]
+        assert shapes[0][2:] == schedule.size_at(epoch, 0)
+        assert {s[2:] for s in shapes} <= {(24, 24), (40, 40), (32, 48)}
+        assert sum(s[0] for s in shapes) == 40
+    images, labels = next(iter(loader))
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+
+
+def test_keep_aspect_batches_are_non_square_and_cover_every_sample_once() -> None:
+    source = SyntheticSource(120, 8, 0, min_side=24, max_side=96)
+    schedule = FixedResolution(48, geometry="keep_aspect", multiple=8)
+    dm = ResflexDataModule(source, schedule, batch_size=8, num_workers=0)
+    loader = dm.train_dataloader()
+    sampler = loader.batch_sampler
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        seen: list[int] = []
+        shapes = []
+        for batch, (images, _) in zip(sampler.plan(epoch), loader, strict=True):
+            seen += batch.indices
+            shapes.append(tuple(images.shape[-2:]))
+            assert tuple(images.shape[-2:]) == batch.size
+        assert sorted(seen) == list(range(120))
+        non_square = [s for s in shapes if s[0] != s[1]]
+        assert len(non_square) >= len(shapes) // 2
+        assert all(abs(h * w - 48 * 48) / (48 * 48) < 0.2 for h, w in shapes)
+        # every sample went to the bucket nearest its own aspect ratio
+        buckets = assign_buckets(image_sizes(source.splits["train"]), schedule.aspect_ratios)
+        for batch in sampler.plan(epoch):
+            assert len({buckets[i] for i in batch.indices}) == 1
+    val = dm.val_dataloader().batch_sampler
+    assert sorted(i for b in val.plan(0) for i in b.indices) == list(range(8))
+
+
+def test_keep_aspect_under_ddp_gives_every_rank_the_same_shapes() -> None:
+    source = SyntheticSource(90, 8, 0, min_side=24, max_side=96)
+    buckets = assign_buckets(image_sizes(source.splits["train"]), (0.5, 1.0, 2.0))
+    schedule = RandomResolution(sizes=[32, 48], geometry="keep_aspect", aspect_ratios=[0.5, 1.0, 2.0], seed=3)
+    plans = []
+    for rank in range(3):
+        sampler = ResolutionBatchSampler(90, 4, schedule, rank=rank, world_size=3, buckets=buckets, seed=1)
+        plans.append(sampler.plan(2))
+    assert [[(b.size, len(b.indices)) for b in p] for p in plans[1:]] == [
+        [(b.size, len(b.indices)) for b in plans[0]]
+    ] * 2
+    assert set(range(90)) == {i for p in plans for b in p for i in b.indices}
+
+
+def test_image_folder_sizes_come_from_headers_with_exif_rotation(tmp_path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    (root / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (60, 20)).save(root / "train" / "a" / "wide.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored 60x20, shown 20x60
+    Image.new("RGB", (60, 20)).save(root / "train" / "a" / "rotated.jpg", exif=exif)
+    assert file_image_size(str(root / "train" / "a" / "rotated.jpg")) == (20, 60)
+    source = ImageFolderSource(str(root), val_fraction=0.5, seed=0)
+    train = source.splits["train"]
+    sizes = image_sizes(train)
+    assert sizes == [train[i][0].size for i in range(len(train))]
+
+
+def test_lightning_sets_the_epoch_on_the_batch_sampler() -> None:
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    loader = ResflexDataModule(SyntheticSource(16, 8, 0), FixedResolution(32), batch_size=4, num_workers=0)
+    train = loader.train_dataloader()
+    _set_sampler_epoch(train, 5)
+    assert train.batch_sampler.epoch == 5
+
+
+def test_datamodule_resumes_the_sampler_from_its_checkpoint_state() -> None:
+    schedule = RandomResolution(sizes=[16, 24, 32], seed=0)
+    dm = ResflexDataModule(SyntheticSource(64, 8, 0), schedule, batch_size=8, num_workers=0, seed=4)
+    reference = ResolutionBatchSampler(64, 8, schedule, seed=4)
+    reference.set_epoch(1)
+    dm.load_state_dict({"epoch": 1, "step": 3})  # what Lightning restores before building the loader
+    assert _epoch(dm.train_dataloader().batch_sampler) == _epoch(reference)[3:]
+    finished = ResflexDataModule(SyntheticSource(64, 8, 0), schedule, batch_size=8, num_workers=0, seed=4)
+    finished.load_state_dict({"epoch": 1, "step": 8})  # saved at the end of epoch 1: continue with epoch 2
+    assert finished.train_dataloader().batch_sampler.epoch == 2
+
+
+@pytest.mark.slow
+def test_a_run_resumed_mid_epoch_continues_with_the_same_sizes(tmp_path) -> None:
+    from .conftest import TINY, run_cli, scalar_tags
+
+    common = [
+        *(a for a in TINY if not a.startswith(("resolution.", "trainer.limit_train", "trainer.max_epochs"))),
+        "trainer.max_epochs=2",
+        "data.source.num_train=48",
+        "data.source.num_val=8",
+        "data.source.num_test=8",
+        "resolution=random",
+        "resolution.sizes=[16,24,32]",
+        "test_after_fit=false",
+    ]
+    first = tmp_path / "first"
+    mid = [
+        "+callbacks.mid._target_=pytorch_lightning.callbacks.ModelCheckpoint",
+        "+callbacks.mid.every_n_train_steps=8",
+        "+callbacks.mid.save_top_k=-1",
+        f"+callbacks.mid.dirpath={tmp_path / 'mid'}",
+        "+callbacks.mid.filename=mid",
+    ]
+    result = run_cli([*common, *mid, f"hydra.run.dir={first}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    second = tmp_path / "second"
+    result = run_cli(
+        [*common, f"ckpt_path={tmp_path / 'mid' / 'mid.ckpt'}", f"hydra.run.dir={second}"], cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    original = dict(scalar_tags(first)["train/resolution"])
+    resumed = dict(scalar_tags(second)["train/resolution"])
+    assert min(resumed) == 9  # 6 steps per epoch; the checkpoint is at step 8 (epoch 1, step 2)
+    assert resumed == {step: original[step] for step in resumed}
+    assert len(set(resumed.values())) > 1

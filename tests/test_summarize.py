@@ -1,0 +1,137 @@
+"""summarize.py on a fixture sweep: metrics.json files written here, in every state a job can be in."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+from resflex.summarize import main, summarize
+from tests.conftest import REPO, run_cli
+
+
+def write_job(sweep: Path, name: str, overrides: list[str], record: dict | None, age_s: float = 0) -> Path:
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if record is not None:
+        (job / "metrics.json").write_text(json.dumps({"overrides": overrides, **record}))
+    if age_s:
+        old = time.time() - age_s
+        for path in [job, *job.rglob("*")]:
+            os.utime(path, (old, old))
+    return job
+
+
+def completed(val: float, best: float, at32: float, at64: float, ips: float, wall: float) -> dict:
+    return {
+        "status": "completed",
+        "wall_time_s": wall,
+        "best": {"val/acc": best, "checkpoint": "x.ckpt"},
+        "metrics": {
+            "val/acc": val,
+            "test/acc": val - 0.01,
+            "val/acc@32": at32,
+            "val/acc@64": at64,
+            "train/images_per_sec": ips,
+        },
+    }
+
+
+def make_sweep(root: Path) -> Path:
+    sweep = root / "sweep"
+    write_job(
+        sweep,
+        "pooling=avg",
+        ["pooling=avg", "trainer.max_epochs=2"],
+        completed(0.71, 0.75, 0.6, 0.71, 900.0, 61.0),
+    )
+    write_job(
+        sweep,
+        "pooling=max",
+        ["pooling=max", "trainer.max_epochs=2"],
+        completed(0.83, 0.83, 0.5, 0.83, 800.5, 65.5),
+    )
+    write_job(
+        sweep,
+        "pooling=pyramid",
+        ["pooling=pyramid", "trainer.max_epochs=2"],
+        {
+            "status": "failed",
+            "error": "ConfigError: pooling.levels must be positive (hint: e.g. [1,2,4])",
+            "wall_time_s": 3.2,
+            "metrics": {},
+        },
+    )
+    write_job(sweep, "pooling=gem", ["pooling=gem", "trainer.max_epochs=2"], None)  # still writing
+    write_job(sweep, "pooling=avgmax", ["pooling=avgmax", "trainer.max_epochs=2"], None, age_s=3600)  # killed
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    return sweep
+
+
+def test_summary_table_rows_order_and_files(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    text = summarize(sweep, sort="val/acc")
+    assert "5 job(s), 2 completed, 1 failed, 1 missing, 1 running" in text
+    assert "common overrides: trainer.max_epochs=2" in text
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == [
+        "pooling=max",
+        "pooling=avg",
+        "pooling=pyramid",
+        "pooling=gem",
+        "pooling=avgmax",
+    ]
+    assert [r["status"] for r in rows] == ["completed", "completed", "failed", "running", "missing"]
+    assert list(rows[0]) == [
+        "job", "pooling", "status", "val/acc", "best val/acc", "test/acc", "val/acc@32", "val/acc@64",
+        "img/s", "time_s", "error",
+    ]  # fmt: skip
+    assert rows[0]["val/acc"] == "0.8300" and rows[1]["best val/acc"] == "0.7500"
+    assert rows[1]["val/acc@32"] == "0.6000" and rows[0]["img/s"] == "800.5" and rows[0]["time_s"] == "65.5"
+    assert rows[2]["val/acc"] == "-" and rows[2]["error"].startswith("ConfigError: pooling.levels")
+    markdown = (sweep / "summary.md").read_text()
+    assert "| pooling=max | max | completed | 0.8300 |" in markdown
+    assert (sweep / "summary.png").stat().st_size > 5000
+
+
+def test_sort_by_other_metric_and_ascending(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    by_32 = summarize(sweep, sort="val/acc@32", write=False).splitlines()
+    table = [line.split()[0] for line in by_32 if line.startswith("pooling=")]
+    assert table[:2] == ["pooling=avg", "pooling=max"]
+    by_ips = summarize(sweep, sort="img/s", ascending=True, write=False)
+    rows = [line.split()[0] for line in by_ips.splitlines() if line.startswith("pooling=")]
+    assert rows[:2] == ["pooling=max", "pooling=avg"]
+    assert not (sweep / "summary.csv").exists()
+
+
+def test_single_run_folder_and_bar_plot(tmp_path: Path) -> None:
+    record = {"status": "completed", "wall_time_s": 10.0, "metrics": {"val/acc": 0.5}}
+    run = write_job(tmp_path, "run", ["data=fashion_mnist"], record)
+    text = summarize(run)
+    assert "1 job(s), 1 completed" in text and "fashion_mnist" in text
+    assert (run / "summary.png").is_file()  # no per-resolution metrics: a bar chart of val/acc
+
+
+def test_cli_errors_in_one_line(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "error: no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no runs under" in capsys.readouterr().err
+
+
+def test_script_runs_as_a_user_types_it(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path)
+    result = run_cli(
+        [str(sweep), "--sort", "val/acc"], cwd=tmp_path, script=REPO / "scripts" / "summarize.py"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
+    assert lines[rule + 1].startswith("pooling=max") and "0.8300" in lines[rule + 1]
+    assert "wrote" in lines[-1] and (sweep / "summary.md").is_file()

@@ -1,0 +1,204 @@
+"""Sweeps as a user runs them: a failing job is recorded and the others finish; job folders named
+by what differs; HPARAMS entries with final metrics; the Optuna search config."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resflex.errors import ConfigError
+from resflex.summarize import summarize
+from resflex.sweeps import MAX_NAME, job_dir_name, swept_keys
+from resflex.train import check_finite
+from tests.conftest import TINY, run_cli, scalar_tags
+
+TINY_SWEEP = (
+    *(o for o in TINY if not o.startswith("backbone.name")),
+    "data.source.num_train=64",
+    "data.source.num_val=32",
+    "data.source.num_test=0",
+)
+
+
+def hparams_plugin_data(run_dir: Path) -> dict[str, object]:
+    """What TensorBoard's HPARAMS plugin reads from one run: session start info and the tags present."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tags: set[str] = set()
+    hparams: dict[str, object] = {}
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        acc.Reload()
+        try:
+            content = acc.PluginTagToContent("hparams")
+        except KeyError:  # no hparams summaries in this file
+            continue
+        tags |= set(content)
+        if "_hparams_/session_start_info" in content:
+            data = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+            for key, value in data.session_start_info.hparams.items():
+                kind = value.WhichOneof("kind")
+                hparams[key] = getattr(value, kind)
+    return {"tags": tags, "hparams": hparams}
+
+
+def test_job_dir_names() -> None:
+    assert job_dir_name("backbone=resnet18,pooling=avg", 0) == "backbone=resnet18,pooling=avg"
+    assert job_dir_name("", 3) == "job3"  # a one-job sweep with no overrides gets its own folder
+    assert job_dir_name(None, 0) == "job0"
+    assert (
+        job_dir_name("backbone.name=hf-hub:timm/resnet18,note=a b", 1)
+        == "backbone.name=hf-hub:timm_resnet18,note=a_b"
+    )
+    long_a, long_b = ("x=" + "a" * 400 + s for s in ("1", "2"))
+    assert len(job_dir_name(long_a).encode()) <= MAX_NAME
+    assert job_dir_name(long_a) != job_dir_name(long_b)
+
+
+def test_sweep_subdir_config_uses_the_resolver(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    import resflex.train  # noqa: F401  (registers the resolver, as the CLI does)
+    from resflex.config import CONFIG_DIR
+    from tests.test_configs import compose_train
+
+    cfg = compose_train(["pooling=max", "data.root=/x/y"], tmp_path)
+    assert cfg.hydra.job.override_dirname == "pooling=max"  # data.root is excluded
+    subdir = yaml.safe_load((CONFIG_DIR / "hydra" / "default.yaml").read_text())["sweep"]["subdir"]
+    for dirname, num, expected in (("pooling=max", 1, "pooling=max"), ("", 5, "job5"), ("a=x/y", 0, "a=x_y")):
+        job = OmegaConf.create(
+            {"hydra": {"job": {"override_dirname": dirname, "num": num}}, "subdir": subdir}
+        )
+        assert job.subdir == expected
+
+
+def test_swept_keys_are_what_differs() -> None:
+    argv = [
+        "-m",
+        "backbone=a,b",
+        "pooling=avg",
+        "optimizer.lr=range(1,3)",
+        "+x=choice(1,2)",
+        "hydra/launcher=basic",
+    ]
+    assert swept_keys(argv) == {"backbone", "optimizer.lr", "x"}
+    assert swept_keys(["trainer.max_epochs=3"], ["pooling", "optimizer.lr"]) == {"pooling", "optimizer.lr"}
+
+
+def test_check_finite_names_the_diverged_metric() -> None:
+    check_finite({"train/loss": 0.3, "val/loss": 1.0})
+    with pytest.raises(ConfigError, match=r"val/loss is nan.*optimizer.lr"):
+        check_finite({"train/loss": 0.3, "val/loss": math.nan})
+
+
+def test_multirun_survives_a_failing_job_and_summary_lists_it(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["-m", "backbone.name=test_resnet,not_a_model", *TINY_SWEEP, f"hydra.sweep.dir={sweep}"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]  # exit code = number of failed jobs
+    assert "1 job(s) failed: backbone.name=not_a_model" in result.stderr
+    good, bad = sweep / "backbone.name=test_resnet", sweep / "backbone.name=not_a_model"
+    good_record = json.loads((good / "metrics.json").read_text())
+    bad_record = json.loads((bad / "metrics.json").read_text())
+    assert good_record["status"] == "completed"
+    assert (
+        0.0 <= good_record["metrics"]["val/acc"] <= 1.0 and good_record["metrics"]["train/images_per_sec"] > 0
+    )
+    assert good_record["wall_time_s"] > 0 and "val/acc" in good_record["best"]
+    assert bad_record["status"] == "failed" and "not_a_model" in bad_record["error"]
+    assert "\n" not in bad_record["error"]
+
+    # HPARAMS: session info with the hyperparameters, final metrics as hp/ scalars, no per-run experiment tag
+    data = hparams_plugin_data(good)
+    assert "_hparams_/session_start_info" in data["tags"] and "_hparams_/experiment" not in data["tags"]
+    assert data["hparams"]["backbone.name"] == "test_resnet" and data["hparams"]["choice/pooling"] == "avg"
+    hp = scalar_tags(good)["hp/val_acc"]
+    assert hp[-1][1] == pytest.approx(good_record["metrics"]["val/acc"], abs=1e-6)
+
+    text = summarize(sweep)
+    assert "2 job(s), 1 completed, 1 failed" in text
+    rows = [line for line in text.splitlines() if line.startswith("backbone.name=")]
+    assert rows[0].startswith("backbone.name=test_resnet") and "completed" in rows[0]
+    assert (
+        rows[1].startswith("backbone.name=not_a_model") and "failed" in rows[1] and "not_a_model" in rows[1]
+    )
+
+
+def test_optuna_config_composes(tmp_path: Path) -> None:
+    from tests.test_configs import compose_train
+
+    cfg = compose_train(["hparams_search=optuna"], tmp_path)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.storage is None and sweeper.max_failure_rate == 1.0
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "pooling", "resolution.size"}
+    assert cfg.hydra.mode.name == "MULTIRUN"
+
+
+@pytest.mark.slow
+def test_optuna_survives_failed_trials(tmp_path: Path) -> None:
+    sweep = tmp_path / "optuna"
+    # resolution.size=-1 fails (ConfigError); the seeded TPE start-up trials draw both values
+    args = [
+        "-m",  # Hydra asks for it when a sweep range is given on the command line
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "optimizer.lr=0.002",
+        "optimizer.weight_decay=0.01",
+        "pooling=avg",
+        "resolution.size=choice(-1,32)",
+        *(o for o in TINY_SWEEP if not o.startswith("resolution.size")),
+        "backbone.name=test_resnet",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    result = run_cli(args, cwd=tmp_path)
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert len(records) == 3, result.stderr[-3000:]
+    failed = [r for r in records if r["status"] == "failed"]
+    done = [r for r in records if r["status"] == "completed"]
+    assert failed and done, "the seeded sampler should draw both sizes"  # pinned optuna 2.10.1
+    assert all("resolution.size=-1" in r["overrides"] and "resolution.size" in r["error"] for r in failed)
+    assert all("resolution.size=32" in r["overrides"] for r in done)
+    assert result.returncode == len(failed)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["resolution.size"] == 32
+    assert best["best_value"] == pytest.approx(max(r["metrics"]["val/acc"] for r in done))
+    # the folders are named by the swept keys only (the fixed overrides are in metrics.json)
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert len(names) == 3 and all(n.startswith(("resolution.size=-1", "resolution.size=32")) for n in names)
+    assert any("-job" in n for n in names)  # a value drawn twice gets its own folder
+
+
+@pytest.mark.slow
+def test_optuna_tpe_search_runs_two_trials(tmp_path: Path) -> None:
+    sweep = tmp_path / "tpe"
+    tiny = [o for o in TINY_SWEEP if not o.startswith("resolution.size")]  # searched, not fixed
+    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", *tiny, "backbone.name=test_resnet"]
+    result = run_cli([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(r["metrics"]["val/acc"] for r in records))
+    assert set(best["best_params"]) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "pooling",
+        "resolution.size",
+    }
+
+
+@pytest.mark.slow
+def test_diverged_run_is_recorded_as_failed(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["optimizer.lr=1e30", "scheduler.warmup_epochs=0", *TINY_SWEEP, "backbone.name=test_resnet"]
+    result = run_cli([*args, f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert result.returncode == 2 and "training diverged" in result.stderr
+    text = (run / "metrics.json").read_text()
+    record = json.loads(text, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}: not JSON"))
+    assert record["status"] == "failed" and "is nan" in record["error"]
