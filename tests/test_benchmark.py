@@ -21,24 +21,36 @@ from tests.conftest import REPO, run_cli
 BENCHMARK = REPO / "scripts" / "benchmark.py"
 
 
+def _is_def(node: ast.AST) -> bool:
+    return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+
+
 def _imports(module: str, seen: set[str]) -> set[str]:
-    """Every module ``module`` imports, anywhere in its source (lazy imports too), through resflex."""
-    if module in seen:
+    """Modules imported by ``module`` and, through it, by other resflex modules: every import of the
+    benchmark's own files (its lazy ones run too), module-level imports elsewhere (a lazy import in a
+    function the benchmark never calls, e.g. reading a run's Hydra config, does not count)."""
+    base = REPO / "src" / Path(*module.split("."))
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    if module in seen or not path.is_file():
         return set()
     seen.add(module)
-    path = REPO / "src" / Path(*module.split("."))
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    own = module.startswith("resflex.benchmark")
+    nodes = ast.walk(tree) if own else (n for top in tree.body for n in ast.walk(top) if not _is_def(top))
+    for node in nodes:
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
         for name in names:
-            found.add(name)
             if name.startswith("resflex"):
                 found |= _imports(name, seen)
+                if name in seen:
+                    found.add(name)
+            else:
+                found.add(name)
     return found
 
 
@@ -102,20 +114,26 @@ def test_plain_loop_reports_one_figure_per_window_and_trains() -> None:
     batch = random_batch(4, (32, 32), 10)
     windows = plain_windows(setup, model, [batch] * 5, warmup=1, steps=2, windows=2)
     assert len(windows) == 2
-    assert all(w.images_per_sec > 0 and w.pixels_per_sec == pytest.approx(w.images_per_sec * 32 * 32) for w in windows)
+    assert all(
+        w.images_per_sec > 0 and w.pixels_per_sec == pytest.approx(w.images_per_sec * 32 * 32)
+        for w in windows
+    )
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_table_renders_every_section_and_verdict() -> None:
     report = {
         "machine": {"cpu_model": "X", "cpu_cores": 2, "torch": "t", "timm": "m", "pytorch_lightning": "l"},
-        "config": {"backbone": "b", "batch_size": 8, "precision": "32-true", "channels_last": True, "compile": False},
-        "overhead": {"size": 64, "resflex_images_per_sec": 96.0, "plain_images_per_sec": 100.0, "ratio": 0.96, "target": 0.95},
-        "pipeline": {"size": 64, "full_images_per_sec": 80.0, "compute_only_images_per_sec": 100.0, "ratio": 0.8,
-                     "target": 0.9, "workers": 2, "format": "jpeg"},
-        "mixed": {"sizes": [48, 64], "fixed_size": 56, "mixed_pixels_per_sec": 1e6, "fixed_pixels_per_sec": 1e6,
-                  "ratio": 1.0, "target": 0.95},
-        "memory": {"kind": "cpu_peak_rss", "batch_size": 8, "per_size": {"48": {"peak_mb": 1.0, "above_start_mb": 0.5}}},
+        "config": {"backbone": "b", "batch_size": 8, "precision": "32-true", "channels_last": True,
+                   "compile": False},
+        "overhead": {"size": 64, "resflex_images_per_sec": 96.0, "plain_images_per_sec": 100.0,
+                     "ratio": 0.96, "target": 0.95},
+        "pipeline": {"size": 64, "full_images_per_sec": 80.0, "compute_only_images_per_sec": 100.0,
+                     "ratio": 0.8, "target": 0.9, "workers": 2, "format": "jpeg"},
+        "mixed": {"sizes": [48, 64], "fixed_size": 56, "mixed_pixels_per_sec": 1e6,
+                  "fixed_pixels_per_sec": 1e6, "ratio": 1.0, "target": 0.95},
+        "memory": {"kind": "cpu_peak_rss", "batch_size": 8,
+                   "per_size": {"48": {"peak_mb": 1.0, "above_start_mb": 0.5}}},
         "study": None,
         "wall_seconds": 1.0,
     }  # fmt: skip

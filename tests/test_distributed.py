@@ -23,8 +23,9 @@ from resflex.data.datamodule import ResflexDataModule
 from resflex.data.datasets import SyntheticSource
 from resflex.data.resolution import FixedResolution, MultigridResolution, RandomResolution
 from resflex.data.sampler import ResolutionBatchSampler
+from resflex.errors import ConfigError
 from resflex.sweeps import _same_job
-from resflex.training.distributed import check_rank_logs, ddp_job_scope
+from resflex.training.distributed import check_rank_logs, check_shared_run_dir, ddp_job_scope
 from tests.conftest import make_image_folder, run_cli
 
 WORLD = 4
@@ -205,6 +206,18 @@ def test_ddp_job_scope_makes_lightning_relaunch_this_job_into_its_folder(tmp_pat
     assert HydraConfig.get().run.dir != str(job_dir.resolve())
 
 
+def test_ranks_started_by_torchrun_must_share_an_explicit_run_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    HydraConfig.instance().set_config(_compose([]))
+    with pytest.raises(ConfigError, match=r"hydra\.run\.dir"):
+        check_shared_run_dir()
+    HydraConfig.instance().set_config(_compose([f"hydra.run.dir={tmp_path}"]))
+    check_shared_run_dir()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    HydraConfig.instance().set_config(_compose([]))
+    check_shared_run_dir()  # one process: the time-stamped default is fine
+
+
 def test_a_requeued_job_or_another_rank_keeps_its_job_folder(tmp_path: Path) -> None:
     folder = tmp_path / "pooling=max"
     (folder / ".hydra").mkdir(parents=True)
@@ -301,7 +314,7 @@ def test_ddp_sim_trains_with_random_sizes_and_keep_aspect_on_an_image_folder(tmp
 
 @pytest.mark.slow
 def test_ddp_inside_a_multirun_launches_each_jobs_ranks_into_its_folder(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
+    """The default, time-stamped sweep folder: a rank re-running the sweep command would make its own."""
     args = [
         "-m",
         "pooling=avg,max",
@@ -312,15 +325,19 @@ def test_ddp_inside_a_multirun_launches_each_jobs_ranks_into_its_folder(tmp_path
         "data.source.num_test=0",
         "resolution=random",
         "resolution.sizes=[32,48]",
-        f"hydra.sweep.dir={sweep}",
+        f"paths.root_dir={tmp_path}",
     ]
     result = run_cli(args, cwd=tmp_path, timeout=500)
     assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "multirun").iterdir())
+    assert len(sweeps) == 1, f"ranks wrote to several sweep folders: {sweeps}"
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["multirun"]
+    sweep = sweeps[0]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["pooling=avg", "pooling=max"]
     for job in jobs:
         record = json.loads((sweep / job / "metrics.json").read_text())
         assert record["status"] == "completed" and record["overrides"][0] == job
         e = check_rank_logs(sweep / job, num_samples=24)["epochs"][0]
+        assert e["steps"] == {0: 3, 1: 3}  # 24 samples / 2 ranks / batch 4
         assert e["sizes_agree"] and e["weights_agree"] and e["missing"] == 0
-    assert not (tmp_path / "logs").exists()  # no rank wandered off into a folder of its own

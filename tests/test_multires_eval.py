@@ -130,3 +130,34 @@ def test_progressive_cli_run_logs_increasing_resolution(tmp_path: Path) -> None:
     assert {"train/images_per_sec@16", "train/images_per_sec@24", "train/images_per_sec@32"} <= set(tags)
     assert {"val/acc@16", "val/acc@24", "val/acc@32", "val/acc@48", "test/acc@48"} <= set(tags)
     assert (run_dir / "acc_vs_resolution.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_multigrid_run_follows_the_changing_epoch_length(tmp_path: Path) -> None:
+    overrides = [
+        *(
+            arg
+            for arg in TINY
+            if not arg.startswith(("resolution.", "trainer.limit_train", "trainer.max_epochs"))
+        ),
+        "data.source.num_train=32",
+        "data.source.num_val=8",
+        "data.source.num_test=8",
+        "data.batch_size=4",
+        "trainer.max_epochs=2",
+        "resolution=multigrid",
+        "resolution.size=32",
+        "resolution.long_factors=[0.5,1.0]",
+        "resolution.short_factors=[]",
+        "resolution.final_epochs=0",
+        "test_after_fit=false",
+    ]
+    record = train(_compose(overrides, tmp_path))
+    assert record["status"] == "completed"
+    tags = scalar_tags(tmp_path)
+    # epoch 0: 16 px, batch 4 * 4 = 16 -> 2 steps; epoch 1: 32 px, batch 4 -> 8 steps
+    assert [v for _, v in sorted(tags["train/resolution"])] == [16.0] * 2 + [32.0] * 8
+    assert max(step for step, _ in tags["train/resolution"]) == 10
+    lr_tag = sorted(k for k in tags if k.startswith("train/lr"))[0]
+    lrs = [v for _, v in sorted(tags[lr_tag])]
+    assert len(lrs) == 10
+    assert lrs[-1] < 0.2 * max(lrs)  # the LR schedule spans the real 10 steps, not 2 epochs x 2

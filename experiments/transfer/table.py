@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from resflex.training.finetune import format_count
+
 ROWS = {
     "scratch": "scratch (random init, full)",
     "probe_random": "linear probe, random backbone",
@@ -25,7 +27,7 @@ def main() -> None:
         f"on the 6 source classes, {pre['wall_time_s']:.0f} s\n"
     )
     columns = [f"val acc @{p.name[2:]} px" for p in sizes]
-    header = "| strategy | " + " | ".join(columns) + " | trainable params | time/run |"
+    header = "| strategy | " + " | ".join(columns) + " | trainable params at start | time/run |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for key, label in ROWS.items():
@@ -38,7 +40,7 @@ def main() -> None:
             record = json.loads(f.read_text())
             cells.append(f"{record['metrics'].get('val/acc', float('nan')):.3f}")
             counts = record.get("params", {})
-            params = f"{counts.get('trainable', 0) / 1e6:.2f}M" if counts else ""
+            params = format_count(counts["trainable"]) if counts else ""
             times.append(record["wall_time_s"])
         mean_time = f"{sum(times) / len(times):.0f} s" if times else "-"
         print(f"| {label} | " + " | ".join(cells) + f" | {params} | {mean_time} |")

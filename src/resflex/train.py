@@ -40,7 +40,7 @@ from resflex.errors import (
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
 from resflex.sweeps import register_resolvers
-from resflex.training.distributed import ddp_job_scope
+from resflex.training.distributed import check_shared_run_dir, ddp_job_scope
 from resflex.training.finetune import Finetuning, build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.results import (
@@ -226,6 +226,7 @@ def _task(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if not multirun:
         with user_errors_as_one_line():
+            check_shared_run_dir()  # torchrun / srun: every rank must write to the same folder
             record = train(cfg)
         return record["metrics"].get("val/acc")
     # In a sweep, a failing job is recorded and the sweep goes on with the next one.

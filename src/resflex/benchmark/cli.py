@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(
-        "--precision", default="auto", help="auto (bf16-mixed on a GPU, 32-true on CPU), 32-true, bf16-mixed, 16-mixed"
+        "--precision", default="auto",
+        help="auto (bf16-mixed on a GPU, 32-true on CPU), 32-true, bf16-mixed, 16-mixed",
     )  # fmt: skip
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (both sides)")
@@ -141,7 +142,8 @@ def render_table(report: dict[str, Any]) -> str:
     lines = [
         f"resflex benchmark: {c['backbone']} bs={c['batch_size']} {c['precision']} "
         f"channels_last={c['channels_last']} compile={c['compile']} on {where}",
-        f"torch {m['torch']}, timm {m['timm']}, lightning {m['pytorch_lightning']}; load {m.get('load_average')}",
+        f"torch {m['torch']}, timm {m['timm']}, lightning {m['pytorch_lightning']}; "
+        f"load average {m.get('load_average')}",
         "",
         f"{'figure':<34}{'resflex / test':>16}{'baseline':>16}{'ratio':>9}{'target':>9}  verdict",
     ]
@@ -175,7 +177,10 @@ def render_table(report: dict[str, Any]) -> str:
         mem = report["memory"]
         lines += ["", f"4 memory ({mem['kind']}, batch {mem['batch_size']}):"]
         for size, v in mem["per_size"].items():
-            lines.append(f"  {size:>5}px  peak {v['peak_mb']:>9,.1f} MiB   above start {v['above_start_mb']:>9,.1f} MiB")
+            lines.append(
+                f"  {size:>5}px  peak {v['peak_mb']:>9,.1f} MiB"
+                f"   above start {v['above_start_mb']:>9,.1f} MiB"
+            )
     lines.append(f"\nwall time {report['wall_seconds']:.1f} s")
     return "\n".join(lines)
 
@@ -201,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     chosen = args.sections.split(",")
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update(precision=setup.precision, model_kwarg=dict(args.model_kwarg))
-    report: dict[str, Any] = {"machine": machine_info(device), "config": config}
+    report: dict[str, Any] = {"machine": machine_info(device), "config": config, "wall_seconds": 0.0}
     for key in (*SECTIONS, "study"):
         report[key] = None
     model = build_model(setup)
@@ -209,7 +214,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     w, s, r = args.warmup, args.steps, args.repeats
 
     def announce(name: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {name} ...", file=sys.stderr, flush=True)
+        """Progress on stderr; the JSON so far is saved, so a run cut off by a timeout keeps its figures."""
+        report["wall_seconds"] = round(time.perf_counter() - started, 1)
+        if args.json:
+            write_json(args.json, report)
+        print(f"[{report['wall_seconds']:6.1f}s] {name} ...", file=sys.stderr, flush=True)
 
     if "overhead" in chosen:
         announce("overhead")
@@ -228,8 +237,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["study"] = sections.study(
             setup, args.size, args.study_epochs, args.workers, args.seed, args.target_acc
         )
-    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    announce("done")
     return report
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     print(render_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0

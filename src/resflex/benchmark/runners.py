@@ -184,7 +184,7 @@ class WindowTimer(pl.Callback):
 def make_trainer(
     setup: Setup, max_steps: int, callbacks: list[pl.Callback], log_dir: str, **overrides: Any
 ) -> pl.Trainer:
-    """A Trainer with resflex's settings (configs/trainer, callbacks, logger), minus checkpoints/progress bar."""
+    """A Trainer with resflex's trainer, callback and logger settings, minus checkpoints/progress bar."""
     from pytorch_lightning.callbacks import LearningRateMonitor
     from pytorch_lightning.loggers import TensorBoardLogger
 

@@ -75,7 +75,7 @@ def _unique_graphs() -> int:
         from torch._dynamo.utils import counters
 
         return int(counters["stats"]["unique_graphs"])
-    except Exception:  # noqa: BLE001 - optional diagnostics
+    except Exception:  # optional diagnostics
         return 0
 
 
@@ -97,7 +97,9 @@ def overhead(
 ) -> dict[str, Any]:
     """resflex's Lightning step vs the plain loop, same in-memory batches on the device."""
     module = build_module(setup, model)
-    distinct = _on_device([random_batch(setup.batch_size, (size, size), setup.num_classes, i) for i in range(4)], setup.device)
+    distinct = _on_device(
+        [random_batch(setup.batch_size, (size, size), setup.num_classes, i) for i in range(4)], setup.device
+    )
     seq = _sequence(distinct, warmup + steps)
     graphs = _unique_graphs()
     resflex, plain = _alternate(
@@ -195,7 +197,6 @@ def pipeline(
             lambda: lightning_windows(setup, module, datamodule, warmup, steps),
             lambda: lightning_windows(setup, module, compute_batches, warmup, steps),
         )
-        del loader, datamodule
     record = _ratio_record(
         "full_images_per_sec", full, "compute_only_images_per_sec", compute, "images_per_sec"
     )
@@ -278,7 +279,12 @@ def memory(setup: Setup, model: torch.nn.Module, sizes: Sequence[int], steps: in
         peak = meter.peak_mb()
         per_size[str(s)] = {"peak_mb": round(peak, 1), "above_start_mb": round(peak - meter.baseline_mb, 1)}
         del batch
-    return {"kind": meter.kind, "resettable": meter.resettable, "batch_size": setup.batch_size, "per_size": per_size}
+    return {
+        "kind": meter.kind,
+        "resettable": meter.resettable,
+        "batch_size": setup.batch_size,
+        "per_size": per_size,
+    }
 
 
 # ---- 5. time-to-accuracy ----------------------------------------------------------------------
@@ -344,7 +350,9 @@ def study(
     try:
         from resflex.data.resolution import FixedResolution, ProgressiveResolution
     except ImportError as exc:  # the progressive schedule is optional in older trees
-        raise SystemExit(f"error: --study needs resflex.data.resolution.ProgressiveResolution ({exc})") from None
+        raise SystemExit(
+            f"error: --study needs resflex.data.resolution.ProgressiveResolution ({exc})"
+        ) from None
     start = max(16, (size // 2) // 16 * 16)
     fixed_points = _study_run(setup, FixedResolution(size), epochs, workers, seed)
     progressive = ProgressiveResolution(start_size=start, end_size=size, multiple=16, eval_size=size)
@@ -371,4 +379,3 @@ def study(
 def default_workers(device: torch.device) -> int:
     cores = usable_cores()
     return min(12, max(1, cores - 2)) if device.type == "cuda" else min(2, cores)
-

@@ -152,6 +152,12 @@ class ResflexDataModule(pl.LightningDataModule):
         """Bind the schedule to the run length (epoch-based schedules need ``trainer.max_epochs``)."""
         if self.trainer is not None:
             self.schedule.bind(self.trainer.max_epochs)
+            connector = getattr(self.trainer, "_accelerator_connector", None)
+            if self.trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+                raise ConfigError(
+                    "trainer.use_distributed_sampler must be false: the resflex batch sampler shards by rank",
+                    hint="trainer.use_distributed_sampler=false",
+                )
 
     def has_split(self, split: str) -> bool:
         return split in self.source.splits

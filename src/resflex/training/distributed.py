@@ -242,6 +242,29 @@ def ddp_job_scope(
         destroy_process_group()
 
 
+def check_shared_run_dir() -> None:
+    """Under ``torchrun`` or ``srun`` every rank runs Hydra itself: they must be given one run folder.
+
+    The default ``hydra.run.dir`` contains the start time (``${now:...}``), which
+    each process resolves on its own, so ranks would scatter over several
+    folders (and rank > 0 could not find rank 0's checkpoints).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    external = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+    given = any(str(o).split("=", 1)[0] == "hydra.run.dir" for o in HydraConfig.get().overrides.hydra)
+    if external and not given:
+        from resflex.errors import ConfigError
+
+        raise ConfigError(
+            "several processes were started for this run (torchrun / srun), but hydra.run.dir is not set, "
+            "so each rank would pick its own time-stamped folder",
+            hint="add hydra.run.dir=<a folder on a shared file system>, e.g. logs/train/runs/$SLURM_JOB_ID",
+        )
+
+
 def destroy_process_group() -> None:
     """Tear down torch.distributed after a run, so a next run in this process can start its own group."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

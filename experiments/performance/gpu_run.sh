@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One-shot GPU benchmark for a lent H100 (about 6 minutes), run from the repository root:
+#   bash experiments/performance/gpu_run.sh
+# Writes <name>.json (every figure + machine) and <name>.txt (the table) into "$OUT"
+# (the device tool's output folder; default experiments/performance/gpu/ when run by hand).
+# Needs torch, timm, pytorch_lightning, torchmetrics, tensorboard: no Hydra (resflex's benchmark
+# does not import it) and no install (scripts/benchmark.py puts src/ on the path).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-experiments/performance/gpu}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONWARNINGS=ignore
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
+"$PY" -c "import torch, timm, pytorch_lightning as pl; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
+nproc | tee -a "$OUT/versions.txt"
+
+bench() {  # bench NAME TIMEOUT_S ARGS...
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name: scripts/benchmark.py $*" | tee "$OUT/$name.txt"
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$PY" scripts/benchmark.py --device cuda --json "$OUT/$name.json" "$@" 2>&1 | tee -a "$OUT/$name.txt"
+  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$OUT/$name.txt"
+}
+
+# 1. ResNet-50 at 224, bf16-mixed + channels_last, batch 256: all four figures
+#    (overhead, input pipeline from JPEG files with 12 workers, mixed 160..288, memory per size).
+bench resnet50_bf16 160 --backbone resnet50 --size 224 --sizes 160,192,224,256,288 \
+  --batch-size 256 --precision bf16-mixed --channels-last --workers 12
+
+# 2. ViT-S/16 with dynamic image size (one set of weights, any multiple of 16), bf16, batch 256.
+bench vit_s16_bf16 100 --backbone vit_small_patch16_224 --model-kwarg dynamic_img_size=True \
+  --size 224 --sizes 160,192,224,256,288 --batch-size 256 --precision bf16-mixed \
+  --sections overhead,mixed,memory
+
+# 3. ResNet-50 compiled (torch.compile, automatic dynamic shapes): overhead + mixed sizes,
+#    i.e. how much compile wins at a fixed size and whether sizes cause recompiles. Last: if
+#    compilation is slow, the timeout ends only this step.
+bench resnet50_bf16_compile 100 --backbone resnet50 --size 224 --sizes 160,192,224,256,288 \
+  --batch-size 256 --precision bf16-mixed --channels-last --compile --sections overhead,mixed \
+  --repeats 3 --steps 15
+
+ls -l "$OUT"
