@@ -41,6 +41,7 @@ def run_cli(args: Sequence[str], cwd: Path, script: Path = TRAIN_SCRIPT, timeout
     """Run ``python scripts/<script> args...`` in a subprocess, exactly as a user would."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.setdefault("PYTHONWARNINGS", "ignore")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # tests.faults
     return subprocess.run(
         [sys.executable, str(script), *args],
         cwd=cwd,

@@ -121,12 +121,12 @@ def test_bad_sizes_are_rejected(bad: object) -> None:
 
 def test_sampler_covers_every_sample_once_per_epoch_and_reshuffles() -> None:
     sampler = ResolutionBatchSampler(50, 8, FixedResolution(32), shuffle=True, drop_last=False, seed=0)
-    epoch0 = [i for batch in sampler for i, _, _ in batch]
+    epoch0 = [item[0] for batch in sampler for item in batch]
     sampler.set_epoch(1)
-    epoch1 = [i for batch in sampler for i, _, _ in batch]
+    epoch1 = [item[0] for batch in sampler for item in batch]
     assert sorted(epoch0) == sorted(epoch1) == list(range(50))
     assert epoch0 != epoch1
-    assert all((h, w) == (32, 32) for batch in sampler for _, h, w in batch)
+    assert all(item[1:3] == (32, 32) and item[4] == 1 for batch in sampler for item in batch)
 
 
 def test_datamodule_batches_are_uint8_at_the_scheduled_size() -> None:

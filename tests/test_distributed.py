@@ -25,7 +25,14 @@ from resflex.data.resolution import FixedResolution, MultigridResolution, Random
 from resflex.data.sampler import ResolutionBatchSampler
 from resflex.errors import ConfigError
 from resflex.sweeps import _same_job
-from resflex.training.distributed import check_rank_logs, check_shared_run_dir, ddp_job_scope
+from resflex.training.distributed import (
+    check_rank_logs,
+    check_shared_run_dir,
+    child_rank_grace,
+    ddp_job_scope,
+    finish_child_ranks,
+    is_lightning_child_rank,
+)
 from tests.conftest import make_image_folder, run_cli
 
 WORLD = 4
@@ -206,6 +213,33 @@ def test_ddp_job_scope_makes_lightning_relaunch_this_job_into_its_folder(tmp_pat
     assert HydraConfig.get().run.dir != str(job_dir.resolve())
 
 
+def test_after_a_run_rank_0_waits_for_its_ranks_and_stops_lightnings_watcher() -> None:
+    import subprocess
+
+    from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    # a watcher that would SIGKILL this process on its next look (here: in an hour)
+    observer = _ChildProcessObserver(main_pid=os.getpid(), child_processes=[failed, stuck], sleep_period=3600)
+    observer.start()
+    finish_child_ranks(timeout_s=1.0)
+    assert observer._child_processes == []
+    assert failed.returncode == 3 and stuck.returncode is not None  # the stuck rank was killed
+
+
+def test_a_failing_child_rank_waits_before_exiting_so_rank_0_can_report() -> None:
+    import time
+
+    child = ["train.py", "pooling=max", "hydra.job.name=train_ddp_process_1"]
+    assert is_lightning_child_rank(child) and not is_lightning_child_rank(child[:2])
+    for argv, ok, slow in ((child, False, True), (child[:2], False, False), (child, True, False)):
+        start = time.perf_counter()
+        with pytest.raises(SystemExit), child_rank_grace(argv, grace_s=0.5):
+            raise SystemExit(0 if ok else 2)
+        assert (time.perf_counter() - start >= 0.5) == slow
+
+
 def test_ranks_started_by_torchrun_must_share_an_explicit_run_dir(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     HydraConfig.instance().set_config(_compose([]))
@@ -314,28 +348,34 @@ def test_ddp_sim_trains_with_random_sizes_and_keep_aspect_on_an_image_folder(tmp
 
 @pytest.mark.slow
 def test_ddp_inside_a_multirun_launches_each_jobs_ranks_into_its_folder(tmp_path: Path) -> None:
-    """The default, time-stamped sweep folder: a rank re-running the sweep command would make its own."""
+    """Three DDP jobs in one sweep: a job that fails on its ranks is recorded and the sweep goes on.
+
+    The default, time-stamped sweep folder: a rank re-running the sweep command would make its own.
+    progressive needs max_epochs, so that job fails in setup, after its ranks were started.
+    """
     args = [
         "-m",
-        "pooling=avg,max",
+        "resolution=random,progressive,fixed",
         *DDP_TINY,
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=3",
         "data.source.num_train=24",
         "data.source.num_val=8",
         "data.source.num_test=0",
-        "resolution=random",
-        "resolution.sizes=[32,48]",
         f"paths.root_dir={tmp_path}",
     ]
     result = run_cli(args, cwd=tmp_path, timeout=500)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # one failed job
+    assert "1 job(s) failed: resolution=progressive" in result.stderr
     sweeps = list((tmp_path / "logs" / "multirun").iterdir())
     assert len(sweeps) == 1, f"ranks wrote to several sweep folders: {sweeps}"
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["multirun"]
     sweep = sweeps[0]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["pooling=avg", "pooling=max"]
-    for job in jobs:
+    assert jobs == ["resolution=fixed", "resolution=progressive", "resolution=random"]
+    failed = json.loads((sweep / "resolution=progressive" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "max_epochs" in failed["error"]
+    for job in ("resolution=random", "resolution=fixed"):
         record = json.loads((sweep / job / "metrics.json").read_text())
         assert record["status"] == "completed" and record["overrides"][0] == job
         e = check_rank_logs(sweep / job, num_samples=24)["epochs"][0]

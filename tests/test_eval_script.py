@@ -36,12 +36,12 @@ def train_tiny_run(run_dir: Path) -> dict:
     """A real training run folder (``.hydra/config.yaml``, ``checkpoints/last.ckpt``, ``metrics.json``)."""
     from resflex.train import train
 
-    overrides = [*TINY, *TINY_SYNTHETIC, "eval.resolutions=[24]", "logger=none", "test_after_fit=false"]
+    overrides = [*TINY, *TINY_SYNTHETIC, "eval.resolutions=[24]", "test_after_fit=false"]
     cfg = compose_config("train", overrides, run_dir)
     saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")  # as Hydra does: without the hydra node
-    return train(cfg)
+    return train(saved)  # what @hydra.main hands the task: the config without its hydra node
 
 
 def test_eval_matches_the_trainers_validation_at_each_size(tmp_path: Path) -> None:

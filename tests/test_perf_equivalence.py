@@ -57,7 +57,12 @@ def test_compile_is_off_by_default_and_configure_model_leaves_eager_alone() -> N
 
 @pytest.mark.slow
 def test_compiled_and_eager_give_the_same_loss_at_several_sizes() -> None:
-    """model.compile=true: same loss and gradients as eager; sizes after the second reuse a dynamic graph."""
+    """model.compile=true: same loss and gradients as eager; sizes after the second reuse a dynamic graph.
+
+    Inductor guards on how the strided convolutions round each side (``(h - 1) // 16`` vs ``// 32``),
+    so one symbolic graph serves the sizes that agree modulo the backbone's stride: with sides that
+    are multiples of 32 (``resolution.multiple=32``), a run compiles twice whatever the sizes.
+    """
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -69,7 +74,7 @@ def test_compiled_and_eager_give_the_same_loss_at_several_sizes() -> None:
     keys = set(compiled.state_dict())
     assert keys == set(eager.state_dict()), "compiling in place must keep checkpoint keys"
     graphs_after: list[int] = []
-    for size in (32, 48, 64, 40):
+    for size in (32, 64, 96, 128):
         images, labels = _batch(size, seed=size)
         out = []
         for module in (eager, compiled):

@@ -90,9 +90,9 @@ def test_fixres_final_phase_items_carry_the_phase_and_get_the_weaker_crop() -> N
     schedule = FixResResolution(size=32, test_size=48, final_epochs=1, final_augment={"scale": [0.9, 1.0]})
     schedule.bind(2)
     sampler = ResolutionBatchSampler(16, 4, schedule)
-    assert {item[1:] for batch in sampler for item in batch} == {(32, 32)}
+    assert {item[1:] for batch in sampler for item in batch} == {(32, 32, None, 0)}
     sampler.set_epoch(1)
-    assert {item[1:] for batch in sampler for item in batch} == {(48, 48, "fixres")}
+    assert {item[1:] for batch in sampler for item in batch} == {(48, 48, "fixres", 1)}
     dm = ResflexDataModule(SyntheticSource(16, 8, 0), schedule, batch_size=4, num_workers=0)
     assert dm.phase_transforms["fixres"].scale == (0.9, 1.0)
     assert dm.train_transform.scale != (0.9, 1.0)

@@ -362,3 +362,19 @@ def test_gradual_unfreezes_top_stages_on_schedule_with_lr_warmup() -> None:
     steps = [lrs[late[0]] for lrs in recorder.lrs]
     assert steps[:3] == [0.0, 0.0, 0.0]  # frozen: LR 0
     assert 0 < steps[3] < steps[4] < steps[5]  # unfrozen: ramps up
+
+
+def test_hub_download_failure_is_a_one_line_config_error(monkeypatch) -> None:
+    import timm
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'\nmore lines")
+        return real(name, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError, match="could not get pretrained weights for test_resnet") as info:
+        TimmBackbone(TINY_NET, pretrained=True)
+    assert "\n" not in info.value.one_line() and "backbone.weights" in info.value.one_line()

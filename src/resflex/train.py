@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from resflex.config import CONFIG_DIR, check_group_choices
 from resflex.data.datamodule import ResflexDataModule
@@ -37,10 +38,16 @@ from resflex.errors import (
     full_error_requested,
     user_errors_as_one_line,
 )
+from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
 from resflex.sweeps import register_resolvers
-from resflex.training.distributed import check_shared_run_dir, ddp_job_scope
+from resflex.training.distributed import (
+    check_shared_run_dir,
+    child_rank_grace,
+    ddp_job_scope,
+    finish_child_ranks,
+)
 from resflex.training.finetune import Finetuning, build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.results import (
@@ -49,6 +56,7 @@ from resflex.training.results import (
     log_hparams_with_metrics,
     write_metrics_json,
 )
+from resflex.training.safety import AtomicCheckpointIO, SaveOnInterrupt
 
 log = logging.getLogger("resflex")
 FAILED_JOBS: list[str] = []
@@ -85,6 +93,14 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """SIGTERM (Lightning's ``SIGTERMException``) or Ctrl-C (``KeyboardInterrupt``, which Lightning turns
+    into ``SystemExit(1)`` after its graceful shutdown)."""
+    return isinstance(exc, KeyboardInterrupt | SIGTERMException) or (
+        isinstance(exc, SystemExit) and exc.code == 1
+    )
 
 
 def resolve_precision(precision: Any) -> Any:
@@ -150,6 +166,14 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
     )
 
 
+def check_sizes_fit_backbone(datamodule: ResflexDataModule, backbone: TimmBackbone) -> None:
+    """Every training and evaluation size must suit the backbone (patch size, total stride)."""
+    for size in datamodule.schedule.train_sizes():
+        backbone.check_input_size(size, "resolution.size")
+    for size in datamodule.eval_sizes:
+        backbone.check_input_size(size, "eval.resolutions")
+
+
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     finetune = OmegaConf.select(cfg, "finetune", default=None)
@@ -160,7 +184,24 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     assert isinstance(trainer_cfg, dict)
     trainer_cfg.pop("_target_", None)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
+    if "fsdp" not in str(trainer_cfg.get("strategy", "auto")) and not trainer_cfg.get("plugins"):
+        trainer_cfg["plugins"] = [AtomicCheckpointIO()]  # temp file + rename; weights_only loads
     return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=loggers or False)
+
+
+def resolve_ckpt_path(ckpt_path: Any) -> str | None:
+    """``ckpt_path``: null, ``last`` (this run folder's last checkpoint, if any) or an existing file."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path in ("last", "best", "hpc", "registry"):
+        return str(ckpt_path)
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path does not exist: {path}",
+            hint="pass an existing .ckpt file, or ckpt_path=last with the same hydra.run.dir",
+        )
+    return str(path)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -179,11 +220,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
         module = build_module(cfg, datamodule.num_classes)
+        check_sizes_fit_backbone(datamodule, module.model.backbone)
         trainer = build_trainer(cfg)
         log.info(
             "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])
         )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_metrics = collect_metrics(trainer)  # trainer.test() replaces callback_metrics
         check_finite(trainer.callback_metrics)
         if trainer.interrupted:
@@ -195,7 +238,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
     except BaseException as exc:
         user_error = find_user_error(exc)
-        record["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        record["status"] = "interrupted" if is_interruption(exc) else "failed"
+        saved = next(
+            (c.saved_path for c in getattr(trainer, "callbacks", []) if isinstance(c, SaveOnInterrupt)), None
+        )
+        if saved:
+            record["checkpoint"] = saved
         record["error"] = (
             user_error.one_line() if user_error else f"{type(exc).__name__}: {exc}".splitlines()[0]
         )
@@ -227,7 +275,20 @@ def _task(cfg: DictConfig) -> float | None:
     if not multirun:
         with user_errors_as_one_line():
             check_shared_run_dir()  # torchrun / srun: every rank must write to the same folder
-            record = train(cfg)
+            try:
+                record = train(cfg)
+            except BaseException as exc:
+                if not is_interruption(exc) or full_error_requested():
+                    raise
+                # SIGTERM / Ctrl-C: the checkpoint is saved (SaveOnInterrupt); say how to resume
+                print(
+                    f"interrupted: checkpoint saved in {Path(cfg.paths.output_dir) / 'checkpoints'}; "
+                    f"resume with ckpt_path=last hydra.run.dir={cfg.paths.output_dir}",
+                    file=sys.stderr,
+                )
+                raise SystemExit(143 if isinstance(exc, SIGTERMException) else 130) from None
+            finally:
+                finish_child_ranks()  # strategy=ddp: rank 0 reports the error, not a SIGKILL
         return record["metrics"].get("val/acc")
     # In a sweep, a failing job is recorded and the sweep goes on with the next one.
     # ddp_job_scope: strategy=ddp launches this job's ranks into this job's folder (docs/scaling.md).
@@ -264,7 +325,8 @@ def main() -> None:
     # configs/hydra/launcher/submitit_*.yaml deliberately share the plugin's names (its schema checks them)
     warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema with the same name")
     try:
-        _hydra_entry()
+        with child_rank_grace(sys.argv):  # strategy=ddp: let rank 0 report a failure all ranks share
+            _hydra_entry()
     except SystemExit as exc:
         # the sweeper itself gave up after failed jobs (Optuna with no completed trial):
         # Hydra has printed why; the exit code still counts the failed jobs

@@ -20,12 +20,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.buckets import assign_buckets, image_sizes
 from resflex.data.datasets import ImageSource
 from resflex.data.resolution import ResolutionSchedule, Size, parse_size
 from resflex.data.sampler import ResolutionBatchSampler
 from resflex.data.transforms import EvalTransform, TrainTransform
-from resflex.errors import ConfigError
+from resflex.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,40 @@ class SizedDataset(Dataset):
         base: Dataset,
         transform: TrainTransform | EvalTransform,
         phase_transforms: dict[str, TrainTransform] | None = None,
+        bad_images: BadImagePolicy | None = None,
+        seed: int = 0,
     ) -> None:
         self.base = base
         self.transform = transform
         self.phase_transforms = phase_transforms or {}
+        self.bad_images = bad_images or BadImagePolicy("skip")
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, item: tuple) -> tuple[torch.Tensor, int]:
         index, h, w = item[:3]
-        transform = self.phase_transforms[item[3]] if len(item) > 3 else self.transform
-        image, label = self.base[index]
+        phase = item[3] if len(item) > 3 else None
+        transform = self.phase_transforms[phase] if phase is not None else self.transform
+        image, label = self._load(index)
+        if len(item) > 4 and item[4] is not None:
+            # random augmentation as a pure function of (seed, epoch, index): identical after a
+            # resume and whatever the number of workers
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hash((self.seed, item[4], index)) & 0x7FFF_FFFF)
+                return transform(image, (h, w)), label
         return transform(image, (h, w)), label
+
+    def _load(self, index: int) -> tuple[Any, int]:
+        """The sample at ``index``; with ``on_bad_image=skip`` an unreadable one is replaced by the next."""
+        n = len(self)
+        for attempt in range(min(n, 64)):
+            try:
+                return self.base[(index + attempt) % n]
+            except BadImageError as error:
+                self.bad_images.handle(error)  # raises with on_bad_image=raise
+        raise DataError(f"no readable image near index {index} (64 tried)", hint="check the dataset files")
 
 
 class ScheduleLengthSync(pl.Callback):
@@ -174,7 +196,13 @@ class ResflexDataModule(pl.LightningDataModule):
         if key not in self._loaders:
             transform = self.train_transform if split == "train" else self.eval_transform
             phases = self.phase_transforms if split == "train" else None
-            dataset = SizedDataset(self.source.splits[split], transform, phases)
+            dataset = SizedDataset(
+                self.source.splits[split],
+                transform,
+                phases,
+                bad_images=getattr(self.source, "bad_images", None),
+                seed=self.seed,
+            )
             rank, world = self._rank_and_world()
             sampler = ResolutionBatchSampler(
                 num_samples=len(dataset),

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import DatasetFolder
 
-from resflex.data.images import IMAGE_EXTENSIONS, load_rgb
+from resflex.data.bad_images import BadImagePolicy
+from resflex.data.images import IMAGE_EXTENSIONS, header_is_readable, load_rgb
 from resflex.data.synthetic import SyntheticShapes
 from resflex.errors import DataError
 
@@ -55,14 +56,35 @@ class SyntheticSource(ImageSource):
         self.classes = SyntheticShapes.classes
 
 
-def _scan_folder(path: Path, key: str) -> DatasetFolder:
+def _scan_folder(path: Path, key: str, policy: BadImagePolicy | None = None) -> DatasetFolder:
+    """Index ``path/<class>/*`` and drop files whose header does not parse (``skip``) or stop (``raise``).
+
+    A class left with no readable image is an error here, before any training.
+    """
     try:
-        return DatasetFolder(str(path), loader=load_rgb, extensions=IMAGE_EXTENSIONS)
+        folder = DatasetFolder(str(path), loader=load_rgb, extensions=IMAGE_EXTENSIONS)
     except FileNotFoundError as exc:
         raise DataError(
-            f"{key}: no images found under {path} ({exc})",
+            f"{key}: no images found under {path} ({str(exc).splitlines()[0]})",
             hint="expected <root>/train/<class_name>/<image files>",
         ) from None
+    policy = policy or BadImagePolicy("skip")
+    kept = []
+    for sample in folder.samples:
+        error = header_is_readable(sample[0])
+        if error is None:
+            kept.append(sample)
+        else:
+            policy.handle(error)
+    empty = sorted(set(folder.classes) - {folder.classes[target] for _, target in kept})
+    if empty:
+        raise DataError(
+            f"{key}: class folder(s) with no readable image under {path}: {', '.join(empty[:5])}",
+            hint="add images, remove the folder, or fix the files listed above",
+        )
+    folder.samples = kept
+    folder.targets = [target for _, target in kept]
+    return folder
 
 
 class ImageFolderSource(ImageSource):
@@ -72,7 +94,15 @@ class ImageFolderSource(ImageSource):
     Class names come from ``train/``; ``val/`` and ``test/`` must use the same ones.
     """
 
-    def __init__(self, root: str | None, val_fraction: float = 0.1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        on_bad_image: str = "skip",
+        bad_image_log: str | None = None,
+    ) -> None:
+        self.bad_images = BadImagePolicy(on_bad_image, bad_image_log)
         if not root:
             raise DataError(
                 "data.root is not set", hint="pass data.root=/path/to/folder (with train/<class>/ inside)"
@@ -89,12 +119,12 @@ class ImageFolderSource(ImageSource):
             raise DataError(
                 f"data.root has no train/ folder: {base}", hint="expected <root>/train/<class>/<images>"
             )
-        train = _scan_folder(train_dir, "data.root")
+        train = _scan_folder(train_dir, "data.root", self.bad_images)
         self.classes = list(train.classes)
         self.splits: dict[str, Dataset] = {}
         val_dir = base / "val"
         if val_dir.is_dir():
-            val = _scan_folder(val_dir, "data.root (val/)")
+            val = _scan_folder(val_dir, "data.root (val/)", self.bad_images)
             self._check_same_classes(val, "val")
             self.splits = {"train": train, "val": val}
         else:
@@ -109,7 +139,7 @@ class ImageFolderSource(ImageSource):
             self.splits = {"train": Subset(train, order[n_val:]), "val": Subset(train, order[:n_val])}
         test_dir = base / "test"
         if test_dir.is_dir():
-            test = _scan_folder(test_dir, "data.root (test/)")
+            test = _scan_folder(test_dir, "data.root (test/)", self.bad_images)
             self._check_same_classes(test, "test")
             self.splits["test"] = test
 

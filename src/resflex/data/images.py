@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from resflex.data.bad_images import BadImageError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -37,8 +39,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode one file to an RGB image (fully loaded, file closed)."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        image.load()
-        return to_rgb(image)
+    """Decode one file to an RGB image (fully loaded, file closed).
+
+    Any decoding failure (empty, truncated or non-image file) is raised as
+    :class:`~resflex.data.bad_images.BadImageError`, which names the file.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise BadImageError(path, exc) from None
+
+
+def header_is_readable(path: str | Path) -> BadImageError | None:
+    """Cheap check when a folder is scanned: the header parses (no pixel decoding)."""
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - parsing the header is the point
+        return None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return BadImageError(path, exc)

@@ -52,7 +52,7 @@ from torch.utils.data import Sampler
 
 from resflex.data.resolution import ResolutionSchedule, Size
 
-SizedIndex = tuple  # (index, h, w) or (index, h, w, phase)
+SizedIndex = tuple  # (index, h, w), (index, h, w, phase) or, for training, (index, h, w, phase, epoch)
 
 
 class PlannedBatch(NamedTuple):
@@ -251,7 +251,9 @@ class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
         start, self.start_step = self.start_step, 0
         for batch in self.plan()[start:]:
             h, w = batch.size
-            if batch.phase is None:
+            if self.shuffle:  # training: the epoch seeds each sample's augmentation (SizedDataset)
+                yield [(index, h, w, batch.phase, self.epoch) for index in batch.indices]
+            elif batch.phase is None:
                 yield [(index, h, w) for index in batch.indices]
             else:
                 yield [(index, h, w, batch.phase) for index in batch.indices]

@@ -111,6 +111,40 @@ class TimmBackbone(nn.Module):
             return int(max(self.patch_embed.patch_size))
         return 32
 
+    def check_input_size(self, size: tuple[int, int], key: str = "resolution.size") -> None:
+        """Reject sizes the network cannot map to a meaningful feature map, before training starts.
+
+        ViTs: a fixed-size ViT takes only its own size (hint: ``dynamic_img_size``), and
+        without ``dynamic_img_pad`` each side must be at least one patch. CNNs: each side
+        must be at least half the total stride (below that the last map is padding).
+        """
+        h, w = size
+        patch_embed = self.patch_embed
+        if patch_embed is not None and hasattr(patch_embed, "patch_size"):
+            img_size = getattr(patch_embed, "img_size", None)
+            dynamic = not getattr(patch_embed, "strict_img_size", True) or getattr(
+                self.model, "dynamic_img_size", False
+            )
+            if not dynamic and img_size is not None and tuple(img_size) != (h, w):
+                raise ConfigError(
+                    f"{key}={h}x{w} but {self.name} only accepts {img_size[0]}x{img_size[1]}",
+                    hint="set backbone.model_kwargs.dynamic_img_size=true (and dynamic_img_pad=true)",
+                )
+            ph, pw = patch_embed.patch_size
+            if not getattr(patch_embed, "dynamic_img_pad", False) and (h < ph or w < pw):
+                raise ConfigError(
+                    f"{key}={h}x{w} is smaller than {self.name}'s {ph}x{pw} patch",
+                    hint="use a larger size or backbone.model_kwargs.dynamic_img_pad=true",
+                )
+            return
+        minimum = max(1, self.reduction // 2)
+        if min(h, w) < minimum:
+            raise ConfigError(
+                f"{key}={h}x{w} is too small for {self.name} (total stride {self.reduction}): "
+                f"each side must be at least {minimum}",
+                hint=f"use {key} >= {minimum}, or a backbone with a smaller stride (output_stride)",
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_features(x)
         if features.ndim == 3:

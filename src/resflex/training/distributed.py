@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -212,8 +213,10 @@ def ddp_job_scope(
       run mode;
     - Hydra's ``run.dir`` is the job's folder, which Lightning passes on as
       ``hydra.run.dir``: every rank writes to the same job folder;
-    - afterwards the DDP variables are restored and the process group is
-      destroyed, so the next job starts its own ranks on a fresh port.
+    - afterwards the job's ranks are waited for (:func:`finish_child_ranks`),
+      the DDP variables are restored and the process group is destroyed, so a
+      failed job does not end the sweep and the next job starts its own ranks
+      on a fresh port.
     """
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import read_write
@@ -234,6 +237,7 @@ def ddp_job_scope(
         sys.argv = saved_argv
         with read_write(hydra_run):
             hydra_run.dir = saved_run_dir
+        finish_child_ranks()
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -263,6 +267,61 @@ def check_shared_run_dir() -> None:
             "so each rank would pick its own time-stamped folder",
             hint="add hydra.run.dir=<a folder on a shared file system>, e.g. logs/train/runs/$SLURM_JOB_ID",
         )
+
+
+def finish_child_ranks(timeout_s: float = 60.0) -> None:
+    """The run is over on rank 0: wait for the ranks Lightning started, then stop watching them.
+
+    Lightning's launcher leaves a watcher thread that SIGKILLs the launching
+    process as soon as a child rank exits non-zero. That is right while the
+    run is going (rank 0 would hang in a collective), but once rank 0 has
+    finished or failed the run itself, a child exiting with the same error must
+    not kill the process: in a sweep it would end the sweep (and every later
+    job) instead of recording one failed job. A child still running after
+    ``timeout_s`` (stuck in a collective that rank 0 left) is killed.
+    """
+    import subprocess
+    import threading
+
+    from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    for observer in [t for t in threading.enumerate() if isinstance(t, _ChildProcessObserver)]:
+        procs = list(observer._child_processes)
+        observer._child_processes = []  # private: Lightning has no public way to stop the watcher
+        for proc in procs:
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+CHILD_GRACE_S = 10.0
+
+
+def is_lightning_child_rank(argv: Sequence[str]) -> bool:
+    """True in ranks 1..N-1 that Lightning started (it adds ``hydra.job.name=train_ddp_process_<k>``)."""
+    return any(str(a).startswith("hydra.job.name=train_ddp_process_") for a in argv)
+
+
+@contextmanager
+def child_rank_grace(argv: Sequence[str], grace_s: float = CHILD_GRACE_S) -> Iterator[None]:
+    """In a Lightning-started rank that fails: wait ``grace_s`` before exiting with the error.
+
+    When every rank fails alike (a config error, a diverged run), rank 0 reports
+    the failure and stops Lightning's watcher (:func:`finish_child_ranks`) well
+    within the grace period, so the child's exit code no longer matters. When
+    only this rank failed, rank 0 is waiting in a collective; after the grace
+    period the non-zero exit lets Lightning's watcher end the run, as it would
+    have without resflex.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        failed = not isinstance(exc, SystemExit) or exc.code not in (None, 0)
+        if failed and is_lightning_child_rank(argv):
+            time.sleep(grace_s)
+        raise
 
 
 def destroy_process_group() -> None:

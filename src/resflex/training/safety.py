@@ -1,4 +1,4 @@
-"""Nothing lost: atomic checkpoints, a checkpoint on SIGTERM/Ctrl-C, a stop on NaN loss, RNG state in checkpoints.
+"""Nothing lost: atomic checkpoints, a checkpoint on SIGTERM/Ctrl-C, a stop on NaN loss, saved RNG state.
 
 Lightning already turns SIGTERM into a clean stop (``SIGTERMException`` after
 the current batch) and Ctrl-C into a graceful shutdown, but saves nothing
@@ -35,17 +35,24 @@ class NonFiniteLossError(ResflexError, FloatingPointError):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to ``<path>.tmp`` in the same folder, fsync, then rename over ``<path>``."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)  # only left behind when saving failed
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = True
+    ) -> dict[str, Any]:
         return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
 
 
@@ -62,7 +69,9 @@ class SaveOnInterrupt(pl.Callback):
         super().__init__()
         self.saved_path: str | None = None
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
             return
         if trainer.state.fn != "fit" or trainer.sanity_checking:
@@ -92,7 +101,8 @@ class NonFiniteLossGuard(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
-        step = torch.tensor(trainer.global_step, device=loss.device)
+        # global_step already counts this batch's optimizer step: the batch ran at step global_step - 1
+        step = torch.tensor(max(trainer.global_step - 1, 0), device=loss.device)
         if self._first_bad is None or self._first_bad.device != loss.device:
             self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad_now = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
@@ -145,3 +155,29 @@ class RngStateCheckpoint(pl.Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         version, internal, gauss = state_dict["python"]
         random.setstate((version, tuple(internal), gauss))
+
+
+class BadImageCounter(pl.Callback):
+    """Logs ``data/bad_images`` (images skipped so far, by every worker) after each epoch and at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def _update(self, trainer: pl.Trainer) -> None:
+        source = getattr(trainer.datamodule, "source", None)
+        policy = getattr(source, "bad_images", None)
+        if policy is None:
+            return
+        count = len(policy.skipped())
+        if count != self.count or trainer.current_epoch == 0:
+            self.count = count
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics({"data/bad_images": float(count)}, step=trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._update(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._update(trainer)

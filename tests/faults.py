@@ -1,0 +1,33 @@
+"""Faults injected into real CLI runs (``+callbacks.fault._target_=tests.faults.X``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+class SigtermAtStep(pl.Callback):
+    """Sends SIGTERM to this process after global step ``step`` (as a cluster would before killing it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class NanWeightsAtStep(pl.Callback):
+    """Poisons the classifier weights before global step ``step``: the loss becomes NaN from there on."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.head.weight.fill_(float("nan"))

@@ -1,0 +1,242 @@
+"""Reliability: bad configs fail early in one line, bad images are skipped or named, nothing is lost.
+
+Config mistakes are checked in-process through the same ``train(cfg)`` the CLI
+runs (the CLI's one-line rendering is covered in test_cli.py); crashes, SIGTERM
+and NaN are injected into real CLI runs (tests/faults.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from resflex.errors import ConfigError, DataError, ResflexError, find_user_error
+from resflex.train import train
+from resflex.training.safety import AtomicCheckpointIO
+from tests.conftest import TINY, TINY_SYNTHETIC, make_image_folder, run_cli
+from tests.test_configs import compose_train
+
+BASE = ["backbone.name=test_resnet", "trainer.accelerator=cpu", "data.num_workers=0"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["backbone.name=resnet19"], "backbone.name"),
+        (["pooling=pyramid", "pooling.levels=abc"], "pooling.levels"),
+        (["pooling=pyramid", "pooling.levels=[0]"], "pooling.levels"),
+        (["resolution.size=-3"], "resolution.size"),
+        (["resolution.size=8"], "resolution.size"),
+        (["resolution=random", "resolution.sizes=[]"], "resolution.sizes"),
+        (["resolution=random", "resolution.sizes=[32,48]", "resolution.probs=[0.5,0.6]"], "resolution.probs"),
+        (["data.batch_size=0"], "data.batch_size"),
+        (["ckpt_path=/no/such/last.ckpt"], "ckpt_path"),
+        (["eval.resolutions=[32,-1]"], "eval.resolutions"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v),
+)
+def test_bad_config_fails_before_training_naming_the_key(
+    tmp_path: Path, overrides: list[str], key: str
+) -> None:
+    cfg = compose_train([*BASE, *overrides], tmp_path)
+    with pytest.raises(Exception) as info:  # noqa: B017 - Hydra may wrap it; the cause must be ours
+        train(cfg)
+    user_error = find_user_error(info.value)
+    assert isinstance(user_error, ResflexError), repr(info.value)
+    message = user_error.one_line()
+    assert key in message and "\n" not in message, message
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "failed" and key in record["error"]
+    assert not (tmp_path / "checkpoints").exists()  # no work was done
+
+
+def test_data_root_without_class_folders(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "loose.png").write_bytes(b"")
+    cfg = compose_train([*BASE, "data=imagefolder", f"data.root={root}"], tmp_path / "run")
+    with pytest.raises(Exception) as info:  # noqa: B017
+        train(cfg)
+    assert "no images found" in str(find_user_error(info.value))
+
+
+def make_broken_folder(root: Path) -> list[str]:
+    """A healthy folder plus a truncated JPEG, an empty PNG and a text file posing as an image."""
+    make_image_folder(root, per_class=6, splits=("train", "val"))
+    cats = root / "train" / "cats"
+    noise = torch.randint(0, 256, (160, 200, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(noise.numpy()).save(cats / "full.jpg", quality=95)
+    data = (cats / "full.jpg").read_bytes()
+    (cats / "full.jpg").unlink()
+    (cats / "truncated.jpg").write_bytes(data[: len(data) // 2])  # header intact, pixels cut off
+    (cats / "empty.png").write_bytes(b"")
+    (cats / "notes.jpg").write_text("this is not an image")
+    return [str(cats / name) for name in ("empty.png", "notes.jpg", "truncated.jpg")]
+
+
+def test_bad_images_are_skipped_counted_and_listed(tmp_path: Path) -> None:
+    bad = make_broken_folder(tmp_path / "images")
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'images'}",
+            *TINY,
+            "data.batch_size=4",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "completed"
+    listed = set((run_dir / "bad_images.txt").read_text().split())
+    assert set(bad[:2]) <= listed  # header failures: found when the folder is scanned
+    assert "cannot read image" in result.stderr + result.stdout
+
+
+def test_bad_images_raise_names_the_file(tmp_path: Path) -> None:
+    bad = make_broken_folder(tmp_path / "images")
+    result = run_cli(
+        [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'images'}",
+            "data.on_bad_image=raise",
+            *TINY,
+            f"hydra.run.dir={tmp_path / 'r'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot read image" in errors[0] and any(path in errors[0] for path in bad)
+
+
+def test_truncated_image_is_replaced_in_its_batch(tmp_path: Path) -> None:
+    from resflex.data.bad_images import BadImagePolicy
+    from resflex.data.datamodule import SizedDataset
+    from resflex.data.datasets import ImageFolderSource
+    from resflex.data.transforms import EvalTransform
+
+    make_broken_folder(tmp_path / "images")
+    log_file = tmp_path / "bad.txt"
+    source = ImageFolderSource(str(tmp_path / "images"), bad_image_log=str(log_file))
+    train_split = source.splits["train"]
+    index = next(i for i, (path, _) in enumerate(train_split.samples) if path.endswith("truncated.jpg"))
+    dataset = SizedDataset(train_split, EvalTransform(), bad_images=source.bad_images)
+    image, label = dataset[(index, 24, 20)]
+    assert image.shape == (3, 24, 20)  # the batch keeps its shape
+    assert log_file.read_text().split()[-1].endswith("truncated.jpg")
+    strict = SizedDataset(train_split, EvalTransform(), bad_images=BadImagePolicy("raise"))
+    with pytest.raises(DataError, match="truncated.jpg"):
+        strict[(index, 24, 20)]
+
+
+def test_unusable_class_folder_is_reported_up_front(tmp_path: Path) -> None:
+    from resflex.data.datasets import ImageFolderSource
+
+    root = make_image_folder(tmp_path / "images", splits=("train",))
+    broken = root / "train" / "zebras"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"")
+    (broken / "b.jpg").write_text("nope")
+    with pytest.raises(DataError, match="no readable image.*zebras"):
+        ImageFolderSource(str(root))
+
+
+def test_image_modes_and_exif_orientation(tmp_path: Path) -> None:
+    from resflex.data.images import load_rgb
+
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° when displayed
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_rgb(tmp_path / "rotated.jpg").size == (20, 40)
+    Image.new("I;16", (5, 5), 30000).save(tmp_path / "deep.png")
+    value = load_rgb(tmp_path / "deep.png").getpixel((0, 0))
+    assert value[0] == round(30000 / 65535 * 255)
+
+
+def test_atomic_checkpoint_never_leaves_a_partial_file(tmp_path: Path) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"weights": torch.ones(3)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - torch.save of a lambda fails mid-write
+        io.save_checkpoint({"weights": torch.zeros(3), "bad": lambda: None}, path)
+    assert torch.equal(io.load_checkpoint(path)["weights"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+RESUME_RUN = [
+    *TINY_SYNTHETIC,
+    "backbone.name=test_resnet",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=5",
+    "trainer.limit_val_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+    "resolution.size=32",
+    "test_after_fit=false",
+]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    whole = run_cli([*RESUME_RUN, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    killed = run_cli(
+        [
+            *RESUME_RUN,
+            "+callbacks.fault._target_=tests.faults.SigtermAtStep",
+            "+callbacks.fault.step=7",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert killed.returncode == 143, killed.stderr[-3000:]
+    assert "interrupted" in killed.stderr and "ckpt_path=last" in killed.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert saved["global_step"] == 7  # mid-epoch 2
+
+    resumed = run_cli([*RESUME_RUN, "ckpt_path=last", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())["metrics"]
+    got = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for key in ("val/loss", "val/acc", "train/loss"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        [
+            *RESUME_RUN,
+            "+callbacks.fault._target_=tests.faults.NanWeightsAtStep",
+            "+callbacks.fault.step=7",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "NaN/inf at step 7" in errors[0], result.stderr[-2000:]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "failed" and "step 7" in record["error"]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert checkpoint["global_step"] == 5  # end of the first epoch, before the NaN
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
+
+
+def test_config_error_class_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
