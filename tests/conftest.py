@@ -37,7 +37,9 @@ TINY = (
 TINY_SYNTHETIC = ("data.source.num_train=48", "data.source.num_val=16", "data.source.num_test=16")
 
 
-def run_cli(args: Sequence[str], cwd: Path, script: Path = TRAIN_SCRIPT, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    args: Sequence[str], cwd: Path, script: Path = TRAIN_SCRIPT, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run ``python scripts/<script> args...`` in a subprocess, exactly as a user would."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.setdefault("PYTHONWARNINGS", "ignore")

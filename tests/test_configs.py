@@ -32,7 +32,17 @@ def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
 
 
 def test_every_group_has_options() -> None:
-    for group in ("backbone", "pooling", "resolution", "data", "trainer", "logger", "callbacks", "debug", "paths"):
+    for group in (
+        "backbone",
+        "pooling",
+        "resolution",
+        "data",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+        "paths",
+    ):
         assert group_options(group), f"configs/{group}/ is empty"
 
 
@@ -55,7 +65,9 @@ def test_every_config_file_composes_and_resolves(group: str, option: str, tmp_pa
 
 
 def test_overrides_reach_the_objects(tmp_path: Path) -> None:
-    cfg = compose_train(["pooling=pyramid", "pooling.levels=[1,3]", "resolution.size=[48,80]", "optimizer.lr=0.01"], tmp_path)
+    cfg = compose_train(
+        ["pooling=pyramid", "pooling.levels=[1,3]", "resolution.size=[48,80]", "optimizer.lr=0.01"], tmp_path
+    )
     head = instantiate(cfg.pooling)
     assert head.out_features(10) == 10 * (1 + 9)
     assert instantiate(cfg.resolution).size_at(0, 0) == (48, 80)
@@ -70,9 +82,12 @@ def test_debug_preset_limits_the_run(tmp_path: Path) -> None:
 def test_unknown_group_choice_is_one_line() -> None:
     with pytest.raises(ConfigError) as info:
         check_group_choices(["pooling=median"])
-    assert str(info.value) == "unknown pooling 'median' (pooling=median) (hint: choose one of: " + ", ".join(
-        group_options("pooling")
-    ) + ")"
+    assert (
+        str(info.value)
+        == "unknown pooling 'median' (pooling=median) (hint: choose one of: "
+        + ", ".join(group_options("pooling"))
+        + ")"
+    )
     with pytest.raises(ConfigError, match="unknown backbone 'resnet_99'"):
         check_group_choices(["-m", "backbone=resnet18,resnet_99"])
     check_group_choices(["pooling=avg,max,pyramid", "backbone.name=anything", "hydra.run.dir=x", "+extra=1"])

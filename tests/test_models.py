@@ -53,7 +53,9 @@ def test_vit_map_equals_reshaped_patch_tokens(vit: TimmBackbone) -> None:
 
 @pytest.mark.parametrize("pooling", sorted(POOLING_HEADS))
 @pytest.mark.parametrize("size", [(33, 47), (8, 8), (64, 20)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_classifier_logits_for_every_head_and_size(cnn: TimmBackbone, pooling: str, size: tuple[int, int]) -> None:
+def test_classifier_logits_for_every_head_and_size(
+    cnn: TimmBackbone, pooling: str, size: tuple[int, int]
+) -> None:
     model = ImageClassifier(cnn, create_pooling(pooling), num_classes=7).eval()
     with torch.no_grad():
         logits = model(torch.randn(3, 3, *size))

@@ -50,7 +50,7 @@ def test_pyramid_level_one_is_global_average(feature_map: torch.Tensor) -> None:
 def test_pyramid_output_size_any_map(feature_map: torch.Tensor, levels: list[int]) -> None:
     head = PyramidPool(levels=levels)
     out = head(feature_map)
-    assert out.shape == (3, 5 * sum(l * l for l in levels))
+    assert out.shape == (3, 5 * sum(level * level for level in levels))
     assert head.out_features(5) == out.shape[1]
     assert torch.isfinite(out).all()
 

@@ -57,6 +57,7 @@ from resflex.training.results import (
     write_metrics_json,
 )
 from resflex.training.safety import AtomicCheckpointIO, SaveOnInterrupt
+from resflex.validation import validate_config
 
 log = logging.getLogger("resflex")
 FAILED_JOBS: list[str] = []
@@ -217,6 +218,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer | None = None
     fit_metrics: dict[str, Any] = {}
     try:
+        validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
         module = build_module(cfg, datamodule.num_classes)
