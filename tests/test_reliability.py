@@ -246,3 +246,22 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 def test_config_error_class_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+class _RunsCode:
+    def __reduce__(self):  # unpickling would call os.system
+        import os
+
+        return (os.system, ("touch HACKED",))
+
+
+def test_resume_from_a_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsCode()}, evil)
+    result = run_cli(
+        [*TINY, *TINY_SYNTHETIC, f"ckpt_path={evil}", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "refusing to resume" in errors[0], result.stderr[-2000:]
+    assert not (tmp_path / "HACKED").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import pickle
 import sys
 import time
 import warnings
@@ -33,6 +34,7 @@ from resflex.config import CONFIG_DIR, check_group_choices
 from resflex.data.datamodule import ResflexDataModule
 from resflex.errors import (
     ConfigError,
+    DataError,
     ResflexError,
     find_user_error,
     full_error_requested,
@@ -228,7 +230,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])
         )
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except pickle.UnpicklingError:
+            raise DataError(
+                f"refusing to resume from {ckpt_path}: it contains code or Python objects, not just "
+                "tensors, and unpickling it could run arbitrary code",
+                hint="resume only from checkpoints written by resflex/Lightning",
+            ) from None
         fit_metrics = collect_metrics(trainer)  # trainer.test() replaces callback_metrics
         check_finite(trainer.callback_metrics)
         if trainer.interrupted:
