@@ -57,11 +57,12 @@ def test_compile_is_off_by_default_and_configure_model_leaves_eager_alone() -> N
 
 @pytest.mark.slow
 def test_compiled_and_eager_give_the_same_loss_at_several_sizes() -> None:
-    """model.compile=true: same loss and gradients as eager; sizes after the second reuse a dynamic graph.
+    """model.compile=true: same loss and gradients as eager at every size; a size seen before
+    never compiles again (so a multi-resolution run compiles at most once per size and mode).
 
-    Inductor guards on how the strided convolutions round each side (``(h - 1) // 16`` vs ``// 32``),
-    so one symbolic graph serves the sizes that agree modulo the backbone's stride: with sides that
-    are multiples of 32 (``resolution.multiple=32``), a run compiles twice whatever the sizes.
+    Not asserted: one symbolic graph for all sizes. With torch 2.14 on CPU, Inductor's graphs
+    guard on the final feature map's size (e.g. ``((h - 1) // 32) ...  == 3``), so each new size
+    compiles once (measured in experiments/performance/README.md).
     """
     from torch._dynamo.utils import counters
 
@@ -74,7 +75,8 @@ def test_compiled_and_eager_give_the_same_loss_at_several_sizes() -> None:
     keys = set(compiled.state_dict())
     assert keys == set(eager.state_dict()), "compiling in place must keep checkpoint keys"
     graphs_after: list[int] = []
-    for size in (32, 64, 96, 128):
+    sizes = (32, 64, 96, 32)
+    for size in sizes:
         images, labels = _batch(size, seed=size)
         out = []
         for module in (eager, compiled):
@@ -88,5 +90,5 @@ def test_compiled_and_eager_give_the_same_loss_at_several_sizes() -> None:
         for a, b in zip(out[0][1], out[1][1], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
         graphs_after.append(int(counters["stats"]["unique_graphs"]))
-    # automatic dynamic shapes: one static graph, one symbolic graph, then no more compilations
-    assert graphs_after[-1] == graphs_after[1], graphs_after
+    assert graphs_after[-1] == graphs_after[-2], f"a size seen before was compiled again: {graphs_after}"
+    assert graphs_after[-1] <= len(set(sizes)), graphs_after

@@ -198,6 +198,8 @@ RESUME_RUN = [
 def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     whole = run_cli([*RESUME_RUN, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
+    last = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["epoch"] == 1 and last["global_step"] == 10  # the final weights, whichever epoch was best
 
     run_dir = tmp_path / "killed"
     killed = run_cli(

@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -183,6 +184,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     # freezing / unfreezing / BatchNorm modes and parameter counts (configs/finetune/)
     callbacks.append(instantiate(finetune) if finetune is not None else build_finetuning(None))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    if not loggers:  # logger=none: the LR monitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer_cfg, dict)
     trainer_cfg.pop("_target_", None)

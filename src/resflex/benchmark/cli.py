@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="write every figure and the machine here")
     args = p.parse_args(argv)
-    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    unknown = {name for name in args.sections.split(",") if name} - set(SECTIONS)
     if unknown:
         p.error(f"unknown --sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
     return args

@@ -106,10 +106,13 @@ class ClassificationModule(pl.LightningModule):
         """``model.compile=true``: ``torch.compile`` the classifier in place (state-dict keys unchanged).
 
         ``compile_dynamic=null`` is torch's automatic dynamic shapes: the first
-        input size compiles a static graph, the first *different* size recompiles
-        once with symbolic h/w (and batch), which then serves every later size; so
-        a multi-resolution run costs about two compilations per mode (train/eval),
-        not one per size. ``true`` starts symbolic, ``false`` compiles per shape.
+        input size compiles a static graph, the next one a graph with symbolic
+        h/w. Graphs are cached per size class, so a size seen before never
+        recompiles; but Inductor may guard on derived sizes (torch 2.14 on CPU:
+        the final feature map's size), so each *new* size can compile once. Keep
+        the number of training sizes below ``torch._dynamo.config.cache_size_limit``
+        (8); ``true`` starts symbolic, ``false`` compiles per shape. Measured by
+        ``scripts/benchmark.py --compile`` (experiments/performance/).
         """
         if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
             self.model.compile(mode=self.compile_mode, dynamic=self.compile_dynamic)
