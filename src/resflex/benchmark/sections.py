@@ -6,6 +6,8 @@ drifts during the run hits both; each side's figure is the median over repeats.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import statistics
 import tempfile
@@ -334,7 +336,8 @@ def _study_run(setup: Setup, schedule: Any, epochs: int, workers: int, seed: int
     clock = _AccuracyClock(setup.device)
     with tempfile.TemporaryDirectory() as log_dir:
         trainer = make_trainer(setup, -1, [clock], log_dir, max_epochs=epochs, limit_val_batches=None)
-        trainer.fit(module, datamodule=datamodule)
+        with contextlib.redirect_stdout(io.StringIO()):  # the fine-tuning callback's parameter counts
+            trainer.fit(module, datamodule=datamodule)
     return clock.points
 
 

@@ -219,12 +219,12 @@ def ddp_job_scope(
       on a fresh port.
     """
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import read_write
+    from omegaconf import OmegaConf, read_write
 
     saved_argv = list(sys.argv)
     saved_env = {key: os.environ.get(key) for key in _DDP_ENV}
     hydra_run = HydraConfig.get().run
-    saved_run_dir = hydra_run.dir
+    saved_run_dir = OmegaConf.to_container(hydra_run, resolve=False)["dir"]  # keep ${now:...} unresolved
     argv = [sys.argv[0]]
     if config_name:
         argv.append(f"--config-name={config_name}")
