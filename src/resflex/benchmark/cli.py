@@ -166,8 +166,8 @@ def render_table(report: dict[str, Any]) -> str:
             f"images/s, {p['workers']} workers, {p['format']}")  # fmt: skip
     if report.get("mixed"):
         x = report["mixed"]
-        row(f"3 mixed {x['sizes']} vs {x['fixed_size']}", x["mixed_pixels_per_sec"] / 1e6,
-            x["fixed_pixels_per_sec"] / 1e6, x["ratio"], x["target"], "Mpixels/s")  # fmt: skip
+        row(f"3 mixed {x['sizes']} vs {x['fixed_size']}", x["mixed_pixels_per_sec"] / 1e3,
+            x["fixed_pixels_per_sec"] / 1e3, x["ratio"], x["target"], "kpixels/s")  # fmt: skip
     if report.get("study"):
         s = report["study"]
         row(f"5 progressive {s['progressive']} to acc {s['target_val_acc']:.3f}",

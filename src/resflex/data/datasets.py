@@ -44,8 +44,16 @@ class SyntheticSource(ImageSource):
         min_side: int = 40,
         max_side: int = 112,
         object_scale: Sequence[float] = (0.25, 0.85),
+        distractors: int = 2,
+        noise: float = 18.0,
     ) -> None:
-        common = dict(min_side=min_side, max_side=max_side, object_scale=object_scale)
+        common = dict(
+            min_side=min_side,
+            max_side=max_side,
+            object_scale=object_scale,
+            distractors=distractors,
+            noise=noise,
+        )
         # distinct seeds per split: the splits share no image
         self.splits = {
             "train": SyntheticShapes(num_train, seed=seed * 3 + 0, **common),
