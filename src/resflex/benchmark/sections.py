@@ -372,6 +372,7 @@ def study(
         "fixed_seconds": fixed_time,
         "progressive_seconds_to_target": reached["train_seconds"] if reached else None,
         "progressive_final_val_acc": prog_points[-1]["val_acc"],
+        "progressive_seconds": prog_points[-1]["train_seconds"],  # its whole run, target reached or not
         "ratio": round(ratio, 4) if ratio is not None else None,
         "target": target("study", setup.device),
         "fixed_curve": fixed_points,
