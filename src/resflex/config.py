@@ -39,3 +39,14 @@ def check_group_choices(argv: Sequence[str], config_dir: Path = CONFIG_DIR) -> N
                     f"unknown {key} {choice!r} ({key}={choice})",
                     hint=f"choose one of: {', '.join(options)}",
                 )
+
+
+def exit_on_unknown_group_choice(argv: Sequence[str]) -> None:
+    """For console entry points: one ``error:`` line and exit code 2 instead of Hydra's report."""
+    import sys
+
+    try:
+        check_group_choices(argv)
+    except ConfigError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from resflex.config import CONFIG_DIR, check_group_choices
-from resflex.errors import ConfigError, ResflexError, user_errors_as_one_line
+from resflex.config import CONFIG_DIR, exit_on_unknown_group_choice
+from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.models.checkpoint import (
     HEAD_PREFIX,
     find_run_config,
@@ -243,11 +243,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``scripts/eval.py``)."""
-    try:
-        check_group_choices(sys.argv[1:])
-    except ResflexError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_on_unknown_group_choice(sys.argv[1:])
     _hydra_entry()
 
 

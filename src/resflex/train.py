@@ -31,12 +31,11 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from resflex.config import CONFIG_DIR, check_group_choices
+from resflex.config import CONFIG_DIR, exit_on_unknown_group_choice
 from resflex.data.datamodule import ResflexDataModule
 from resflex.errors import (
     ConfigError,
     DataError,
-    ResflexError,
     find_user_error,
     full_error_requested,
     user_errors_as_one_line,
@@ -331,11 +330,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point: validates group choices, runs Hydra, exits with the number of failed jobs."""
-    try:
-        check_group_choices(sys.argv[1:])
-    except ResflexError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_on_unknown_group_choice(sys.argv[1:])
     # configs/hydra/launcher/submitit_*.yaml deliberately share the plugin's names (its schema checks them)
     warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema with the same name")
     try:
