@@ -161,7 +161,7 @@ def test_quick_benchmark_produces_every_json_key(tmp_path: Path) -> None:
         record = report[section]
         assert record[a] > 0 and record[b] > 0, section
         assert record["ratio"] == pytest.approx(record[a] / record[b], rel=1e-2), section
-        assert len(record["samples"][a]) == report["config"]["repeats"], section
+        assert len(record["samples"][a]) == report["config"]["repeats"] * report["config"]["windows"], section
         assert "target" in record
     assert set(report["memory"]["per_size"]) == {"48", "64", "80"}
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["torch"]

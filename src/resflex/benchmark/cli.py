@@ -29,12 +29,12 @@ SECTIONS = ("overhead", "pipeline", "mixed", "memory")
 #: Keys every JSON report has (tests check them); a skipped section is ``null``.
 REQUIRED_KEYS = ("machine", "config", "wall_seconds", *SECTIONS, "study")
 QUICK = {"backbone": "test_resnet", "size": 64, "sizes": [48, 64, 80], "batch_size": 16,
-         "warmup": 2, "steps": 4, "repeats": 3}  # fmt: skip
+         "warmup": 2, "steps": 6, "repeats": 3, "windows": 2}  # fmt: skip
 DEFAULTS = {
     "cpu": {"backbone": "resnet18", "size": 64, "sizes": [48, 64, 80], "batch_size": 32,
-            "warmup": 3, "steps": 8, "repeats": 5},
+            "warmup": 3, "steps": 8, "repeats": 4, "windows": 2},
     "cuda": {"backbone": "resnet50", "size": 224, "sizes": [160, 192, 224, 256, 288], "batch_size": 256,
-             "warmup": 10, "steps": 20, "repeats": 3},
+             "warmup": 10, "steps": 20, "repeats": 3, "windows": 1},
 }  # fmt: skip
 
 
@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", default="jpeg", choices=("jpeg", "png"), help="image files of the pipeline")
     p.add_argument("--warmup", type=int, help="warm-up steps before each timed window")
     p.add_argument("--steps", type=int, help="steps per timed window")
-    p.add_argument("--repeats", type=int, help="timed windows per side (median reported)")
+    p.add_argument("--repeats", type=int, help="runs per side, alternating with the other side")
+    p.add_argument("--windows", type=int, help="timed windows per run (median over all windows)")
     p.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
@@ -222,13 +223,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if "overhead" in chosen:
         announce("overhead")
-        report["overhead"] = sections.overhead(setup, model, args.size, w, s, r)
+        report["overhead"] = sections.overhead(setup, model, args.size, w, s, r, args.windows)
     if "pipeline" in chosen:
         announce("pipeline")
-        report["pipeline"] = sections.pipeline(setup, model, args.size, args.workers, w, s, r, args.format)
+        report["pipeline"] = sections.pipeline(
+            setup, model, args.size, args.workers, w, s, r, args.format, args.windows
+        )
     if "mixed" in chosen:
         announce("mixed")
-        report["mixed"] = sections.mixed(setup, model, args.sizes, multiple, w, s, r, args.seed)
+        report["mixed"] = sections.mixed(setup, model, args.sizes, multiple, w, s, r, args.seed, args.windows)
     if "memory" in chosen:
         announce("memory")
         report["memory"] = sections.memory(setup, model, sorted({*args.sizes, args.size}))
