@@ -106,6 +106,13 @@ def is_interruption(exc: BaseException) -> bool:
     )
 
 
+def resolve_channels_last(value: Any) -> bool:
+    """``auto``: channels-last on a GPU (tensor cores want NHWC); on CPU the benchmark measured it slower."""
+    if value == "auto":
+        return torch.cuda.is_available()
+    return bool(value)
+
+
 def resolve_precision(precision: Any) -> Any:
     """``auto``: bf16 mixed precision on a GPU that supports it, full fp32 otherwise."""
     if precision != "auto":
@@ -160,7 +167,7 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
         warmup_epochs=cfg.scheduler.warmup_epochs,
         min_lr_ratio=cfg.scheduler.min_lr_ratio,
         label_smoothing=cfg.model.label_smoothing,
-        channels_last=cfg.model.channels_last,
+        channels_last=resolve_channels_last(cfg.model.channels_last),
         finetune=OmegaConf.to_container(finetune, resolve=True) if finetune is not None else None,
         compile=OmegaConf.select(cfg, "model.compile", default=False),
         compile_mode=OmegaConf.select(cfg, "model.compile_mode", default=None),

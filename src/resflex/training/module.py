@@ -126,7 +126,8 @@ class ClassificationModule(pl.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         self.train_acc(logits, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # not on the progress bar: that would read the loss on the host every step (a device sync)
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         return loss
 
