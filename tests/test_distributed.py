@@ -199,6 +199,8 @@ def test_ddp_job_scope_makes_lightning_relaunch_this_job_into_its_folder(tmp_pat
     HydraConfig.instance().set_config(cfg)
     job_dir = tmp_path / "sweep" / "pooling=max"
     monkeypatch.setattr(sys, "argv", ["scripts/train.py", "-m", "pooling=avg,max"])
+    # as when a user runs scripts/train.py (under `python -m pytest`, Lightning would relaunch `-m pytest`)
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setenv("MASTER_PORT", "12910")
     with ddp_job_scope(job_dir, ["pooling=max"], "train"):
