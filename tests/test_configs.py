@@ -27,6 +27,7 @@ def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.job.num = 0  # set by Hydra's launcher in a real run
     HydraConfig.instance().set_config(cfg)
     return cfg
 

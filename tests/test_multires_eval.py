@@ -6,30 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
-from resflex.config import CONFIG_DIR
 from resflex.errors import ConfigError
 from resflex.train import build_datamodule, train
 from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution, main
+from tests.test_configs import compose_train
 
 from .conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _compose(overrides: list[str], out: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.job.num = 0  # set by Hydra's launcher in a real run
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+_compose = compose_train  # compose train.yaml with a run folder, as Hydra would
 
 
 def _image_tags(run_dir: Path) -> set[str]:

@@ -16,24 +16,6 @@ from resflex.training.finetune import FinetuneSpec, apply_lr_mults, build_lr_sch
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up then cosine decay to ``min_lr_ratio * lr``, stepped per batch (torch schedulers)."""
-    total_steps = max(1, total_steps)
-    warmup_steps = min(max(0, warmup_steps), total_steps - 1)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=min(base_lrs) * min_lr_ratio
-    )
-    if warmup_steps == 0:
-        return cosine
-    warmup = torch.optim.lr_scheduler.LinearLR(
-        optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup_steps
-    )
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
-
-
 class ClassificationModule(pl.LightningModule):
     """Trains an :class:`ImageClassifier` on uint8 batches of any (h, w).
 
