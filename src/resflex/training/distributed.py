@@ -82,7 +82,8 @@ class RankBatchLog(pl.Callback):
         if self._file is None:
             return
         with torch.no_grad():
-            checksum = sum(float(p.detach().double().sum()) for p in pl_module.parameters())
+            # one host sync for the whole model, not one per parameter tensor
+            checksum = float(torch.stack([p.detach().double().sum() for p in pl_module.parameters()]).sum())
         self._write(
             {
                 "epoch": trainer.current_epoch,
