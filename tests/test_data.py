@@ -52,6 +52,33 @@ def test_transforms_give_exact_uint8_size(size: tuple[int, int]) -> None:
         assert out.dtype == torch.uint8 and out.shape == (3, *size)
 
 
+@pytest.mark.parametrize("size", [(64, 64), (24, 56), (57, 13)])
+def test_train_transform_equals_the_composed_v2_reference(size: tuple[int, int]) -> None:
+    """The hand-called functional path draws and resamples exactly like v2.Compose would."""
+    from torchvision.transforms import v2
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (83, 121, 3), dtype=np.uint8))
+    reference = v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(0.75, 1.3333), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+        ]
+    )
+    ours = TrainTransform(scale=(0.35, 1.0), ratio=(0.75, 1.3333))
+    flips = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        expected = reference(image)
+        torch.manual_seed(seed)
+        got = ours(image, size)
+        assert torch.equal(got, expected), f"seed {seed}"
+        torch.manual_seed(seed)
+        flips += not torch.equal(TrainTransform(scale=(0.35, 1.0), ratio=(0.75, 1.3333), hflip=False)(image, size), got)
+    assert 0 < flips < 12  # the flip really happens, and not always
+
+
 def test_eval_transform_keeps_the_centre() -> None:
     pixels = np.zeros((40, 100, 3), np.uint8)
     pixels[:, 30:70] = 255  # a white vertical band in the middle

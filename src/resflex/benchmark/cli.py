@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--study", action="store_true", help="also time-to-accuracy: progressive vs fixed (long)")
     p.add_argument("--study-epochs", type=int, default=6)
+    p.add_argument(
+        "--study-progressive", action="append", default=[], metavar="KEY=VALUE,...", type=sections.parse_progressive,
+        help="a progressive schedule to compare (ProgressiveResolution arguments, e.g. "
+        "start_size=32,start_epoch=8,end_epoch=13); repeatable; default: start_size=size/2",
+    )  # fmt: skip
     p.add_argument("--target-acc", type=float, help="study target (default: the fixed run's final val/acc)")
     p.add_argument("--quick", action="store_true", help="tiny model and few steps: < 2 min on 2 CPU cores")
     p.add_argument("--seed", type=int, default=0)
@@ -171,9 +176,11 @@ def render_table(report: dict[str, Any]) -> str:
             x["fixed_pixels_per_sec"] / 1e3, x["ratio"], x["target"], "kpixels/s")  # fmt: skip
     if report.get("study"):
         s = report["study"]
-        row(f"5 progressive {s['progressive']} to acc {s['target_val_acc']:.3f}",
-            s["progressive_seconds_to_target"], s["fixed_seconds"], s["ratio"], s["target"],
-            "training seconds", at_most=True)  # fmt: skip
+        for i, v in enumerate(s.get("variants") or []):
+            row(f"5{'abcdefgh'[i % 8]} progressive to acc {s['target_val_acc']:.3f}",
+                v["seconds_to_target"], s["fixed_seconds"], v["ratio"], s["target"],
+                f"training s; sizes {v['sizes_per_epoch']}; final acc {v['final_val_acc']:.3f}",
+                at_most=True)  # fmt: skip
     if report.get("memory"):
         mem = report["memory"]
         lines += ["", f"4 memory ({mem['kind']}, batch {mem['batch_size']}):"]
@@ -238,8 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.study:
         announce("study")
         report["study"] = sections.study(
-            setup, args.size, args.study_epochs, args.workers, args.seed, args.target_acc
-        )
+            setup, args.size, args.study_epochs, args.workers, args.seed, args.target_acc,
+            args.study_progressive,
+        )  # fmt: skip
     announce("done")
     return report
 

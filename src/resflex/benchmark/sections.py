@@ -351,42 +351,85 @@ def _study_run(setup: Setup, schedule: Any, epochs: int, workers: int, seed: int
     return clock.points
 
 
-def study(
-    setup: Setup, size: int, epochs: int, workers: int, seed: int = 0, target_acc: float | None = None
-) -> dict[str, Any]:
-    """Progressive (size/2 -> size) vs fixed (size) on the default synthetic data, same epochs.
+def parse_progressive(spec: str) -> dict[str, Any]:
+    """``"start_size=32,start_epoch=8,end_epoch=13"`` -> ProgressiveResolution keyword arguments."""
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, spec.replace(" ", "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or not value:
+            raise SystemExit(f"error: --study-progressive expects KEY=VALUE pairs, got {part!r}")
+        kwargs[key] = None if value.lower() in ("none", "null") else int(value)
+    return kwargs
 
-    The target is the fixed run's final val/acc (or ``target_acc``); the ratio is
-    the progressive run's training time until it first reaches the target over
-    the fixed run's total training time (validation excluded from both).
+
+def _describe(kwargs: dict[str, Any], size: int, epochs: int) -> str:
+    from resflex.data.resolution import ProgressiveResolution
+
+    schedule = ProgressiveResolution(**{"end_size": size, "multiple": 16, "eval_size": size, **kwargs})
+    schedule.bind(epochs)
+    return " ".join(str(schedule.size_at(e, 0)[0]) for e in range(epochs))
+
+
+def study(
+    setup: Setup,
+    size: int,
+    epochs: int,
+    workers: int,
+    seed: int = 0,
+    target_acc: float | None = None,
+    variants: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Progressive schedules vs fixed (size) on the default synthetic data, same epochs and steps.
+
+    ``variants`` are ``ProgressiveResolution`` keyword arguments (``end_size`` defaults to
+    ``size``, validation is at ``size`` throughout); the default is one ramp from size/2.
+    The target is the fixed run's final val/acc (or ``target_acc``); each variant's ratio is
+    its training time until it first reaches the target over the fixed run's total training
+    time (validation excluded from both). The headline ``ratio`` is the first variant's.
     """
-    try:
-        from resflex.data.resolution import FixedResolution, ProgressiveResolution
-    except ImportError as exc:  # the progressive schedule is optional in older trees
-        raise SystemExit(
-            f"error: --study needs resflex.data.resolution.ProgressiveResolution ({exc})"
-        ) from None
-    start = max(16, (size // 2) // 16 * 16)
+    from resflex.data.resolution import FixedResolution, ProgressiveResolution
+
+    if not variants:
+        variants = [{"start_size": max(16, (size // 2) // 16 * 16)}]
     fixed_points = _study_run(setup, FixedResolution(size), epochs, workers, seed)
-    progressive = ProgressiveResolution(start_size=start, end_size=size, multiple=16, eval_size=size)
-    prog_points = _study_run(setup, progressive, epochs, workers, seed)
     goal = target_acc if target_acc is not None else fixed_points[-1]["val_acc"]
     fixed_time = fixed_points[-1]["train_seconds"]
-    reached = next((p for p in prog_points if p["val_acc"] >= goal), None)
-    ratio = reached["train_seconds"] / fixed_time if reached and fixed_time > 0 else None
+    results = []
+    for kwargs in variants:
+        full = {"end_size": size, "multiple": 16, "eval_size": size, **kwargs}
+        points = _study_run(setup, ProgressiveResolution(**full), epochs, workers, seed)
+        reached = next((p for p in points if p["val_acc"] >= goal), None)
+        ratio = reached["train_seconds"] / fixed_time if reached and fixed_time > 0 else None
+        results.append(
+            {
+                "schedule": kwargs,
+                "sizes_per_epoch": _describe(kwargs, size, epochs),
+                "seconds_to_target": reached["train_seconds"] if reached else None,
+                "epoch_reached": reached["epoch"] if reached else None,
+                "final_val_acc": points[-1]["val_acc"],
+                "best_val_acc": max(p["val_acc"] for p in points),
+                "seconds": points[-1]["train_seconds"],  # its whole run, target reached or not
+                "ratio": round(ratio, 4) if ratio is not None else None,
+                "curve": points,
+            }
+        )
+    head = results[0]
     return {
         "epochs": epochs,
         "fixed_size": size,
-        "progressive": f"{start} -> {size}",
+        "progressive": head["sizes_per_epoch"],
         "target_val_acc": goal,
         "fixed_seconds": fixed_time,
-        "progressive_seconds_to_target": reached["train_seconds"] if reached else None,
-        "progressive_final_val_acc": prog_points[-1]["val_acc"],
-        "progressive_seconds": prog_points[-1]["train_seconds"],  # its whole run, target reached or not
-        "ratio": round(ratio, 4) if ratio is not None else None,
+        "fixed_final_val_acc": fixed_points[-1]["val_acc"],
+        "fixed_best_val_acc": max(p["val_acc"] for p in fixed_points),
+        "progressive_seconds_to_target": head["seconds_to_target"],
+        "progressive_final_val_acc": head["final_val_acc"],
+        "progressive_seconds": head["seconds"],
+        "ratio": head["ratio"],
         "target": target("study", setup.device),
         "fixed_curve": fixed_points,
-        "progressive_curve": prog_points,
+        "progressive_curve": head["curve"],
+        "variants": results,
     }
 
 

@@ -63,8 +63,10 @@ class SizedDataset(Dataset):
         if len(item) > 4 and item[4] is not None:
             # random augmentation as a pure function of (seed, epoch, index): identical after a
             # resume and whatever the number of workers
+            # (only the CPU generator, which the v2 transforms draw from: ``torch.manual_seed``
+            # would also reseed every accelerator, a third of the cost of a small item)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hash((self.seed, item[4], index)) & 0x7FFF_FFFF)
+                torch.default_generator.manual_seed(hash((self.seed, item[4], index)) & 0x7FFF_FFFF)
                 return transform(image, (h, w)), label
         return transform(image, (h, w)), label
 
