@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--study", action="store_true", help="also time-to-accuracy: progressive vs fixed (long)")
     p.add_argument("--study-epochs", type=int, default=6)
     p.add_argument(
-        "--study-progressive", action="append", default=[], metavar="KEY=VALUE,...", type=sections.parse_progressive,
+        "--study-progressive", action="append", default=[], metavar="KEY=VALUE,...",
+        type=sections.parse_progressive,
         help="a progressive schedule to compare (ProgressiveResolution arguments, e.g. "
         "start_size=32,start_epoch=8,end_epoch=13); repeatable; default: start_size=size/2",
     )  # fmt: skip
