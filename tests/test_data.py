@@ -103,8 +103,9 @@ def test_image_folder_with_val_and_test(tmp_path: Path) -> None:
     source = ImageFolderSource(str(root))
     assert source.classes == ["cats", "dogs", "owls"]
     assert {k: len(v) for k, v in source.splits.items()} == {"train": 18, "val": 18, "test": 18}
-    image, label = source.splits["val"][7]
-    assert image.mode == "RGB" and label == 1
+    file, label = source.splits["val"][7]
+    image, scale = file.decode()
+    assert image.mode == "RGB" and label == 1 and scale == 1.0 and image.size == file.size
 
 
 def test_image_folder_without_val_splits_train_by_seed(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ Examples::
     python scripts/benchmark.py --quick --json bench.json            # < 2 min on 2 CPU cores
     python scripts/benchmark.py --backbone resnet18 --size 64         # the CPU table
     python scripts/benchmark.py --backbone resnet50 --size 224 --device cuda --precision bf16-mixed
-    python scripts/benchmark.py --study --study-epochs 8              # time-to-accuracy (long)
+    python scripts/benchmark.py --study --sections ''                 # time-to-accuracy (long)
 """
 
 from __future__ import annotations
@@ -85,12 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
     p.add_argument("--study", action="store_true", help="also time-to-accuracy: progressive vs fixed (long)")
-    p.add_argument("--study-epochs", type=int, default=6)
+    p.add_argument("--study-epochs", type=int, default=16)
     p.add_argument(
         "--study-progressive", action="append", default=[], metavar="KEY=VALUE,...",
         type=sections.parse_progressive,
         help="a progressive schedule to compare (ProgressiveResolution arguments, e.g. "
-        "start_size=32,start_epoch=8,end_epoch=13); repeatable; default: start_size=size/2",
+        "start_size=32,start_epoch=8,end_epoch=13); repeatable; default: start_size=3/4 of --size",
     )  # fmt: skip
     p.add_argument("--target-acc", type=float, help="study target (default: the fixed run's final val/acc)")
     p.add_argument("--quick", action="store_true", help="tiny model and few steps: < 2 min on 2 CPU cores")

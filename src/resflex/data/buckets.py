@@ -17,21 +17,17 @@ from collections.abc import Callable, Sequence
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-log = logging.getLogger(__name__)
+from resflex.data.images import SWAPPING_ORIENTATIONS, exif_orientation
 
-# EXIF orientations 5..8 rotate by 90 degrees: width and height swap.
-_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+log = logging.getLogger(__name__)
 
 
 def file_image_size(path: str) -> tuple[int, int]:
     """(width, height) as the decoded, EXIF-transposed image would have; reads only the header."""
     with Image.open(path) as image:
         width, height = image.size
-        try:
-            orientation = image.getexif().get(0x0112, 1)
-        except Exception:  # a broken EXIF block just means "no rotation"
-            orientation = 1
-    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+        orientation = exif_orientation(image)
+    return (height, width) if orientation in SWAPPING_ORIENTATIONS else (width, height)
 
 
 def image_sizes(dataset: Dataset) -> list[tuple[int, int]]:

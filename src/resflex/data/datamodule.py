@@ -58,24 +58,31 @@ class SizedDataset(Dataset):
     def __getitem__(self, item: tuple) -> tuple[torch.Tensor, int]:
         index, h, w = item[:3]
         phase = item[3] if len(item) > 3 else None
+        epoch = item[4] if len(item) > 4 else None
         transform = self.phase_transforms[phase] if phase is not None else self.transform
-        image, label = self._load(index)
-        if len(item) > 4 and item[4] is not None:
-            # random augmentation as a pure function of (seed, epoch, index): identical after a
-            # resume and whatever the number of workers
-            # (only the CPU generator, which the v2 transforms draw from: ``torch.manual_seed``
-            # would also reseed every accelerator, a third of the cost of a small item)
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(hash((self.seed, item[4], index)) & 0x7FFF_FFFF)
-                return transform(image, (h, w)), label
-        return transform(image, (h, w)), label
+        if epoch is None:
+            return self._load_and_transform(index, transform, (h, w))
+        # random augmentation as a pure function of (seed, epoch, index): identical after a
+        # resume and whatever the number of workers (only the CPU generator, which the v2
+        # transforms draw from: ``torch.manual_seed`` would also reseed every accelerator,
+        # a third of the cost of a small item)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF)
+            return self._load_and_transform(index, transform, (h, w))
 
-    def _load(self, index: int) -> tuple[Any, int]:
-        """The sample at ``index``; with ``on_bad_image=skip`` an unreadable one is replaced by the next."""
+    def _load_and_transform(
+        self, index: int, transform: TrainTransform | EvalTransform, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, int]:
+        """The sample at ``index``; with ``on_bad_image=skip`` an unreadable one is replaced by the next.
+
+        Image folders decode in the transform (at the scale the crop needs), so a
+        truncated file can fail there as well as when its header is read.
+        """
         n = len(self)
         for attempt in range(min(n, 64)):
             try:
-                return self.base[(index + attempt) % n]
+                image, label = self.base[(index + attempt) % n]
+                return transform(image, size), label
             except BadImageError as error:
                 self.bad_images.handle(error)  # raises with on_bad_image=raise
         raise DataError(f"no readable image near index {index} (64 tried)", hint="check the dataset files")

@@ -1,4 +1,8 @@
-"""Dataset sources: each yields train/val(/test) splits of ``(RGB PIL image, label)`` at native size.
+"""Dataset sources: each yields train/val(/test) splits of ``(image, label)`` at native size.
+
+The image is an RGB PIL image for in-memory sources (synthetic, Fashion-MNIST) and an
+:class:`~resflex.data.images.ImageFile` for folders (header read; the transform
+decodes it, at reduced scale when the target size allows).
 
 A *source* knows its class names and its splits; the data module wraps each
 split so that images are resized to the size the batch sampler chose. Folder
@@ -16,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import DatasetFolder
 
 from resflex.data.bad_images import BadImagePolicy
-from resflex.data.images import IMAGE_EXTENSIONS, header_is_readable, load_rgb
+from resflex.data.images import IMAGE_EXTENSIONS, header_is_readable, open_image
 from resflex.data.synthetic import SyntheticShapes
 from resflex.errors import DataError
 
@@ -70,7 +74,7 @@ def _scan_folder(path: Path, key: str, policy: BadImagePolicy | None = None) -> 
     A class left with no readable image is an error here, before any training.
     """
     try:
-        folder = DatasetFolder(str(path), loader=load_rgb, extensions=IMAGE_EXTENSIONS)
+        folder = DatasetFolder(str(path), loader=open_image, extensions=IMAGE_EXTENSIONS)
     except FileNotFoundError as exc:
         raise DataError(
             f"{key}: no images found under {path} ({str(exc).splitlines()[0]})",

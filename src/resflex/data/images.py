@@ -3,6 +3,13 @@
 EXIF orientation is applied; palette, grey, CMYK and RGBA images become RGB
 (transparent pixels composited on black); 16-bit and 32-bit integer images are
 scaled to 8 bits rather than clipped, which is what ``Image.convert`` would do.
+
+Image folders hand the transforms an :class:`ImageFile` (header read, pixels
+not yet): the transform knows the crop and the target size, so it can ask for a
+reduced decode. A JPEG is then decoded at 1/2, 1/4 or 1/8 of its size straight
+from its DCT coefficients (PIL's ``draft``; ``torchvision.io.decode_jpeg`` has no
+reduced-size decode), which is what keeps small training sizes from large photos
+cheap.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from PIL import Image, ImageOps
 from resflex.data.bad_images import BadImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+#: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
+SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -49,8 +61,57 @@ def load_rgb(path: str | Path) -> Image.Image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except _DECODE_ERRORS as exc:
         raise BadImageError(path, exc) from None
+
+
+def exif_orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block just means "no rotation"
+        return 1
+
+
+class ImageFile:
+    """An image file whose header is read and whose pixels are not (the file stays open until
+    :meth:`decode`). ``size`` is (width, height) as decoded, after EXIF orientation."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        try:
+            self._image = Image.open(path)
+            width, height = self._image.size
+            self._swapped = exif_orientation(self._image) in SWAPPING_ORIENTATIONS
+        except _DECODE_ERRORS as exc:
+            raise BadImageError(path, exc) from None
+        self.size = (height, width) if self._swapped else (width, height)
+
+    def decode(self, min_size: tuple[int, int] | None = None) -> tuple[Image.Image, float]:
+        """The RGB, oriented image and its scale relative to :attr:`size` (1, 1/2, 1/4 or 1/8).
+
+        With ``min_size`` (width, height), a JPEG may be decoded reduced, but never
+        below ``min_size`` in either dimension; other formats always decode in full.
+        """
+        image, scale = self._image, 1.0
+        try:
+            width, height = self.size if min_size is None else min_size
+            if image.format == "JPEG" and self.size[0] >= 2 * width and self.size[1] >= 2 * height:
+                width, height = (height, width) if self._swapped else (width, height)
+                drafted = image.draft(None, (max(1, width), max(1, height)))
+                if drafted is not None:
+                    scale = drafted[1][2] / (self.size[1] if self._swapped else self.size[0])
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image), scale
+        except _DECODE_ERRORS as exc:
+            raise BadImageError(self.path, exc) from None
+        finally:
+            self._image.close()
+
+
+def open_image(path: str | Path) -> ImageFile:
+    """The image-folder loader: header now, pixels when the transform asks (:class:`ImageFile`)."""
+    return ImageFile(path)
 
 
 def header_is_readable(path: str | Path) -> BadImageError | None:
@@ -59,5 +120,5 @@ def header_is_readable(path: str | Path) -> BadImageError | None:
         with Image.open(path) as image:
             image.size  # noqa: B018 - parsing the header is the point
         return None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except _DECODE_ERRORS as exc:
         return BadImageError(path, exc)
