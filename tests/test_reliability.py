@@ -39,6 +39,7 @@ BASE = ["backbone.name=test_resnet", "trainer.accelerator=cpu", "data.num_worker
         (["optimizer.lr=abc"], "optimizer.lr"),
         (["optimizer.lr=-0.1"], "optimizer.lr"),
         (["data.num_workers=-1"], "data.num_workers"),
+        (["data.num_workers=many"], "data.num_workers"),
         (["trainer.max_epochs=0"], "trainer.max_epochs"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),

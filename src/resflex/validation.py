@@ -25,7 +25,7 @@ RULES: tuple[Rule, ...] = (
     ("optimizer.weight_decay", float, lambda v: v >= 0, "a number >= 0"),
     ("optimizer.momentum", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("data.batch_size", int, lambda v: v >= 1, "a positive integer"),
-    ("data.num_workers", int, lambda v: v >= 0, "an integer >= 0"),
+    ("data.num_workers", int, lambda v: v >= 0, "an integer >= 0 or auto"),
     ("model.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("model.label_smoothing", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("scheduler.warmup_epochs", float, lambda v: v >= 0, "a number >= 0"),
@@ -33,6 +33,9 @@ RULES: tuple[Rule, ...] = (
     ("trainer.max_epochs", int, lambda v: v >= 1 or v == -1, "a positive integer (or -1)"),
     ("trainer.log_every_n_steps", int, lambda v: v >= 1, "a positive integer"),
 )
+
+#: keys that also accept a word instead of a number
+WORDS: dict[str, tuple[str, ...]] = {"data.num_workers": ("auto",)}
 
 
 def _typed(value: Any, kind: type) -> Any:
@@ -49,7 +52,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first key whose value has the wrong type or range."""
     for key, kind, ok, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
+        if value is None or value in WORDS.get(key, ()):
             continue
         typed = _typed(value, kind)
         if typed is None or not ok(typed):

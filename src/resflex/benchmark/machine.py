@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from resflex.data.workers import usable_cores
+
 
 def _version(package: str) -> str | None:
     try:
@@ -26,13 +28,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

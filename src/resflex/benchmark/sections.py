@@ -20,7 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from resflex.benchmark.machine import PeakMemory, usable_cores
+from resflex.benchmark.machine import PeakMemory
 from resflex.benchmark.runners import (
     Batch,
     Setup,
@@ -32,6 +32,7 @@ from resflex.benchmark.runners import (
     plain_windows,
     random_batch,
 )
+from resflex.data.workers import usable_cores
 
 TARGETS = {
     "overhead": {"cpu": 0.95, "cuda": 0.97},

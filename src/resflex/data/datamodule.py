@@ -18,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset
 
 from resflex.data.bad_images import BadImageError, BadImagePolicy
@@ -26,6 +27,7 @@ from resflex.data.datasets import ImageSource
 from resflex.data.resolution import ResolutionSchedule, Size, parse_size
 from resflex.data.sampler import ResolutionBatchSampler
 from resflex.data.transforms import EvalTransform, TrainTransform
+from resflex.data.workers import AUTO, auto_num_workers
 from resflex.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,7 @@ class ResflexDataModule(pl.LightningDataModule):
         schedule: ResolutionSchedule,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | str = 2,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
@@ -132,16 +134,19 @@ class ResflexDataModule(pl.LightningDataModule):
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers!r}")
+        if num_workers != AUTO and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ConfigError(
+                f"data.num_workers must be an integer >= 0 or auto, got {num_workers!r}",
+                hint="data.num_workers=auto",
+            )
         self.source = source
         self.schedule = schedule
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.requested_workers = num_workers
         self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self.prefetch_factor = prefetch_factor if num_workers > 0 else None
+        self.requested_persistent_workers = persistent_workers
+        self.requested_prefetch_factor = prefetch_factor
         self.train_transform = TrainTransform(**(augment or {}))
         self.phase_transforms = {
             name: TrainTransform(**{**(augment or {}), **dict(overrides)})
@@ -190,6 +195,18 @@ class ResflexDataModule(pl.LightningDataModule):
                     hint="trainer.use_distributed_sampler=false",
                 )
 
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers``, with ``auto`` resolved for this process (:mod:`resflex.data.workers`)."""
+        if self.requested_workers != AUTO:
+            return int(self.requested_workers)
+        trainer = self.trainer
+        on_gpu = trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
+        per_node = 1
+        if trainer is not None:
+            per_node = max(1, trainer.world_size // max(1, trainer.num_nodes))
+        return auto_num_workers(on_gpu, per_node)
+
     def has_split(self, split: str) -> bool:
         return split in self.source.splits
 
@@ -225,13 +242,16 @@ class ResflexDataModule(pl.LightningDataModule):
                 fixed_size=size,
                 buckets=self._buckets(split),
             )
+            workers = self.num_workers
+            if split == "train":
+                log.info("data loader: %d worker(s) (data.num_workers=%s)", workers, self.requested_workers)
             self._loaders[key] = DataLoader(
                 dataset,
                 batch_sampler=sampler,
-                num_workers=self.num_workers,
+                num_workers=workers,
                 pin_memory=self.pin_memory,
-                persistent_workers=self.persistent_workers,
-                prefetch_factor=self.prefetch_factor,
+                persistent_workers=self.requested_persistent_workers and workers > 0,
+                prefetch_factor=self.requested_prefetch_factor if workers > 0 else None,
             )
         return self._loaders[key]
 
