@@ -74,7 +74,8 @@ def exif_orientation(image: Image.Image) -> int:
 
 class ImageFile:
     """An image file whose header is read and whose pixels are not (the file stays open until
-    :meth:`decode`). ``size`` is (width, height) as decoded, after EXIF orientation."""
+    :meth:`decode`, which can be called once). ``size`` is (width, height) as decoded, after
+    EXIF orientation."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
