@@ -32,6 +32,8 @@ def check_group_choices(argv: Sequence[str], config_dir: Path = CONFIG_DIR) -> N
         if value in ("", "null") or "(" in value or "*" in value:  # sweeps like range(...)/glob(...)
             continue
         options = group_options(key, config_dir)
+        if value.startswith("[") and value.endswith("]"):  # several options of one group: logger=[a,b]
+            value = value[1:-1]
         for choice in value.split(","):
             choice = choice.strip()
             if choice and choice not in options:

@@ -50,12 +50,13 @@ from resflex.training.distributed import (
     ddp_job_scope,
     finish_child_ranks,
 )
+from resflex.training.eval_sizes import drop_unfit_sizes, is_auto, resolve_eval_resolutions
 from resflex.training.finetune import Finetuning, build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.results import (
     collect_metrics,
-    flat_hparams,
     log_hparams_with_metrics,
+    run_hparams,
     write_metrics_json,
 )
 from resflex.training.safety import AtomicCheckpointIO, SaveOnInterrupt
@@ -124,6 +125,10 @@ def resolve_precision(precision: Any) -> Any:
 
 def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
     schedule = instantiate(cfg.resolution)
+    # eval.resolutions=auto (the default): a few sizes around the eval size (resflex/training/eval_sizes.py)
+    eval_resolutions = resolve_eval_resolutions(
+        OmegaConf.select(cfg, "eval.resolutions", default=None), schedule
+    )
     source = instantiate(cfg.data.source)
     loader = cfg.data.loader
     return ResflexDataModule(
@@ -138,7 +143,7 @@ def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
         augment=OmegaConf.to_container(cfg.data.augment, resolve=True),
         eval_crop_pct=cfg.data.eval_crop_pct,
         seed=cfg.seed,
-        eval_resolutions=_plain_list(OmegaConf.select(cfg, "eval.resolutions", default=None)),
+        eval_resolutions=_plain_list(eval_resolutions),
     )
 
 
@@ -176,10 +181,19 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
     )
 
 
-def check_sizes_fit_backbone(datamodule: ResflexDataModule, backbone: TimmBackbone) -> None:
-    """Every training and evaluation size must suit the backbone (patch size, total stride)."""
+def check_sizes_fit_backbone(
+    datamodule: ResflexDataModule, backbone: TimmBackbone, auto_eval_sizes: bool = False
+) -> None:
+    """Every training and evaluation size must suit the backbone (patch size, total stride).
+
+    Sizes that ``eval.resolutions=auto`` picked are dropped instead (nobody asked for them by name).
+    """
     for size in datamodule.schedule.train_sizes():
         backbone.check_input_size(size, "resolution.size")
+    if auto_eval_sizes:
+        datamodule.eval_sizes = drop_unfit_sizes(
+            datamodule.eval_sizes, lambda size: backbone.check_input_size(size, "eval.resolutions")
+        )
     for size in datamodule.eval_sizes:
         backbone.check_input_size(size, "eval.resolutions")
 
@@ -233,7 +247,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
         module = build_module(cfg, datamodule.num_classes)
-        check_sizes_fit_backbone(datamodule, module.model.backbone)
+        auto_sizes = is_auto(OmegaConf.select(cfg, "eval.resolutions", default=None))
+        check_sizes_fit_backbone(datamodule, module.model.backbone, auto_sizes)
         trainer = build_trainer(cfg)
         log.info(
             "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])
@@ -284,8 +299,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if is_global_zero(trainer):  # metrics are synced across ranks; one writer per run folder
             write_metrics_json(output_dir / "metrics.json", record)
         if trainer is not None and trainer.is_global_zero and record["status"] == "completed":
-            choices = record.get("choices", {})
-            log_hparams_with_metrics(trainer, flat_hparams(cfg, choices), record["metrics"])
+            hparams, varied = run_hparams(cfg, record.get("choices", {}), record.get("overrides", []))
+            log_hparams_with_metrics(trainer, hparams, record["metrics"], varied)
     log.info("finished: %s", {k: v for k, v in record["metrics"].items() if "/" in k and "step" not in k})
     return record
 

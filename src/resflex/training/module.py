@@ -121,23 +121,25 @@ class ClassificationModule(pl.LightningModule):
 
     def _eval_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0
-    ) -> None:
+    ) -> torch.Tensor:
         """Loss/accuracy per evaluation size (``val/acc@64``); loader 0 is the main size (``val/acc``).
 
         Metrics are named by size, not loader index (``add_dataloader_idx=False``).
         The per-size accuracy is a batch mean weighted by ``batch_size``, i.e. exact.
+        Returns the predicted classes (callbacks count them: the confusion matrix).
         """
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         n = len(labels)
         tag = self._eval_size_tag(dataloader_idx, images)
-        correct = (logits.argmax(dim=-1) == labels).float().mean()
+        preds = logits.argmax(dim=-1)
+        correct = (preds == labels).float().mean()
         per_size = dict(on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
         self.log(f"{stage}/acc@{tag}", correct, **per_size)
         self.log(f"{stage}/loss@{tag}", loss, **per_size)
         if dataloader_idx != 0:
-            return
+            return preds
         acc = getattr(self, f"{stage}_acc")
         acc(logits, labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
@@ -153,16 +155,17 @@ class ClassificationModule(pl.LightningModule):
             acc5 = getattr(self, f"{stage}_acc5")
             acc5(logits, labels)
             self.log(f"{stage}/acc_top5", acc5, on_epoch=True, batch_size=n, add_dataloader_idx=False)
+        return preds
 
     def validation_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._eval_step(batch, "val", dataloader_idx)
+    ) -> torch.Tensor:
+        return self._eval_step(batch, "val", dataloader_idx)
 
     def test_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._eval_step(batch, "test", dataloader_idx)
+    ) -> torch.Tensor:
+        return self._eval_step(batch, "test", dataloader_idx)
 
     # ---- optimisation ----------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

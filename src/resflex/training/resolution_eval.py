@@ -28,6 +28,8 @@ import pytorch_lightning as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from resflex.training.loggers import log_figure
+
 _TAG = re.compile(r"^(val|test)/acc@(\d+)$")
 
 Curve = dict[int, float]
@@ -90,8 +92,8 @@ class AccuracyVsResolution(pl.Callback):
         self.save(trainer)
 
     def save(self, trainer: pl.Trainer) -> Path | None:
-        """Draw what has been collected; nothing when no size was evaluated."""
-        if not trainer.is_global_zero or not any(self.curves.values()):
+        """Draw what has been collected; nothing unless some curve has two sizes (one point is no curve)."""
+        if not trainer.is_global_zero or not any(len(curve) >= 2 for curve in self.curves.values()):
             return None
         schedule = getattr(getattr(trainer, "datamodule", None), "schedule", None)
         train_sides = [w for _, w in schedule.train_sizes()] if schedule is not None else []
@@ -100,11 +102,7 @@ class AccuracyVsResolution(pl.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename
         figure.savefig(self.path)
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure("eval/acc_vs_resolution", figure, global_step=trainer.global_step)
-                experiment.flush()
+        log_figure(trainer, "eval/acc_vs_resolution", figure)  # every logger (resflex.training.loggers)
         return self.path
 
 

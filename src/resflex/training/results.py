@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "train/images_per_sec")
+HPARAM_METRICS = ("val/acc", "test/acc", "val/loss", "train/images_per_sec")
 
 
 def _plain(value: Any) -> Any:
@@ -49,74 +49,198 @@ def write_metrics_json(path: str | Path, record: Mapping[str, Any]) -> Path:
     return path
 
 
-def flat_hparams(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, Any]:
-    """The knobs worth comparing across runs, flattened to ``a.b`` keys with TensorBoard-friendly values."""
+# Columns of the HPARAMS tab that every run has: the knobs that answer "which setup won?"
+# (config key or group name -> one readable value; group choices by name, never ``_target_``).
+KEY_HPARAMS = (
+    "backbone.name",
+    "backbone.init",
+    "pooling",
+    "resolution",
+    "resolution.size",
+    "optimizer",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "data",
+    "data.batch_size",
+    "finetune",
+    "trainer.max_epochs",
+    "seed",
+)
+# Group choices shown by name; other groups are plumbing (where logs go, which callbacks).
+CHOICE_GROUPS = ("pooling", "resolution", "optimizer", "scheduler", "data", "finetune", "experiment", "debug")
+SKIP_OVERRIDES = ("hydra", "paths", "logger", "callbacks", "hparams_search", "ckpt_path", "task_name")
+
+
+_ABSENT = object()
+
+
+def _looks_like_path(value: Any) -> bool:
+    text = str(value)
+    return any(c in text for c in "/\\~") or text.endswith((".ckpt", ".pth", ".safetensors"))
+
+
+def _hparam_value(value: Any) -> Any:
+    """TensorBoard takes numbers, strings and booleans; anything else is shown as its text."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if value is None:
+        return "null"
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def _backbone_init(backbone: Mapping[str, Any]) -> str:
+    """Where the backbone's weights came from, in one word (never the path)."""
+    if backbone.get("init_from"):
+        return "resflex run"
+    if backbone.get("weights"):
+        return "weights file"
+    if backbone.get("pretrained"):
+        return "pretrained"
+    return "scratch"
+
+
+def _size_text(value: Any) -> str:
+    value = _hparam_value(value)
+    return str(value).replace(" ", "")
+
+
+def resolution_summary(resolution: Mapping[str, Any]) -> str:
+    """The schedule's sizes in a few characters: ``64``, ``48→64``, ``[32,48,64]``, ``64→80 (fixres)``."""
+    if resolution.get("sizes") is not None:
+        return _size_text(resolution["sizes"])
+    if resolution.get("start_size") is not None and resolution.get("end_size") is not None:
+        return f"{_size_text(resolution['start_size'])}→{_size_text(resolution['end_size'])}"
+    if resolution.get("test_size") is not None and resolution.get("size") is not None:
+        return f"{_size_text(resolution['size'])}→{_size_text(resolution['test_size'])}"
+    return _size_text(resolution.get("size", "?"))
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """Config keys and groups set on the command line (``optimizer.lr=0.01`` -> ``optimizer.lr``)."""
+    keys = []
+    for item in overrides:
+        if "=" not in item:
+            continue
+        key = item.split("=", 1)[0].lstrip("+~").strip()
+        if key.split(".", 1)[0].split("/", 1)[0] in SKIP_OVERRIDES or key in keys:
+            continue
+        keys.append(key)
+    return keys
+
+
+def run_hparams(
+    cfg: DictConfig, choices: Mapping[str, Any], overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any], list[str]]:
+    """The HPARAMS columns of a run, and which of them were chosen on the command line (they sort first).
+
+    Columns: :data:`KEY_HPARAMS` (same names in every run, so a logdir of many
+    runs lines up), the group choices of :data:`CHOICE_GROUPS` that are set, and
+    every key overridden on the command line. No ``_target_`` strings, no
+    paths: an override whose value is a path (``data.root=...``) is left out.
+    """
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(container, dict)
-    keep = ("backbone", "pooling", "resolution", "optimizer", "scheduler", "model", "seed")
-    flat: dict[str, Any] = {f"choice/{k}": v for k, v in choices.items() if not str(k).startswith("hydra")}
+    backbone = container.get("backbone") or {}
+    hparams: dict[str, Any] = {
+        "backbone.name": backbone.get("name", "?"),
+        "backbone.init": _backbone_init(backbone),
+        "resolution.size": resolution_summary(container.get("resolution") or {}),
+    }
+    for group in CHOICE_GROUPS:
+        if choices.get(group) not in (None, "null"):
+            hparams[group] = str(choices[group])
+    for key in ("optimizer.lr", "optimizer.weight_decay", "data.batch_size", "trainer.max_epochs", "seed"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            hparams[key] = _hparam_value(value)
+    varied = []
+    for key in override_keys(overrides):
+        if key in choices:  # a group choice: its column is the group name
+            if choices.get(key) not in (None, "null"):
+                hparams.setdefault(key, str(choices[key]))
+                varied.append(key)
+            continue
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT or key.endswith("_target_") or OmegaConf.is_dict(value):
+            continue
+        if _looks_like_path(value):
+            continue
+        hparams[key] = _hparam_value(value)
+        varied.append(key)
+    if "backbone.name" in varied or "backbone" in varied:
+        varied = [k for k in varied if k != "backbone"] + ["backbone.name"]
+    hparams.pop("backbone", None)
+    ordered = {k: hparams[k] for k in sorted(hparams, key=lambda k: (k not in varied, k))}
+    return ordered, sorted(set(varied))
 
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            if isinstance(value, list | tuple):
-                value = str(list(value))
-            if value is None:
-                value = "null"
-            flat[prefix] = value
 
-    for key in keep:
-        if key in container:
-            walk(key, container[key])
-    data = container.get("data", {}) or {}
-    for key in ("batch_size", "name"):
-        if key in data:
-            flat[f"data.{key}"] = data[key]
-    trainer = container.get("trainer", {}) or {}
-    for key in ("max_epochs", "precision"):
-        if key in trainer:
-            flat[f"trainer.{key}"] = str(trainer[key])
-    return flat
+def hparam_metric_tags(metrics: Mapping[str, Any]) -> list[str]:
+    """The final metrics shown after the hyperparameters: the real tags, read as their last value."""
+    sized = sorted((k for k in metrics if k.startswith("val/acc@")), key=_size_key)
+    tags = [*HPARAM_METRICS, *sized]
+    return [t for t in tags if isinstance(metrics.get(t), int | float) and metrics.get(t) is not True]
 
 
-def hparam_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The final metrics shown beside the hyperparameters: ``hp/val_acc``, ``hp/val_acc@64``, ..."""
-    names = [*HPARAM_METRICS, *sorted(k for k in metrics if "/acc@" in k)]
-    final = {}
-    for name in names:
-        value = metrics.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            final["hp/" + name.replace("/", "_")] = float(value)
-    return final
+def _size_key(tag: str) -> tuple[int, str]:
+    size = tag.split("@", 1)[1]
+    head = size.split("x", 1)[0]
+    return (int(head) if head.isdigit() else 0, size)
+
+
+def _experiment_summary(hparams: Mapping[str, Any], varied: Sequence[str], metric_tags: Sequence[str]) -> Any:
+    """TensorBoard's hparams ``experiment`` summary: the column list, varied ones marked (TensorBoard puts
+    ``differs`` columns first), and the metric columns limited to the final metrics; without it
+    TensorBoard makes every scalar tag (``epoch``, each LR group, ...) a column."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    infos = []
+    for name, value in hparams.items():
+        kind = "DATA_TYPE_STRING"
+        if isinstance(value, bool):
+            kind = "DATA_TYPE_BOOL"
+        elif isinstance(value, int | float):
+            kind = "DATA_TYPE_FLOAT64"
+        infos.append(api_pb2.HParamInfo(name=name, type=api_pb2.DataType.Value(kind), differs=name in varied))
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos)
+    content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
+    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    return Summary(
+        value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=SummaryMetadata(plugin_data=plugin))]
+    )
 
 
 def log_hparams_with_metrics(
-    trainer: pl.Trainer, hparams: dict[str, Any], metrics: Mapping[str, Any]
+    trainer: pl.Trainer, hparams: dict[str, Any], metrics: Mapping[str, Any], varied: Sequence[str] = ()
 ) -> None:
-    """One HPARAMS entry per run, carrying the final metrics (``hp/val_acc`` etc.).
+    """One HPARAMS entry per run: its hyperparameters, with its final metrics beside them.
 
-    For TensorBoard we write the session start/end summaries but *not* the
-    per-run "experiment" summary that Lightning adds: TensorBoard takes the
-    first run's experiment summary as the column list for the whole logdir, so
-    in a sweep where runs differ in keys (``pooling.levels`` exists only for
-    pyramid) columns would go missing. Without it, TensorBoard builds the
-    columns from the union of all runs.
+    TensorBoard: the experiment (columns), session start (values) and session
+    end summaries; the metric columns name the run's real tags (``val/acc``,
+    ``val/acc@48``, ...), whose last value TensorBoard reads, so nothing extra
+    (no ``hp/*`` charts) is written to SCALARS. TensorBoard takes the column
+    list from the first run it finds, which is why every run writes the same
+    :data:`KEY_HPARAMS`. Other loggers get the hyperparameters as parameters
+    (MLflow params, the CSV logger's ``hparams.yaml``); they already hold the
+    metrics.
     """
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-    final = hparam_metrics(metrics)
+    tags = hparam_metric_tags(metrics)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams)  # hparams.yaml; no summaries without metrics
-            if final:
-                logger.log_metrics(final, step=trainer.global_step)
-            _, start, end = hparams_summaries(hparams, final)
+            logger.log_hyperparams(hparams)  # hparams.yaml (no summaries without metrics)
+            _, start, end = hparams_summaries(hparams, {})
             writer = logger.experiment._get_file_writer()
+            writer.add_summary(_experiment_summary(hparams, varied, tags), trainer.global_step)
             writer.add_summary(start, trainer.global_step)
             writer.add_summary(end, trainer.global_step)
             logger.experiment.flush()
         else:
-            logger.log_hyperparams(hparams, final)
+            logger.log_hyperparams(hparams)
         logger.save()

@@ -1,0 +1,65 @@
+"""``eval.resolutions=auto`` (the default): evaluate at a few sizes around the main one.
+
+resflex exists to train one set of weights for many input sizes, so the first
+run a newcomer makes should already show accuracy *across* sizes, not one
+number. ``auto`` picks ½×, ¾×, 1× and 1½× of the schedule's evaluation size,
+each side rounded to ``resolution.multiple`` (the stride the schedule already
+rounds its training sizes to); sizes the backbone cannot take (below half its
+total stride, or not the only size a fixed-size ViT accepts) are dropped,
+not refused, because nobody asked for them by name. ``eval.resolutions=[]``
+evaluates at the main size only; an explicit list is used as given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from resflex.data.resolution import Size, round_to
+from resflex.errors import ConfigError
+
+log = logging.getLogger("resflex")
+
+AUTO = "auto"
+AUTO_FACTORS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5)
+
+
+def is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
+def auto_eval_sizes(
+    main: Sequence[int], multiple: int, factors: Sequence[float] = AUTO_FACTORS
+) -> list[Size]:
+    """``main`` (h, w) times each factor, sides rounded to ``multiple``, duplicates dropped, in order."""
+    h, w = int(main[0]), int(main[1])
+    sizes: list[Size] = []
+    for factor in factors:
+        size = (round_to(h * factor, multiple), round_to(w * factor, multiple))
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
+def resolve_eval_resolutions(value: Any, schedule: Any) -> Any:
+    """``auto`` -> the extra sizes (sides, or ``[h, w]``) for the data module; anything else as is."""
+    if not is_auto(value):
+        return value
+    sizes = auto_eval_sizes(schedule.eval_size, getattr(schedule, "multiple", 8))
+    return [h if h == w else [h, w] for h, w in sizes]
+
+
+def drop_unfit_sizes(sizes: Sequence[Size], fits: Callable[[Size], None]) -> list[Size]:
+    """The sizes for which ``fits(size)`` raises no :class:`ConfigError` (the first, main one must fit)."""
+    kept: list[Size] = []
+    for k, size in enumerate(sizes):
+        try:
+            fits(size)
+        except ConfigError as exc:
+            if k == 0:
+                raise
+            log.info("eval.resolutions=auto: skipping %dx%d (%s)", size[0], size[1], exc.message)
+            continue
+        kept.append(size)
+    return kept

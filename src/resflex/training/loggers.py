@@ -1,0 +1,121 @@
+"""Loggers: TensorBoard (default), CSV, MLflow, or several; figures and text reach each that takes them.
+
+Scalars reach every logger through Lightning (``self.log``, ``logger.log_metrics``).
+Figures and text have no common Lightning API, so :func:`log_figure` and
+:func:`log_text` write them the way each logger stores them:
+
+============  ===================================  ==================================
+logger        figures                              text
+============  ===================================  ==================================
+TensorBoard   IMAGES tab (``add_figure``)          TEXT tab (``add_text``, markdown)
+MLflow        run artifact ``<tag>/step_N.png``    run artifact ``<tag>.md``
+CSV           ``<log_dir>/images/<tag>_step_N.png`` ``<log_dir>/text/<tag>.md``
+============  ===================================  ==================================
+
+Two thin subclasses adapt Lightning's loggers to resflex's tags:
+
+- :class:`TensorBoardLogger` drops Lightning's ``epoch`` scalar: a chart of the
+  epoch counter against the step was the first thing SCALARS showed, ahead of
+  every training curve (the step axis already says where an epoch ends).
+- :class:`MLFlowLogger` keeps per-size tags readable: MLflow refuses ``@`` in
+  metric names and Lightning would silently delete it (``val/acc@64`` ->
+  ``val/acc64``); resflex writes ``val/acc_at_64`` instead. The default store is
+  a SQLite file in the run folder (``mlflow.db``), which needs no server and
+  works offline; MLflow 3 refuses its old ``file:`` store unless
+  ``MLFLOW_ALLOW_FILE_STORE=true``, which this logger sets when given a
+  ``file:`` URI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers import MLFlowLogger as _MLFlowLogger
+from pytorch_lightning.loggers import TensorBoardLogger as _TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+
+class TensorBoardLogger(_TensorBoardLogger):
+    """Lightning's TensorBoard logger without the ``epoch``-vs-step chart."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        if metrics:
+            super().log_metrics(metrics, step)
+
+
+def mlflow_key(tag: str) -> str:
+    """A resflex tag as an MLflow metric name: ``val/acc@64`` -> ``val/acc_at_64`` (MLflow refuses ``@``)."""
+    return re.sub(r"[^a-zA-Z0-9_/. \-]+", "_", tag.replace("@", "_at_"))
+
+
+class MLFlowLogger(_MLFlowLogger):
+    """Lightning's MLflow logger with resflex's tag names mapped and MLflow 3's ``file:`` store allowed."""
+
+    def __init__(self, *args: Any, run_dir: str | None = None, **kwargs: Any) -> None:
+        if run_dir and not kwargs.get("run_name"):  # name the MLflow run as TensorBoard names it: its folder
+            kwargs["run_name"] = Path(run_dir).name
+        if run_dir:
+            kwargs["tags"] = {"resflex.run_dir": str(run_dir), **(kwargs.get("tags") or {})}
+        uri = str(kwargs.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "")
+        if not uri or uri.startswith("file:") or "://" not in uri:  # Lightning falls back to file:<save_dir>
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+            Path(uri[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(*args, **kwargs)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step)
+
+
+def _figure_name(tag: str, step: int) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9_.@-]+', '_', tag)}_step_{step}.png"
+
+
+@rank_zero_only
+def log_figure(trainer: pl.Trainer, tag: str, figure: Figure, step: int | None = None) -> None:
+    """Send a matplotlib figure to every logger (see the module docstring for where it lands)."""
+    step = trainer.global_step if step is None else step
+    for logger in trainer.loggers:
+        _log_figure(logger, tag, figure, step)
+
+
+def _log_figure(logger: Logger, tag: str, figure: Figure, step: int) -> None:
+    if isinstance(logger, _TensorBoardLogger):
+        logger.experiment.add_figure(tag, figure, global_step=step, close=False)
+        logger.experiment.flush()
+    elif isinstance(logger, _MLFlowLogger):
+        logger.experiment.log_figure(logger.run_id, figure, f"{tag}/step_{step}.png")
+    elif isinstance(logger, CSVLogger):
+        folder = Path(logger.log_dir) / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        figure.savefig(folder / _figure_name(tag, step))
+
+
+@rank_zero_only
+def log_text(trainer: pl.Trainer, tag: str, markdown: str, step: int = 0) -> None:
+    """Send markdown text to every logger: TensorBoard's TEXT tab, an MLflow artifact, a file for CSV."""
+    for logger in trainer.loggers:
+        if isinstance(logger, _TensorBoardLogger):
+            logger.experiment.add_text(tag, markdown, global_step=step)
+            logger.experiment.flush()
+        elif isinstance(logger, _MLFlowLogger):
+            logger.experiment.log_text(logger.run_id, markdown, f"{tag}.md")
+        elif isinstance(logger, CSVLogger):
+            path = Path(logger.log_dir) / "text" / f"{tag.replace('/', '_')}.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(markdown)
+
+
+def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
+    """The ``SummaryWriter`` of every TensorBoard logger (for summaries only TensorBoard understands)."""
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, _TensorBoardLogger)]
