@@ -56,6 +56,11 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
         ) from None
 
 
+def _is_capturing() -> bool:
+    """True while torch.jit.trace / torch.export capture a graph (a Python check would freeze the size)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 class TimmBackbone(nn.Module):
     """A timm model without its classifier, returning a (B, C, h, w) feature map."""
 
@@ -153,14 +158,24 @@ class TimmBackbone(nn.Module):
             return features.permute(0, 3, 1, 2)
         return features
 
+    def _grid_size(self, image_size: torch.Size) -> tuple[Any, Any]:
+        """The patch grid of an (H, W) input: timm's ``dynamic_feat_size`` in integer arithmetic only,
+        so that a traced or exported graph keeps H and W symbolic (``int()``/``math.ceil`` would
+        freeze them to the example's size)."""
+        ph, pw = self.patch_embed.patch_size
+        h, w = image_size[0], image_size[1]
+        if getattr(self.patch_embed, "dynamic_img_pad", False):
+            return (h + ph - 1) // ph, (w + pw - 1) // pw
+        return h // ph, w // pw
+
     def _tokens_to_map(self, tokens: torch.Tensor, image_size: torch.Size) -> torch.Tensor:
         """(B, prefix + h*w, C) tokens -> (B, C, h, w), using the patch grid of this input."""
         patch_tokens = tokens[:, self.num_prefix_tokens :]
         if self.patch_embed is not None and hasattr(self.patch_embed, "dynamic_feat_size"):
-            h, w = self.patch_embed.dynamic_feat_size((int(image_size[0]), int(image_size[1])))
+            h, w = self._grid_size(image_size)
         else:
             h = w = math.isqrt(patch_tokens.shape[1])
-        if h * w != patch_tokens.shape[1]:
+        if not _is_capturing() and h * w != patch_tokens.shape[1]:
             raise RuntimeError(
                 f"cannot reshape {patch_tokens.shape[1]} tokens of {self.name} to a {h}x{w} grid; "
                 "build the ViT with dynamic_img_size=True"

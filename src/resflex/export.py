@@ -1,0 +1,404 @@
+"""Export a trained run with dynamic batch, height and width: ``python scripts/export.py ckpt_path=CKPT
+format=onnx|torchscript|exported output=FILE``.
+
+What is exported is :func:`resflex.inference.load_classifier`'s model: float32 RGB in
+[0, 1], ``(B, 3, H, W)``, normalisation inside, logits out. Before capture the
+adaptive pool operators are swapped for an exportable formulation
+(:mod:`resflex.models.adaptive_export`): the stock ones have no size-generic export
+(the spatial pyramid's 2×2/4×4 grids at sizes that do not divide them).
+
+An export is only written once it has been checked: the file is loaded back
+(onnxruntime for ONNX, ``torch.jit.load``, ``torch.export.load``) and run at no
+fewer than three sizes — the run's eval size, a non-square one and one not seen in
+training, with different batch sizes — against the eager model; the max abs
+difference at each is printed, and above ``check.atol`` the export fails. It is
+written to a temporary name beside ``output`` and renamed only then, so a failed
+export leaves nothing behind. A model that cannot be exported with dynamic sizes
+fails with one line that says why. The run's ``model_card.md`` is copied beside the file.
+
+Formats: ``onnx`` (torch.onnx's torch.export-based exporter; class names and the
+input convention in the model's metadata), ``torchscript`` (``torch.jit.trace``;
+sizes stay symbolic in the trace), ``exported`` (``torch.export`` with symbolic
+``batch``/``height``/``width``, saved with ``torch.export.save`` as ``.pt2``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from resflex.config import CONFIG_DIR, exit_on_unknown_group_choice
+from resflex.errors import ConfigError, user_errors_as_one_line
+from resflex.inference import ResflexClassifier, load_classifier, round_to
+from resflex.models.adaptive_export import exportable_functional_pools, make_exportable
+
+log = logging.getLogger("resflex")
+Size = tuple[int, int]
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
+INPUT_CONVENTION = (
+    "float32 RGB in [0, 1], shape (B, 3, H, W), normalisation inside; output: logits (B, classes)"
+)
+
+
+def prepare_for_export(classifier: ResflexClassifier) -> tuple[nn.Module, list[str]]:
+    """A float32, contiguous, eval-mode copy whose adaptive pools export with symbolic sizes."""
+    model, replaced = make_exportable(classifier)
+    model = model.float().to(memory_format=torch.contiguous_format).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, replaced
+
+
+def check_sizes(classifier: ResflexClassifier, requested: Sequence[Any] | None = None) -> list[Size]:
+    """The sizes an export is checked at: ≥ 3, one non-square, one not among the training sizes.
+
+    Default: the run's eval size, a 2:3 non-square size and a size between the training
+    sizes and below the smallest (sides rounded to the run's ``multiple``, never below
+    what the backbone takes). ``requested`` adds sizes (``64`` or ``[h, w]``).
+    """
+    from resflex.data.resolution import parse_size
+
+    multiple = int(classifier.info.get("multiple", 8) or 8)
+    trained = set(classifier.train_sizes)
+    base_h, base_w = classifier.eval_size or (max(trained) if trained else (64, 64))
+    lo = max(classifier.min_side, multiple)
+
+    def fit(h: float, w: float) -> Size:
+        return max(lo, round_to(h, multiple)), max(lo, round_to(w, multiple))
+
+    sizes: list[Size] = [(base_h, base_w), fit(base_h, base_w * 1.5)]
+    for factor in (0.75, 1.25, 0.5, 1.5):
+        candidate = fit(base_h * factor, base_w * factor * 1.25)
+        if candidate not in trained and candidate not in sizes:
+            sizes.append(candidate)
+            break
+    for value in requested or []:
+        size = parse_size(
+            OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, "check.sizes"
+        )
+        if size not in sizes:
+            sizes.append(size)
+    if all(h == w for h, w in sizes):
+        sizes.append(fit(base_h, base_w * 2))
+    if all(s in trained for s in sizes):
+        sizes.append(fit(base_h + multiple, base_w + 3 * multiple))
+    return sizes
+
+
+def _dims() -> dict[int, Any]:
+    """Batch, height and width symbolic. ``Dim.DYNAMIC`` rather than named ranges: a backbone's
+    size arithmetic yields guards that hold for every size but that the solver cannot prove
+    (ceil-mode pooling), which named ranges reject; a size that *does* get specialised is
+    still an error, and the check at several sizes catches anything else."""
+    from torch.export import Dim
+
+    return {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+
+
+@contextlib.contextmanager
+def _capture() -> Any:
+    """Exportable functional pools, size-oblivious reasoning (no 0/1 specialisation of feature-map
+    sizes: a 1×1 map must stay valid), quiet exporters."""
+    config = getattr(getattr(torch.fx, "experimental", None), "_config", None)
+    oblivious = (
+        config.patch(backed_size_oblivious=True)
+        if config is not None and hasattr(config, "backed_size_oblivious")
+        else contextlib.nullcontext()
+    )
+    with exportable_functional_pools(), oblivious, _quiet():
+        yield
+
+
+def _not_dynamic(exc: BaseException, fmt: str) -> ConfigError:
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return ConfigError(
+        f"cannot export format={fmt} with dynamic batch, height and width: {type(exc).__name__}: {text}",
+        hint="a backbone must accept any input size (ViTs: backbone.model_kwargs.dynamic_img_size=true)",
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Exporters print progress and warnings by the page; keep them for HYDRA_FULL_ERROR / debug logs."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, classifier: ResflexClassifier, opset: int | None
+) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError:
+        raise ConfigError(
+            "format=onnx needs the onnx, onnxscript and onnxruntime packages",
+            hint="pip install 'resflex[export]'",
+        ) from None
+    kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
+    with _capture():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes={"x": _dims()},
+            dynamo=True,
+            external_data=False,
+            **kwargs,
+        )
+    metadata = program.model.metadata_props
+    metadata["classes"] = json.dumps(classifier.classes)
+    metadata["input"] = INPUT_CONVENTION
+    metadata["train_sizes"] = json.dumps(classifier.train_sizes)
+    metadata["backbone"] = str(classifier.info.get("backbone", ""))
+    program.save(str(path), external_data=False)
+
+
+def export_torchscript(
+    model: nn.Module, example: torch.Tensor, path: Path, classifier: ResflexClassifier
+) -> None:
+    with _capture():
+        traced = torch.jit.trace(model, example, check_trace=False)
+    extra = {"classes.json": json.dumps(classifier.classes), "input.txt": INPUT_CONVENTION}
+    torch.jit.save(traced, str(path), _extra_files=extra)
+
+
+class _BatchOfTwoOrMore(nn.Module):
+    """Runs ``inner`` on the batch plus a copy of its first image, and drops that row again.
+
+    Why: timm ViTs expand their class token to the batch size, and torch.export then
+    guards ``batch != 1`` (a stride-0 expand is contiguous only for batch 1), refusing
+    single images. Samples are independent in eval mode, so the extra row changes nothing.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.cat([x, x[:1]], dim=0))[:-1]
+
+
+def _min_batch(program: Any) -> int:
+    """The smallest batch an exported program accepts (its input's symbolic dim 0 range)."""
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            size = node.meta["val"].shape[0]
+            if isinstance(size, int):
+                return size
+            ranges = program.range_constraints.get(size.node.expr)
+            return int(ranges.lower) if ranges is not None else 0
+    return 0
+
+
+def export_program(
+    model: nn.Module, example: torch.Tensor, path: Path, classifier: ResflexClassifier
+) -> None:
+    with _capture():
+        program = torch.export.export(model, (example,), dynamic_shapes={"x": _dims()})
+        if _min_batch(program) > 1:
+            program = torch.export.export(_BatchOfTwoOrMore(model), (example,), dynamic_shapes={"x": _dims()})
+    extra = {"classes.json": json.dumps(classifier.classes), "input.txt": INPUT_CONVENTION}
+    torch.export.save(program, str(path), extra_files=extra)
+
+
+def load_runner(path: Path, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported file, loaded back as a user would, as ``tensor -> tensor``."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path), map_location="cpu")
+        return lambda x: module(x)
+    program = torch.export.load(str(path)).module()
+    return lambda x: program(x)
+
+
+@torch.inference_mode()
+def compare(
+    eager: nn.Module,
+    runner: Callable[[torch.Tensor], torch.Tensor],
+    sizes: Sequence[Size],
+    fmt: str = "export",
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Max abs difference of logits, export vs eager, at each size (batch 2, 1, 3, ... in turn)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for i, (h, w) in enumerate(sizes):
+        batch = (2, 1, 3)[i % 3]
+        x = torch.rand(batch, 3, h, w, generator=generator)
+        expected = eager(x)
+        try:
+            with _quiet():
+                got = runner(x)
+        except Exception as exc:
+            raise _not_dynamic(exc, fmt) from None
+        if tuple(got.shape) != tuple(expected.shape):
+            raise ConfigError(
+                f"the export gives shape {tuple(got.shape)} at {h}x{w}, eager {tuple(expected.shape)}: "
+                "it is not dynamic in batch/height/width"
+            )
+        rows.append(
+            {
+                "size": f"{h}x{w}",
+                "batch": batch,
+                "max_abs_diff": float((got.float() - expected).abs().max()),
+                "trained": False,
+            }
+        )
+    return rows
+
+
+def export_classifier(
+    classifier: ResflexClassifier,
+    fmt: str,
+    output: str | Path,
+    sizes: Sequence[Size] | None = None,
+    atol: float = 1e-3,
+    opset: int | None = None,
+) -> dict[str, Any]:
+    """Export, check against eager at ``sizes`` (default :func:`check_sizes`), then move into ``output``.
+
+    Returns a record: format, file, sizes checked with their max abs difference, the
+    pooling modules replaced, seconds taken. Raises :class:`ConfigError` (one line)
+    when the model cannot be captured with dynamic sizes, or the export disagrees
+    with eager by more than ``atol``; nothing is left at ``output`` then.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}", hint=f"format={'|'.join(FORMATS)}")
+    output = Path(str(output)).expanduser()
+    if output.is_dir():
+        raise ConfigError(f"output={output} is a folder", hint=f"output={output / ('model' + FORMATS[fmt])}")
+    sizes = list(sizes or check_sizes(classifier))
+    for size in sizes:
+        classifier.check_size(size, "check.sizes")
+    started = time.time()
+    model, replaced = prepare_for_export(classifier)
+    eager = classifier.float().eval()
+    # the example for capture: a 3x4 feature map, so no traced size is 1 (or equal to another)
+    stride = max(8, int(classifier.info.get("reduction", 32) or 32))
+    example = torch.rand(2, 3, 3 * stride, 4 * stride, generator=torch.Generator().manual_seed(1))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp{output.suffix or FORMATS[fmt]}")
+    try:
+        try:
+            if fmt == "onnx":
+                export_onnx(model, example, tmp, classifier, opset)
+            elif fmt == "torchscript":
+                export_torchscript(model, example, tmp, classifier)
+            else:
+                export_program(model, example, tmp, classifier)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise _not_dynamic(exc, fmt) from None
+        rows = compare(eager, load_runner(tmp, fmt), sizes, fmt)
+        trained = set(classifier.train_sizes)
+        for row, size in zip(rows, sizes, strict=True):
+            row["trained"] = size in trained
+        worst = max(rows, key=lambda r: r["max_abs_diff"])
+        if not worst["max_abs_diff"] <= atol:
+            raise ConfigError(
+                f"the {fmt} export differs from the eager model by {worst['max_abs_diff']:.3g} at "
+                f"{worst['size']} (check.atol={atol:g}): it is not valid at every size",
+                hint="report this with the backbone and pooling used; export another format meanwhile",
+            )
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "format": fmt,
+        "file": str(output),
+        "checks": rows,
+        "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+        "replaced_pools": replaced,
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+def default_output(classifier: ResflexClassifier, fmt: str) -> Path:
+    return Path(classifier.info["run_dir"]) / "export" / f"model{FORMATS[fmt]}"
+
+
+def run_export(cfg: DictConfig) -> dict[str, Any]:
+    """The task of ``scripts/export.py``: load, export, check, write the model card beside the file."""
+    from resflex.model_card import write_model_card
+    from resflex.train import quiet_library_noise
+
+    quiet_library_noise()
+    fmt = str(cfg.get("format") or "onnx")
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r} (format={fmt})", hint=f"format={'|'.join(FORMATS)}")
+    classifier = load_classifier(cfg.ckpt_path, run_config=cfg.get("run_config"))
+    output = Path(str(cfg.output)) if cfg.get("output") else default_output(classifier, fmt)
+    check = cfg.get("check") or {}
+    sizes = check_sizes(classifier, list(check.get("sizes") or []))
+    record = export_classifier(
+        classifier,
+        fmt,
+        output,
+        sizes=sizes,
+        atol=float(check.get("atol", 1e-3)),
+        opset=cfg.get("opset"),
+    )
+    card = None
+    try:
+        source = write_model_card(Path(classifier.info["run_dir"]))
+        card = output.parent / "model_card.md"
+        if source.resolve() != card.resolve():
+            shutil.copyfile(source, card)
+    except Exception as exc:  # the export itself is done and checked: a card problem is a warning
+        log.warning("model card not written: %s", exc)
+    record["model_card"] = str(card) if card else None
+    print(f"checkpoint: {classifier.info['checkpoint']}")
+    print(f"exported: {record['file']} (format={fmt}, dynamic batch/height/width; {INPUT_CONVENTION})")
+    print(f"{'size':>9}  {'batch':>5}  {'seen in training':>16}  {'max abs diff vs eager':>21}")
+    for row in record["checks"]:
+        seen = "yes" if row["trained"] else "no"
+        print(f"{row['size']:>9}  {row['batch']:>5}  {seen:>16}  {row['max_abs_diff']:>21.3g}")
+    print(f"max abs diff: {record['max_abs_diff']:.3g} (check.atol={float(check.get('atol', 1e-3)):g})")
+    if card:
+        print(f"model card: {card}")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+def _hydra_entry(cfg: DictConfig) -> None:
+    with user_errors_as_one_line():
+        run_export(cfg)
+
+
+def main() -> None:
+    """Console entry point (``scripts/export.py``, ``resflex-export``)."""
+    exit_on_unknown_group_choice(sys.argv[1:])
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()
