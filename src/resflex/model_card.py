@@ -1,0 +1,251 @@
+"""``<run>/model_card.md``: what a trained model is and how to feed it, built from the run's own records.
+
+Why from the records rather than from the live objects: the card must be
+rebuildable for any run folder (an old run, a run whose data has moved), and the
+run folder already holds the single sources of truth — ``.hydra/config.yaml`` (the
+composed config), ``.hydra/overrides.yaml`` (the command) and ``metrics.json``
+(status, accuracy at every evaluated size). Training writes the card when it ends;
+``scripts/export.py`` rewrites it and copies it beside the exported file. The class
+names also go to ``<run>/classes.json``, so a later ``load_classifier`` does not need
+the training data to name its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("resflex")
+CARD_FILE = "model_card.md"
+CLASSES_FILE = "classes.json"
+INPUT_CONVENTION = (
+    "float32 RGB in [0, 1], shape (B, 3, H, W), any H and W the backbone takes; the mean/std "
+    "normalisation is inside the loaded or exported model; the output is logits (B, classes): "
+    "softmax gives probabilities"
+)
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _overrides(run_dir: Path, record: dict[str, Any]) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if path.is_file():
+        try:
+            return [str(o) for o in OmegaConf.load(path)]
+        except Exception:
+            pass
+    return [str(o) for o in record.get("overrides") or []]
+
+
+def _mean_std(name: str) -> tuple[Any, Any]:
+    try:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name.split(".", 1)[0])
+        if cfg is not None:
+            return tuple(cfg.mean), tuple(cfg.std)
+    except Exception:
+        pass
+    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _pooling_text(cfg: DictConfig) -> str:
+    pooling = OmegaConf.to_container(cfg.get("pooling") or {}, resolve=True) or {}
+    assert isinstance(pooling, dict)
+    name = str(pooling.pop("_target_", "")).rsplit(".", 1)[-1] or "?"
+    args = ", ".join(f"{k}={v}" for k, v in pooling.items())
+    return f"{name}({args})"
+
+
+def _accuracy_rows(metrics: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """(split, size, acc, loss) for every ``<split>/acc@<size>`` (and the plain ``<split>/acc``)."""
+    rows = []
+    for key, value in metrics.items():
+        match = re.fullmatch(r"(val|test)/acc@(\w+)", key)
+        if match and value is not None:
+            split, size = match.groups()
+            rows.append((split, size, value, metrics.get(f"{split}/loss@{size}")))
+    if not rows:
+        for split in ("val", "test"):
+            if metrics.get(f"{split}/acc") is not None:
+                rows.append((split, "eval size", metrics[f"{split}/acc"], metrics.get(f"{split}/loss")))
+
+    def order(row: tuple[str, str, Any, Any]) -> tuple[str, int, str]:
+        digits = re.match(r"\d+", row[1])
+        return row[0] != "val", int(digits.group()) if digits else 0, row[1]
+
+    return sorted(rows, key=order)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else (value or {})
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
+    """The card's markdown for ``run_dir`` (needs ``.hydra/config.yaml``; ``metrics.json`` optional)."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert isinstance(cfg, DictConfig)
+    record = _metrics(run_dir)
+    metrics = record.get("metrics") or {}
+    backbone = cfg.backbone
+    mean, std = _mean_std(str(backbone.name))
+    resolution = OmegaConf.to_container(cfg.get("resolution") or {}, resolve=False) or {}
+    assert isinstance(resolution, dict)
+    schedule = str(resolution.pop("_target_", "?")).rsplit(".", 1)[-1]
+    resolution.pop("_convert_", None)
+    weights = (
+        "timm hub (pretrained)"
+        if backbone.get("pretrained")
+        else backbone.get("weights") or backbone.get("init_from") or "from scratch"
+    )
+    data = cfg.get("data") or {}
+    classes_text = (
+        f"{len(classes)}: " + ", ".join(f"`{c}`" for c in classes[:50]) + (" …" if len(classes) > 50 else "")
+        if classes
+        else "see the run's data"
+    )
+    overrides = _overrides(run_dir, record)
+    command = " ".join(["python scripts/train.py", *(shlex.quote(o) for o in overrides)])
+    lines = [
+        f"# Model card: {run_dir.name}",
+        "",
+        "An image classifier trained with resflex (timm backbone → adaptive pooling head → linear),",
+        "for inputs of variable size.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| classes | {classes_text} |",
+        f"| backbone | `{backbone.name}` (timm), weights: {weights}, "
+        f"model_kwargs: {_plain(backbone.get('model_kwargs'))} |",
+        f"| head | {_pooling_text(cfg)} → dropout {OmegaConf.select(cfg, 'model.dropout', default=0)} "
+        "→ linear |",
+        f"| training sizes | {schedule}: "
+        + ", ".join(f"{k}={v}" for k, v in resolution.items() if v is not None)
+        + " |",
+        f"| schedule | {OmegaConf.select(cfg, 'trainer.max_epochs', default='?')} epochs, "
+        f"optimizer {str(OmegaConf.select(cfg, 'optimizer._target_', default='?')).rsplit('.', 1)[-1]} "
+        f"lr={OmegaConf.select(cfg, 'optimizer.lr', default='?')}, "
+        f"warm-up {OmegaConf.select(cfg, 'scheduler.warmup_epochs', default='?')} epochs then cosine, "
+        f"finetune={OmegaConf.select(cfg, 'finetune.name', default=None) or 'full'}, "
+        f"seed {cfg.get('seed')} |",
+        f"| data | {data.get('name', '?')}" + (f" (`{data.get('root')}`)" if data.get("root") else "") + " |",
+        f"| run | status {record.get('status', '?')}, wall time {record.get('wall_time_s', '?')} s |",
+        "",
+        "## Accuracy across evaluated sizes",
+        "",
+    ]
+    rows = _accuracy_rows(metrics)
+    if rows:
+        lines += ["| split | size | acc | loss |", "|---|---|---|---|"]
+        lines += [f"| {s} | {size} | {_number(acc)} | {_number(loss)} |" for s, size, acc, loss in rows]
+    else:
+        lines.append("No evaluation recorded in metrics.json.")
+    best = record.get("best") or {}
+    if best.get("val/acc") is not None:
+        lines += [
+            "",
+            f"Best checkpoint: val/acc {_number(best['val/acc'])} (`{best.get('checkpoint', '')}`).",
+        ]
+    lines += [
+        "",
+        "## Input convention",
+        "",
+        f"{INPUT_CONVENTION}.",
+        f"Normalisation: mean {tuple(round(v, 4) for v in mean)}, std {tuple(round(v, 4) for v in std)}.",
+        f"Evaluation preprocessing: geometry `{resolution.get('geometry', 'square')}`, "
+        f"crop_pct {OmegaConf.select(cfg, 'data.eval_crop_pct', default=1.0)} (resize to cover, centre crop "
+        "for square/keep_aspect; `scripts/predict.py` applies it).",
+        "",
+        "## How it was trained",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "## Use it",
+        "",
+        "```python",
+        "from resflex import load_classifier",
+        f'model = load_classifier("{run_dir}/checkpoints/last.ckpt")   # eval mode, .classes',
+        "logits = model(images)   # float32 (B, 3, H, W) in [0, 1]",
+        "```",
+        "",
+        "```bash",
+        f"python scripts/predict.py ckpt_path={run_dir}/checkpoints/last.ckpt input=PATH output=preds.csv",
+        f"python scripts/export.py ckpt_path={run_dir}/checkpoints/last.ckpt format=onnx output=model.onnx",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir: str | Path, classes: list[str] | None = None) -> Path:
+    """Write ``<run>/model_card.md`` (atomically) and, when the names are known, ``<run>/classes.json``.
+
+    ``classes`` default: ``classes.json`` if present, else the run's data (see
+    :func:`resflex.inference.run_classes`).
+    """
+    run_dir = Path(run_dir)
+    if classes is None:
+        classes = _known_classes(run_dir)
+    if classes:
+        classes_path = run_dir / CLASSES_FILE
+        if not classes_path.is_file():
+            _atomic_write(classes_path, json.dumps(list(classes)) + "\n")
+    path = run_dir / CARD_FILE
+    _atomic_write(path, build_model_card(run_dir, classes))
+    return path
+
+
+def _known_classes(run_dir: Path) -> list[str] | None:
+    path = run_dir / CLASSES_FILE
+    if path.is_file():
+        try:
+            return [str(c) for c in json.loads(path.read_text())]
+        except (OSError, ValueError):
+            pass
+    try:
+        from resflex.inference import _classes_from_data
+
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        assert isinstance(cfg, DictConfig)
+        if "paths" in cfg:
+            cfg.paths.output_dir = str(run_dir)
+        return _classes_from_data(cfg)
+    except Exception as exc:
+        log.debug("model card: class names not found: %s", exc)
+        return None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_model_card_quietly(run_dir: str | Path) -> Path | None:
+    """For the end of training: :func:`write_model_card`, never raising (a card must not fail a run)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        return None
+    try:
+        return write_model_card(run_dir)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("model card not written: %s", reason)
+        return None
