@@ -40,6 +40,7 @@ from resflex.errors import (
     full_error_requested,
     user_errors_as_one_line,
 )
+from resflex.model_card import write_model_card_quietly
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
@@ -298,6 +299,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         record["metrics"] = {**fit_metrics, **collect_metrics(trainer, throughput)}
         if is_global_zero(trainer):  # metrics are synced across ranks; one writer per run folder
             write_metrics_json(output_dir / "metrics.json", record)
+            write_model_card_quietly(output_dir)  # <run>/model_card.md + classes.json (resflex.model_card)
         if trainer is not None and trainer.is_global_zero and record["status"] == "completed":
             hparams, varied = run_hparams(cfg, record.get("choices", {}), record.get("overrides", []))
             log_hparams_with_metrics(trainer, hparams, record["metrics"], varied)
