@@ -6,3 +6,14 @@ vector, and the schedule of input resolutions becomes a training knob.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["load_classifier"]
+
+
+def __getattr__(name: str) -> object:
+    """``from resflex import load_classifier`` without importing torch on ``import resflex``."""
+    if name == "load_classifier":
+        from resflex.inference import load_classifier
+
+        return load_classifier
+    raise AttributeError(f"module 'resflex' has no attribute {name!r}")

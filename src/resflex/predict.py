@@ -1,0 +1,399 @@
+"""Predict with a trained run: ``python scripts/predict.py ckpt_path=CKPT input=PATH [output=preds.csv|.json]
+[predict.size=64|[h,w]|native]``.
+
+``input`` is an image, a folder, or a folder tree (image files by extension, as
+image folders are read for training). Each image is decoded and framed exactly as
+``scripts/eval.py`` does — the run's evaluation transform and geometry
+(:func:`resflex.inference.eval_framing`), the same reduced-scale JPEG decode — and
+classified by :func:`resflex.inference.load_classifier`'s model, fed the uint8
+pixels (bit-identical normalisation). So on a labelled folder
+(``input/<class>/...`` with the run's class names) the accuracy printed is the one
+``scripts/eval.py`` reports on the same data and size.
+
+Sizes: ``predict.size=null`` (the run's eval size), ``64`` or ``[h, w]``, or
+``native``: every image near its own size and aspect — the image's area, capped
+by ``predict.max_side``, on its aspect-ratio bucket's shape (the run's
+``aspect_ratios``), sides rounded to the run's ``multiple`` — and batched by bucket
+and shape, so a batch never mixes shapes and no image is resized far from what it is.
+
+Unreadable files are reported and skipped; a single unreadable ``input``, a missing
+or unsafe checkpoint, an empty folder are one-line errors. The output file is
+written once, atomically, after every prediction: an error leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from resflex.config import CONFIG_DIR, exit_on_unknown_group_choice
+from resflex.data.bad_images import BadImageError
+from resflex.data.buckets import assign_buckets, file_image_size
+from resflex.data.images import IMAGE_EXTENSIONS, open_image
+from resflex.data.resolution import parse_size
+from resflex.errors import ConfigError, DataError, user_errors_as_one_line
+from resflex.inference import ResflexClassifier, eval_framing, load_classifier, round_to
+
+log = logging.getLogger("resflex")
+Size = tuple[int, int]
+
+
+@dataclass
+class Inputs:
+    """The files to predict, their labels when ``input`` is a labelled folder, and what was left out."""
+
+    root: Path
+    files: list[Path]
+    labels: list[int | None]
+    ignored: int = 0  # files without an image extension
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.files) and all(label is not None for label in self.labels)
+
+
+def collect_inputs(path: str | Path, classes: list[str]) -> Inputs:
+    """An image file, or every image under a folder (recursive, sorted like ``DatasetFolder``).
+
+    The folder is *labelled* when every image lies in ``<input>/<class>/...`` with a
+    class name of the model: the layout of a training/validation split.
+    """
+    if path is None or str(path) in ("", "None", "???"):
+        raise ConfigError("input is not set", hint="pass input=/path/to/image_or_folder")
+    root = Path(str(path)).expanduser()
+    if not root.exists():
+        raise DataError(f"input not found: {root}", hint="pass an image file or a folder of images")
+    if root.is_file():
+        return Inputs(root=root.parent, files=[root], labels=[None])
+    files: list[Path] = []
+    ignored = 0
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs.sort()
+        for name in sorted(names):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(Path(folder) / name)
+            elif not name.startswith("."):
+                ignored += 1
+    if not files:
+        raise DataError(
+            f"no image files under {root}" + (f" ({ignored} other files)" if ignored else ""),
+            hint=f"image extensions: {', '.join(IMAGE_EXTENSIONS)}",
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    labels: list[int | None] = []
+    for file in files:
+        parts = file.relative_to(root).parts
+        labels.append(index.get(parts[0]) if len(parts) > 1 else None)
+    return Inputs(root=root, files=files, labels=labels, ignored=ignored)
+
+
+def parse_predict_size(value: Any, classifier: ResflexClassifier) -> Size | str:
+    """``null`` -> the run's eval size; ``native``; ``64`` or ``[h, w]`` (checked against the backbone)."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    if value is None:
+        size = classifier.eval_size or (64, 64)
+    elif isinstance(value, str) and value.lower() == "native":
+        return "native"
+    else:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        try:
+            size = parse_size(value, "predict.size")
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.message, hint="predict.size=64, predict.size=[48,80] or predict.size=native"
+            ) from None
+    classifier.check_size(size, "predict.size")
+    return size
+
+
+@dataclass
+class Plan:
+    """Batches of file indices, each with one (h, w); ``bucket`` per batch (None: no bucketing)."""
+
+    batches: list[tuple[Size, list[int], int | None]] = field(default_factory=list)
+    unreadable: dict[int, str] = field(default_factory=dict)
+
+
+def plan_batches(
+    files: list[Path],
+    size: Size | str,
+    batch_size: int,
+    geometry: str,
+    schedule: Any,
+    aspect_ratios: list[float],
+    multiple: int,
+    min_side: int,
+    max_side: int,
+) -> Plan:
+    """Group files into batches of one shape.
+
+    A fixed size with ``keep_aspect`` mirrors evaluation (bucket shape at the size's
+    area, :meth:`ResolutionSchedule.shape_for`); other geometries use the size as is.
+    ``native``: bucket by aspect, then the image's own area (sides clamped to
+    ``[min_side, max_side]``) on the bucket's shape, rounded to ``multiple``. Header
+    reads only; files whose header does not parse are set aside as unreadable.
+    """
+    plan = Plan()
+    need_sizes = size == "native" or geometry == "keep_aspect"
+    sizes: dict[int, tuple[int, int]] = {}
+    if need_sizes:
+        for i, file in enumerate(files):
+            try:
+                sizes[i] = file_image_size(str(file))
+            except Exception as exc:
+                plan.unreadable[i] = str(BadImageError(file, exc).message)
+    readable = [i for i in range(len(files)) if i not in plan.unreadable]
+    groups: dict[tuple[Size, int | None], list[int]] = defaultdict(list)
+    if not need_sizes:
+        groups[(size, None)] = readable  # type: ignore[index]
+    else:
+        ratios = aspect_ratios or [1.0]
+        buckets = assign_buckets([sizes[i] for i in readable], ratios)
+        for i, bucket in zip(readable, buckets, strict=True):
+            aspect = ratios[bucket]
+            if size == "native":
+                width, height = sizes[i]
+                side = min(max(math.sqrt(width * height), min_side), max_side)
+                h = side / math.sqrt(aspect)
+                shape = (
+                    min(max(round_to(h, multiple), min_side), max_side),
+                    min(max(round_to(h * aspect, multiple), min_side), max_side),
+                )
+            else:
+                shape = schedule.shape_for(size, aspect) if schedule is not None else size
+            groups[(tuple(shape), bucket)].append(i)
+    for (shape, bucket), members in sorted(groups.items(), key=lambda item: (item[0][1] or 0, item[0][0])):
+        for start in range(0, len(members), batch_size):
+            plan.batches.append((shape, members[start : start + batch_size], bucket))
+    return plan
+
+
+def _progress(total: int, enabled: Any) -> Any:
+    from tqdm import tqdm
+
+    disable = None if enabled in (None, "auto") else not bool(enabled)
+    return tqdm(total=total, unit="img", desc="predict", disable=disable, file=sys.stderr, leave=False)
+
+
+@torch.inference_mode()
+def run_predictions(
+    classifier: ResflexClassifier,
+    inputs: Inputs,
+    plan: Plan,
+    transform: Any,
+    topk: int,
+    device: torch.device,
+    progress: Any = "auto",
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Decode, frame and classify every planned file; unreadable files are collected, not raised."""
+    rows: list[dict[str, Any]] = []
+    unreadable = dict(plan.unreadable)
+    k = min(topk, classifier.num_classes)
+    bar = _progress(sum(len(members) for _, members, _ in plan.batches), progress)
+    try:
+        for batch_index, (shape, members, bucket) in enumerate(plan.batches):
+            pixels, kept = [], []
+            for i in members:
+                try:
+                    pixels.append(transform(open_image(inputs.files[i]), shape))
+                    kept.append(i)
+                except BadImageError as exc:
+                    unreadable[i] = exc.message
+            bar.update(len(members))
+            if not kept:
+                continue
+            probs = classifier(torch.stack(pixels).to(device)).float().softmax(dim=1).cpu()
+            top = probs.topk(k, dim=1)
+            for row_index, i in enumerate(kept):
+                label = inputs.labels[i]
+                classes = [classifier.classes[int(c)] for c in top.indices[row_index]]
+                rows.append(
+                    {
+                        "path": str(inputs.files[i]),
+                        "index": i,
+                        "height": shape[0],
+                        "width": shape[1],
+                        "bucket": bucket,
+                        "batch": batch_index,
+                        "top": [
+                            {"class": c, "prob": float(p)}
+                            for c, p in zip(classes, top.values[row_index], strict=True)
+                        ],
+                        "label": classifier.classes[label] if label is not None else None,
+                        "correct": (int(top.indices[row_index, 0]) == label) if label is not None else None,
+                    }
+                )
+    finally:
+        bar.close()
+    rows.sort(key=lambda r: r["index"])
+    return rows, unreadable
+
+
+def write_predictions(path: Path, rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
+    """``.csv`` (one row per image: path, size, top-k class/prob, label) or ``.json`` (the full record).
+
+    Written to a temporary file and renamed: a failure never leaves half a file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.suffix.lower() == ".json":
+            tmp.write_text(json.dumps({**record, "predictions": rows}, indent=2, default=str) + "\n")
+        else:
+            k = max((len(r["top"]) for r in rows), default=0)
+            header = ["path", "height", "width"]
+            for j in range(1, k + 1):
+                header += [f"top{j}", f"prob{j}"]
+            header += ["label", "correct"]
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(header)
+                for r in rows:
+                    cells: list[Any] = [r["path"], r["height"], r["width"]]
+                    for t in r["top"]:
+                        cells += [t["class"], f"{t['prob']:.6f}"]
+                    cells += [""] * (2 * (k - len(r["top"])))
+                    cells += [r["label"] or "", "" if r["correct"] is None else int(r["correct"])]
+                    writer.writerow(cells)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def format_table(rows: list[dict[str, Any]], root: Path, limit: int) -> str:
+    lines = []
+    shown = rows if limit is None or limit < 0 else rows[:limit]
+    for r in shown:
+        try:
+            name = str(Path(r["path"]).relative_to(root))
+        except ValueError:
+            name = r["path"]
+        top = "  ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
+        mark = "" if r["correct"] is None else ("  ✓" if r["correct"] else f"  ✗ ({r['label']})")
+        lines.append(f"{name}  [{r['height']}x{r['width']}]  {top}{mark}")
+    if len(shown) < len(rows):
+        lines.append(f"... {len(rows) - len(shown)} more in the output file")
+    width = max((len(line.split("  [")[0]) for line in lines), default=0)
+    aligned = []
+    for line in lines:
+        head, sep, tail = line.partition("  [")
+        aligned.append(f"{head:<{width}}{sep}{tail}" if sep else line)
+    return "\n".join(aligned)
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """The task of ``scripts/predict.py``; returns the record (also in the ``.json`` output)."""
+    from resflex.train import quiet_library_noise
+
+    quiet_library_noise()
+    started = time.time()
+    settings = cfg.get("predict") or {}
+    device_name = str(settings.get("device", "auto"))
+    device = torch.device(
+        "cuda"
+        if device_name == "auto" and torch.cuda.is_available()
+        else ("cpu" if device_name == "auto" else device_name)
+    )
+    output = (
+        Path(str(cfg.output)) if cfg.get("output") else Path(str(cfg.paths.output_dir)) / "predictions.csv"
+    )
+    if output.suffix.lower() not in (".csv", ".json"):
+        raise ConfigError(f"output must end in .csv or .json, got {output}", hint="output=preds.csv")
+    batch_size = settings.get("batch_size", 32)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"predict.batch_size must be a positive integer, got {batch_size!r}")
+    classifier = load_classifier(cfg.ckpt_path, run_config=cfg.get("run_config"), device=device)
+    size = parse_predict_size(settings.get("size"), classifier)
+    inputs = collect_inputs(cfg.get("input"), classifier.classes)
+    transform, geometry, schedule = eval_framing(classifier.config)
+    info = classifier.info
+    plan = plan_batches(
+        inputs.files,
+        size,
+        batch_size,
+        geometry,
+        schedule,
+        info.get("aspect_ratios") or [0.5, 0.75, 1.0, 1.333, 2.0],
+        int(info.get("multiple", 8)),
+        max(classifier.min_side, int(info.get("multiple", 8))),
+        int(settings.get("max_side", 512)),
+    )
+    rows, unreadable = run_predictions(
+        classifier,
+        inputs,
+        plan,
+        transform,
+        int(settings.get("topk", 5)),
+        device,
+        settings.get("progress", "auto"),
+    )
+    if len(inputs.files) == 1 and unreadable:
+        raise DataError(next(iter(unreadable.values())), hint="pass an image file (PNG, JPEG, ...)")
+    if not rows:
+        raise DataError(f"no readable image under {inputs.root} ({len(unreadable)} unreadable)")
+    labelled = [r for r in rows if r["correct"] is not None]
+    accuracy = sum(r["correct"] for r in labelled) / len(labelled) if inputs.labelled and labelled else None
+    record = {
+        "checkpoint": info["checkpoint"],
+        "input": str(cfg.get("input")),
+        "size": size if isinstance(size, str) else list(size),
+        "geometry": geometry,
+        "images": len(rows),
+        "unreadable": [{"path": str(inputs.files[i]), "error": e} for i, e in sorted(unreadable.items())],
+        "ignored_non_image_files": inputs.ignored,
+        "batches": len(plan.batches),
+        "accuracy": accuracy,
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    write_predictions(output, rows, record)
+    print(f"checkpoint: {info['checkpoint']}")
+    size_text = size if isinstance(size, str) else f"{size[0]}x{size[1]}"
+    print(
+        f"input: {inputs.root} ({len(rows)} images, size {size_text}, geometry {geometry}, "
+        f"{len(plan.batches)} batches)"
+    )
+    print(format_table(rows, inputs.root, int(settings.get("print_rows", 50))))
+    for _, error in sorted(unreadable.items()):
+        print(f"skipped: {error}", file=sys.stderr)
+    if unreadable:
+        print(f"skipped {len(unreadable)} unreadable file(s)", file=sys.stderr)
+    if inputs.ignored:
+        print(f"ignored {inputs.ignored} file(s) without an image extension", file=sys.stderr)
+    if accuracy is not None:
+        print(
+            f"accuracy: {accuracy:.4f} ({sum(r['correct'] for r in labelled)}/{len(labelled)}, "
+            f"labels from the folder names)"
+        )
+    print(f"written: {output}")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+def _hydra_entry(cfg: DictConfig) -> None:
+    with user_errors_as_one_line():
+        predict(cfg)
+
+
+def main() -> None:
+    """Console entry point (``scripts/predict.py``, ``resflex-predict``)."""
+    exit_on_unknown_group_choice(sys.argv[1:])
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()
