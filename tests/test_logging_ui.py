@@ -15,7 +15,7 @@ from resflex.errors import ConfigError
 from resflex.training.callbacks import custom_scalars_layout, reproduce_command
 from resflex.training.eval_sizes import auto_eval_sizes, drop_unfit_sizes, resolve_eval_resolutions
 from resflex.training.loggers import mlflow_key
-from resflex.training.results import hparam_metric_tags, resolution_summary, run_hparams
+from resflex.training.results import hparam_metric_tags, resolution_summary, run_hparams, shown_first
 
 from .conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
 
@@ -108,6 +108,21 @@ def test_hparams_are_the_knobs_not_targets_or_paths() -> None:
     assert hparams["backbone.name"] == "resnet18" and hparams["backbone.init"] == "scratch"
     assert hparams["resolution.size"] == "48→64" and hparams["optimizer.lr"] == 0.01
     assert hparams["data.batch_size"] == 32 and hparams["trainer.max_epochs"] == 3
+    # TensorBoard shows five columns before any click: what was chosen, then pooling, schedule, size, ...
+    assert shown_first(hparams, varied) == {
+        "model.dropout",
+        "pooling",
+        "resolution",
+        "resolution.size",
+        "backbone.name",
+    }
+    assert shown_first(hparams, []) == {
+        "pooling",
+        "resolution",
+        "resolution.size",
+        "backbone.name",
+        "optimizer.lr",
+    }
     assert resolution_summary({"sizes": [32, 48]}) == "[32,48]"
     assert resolution_summary({"size": 64, "test_size": 80}) == "64→80"
     metrics = {"val/acc": 0.5, "val/acc@96": 0.1, "val/acc@48": 0.3, "test/acc": 0.4, "train/loss": 1.0}

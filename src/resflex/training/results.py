@@ -66,6 +66,9 @@ KEY_HPARAMS = (
     "trainer.max_epochs",
     "seed",
 )
+# The columns TensorBoard shows before any click (it shows five), after those set on the command line.
+SHOWN_BY_DEFAULT = ("pooling", "resolution", "resolution.size", "backbone.name", "optimizer.lr")
+TENSORBOARD_SHOWN_COLUMNS = 5
 # Group choices shown by name; other groups are plumbing (where logs go, which callbacks).
 CHOICE_GROUPS = ("pooling", "resolution", "optimizer", "scheduler", "data", "finetune", "experiment", "debug")
 SKIP_OVERRIDES = ("hydra", "paths", "logger", "callbacks", "hparams_search", "ckpt_path", "task_name")
@@ -191,6 +194,24 @@ def _size_key(tag: str) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 0, size)
 
 
+def shown_first(hparams: Mapping[str, Any], varied: Sequence[str]) -> set[str]:
+    """The HPARAMS columns TensorBoard should show without a click.
+
+    TensorBoard's table shows the first five columns of its hyper-parameter
+    list and hides the rest behind checkboxes; it puts the ``differs`` ones
+    first (then by name). So the keys chosen on the command line are marked,
+    and :data:`SHOWN_BY_DEFAULT` fills the remaining places: which pooling,
+    which schedule at what size, which backbone, which learning rate.
+    """
+    marked = [k for k in varied if k in hparams]
+    for key in SHOWN_BY_DEFAULT:
+        if len(marked) >= TENSORBOARD_SHOWN_COLUMNS:
+            break
+        if key in hparams and key not in marked:
+            marked.append(key)
+    return set(marked)
+
+
 def _experiment_summary(hparams: Mapping[str, Any], varied: Sequence[str], metric_tags: Sequence[str]) -> Any:
     """TensorBoard's hparams ``experiment`` summary: the column list, varied ones marked (TensorBoard puts
     ``differs`` columns first), and the metric columns limited to the final metrics; without it
@@ -199,13 +220,14 @@ def _experiment_summary(hparams: Mapping[str, Any], varied: Sequence[str], metri
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
     infos = []
+    first = shown_first(hparams, varied)
     for name, value in hparams.items():
         kind = "DATA_TYPE_STRING"
         if isinstance(value, bool):
             kind = "DATA_TYPE_BOOL"
         elif isinstance(value, int | float):
             kind = "DATA_TYPE_FLOAT64"
-        infos.append(api_pb2.HParamInfo(name=name, type=api_pb2.DataType.Value(kind), differs=name in varied))
+        infos.append(api_pb2.HParamInfo(name=name, type=api_pb2.DataType.Value(kind), differs=name in first))
     metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos)
     content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
