@@ -1,0 +1,105 @@
+"""Exports (ONNX through onnxruntime, TorchScript, torch.export) equal the eager model at sizes they never
+saw, for every pooling head and for a ViT with dynamic_img_size; failures are one line and leave no file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resflex.errors import ConfigError
+from resflex.export import FORMATS, check_sizes, export_classifier
+from resflex.inference import ResflexClassifier
+from resflex.models.backbone import TimmBackbone
+from resflex.models.classifier import ImageClassifier
+from resflex.models.pooling import create_pooling
+
+SIZES = [(32, 32), (48, 80), (96, 64)]
+VIT = ("vit_small_patch16_224", {"dynamic_img_size": True, "dynamic_img_pad": True, "depth": 1})
+
+
+def tiny_classifier(
+    pooling: str, backbone: str = "test_resnet", model_kwargs: dict | None = None
+) -> ResflexClassifier:
+    """A randomly initialised classifier (nothing downloaded); pyramid level gains set to 1 so that the
+    2x2 and 4x4 grids reach the logits (they start at 0)."""
+    torch.manual_seed(0)
+    bb = TimmBackbone(backbone, model_kwargs=model_kwargs or {})
+    model = ImageClassifier(bb, create_pooling(pooling), num_classes=5).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "level_scale" in name:
+                param.fill_(1.0)
+    return ResflexClassifier(
+        model,
+        bb.mean,
+        bb.std,
+        [f"c{i}" for i in range(5)],
+        [(64, 64)],
+        (64, 64),
+        {"reduction": bb.reduction, "multiple": 8, "backbone": backbone},
+    ).eval()
+
+
+def assert_export_matches(classifier: ResflexClassifier, fmt: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"model{FORMATS[fmt]}"
+    record = export_classifier(classifier, fmt, out, sizes=SIZES)
+    assert out.is_file() and [c["size"] for c in record["checks"]] == ["32x32", "48x80", "96x64"]
+    assert record["max_abs_diff"] <= 1e-4, record["checks"]
+    assert not list(tmp_path.glob(".*tmp*")), "temporary export left behind"
+    return record
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("exported", marks=pytest.mark.slow)])
+def test_pyramid_exports_equal_eager(fmt: str, tmp_path: Path) -> None:
+    assert_export_matches(tiny_classifier("pyramid"), fmt, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("pooling", ["avg", "max", "avgmax", "gem", "pyramid"])
+def test_every_head_exports_in_every_format(pooling: str, fmt: str, tmp_path: Path) -> None:
+    assert_export_matches(tiny_classifier(pooling), fmt, tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["exported"])
+def test_vit_with_dynamic_img_size_exports(fmt: str, tmp_path: Path) -> None:
+    assert_export_matches(tiny_classifier("pyramid", VIT[0], VIT[1]), fmt, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_vit_with_dynamic_img_size_exports_slow(fmt: str, tmp_path: Path) -> None:
+    assert_export_matches(tiny_classifier("pyramid", VIT[0], VIT[1]), fmt, tmp_path)
+
+
+def test_check_sizes_cover_non_square_and_unseen() -> None:
+    classifier = tiny_classifier("avg")
+    sizes = check_sizes(classifier, [[40, 72]])
+    assert len(sizes) >= 3 and sizes[0] == (64, 64) and (40, 72) in sizes
+    assert any(h != w for h, w in sizes)
+    assert any(s not in classifier.train_sizes for s in sizes)
+
+
+def test_fixed_size_vit_cannot_be_exported_dynamic(tmp_path: Path) -> None:
+    classifier = tiny_classifier("avg", "vit_small_patch16_224", {"depth": 1})
+    with pytest.raises(ConfigError, match="only accepts 224x224") as info:
+        export_classifier(classifier, "torchscript", tmp_path / "m.pt", sizes=SIZES)
+    assert "\n" not in str(info.value) and "dynamic_img_size" in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_export_that_disagrees_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import resflex.export as export
+
+    real = export.load_runner
+
+    def off_by_one(path: Path, fmt: str):
+        run = real(path, fmt)
+        return lambda x: run(x) + 1.0
+
+    monkeypatch.setattr(export, "load_runner", off_by_one)
+    with pytest.raises(ConfigError, match="differs from the eager model by 1 .*not valid at every size"):
+        export_classifier(tiny_classifier("avg"), "torchscript", tmp_path / "m.pt", sizes=SIZES)
+    assert not list(tmp_path.iterdir())

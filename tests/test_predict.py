@@ -1,0 +1,226 @@
+"""Using a trained run: load_classifier, scripts/predict.py (accuracy equal to scripts/eval.py, native sizes
+by aspect bucket, bad inputs one line with nothing written), scripts/export.py to ONNX checked in onnxruntime
+at a size it never checked, and the model card."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from resflex.data.buckets import assign_buckets, file_image_size
+from resflex.errors import ConfigError, DataError
+from tests.conftest import TINY, make_image_folder, run_cli
+from tests.test_eval_script import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+PREDICT_SCRIPT = REPO / "scripts" / "predict.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A short pyramid run on an image folder of mixed sizes, modes and formats (val/ is labelled)."""
+    from resflex.train import train
+
+    base = tmp_path_factory.mktemp("predict")
+    folder = make_image_folder(base / "images", splits=("train", "val"), per_class=8)
+    run_dir = base / "run"
+    overrides = [
+        *TINY,
+        "pooling=pyramid",
+        "data=imagefolder",
+        f"data.root={folder}",
+        "logger=none",
+        "test_after_fit=false",
+        "eval.resolutions=[48]",
+    ]
+    cfg = compose_config("train", overrides, run_dir)
+    saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    record = train(saved)
+    assert record["status"] == "completed"
+    return {"run": run_dir, "ckpt": run_dir / "checkpoints" / "last.ckpt", "data": folder, "base": base}
+
+
+def predict_cfg(trained: dict, tmp_path: Path, *overrides: str):
+    return compose_config("predict", [f"ckpt_path={trained['ckpt']}", *overrides], tmp_path / "predict")
+
+
+def test_load_classifier(trained: dict) -> None:
+    from resflex import load_classifier
+
+    model = load_classifier(trained["ckpt"])
+    assert not model.training and model.classes == ["cats", "dogs", "owls"]
+    assert model.train_sizes == [(32, 32)] and model.eval_size == (32, 32)
+    x = torch.randint(0, 256, (2, 3, 40, 72), dtype=torch.uint8)
+    with torch.no_grad():
+        logits = model(x.float() / 255)
+        assert logits.shape == (2, 3)
+        assert torch.equal(logits, model(x))  # [0, 1] floats normalise bit-identically to uint8
+    assert load_classifier(trained["run"]).classes == model.classes  # a run folder works too
+
+
+def test_model_card_written_by_training(trained: dict) -> None:
+    card = (trained["run"] / "model_card.md").read_text()
+    for text in (
+        "cats",
+        "test_resnet",
+        "PyramidPool",
+        "FixedResolution",
+        "| val | 48 |",
+        "[0, 1]",
+        "python scripts/train.py",
+    ):
+        assert text in card, text
+    assert json.loads((trained["run"] / "classes.json").read_text()) == ["cats", "dogs", "owls"]
+
+
+def test_predict_accuracy_equals_eval(trained: dict, tmp_path: Path) -> None:
+    from resflex.evaluate import evaluate
+    from resflex.predict import predict
+
+    out = tmp_path / "preds.csv"
+    record = predict(
+        predict_cfg(
+            trained,
+            tmp_path,
+            f"input={trained['data'] / 'val'}",
+            f"output={out}",
+            "predict.size=48",
+            "predict.batch_size=5",
+        )
+    )
+    evaluated = evaluate(
+        compose_config(
+            "eval",
+            [f"ckpt_path={trained['ckpt']}", "eval.resolutions=[48]", "eval.device=cpu"],
+            tmp_path / "eval",
+        )
+    )
+    assert record["images"] == evaluated["results"][0]["images"] == 24
+    assert record["accuracy"] == pytest.approx(evaluated["results"][0]["acc"], abs=1e-9)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 24 and {r["height"] for r in rows} == {"48"}
+    assert sum(int(r["correct"]) for r in rows) / 24 == pytest.approx(record["accuracy"])
+    assert all(r["top1"] in ("cats", "dogs", "owls") and 0 <= float(r["prob1"]) <= 1 for r in rows)
+
+
+def test_predict_native_batches_by_bucket_and_covers_every_file_once(trained: dict, tmp_path: Path) -> None:
+    from resflex.predict import predict
+
+    out = tmp_path / "preds.json"
+    tree = tmp_path / "tree"
+    make_image_folder(tree / "a" / "b", classes=("x",), per_class=10, seed=3)
+    make_image_folder(tree, classes=("y",), per_class=5, seed=4)
+    (tree / "notes.txt").write_text("not an image")
+    record = predict(
+        predict_cfg(
+            trained, tmp_path, f"input={tree}", f"output={out}", "predict.size=native", "predict.batch_size=4"
+        )
+    )
+    saved = json.loads(out.read_text())
+    files = sorted(str(p) for p in tree.rglob("*") if p.suffix in (".png", ".jpg"))
+    assert sorted(r["path"] for r in saved["predictions"]) == files  # every file, once
+    assert record["accuracy"] is None and record["ignored_non_image_files"] == 1
+    ratios = [0.5, 0.75, 1.0, 1.333, 2.0]
+    batches: dict[int, set] = {}
+    for r in saved["predictions"]:
+        batches.setdefault(r["batch"], set()).add((r["height"], r["width"], r["bucket"]))
+        assert r["bucket"] == assign_buckets([file_image_size(r["path"])], ratios)[0]
+        assert r["height"] % 8 == 0 and r["width"] % 8 == 0
+        aspect = r["width"] / r["height"]
+        assert abs(np.log(aspect) - np.log(ratios[r["bucket"]])) < 0.45
+    assert all(len(shapes) == 1 for shapes in batches.values())  # one shape and bucket per batch
+    assert len({shape for shapes in batches.values() for shape in shapes}) > 1
+
+
+def test_predict_skips_unreadable_files(trained: dict, tmp_path: Path) -> None:
+    from resflex.predict import predict
+
+    folder = make_image_folder(tmp_path / "imgs", classes=("cats",), per_class=3)
+    (folder / "train" / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    record = predict(predict_cfg(trained, tmp_path, f"input={folder}", f"output={tmp_path / 'p.csv'}"))
+    assert record["images"] == 3 and [u["path"].endswith("broken.png") for u in record["unreadable"]] == [
+        True
+    ]
+
+
+def test_predict_bad_inputs_fail_in_one_line_and_write_nothing(trained: dict, tmp_path: Path) -> None:
+    from resflex.predict import predict
+
+    out = tmp_path / "preds.csv"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'hacked'}",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "evil": Evil()}, evil)
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    cases = [
+        ([f"ckpt_path={tmp_path / 'missing.ckpt'}"], DataError, "checkpoint not found"),
+        ([f"ckpt_path={evil}"], DataError, "refusing to load"),
+        ([], DataError, "cannot read image"),
+        ([f"input={tmp_path / 'nowhere'}"], DataError, "input not found"),
+        (["predict.size=abc"], ConfigError, "predict.size"),
+        (["predict.size=4"], ConfigError, "too small"),
+    ]
+    for overrides, error, message in cases:
+        args = [f"input={text}", f"output={out}", *overrides]
+        cfg = compose_config("predict", [f"ckpt_path={trained['ckpt']}", *args], tmp_path / "p")
+        with pytest.raises(error, match=message) as info:
+            predict(cfg)
+        assert "\n" not in str(info.value)
+        assert not out.exists()
+    assert not (tmp_path / "hacked").exists()
+
+
+@pytest.mark.slow  # a subprocess: the in-process test above covers the same errors
+def test_predict_cli_non_image_is_one_line(trained: dict, tmp_path: Path) -> None:
+    text = tmp_path / "cat.jpg"
+    text.write_text("plain text")
+    out = tmp_path / "preds.csv"
+    result = run_cli(
+        [f"ckpt_path={trained['ckpt']}", f"input={text}", f"output={out}"],
+        cwd=tmp_path,
+        script=PREDICT_SCRIPT,
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot read image" in errors[0] and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_export_onnx_runs_in_onnxruntime_at_an_unchecked_size(trained: dict, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from resflex import load_classifier
+    from resflex.export import run_export
+
+    out = tmp_path / "exp" / "model.onnx"
+    cfg = compose_config(
+        "export", [f"ckpt_path={trained['ckpt']}", "format=onnx", f"output={out}"], tmp_path / "e"
+    )
+    record = run_export(cfg)
+    checked = {c["size"] for c in record["checks"]}
+    assert len(checked) >= 3 and record["max_abs_diff"] <= 1e-4
+    assert any(not c["trained"] for c in record["checks"])
+    assert any(int(s.split("x")[0]) != int(s.split("x")[1]) for s in checked)
+    assert (out.parent / "model_card.md").read_text().startswith("# Model card")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["classes"]) == ["cats", "dogs", "owls"]
+    model = load_classifier(trained["ckpt"])
+    x = torch.rand(3, 3, 56, 104)  # a size and aspect the export never checked
+    assert "56x104" not in checked
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        assert (got - model(x)).abs().max() <= 1e-4
