@@ -52,9 +52,10 @@ def test_transforms_give_exact_uint8_size(size: tuple[int, int]) -> None:
         assert out.dtype == torch.uint8 and out.shape == (3, *size)
 
 
-@pytest.mark.parametrize("size", [(64, 64), (24, 56), (57, 13)])
+@pytest.mark.parametrize("size", [(64, 64), (33, 33)])
 def test_train_transform_equals_the_composed_v2_reference(size: tuple[int, int]) -> None:
-    """The hand-called functional path draws and resamples exactly like v2.Compose would."""
+    """The hand-called functional path draws and resamples exactly like v2.Compose would (square
+    targets; non-square ones take the ratio range relative to w/h: tests/test_geometry.py)."""
     from torchvision.transforms import v2
 
     rng = np.random.default_rng(0)

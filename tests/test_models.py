@@ -65,7 +65,7 @@ def test_classifier_logits_for_every_head_and_size(
 
 def test_classifier_on_vit_with_pyramid(vit: TimmBackbone) -> None:
     model = ImageClassifier(vit, create_pooling("pyramid", levels=[1, 2]), num_classes=4).eval()
-    assert model.num_features == vit.num_features * 5
+    assert model.num_features == vit.num_features + 128 * 4  # global average + projected 2x2 level
     with torch.no_grad():
         assert model(torch.randn(2, 3, 40, 24)).shape == (2, 4)
 

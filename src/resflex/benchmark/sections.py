@@ -189,7 +189,7 @@ def pipeline(
         write_s = time.perf_counter() - started
         datamodule = ResflexDataModule(
             source=ImageFolderSource(str(root)),
-            schedule=FixedResolution(size),
+            schedule=FixedResolution(size, geometry="square"),
             batch_size=setup.batch_size,
             num_workers=workers,
             pin_memory=True,
@@ -247,7 +247,7 @@ def mixed(
     from resflex.data.resolution import RandomResolution
 
     module = build_module(setup, model)
-    schedule = RandomResolution(sizes=list(sizes), seed=seed)
+    schedule = RandomResolution(sizes=list(sizes), seed=seed, geometry="square")
     fixed_side = equal_pixel_side(sizes, multiple)
     by_size = {
         s: _on_device([random_batch(setup.batch_size, (s, s), setup.num_classes, k)], setup.device)[0]
@@ -367,7 +367,9 @@ def parse_progressive(spec: str) -> dict[str, Any]:
 def _describe(kwargs: dict[str, Any], size: int, epochs: int) -> str:
     from resflex.data.resolution import ProgressiveResolution
 
-    schedule = ProgressiveResolution(**{"end_size": size, "multiple": 16, "eval_size": size, **kwargs})
+    schedule = ProgressiveResolution(
+        **{"end_size": size, "multiple": 16, "eval_size": size, "geometry": "square", **kwargs}
+    )
     schedule.bind(epochs)
     return " ".join(str(schedule.size_at(e, 0)[0]) for e in range(epochs))
 
@@ -393,12 +395,12 @@ def study(
 
     if not variants:  # 3/4 of the side (FFCV ramps 160 -> 192): half the side was measured to lose
         variants = [{"start_size": max(16, round(size * 0.75 / 16) * 16)}]
-    fixed_points = _study_run(setup, FixedResolution(size), epochs, workers, seed)
+    fixed_points = _study_run(setup, FixedResolution(size, geometry="square"), epochs, workers, seed)
     goal = target_acc if target_acc is not None else fixed_points[-1]["val_acc"]
     fixed_time = fixed_points[-1]["train_seconds"]
     results = []
     for kwargs in variants:
-        full = {"end_size": size, "multiple": 16, "eval_size": size, **kwargs}
+        full = {"end_size": size, "multiple": 16, "eval_size": size, "geometry": "square", **kwargs}
         points = _study_run(setup, ProgressiveResolution(**full), epochs, workers, seed)
         reached = next((p for p in points if p["val_acc"] >= goal), None)
         ratio = reached["train_seconds"] / fixed_time if reached and fixed_time > 0 else None

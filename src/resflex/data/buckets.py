@@ -57,3 +57,21 @@ def assign_buckets(sizes: Sequence[tuple[int, int]], aspect_ratios: Sequence[flo
         a = math.log(width / height)
         out.append(min(range(len(logs)), key=lambda k: abs(logs[k] - a)))
     return out
+
+
+def merge_small_buckets(
+    buckets: Sequence[int], aspect_ratios: Sequence[float], minimum: int = 2
+) -> list[int]:
+    """Move the images of buckets with fewer than ``minimum`` members to the nearest larger bucket.
+
+    A bucket of one image would train a batch of one: BatchNorm in training mode then
+    normalises a sample by its own statistics (or fails on a 1x1 map). Nearest is
+    measured in log aspect, as in :func:`assign_buckets`.
+    """
+    counts = {b: buckets.count(b) for b in set(buckets)}
+    if len(counts) < 2 or all(n >= minimum for n in counts.values()):
+        return list(buckets)
+    keep = [b for b, n in counts.items() if n >= minimum] or [max(counts, key=counts.__getitem__)]
+    logs = [math.log(a) for a in aspect_ratios]
+    target = {b: min(keep, key=lambda k: abs(logs[k] - logs[b])) for b in counts}
+    return [b if b in keep else target[b] for b in buckets]

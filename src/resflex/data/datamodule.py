@@ -8,6 +8,11 @@ batch, chosen by the schedule); evaluation batches use the schedule's
 the worker, and batches stay uint8 until the LightningModule moves them to the
 device. With ``geometry=keep_aspect`` every loader batches by aspect-ratio
 bucket (image sizes are read once per split, headers only).
+
+At construction the training split is profiled from its image headers
+(:mod:`resflex.data.profile`): the console gets size and aspect percentiles,
+``geometry=auto`` becomes a concrete geometry with a one-line reason, and the
+transforms are built for that geometry.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset
 
 from resflex.data.bad_images import BadImageError, BadImagePolicy
-from resflex.data.buckets import assign_buckets, image_sizes
+from resflex.data.buckets import assign_buckets, image_sizes, image_sizes_lookup, merge_small_buckets
 from resflex.data.datasets import ImageSource
+from resflex.data.images import ImageFile
+from resflex.data.profile import DatasetProfile, sample_indices
 from resflex.data.resolution import ResolutionSchedule, Size, parse_size
 from resflex.data.sampler import ResolutionBatchSampler
-from resflex.data.transforms import EvalTransform, TrainTransform
+from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
 from resflex.errors import ConfigError, DataError
 
@@ -90,6 +98,27 @@ class SizedDataset(Dataset):
         raise DataError(f"no readable image near index {index} (64 tried)", hint="check the dataset files")
 
 
+def mean_color(dataset: Dataset, indices: Sequence[int]) -> tuple[int, int, int]:
+    """Mean RGB of a few images (decoded small): the ``pad`` geometry's fill colour.
+
+    Padding with the data's own mean keeps the border close to what the network sees
+    inside images, so it carries no signal of its own after normalisation.
+    """
+    means = []
+    for index in indices:
+        try:
+            image = dataset[index][0]
+            if isinstance(image, ImageFile):
+                image, _ = image.decode((32, 32))
+            means.append(np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0))
+        except BadImageError:
+            continue
+    if not means:
+        return DEFAULT_FILL
+    r, g, b = (round(float(v)) for v in np.mean(means, axis=0))
+    return r, g, b
+
+
 class ScheduleLengthSync(pl.Callback):
     """Keeps Lightning's batches-per-epoch in step with a schedule whose epoch length varies.
 
@@ -130,6 +159,7 @@ class ResflexDataModule(pl.LightningDataModule):
         eval_crop_pct: float = 1.0,
         seed: int = 0,
         eval_resolutions: Sequence[int | Sequence[int]] | None = None,
+        profile_images: int = 5000,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -147,17 +177,64 @@ class ResflexDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.requested_persistent_workers = persistent_workers
         self.requested_prefetch_factor = prefetch_factor
-        self.train_transform = TrainTransform(**(augment or {}))
+        self.seed = seed
+        self.profile = self._profile_and_resolve_geometry(profile_images)
+        geometry, fill = schedule.geometry, self.profile.mean_color or DEFAULT_FILL
+        self.train_transform = TrainTransform(**(augment or {}), geometry=geometry, fill=fill)
         self.phase_transforms = {
-            name: TrainTransform(**{**(augment or {}), **dict(overrides)})
+            name: TrainTransform(**{**(augment or {}), **dict(overrides)}, geometry=geometry, fill=fill)
             for name, overrides in schedule.augment_phases.items()
         }
         self.eval_sizes = self._eval_sizes(schedule.eval_size, eval_resolutions or [])
         self._bucket_cache: dict[str, list[int]] = {}
         self._resume: dict[str, Any] | None = None
-        self.eval_transform = EvalTransform(crop_pct=eval_crop_pct)
-        self.seed = seed
+        self.eval_transform = EvalTransform(crop_pct=eval_crop_pct, geometry=geometry, fill=fill)
+        self._profile_logged = False
         self._loaders: dict[str, DataLoader] = {}
+
+    def _profile_and_resolve_geometry(self, max_images: int) -> DatasetProfile:
+        """Profile the training split from its headers; resolve ``geometry=auto``; say what was chosen."""
+        train = self.source.splits["train"]
+        lookup = image_sizes_lookup(train)
+        indices = sample_indices(len(train), max_images, self.seed)  # type: ignore[arg-type]
+        profile = DatasetProfile.from_sizes(
+            [lookup(i) for i in indices],
+            self.schedule.aspect_ratios,
+            total=len(train),  # type: ignore[arg-type]
+        )
+        if self.schedule.geometry == "auto":
+            geometry, reason = profile.choose_geometry()
+            self.schedule.resolve_geometry(geometry)
+        else:
+            reason = "set by resolution.geometry"
+        profile.geometry, profile.reason = self.schedule.geometry, reason
+        if self.schedule.geometry == "pad":
+            profile.mean_color = mean_color(train, indices[:64])
+        for line in profile.lines():
+            log.info(line)
+        return profile
+
+    def log_profile(self) -> None:
+        """The profile figure and numbers to every logger that takes them (once, on rank 0)."""
+        trainer = self.trainer
+        if self._profile_logged or trainer is None or not trainer.is_global_zero:
+            return
+        self._profile_logged = True
+        figure = None
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                figure = figure or self.profile.figure()
+                experiment.add_figure("data/profile", figure, global_step=0, close=False)
+            numbers = {
+                "data/discarded_by_square_crop": self.profile.discarded("square"),
+                "data/aspect_p50": self.profile.percentiles()["aspect"]["p50"],
+            }
+            logger.log_metrics(numbers, step=0)
+        if figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
 
     @property
     def classes(self) -> Sequence[str]:
@@ -188,6 +265,8 @@ class ResflexDataModule(pl.LightningDataModule):
         """Bind the schedule to the run length (epoch-based schedules need ``trainer.max_epochs``)."""
         if self.trainer is not None:
             self.schedule.bind(self.trainer.max_epochs)
+            if stage == "fit":
+                self.log_profile()
             connector = getattr(self.trainer, "_accelerator_connector", None)
             if self.trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
                 raise ConfigError(
@@ -261,7 +340,11 @@ class ResflexDataModule(pl.LightningDataModule):
             return None
         if split not in self._bucket_cache:
             sizes = image_sizes(self.source.splits[split])
-            self._bucket_cache[split] = assign_buckets(sizes, self.schedule.aspect_ratios)
+            buckets = assign_buckets(sizes, self.schedule.aspect_ratios)
+            if split == "train":  # no bucket so small that a batch of one reaches BatchNorm
+                _, world = self._rank_and_world()
+                buckets = merge_small_buckets(buckets, self.schedule.aspect_ratios, minimum=2 * world)
+            self._bucket_cache[split] = buckets
         return self._bucket_cache[split]
 
     def train_dataloader(self) -> DataLoader:

@@ -17,8 +17,10 @@ fixres         Touvron et al.: train at ``size``, then the last
                ``final_epochs`` at ``test_size`` with weaker crop augmentation
 =============  ===========================================================
 
-Common knobs (every schedule): ``eval_size``, ``geometry`` (``square`` or
-``keep_aspect``: aspect-ratio buckets, see :mod:`resflex.data.buckets`),
+Common knobs (every schedule): ``eval_size``, ``geometry`` (how an image is
+framed into the size: ``square`` crops, ``keep_aspect`` crops into aspect-ratio
+buckets (:mod:`resflex.data.buckets`), ``squash`` or ``pad`` the whole image,
+``auto`` chosen from the data: :mod:`resflex.data.transforms`, :mod:`resflex.data.profile`),
 ``multiple`` (sides are rounded to it), ``aspect_ratios`` (bucket centres, w/h),
 ``batch_scaling`` (+ ``reference_size``, ``max_batch_size``): grow the batch when
 the size shrinks so that pixels per batch stay ~constant.
@@ -35,7 +37,7 @@ import numpy as np
 from resflex.errors import ConfigError
 
 Size = tuple[int, int]
-GEOMETRIES = ("square", "keep_aspect")
+GEOMETRIES = ("auto", "square", "keep_aspect", "squash", "pad")
 DEFAULT_ASPECTS = (0.5, 0.75, 1.0, 1.333, 2.0)
 
 
@@ -74,7 +76,7 @@ class ResolutionSchedule:
     def __init__(
         self,
         eval_size: int | Sequence[int] | None = None,
-        geometry: str = "square",
+        geometry: str = "auto",
         multiple: int = 8,
         aspect_ratios: Sequence[float] = DEFAULT_ASPECTS,
         batch_scaling: bool = False,
@@ -84,8 +86,9 @@ class ResolutionSchedule:
         if geometry not in GEOMETRIES:
             raise ConfigError(
                 f"resolution.geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}",
-                hint="resolution.geometry=keep_aspect",
+                hint="resolution.geometry=auto",
             )
+        #: the configured geometry; ``auto`` becomes a concrete one in :meth:`resolve_geometry`
         self.geometry = geometry
         self.multiple = _check_int(multiple, "resolution.multiple", 1)
         ratios = [float(a) for a in aspect_ratios]
@@ -170,9 +173,15 @@ class ResolutionSchedule:
         return sorted({*self.train_sizes(), self.eval_size})
 
     # ---- geometry ----------------------------------------------------------
+    def resolve_geometry(self, geometry: str) -> None:
+        """Replace ``auto`` by the geometry the data module chose from the dataset's profile."""
+        if geometry not in GEOMETRIES or geometry == "auto":
+            raise ValueError(f"not a concrete geometry: {geometry!r}")
+        self.geometry = geometry
+
     def shape_for(self, size: Size, aspect: float) -> Size:
         """``keep_aspect``: an (h, w) with w/h ~ ``aspect`` and h*w ~ the pixels of ``size``."""
-        if self.geometry == "square" or aspect == 1.0:
+        if self.geometry != "keep_aspect" or aspect == 1.0:
             return size
         pixels = size[0] * size[1]
         h = math.sqrt(pixels / aspect)

@@ -177,6 +177,8 @@ class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
             else:
                 bucket = live[0]
             take = min(self._step_batch_size(epoch, step) * self.world_size, remaining[bucket])
+            if self.drop_last and 0 < remaining[bucket] - take < 2 * self.world_size:
+                take = remaining[bucket]  # a last batch of one would reach BatchNorm alone: fold it in
             layout.append((bucket, take))
             remaining[bucket] -= take
             step += 1

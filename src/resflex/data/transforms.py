@@ -1,16 +1,35 @@
 """Decode-once, resize-once transforms from a native-size image to a uint8 tensor at (h, w).
 
 The batch sampler chooses the size; this module turns one image into exactly
-that size in a single resample (crop box + resize), on the data worker, and
-keeps the pixels uint8: normalisation happens on the device
+that size in a single resample, on the data worker, and keeps the pixels uint8:
+normalisation happens on the device
 (:meth:`resflex.training.module.ClassificationModule.on_after_batch_transfer`).
 Built from torchvision transforms v2 (parameters and functional kernels).
 
+How the image is framed into (h, w) is the *geometry* (``resolution.geometry``):
+
+===========  ===================================================================
+square       train: random-resized crop (``scale``, ``ratio``); eval: resize to
+             cover, centre crop. The classic ImageNet recipe.
+keep_aspect  the same crops, but (h, w) is an aspect-ratio bucket's shape and the
+             crop's aspect range is taken *relative to* w/h, so resizing the box to
+             the bucket never stretches more than ``ratio`` allows.
+squash       the whole image resized to (h, w), aspect ignored (timm's
+             ``crop_mode='squash'``); train: a mild crop, each side keeping a
+             share in sqrt(``whole_scale``).
+pad          letterbox: the whole image fitted inside (h, w) keeping its aspect,
+             the rest filled with ``fill`` (the dataset's mean colour); train:
+             shrunk by ``whole_scale`` of the fitted area and shifted at random.
+===========  ===================================================================
+
+``auto`` is resolved to one of these from the dataset's profile before the
+transforms are built (:mod:`resflex.data.profile`).
+
 From an image folder the transforms receive an :class:`~resflex.data.images.ImageFile`
-(header read, pixels not): they draw the crop first, then ask for a decode just
-large enough for it, so a JPEG several times larger than the crop's share of the
-target is decoded at 1/2, 1/4 or 1/8 scale (see :mod:`resflex.data.images`).
-In-memory images (synthetic, Fashion-MNIST) take the plain path.
+(header read, pixels not): they draw the box first, then ask for a decode just
+large enough for it, so a JPEG several times larger than needed is decoded at
+1/2, 1/4 or 1/8 scale (see :mod:`resflex.data.images`). In-memory images
+(synthetic, Fashion-MNIST) take the plain path.
 """
 
 from __future__ import annotations
@@ -24,18 +43,43 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from resflex.data.images import ImageFile
+from resflex.errors import ConfigError
 
 Size = tuple[int, int]
+#: geometries the transforms implement (``auto`` is resolved before they are built)
+FRAMINGS = ("square", "keep_aspect", "squash", "pad")
+#: ImageNet mean as uint8: the padding colour when no dataset mean is known
+DEFAULT_FILL = (124, 116, 104)
+
+
+def _check_geometry(geometry: str) -> str:
+    if geometry not in FRAMINGS:
+        raise ConfigError(
+            f"resolution.geometry must be one of {', '.join(FRAMINGS)} (or auto), got {geometry!r}",
+            hint="resolution.geometry=auto",
+        )
+    return geometry
+
+
+def _check_range(value: Sequence[float], key: str, upper: float | None) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi or (upper is not None and hi > upper):
+        bound = f"0 < low <= high <= {upper:g}" if upper is not None else "0 < low <= high"
+        raise ConfigError(f"data.augment.{key} must satisfy {bound}, got {list(value)}")
+    return lo, hi
 
 
 class TrainTransform:
-    """Random-resized crop to (h, w) plus horizontal flip; uint8 CHW out.
+    """Random framing of an image into (h, w) for training, plus horizontal flip; uint8 CHW out.
 
-    The crop box is drawn by torchvision's ``v2.RandomResizedCrop.make_params`` and the
-    pixels go through ``v2.functional`` (``resized_crop``, ``horizontal_flip``,
-    ``pil_to_tensor``) directly rather than through a ``v2.Compose``: same random draws,
-    same pixels, but without the per-call input flattening of the composed transform, which
-    costs a quarter of the time of a 64 px item (0.18 -> 0.14 ms, measured on the dev CPU).
+    Crop boxes (``square``, ``keep_aspect``, ``squash``) are drawn by torchvision's
+    ``v2.RandomResizedCrop.make_params``; the pixels go through ``v2.functional``
+    directly rather than through a ``v2.Compose`` (same draws, same pixels, without the
+    composed transform's per-call input flattening, a quarter of a small item's cost).
+    For ``square`` the result is bit-identical to ``v2.RandomResizedCrop`` + flip.
+
+    The crop's aspect range is relative to the *target's* aspect: a disc stays round within
+    ``ratio`` in every geometry but ``squash``, whose point is to ignore aspect.
     """
 
     def __init__(
@@ -43,52 +87,99 @@ class TrainTransform:
         scale: Sequence[float] = (0.35, 1.0),
         ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: bool = True,
+        geometry: str = "square",
+        whole_scale: Sequence[float] = (0.8, 1.0),
+        fill: Sequence[int] = DEFAULT_FILL,
     ) -> None:
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
+        self.scale = _check_range(scale, "scale", 1.0)
+        self.ratio = _check_range(ratio, "ratio", None)
+        self.whole_scale = _check_range(whole_scale, "whole_scale", 1.0)
         self.hflip = hflip
-        # the size argument only matters to the kernel, which we call ourselves
-        self._crop = v2.RandomResizedCrop((1, 1), scale=self.scale, ratio=self.ratio, antialias=True)
+        self.geometry = _check_geometry(geometry)
+        self.fill = tuple(int(v) for v in fill)
+        self._crops: dict[tuple[float, tuple[float, float]], v2.RandomResizedCrop] = {}
+
+    def _crop_params(self, width: int, height: int, aspect: float, scale: tuple[float, float]) -> dict:
+        """RandomResizedCrop's box on a (height, width) image, with the aspect range times ``aspect``."""
+        key = (round(aspect, 6), scale)
+        crop = self._crops.get(key)
+        if crop is None:  # the size argument only matters to the kernel, which we call ourselves
+            ratio = (self.ratio[0] * aspect, self.ratio[1] * aspect)
+            crop = self._crops[key] = v2.RandomResizedCrop((1, 1), scale=scale, ratio=ratio, antialias=True)
+        return crop.make_params([torch.empty((0, height, width))])
 
     def __call__(self, image: Image.Image | ImageFile, size: Size) -> torch.Tensor:
         h, w = size
-        if isinstance(image, ImageFile):
-            out = self._crop_file(image, size)
+        width, height = image.size
+        if self.geometry == "pad":
+            out = self._pad(image, size)
         else:
-            box = self._crop.make_params([image])
-            top, left, crop_h, crop_w = box["top"], box["left"], box["height"], box["width"]
-            out = TF.resized_crop(image, top, left, crop_h, crop_w, [h, w], antialias=True)
+            if self.geometry == "squash":
+                box = self._whole_box(width, height)
+            else:  # square: w/h == 1, the classic draw
+                params = self._crop_params(width, height, w / h, self.scale)
+                box = (params["top"], params["left"], params["height"], params["width"])
+            out = resized_crop(image, box, size)
         # v2.RandomHorizontalFlip's draw: flip when rand < p
         if self.hflip and torch.rand(1).item() < 0.5:
             out = TF.horizontal_flip(out)
         return TF.pil_to_tensor(out)
 
-    def _crop_file(self, file: ImageFile, size: Size) -> Image.Image:
-        """Draw the crop on the header's size, decode just large enough for it, crop + resize once."""
-        (h, w), (width, height) = size, file.size
-        box = self._crop.make_params([torch.empty((0, height, width))])  # the same draws as for pixels
-        top, left, crop_h, crop_w = box["top"], box["left"], box["height"], box["width"]
-        image, scale = file.decode((math.ceil(width * w / crop_w), math.ceil(height * h / crop_h)))
-        if scale == 1.0:
-            return TF.resized_crop(image, top, left, crop_h, crop_w, [h, w], antialias=True)
-        scaled = (left * scale, top * scale, (left + crop_w) * scale, (top + crop_h) * scale)
-        return image.resize((w, h), Image.Resampling.BILINEAR, box=scaled)
+    def _whole_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """``squash``'s mild crop: each side keeps a fraction in sqrt(``whole_scale``), drawn separately.
+
+        Not RandomResizedCrop's draw: it picks area and aspect, so one side can shrink to
+        sqrt(area * ratio_low) (77 % at area 0.8, ratio 3/4) and cut an object at the edge;
+        drawing the sides separately bounds the loss on either side at 1 - sqrt(low).
+        """
+        lo, hi = (math.sqrt(v) for v in self.whole_scale)
+        fh, fw = (lo + (hi - lo) * v for v in torch.rand(2).tolist())
+        crop_h, crop_w = max(1, round(height * fh)), max(1, round(width * fw))
+        top = int(torch.randint(0, height - crop_h + 1, (1,)).item())
+        left = int(torch.randint(0, width - crop_w + 1, (1,)).item())
+        return top, left, crop_h, crop_w
+
+    def _pad(self, image: Image.Image | ImageFile, size: Size) -> Image.Image:
+        """Letterbox with jitter: the fitted image shrunk to ``whole_scale`` of its area, placed at random."""
+        h, w = size
+        width, height = image.size
+        lo, hi = self.whole_scale
+        area = lo + (hi - lo) * torch.rand(1).item()
+        fit = min(h / height, w / width) * math.sqrt(area)
+        content = (max(1, min(h, round(height * fit))), max(1, min(w, round(width * fit))))
+        top = int(torch.randint(0, h - content[0] + 1, (1,)).item())
+        left = int(torch.randint(0, w - content[1] + 1, (1,)).item())
+        return letterbox(image, content, (top, left), size, self.fill)
 
 
 class EvalTransform:
-    """Resize so the image covers (h/crop_pct, w/crop_pct) keeping its aspect, then centre-crop (h, w).
+    """Deterministic framing into (h, w) for validation, test and prediction.
 
-    ``crop_pct=1`` keeps as much of the image as the target aspect allows.
+    ``square`` / ``keep_aspect``: resize so the image covers (h/crop_pct, w/crop_pct)
+    keeping its aspect, then centre-crop (h, w); ``crop_pct=1`` keeps as much of the
+    image as the target aspect allows. ``squash``: the whole image resized to (h, w).
+    ``pad``: the whole image fitted inside (h, w), centred, the rest ``fill``.
     """
 
-    def __init__(self, crop_pct: float = 1.0) -> None:
+    def __init__(
+        self, crop_pct: float = 1.0, geometry: str = "square", fill: Sequence[int] = DEFAULT_FILL
+    ) -> None:
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.crop_pct = crop_pct
+        self.geometry = _check_geometry(geometry)
+        self.fill = tuple(int(v) for v in fill)
 
     def __call__(self, image: Image.Image | ImageFile, size: Size) -> torch.Tensor:
         h, w = size
         width, height = image.size
+        if self.geometry == "squash":
+            return TF.pil_to_tensor(resized_crop(image, (0, 0, height, width), size))
+        if self.geometry == "pad":
+            fit = min(h / height, w / width)
+            content = (max(1, min(h, round(height * fit))), max(1, min(w, round(width * fit))))
+            offset = ((h - content[0]) // 2, (w - content[1]) // 2)
+            return TF.pil_to_tensor(letterbox(image, content, offset, size, self.fill))
         scale = max(h / height, w / width) / self.crop_pct
         resized_hw = [max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))]
         if isinstance(image, ImageFile):  # a JPEG may decode reduced, never below the resize target
@@ -96,3 +187,33 @@ class EvalTransform:
         image = TF.resize(image, resized_hw, antialias=True)
         image = TF.center_crop(image, [h, w])
         return TF.pil_to_tensor(image)
+
+
+def resized_crop(image: Image.Image | ImageFile, box: tuple[int, int, int, int], size: Size) -> Image.Image:
+    """The (top, left, height, width) ``box`` of ``image`` resized to ``size`` = (h, w), in one resample.
+
+    A file is decoded just large enough for the box at the target size; when the decode
+    came out reduced, PIL's ``resize(box=...)`` crops and resamples in one go on the
+    reduced pixels.
+    """
+    top, left, crop_h, crop_w = box
+    h, w = size
+    if isinstance(image, ImageFile):
+        width, height = image.size
+        image, scale = image.decode((math.ceil(width * w / crop_w), math.ceil(height * h / crop_h)))
+        if scale != 1.0:
+            scaled = (left * scale, top * scale, (left + crop_w) * scale, (top + crop_h) * scale)
+            return image.resize((w, h), Image.Resampling.BILINEAR, box=scaled)
+    return TF.resized_crop(image, top, left, crop_h, crop_w, [h, w], antialias=True)
+
+
+def letterbox(
+    image: Image.Image | ImageFile, content: Size, offset: Size, size: Size, fill: Sequence[int]
+) -> Image.Image:
+    """``image`` resized to ``content`` (h, w) and pasted at ``offset`` (top, left) on an (h, w) canvas."""
+    if isinstance(image, ImageFile):
+        image, _ = image.decode((content[1], content[0]))
+    resized = TF.resize(image, list(content), antialias=True)
+    canvas = Image.new("RGB", (size[1], size[0]), tuple(fill))
+    canvas.paste(resized, (offset[1], offset[0]))
+    return canvas

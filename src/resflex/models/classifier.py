@@ -17,7 +17,7 @@ class ImageClassifier(nn.Module):
         self.backbone = backbone
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.num_features = pooling.out_features(backbone.num_features)
+        self.num_features = pooling.setup(backbone.num_features)
         self.head = nn.Linear(self.num_features, num_classes)
         self.num_classes = num_classes
 

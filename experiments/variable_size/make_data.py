@@ -1,0 +1,81 @@
+"""Build a variable-size, variable-aspect image folder with off-centre objects from Fashion-MNIST.
+
+The data the variable-size study (README beside this file) trains on, and the kind
+of folder issue #13 was reported on: 10 classes; canvases 24-128 px high with aspect
+(w/h) drawn log-uniformly in 0.5-2; on each, one Fashion-MNIST glyph (the object)
+scaled to cover 60-100 % of the canvas's short side, placed at a random position,
+in a random colour, over a noisy coloured background; PNG and JPEG mixed.
+
+    python experiments/variable_size/make_data.py OUT [--train-per-class 400] [--val-per-class 100]
+
+Needs the Debian package dataset-fashion-mnist (or the IDX files under --mnist-root).
+Deterministic in --seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from resflex.data.fashion_mnist import CLASSES, DEBIAN_ROOT, find_idx_file, read_idx
+
+
+def make_image(glyph: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    height = int(rng.integers(24, 129))
+    aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+    width = max(8, round(height * aspect))
+    background = rng.integers(0, 256, 3).astype(np.float32)
+    pixels = background + rng.normal(0, 20, (height, width, 3)).astype(np.float32)
+    side = max(6, round(min(height, width) * rng.uniform(0.6, 1.0)))
+    mask = (
+        np.asarray(Image.fromarray(glyph).resize((side, side), Image.Resampling.BILINEAR), np.float32) / 255
+    )
+    top = int(rng.integers(0, height - side + 1))
+    left = int(rng.integers(0, width - side + 1))
+    colour = (background + rng.integers(90, 166, 3)) % 256  # always distinct from the background
+    region = pixels[top : top + side, left : left + side]
+    pixels[top : top + side, left : left + side] = region * (1 - mask[..., None]) + colour * mask[..., None]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def build(out: Path, train_per_class: int, val_per_class: int, seed: int, mnist_root: str) -> None:
+    root = Path(mnist_root)
+    images = read_idx(find_idx_file(root, "train-images-idx3-ubyte"))
+    labels = read_idx(find_idx_file(root, "train-labels-idx1-ubyte"))
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for label, name in enumerate(CLASSES):
+            folder = out / split / name.replace("/", "_").replace(" ", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            pool = np.flatnonzero(labels == label)
+            # train and val glyphs come from disjoint halves of the class's pool
+            half = len(pool) // 2
+            pool = pool[:half] if split == "train" else pool[half:]
+            for k, index in enumerate(rng.choice(pool, per_class, replace=False)):
+                image = make_image(images[index], rng)
+                if k % 2:
+                    image.save(folder / f"{k:04d}.jpg", quality=90)
+                else:
+                    image.save(folder / f"{k:04d}.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--train-per-class", type=int, default=400)
+    parser.add_argument("--val-per-class", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mnist-root", default=DEBIAN_ROOT)
+    args = parser.parse_args()
+    build(args.out, args.train_per_class, args.val_per_class, args.seed, args.mnist_root)
+    print(f"wrote {args.out} ({args.train_per_class}/{args.val_per_class} train/val images a class)")
+
+
+if __name__ == "__main__":
+    main()

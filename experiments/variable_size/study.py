@@ -1,0 +1,175 @@
+"""The variable-size study: {avg, max, pyramid} x {square, squash, pad, keep_aspect, auto}, 3 seeds,
+against a plain whole-image loop and timm's ``train.py`` at the same model, size, batch and epochs.
+
+    python experiments/variable_size/study.py --data /tmp/vs_data [--timm-train PATH/train.py]
+
+Runs every cell that has no completed result yet (re-running continues a stopped study),
+``--jobs`` at a time with ``--threads`` compute threads each, then writes
+``results.csv`` (one row per run) and ``summary.md`` (mean and spread over seeds)
+into ``--out``. Build the data first with ``make_data.py`` (same folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+POOLINGS = ("avg", "max", "pyramid")
+GEOMETRIES = ("square", "squash", "pad", "keep_aspect", "auto")
+
+
+def resflex_command(
+    args: argparse.Namespace, pooling: str, geometry: str, seed: int, run_dir: Path
+) -> list[str]:
+    return [
+        sys.executable, str(REPO / "scripts/train.py"), "data=imagefolder", f"data.root={args.data}",
+        f"pooling={pooling}", f"resolution.geometry={geometry}", f"resolution.size={args.size}",
+        f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}", f"seed={seed}",
+        f"data.num_workers={args.workers}", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+
+
+def plain_command(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str]:
+    return [
+        sys.executable, str(HERE / "plain_loop.py"), str(args.data), "--size", str(args.size),
+        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(seed),
+        "--workers", str(args.workers), "--out", str(run_dir / "result.json"),
+    ]  # fmt: skip
+
+
+def timm_command(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str]:
+    """timm's train.py at the recipe of issue #13 (resflex's imagefolder defaults)."""
+    return [
+        sys.executable, str(args.timm_train), "--data-dir", str(args.data), "--train-split", "train",
+        "--val-split", "val", "--model", "resnet18", "--num-classes", "10", "--img-size", str(args.size),
+        "--crop-pct", "1.0", "--scale", "0.35", "1.0", "--ratio", "0.75", "1.3333", "--hflip", "0.5",
+        "--color-jitter", "0", "--opt", "adamw", "--lr", "2e-3", "--weight-decay", "0.05",
+        "--sched", "cosine", "--warmup-epochs", "1", "--smoothing", "0.1", "--epochs", str(args.epochs),
+        "-b", str(args.batch_size), "--workers", str(args.workers), "--seed", str(seed), "--device", "cpu",
+        "--output", str(run_dir), "--experiment", "run", "--checkpoint-hist", "1", "--log-interval", "1000",
+    ]  # fmt: skip
+
+
+def result_of(kind: str, run_dir: Path) -> float | None:
+    """Best val accuracy of a finished run, or None."""
+    if kind == "resflex":
+        path = run_dir / "metrics.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record.get("status") == "completed":
+                return float(record["best"]["val/acc"])
+    elif kind == "plain":
+        path = run_dir / "result.json"
+        if path.is_file():
+            return float(json.loads(path.read_text())["val_acc_best"])
+    elif kind == "timm":
+        path = run_dir / "run" / "summary.csv"
+        if path.is_file():
+            rows = list(csv.DictReader(path.open()))
+            if rows:
+                return max(float(r["eval_top1"]) for r in rows) / 100.0
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--size", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--poolings", nargs="+", default=list(POOLINGS))
+    parser.add_argument("--geometries", nargs="+", default=list(GEOMETRIES))
+    parser.add_argument("--timm-train", type=Path, help="timm's train.py (fetched, not in this repo)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/resflex_variable_size_runs"))
+    args = parser.parse_args()
+    args.data = args.data.resolve()
+
+    runs: list[tuple[str, str, int, Path, list[str]]] = []
+    for seed in args.seeds:
+        for pooling in args.poolings:
+            for geometry in args.geometries:
+                run_dir = args.runs_dir / f"{pooling}-{geometry}-s{seed}"
+                runs.append(("resflex", f"{pooling}/{geometry}", seed, run_dir,
+                             resflex_command(args, pooling, geometry, seed, run_dir)))  # fmt: skip
+        run_dir = args.runs_dir / f"plain-s{seed}"
+        runs.append(("plain", "plain loop (squash)", seed, run_dir, plain_command(args, seed, run_dir)))
+        if args.timm_train:
+            run_dir = args.runs_dir / f"timm-s{seed}"
+            runs.append(("timm", "timm train.py (square)", seed, run_dir, timm_command(args, seed, run_dir)))
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+
+    def run(item: tuple[str, str, int, Path, list[str]]) -> None:
+        kind, cell, seed, run_dir, command = item
+        if result_of(kind, run_dir) is not None:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with (run_dir / "command.txt").open("w") as f:
+            f.write(" ".join(command) + "\n")
+        with (run_dir / "stdout.log").open("w") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        print(f"{cell} seed {seed}: exit {code}, val/acc {result_of(kind, run_dir)}", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(run, runs))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kind, cell, seed, run_dir, command in runs:
+        rows.append({"kind": kind, "cell": cell, "seed": seed, "val_acc_best": result_of(kind, run_dir),
+                     "command": " ".join(command)})  # fmt: skip
+    with (args.out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_summary(rows, args)
+
+
+def write_summary(rows: list[dict], args: argparse.Namespace) -> None:
+    by_cell: dict[str, list[float]] = {}
+    for row in rows:
+        if row["val_acc_best"] is not None:
+            by_cell.setdefault(row["cell"], []).append(float(row["val_acc_best"]))
+
+    def fmt(cell: str) -> str:
+        values = by_cell.get(cell, [])
+        if not values:
+            return "-"
+        spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.3f}{spread} (n={len(values)})"
+
+    lines = [
+        f"Best val/acc, mean ± standard deviation over seeds; resnet18 from scratch, {args.size} px, "
+        f"batch {args.batch_size}, {args.epochs} epochs.",
+        "",
+        "| pooling | " + " | ".join(args.geometries) + " |",
+        "|---|" + "---|" * len(args.geometries),
+    ]
+    for pooling in args.poolings:
+        lines.append(f"| {pooling} | " + " | ".join(fmt(f"{pooling}/{g}") for g in args.geometries) + " |")
+    lines += ["", "| reference | val/acc |", "|---|---|"]
+    for cell in ("plain loop (squash)", "timm train.py (square)"):
+        if cell in by_cell:
+            lines.append(f"| {cell} | {fmt(cell)} |")
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
