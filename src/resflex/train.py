@@ -247,6 +247,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
+        record["data_profile"] = datamodule.profile.as_dict()  # incl. the geometry auto resolved to
         module = build_module(cfg, datamodule.num_classes)
         auto_sizes = is_auto(OmegaConf.select(cfg, "eval.resolutions", default=None))
         check_sizes_fit_backbone(datamodule, module.model.backbone, auto_sizes)
