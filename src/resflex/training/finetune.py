@@ -485,8 +485,12 @@ class Finetuning(BaseFinetuning):
         if not trainer.is_global_zero:
             return
         metrics = {"params/trainable": float(counts["trainable"]), "params/frozen": float(counts["frozen"])}
+        # a curve only when the counts change (gradual unfreezing); a constant count would be a one-point
+        # chart ahead of the training curves in SCALARS (it is in the text below and in metrics.json)
+        changes = bool(self.spec.unfreeze_at_epochs)
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            if changes:
+                logger.log_metrics(metrics, step=trainer.global_step)
             experiment = getattr(logger, "experiment", None)
             if text and hasattr(experiment, "add_text"):
                 experiment.add_text("params", text, global_step=trainer.global_step)
