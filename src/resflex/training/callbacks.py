@@ -36,7 +36,6 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 
@@ -393,6 +392,8 @@ class RunText(pl.Callback):
         config, overrides = folder / "config.yaml", folder / "overrides.yaml"
         if not config.is_file():
             return
+        from omegaconf import OmegaConf  # not at import: the benchmark imports this module without Hydra
+
         from resflex.training.loggers import log_text
 
         items = OmegaConf.load(overrides) if overrides.is_file() else []
