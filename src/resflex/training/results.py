@@ -72,6 +72,15 @@ TENSORBOARD_SHOWN_COLUMNS = 5
 # Group choices shown by name; other groups are plumbing (where logs go, which callbacks).
 CHOICE_GROUPS = ("pooling", "resolution", "optimizer", "scheduler", "data", "finetune", "experiment", "debug")
 SKIP_OVERRIDES = ("hydra", "paths", "logger", "callbacks", "hparams_search", "ckpt_path", "task_name")
+# Overrides that change how a run looks or how fast it loads, not what it learns: not columns.
+PLUMBING = (
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+    "data.num_workers",
+    "data.loader.",
+)
 
 
 _ABSENT = object()
@@ -130,6 +139,8 @@ def override_keys(overrides: Sequence[str]) -> list[str]:
             continue
         key = item.split("=", 1)[0].lstrip("+~").strip()
         if key.split(".", 1)[0].split("/", 1)[0] in SKIP_OVERRIDES or key in keys:
+            continue
+        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in PLUMBING):
             continue
         keys.append(key)
     return keys
