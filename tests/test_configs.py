@@ -70,7 +70,7 @@ def test_overrides_reach_the_objects(tmp_path: Path) -> None:
         ["pooling=pyramid", "pooling.levels=[1,3]", "resolution.size=[48,80]", "optimizer.lr=0.01"], tmp_path
     )
     head = instantiate(cfg.pooling)
-    assert head.out_features(10) == 10 * (1 + 9)
+    assert head.setup(10) == 10 + 128 * 9  # the global average + the projected 3x3 level
     assert instantiate(cfg.resolution).size_at(0, 0) == (48, 80)
     assert instantiate(cfg.optimizer).keywords["lr"] == 0.01
 

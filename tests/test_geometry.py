@@ -206,3 +206,10 @@ def test_profile_lines_and_geometry_reach_the_console(caplog: pytest.LogCaptureF
     assert numbers["geometry"] == "pad" and numbers["mean_color"] is not None
     figure = data.profile.figure()
     assert len(figure.axes) == 2
+
+
+def test_explicit_geometry_is_kept_and_said(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="resflex"):
+        data = ResflexDataModule(DiscSource(2), FixedResolution(32, geometry="keep_aspect"), num_workers=0)
+    assert data.schedule.geometry == "keep_aspect"
+    assert "geometry: keep_aspect (set by resolution.geometry)" in caplog.text
