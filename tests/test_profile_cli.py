@@ -1,4 +1,4 @@
-"""The dataset profile and ``geometry=auto`` as a user meets them: console lines, metrics.json, TensorBoard."""
+"""The dataset profile and ``geometry=auto`` as a user meets them: console, metrics.json, TensorBoard."""
 
 from __future__ import annotations
 
