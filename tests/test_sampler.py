@@ -228,3 +228,24 @@ def test_a_run_resumed_mid_epoch_continues_with_the_same_sizes(tmp_path) -> None
     assert min(resumed) == 9  # 6 steps per epoch; the checkpoint is at step 8 (epoch 1, step 2)
     assert resumed == {step: original[step] for step in resumed}
     assert len(set(resumed.values())) > 1
+
+
+def test_training_never_gives_batchnorm_a_batch_of_one_in_keep_aspect() -> None:
+    """A bucket of 65 at batch size 64 trains one batch of 65, not 64 + 1; a bucket of one image
+    joins its nearest bucket (in log aspect) before planning."""
+    from resflex.data.buckets import merge_small_buckets
+
+    aspects = (0.5, 1.0, 2.0)
+    buckets = merge_small_buckets([0] * 65 + [1] + [2] * 10, aspects, minimum=2)
+    assert buckets[65] in (0, 2) and buckets[:65] == [0] * 65 and buckets[66:] == [2] * 10
+    schedule = FixedResolution(32, geometry="keep_aspect", aspect_ratios=list(aspects))
+    sampler = ResolutionBatchSampler(76, 64, schedule, drop_last=True, buckets=buckets, seed=0)
+    for epoch in range(4):
+        sizes = [len(batch.indices) for batch in sampler.plan(epoch)]
+        assert min(sizes) >= 2, sizes
+        assert sorted(i for b in sampler.plan(epoch) for i in b.indices) == list(range(76))
+    # evaluation (drop_last=False) keeps exact batches: nothing is trained there
+    evaluation = ResolutionBatchSampler(76, 64, schedule, shuffle=False, drop_last=False, buckets=buckets)
+    assert sorted(len(b.indices) for b in evaluation.plan(0)) == sorted(
+        [64, 1, 11] if buckets[65] == 2 else [64, 2, 10]
+    )
