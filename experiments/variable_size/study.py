@@ -80,6 +80,18 @@ def result_of(kind: str, run_dir: Path) -> float | None:
     return None
 
 
+def larger_size_acc(run_dir: Path) -> tuple[str, float] | None:
+    """(size tag, final val accuracy) at the largest evaluated size, for resflex runs."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text()).get("metrics", {})
+    sized = [(k.split("@", 1)[1], float(v)) for k, v in metrics.items() if k.startswith("val/acc@")]
+    if not sized:
+        return None
+    return max(sized, key=lambda item: int(item[0].split("x")[0]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,21 +109,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/resflex_variable_size_runs"))
+    parser.add_argument("--summary-only", action="store_true", help="run nothing; tabulate what exists")
+    parser.add_argument("--no-references", action="store_true", help="skip the plain loop and timm runs")
     args = parser.parse_args()
     args.data = args.data.resolve()
 
     runs: list[tuple[str, str, int, Path, list[str]]] = []
     for seed in args.seeds:
+        if not args.no_references:
+            run_dir = args.runs_dir / f"plain-s{seed}"
+            runs.append(("plain", "plain loop (squash)", seed, run_dir, plain_command(args, seed, run_dir)))
+            if args.timm_train:
+                run_dir = args.runs_dir / f"timm-s{seed}"
+                command = timm_command(args, seed, run_dir)
+                runs.append(("timm", "timm train.py (square)", seed, run_dir, command))
         for pooling in args.poolings:
             for geometry in args.geometries:
                 run_dir = args.runs_dir / f"{pooling}-{geometry}-s{seed}"
                 runs.append(("resflex", f"{pooling}/{geometry}", seed, run_dir,
                              resflex_command(args, pooling, geometry, seed, run_dir)))  # fmt: skip
-        run_dir = args.runs_dir / f"plain-s{seed}"
-        runs.append(("plain", "plain loop (squash)", seed, run_dir, plain_command(args, seed, run_dir)))
-        if args.timm_train:
-            run_dir = args.runs_dir / f"timm-s{seed}"
-            runs.append(("timm", "timm train.py (square)", seed, run_dir, timm_command(args, seed, run_dir)))
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
 
@@ -126,13 +142,19 @@ def main() -> None:
             code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         print(f"{cell} seed {seed}: exit {code}, val/acc {result_of(kind, run_dir)}", flush=True)
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(run, runs))
+    if not args.summary_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(run, runs))
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind, cell, seed, run_dir, command in runs:
+        if not run_dir.exists():
+            continue
+        large = larger_size_acc(run_dir) if kind == "resflex" else None
         rows.append({"kind": kind, "cell": cell, "seed": seed, "val_acc_best": result_of(kind, run_dir),
+                     "larger_size": large[0] if large else None,
+                     "val_acc_larger": large[1] if large else None,
                      "command": " ".join(command)})  # fmt: skip
     with (args.out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -143,12 +165,15 @@ def main() -> None:
 
 def write_summary(rows: list[dict], args: argparse.Namespace) -> None:
     by_cell: dict[str, list[float]] = {}
+    larger: dict[str, list[float]] = {}
     for row in rows:
         if row["val_acc_best"] is not None:
             by_cell.setdefault(row["cell"], []).append(float(row["val_acc_best"]))
+        if row["val_acc_larger"] is not None:
+            larger.setdefault(row["cell"], []).append(float(row["val_acc_larger"]))
 
-    def fmt(cell: str) -> str:
-        values = by_cell.get(cell, [])
+    def fmt(cell: str, table: dict[str, list[float]] = by_cell) -> str:
+        values = table.get(cell, [])
         if not values:
             return "-"
         spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
@@ -163,6 +188,17 @@ def write_summary(rows: list[dict], args: argparse.Namespace) -> None:
     ]
     for pooling in args.poolings:
         lines.append(f"| {pooling} | " + " | ".join(fmt(f"{pooling}/{g}") for g in args.geometries) + " |")
+    size = next((row["larger_size"] for row in rows if row["larger_size"]), "?")
+    lines += [
+        "",
+        f"Tested larger than trained: final val/acc at {size} px (trained at {args.size} px).",
+        "",
+        "| pooling | " + " | ".join(args.geometries) + " |",
+        "|---|" + "---|" * len(args.geometries),
+    ]
+    for pooling in args.poolings:
+        cells = [fmt(f"{pooling}/{g}", larger) for g in args.geometries]
+        lines.append(f"| {pooling} | " + " | ".join(cells) + " |")
     lines += ["", "| reference | val/acc |", "|---|---|"]
     for cell in ("plain loop (squash)", "timm train.py (square)"):
         if cell in by_cell:
