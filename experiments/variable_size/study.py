@@ -30,8 +30,14 @@ GEOMETRIES = ("square", "squash", "pad", "keep_aspect", "auto")
 def resflex_command(
     args: argparse.Namespace, pooling: str, geometry: str, seed: int, run_dir: Path
 ) -> list[str]:
+    if args.fashion_mnist:  # the official images (28x28, square): a seeded subset, no test split
+        train, val = args.fashion_mnist
+        data = ["data=fashion_mnist", f"data.source.num_train={train}", f"data.source.num_val={val}",
+                "data.source.num_test=0"]  # fmt: skip
+    else:
+        data = ["data=imagefolder", f"data.root={args.data}"]
     return [
-        sys.executable, str(REPO / "scripts/train.py"), "data=imagefolder", f"data.root={args.data}",
+        sys.executable, str(REPO / "scripts/train.py"), *data,
         f"pooling={pooling}", f"resolution.geometry={geometry}", f"resolution.size={args.size}",
         f"data.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}", f"seed={seed}",
         f"data.num_workers={args.workers}", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
@@ -96,7 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, help="the folder make_data.py wrote")
+    parser.add_argument("--fashion-mnist", type=int, nargs=2, metavar=("TRAIN", "VAL"),
+                        help="a Fashion-MNIST subset instead of --data (no reference runs)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size", type=int, default=40)
@@ -112,7 +120,12 @@ def main() -> None:
     parser.add_argument("--summary-only", action="store_true", help="run nothing; tabulate what exists")
     parser.add_argument("--no-references", action="store_true", help="skip the plain loop and timm runs")
     args = parser.parse_args()
-    args.data = args.data.resolve()
+    if args.fashion_mnist:
+        args.no_references = True
+    elif args.data is None:
+        parser.error("--data or --fashion-mnist is required")
+    else:
+        args.data = args.data.resolve()
 
     runs: list[tuple[str, str, int, Path, list[str]]] = []
     for seed in args.seeds:
