@@ -189,7 +189,6 @@ class ResflexDataModule(pl.LightningDataModule):
         self._bucket_cache: dict[str, list[int]] = {}
         self._resume: dict[str, Any] | None = None
         self.eval_transform = EvalTransform(crop_pct=eval_crop_pct, geometry=geometry, fill=fill)
-        self._profile_logged = False
         self._loaders: dict[str, DataLoader] = {}
 
     def _profile_and_resolve_geometry(self, max_images: int) -> DatasetProfile:
@@ -213,28 +212,6 @@ class ResflexDataModule(pl.LightningDataModule):
         for line in profile.lines():
             log.info(line)
         return profile
-
-    def log_profile(self) -> None:
-        """The profile figure and numbers to every logger that takes them (once, on rank 0)."""
-        trainer = self.trainer
-        if self._profile_logged or trainer is None or not trainer.is_global_zero:
-            return
-        self._profile_logged = True
-        figure = None
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                figure = figure or self.profile.figure()
-                experiment.add_figure("data/profile", figure, global_step=0, close=False)
-            numbers = {
-                "data/discarded_by_square_crop": self.profile.discarded("square"),
-                "data/aspect_p50": self.profile.percentiles()["aspect"]["p50"],
-            }
-            logger.log_metrics(numbers, step=0)
-        if figure is not None:
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
 
     @property
     def classes(self) -> Sequence[str]:
@@ -265,8 +242,6 @@ class ResflexDataModule(pl.LightningDataModule):
         """Bind the schedule to the run length (epoch-based schedules need ``trainer.max_epochs``)."""
         if self.trainer is not None:
             self.schedule.bind(self.trainer.max_epochs)
-            if stage == "fit":
-                self.log_profile()
             connector = getattr(self.trainer, "_accelerator_connector", None)
             if self.trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
                 raise ConfigError(

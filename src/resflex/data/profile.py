@@ -145,12 +145,10 @@ class DatasetProfile:
 
     def figure(self) -> Any:
         """Histograms of aspect ratio (log scale) and of the sides: for TensorBoard's IMAGES tab."""
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: no global figure state in a training process
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (ax_aspect, ax_side) = plt.subplots(1, 2, figsize=(9, 3.2))
+        fig = Figure(figsize=(9, 3.2))
+        ax_aspect, ax_side = fig.subplots(1, 2)
         aspects = self.aspects
         bins = np.exp(np.linspace(math.log(min(aspects.min(), 0.5)), math.log(max(aspects.max(), 2.0)), 30))
         ax_aspect.hist(aspects, bins=bins, color="#4477aa")

@@ -406,3 +406,21 @@ class RunText(pl.Callback):
         )
         text = "\n".join("    " + line for line in config.read_text().splitlines())
         log_text(trainer, "run/config", f"Composed config (`{config}`):\n\n{text}")
+
+
+class DataProfileFigure(pl.Callback):
+    """IMAGES: the training data's size and aspect histograms (:mod:`resflex.data.profile`), once.
+
+    The profile's numbers go to ``metrics.json`` (``data_profile``), not to SCALARS, where
+    one-point charts would push the training curves down the page.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        profile = getattr(trainer.datamodule, "profile", None)
+        if profile is None or not trainer.is_global_zero or trainer.global_step > 0:
+            return
+        from resflex.training.loggers import log_figure
+
+        figure = profile.figure()
+        log_figure(trainer, "data/profile", figure, step=0)
+        figure.clear()
