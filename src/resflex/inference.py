@@ -244,7 +244,10 @@ def load_classifier(
         "run_config": str(cfg.run_config),
         "backbone": str(cfg.backbone.name),
         "pooling": str(OmegaConf.select(cfg, "pooling._target_", default="")).rsplit(".", 1)[-1],
-        "geometry": str(OmegaConf.select(cfg, "resolution.geometry", default="square")),
+        "geometry": (
+            trained_framing(run.run_dir)
+            or (str(OmegaConf.select(cfg, "resolution.geometry", default="square")),)
+        )[0],
         "multiple": int(OmegaConf.select(cfg, "resolution.multiple", default=8) or 8),
         "aspect_ratios": [float(a) for a in getattr(schedule, "aspect_ratios", ()) or ()],
         "eval_crop_pct": float(OmegaConf.select(cfg, "data.eval_crop_pct", default=1.0) or 1.0),
@@ -279,17 +282,38 @@ def make_eval_transform(crop_pct: float = 1.0, geometry: str = "square", **extra
     return EvalTransform(**kwargs)
 
 
-def eval_framing(cfg: DictConfig) -> tuple[Any, str, Any | None]:
+def trained_framing(run_dir: Path | None) -> tuple[str, list[int] | None] | None:
+    """(geometry, pad fill) the run trained with, from its ``metrics.json`` ``data_profile``, if any."""
+    path = Path(run_dir) / "metrics.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        profile = json.loads(path.read_text()).get("data_profile") or {}
+    except (OSError, ValueError):
+        return None
+    geometry = profile.get("geometry")
+    return (str(geometry), profile.get("mean_color")) if geometry else None
+
+
+def eval_framing(cfg: DictConfig, run_dir: Path | None = None) -> tuple[Any, str, Any | None]:
     """(eval transform, concrete geometry, schedule) exactly as ``scripts/eval.py`` would build them.
 
     A concrete geometry needs nothing but the config. ``auto`` (resolved from the
     training data's profile) and ``pad`` (filled with the data's mean colour) are
-    resolved by building the run's data module, as evaluation does; when the
-    training data is no longer there, ``auto`` falls back to ``square`` and ``pad``
-    to the default fill, with a warning.
+    read from what the run recorded in ``metrics.json``; failing that, resolved by
+    building the run's data module, as evaluation does; when the training data is
+    no longer there either, ``auto`` falls back to ``square`` and ``pad`` to the
+    default fill, with a warning.
     """
     geometry = str(OmegaConf.select(cfg, "resolution.geometry", default="square") or "square")
     crop_pct = float(OmegaConf.select(cfg, "data.eval_crop_pct", default=1.0) or 1.0)
+    recorded = trained_framing(run_dir) if geometry in ("auto", "pad") else None
+    if recorded is not None:
+        geometry, fill = recorded
+        schedule = build_schedule(cfg)
+        if schedule is not None and hasattr(schedule, "resolve_geometry"):
+            schedule.resolve_geometry(geometry)
+        return make_eval_transform(crop_pct, geometry, fill=fill), geometry, schedule
     if geometry in ("auto", "pad"):
         try:
             from resflex.train import build_datamodule

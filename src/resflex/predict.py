@@ -320,7 +320,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     classifier = load_classifier(cfg.ckpt_path, run_config=cfg.get("run_config"), device=device)
     size = parse_predict_size(settings.get("size"), classifier)
     inputs = collect_inputs(cfg.get("input"), classifier.classes)
-    transform, geometry, schedule = eval_framing(classifier.config)
+    transform, geometry, schedule = eval_framing(classifier.config, Path(classifier.info["run_dir"]))
     info = classifier.info
     plan = plan_batches(
         inputs.files,
