@@ -31,6 +31,15 @@ INPUT_CONVENTION = (
 )
 
 
+#: what each geometry's evaluation framing does, for the card's input convention
+GEOMETRY_EVAL = {
+    "square": "resize to cover, centre crop",
+    "keep_aspect": "resize to cover the aspect bucket's shape, centre crop",
+    "squash": "the whole image resized to the size, aspect ignored",
+    "pad": "the whole image fitted inside the size, padded with the training data's mean colour",
+}
+
+
 def _metrics(run_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((run_dir / "metrics.json").read_text())
@@ -120,6 +129,8 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         else "see the run's data"
     )
     overrides = _overrides(run_dir, record)
+    configured_geometry = str(resolution.get("geometry", "square"))
+    trained_geometry = (record.get("data_profile") or {}).get("geometry") or configured_geometry
     command = " ".join(["python scripts/train.py", *(shlex.quote(o) for o in overrides)])
     lines = [
         f"# Model card: {run_dir.name}",
@@ -167,9 +178,10 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         "",
         f"{INPUT_CONVENTION}.",
         f"Normalisation: mean {tuple(round(v, 4) for v in mean)}, std {tuple(round(v, 4) for v in std)}.",
-        f"Evaluation preprocessing: geometry `{resolution.get('geometry', 'square')}`, "
-        f"crop_pct {OmegaConf.select(cfg, 'data.eval_crop_pct', default=1.0)} (resize to cover, centre crop "
-        "for square/keep_aspect; `scripts/predict.py` applies it).",
+        f"Evaluation preprocessing: geometry `{trained_geometry}`"
+        f"{' (chosen by auto from the training images)' if configured_geometry == 'auto' else ''}, "
+        f"crop_pct {OmegaConf.select(cfg, 'data.eval_crop_pct', default=1.0)} "
+        f"({GEOMETRY_EVAL.get(trained_geometry, '')}; `scripts/predict.py` applies it).",
         "",
         "## How it was trained",
         "",
