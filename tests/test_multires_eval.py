@@ -132,6 +132,7 @@ def test_multigrid_run_follows_the_changing_epoch_length(tmp_path: Path) -> None
         "data.source.num_test=8",
         "data.batch_size=4",
         "trainer.max_epochs=2",
+        "scheduler.warmup_epochs=1",  # warm-up inside the run: the cosine part must end on step 10
         "resolution=multigrid",
         "resolution.size=32",
         "resolution.long_factors=[0.5,1.0]",
