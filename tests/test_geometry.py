@@ -216,3 +216,15 @@ def test_explicit_geometry_is_kept_and_said(caplog: pytest.LogCaptureFixture) ->
         data = ResflexDataModule(DiscSource(2), FixedResolution(32, geometry="keep_aspect"), num_workers=0)
     assert data.schedule.geometry == "keep_aspect"
     assert "geometry: keep_aspect (set by resolution.geometry)" in caplog.text
+
+
+def test_profile_of_a_held_out_split_reads_headers(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """Without a val/ folder the train split is a Subset: the profile maps it to the folder's headers."""
+    from resflex.data.datasets import ImageFolderSource
+    from tests.conftest import make_image_folder
+
+    source = ImageFolderSource(str(make_image_folder(tmp_path / "images", per_class=8)), val_fraction=0.25)
+    with caplog.at_level(logging.WARNING):
+        data = ResflexDataModule(source, FixedResolution(32), num_workers=0)
+    assert "decoding every image" not in caplog.text
+    assert data.profile.total == len(source.splits["train"]) == 18

@@ -32,14 +32,15 @@ def file_image_size(path: str) -> tuple[int, int]:
 
 def image_sizes(dataset: Dataset) -> list[tuple[int, int]]:
     """(width, height) of every item of ``dataset``, as cheaply as the dataset allows."""
-    if isinstance(dataset, Subset):
-        base = image_sizes_lookup(dataset.dataset)
-        return [base(int(i)) for i in dataset.indices]
     lookup = image_sizes_lookup(dataset)
     return [lookup(i) for i in range(len(dataset))]  # type: ignore[arg-type]
 
 
 def image_sizes_lookup(dataset: Dataset) -> Callable[[int], tuple[int, int]]:
+    """``index -> (width, height)``, as cheaply as ``dataset`` allows (a ``Subset`` maps to its base)."""
+    if isinstance(dataset, Subset):
+        base, indices = image_sizes_lookup(dataset.dataset), dataset.indices
+        return lambda i: base(int(indices[i]))
     if hasattr(dataset, "image_size"):
         return dataset.image_size
     samples = getattr(dataset, "samples", None)  # torchvision ImageFolder / DatasetFolder

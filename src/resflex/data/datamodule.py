@@ -314,7 +314,10 @@ class ResflexDataModule(pl.LightningDataModule):
         if self.schedule.geometry != "keep_aspect":
             return None
         if split not in self._bucket_cache:
-            sizes = image_sizes(self.source.splits[split])
+            dataset = self.source.splits[split]
+            profiled = self.profile.sizes if split == "train" else []
+            # the profile already read every training header when it did not sample: reuse them
+            sizes = profiled if len(profiled) == len(dataset) else image_sizes(dataset)  # type: ignore[arg-type]
             buckets = assign_buckets(sizes, self.schedule.aspect_ratios)
             if split == "train":  # no bucket so small that a batch of one reaches BatchNorm
                 _, world = self._rank_and_world()
