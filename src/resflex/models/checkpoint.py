@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import sys
 import zipfile
 from collections.abc import Mapping
@@ -38,15 +39,33 @@ POOLING_PREFIX = "model.pooling."
 HEAD_PREFIX = "model.head."
 
 
+#: The hint of every "this file cannot be read" error.
+UNREADABLE_HINT = (
+    "the file is cut short (a full disk, a killed copy or save?), damaged or not a checkpoint; "
+    "use another checkpoint of the run (e.g. <run>/checkpoints/best-*.ckpt) or copy it again"
+)
+
+
 def resolve_checkpoint_path(path: str | Path, key: str = "ckpt_path") -> Path:
-    """A checkpoint file, or a run folder (→ ``<run>/checkpoints/last.ckpt``); one-line error when missing."""
+    """A checkpoint file, or a run folder (→ ``<run>/checkpoints/last.ckpt``); one-line error when missing.
+
+    For a run folder whose ``last.ckpt`` is missing or unreadable, the newest readable
+    checkpoint beside it is taken, with a warning naming both files (the same fallback
+    as ``ckpt_path=last`` in training, :func:`resolve_resume_checkpoint`). A file
+    named explicitly is returned as it is: reading it (:func:`safe_load`) says why it
+    cannot be used.
+    """
     if path is None or str(path) in ("", "None", "null"):
         raise ConfigError(f"{key} is not set", hint=f"pass {key}=/path/to/run/checkpoints/last.ckpt")
     candidate = Path(str(path)).expanduser()
     if candidate.is_dir():
-        for inner in (candidate / "checkpoints" / "last.ckpt", candidate / "last.ckpt"):
-            if inner.is_file():
-                return inner
+        folder = candidate / "checkpoints" if (candidate / "checkpoints").is_dir() else candidate
+        preferred = folder / "last.ckpt"
+        chosen = _last_or_newest_readable(preferred, key)
+        if chosen is not None:
+            return chosen
+        if preferred.is_file():  # unreadable, and nothing readable beside it: reading it says why
+            return preferred
         raise DataError(
             f"{key}: no checkpoint in folder {candidate}",
             hint="expected <run>/checkpoints/last.ckpt, or pass the .ckpt file itself",
@@ -59,6 +78,74 @@ def resolve_checkpoint_path(path: str | Path, key: str = "ckpt_path") -> Path:
     return candidate
 
 
+def resolve_resume_checkpoint(ckpt_path: Any, run_dir: str | Path) -> str | None:
+    """What training's ``ckpt_path`` resumes from: a readable file, a Lightning keyword, or ``None``.
+
+    - ``None``/``""``/``"null"``: ``None`` (start from scratch).
+    - ``"best"``, ``"hpc"``, ``"registry"``: passed through to Lightning.
+    - ``"last"``: ``<run_dir>/checkpoints/last.ckpt`` when it is readable; when it is
+      missing or unreadable (cut short by a full disk or a killed copy), the newest
+      readable ``*.ckpt`` of that folder, with a warning naming both files; when
+      there is none, ``None`` — Lightning's own behaviour for ``"last"`` with nothing
+      to resume (it warns and starts from scratch), with a log line saying so.
+    - a path: it must exist (else :class:`ConfigError`) and be a readable, tensors-only
+      checkpoint (else a one-line :class:`DataError` naming it).
+    """
+    if ckpt_path is None or str(ckpt_path) in ("", "None", "null"):
+        return None
+    text = str(ckpt_path)
+    if text in ("best", "hpc", "registry"):
+        return text
+    if text == "last":
+        folder = Path(str(run_dir)).expanduser() / "checkpoints"
+        preferred = folder / "last.ckpt"
+        chosen = _last_or_newest_readable(preferred, "ckpt_path=last")
+        if chosen is not None:
+            return str(chosen)
+        broken = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        if broken:
+            log.warning(
+                "ckpt_path=last: no readable checkpoint in %s (%s unreadable); training starts from scratch",
+                folder,
+                ", ".join(broken),
+            )
+        else:
+            log.info("ckpt_path=last: no checkpoint in %s yet; training starts from scratch", folder)
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path does not exist: {path}",
+            hint="pass an existing .ckpt file, or ckpt_path=last with the same hydra.run.dir",
+        )
+    check_checkpoint(path, action="resume from")
+    return str(path)
+
+
+def _last_or_newest_readable(preferred: Path, key: str) -> Path | None:
+    """``preferred`` when readable, else the newest readable ``*.ckpt`` beside it (with a warning)."""
+    if preferred.is_file():
+        problem = _problem(preferred)
+        if problem is None:
+            return preferred
+        state = f"is unreadable ({problem})"
+    else:
+        state = "is missing"
+    folder = preferred.parent
+    others = [p for p in folder.glob("*.ckpt") if p != preferred and p.is_file()] if folder.is_dir() else []
+    for other in sorted(others, key=lambda p: (p.stat().st_mtime, p.name), reverse=True):
+        if _problem(other) is None:
+            log.warning(
+                "%s: %s %s; using %s instead, the newest readable checkpoint of the run",
+                key,
+                preferred,
+                state,
+                other,
+            )
+            return other
+    return None
+
+
 def _unsafe_globals(path: Path) -> str:
     """Names of the non-tensor objects a pickle would construct (read from its opcodes, nothing runs)."""
     try:
@@ -68,39 +155,177 @@ def _unsafe_globals(path: Path) -> str:
     return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
 
 
-def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
-    """Read a weights file without executing code: safetensors, or ``torch.load(weights_only=True)``.
+def _short_reason(exc: BaseException) -> str:
+    """The first sentence of an exception's first line (torch appends paragraphs of advice)."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0].split(". ")[0].rstrip(".")
+    return first if len(first) <= 160 else first[:157] + "..."
 
-    Raises :class:`DataError` (one line) when the file is missing, unreadable, or
-    would need arbitrary code to unpickle.
+
+def _structure_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a whole PyTorch file, from its bytes alone (nothing is unpickled).
+
+    ``torch.save`` writes a zip archive whose index sits at the very end: a file cut
+    short (a full disk, a killed copy) has none, which this finds without reading the
+    tensors. Legacy (pre-zip) files are pickles; anything else is not a checkpoint.
     """
-    path = Path(str(path)).expanduser()
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        return _short_reason(exc)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if size < 4:
+        return f"cut short: {size} bytes"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            return (
+                f"cut short or damaged: {size} bytes and no valid zip index at its end ({_short_reason(exc)})"
+            )
+        if not any(m.filename == "data.pkl" or m.filename.endswith("/data.pkl") for m in members):
+            return "a zip archive, but not a PyTorch file (no data.pkl in it)"
+        for member in members:
+            if member.header_offset + member.compress_size > size:
+                return f"cut short: {member.filename} ends past the end of the file ({size} bytes)"
+        return None
+    if head[:1] != b"\x80":  # every pickle protocol >= 2 starts with PROTO (0x80); torch.save uses 2
+        return f"not a PyTorch file (it starts with {head!r}: neither a zip archive nor a pickle)"
+    return None
+
+
+class UnsafeCheckpointError(DataError, pickle.UnpicklingError):
+    """A file that would construct objects beyond tensors and plain containers (it could run code).
+
+    Also a :class:`pickle.UnpicklingError`, what ``torch.load(weights_only=True)`` raises
+    for such a file, so code that catches that keeps working when it reads through here.
+    """
+
+
+class _Problem(Exception):
+    """Why a file cannot be loaded: ``unsafe`` (it would run code; the reason names the globals)
+    or ``unreadable`` (missing, empty, cut short, not a PyTorch file)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def _load(path: Path, map_location: Any, mmap: bool) -> Any:
+    """The file's contents, read without running code; raises :class:`_Problem`."""
     if not path.is_file():
-        raise DataError(f"{what} not found: {path}", hint="check the path (relative paths start at the cwd)")
+        raise _Problem("missing", "not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
-            raise DataError(f"cannot read {what} {path}: not a valid safetensors file ({exc})") from None
+            raise _Problem("unreadable", f"not a valid safetensors file ({_short_reason(exc)})") from None
+    problem = _structure_problem(path)
+    if problem is not None:
+        raise _Problem("unreadable", problem)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        names = _unsafe_globals(path)
-        if not names:  # legacy (non-zip) pickles: the refused global is named in torch's message
-            first = str(exc).splitlines()
-            names = next((line.strip() for line in first if "GLOBAL" in line or "global" in line), "")
-        raise DataError(
-            f"refusing to load {what} {path}: it contains code or Python objects, not just tensors"
-            + (f" ({names})" if names else "")
-            + "; unpickling it could run arbitrary code",
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and _is_zip(path))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError):
+            names = _unsafe_globals(path)
+            if not names:  # legacy (non-zip) pickles: the refused global is named in torch's message
+                names = ", ".join(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+            if not names and "Weights only load failed" in str(exc):  # refused for another reason
+                names = _weights_unpickler_reason(str(exc))
+            if names:
+                raise _Problem("unsafe", names) from None
+        raise _Problem("unreadable", _short_reason(exc)) from None
+
+
+def _weights_unpickler_reason(message: str) -> str:
+    """The line after ``WeightsUnpickler error:`` in torch's refusal (e.g. ``Unsupported operand 149``)."""
+    lines = [line.strip() for line in message.split("WeightsUnpickler error:", 1)[-1].splitlines()]
+    return next((line for line in lines if line), "refused by torch.load(weights_only=True)")
+
+
+def _as_data_error(path: Path, problem: _Problem, what: str, action: str | None) -> DataError:
+    if problem.kind == "missing":
+        return DataError(f"{what} not found: {path}", hint="check the path (relative paths start at the cwd)")
+    if problem.kind == "unsafe":
+        return UnsafeCheckpointError(
+            f"refusing to {action or 'load ' + what} {path}: it contains code or Python objects, "
+            f"not just tensors ({problem.reason}); unpickling it could run arbitrary code",
             hint="only tensors are loaded; re-save it as a state_dict (torch.save(model.state_dict(), f)) "
             "or as .safetensors",
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {what} {path}: {first}") from None
+        )
+    return DataError(f"cannot {action or 'read ' + what} {path}: {problem.reason}", hint=UNREADABLE_HINT)
+
+
+def safe_load(
+    path: str | Path, what: str = "checkpoint", *, action: str | None = None, map_location: Any = "cpu"
+) -> Any:
+    """Read a weights file without executing code: safetensors, or ``torch.load(weights_only=True)``.
+
+    The one reader of checkpoints and weight files in resflex (Lightning's resume
+    and ``trainer.test(ckpt_path=...)`` read through it too, via
+    :class:`~resflex.training.safety.AtomicCheckpointIO`). Raises :class:`DataError`
+    (one line naming the file, with a hint) when the file is missing, empty, cut
+    short, not a PyTorch/safetensors file at all, or would need arbitrary code to
+    unpickle. ``action`` replaces "read <what>"/"load <what>" in the message
+    (e.g. ``action="resume from"``).
+    """
+    path = Path(str(path)).expanduser()
+    try:
+        return _load(path, map_location, mmap=False)
+    except _Problem as problem:
+        raise _as_data_error(path, problem, what, action) from None
+
+
+def _problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable tensors-only checkpoint, or ``None`` (the tensor bytes are not read)."""
+    try:
+        _load(path, "cpu", mmap=True)
+    except _Problem as problem:
+        return problem.reason if problem.kind != "unsafe" else f"it would run code ({problem.reason})"
+    return None
+
+
+def check_checkpoint(path: str | Path, what: str = "checkpoint", *, action: str | None = None) -> Path:
+    """Raise the one-line :class:`DataError` :func:`safe_load` would, without reading the tensors.
+
+    The zip index is checked, then the file is loaded ``weights_only`` with
+    ``mmap=True``: the pickle and the tensor records are validated, the tensor
+    bytes are not read (cheap even for a checkpoint of gigabytes).
+    """
+    path = Path(str(path)).expanduser()
+    try:
+        _load(path, "cpu", mmap=True)
+    except _Problem as problem:
+        raise _as_data_error(path, problem, what, action) from None
+    return path
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == b"PK"
+    except OSError:
+        return False
+
+
+def is_readable_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a whole, tensors-only checkpoint that :func:`safe_load` would read.
+
+    Detects a missing, empty or foreign file, one cut short (full disk, killed copy)
+    and one that would run code; does not read the tensor bytes (see :func:`check_checkpoint`).
+    """
+    return _problem(Path(str(path)).expanduser()) is None
 
 
 def state_dict_of(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:

@@ -6,8 +6,9 @@ then; :class:`SaveOnInterrupt` writes ``last.ckpt`` at that moment so
 ``ckpt_path=last`` resumes from it. Lightning's checkpoint IO writes through an
 fsspec transaction; :class:`AtomicCheckpointIO` makes the guarantee explicit
 and local (temp file in the same folder, fsync, ``os.replace``), so a crash
-while saving never leaves a truncated ``last.ckpt``, and it loads with
-``weights_only=True`` always.
+while saving never leaves a truncated ``last.ckpt``, and it loads through
+:func:`resflex.models.checkpoint.safe_load` (``weights_only=True`` always; a file
+cut short some other way is a one-line error naming it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from resflex.errors import ResflexError
+from resflex.models.checkpoint import safe_load
 
 log = logging.getLogger("resflex")
 
@@ -53,7 +55,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = True
     ) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+        """Through :func:`~resflex.models.checkpoint.safe_load`: tensors only, and a file that is cut
+        short or not a checkpoint is one line naming it (remote ``s3://``-style paths: Lightning's reader)."""
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+        return safe_load(path, what="checkpoint", map_location=map_location or "cpu")
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
