@@ -27,6 +27,7 @@ import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset
 
+from resflex.compat import set_train_loader_limit, uses_distributed_sampler
 from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.buckets import assign_buckets, image_sizes, image_sizes_lookup, merge_small_buckets
 from resflex.data.datasets import ImageSource
@@ -138,8 +139,7 @@ class ScheduleLengthSync(pl.Callback):
         elif limit is not None and float(limit) < 1.0:
             n = max(1, int(n * float(limit)))
         trainer.fit_loop.max_batches = n
-        if trainer.fit_loop._combined_loader is not None:
-            trainer.fit_loop._combined_loader.limits = [n]
+        set_train_loader_limit(trainer, n)
         if isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0:
             trainer.val_check_batch = n
 
@@ -242,8 +242,7 @@ class ResflexDataModule(pl.LightningDataModule):
         """Bind the schedule to the run length (epoch-based schedules need ``trainer.max_epochs``)."""
         if self.trainer is not None:
             self.schedule.bind(self.trainer.max_epochs)
-            connector = getattr(self.trainer, "_accelerator_connector", None)
-            if self.trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            if self.trainer.world_size > 1 and uses_distributed_sampler(self.trainer):
                 raise ConfigError(
                     "trainer.use_distributed_sampler must be false: the resflex batch sampler shards by rank",
                     hint="trainer.use_distributed_sampler=false",

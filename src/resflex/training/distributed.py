@@ -282,14 +282,11 @@ def finish_child_ranks(timeout_s: float = 60.0) -> None:
     ``timeout_s`` (stuck in a collective that rank 0 left) is killed.
     """
     import subprocess
-    import threading
 
-    from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+    from resflex.compat import child_process_observers, release_child_processes
 
-    for observer in [t for t in threading.enumerate() if isinstance(t, _ChildProcessObserver)]:
-        procs = list(observer._child_processes)
-        observer._child_processes = []  # private: Lightning has no public way to stop the watcher
-        for proc in procs:
+    for observer in child_process_observers():
+        for proc in release_child_processes(observer):  # Lightning has no public way to stop the watcher
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -18,6 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from resflex.compat import tensorboard_file_writer
+
 HPARAM_METRICS = ("val/acc", "test/acc", "val/loss", "train/images_per_sec")
 
 
@@ -269,7 +271,7 @@ def log_hparams_with_metrics(
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams)  # hparams.yaml (no summaries without metrics)
             _, start, end = hparams_summaries(hparams, {})
-            writer = logger.experiment._get_file_writer()
+            writer = tensorboard_file_writer(logger.experiment)
             writer.add_summary(_experiment_summary(hparams, varied, tags), trainer.global_step)
             writer.add_summary(start, trainer.global_step)
             writer.add_summary(end, trainer.global_step)

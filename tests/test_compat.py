@@ -1,0 +1,193 @@
+"""resflex.compat: each private Lightning / TensorBoard access, against the installed libraries.
+
+A Lightning (or torch) upgrade that renames or changes one of these attributes
+fails here, with a message naming the attribute and the function in
+``src/resflex/compat.py`` to update.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.demos.boring_classes import BoringModel, RandomDataset
+from torch.utils.data import DataLoader, Sampler
+
+from resflex import compat
+
+UPDATE = "update src/resflex/compat.py: "
+
+
+def tiny_trainer(**kwargs: object) -> pl.Trainer:
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+    }
+    return pl.Trainer(**(options | kwargs))
+
+
+# --- set_train_loader_limit: trainer.fit_loop._combined_loader ----------------------------------
+
+
+class GrowingBatches(Sampler[list[int]]):
+    """A batch sampler whose epoch length changes: 2 batches in epoch 0, 5 afterwards."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return 2 if self.epoch == 0 else 5
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield [2 * i, 2 * i + 1]
+
+
+class CountBatches(BoringModel):
+    def __init__(self, sampler: GrowingBatches, sync: bool) -> None:
+        super().__init__()
+        self.sampler, self.sync = sampler, sync
+        self.batches: dict[int, int] = {}
+        self.seen_loader: object = None
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(RandomDataset(32, 64), batch_sampler=self.sampler)
+
+    def on_train_epoch_start(self) -> None:
+        self.sampler.epoch = self.current_epoch
+        self.seen_loader = getattr(self.trainer.fit_loop, "_combined_loader", "missing")
+        if self.sync:  # what resflex.data.datamodule.ScheduleLengthSync does
+            n = len(self.sampler)
+            self.trainer.fit_loop.max_batches = n
+            assert compat.set_train_loader_limit(self.trainer, n)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
+        self.batches[self.current_epoch] = self.batches.get(self.current_epoch, 0) + 1
+        return super().training_step(batch, batch_idx)
+
+
+def test_set_train_loader_limit_follows_an_epoch_length_that_changes() -> None:
+    from pytorch_lightning.utilities.combined_loader import CombinedLoader
+
+    model = CountBatches(GrowingBatches(), sync=True)
+    tiny_trainer(max_epochs=2).fit(model)
+    assert isinstance(model.seen_loader, CombinedLoader), (
+        UPDATE + f"trainer.fit_loop._combined_loader is {model.seen_loader!r}, expected a CombinedLoader"
+    )
+    assert hasattr(model.seen_loader, "limits"), UPDATE + "CombinedLoader has no .limits"
+    assert model.batches == {0: 2, 1: 5}, model.batches
+
+
+def test_without_the_private_limit_lightning_keeps_the_first_epoch_length() -> None:
+    """Why set_train_loader_limit exists: the public max_batches alone is not enough.
+
+    If this fails, Lightning now re-reads the loader length each epoch (or honours
+    ``fit_loop.max_batches`` above the first length) and the private access in
+    ``set_train_loader_limit`` may be dropped.
+    """
+
+    class PublicOnly(CountBatches):
+        def on_train_epoch_start(self) -> None:
+            self.sampler.epoch = self.current_epoch
+            self.trainer.fit_loop.max_batches = len(self.sampler)
+
+    model = PublicOnly(GrowingBatches(), sync=False)
+    tiny_trainer(max_epochs=2).fit(model)
+    assert model.batches == {0: 2, 1: 2}, model.batches
+
+
+def test_set_train_loader_limit_before_fit_has_nothing_to_set() -> None:
+    assert compat.set_train_loader_limit(tiny_trainer(max_epochs=1), 3) is False
+
+
+# --- uses_distributed_sampler: trainer._accelerator_connector.use_distributed_sampler -------------
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_uses_distributed_sampler_reads_the_trainer_argument(flag: bool) -> None:
+    trainer = tiny_trainer(use_distributed_sampler=flag)
+    connector = getattr(trainer, "_accelerator_connector", None)
+    assert connector is not None, UPDATE + "Trainer has no _accelerator_connector"
+    assert isinstance(getattr(connector, "use_distributed_sampler", None), bool), (
+        UPDATE + "the accelerator connector has no bool use_distributed_sampler"
+    )
+    assert compat.uses_distributed_sampler(trainer) is flag
+
+
+# --- child_process_observers / release_child_processes: _ChildProcessObserver._child_processes ---
+
+
+def test_release_child_processes_disarms_lightnings_watcher() -> None:
+    try:
+        from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+    except ImportError as exc:  # pragma: no cover - only when Lightning moves it
+        pytest.fail(UPDATE + f"_ChildProcessObserver is gone from lightning_fabric ({exc})")
+    assert issubclass(_ChildProcessObserver, threading.Thread)
+
+    # the watcher would kill main_pid: a stand-in process, never this test
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    failed.wait()
+    observer = _ChildProcessObserver(main_pid=stand_in.pid, child_processes=[failed], sleep_period=3600)
+    try:
+        assert isinstance(getattr(observer, "_child_processes", None), list), (
+            UPDATE + "_ChildProcessObserver has no list _child_processes"
+        )
+        observer.start()  # sleeps an hour before its first look
+        assert observer in compat.child_process_observers()
+        assert compat.release_child_processes(observer) == [failed]
+        assert observer._child_processes == []
+        # its next look: an empty list reads as "every child exited 0" -> it stops, killing nobody
+        assert observer._run() is True, UPDATE + "the watcher no longer stops on an empty _child_processes"
+        assert stand_in.poll() is None, "the watcher killed its main process although it had no children"
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_release_child_processes_names_a_changed_attribute() -> None:
+    with pytest.raises(AttributeError, match="_child_processes.*compat"):
+        compat.release_child_processes(threading.Thread())
+
+
+# --- tensorboard_file_writer: SummaryWriter._get_file_writer() ------------------------------------
+
+
+def test_tensorboard_file_writer_writes_raw_summaries(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="")
+    experiment = logger.experiment
+    assert callable(getattr(experiment, "_get_file_writer", None)), (
+        UPDATE + f"{type(experiment).__name__} has no _get_file_writer()"
+    )
+    writer = compat.tensorboard_file_writer(experiment)
+    assert callable(getattr(writer, "add_summary", None)), UPDATE + "the file writer has no add_summary()"
+    writer.add_summary(Summary(value=[Summary.Value(tag="compat/check", simple_value=1.5)]), 3)
+    experiment.flush()
+    events = sorted(Path(logger.log_dir).glob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events[-1]), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars("compat/check")] == [(3, 1.5)]
+    # after close() it reopens, which is why _get_file_writer() is used rather than .file_writer
+    experiment.close()
+    assert compat.tensorboard_file_writer(experiment) is not None
+    experiment.close()
+
+
+def test_tensorboard_file_writer_names_a_changed_attribute() -> None:
+    with pytest.raises(AttributeError, match="_get_file_writer.*compat"):
+        compat.tensorboard_file_writer(object())
