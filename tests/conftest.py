@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from resflex.sweeps import register_resolvers
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "scripts" / "train.py"
 
@@ -35,6 +37,8 @@ TINY = (
     "resolution.size=32",
 )
 TINY_SYNTHETIC = ("data.source.num_train=48", "data.source.num_val=16", "data.source.num_test=16")
+
+register_resolvers()  # ${resflex.job_dir:...} in configs/hydra/default.yaml, as the CLIs do
 
 
 def run_cli(
@@ -105,3 +109,26 @@ def make_image_folder(
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images", splits=("train", "val"))
+
+
+def pooling_from_config(name: str, **overrides: object) -> torch.nn.Module:
+    """The pooling head ``configs/pooling/<name>.yaml`` builds (the config files are the registry)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from resflex.config import CONFIG_DIR
+
+    return instantiate(
+        {**OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "pooling" / f"{name}.yaml")), **overrides}
+    )
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """A whole file decoded to RGB the plain way (EXIF applied): the reference for the reduced decode."""
+    from PIL import ImageOps
+
+    from resflex.data.images import to_rgb
+
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))

@@ -14,7 +14,7 @@ from resflex.models.adaptive_export import (
     exportable_functional_pools,
     make_exportable,
 )
-from resflex.models.pooling import create_pooling
+from tests.conftest import pooling_from_config
 
 # smaller than, equal to and larger than the 2x2 / 4x4 grids; square and not; sides that do not divide
 MAPS = [(1, 1), (1, 3), (2, 2), (3, 2), (4, 4), (5, 7), (7, 5), (9, 4), (16, 6), (13, 13)]
@@ -48,7 +48,7 @@ def test_unbatched_input_and_bad_mode() -> None:
 
 @pytest.mark.parametrize("name", ["avg", "max", "avgmax", "gem", "pyramid"])
 def test_make_exportable_swaps_only_the_pools(name: str) -> None:
-    head = create_pooling(name)
+    head = pooling_from_config(name)
     if hasattr(head, "setup"):
         head.setup(8)
     head.eval()

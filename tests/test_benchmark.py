@@ -22,6 +22,8 @@ BENCHMARK = REPO / "scripts" / "benchmark.py"
 
 
 def _is_def(node: ast.AST) -> bool:
+    if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+        return True  # imports for type checkers only never run
     return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
 
 

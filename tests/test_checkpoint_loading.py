@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -330,3 +331,19 @@ def test_cli_on_a_cut_short_checkpoint_is_one_line(script: str, extra: list[str]
         and "cut short" in lines[0]
     )
     assert not (tmp_path / "preds.csv").exists() and not (tmp_path / "model.onnx").exists()
+
+
+def test_train_cli_resumes_past_a_cut_short_last_checkpoint(tmp_path: Path) -> None:
+    """The issue's case as typed: finish a run, cut its last.ckpt short, resume with ckpt_path=last."""
+    from tests.conftest import TINY, TINY_SYNTHETIC, run_cli
+
+    run = tmp_path / "run"
+    args = [*TINY, *TINY_SYNTHETIC, "logger=none", f"hydra.run.dir={run}"]
+    assert run_cli(args, tmp_path).returncode == 0
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a full disk, a killed copy
+    resumed = run_cli([*args, "ckpt_path=last", "trainer.max_epochs=2"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    warning = next(line for line in (resumed.stdout + resumed.stderr).splitlines() if "last.ckpt" in line)
+    assert "best-" in warning  # names the unreadable file and the one it resumed from
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"

@@ -11,13 +11,12 @@ from PIL import Image
 
 from resflex.data.datamodule import ResflexDataModule, SizedDataset
 from resflex.data.datasets import ImageFolderSource, SyntheticSource
-from resflex.data.images import load_rgb
 from resflex.data.resolution import FixedResolution, parse_size
 from resflex.data.sampler import ResolutionBatchSampler
 from resflex.data.synthetic import SyntheticShapes
 from resflex.data.transforms import EvalTransform, TrainTransform
 from resflex.errors import ConfigError, DataError
-from tests.conftest import make_image_folder
+from tests.conftest import load_rgb, make_image_folder
 
 
 def test_synthetic_is_deterministic_and_varied() -> None:

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 
-import resflex.train  # also registers the resolvers the configs use
+import resflex.build
 from resflex.config import CONFIG_DIR
 from resflex.data.buckets import assign_buckets, image_sizes
 from resflex.data.datamodule import ResflexDataModule
@@ -168,7 +168,7 @@ def test_ddp_sim_builds_a_two_process_gloo_trainer(tmp_path: Path) -> None:
         cfg.hydra.runtime.output_dir = str(tmp_path)
     HydraConfig.instance().set_config(cfg)
     assert cfg.trainer.use_distributed_sampler is False  # the batch sampler shards by rank itself
-    trainer = resflex.train.build_trainer(cfg)
+    trainer = resflex.build.build_trainer(cfg)
     assert isinstance(trainer.strategy, pl.strategies.DDPStrategy)
     assert trainer.num_devices == 2 and trainer.world_size == 2
     assert trainer.strategy._get_process_group_backend() == "gloo"
@@ -178,8 +178,8 @@ def test_ddp_sim_builds_a_two_process_gloo_trainer(tmp_path: Path) -> None:
 
 def test_linear_lr_scaling_multiplies_every_group_by_the_world_size() -> None:
     cfg = _compose(["backbone.name=test_resnet", "optimizer.scale_lr_with_world_size=true"])
-    module = resflex.train.build_module(cfg, num_classes=3)
-    assert module.scale_lr_with_world_size
+    module = resflex.build.build_module(cfg, num_classes=3)
+    assert module.optimizer_factory.scale_lr_with_world_size
     lrs = {}
     for world in (1, 4):
         module._trainer = SimpleNamespace(world_size=world, estimated_stepping_batches=10, max_epochs=1)

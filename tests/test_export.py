@@ -13,7 +13,7 @@ from resflex.export import FORMATS, check_sizes, export_classifier
 from resflex.inference import ResflexClassifier
 from resflex.models.backbone import TimmBackbone
 from resflex.models.classifier import ImageClassifier
-from resflex.models.pooling import create_pooling
+from tests.conftest import pooling_from_config
 
 SIZES = [(32, 32), (48, 80), (96, 64)]
 VIT = ("vit_small_patch16_224", {"dynamic_img_size": True, "dynamic_img_pad": True, "depth": 1})
@@ -26,7 +26,7 @@ def tiny_classifier(
     2x2 and 4x4 grids reach the logits (they start at 0)."""
     torch.manual_seed(0)
     bb = TimmBackbone(backbone, model_kwargs=model_kwargs or {})
-    model = ImageClassifier(bb, create_pooling(pooling), num_classes=5).eval()
+    model = ImageClassifier(bb, pooling_from_config(pooling), num_classes=5).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "level_scale" in name:

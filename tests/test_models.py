@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from resflex.config import group_options
 from resflex.errors import ConfigError
 from resflex.models.backbone import TimmBackbone, check_model_name
 from resflex.models.classifier import ImageClassifier
-from resflex.models.pooling import POOLING_HEADS, create_pooling
+from tests.conftest import pooling_from_config
 
 INPUT_SIZES = [(32, 32), (37, 53), (61, 29), (8, 8), (1, 1)]
 
@@ -51,12 +52,12 @@ def test_vit_map_equals_reshaped_patch_tokens(vit: TimmBackbone) -> None:
     torch.testing.assert_close(spatial, tokens.transpose(1, 2).reshape(1, -1, h, w))
 
 
-@pytest.mark.parametrize("pooling", sorted(POOLING_HEADS))
+@pytest.mark.parametrize("pooling", group_options("pooling"))
 @pytest.mark.parametrize("size", [(33, 47), (8, 8), (64, 20)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_classifier_logits_for_every_head_and_size(
     cnn: TimmBackbone, pooling: str, size: tuple[int, int]
 ) -> None:
-    model = ImageClassifier(cnn, create_pooling(pooling), num_classes=7).eval()
+    model = ImageClassifier(cnn, pooling_from_config(pooling), num_classes=7).eval()
     with torch.no_grad():
         logits = model(torch.randn(3, 3, *size))
     assert logits.shape == (3, 7)
@@ -64,7 +65,7 @@ def test_classifier_logits_for_every_head_and_size(
 
 
 def test_classifier_on_vit_with_pyramid(vit: TimmBackbone) -> None:
-    model = ImageClassifier(vit, create_pooling("pyramid", levels=[1, 2]), num_classes=4).eval()
+    model = ImageClassifier(vit, pooling_from_config("pyramid", levels=[1, 2]), num_classes=4).eval()
     assert model.num_features == vit.num_features + 128 * 4  # global average + projected 2x2 level
     with torch.no_grad():
         assert model(torch.randn(2, 3, 40, 24)).shape == (2, 4)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from resflex.build import build_datamodule
 from resflex.errors import ConfigError
-from resflex.train import build_datamodule, train
+from resflex.train import train
 from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution, main
 from tests.test_configs import compose_train
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from functools import partial
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from resflex.models.backbone import TimmBackbone
 from resflex.models.classifier import ImageClassifier
 from resflex.models.pooling import AvgPool
 from resflex.training.module import ClassificationModule
+from resflex.training.optim import OptimizerFactory
 
 
 def _classifier(seed: int = 0) -> ImageClassifier:
@@ -21,7 +21,7 @@ def _classifier(seed: int = 0) -> ImageClassifier:
 
 
 def _module(model: ImageClassifier, **kwargs: object) -> ClassificationModule:
-    return ClassificationModule(model, optimizer=partial(torch.optim.AdamW, lr=1e-3), **kwargs)
+    return ClassificationModule(model, optimizer=OptimizerFactory("adamw", lr=1e-3), **kwargs)
 
 
 def _batch(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

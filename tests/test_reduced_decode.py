@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from resflex.data.bad_images import BadImageError
-from resflex.data.images import ImageFile, load_rgb
+from resflex.data.images import ImageFile
 from resflex.data.transforms import EvalTransform, TrainTransform
+from tests.conftest import load_rgb
 
 
 def _smooth_picture(width: int, height: int) -> Image.Image:

@@ -156,7 +156,7 @@ def test_unusable_class_folder_is_reported_up_front(tmp_path: Path) -> None:
 
 
 def test_image_modes_and_exif_orientation(tmp_path: Path) -> None:
-    from resflex.data.images import load_rgb
+    from tests.conftest import load_rgb
 
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = Image.Exif()

@@ -63,7 +63,6 @@ def test_job_dir_names() -> None:
 def test_sweep_subdir_config_uses_the_resolver(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    import resflex.train  # noqa: F401  (registers the resolver, as the CLI does)
     from resflex.config import CONFIG_DIR
     from tests.test_configs import compose_train
 

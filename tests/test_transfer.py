@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pickle
@@ -22,15 +21,11 @@ from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint, safe_load
 from resflex.models.classifier import ImageClassifier
 from resflex.models.pooling import AvgPool, GeMPool
-from resflex.training.finetune import (
-    FinetuneSpec,
-    Finetuning,
-    LrFactor,
-    apply_lr_mults,
-    build_param_groups,
-    unfreeze_epochs,
-)
+from resflex.training.finetune import Finetuning
+from resflex.training.lr_schedule import LrFactor, WarmupCosine
 from resflex.training.module import ClassificationModule
+from resflex.training.optim import OptimizerFactory
+from resflex.training.param_groups import FinetuneSpec, apply_lr_mults, build_param_groups, unfreeze_epochs
 from tests.conftest import REPO
 
 TINY_NET = "test_resnet"
@@ -40,8 +35,8 @@ def make_module(num_classes: int = 10, finetune: dict | None = None, pooling=Non
     backbone = TimmBackbone(TINY_NET, **backbone_kwargs)
     model = ImageClassifier(backbone, pooling or AvgPool(), num_classes=num_classes)
     init_head_from_checkpoint(model)
-    optimizer = functools.partial(torch.optim.AdamW, lr=0.01, weight_decay=0.05)
-    return ClassificationModule(model, optimizer, warmup_epochs=0.0, finetune=finetune)
+    optimizer = OptimizerFactory("adamw", lr=0.01, weight_decay=0.05)
+    return ClassificationModule(model, optimizer, WarmupCosine(warmup_epochs=0.0), finetune=finetune)
 
 
 def tiny_data(num_train: int = 32) -> ResflexDataModule:

@@ -52,3 +52,11 @@ def exit_on_unknown_group_choice(argv: Sequence[str]) -> None:
     except ConfigError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def prepare_cli(argv: Sequence[str]) -> None:
+    """What every console entry point does before Hydra runs: check group choices, register resolvers."""
+    from resflex.sweeps import register_resolvers
+
+    exit_on_unknown_group_choice(argv)
+    register_resolvers()  # ${resflex.job_dir:...} names sweep job folders (configs/hydra/default.yaml)

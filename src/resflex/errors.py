@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class ResflexError(Exception):
@@ -74,6 +71,16 @@ def find_user_error(exc: BaseException | None) -> ResflexError | None:
     return None
 
 
-def call_with_one_line_errors(fn: Callable[[], T], exit_code: int = 2) -> T:
-    with user_errors_as_one_line(exit_code):
-        return fn()
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a run record or a sweep log: the user-facing cause, else the type and first line."""
+    user_error = find_user_error(exc)
+    if user_error is not None:
+        return user_error.one_line()
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

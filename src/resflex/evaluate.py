@@ -4,8 +4,8 @@ eval.resolutions=[48,64,96]``.
 The checkpoint's own run folder says what to build: ``<run>/.hydra/config.yaml``
 (found next to ``<run>/checkpoints/``) gives the backbone, pooling head, model
 options, resolution geometry, seed and — unless ``data=`` is given — the data.
-The same builders as training (:func:`resflex.train.build_datamodule`,
-:func:`resflex.train.build_module`) make the loaders and the model, so
+The same builders as training (:func:`resflex.build.build_datamodule`,
+:func:`resflex.build.build_module`) make the loaders and the model, so
 preprocessing is identical; weights come from the checkpoint through
 :func:`resflex.models.checkpoint.safe_load` (``weights_only``).
 
@@ -28,7 +28,6 @@ import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from resflex.config import CONFIG_DIR, exit_on_unknown_group_choice
+from resflex.build import build_datamodule, build_module
+from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.models.checkpoint import (
     HEAD_PREFIX,
@@ -46,7 +46,7 @@ from resflex.models.checkpoint import (
     safe_load,
     state_dict_of,
 )
-from resflex.train import build_datamodule, build_module, quiet_library_noise, resolve_precision
+from resflex.runtime import autocast_for, quiet_library_noise, resolve_precision, size_tag
 
 log = logging.getLogger("resflex")
 
@@ -95,14 +95,6 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], ckpt: 
             f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}",
             hint="was the run config edited after training? pass run_config=... of the right run",
         )
-
-
-def autocast_for(precision: Any, device: torch.device) -> Any:
-    if device.type == "cuda" and str(precision).startswith("bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cuda" and str(precision).startswith("16"):
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
 
 
 @torch.inference_mode()
@@ -211,7 +203,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     limit = cfg.eval.get("limit_batches")
     rows = []
     for (h, w), loader in zip(datamodule.eval_sizes, loaders, strict=True):
-        tag = str(w) if h == w else f"{h}x{w}"
+        tag = size_tag(h, w)
         metrics = evaluate_loader(module, loader, device, precision, limit)
         rows.append({"resolution": f"{h}x{w}", "tag": tag, "height": h, "width": w, **metrics})
         log.info("%s@%s: acc %.4f, loss %.4f", split, tag, metrics["acc"], metrics["loss"])
@@ -243,7 +235,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``scripts/eval.py``)."""
-    exit_on_unknown_group_choice(sys.argv[1:])
+    prepare_cli(sys.argv[1:])
     _hydra_entry()
 
 

@@ -42,7 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resflex.config import CONFIG_DIR, exit_on_unknown_group_choice
+from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, load_classifier, round_to
 from resflex.models.adaptive_export import exportable_functional_pools, make_exportable
@@ -163,7 +163,7 @@ def export_onnx(
             (example,),
             input_names=["image"],
             output_names=["logits"],
-            dynamic_shapes={"x": _dims()},
+            dynamic_shapes=(_dims(),),  # positional: torch 2.6 reads dict keys as input_names
             dynamo=True,
             external_data=False,
             **kwargs,
@@ -349,7 +349,7 @@ def default_output(classifier: ResflexClassifier, fmt: str) -> Path:
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """The task of ``scripts/export.py``: load, export, check, write the model card beside the file."""
     from resflex.model_card import write_model_card
-    from resflex.train import quiet_library_noise
+    from resflex.runtime import quiet_library_noise
 
     quiet_library_noise()
     fmt = str(cfg.get("format") or "onnx")
@@ -396,7 +396,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``scripts/export.py``, ``resflex-export``)."""
-    exit_on_unknown_group_choice(sys.argv[1:])
+    prepare_cli(sys.argv[1:])
     _hydra_entry()
 
 

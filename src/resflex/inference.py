@@ -220,7 +220,7 @@ def load_classifier(
     :class:`~resflex.errors.ConfigError` (one line) for a missing or unsafe file, a
     run config that cannot be found, or weights that do not fit.
     """
-    from resflex.train import build_module
+    from resflex.build import build_module
 
     run = read_run_checkpoint(ckpt_path, run_config)
     cfg = run.config
@@ -316,7 +316,7 @@ def eval_framing(cfg: DictConfig, run_dir: Path | None = None) -> tuple[Any, str
         return make_eval_transform(crop_pct, geometry, fill=fill), geometry, schedule
     if geometry in ("auto", "pad"):
         try:
-            from resflex.train import build_datamodule
+            from resflex.build import build_datamodule
 
             datamodule = build_datamodule(cfg)
             return datamodule.eval_transform, str(datamodule.schedule.geometry), datamodule.schedule

@@ -69,6 +69,16 @@ def _mean_std(name: str) -> tuple[Any, Any]:
     return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def _optimizer_name(cfg: DictConfig) -> str:
+    """``adamw`` (optimizer.name); runs from before the optimizer factory name a torch class instead."""
+    name = OmegaConf.select(cfg, "optimizer.name", default=None)
+    return (
+        str(name)
+        if name
+        else str(OmegaConf.select(cfg, "optimizer._target_", default="?")).rsplit(".", 1)[-1]
+    )
+
+
 def _pooling_text(cfg: DictConfig) -> str:
     pooling = OmegaConf.to_container(cfg.get("pooling") or {}, resolve=True) or {}
     assert isinstance(pooling, dict)
@@ -149,7 +159,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         + ", ".join(f"{k}={v}" for k, v in resolution.items() if v is not None)
         + " |",
         f"| schedule | {OmegaConf.select(cfg, 'trainer.max_epochs', default='?')} epochs, "
-        f"optimizer {str(OmegaConf.select(cfg, 'optimizer._target_', default='?')).rsplit('.', 1)[-1]} "
+        f"optimizer {_optimizer_name(cfg)} "
         f"lr={OmegaConf.select(cfg, 'optimizer.lr', default='?')}, "
         f"warm-up {OmegaConf.select(cfg, 'scheduler.warmup_epochs', default='?')} epochs then cosine, "
         f"finetune={OmegaConf.select(cfg, 'finetune.name', default=None) or 'full'}, "

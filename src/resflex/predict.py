@@ -39,7 +39,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from resflex.config import CONFIG_DIR, exit_on_unknown_group_choice
+from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.bad_images import BadImageError
 from resflex.data.buckets import assign_buckets, file_image_size
 from resflex.data.images import IMAGE_EXTENSIONS, open_image
@@ -298,7 +298,7 @@ def format_table(rows: list[dict[str, Any]], root: Path, limit: int) -> str:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """The task of ``scripts/predict.py``; returns the record (also in the ``.json`` output)."""
-    from resflex.train import quiet_library_noise
+    from resflex.runtime import quiet_library_noise
 
     quiet_library_noise()
     started = time.time()
@@ -391,7 +391,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``scripts/predict.py``, ``resflex-predict``)."""
-    exit_on_unknown_group_choice(sys.argv[1:])
+    prepare_cli(sys.argv[1:])
     _hydra_entry()
 
 

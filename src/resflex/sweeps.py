@@ -19,7 +19,7 @@ given with sweep syntax on the command line (``pooling=avg,max``,
 ``override_dirname`` is used.
 
 The resolver ``${resflex.job_dir:${hydra.job.override_dirname},${hydra.job.num}}``
-is registered when :mod:`resflex.train` is imported, before Hydra composes.
+is registered by every console entry point (:func:`resflex.config.prepare_cli`) before Hydra composes.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import torch
 from resflex.benchmark import sections
 from resflex.benchmark.machine import machine_info
 from resflex.benchmark.runners import Setup, build_model, quiet
+from resflex.runtime import resolve_precision
 
 SECTIONS = ("overhead", "pipeline", "mixed", "memory")
 #: Keys every JSON report has (tests check them); a skipped section is ``null``.
@@ -110,15 +111,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """Same rule as resflex.train.resolve_precision (not imported: that module needs Hydra)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def fill_defaults(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:

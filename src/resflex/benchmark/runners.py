@@ -24,7 +24,6 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -34,9 +33,11 @@ import torch.nn.functional as F
 from resflex.models.backbone import TimmBackbone
 from resflex.models.classifier import ImageClassifier
 from resflex.models.pooling import AvgPool
+from resflex.runtime import autocast_for, quiet_library_noise
 from resflex.training.callbacks import ThroughputLogger
 from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
+from resflex.training.optim import OptimizerFactory
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LABEL_SMOOTHING = 0.1  # resflex's default (configs/train.yaml model.label_smoothing)
@@ -59,8 +60,8 @@ class Setup:
     weight_decay: float = 0.05
     cudnn_benchmark: bool = True
 
-    def optimizer_factory(self) -> partial:
-        return partial(torch.optim.AdamW, lr=self.lr, weight_decay=self.weight_decay)
+    def optimizer_factory(self) -> OptimizerFactory:
+        return OptimizerFactory("adamw", lr=self.lr, weight_decay=self.weight_decay)
 
 
 def quiet() -> None:
@@ -68,8 +69,7 @@ def quiet() -> None:
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "resflex"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    quiet_library_noise()
     warnings.filterwarnings("ignore", message=".*train_dataloader.*")
     warnings.filterwarnings("ignore", message=".*val_dataloader.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
@@ -113,12 +113,8 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(setup: Setup) -> contextlib.AbstractContextManager:
-    """The same autocast Lightning's precision plugin uses."""
-    if setup.precision.startswith("bf16"):
-        return torch.autocast(setup.device.type, dtype=torch.bfloat16)
-    if setup.precision.startswith("16"):
-        return torch.autocast(setup.device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
+    """The same autocast a training run would use (:func:`resflex.runtime.autocast_for`)."""
+    return autocast_for(setup.precision, setup.device)
 
 
 @dataclass

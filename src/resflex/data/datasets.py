@@ -37,19 +37,23 @@ class ImageSource:
 
 
 class SyntheticSource(ImageSource):
-    """The embedded procedural shapes dataset (see :mod:`resflex.data.synthetic`)."""
+    """The embedded procedural shapes dataset (see :mod:`resflex.data.synthetic`).
+
+    The defaults are those of ``configs/data/synthetic.yaml`` (a test keeps them equal), so
+    code that builds "the default data" without Hydra (the benchmark) gets the same images.
+    """
 
     def __init__(
         self,
-        num_train: int = 2000,
+        num_train: int = 3000,
         num_val: int = 500,
         num_test: int = 500,
         seed: int = 0,
         min_side: int = 40,
         max_side: int = 112,
-        object_scale: Sequence[float] = (0.25, 0.85),
-        distractors: int = 2,
-        noise: float = 18.0,
+        object_scale: Sequence[float] = (0.35, 0.9),
+        distractors: int = 1,
+        noise: float = 10.0,
     ) -> None:
         common = dict(
             min_side=min_side,

@@ -50,21 +50,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode one file to an RGB image (fully loaded, file closed).
-
-    Any decoding failure (empty, truncated or non-image file) is raised as
-    :class:`~resflex.data.bad_images.BadImageError`, which names the file.
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
-    except _DECODE_ERRORS as exc:
-        raise BadImageError(path, exc) from None
-
-
 def exif_orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(0x0112, 1))

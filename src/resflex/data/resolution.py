@@ -72,12 +72,14 @@ class ResolutionSchedule:
 
     #: True when :meth:`size_at` depends on the number of epochs (then :meth:`bind` is required).
     needs_max_epochs = False
+    #: ``multiple`` when the config gives none (sides are rounded to it)
+    default_multiple = 8
 
     def __init__(
         self,
         eval_size: int | Sequence[int] | None = None,
         geometry: str = "auto",
-        multiple: int = 8,
+        multiple: int | None = None,
         aspect_ratios: Sequence[float] = DEFAULT_ASPECTS,
         batch_scaling: bool = False,
         reference_size: int | Sequence[int] | None = None,
@@ -90,7 +92,9 @@ class ResolutionSchedule:
             )
         #: the configured geometry; ``auto`` becomes a concrete one in :meth:`resolve_geometry`
         self.geometry = geometry
-        self.multiple = _check_int(multiple, "resolution.multiple", 1)
+        self.multiple = _check_int(
+            self.default_multiple if multiple is None else multiple, "resolution.multiple", 1
+        )
         ratios = [float(a) for a in aspect_ratios]
         if not ratios or any(not math.isfinite(a) or a <= 0 for a in ratios):
             raise ConfigError(
@@ -219,10 +223,12 @@ class ProgressiveResolution(ResolutionSchedule):
     """
 
     needs_max_epochs = True
+    #: a ramp in steps of 16 px: each step changes the cost (8 px steps at 48-64 px barely do)
+    default_multiple = 16
 
     def __init__(
         self,
-        start_size: int | Sequence[int] = 32,
+        start_size: int | Sequence[int] = 48,
         end_size: int | Sequence[int] = 64,
         start_epoch: int = 0,
         end_epoch: int | None = None,
@@ -325,10 +331,6 @@ class RandomResolution(ResolutionSchedule):
     def train_sizes(self) -> list[Size]:
         return sorted({s for s, p in zip(self.size_choices, self.probs, strict=True) if p > 0})
 
-    def mean_pixels(self) -> float:
-        """Expected pixels per image (to compare against a fixed run at the same cost)."""
-        return float(sum(p * h * w for (h, w), p in zip(self.size_choices, self.probs, strict=True)))
-
     def __repr__(self) -> str:
         return self._describe(sizes=self.size_choices, probs=[round(float(p), 4) for p in self.probs])
 
@@ -355,7 +357,8 @@ class MultigridResolution(ResolutionSchedule):
         final_epochs: int = 1,
         **common: Any,
     ) -> None:
-        common.setdefault("batch_scaling", True)
+        common.setdefault("batch_scaling", True)  # multigrid is constant pixels per batch by definition
+        common.setdefault("max_batch_size", 512)  # the smallest sizes would otherwise get huge batches
         super().__init__(**common)
         self.size = parse_size(size)
         for key, factors in (("long_factors", long_factors), ("short_factors", short_factors)):

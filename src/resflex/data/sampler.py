@@ -244,11 +244,6 @@ class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
             return self.mean_num_batches()
         return self.num_batches(self.epoch)
 
-    def size_for_step(self, step: int) -> tuple[int, int]:
-        """The (h, w) of step ``step`` in the current epoch."""
-        plan = self.plan()
-        return plan[step].size if step < len(plan) else self._step_size(self.epoch, step)
-
     def __iter__(self) -> Iterator[list[SizedIndex]]:
         start, self.start_step = self.start_step, 0
         for batch in self.plan()[start:]:

@@ -107,9 +107,9 @@ class SyntheticShapes(Dataset):
         seed: int = 0,
         min_side: int = 40,
         max_side: int = 112,
-        object_scale: Sequence[float] = (0.25, 0.85),
-        distractors: int = 2,
-        noise: float = 18.0,
+        object_scale: Sequence[float] = (0.35, 0.9),
+        distractors: int = 1,
+        noise: float = 10.0,
     ) -> None:
         if num_samples <= 0:
             raise ValueError("num_samples must be positive")

@@ -203,23 +203,3 @@ def validate_levels(levels: Sequence[int] | int) -> tuple[int, ...]:
             hint="e.g. pooling.levels=[1,2,4]",
         )
     return tuple(values)
-
-
-POOLING_HEADS: dict[str, type[PoolingHead]] = {
-    "avg": AvgPool,
-    "max": MaxPool,
-    "avgmax": AvgMaxPool,
-    "gem": GeMPool,
-    "pyramid": PyramidPool,
-}
-
-
-def create_pooling(name: str, **kwargs: object) -> PoolingHead:
-    """Build a pooling head by name (``avg``, ``max``, ``avgmax``, ``gem``, ``pyramid``)."""
-    try:
-        cls = POOLING_HEADS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown pooling {name!r}", hint=f"choose one of: {', '.join(sorted(POOLING_HEADS))}"
-        ) from None
-    return cls(**kwargs)

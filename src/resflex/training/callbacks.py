@@ -38,15 +38,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pytorch_lightning.utilities import rank_zero_only
 
+from resflex.runtime import size_tag
+from resflex.training.run_record import FillsRunRecord
+
 
 def _sync(module: pl.LightningModule) -> None:
     if module.device.type == "cuda":
         torch.cuda.synchronize(module.device)
-
-
-def _size_tag(size: tuple[int, ...]) -> str:
-    h, w = size
-    return str(w) if h == w else f"{h}x{w}"
 
 
 def scheduled_size(trainer: pl.Trainer, batch_idx: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -65,8 +63,11 @@ def _log_to_loggers(trainer: pl.Trainer, metrics: dict[str, float], step: int) -
         logger.log_metrics(metrics, step=step)
 
 
-class ThroughputLogger(pl.Callback):
-    """Logs images/s for training (every ``log_every_n_steps``) and validation (per epoch)."""
+class ThroughputLogger(FillsRunRecord, pl.Callback):
+    """Logs images/s for training (every ``log_every_n_steps``) and validation (per epoch).
+
+    The latest rates also go to the run record (``metrics.json``).
+    """
 
     def __init__(self, log_every_n_steps: int | None = None) -> None:
         super().__init__()
@@ -80,6 +81,11 @@ class ThroughputLogger(pl.Callback):
         self._last_batch_end = 0.0
         self._per_size: dict[str, list[float]] = {}  # tag -> [images, seconds] since the last flush
         self.last: dict[str, float] = {}
+
+    def _remember(self, metrics: dict[str, float]) -> None:
+        self.last.update(metrics)
+        if self.run_record is not None:
+            self.run_record.throughput.update(metrics)
 
     def _interval(self, trainer: pl.Trainer) -> int:
         return max(1, self.log_every_n_steps or trainer.log_every_n_steps)
@@ -101,7 +107,7 @@ class ThroughputLogger(pl.Callback):
         self._shape = tuple(images.shape[-2:])
         self._scheduled = scheduled_size(trainer, batch_idx, self._shape)
         now = time.perf_counter()
-        counts = self._per_size.setdefault(_size_tag(self._scheduled), [0.0, 0.0])
+        counts = self._per_size.setdefault(size_tag(*self._scheduled), [0.0, 0.0])
         counts[0] += int(images.shape[0])
         counts[1] += now - self._last_batch_end
         self._last_batch_end = now
@@ -129,7 +135,7 @@ class ThroughputLogger(pl.Callback):
         for tag, (count, seconds) in self._per_size.items():
             if seconds > 0:
                 metrics[f"train/images_per_sec@{tag}"] = count / seconds
-        self.last.update(metrics)
+        self._remember(metrics)
         if trainer.is_global_zero:
             _log_to_loggers(trainer, metrics, trainer.global_step)
         self._reset_train()
@@ -161,7 +167,7 @@ class ThroughputLogger(pl.Callback):
         if trainer.sanity_checking or elapsed <= 0 or not self._val_images:
             return
         value = self._val_images / elapsed
-        self.last["val/images_per_sec"] = value
+        self._remember({"val/images_per_sec": value})
         self._log_once(trainer, {"val/images_per_sec": value})
         # the validation pause must not count against training throughput
         self._reset_train()
@@ -271,7 +277,7 @@ class TrainingSamples(pl.Callback):
         h, w = shape
         title = f"training batch at {h}x{w} (epoch {trainer.current_epoch}, step {trainer.global_step})"
         figure = draw_batch(_to_uint8(images, pl_module), labels.tolist(), classes, title, self.max_images)
-        log_figure(trainer, f"samples/train@{_size_tag(size)}", figure)
+        log_figure(trainer, f"samples/train@{size_tag(*size)}", figure)
 
 
 def draw_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], title: str) -> Figure:
@@ -364,7 +370,7 @@ class ConfusionMatrixFigure(pl.Callback):
         folder = Path(self.output_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         figure.savefig(folder / self.filename)
-        log_figure(trainer, f"eval/confusion_matrix_val@{_size_tag((h, w))}", figure)
+        log_figure(trainer, f"eval/confusion_matrix_val@{size_tag(h, w)}", figure)
 
 
 def reproduce_command(overrides: Sequence[str], script: str = "scripts/train.py") -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from resflex.models.classifier import ImageClassifier
-from resflex.training.finetune import FinetuneSpec, apply_lr_mults, build_lr_scheduler, build_param_groups
-
-OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+from resflex.runtime import size_tag
+from resflex.training.lr_schedule import WarmupCosine
+from resflex.training.optim import OptimizerFactory
+from resflex.training.param_groups import FinetuneSpec, build_param_groups
 
 
 class ClassificationModule(pl.LightningModule):
@@ -29,26 +30,25 @@ class ClassificationModule(pl.LightningModule):
         self,
         model: ImageClassifier,
         optimizer: OptimizerFactory,
-        warmup_epochs: float = 1.0,
-        min_lr_ratio: float = 0.01,
+        lr_schedule: WarmupCosine | None = None,
         label_smoothing: float = 0.1,
         channels_last: bool = True,
         finetune: Mapping[str, Any] | None = None,
         compile: bool = False,
         compile_mode: str | None = None,
         compile_dynamic: bool | None = None,
-        scale_lr_with_world_size: bool = False,
     ) -> None:
         super().__init__()
-        # a plain dict: hyper-parameters are saved in checkpoints, which load with weights_only=True
+        lr_schedule = lr_schedule or WarmupCosine()
+        # plain dicts: hyper-parameters are saved in checkpoints, which load with weights_only=True
         finetune = FinetuneSpec.from_config(finetune).as_dict()
-        self.save_hyperparameters(ignore=["model", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_schedule"], logger=False)
+        self.hparams["optimizer"] = optimizer.as_dict()
+        self.hparams["lr_schedule"] = lr_schedule.as_dict()
         self.finetune = FinetuneSpec.from_config(finetune)
         self.model = model
         self.optimizer_factory = optimizer
-        self.scale_lr_with_world_size = scale_lr_with_world_size
-        self.warmup_epochs = warmup_epochs
-        self.min_lr_ratio = min_lr_ratio
+        self.lr_schedule = lr_schedule
         self.label_smoothing = label_smoothing
         self.use_channels_last = channels_last
         mean = torch.tensor(model.backbone.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
@@ -117,7 +117,7 @@ class ClassificationModule(pl.LightningModule):
         """``64`` or ``48x80``: the size of evaluation loader ``dataloader_idx`` (from the data module)."""
         sizes = getattr(getattr(self._trainer, "datamodule", None), "eval_sizes", None)
         h, w = sizes[dataloader_idx] if sizes and dataloader_idx < len(sizes) else images.shape[-2:]
-        return str(w) if h == w else f"{h}x{w}"
+        return size_tag(int(h), int(w))
 
     def _eval_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0
@@ -169,24 +169,14 @@ class ClassificationModule(pl.LightningModule):
 
     # ---- optimisation ----------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
         # head vs backbone LR, layer decay, no weight decay on biases/norms, frozen parameters left
-        # out or (gradual) given an LR of 0 until their unfreeze epoch: see resflex.training.finetune
-        groups = build_param_groups(self.model, weight_decay, self.finetune)
-        optimizer = self.optimizer_factory(groups)
-        apply_lr_mults(optimizer)
-        if self.scale_lr_with_world_size:  # linear scaling rule: the global batch grows with the ranks
-            for group in optimizer.param_groups:
-                group["lr"] *= self.trainer.world_size
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = round(self.warmup_epochs * total / epochs)
-        scheduler = build_lr_scheduler(
+        # out or (gradual) given an LR of 0 until their unfreeze epoch: see resflex.training.param_groups
+        groups = build_param_groups(self.model, self.optimizer_factory.weight_decay, self.finetune)
+        optimizer = self.optimizer_factory(groups, world_size=self.trainer.world_size)
+        scheduler = self.lr_schedule.build(
             optimizer,
-            total_steps=total,
-            steps_per_epoch=total / epochs,
-            warmup_steps=warmup,
-            min_lr_ratio=self.min_lr_ratio,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            epochs=max(1, self.trainer.max_epochs or 1),
             unfreeze_warmup_epochs=self.finetune.unfreeze_warmup_epochs,
         )
         return {

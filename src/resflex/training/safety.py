@@ -26,6 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from resflex.errors import ResflexError
 from resflex.models.checkpoint import safe_load
+from resflex.training.run_record import FillsRunRecord
 
 log = logging.getLogger("resflex")
 
@@ -68,7 +69,7 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
     return Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
 
 
-class SaveOnInterrupt(pl.Callback):
+class SaveOnInterrupt(FillsRunRecord, pl.Callback):
     """On SIGTERM (clusters send it before killing) or Ctrl-C: save ``checkpoints/last.ckpt`` and stop."""
 
     def __init__(self) -> None:
@@ -85,6 +86,8 @@ class SaveOnInterrupt(pl.Callback):
         path = checkpoint_dir(trainer) / "last.ckpt"
         trainer.save_checkpoint(path)
         self.saved_path = str(path)
+        if self.run_record is not None:
+            self.run_record.checkpoint = self.saved_path
         log.warning("interrupted at step %d: checkpoint saved to %s", trainer.global_step, path)
 
 
