@@ -149,7 +149,9 @@ def test_bad_sizes_are_rejected(bad: object) -> None:
 
 
 def test_sampler_covers_every_sample_once_per_epoch_and_reshuffles() -> None:
-    sampler = ResolutionBatchSampler(50, 8, FixedResolution(32), shuffle=True, drop_last=False, seed=0)
+    sampler = ResolutionBatchSampler(
+        50, 8, FixedResolution(32), shuffle=True, training=True, drop_last=False, seed=0
+    )
     epoch0 = [item[0] for batch in sampler for item in batch]
     sampler.set_epoch(1)
     epoch1 = [item[0] for batch in sampler for item in batch]

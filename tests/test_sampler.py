@@ -76,10 +76,10 @@ def test_variable_batch_sizes_cover_each_sample_once_and_len_follows_the_epoch()
 
 def test_resume_mid_epoch_continues_with_the_same_sizes_and_samples() -> None:
     schedule = RandomResolution(sizes=[32, 48, 64], seed=2)
-    full = ResolutionBatchSampler(64, 4, schedule, seed=9)
+    full = ResolutionBatchSampler(64, 4, schedule, seed=9, training=True)
     full.set_epoch(3)
     expected = _epoch(full)
-    resumed = ResolutionBatchSampler(64, 4, schedule, seed=9)  # a fresh process
+    resumed = ResolutionBatchSampler(64, 4, schedule, seed=9, training=True)  # a fresh process
     resumed.load_state_dict({"epoch": 3, "start_step": 6})
     assert len(resumed) == len(expected)  # Lightning counts the skipped batches itself
     assert _epoch(resumed) == expected[6:]
@@ -89,7 +89,7 @@ def test_resume_mid_epoch_continues_with_the_same_sizes_and_samples() -> None:
 def test_fixres_final_phase_items_carry_the_phase_and_get_the_weaker_crop() -> None:
     schedule = FixResResolution(size=32, test_size=48, final_epochs=1, final_augment={"scale": [0.9, 1.0]})
     schedule.bind(2)
-    sampler = ResolutionBatchSampler(16, 4, schedule)
+    sampler = ResolutionBatchSampler(16, 4, schedule, training=True)
     assert {item[1:] for batch in sampler for item in batch} == {(32, 32, None, 0)}
     sampler.set_epoch(1)
     assert {item[1:] for batch in sampler for item in batch} == {(48, 48, "fixres", 1)}
@@ -103,7 +103,7 @@ def test_fixres_final_phase_items_carry_the_phase_and_get_the_weaker_crop() -> N
 def test_real_dataloader_batches_have_exactly_the_scheduled_shapes() -> None:
     schedule = RandomResolution(sizes=[24, 40, [32, 48]], seed=0, batch_scaling=True)
     dataset = SizedDataset(SyntheticSource(40, 8, 0).splits["train"], TrainTransform())
-    sampler = ResolutionBatchSampler(len(dataset), 4, schedule, drop_last=False)
+    sampler = ResolutionBatchSampler(len(dataset), 4, schedule, drop_last=False, training=True)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0)
     for epoch in range(2):
         sampler.set_epoch(epoch)
@@ -185,7 +185,7 @@ def test_lightning_sets_the_epoch_on_the_batch_sampler() -> None:
 def test_datamodule_resumes_the_sampler_from_its_checkpoint_state() -> None:
     schedule = RandomResolution(sizes=[16, 24, 32], seed=0)
     dm = ResflexDataModule(SyntheticSource(64, 8, 0), schedule, batch_size=8, num_workers=0, seed=4)
-    reference = ResolutionBatchSampler(64, 8, schedule, seed=4)
+    reference = ResolutionBatchSampler(64, 8, schedule, seed=4, training=True)
     reference.set_epoch(1)
     dm.load_state_dict({"epoch": 1, "step": 3})  # what Lightning restores before building the loader
     assert _epoch(dm.train_dataloader().batch_sampler) == _epoch(reference)[3:]

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from resflex.data.datamodule import ResflexDataModule
+from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
@@ -126,10 +126,11 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
-    """``callbacks`` group plus the fine-tuning callback (``full`` when no ``finetune`` node)."""
+    """``callbacks`` group, the fine-tuning callback (``full`` without a ``finetune`` node), epoch sync."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     finetune = OmegaConf.select(cfg, "finetune", default=None)
     callbacks.append(instantiate(finetune) if finetune is not None else build_finetuning(None))
+    callbacks.append(ScheduleLengthSync())  # multigrid / batch scaling: epochs of varying length
     if not with_loggers:  # logger=none: the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks

@@ -30,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from resflex.data.datamodule import ScheduleLengthSync
 from resflex.models.backbone import TimmBackbone
 from resflex.models.classifier import ImageClassifier
 from resflex.models.pooling import AvgPool
@@ -208,6 +209,7 @@ def make_trainer(
             ThroughputLogger(),
             LearningRateMonitor(logging_interval="step"),
             build_finetuning(None),
+            ScheduleLengthSync(),
             *callbacks,
         ],
     )

@@ -34,7 +34,7 @@ from resflex.data.datasets import ImageSource
 from resflex.data.images import ImageFile
 from resflex.data.profile import DatasetProfile, sample_indices
 from resflex.data.resolution import ResolutionSchedule, Size, parse_size
-from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.sampler import ResolutionBatchSampler, SampleRequest
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
 from resflex.errors import ConfigError, DataError
@@ -43,10 +43,11 @@ log = logging.getLogger(__name__)
 
 
 class SizedDataset(Dataset):
-    """Wraps a ``(PIL image, label)`` dataset; ``dataset[(i, h, w)] -> (uint8 (3, h, w), label)``.
+    """A ``(PIL image, label)`` dataset framed on request: ``dataset[SampleRequest(i, h, w)]`` -> uint8 image.
 
-    ``dataset[(i, h, w, phase)]`` uses ``phase_transforms[phase]`` instead (FixRes'
-    final phase: the train transform with weaker crops).
+    A request with a ``phase`` uses ``phase_transforms[phase]`` instead (FixRes' final phase:
+    the train transform with weaker crops); one with an ``epoch`` draws its augmentation
+    from a generator seeded by (seed, epoch, index). Plain tuples in that order work too.
     """
 
     def __init__(
@@ -66,10 +67,8 @@ class SizedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple) -> tuple[torch.Tensor, int]:
-        index, h, w = item[:3]
-        phase = item[3] if len(item) > 3 else None
-        epoch = item[4] if len(item) > 4 else None
+    def __getitem__(self, item: SampleRequest | tuple) -> tuple[torch.Tensor, int]:
+        index, h, w, phase, epoch = SampleRequest(*item)
         transform = self.phase_transforms[phase] if phase is not None else self.transform
         if epoch is None:
             return self._load_and_transform(index, transform, (h, w))
@@ -125,14 +124,15 @@ class ScheduleLengthSync(pl.Callback):
 
     Lightning reads ``len(train_dataloader)`` once; with multigrid or batch
     scaling the number of steps changes from epoch to epoch (the sampler
-    re-plans each epoch). The data module adds this callback in that case.
+    re-plans each epoch). Every resflex trainer has this callback
+    (:func:`resflex.build.build_callbacks`); it does nothing for fixed-length epochs.
     """
 
-    def __init__(self, sampler: ResolutionBatchSampler) -> None:
-        self.sampler = sampler
-
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        n = self.sampler.num_batches(self.sampler.epoch)
+        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
+        if sampler is None or not sampler.varies_per_epoch:
+            return
+        n = sampler.num_batches(sampler.epoch)
         limit = trainer.limit_train_batches
         if isinstance(limit, int):
             n = min(n, limit)
@@ -270,7 +270,11 @@ class ResflexDataModule(pl.LightningDataModule):
         return trainer.global_rank, trainer.world_size
 
     def _loader(self, split: str, shuffle: bool, size: Size | None) -> DataLoader:
-        """Built once per split and reused, so persistent workers survive across epochs."""
+        """Built once per split and reused, so persistent workers survive across epochs.
+
+        ``shuffle`` orders the split anew each epoch; the train split is sampled for training
+        (epoch-seeded augmentation) even when not shuffled (``overfit_batches``).
+        """
         key = f"{split}@{size}"
         if key not in self._loaders:
             transform = self.train_transform if split == "train" else self.eval_transform
@@ -288,6 +292,7 @@ class ResflexDataModule(pl.LightningDataModule):
                 batch_size=self.batch_size if split == "train" else self.eval_batch_size,
                 schedule=self.schedule,
                 shuffle=shuffle,
+                training=split == "train",
                 drop_last=split == "train" and len(dataset) // world >= self.batch_size,
                 seed=self.seed,
                 rank=rank,
@@ -331,11 +336,17 @@ class ResflexDataModule(pl.LightningDataModule):
         loader = self._loader("train", shuffle=not overfit, size=None)
         sampler = loader.batch_sampler
         assert isinstance(sampler, ResolutionBatchSampler)
-        self._follow_trainer(sampler)
+        self._start_where_resumed(sampler)
         return loader
 
-    def _follow_trainer(self, sampler: ResolutionBatchSampler) -> None:
-        """Resume position and epoch-length sync with the trainer.
+    @property
+    def train_sampler(self) -> ResolutionBatchSampler | None:
+        """The training loader's batch sampler, once the loader exists."""
+        loader = self._loaders.get("train@None")
+        return loader.batch_sampler if loader is not None else None  # type: ignore[return-value]
+
+    def _start_where_resumed(self, sampler: ResolutionBatchSampler) -> None:
+        """Start the sampler where a resumed run stopped.
 
         Lightning builds the train iterator (and prefetches from it) before it
         restores the loops from a checkpoint and before it calls ``set_epoch``;
@@ -350,18 +361,12 @@ class ResflexDataModule(pl.LightningDataModule):
             sampler.set_start_step(step)
             log.info("train sampler resumes at epoch %d, step %d", epoch, step)
             self._resume = None
-        trainer = self.trainer
-        synced = trainer is None or any(isinstance(c, ScheduleLengthSync) for c in trainer.callbacks)
-        if sampler.varies_per_epoch and not synced:
-            trainer.callbacks.append(ScheduleLengthSync(sampler))
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: the sampler's epoch and the batches the trainer finished in it."""
-        trainer = self.trainer
-        loader = self._loaders.get("train@None")
-        if trainer is None or loader is None:
+        trainer, sampler = self.trainer, self.train_sampler
+        if trainer is None or sampler is None:
             return {}
-        sampler = loader.batch_sampler
         return {"epoch": sampler.epoch, "step": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

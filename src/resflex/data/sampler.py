@@ -52,7 +52,20 @@ from torch.utils.data import Sampler
 
 from resflex.data.resolution import ResolutionSchedule, Size
 
-SizedIndex = tuple  # (index, h, w), (index, h, w, phase) or, for training, (index, h, w, phase, epoch)
+
+class SampleRequest(NamedTuple):
+    """What the sampler asks the dataset for: sample ``index`` framed into (``h``, ``w``).
+
+    ``phase`` selects a variant of the train transform (FixRes' final phase); ``epoch`` is
+    set for training only and, with the run's seed and ``index``, seeds the sample's random
+    augmentation, so a resumed or DDP run draws exactly the same crops.
+    """
+
+    index: int
+    h: int
+    w: int
+    phase: str | None = None
+    epoch: int | None = None
 
 
 class PlannedBatch(NamedTuple):
@@ -74,13 +87,16 @@ class _EpochHook:
         self.owner.set_epoch(epoch)
 
 
-class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
+class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
+    """``training``: requests carry the epoch (augmentation seeds); ``shuffle``: a new order per epoch."""
+
     def __init__(
         self,
         num_samples: int,
         batch_size: int,
         schedule: ResolutionSchedule,
         shuffle: bool = True,
+        training: bool = False,
         drop_last: bool = True,
         seed: int = 0,
         rank: int = 0,
@@ -98,6 +114,7 @@ class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
         self.batch_size = batch_size
         self.schedule = schedule
         self.shuffle = shuffle
+        self.training = training
         self.drop_last = drop_last
         self.seed = seed
         self.rank = rank
@@ -244,13 +261,9 @@ class ResolutionBatchSampler(Sampler[list[SizedIndex]]):
             return self.mean_num_batches()
         return self.num_batches(self.epoch)
 
-    def __iter__(self) -> Iterator[list[SizedIndex]]:
+    def __iter__(self) -> Iterator[list[SampleRequest]]:
         start, self.start_step = self.start_step, 0
         for batch in self.plan()[start:]:
             h, w = batch.size
-            if self.shuffle:  # training: the epoch seeds each sample's augmentation (SizedDataset)
-                yield [(index, h, w, batch.phase, self.epoch) for index in batch.indices]
-            elif batch.phase is None:
-                yield [(index, h, w) for index in batch.indices]
-            else:
-                yield [(index, h, w, batch.phase) for index in batch.indices]
+            epoch = self.epoch if self.training else None
+            yield [SampleRequest(index, h, w, batch.phase, epoch) for index in batch.indices]
