@@ -120,12 +120,16 @@ def test_batch_scaling_grows_the_batch_at_small_sizes_up_to_the_cap() -> None:
     assert not FixedResolution(32, batch_scaling=True).varies_batch_size
 
 
-def test_keep_aspect_shape_has_about_the_scheduled_pixels() -> None:
+def test_keep_aspect_bucket_shapes_keep_the_short_side_or_the_area() -> None:
     s = FixedResolution(64, geometry="keep_aspect", multiple=8)
     assert s.shape_for((64, 64), 1.0) == (64, 64)
-    h, w = s.shape_for((64, 64), 2.0)
-    assert (h, w) == (48, 88) and h % 8 == 0 and w % 8 == 0
-    assert abs(h * w - 64 * 64) / (64 * 64) < 0.05
+    assert s.shape_for((64, 64), 2.0) == (64, 128)  # short side = the size, as a square crop has it
+    assert s.shape_for((64, 64), 0.75) == (88, 64)  # 85.3 rounded to the multiple
+    area = FixedResolution(64, geometry="keep_aspect", multiple=8, bucket_size="area")
+    h, w = area.shape_for((64, 64), 2.0)
+    assert (h, w) == (48, 88) and abs(h * w - 64 * 64) / (64 * 64) < 0.05
+    with pytest.raises(ConfigError, match=r"resolution\.bucket_size"):
+        FixedResolution(64, bucket_size="long_side")
     with pytest.raises(ConfigError, match=r"resolution\.geometry"):
         FixedResolution(64, geometry="round")
 

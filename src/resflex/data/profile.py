@@ -7,7 +7,7 @@ and what each geometry costs the *average* image:
 
 - ``square`` (centre crop at ``crop_pct=1``) discards ``1 - min(a, 1/a)`` of an
   image of aspect a = w/h: half of a 2:1 image;
-- ``keep_aspect`` discards only the mismatch to its nearest bucket;
+- ``keep_aspect`` discards nothing (it stretches by at most half a bucket step);
 - ``squash`` discards nothing (it distorts instead), ``pad`` discards nothing
   (its canvas carries ``1 - min(a, 1/a)`` padding instead).
 
@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from resflex.data.buckets import assign_buckets
 
 #: a square centre crop losing at least this share of the average image means "aspects spread widely"
 AUTO_CROP_LOSS = 0.10
@@ -86,14 +84,8 @@ class DatasetProfile:
 
     def discarded(self, geometry: str) -> float:
         """Mean share of an image that ``geometry``'s evaluation framing discards (crop_pct=1)."""
-        if geometry in ("squash", "pad"):
+        if geometry in ("squash", "pad", "keep_aspect"):
             return 0.0
-        if geometry == "keep_aspect":
-            buckets = assign_buckets(self.sizes, self.aspect_ratios)
-            losses = [
-                crop_loss(w, h, self.aspect_ratios[b]) for (w, h), b in zip(self.sizes, buckets, strict=True)
-            ]
-            return float(np.mean(losses))
         return float(np.mean([crop_loss(w, h) for w, h in self.sizes]))
 
     def padding(self) -> float:

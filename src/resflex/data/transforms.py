@@ -11,9 +11,10 @@ How the image is framed into (h, w) is the *geometry* (``resolution.geometry``):
 ===========  ===================================================================
 square       train: random-resized crop (``scale``, ``ratio``); eval: resize to
              cover, centre crop. The classic ImageNet recipe.
-keep_aspect  the same crops, but (h, w) is an aspect-ratio bucket's shape and the
-             crop's aspect range is taken *relative to* w/h, so resizing the box to
-             the bucket never stretches more than ``ratio`` allows.
+keep_aspect  (h, w) is the shape of the image's aspect-ratio bucket
+             (:mod:`resflex.data.buckets`); the whole image is resized to it, so
+             its aspect changes at most by half a bucket step (1.19x with the
+             default buckets); train: the mild per-side jitter of ``squash``.
 squash       the whole image resized to (h, w), aspect ignored (timm's
              ``crop_mode='squash'``); train: a mild crop, each side keeping a
              share in sqrt(``whole_scale``).
@@ -24,6 +25,12 @@ pad          letterbox: the whole image fitted inside (h, w) keeping its aspect,
 
 ``auto`` is resolved to one of these from the dataset's profile before the
 transforms are built (:mod:`resflex.data.profile`).
+
+Why keep_aspect frames the whole image rather than taking random-resized crops
+inside its bucket (with the aspect range relative to the bucket's w/h, which
+it did first): on images with an object anywhere (experiments/variable_size/),
+crops cut objects at the edges and whole-image framings learned faster, as
+``squash`` did against ``square``.
 
 From an image folder the transforms receive an :class:`~resflex.data.images.ImageFile`
 (header read, pixels not): they draw the box first, then ask for a decode just
@@ -72,14 +79,14 @@ def _check_range(value: Sequence[float], key: str, upper: float | None) -> tuple
 class TrainTransform:
     """Random framing of an image into (h, w) for training, plus horizontal flip; uint8 CHW out.
 
-    Crop boxes (``square``, ``keep_aspect``, ``squash``) are drawn by torchvision's
+    ``square`` crop boxes are drawn by torchvision's
     ``v2.RandomResizedCrop.make_params``; the pixels go through ``v2.functional``
     directly rather than through a ``v2.Compose`` (same draws, same pixels, without the
     composed transform's per-call input flattening, a quarter of a small item's cost).
     For ``square`` the result is bit-identical to ``v2.RandomResizedCrop`` + flip.
 
-    The crop's aspect range is relative to the *target's* aspect: a disc stays round within
-    ``ratio`` in every geometry but ``squash``, whose point is to ignore aspect.
+    A disc stays round within ``ratio`` in every geometry but ``squash``, whose point is to
+    ignore aspect.
     """
 
     def __init__(
@@ -114,7 +121,7 @@ class TrainTransform:
         if self.geometry == "pad":
             out = self._pad(image, size)
         else:
-            if self.geometry == "squash":
+            if self.geometry in ("squash", "keep_aspect"):
                 box = self._whole_box(width, height)
             else:  # square: w/h == 1, the classic draw
                 params = self._crop_params(width, height, w / h, self.scale)
@@ -155,9 +162,10 @@ class TrainTransform:
 class EvalTransform:
     """Deterministic framing into (h, w) for validation, test and prediction.
 
-    ``square`` / ``keep_aspect``: resize so the image covers (h/crop_pct, w/crop_pct)
-    keeping its aspect, then centre-crop (h, w); ``crop_pct=1`` keeps as much of the
-    image as the target aspect allows. ``squash``: the whole image resized to (h, w).
+    ``square``: resize so the image covers (h/crop_pct, w/crop_pct) keeping its aspect,
+    then centre-crop (h, w); ``crop_pct=1`` keeps as much of the image as a square allows.
+    ``squash`` / ``keep_aspect``: the whole image resized to (h, w) (for keep_aspect that
+    is the image's bucket shape, within half a bucket step of its own aspect).
     ``pad``: the whole image fitted inside (h, w), centred, the rest ``fill``.
     """
 
@@ -173,7 +181,7 @@ class EvalTransform:
     def __call__(self, image: Image.Image | ImageFile, size: Size) -> torch.Tensor:
         h, w = size
         width, height = image.size
-        if self.geometry == "squash":
+        if self.geometry in ("squash", "keep_aspect"):
             return TF.pil_to_tensor(resized_crop(image, (0, 0, height, width), size))
         if self.geometry == "pad":
             fit = min(h / height, w / width)

@@ -90,8 +90,8 @@ class ClassificationModule(pl.LightningModule):
         ``compile_dynamic=null`` is torch's automatic dynamic shapes: the first
         input size compiles a static graph, the next one a graph with symbolic
         h/w. Graphs are cached per size class, so a size seen before never
-        recompiles; but Inductor may guard on derived sizes (torch 2.14 on CPU:
-        the final feature map's size), so each *new* size can compile once. Keep
+        recompiles; but Inductor may guard on derived sizes (such as the final
+        feature map's size), so each *new* size can compile once. Keep
         the number of training sizes below ``torch._dynamo.config.cache_size_limit``
         (8); ``true`` starts symbolic, ``false`` compiles per shape. Measured by
         ``scripts/benchmark.py --compile`` (experiments/performance/).
