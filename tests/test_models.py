@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -78,8 +80,43 @@ def test_unknown_backbone_suggests_close_names() -> None:
     assert "unknown backbone 'resnet19'" in message and "resnet18" in message and "\n" not in message
 
 
-def test_pretrained_tag_names_are_accepted() -> None:
-    check_model_name("resnet18.a1_in1k")  # architecture + pretrained tag: no error
+def test_pretrained_tag_names_are_accepted(cnn: TimmBackbone) -> None:
+    import timm
+
+    assert "resnet18.a1_in1k" in timm.list_pretrained("resnet18.*")  # a real timm tag
+    assert check_model_name("resnet18.a1_in1k") is None  # architecture + pretrained tag: accepted
+    # the tagged name reaches timm, which builds the tagged architecture (pretrained=false: no download)
+    tagged = TimmBackbone("test_resnet.r160_in1k")
+    assert tagged.name == "test_resnet.r160_in1k" and tagged.num_features == cnn.num_features
+    with torch.no_grad():
+        assert tagged.eval()(torch.randn(1, 3, 32, 32)).shape == cnn(torch.randn(1, 3, 32, 32)).shape
+    # the tag does not hide an unknown architecture: refused, naming what was typed, suggesting names
+    with pytest.raises(ConfigError) as info:
+        check_model_name("resnet19.a1_in1k")
+    assert "unknown backbone 'resnet19.a1_in1k'" in str(info.value) and "resnet18" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "channels"),
+    [("resnet50", 2048), ("convnext_atto", 320), ("efficientnet_b0", 1280)],
+)
+def test_backbone_presets_build_without_weights_and_map_64px_to_2x2(
+    option: str, channels: int, tmp_path: Path
+) -> None:
+    """configs/backbone/<option>.yaml built as a run builds it (pretrained=false: nothing downloaded)."""
+    from hydra.utils import instantiate
+
+    from tests.test_configs import compose_train
+
+    cfg = compose_train([f"backbone={option}", "backbone.pretrained=false"], tmp_path)
+    backbone = instantiate(cfg.backbone).eval()
+    assert backbone.name == option and backbone.reduction == 32
+    model = ImageClassifier(backbone, pooling_from_config("avg"), num_classes=5).eval()
+    with torch.no_grad():
+        features = backbone(torch.randn(2, 3, 64, 64))
+        logits = model(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, channels, 2, 2)  # stride 32
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
 
 
 def test_backbone_reports_normalisation_and_stride(cnn: TimmBackbone) -> None:
