@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from resflex.build import build_datamodule
+from resflex.build import build_datamodule, build_module
 from resflex.errors import ConfigError
 from resflex.train import train
 from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution, main
@@ -75,10 +76,24 @@ def test_fit_logs_per_size_metrics_and_writes_the_plot(tmp_path: Path) -> None:
     record = train(cfg)
     assert record["status"] == "completed"
     metrics = record["metrics"]
-    for stage in ("val", "test"):
-        for size in (16, 32, 48):
-            assert 0.0 <= metrics[f"{stage}/acc@{size}"] <= 1.0
-            assert metrics[f"{stage}/loss@{size}"] > 0
+    # an independent evaluation: the checkpoint's weights on one batch of each size (limit_*_batches=1);
+    # one epoch, so the best checkpoint that trainer.test() used is the last one
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, num_classes=dm.num_classes)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    module.load_state_dict(state["state_dict"])
+    module.eval()
+    for stage, loaders in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+        assert [size for size, _ in dm.eval_sizes] == [32, 16, 48]
+        for (size, _), loader in zip(dm.eval_sizes, loaders, strict=True):
+            images, labels = next(iter(loader))
+            assert images.shape[-2:] == (size, size)
+            with torch.no_grad():
+                logits = module(module.normalize(images))  # what on_after_batch_transfer does
+            expected_acc = (logits.argmax(-1) == labels).float().mean().item()
+            expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
+            assert metrics[f"{stage}/acc@{size}"] == pytest.approx(expected_acc, abs=1e-6), (stage, size)
+            assert metrics[f"{stage}/loss@{size}"] == pytest.approx(expected_loss, rel=1e-4), (stage, size)
         # loader 0 is the main size: val/acc and val/acc@32 are the same numbers
         assert metrics[f"{stage}/acc"] == pytest.approx(metrics[f"{stage}/acc@32"])
     assert not any("dataloader_idx" in key for key in metrics)
