@@ -227,3 +227,17 @@ def test_mlflow_run_in_a_sqlite_store_reads_back(tmp_path: Path) -> None:
         assert run.data.metrics[mlflow_key(tag)] == pytest.approx(record["metrics"][tag], rel=1e-6), tag
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"samples", "eval", "run"} <= artifacts
+
+
+def test_logger_none_writes_no_events_but_still_the_metrics_file(tmp_path: Path) -> None:
+    from resflex.train import train
+    from tests.test_configs import compose_train
+
+    overrides = [*TINY, *TINY_SYNTHETIC, "logger=none", "eval.resolutions=[]"]
+    record = train(compose_train(overrides, tmp_path))
+    assert record["status"] == "completed"
+    assert not list(tmp_path.rglob("events.out.tfevents.*")) and not (tmp_path / "csv").exists()
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["status"] == "completed" and written["choices"]["logger"] == "none"
+    assert written["metrics"] == pytest.approx(record["metrics"])
+    assert {"val/acc", "val/loss", "test/acc", "train/loss"} <= set(written["metrics"])

@@ -120,3 +120,22 @@ def test_the_module_uses_the_configured_optimizer_and_schedule(tmp_path: Path) -
     )
     assert scheduler.lr_lambdas[0](0) == pytest.approx(1.0)  # no warm-up
     assert module.hparams["optimizer"]["name"] == "sgd"
+
+
+def test_an_sgd_run_trains_with_nesterov_momentum(tmp_path: Path) -> None:
+    """optimizer=sgd through a real run: the optimizer state in its checkpoint is SGD's, with Nesterov."""
+    from resflex.train import train
+    from tests.conftest import TINY, TINY_SYNTHETIC
+
+    overrides = [*TINY, *TINY_SYNTHETIC, "optimizer=sgd", "logger=none", "eval.resolutions=[]"]
+    overrides.append("test_after_fit=false")
+    record = train(compose_train(overrides, tmp_path))
+    assert record["status"] == "completed" and record["choices"]["optimizer"] == "sgd"
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    (optimizer,) = state["optimizer_states"]
+    assert optimizer["param_groups"] and all(
+        g["nesterov"] and g["momentum"] == 0.9 and g["initial_lr"] == pytest.approx(0.1 * g.get("lr_mult", 1))
+        for g in optimizer["param_groups"]
+    )
+    buffers = list(optimizer["state"].values())
+    assert buffers and all(set(s) == {"momentum_buffer"} for s in buffers)  # SGD's state, not Adam's

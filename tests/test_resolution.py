@@ -141,3 +141,29 @@ def test_every_config_instantiates(name: str, tmp_path: Path) -> None:
     schedule = instantiate(compose_train([f"resolution={name}"], tmp_path).resolution).bind(4)
     assert schedule.size_at(0, 0)[0] > 0
     assert schedule.eval_size[0] > 0
+
+
+def test_fixres_run_reaches_its_final_phase_at_the_test_size(tmp_path: Path) -> None:
+    """resolution=fixres through a real Trainer: the final epoch trains at test_size; val runs at it."""
+    from resflex.train import train
+    from tests.conftest import TINY, TINY_SYNTHETIC, scalar_tags
+    from tests.test_configs import compose_train
+
+    overrides = [
+        *(a for a in TINY if not a.startswith(("resolution.", "trainer.max_epochs", "trainer.limit_train"))),
+        *TINY_SYNTHETIC,
+        "resolution=fixres",
+        "resolution.size=16",
+        "resolution.test_size=32",
+        "resolution.final_epochs=1",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "eval.resolutions=[]",
+        "test_after_fit=false",
+    ]
+    record = train(compose_train(overrides, tmp_path))
+    assert record["status"] == "completed"
+    tags = scalar_tags(tmp_path)
+    sizes = [value for _, value in sorted(tags["train/resolution"])]
+    assert sizes == [16.0, 16.0, 32.0, 32.0]  # epoch 0 at size, the final epoch at test_size
+    assert "val/acc@32" in record["metrics"] and "val/acc@16" not in record["metrics"]  # eval at test_size
