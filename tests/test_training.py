@@ -1,38 +1,56 @@
-"""A short real training run on the embedded default data must learn: accuracy far above chance."""
+"""Real training runs must learn: accuracy far above chance on the embedded default data, and the
+``debug=overfit`` preset drives the loss of its few batches down.
+
+In-process through the same ``train(cfg)`` the CLI runs (the CLI itself is covered in test_cli.py).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli, scalar_tags
+from resflex.train import train
+from tests.conftest import TINY, TINY_SYNTHETIC, scalar_tags
+from tests.test_configs import compose_train
 
 CHANCE = 0.1  # 10 balanced classes
 
 
 def test_short_training_on_default_data_beats_chance(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        [
-            "backbone.name=test_resnet",
-            "data.source.num_train=800",
-            "data.source.num_val=200",
-            "data.source.num_test=0",
-            "data.num_workers=0",
-            "data.batch_size=16",
-            "resolution.size=32",
-            "trainer.accelerator=cpu",
-            "trainer.max_epochs=4",
-            "trainer.enable_progress_bar=false",
-            "optimizer.lr=0.004",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=tmp_path,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    val_acc = [v for _, v in scalar_tags(run_dir)["val/acc"]]
-    record = json.loads((run_dir / "metrics.json").read_text())
+    overrides = [
+        "backbone.name=test_resnet",
+        "data.source.num_train=800",
+        "data.source.num_val=200",
+        "data.source.num_test=0",
+        "data.num_workers=0",
+        "data.batch_size=16",
+        "resolution.size=32",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=4",
+        "trainer.enable_progress_bar=false",
+        "optimizer.lr=0.004",
+    ]
+    record = train(compose_train(overrides, tmp_path))
     assert record["status"] == "completed"
+    val_acc = [v for _, v in sorted(scalar_tags(tmp_path)["val/acc"])]
+    assert len(val_acc) == 4, val_acc
     assert val_acc[-1] >= 3 * CHANCE, val_acc
     assert val_acc[-1] > val_acc[0], val_acc
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["val/acc"] == val_acc[-1]
+
+
+def test_overfit_preset_drives_the_training_loss_down(tmp_path: Path) -> None:
+    """debug=overfit: the same 2 batches for 20 epochs; the loss on them must fall far."""
+    overrides = [
+        *(a for a in TINY if not a.startswith(("trainer.max_epochs", "trainer.limit_train"))),
+        *TINY_SYNTHETIC,
+        "debug=overfit",
+        "eval.resolutions=[]",
+        "test_after_fit=false",
+    ]
+    record = train(compose_train(overrides, tmp_path))
+    assert record["status"] == "completed"
+    losses = [v for _, v in sorted(scalar_tags(tmp_path)["train/loss"])]
+    assert len(losses) == 20 * 2, len(losses)  # max_epochs=20, overfit_batches=2: the preset's values
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.5 * first, (first, last)
