@@ -19,6 +19,7 @@ from torch import nn
 
 from resflex.errors import ConfigError
 from resflex.models.checkpoint import LoadReport, load_backbone_weights
+from resflex.validation import check_value
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,7 +63,12 @@ def _is_capturing() -> bool:
 
 
 class TimmBackbone(nn.Module):
-    """A timm model without its classifier, returning a (B, C, h, w) feature map."""
+    """A timm model without its classifier, returning a (B, C, h, w) feature map.
+
+    ``drop_path_rate``: stochastic depth, timm's ``drop_path_rate`` argument of
+    ``create_model`` (the rate of the deepest block; timm scales it down for earlier
+    ones); ``None`` leaves the model's own default (0 for most). Active in training only.
+    """
 
     def __init__(
         self,
@@ -72,9 +78,20 @@ class TimmBackbone(nn.Module):
         model_kwargs: dict[str, Any] | None = None,
         init_from: str | None = None,
         init_head: bool = False,
+        drop_path_rate: float | None = None,
     ) -> None:
         super().__init__()
         check_model_name(name)
+        model_kwargs = dict(model_kwargs or {})
+        if drop_path_rate is not None:
+            if "drop_path_rate" in model_kwargs:
+                raise ConfigError(
+                    "backbone.drop_path_rate and backbone.model_kwargs.drop_path_rate both set",
+                    hint="keep backbone.drop_path_rate",
+                )
+            model_kwargs["drop_path_rate"] = check_value(
+                "backbone.drop_path_rate", drop_path_rate, float, lambda v: 0 <= v < 1, "a number in [0, 1)"
+            )
         if weights and init_from:
             raise ConfigError(
                 "backbone.weights and backbone.init_from both set: they are two sources for the same tensors",
@@ -86,9 +103,17 @@ class TimmBackbone(nn.Module):
         self.init_from = str(init_from) if init_from else None
         self.init_head = bool(init_head)
         self.load_reports: list[LoadReport] = []
-        self.model = create_timm_model(
-            name, pretrained=bool(pretrained) and not (weights or init_from), **dict(model_kwargs or {})
-        )
+        try:
+            self.model = create_timm_model(
+                name, pretrained=bool(pretrained) and not (weights or init_from), **model_kwargs
+            )
+        except TypeError as exc:  # a model without stochastic depth: an unexpected keyword argument
+            if drop_path_rate is None or "drop_path_rate" not in str(exc):
+                raise
+            raise ConfigError(
+                f"{name} has no stochastic depth (backbone.drop_path_rate)",
+                hint="backbone.drop_path_rate=null",
+            ) from None
         if weights:
             self.load_reports.append(load_backbone_weights(self.model, weights, key="backbone.weights"))
         if init_from:
