@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, TINY_SYNTHETIC, make_image_folder, run_cli, scalar_tags
+from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
 
 REQUIRED_TAGS = {
     "train/loss",
@@ -40,49 +40,17 @@ def test_train_writes_run_folder_with_tensorboard_tags(tmp_path: Path) -> None:
     tags = scalar_tags(run_dir)
     assert set(tags) >= REQUIRED_TAGS, sorted(tags)
     assert any(tag.startswith("train/lr") for tag in tags)
-    assert all(0.0 <= v <= 1.0 for _, v in tags["val/acc"])
     assert all(v > 0 for _, v in tags["train/images_per_sec"])
     assert {v for _, v in tags["train/resolution"]} == {32.0}
+    assert [step for step, _ in sorted(tags["train/loss"])] == [0, 1, 2]  # limit_train_batches=3
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "completed"
     assert record["choices"]["pooling"] == "pyramid"
-    assert "val/acc" in record["metrics"] and "test/acc" in record["metrics"]
-
-
-def test_hparams_are_logged_with_final_metrics(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    run_dir = tmp_path / "run"
-    result = run_cli([*TINY, *TINY_SYNTHETIC, "optimizer.lr=0.003", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    found: dict[str, object] = {}
-    for events in run_dir.glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        try:
-            content = acc.PluginTagToContent("hparams").get("_hparams_/session_start_info")
-        except KeyError:  # an event file without an HPARAMS session
-            continue
-        if content:
-            data = plugin_data_pb2.HParamsPluginData.FromString(content)
-            found = {k: v for k, v in data.session_start_info.hparams.items()}
-    assert found, "no HPARAMS session in the event files"
-    assert found["optimizer.lr"].number_value == pytest.approx(0.003)
-    assert found["pooling"].string_value == "avg"
-    assert "val/acc" in scalar_tags(run_dir)  # the HPARAMS metric columns read the real tags
-
-
-def test_train_on_image_folder_of_mixed_images(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "images", per_class=8)  # no val/: seeded split
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        ["data=imagefolder", f"data.root={root}", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((run_dir / "metrics.json").read_text())
-    assert record["status"] == "completed" and "val/acc" in record["metrics"]
-    assert "val/acc_top5" not in record["metrics"]  # only 3 classes
+    # metrics.json holds the values TensorBoard shows: the last logged point of each tag
+    for tag in ("val/acc", "val/loss", "test/acc", "test/loss"):
+        assert record["metrics"][tag] == pytest.approx(sorted(tags[tag])[-1][1], abs=1e-6), tag
+    # 16 validation images (limit_val_batches=2 x batch 8): the accuracy is a count of them
+    assert (record["metrics"]["val/acc"] * 16) == pytest.approx(round(record["metrics"]["val/acc"] * 16))
 
 
 def test_multirun_gives_each_job_its_own_named_folder(tmp_path: Path) -> None:

@@ -178,3 +178,20 @@ def test_sized_dataset_uses_the_requested_size() -> None:
 def test_datamodule_rejects_bad_loader_settings() -> None:
     with pytest.raises(ConfigError, match="data.batch_size"):
         ResflexDataModule(SyntheticSource(10, 10, 0), FixedResolution(32), batch_size=0)
+
+
+def test_a_run_trains_on_an_image_folder_of_mixed_images(tmp_path: Path) -> None:
+    """A whole run (in-process ``train``) on PNG/JPEG files in L, RGB, RGBA and P modes, without a val/."""
+    import json
+
+    from resflex.train import train
+    from tests.conftest import TINY
+    from tests.test_configs import compose_train
+
+    root = make_image_folder(tmp_path / "images", per_class=8)  # no val/: seeded split
+    run_dir = tmp_path / "run"
+    record = train(compose_train(["data=imagefolder", f"data.root={root}", *TINY, "logger=none"], run_dir))
+    assert record["status"] == "completed" and record["data_profile"]["images"] < 24  # val/ split off
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["metrics"]["val/acc"] == pytest.approx(record["metrics"]["val/acc"])
+    assert "val/acc_top5" not in written["metrics"]  # only 3 classes
