@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from resflex.config import CONFIG_DIR, group_options
@@ -44,3 +46,24 @@ def test_bad_drop_path_rate_is_one_line(kwargs: dict, message: str) -> None:
 def test_drop_path_rate_on_a_model_without_stochastic_depth_is_one_line() -> None:
     with pytest.raises(ConfigError, match=r"has no stochastic depth \(backbone.drop_path_rate\)"):
         TimmBackbone("vgg11", drop_path_rate=0.1)
+
+
+@pytest.mark.parametrize(("option", "cls_name"), [("lamb", "Lamb"), ("lion", "Lion")])
+def test_optimizer_preset_builds_its_class_and_takes_a_step(option: str, cls_name: str) -> None:
+    from resflex.models.classifier import ImageClassifier
+    from resflex.models.pooling import AvgPool
+    from resflex.training.param_groups import FinetuneSpec, build_param_groups
+
+    factory = instantiate(OmegaConf.load(CONFIG_DIR / "optimizer" / f"{option}.yaml"))
+    torch.manual_seed(0)
+    model = ImageClassifier(TimmBackbone("test_resnet"), AvgPool(), num_classes=3)
+    optimizer = factory(build_param_groups(model, factory.weight_decay, FinetuneSpec.from_config(None)))
+    assert type(optimizer).__name__ == cls_name
+    assert max(g["lr"] for g in optimizer.param_groups) == pytest.approx(factory.lr)  # the head
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 2]))
+    loss.backward()
+    optimizer.step()
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
