@@ -17,7 +17,7 @@ from resflex.training.eval_sizes import auto_eval_sizes, drop_unfit_sizes, resol
 from resflex.training.loggers import mlflow_key
 from resflex.training.results import hparam_metric_tags, resolution_summary, run_hparams, shown_first
 
-from .conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
+from .conftest import TINY, TINY_SYNTHETIC, scalar_tags, train_run
 
 
 def read_events(run_dir: Path) -> dict[str, Any]:
@@ -138,15 +138,8 @@ def test_reproduce_command_quotes_for_the_shell() -> None:
 
 def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = [
-        *TINY,
-        *TINY_SYNTHETIC,
-        "optimizer.lr=0.003",
-        "logger=[tensorboard,csv]",
-        f"hydra.run.dir={run_dir}",
-    ]
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = [*TINY, *TINY_SYNTHETIC, "optimizer.lr=0.003", "logger=[tensorboard,csv]"]
+    assert train_run(args, run_dir, hydra_files=True)["status"] == "completed"
     scalars = scalar_tags(run_dir)
     events = read_events(run_dir)
 
@@ -210,10 +203,8 @@ def test_mlflow_run_in_a_sqlite_store_reads_back(tmp_path: Path) -> None:
         "logger=mlflow",
         f"logger.mlflow.tracking_uri=sqlite:///{store}",
         "eval.resolutions=[]",  # one size: no accuracy-vs-resolution plot
-        f"hydra.run.dir={run_dir}",
     ]
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert train_run(args, run_dir, hydra_files=True)["status"] == "completed"
     assert not (run_dir / "acc_vs_resolution.png").exists()
     record = json.loads((run_dir / "metrics.json").read_text())
 
@@ -230,11 +221,8 @@ def test_mlflow_run_in_a_sqlite_store_reads_back(tmp_path: Path) -> None:
 
 
 def test_logger_none_writes_no_events_but_still_the_metrics_file(tmp_path: Path) -> None:
-    from resflex.train import train
-    from tests.test_configs import compose_train
-
     overrides = [*TINY, *TINY_SYNTHETIC, "logger=none", "eval.resolutions=[]"]
-    record = train(compose_train(overrides, tmp_path))
+    record = train_run(overrides, tmp_path)
     assert record["status"] == "completed"
     assert not list(tmp_path.rglob("events.out.tfevents.*")) and not (tmp_path / "csv").exists()
     written = json.loads((tmp_path / "metrics.json").read_text())
