@@ -1,12 +1,13 @@
 # Two commands do all set-up on a fresh machine:
 #   make train   install into .venv, then train on the embedded default data (TensorBoard logs in logs/)
 #   make test    install into .venv, then run the fast test suite
+#   make test-min   the fast test suite in .venv-min with every dependency at its declared minimum
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow lint tensorboard clean
+.PHONY: install train test test-slow test-min lint tensorboard clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,21 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(ARGS)
+
+# The lower bounds of pyproject.toml, proven: a separate venv pinned by constraints-min.txt
+VENV_MIN ?= .venv-min
+STAMP_MIN := $(VENV_MIN)/.installed
+
+$(STAMP_MIN): pyproject.toml constraints-min.txt
+	rm -rf $(VENV_MIN)
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_MIN)/bin/python -m pip install --quiet -c constraints-min.txt -e '.[dev,sweep,mlflow,export]'
+	touch $(STAMP_MIN)
+
+test-min: $(STAMP_MIN)
+	$(VENV_MIN)/bin/python -m pip list --format=freeze | grep -iE '^(torch|torchvision|timm|pytorch-lightning|hydra-core|numpy)=='
+	$(VENV_MIN)/bin/python -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests
