@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -333,17 +332,23 @@ def test_cli_on_a_cut_short_checkpoint_is_one_line(script: str, extra: list[str]
     assert not (tmp_path / "preds.csv").exists() and not (tmp_path / "model.onnx").exists()
 
 
-def test_train_cli_resumes_past_a_cut_short_last_checkpoint(tmp_path: Path) -> None:
-    """The issue's case as typed: finish a run, cut its last.ckpt short, resume with ckpt_path=last."""
-    from tests.conftest import TINY, TINY_SYNTHETIC, run_cli
+def test_a_run_resumes_past_a_cut_short_last_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's case (in-process ``train``, as the CLI runs it): finish a run, cut its last.ckpt short,
+    resume with ckpt_path=last: the run continues from the newest readable checkpoint, saying so."""
+    from tests.conftest import TINY, TINY_SYNTHETIC, train_run
 
     run = tmp_path / "run"
-    args = [*TINY, *TINY_SYNTHETIC, "logger=none", f"hydra.run.dir={run}"]
-    assert run_cli(args, tmp_path).returncode == 0
+    args = [*TINY, *TINY_SYNTHETIC, "logger=none", "test_after_fit=false", "eval.resolutions=[]"]
+    assert train_run(args, run)["status"] == "completed"
     last = run / "checkpoints" / "last.ckpt"
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a full disk, a killed copy
-    resumed = run_cli([*args, "ckpt_path=last", "trainer.max_epochs=2"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    warning = next(line for line in (resumed.stdout + resumed.stderr).splitlines() if "last.ckpt" in line)
-    assert "best-" in warning  # names the unreadable file and the one it resumed from
-    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    with caplog.at_level(logging.WARNING, logger="resflex"):
+        record = train_run([*args, "ckpt_path=last", "trainer.max_epochs=2"], run)
+    assert record["status"] == "completed"
+    warning = next(m for m in caplog.messages if "last.ckpt" in m)
+    assert str(last) in warning and best.name in warning  # names the unreadable file and the one used
+    resumed = safe_load(last)  # rewritten whole by the resumed run
+    assert (resumed["epoch"], resumed["global_step"]) == (1, 6)  # epoch 0 restored, epoch 1 trained
