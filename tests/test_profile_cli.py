@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.conftest import TINY, make_image_folder, run_cli
+from tests.conftest import TINY, make_image_folder, run_cli, train_run
 
 
 def image_tags(run_dir: Path) -> set[str]:
@@ -50,12 +52,16 @@ def test_auto_geometry_on_a_variable_aspect_folder(tmp_path: Path) -> None:
     assert "data/profile" in image_tags(run_dir)
 
 
-def test_auto_geometry_on_a_square_folder_stays_square(tmp_path: Path) -> None:
+def test_auto_geometry_on_a_square_folder_stays_square(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process (the CLI's ``train``): the console line is the log record train.log gets above."""
     data = square_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
-    result = run_cli(["data=imagefolder", f"data.root={data}", *TINY, f"hydra.run.dir={run_dir}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "geometry: square (aspect w/h" in (run_dir / "train.log").read_text()
+    with caplog.at_level(logging.INFO, logger="resflex"):
+        record = train_run(["data=imagefolder", f"data.root={data}", *TINY, "logger=none"], run_dir)
+    assert record["status"] == "completed"
+    assert any("geometry: square (aspect w/h" in m for m in caplog.messages), caplog.messages
     assert json.loads((run_dir / "metrics.json").read_text())["data_profile"]["geometry"] == "square"
 
 
