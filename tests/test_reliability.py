@@ -8,6 +8,7 @@ and NaN are injected into real CLI runs (tests/faults.py).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from PIL import Image
 from resflex.errors import ConfigError, DataError, ResflexError, find_user_error
 from resflex.train import train
 from resflex.training.safety import AtomicCheckpointIO
-from tests.conftest import TINY, TINY_SYNTHETIC, make_image_folder, run_cli
+from tests.conftest import TINY, TINY_SYNTHETIC, make_image_folder, run_cli, train_run
 from tests.test_configs import compose_train
 
 BASE = ["backbone.name=test_resnet", "trainer.accelerator=cpu", "data.num_workers=0"]
@@ -85,25 +86,20 @@ def make_broken_folder(root: Path) -> list[str]:
     return [str(cats / name) for name in ("empty.png", "notes.jpg", "truncated.jpg")]
 
 
-def test_bad_images_are_skipped_counted_and_listed(tmp_path: Path) -> None:
+def test_bad_images_are_skipped_counted_and_listed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """data.on_bad_image=skip (the default), in-process: the run completes; the files are listed and said."""
     bad = make_broken_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
-    result = run_cli(
-        [
-            "data=imagefolder",
-            f"data.root={tmp_path / 'images'}",
-            *TINY,
-            "data.batch_size=4",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((run_dir / "metrics.json").read_text())
+    args = ["data=imagefolder", f"data.root={tmp_path / 'images'}", *TINY, "data.batch_size=4", "logger=none"]
+    with caplog.at_level(logging.WARNING, logger="resflex"):
+        record = train_run(args, run_dir)
     assert record["status"] == "completed"
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     listed = set((run_dir / "bad_images.txt").read_text().split())
     assert set(bad[:2]) <= listed  # header failures: found when the folder is scanned
-    assert "cannot read image" in result.stderr + result.stdout
+    assert listed <= set(bad)  # and nothing else
+    said = [m for m in caplog.messages if "cannot read image" in m]
+    assert said and all(any(path in m for path in bad) for m in said)
 
 
 def test_bad_images_raise_names_the_file(tmp_path: Path) -> None:
