@@ -36,17 +36,20 @@ def square_folder(root: Path) -> Path:
     return root
 
 
-def test_auto_geometry_on_a_variable_aspect_folder(tmp_path: Path) -> None:
+def test_auto_geometry_on_a_variable_aspect_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """In-process (the CLI's ``train``): the console lines are the log records (test_cli.py checks that
+    a CLI run's train.log gets them)."""
     data = make_image_folder(tmp_path / "images", splits=("train", "val"))  # sides 9-89 px, any aspect
     run_dir = tmp_path / "run"
-    result = run_cli(["data=imagefolder", f"data.root={data}", *TINY, f"hydra.run.dir={run_dir}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    console = (run_dir / "train.log").read_text()
+    with caplog.at_level(logging.INFO, logger="resflex"):
+        record = train_run(["data=imagefolder", f"data.root={data}", *TINY], run_dir)
+    assert record["status"] == "completed"
+    console = "\n".join(caplog.messages)
     assert "data profile: 18 training images" in console
     assert "aspect p5=" in console and "centre crop discards, per average image: square" in console
     assert "geometry: squash (aspect w/h" in console and "discard" in console
-    record = json.loads((run_dir / "metrics.json").read_text())
-    profile = record["data_profile"]
+    profile = json.loads((run_dir / "metrics.json").read_text())["data_profile"]
+    assert profile == record["data_profile"]
     assert profile["geometry"] == "squash" and profile["discarded"]["square"] > 0.1
     assert profile["images"] == 18 and set(profile["aspect"]) == {"p5", "p25", "p50", "p75", "p95"}
     assert "data/profile" in image_tags(run_dir)
@@ -55,7 +58,7 @@ def test_auto_geometry_on_a_variable_aspect_folder(tmp_path: Path) -> None:
 def test_auto_geometry_on_a_square_folder_stays_square(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """In-process (the CLI's ``train``): the console line is the log record train.log gets above."""
+    """In-process, as above."""
     data = square_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="resflex"):
