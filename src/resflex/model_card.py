@@ -69,6 +69,21 @@ def _mean_std(name: str) -> tuple[Any, Any]:
     return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+#: the LR schedule classes (resflex.training.lr_schedule) by the word a reader knows them by
+SCHEDULE_NAMES = {
+    "WarmupCosine": "cosine",
+    "WarmupStep": "step decay",
+    "WarmupConstant": "constant",
+    "WarmupPlateau": "reduce on plateau",
+}
+
+
+def _schedule_name(cfg: DictConfig) -> str:
+    """``cosine``, ``step decay``...: what follows the warm-up (runs from before the choice: cosine)."""
+    target = str(OmegaConf.select(cfg, "scheduler._target_", default="") or "")
+    return SCHEDULE_NAMES.get(target.rsplit(".", 1)[-1], "cosine")
+
+
 def _optimizer_name(cfg: DictConfig) -> str:
     """``adamw`` (optimizer.name); runs from before the optimizer factory name a torch class instead."""
     name = OmegaConf.select(cfg, "optimizer.name", default=None)
@@ -161,7 +176,8 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         f"| schedule | {OmegaConf.select(cfg, 'trainer.max_epochs', default='?')} epochs, "
         f"optimizer {_optimizer_name(cfg)} "
         f"lr={OmegaConf.select(cfg, 'optimizer.lr', default='?')}, "
-        f"warm-up {OmegaConf.select(cfg, 'scheduler.warmup_epochs', default='?')} epochs then cosine, "
+        f"warm-up {OmegaConf.select(cfg, 'scheduler.warmup_epochs', default='?')} epochs then "
+        f"{_schedule_name(cfg)}, "
         f"finetune={OmegaConf.select(cfg, 'finetune.name', default=None) or 'full'}, "
         f"seed {cfg.get('seed')} |",
         f"| data | {data.get('name', '?')}" + (f" (`{data.get('root')}`)" if data.get("root") else "") + " |",

@@ -1,4 +1,4 @@
-"""The LightningModule: normalise on device, classify, log loss/accuracy, cosine LR with warm-up."""
+"""The LightningModule: normalise on device, classify, log loss/accuracy, LR schedule with warm-up."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from resflex.models.classifier import ImageClassifier
 from resflex.runtime import size_tag
-from resflex.training.lr_schedule import WarmupCosine
+from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
 from resflex.training.optim import OptimizerFactory
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
 
@@ -30,7 +30,7 @@ class ClassificationModule(pl.LightningModule):
         self,
         model: ImageClassifier,
         optimizer: OptimizerFactory,
-        lr_schedule: WarmupCosine | None = None,
+        lr_schedule: WarmupSchedule | None = None,
         label_smoothing: float = 0.1,
         channels_last: bool = True,
         finetune: Mapping[str, Any] | None = None,
@@ -173,13 +173,15 @@ class ClassificationModule(pl.LightningModule):
         # out or (gradual) given an LR of 0 until their unfreeze epoch: see resflex.training.param_groups
         groups = build_param_groups(self.model, self.optimizer_factory.weight_decay, self.finetune)
         optimizer = self.optimizer_factory(groups, world_size=self.trainer.world_size)
-        scheduler = self.lr_schedule.build(
+        # the per-step LambdaLR: warm-up, the schedule's curve, per-group unfreeze ramps
+        scheduler = self.lr_schedule.lightning_config(
             optimizer,
             total_steps=int(self.trainer.estimated_stepping_batches),
             epochs=max(1, self.trainer.max_epochs or 1),
             unfreeze_warmup_epochs=self.finetune.unfreeze_warmup_epochs,
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """What the LR schedule needs in a fit (``scheduler=plateau``: its rule, stepped after validation)."""
+        return self.lr_schedule.callbacks()

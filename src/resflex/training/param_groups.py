@@ -168,7 +168,7 @@ def build_param_groups(model: nn.Module, weight_decay: float, spec: FinetuneSpec
     (×layer decay), split by weight decay (none on biases/norms) and by unfreeze epoch.
 
     Each group carries ``lr_mult`` (applied to the optimizer's LR) and
-    ``unfreeze_epoch`` (read by :func:`build_lr_scheduler`). Parameters that never
+    ``unfreeze_epoch`` (read by the LR schedule's ``build``). Parameters that never
     train are left out.
     """
     backbone = model.backbone.model
