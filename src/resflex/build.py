@@ -20,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync
+from resflex.errors import ConfigError
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
 from resflex.runtime import resolve_channels_last, resolve_precision
+from resflex.training.ema import ModelEma
 from resflex.training.eval_sizes import drop_unfit_sizes, is_auto, resolve_eval_resolutions
 from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
@@ -35,6 +37,18 @@ from resflex.training.safety import AtomicCheckpointIO
 def _plain(value: Any) -> Any:
     """OmegaConf containers -> plain Python (anything else is passed on for its owner to reject)."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+#: ``data.augment`` keys applied on the device, per batch, by the LightningModule (not the data workers)
+DEVICE_AUGMENT = ("random_erasing",)
+
+
+def data_augment(cfg: DictConfig) -> dict[str, Any]:
+    """``data.augment`` for the data workers' transforms: the device keys left to :func:`build_module`."""
+    augment = _plain(cfg.data.get("augment")) or {}
+    if not isinstance(augment, dict):
+        raise ConfigError(f"data.augment must be a mapping, got {augment!r}")
+    return {k: v for k, v in augment.items() if k not in DEVICE_AUGMENT}
 
 
 def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
@@ -54,7 +68,7 @@ def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
         pin_memory=loader.pin_memory,
         persistent_workers=loader.persistent_workers,
         prefetch_factor=loader.prefetch_factor,
-        augment=_plain(cfg.data.augment),
+        augment=data_augment(cfg),
         eval_crop_pct=cfg.data.eval_crop_pct,
         seed=cfg.seed,
         eval_resolutions=_plain(eval_resolutions),
@@ -103,6 +117,13 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
         compile=OmegaConf.select(cfg, "model.compile", default=False),
         compile_mode=OmegaConf.select(cfg, "model.compile_mode", default=None),
         compile_dynamic=OmegaConf.select(cfg, "model.compile_dynamic", default=None),
+        # runs from before issue #17 have none of these keys: off
+        mixup=OmegaConf.select(cfg, "model.mixup", default=0.0),
+        cutmix=OmegaConf.select(cfg, "model.cutmix", default=0.0),
+        mix_prob=OmegaConf.select(cfg, "model.mix_prob", default=1.0),
+        mix_switch_prob=OmegaConf.select(cfg, "model.mix_switch_prob", default=0.5),
+        random_erasing=OmegaConf.select(cfg, "data.augment.random_erasing", default=0.0),
+        seed=OmegaConf.select(cfg, "seed", default=0),
     )
 
 
@@ -125,12 +146,29 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
+def build_ema(cfg: DictConfig) -> ModelEma | None:
+    """``model.ema=true``: the weight-averaging callback (validation, test and checkpoints use the EMA)."""
+    ema = OmegaConf.select(cfg, "model.ema", default=False)
+    if not isinstance(ema, bool):
+        raise ConfigError(f"model.ema must be true or false, got {ema!r}", hint="model.ema=true")
+    if not ema:
+        return None
+    return ModelEma(
+        decay=OmegaConf.select(cfg, "model.ema_decay", default=0.999),
+        warmup=OmegaConf.select(cfg, "model.ema_warmup", default=True),
+    )
+
+
 def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
-    """``callbacks`` group, the fine-tuning callback (``full`` without a ``finetune`` node), epoch sync."""
+    """``callbacks`` group, the fine-tuning callback (``full`` without a ``finetune`` node), epoch sync,
+    and the EMA (``model.ema``)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     finetune = OmegaConf.select(cfg, "finetune", default=None)
     callbacks.append(instantiate(finetune) if finetune is not None else build_finetuning(None))
     callbacks.append(ScheduleLengthSync())  # multigrid / batch scaling: epochs of varying length
+    ema = build_ema(cfg)
+    if ema is not None:
+        callbacks.append(ema)
     if not with_loggers:  # logger=none: the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks

@@ -26,6 +26,7 @@ RULES: tuple[Rule, ...] = (
     ("data.num_workers", int, lambda v: v >= 0, "an integer >= 0 or auto"),
     ("model.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("model.label_smoothing", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("model.ema_decay", float, lambda v: 0 < v < 1, "a number in (0, 1)"),
     ("trainer.max_epochs", int, lambda v: v >= 1 or v == -1, "a positive integer (or -1)"),
     ("trainer.log_every_n_steps", int, lambda v: v >= 1, "a positive integer"),
 )

@@ -26,6 +26,17 @@ pad          letterbox: the whole image fitted inside (h, w) keeping its aspect,
 ``auto`` is resolved to one of these from the dataset's profile before the
 transforms are built (:mod:`resflex.data.profile`).
 
+After the framing and the flip, training can add torchvision's automatic
+augmentation policies and colour jitter to the framed uint8 image
+(``data.augment.auto``, ``magnitude``, ``color_jitter``; :func:`build_policy`).
+Every random draw comes from torch's CPU generator, which
+:class:`~resflex.data.datamodule.SizedDataset` seeds per sample, so an image's
+augmentation is a function of (seed, epoch, index): the same after a resume and
+on any number of workers or ranks. (timm's ``rand_augment_transform`` draws from
+Python's ``random`` and numpy instead, hence torchvision v2 here.) Random erasing
+is done per batch on the device, after normalisation
+(:class:`resflex.training.module.ClassificationModule`).
+
 Why keep_aspect frames the whole image rather than taking random-resized crops
 inside its bucket (with the aspect range relative to the bucket's w/h, which
 it did first): on images with an object anywhere (experiments/variable_size/),
@@ -49,8 +60,9 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from resflex.data.images import ImageFile
+from resflex.data.images import ImageFile, as_tensor
 from resflex.errors import ConfigError
+from resflex.validation import check_value
 
 Size = tuple[int, int]
 #: geometries the transforms implement (``auto`` is resolved before they are built)
@@ -68,6 +80,64 @@ def _check_geometry(geometry: str) -> str:
     return geometry
 
 
+#: ``data.augment.auto`` values (null: none)
+POLICIES = ("rand", "trivial", "augmix")
+#: ``data.augment.magnitude`` per policy: (lowest, highest, default) of RandAugment's ``magnitude`` and
+#: AugMix's ``severity``
+MAGNITUDES = {"rand": (0, 30, 9), "augmix": (1, 10, 3)}
+
+
+def build_policy(
+    auto: str | None, magnitude: int | None = None, fill: Sequence[int] = DEFAULT_FILL
+) -> v2.Transform | None:
+    """``data.augment.auto``: torchvision v2's ``RandAugment`` (``rand``), ``TrivialAugmentWide``
+    (``trivial``) or ``AugMix`` (``augmix``), or None.
+
+    ``magnitude`` (null: the policy's default): ``rand`` the strength of its 2 ops per image,
+    0..30 (default 9, as timm's ``rand-m9``); ``augmix`` the severity 1..10 (default 3);
+    ``trivial`` draws a strength per image and ignores it. Geometric ops fill with ``fill``
+    (the dataset's mean colour when known) and resample bilinearly.
+    """
+    if auto is None:
+        return None
+    if auto not in POLICIES:
+        raise ConfigError(
+            f"data.augment.auto must be one of {', '.join(POLICIES)} (or null), got {auto!r}",
+            hint="data.augment.auto=trivial",
+        )
+    if magnitude is not None:
+        check_value("data.augment.magnitude", magnitude, int, lambda v: v >= 0, "an integer >= 0 or null")
+    bilinear = v2.InterpolationMode.BILINEAR
+    fill_list = [int(v) for v in fill]
+    if auto == "trivial":
+        return v2.TrivialAugmentWide(interpolation=bilinear, fill=fill_list)
+    low, high, default = MAGNITUDES[auto]
+    value = default if magnitude is None else magnitude
+    check_value(
+        "data.augment.magnitude",
+        value,
+        int,
+        lambda v: low <= v <= high,
+        f"an integer in [{low}, {high}] for auto={auto}",
+    )
+    if auto == "rand":
+        return v2.RandAugment(
+            num_ops=2, magnitude=value, num_magnitude_bins=31, interpolation=bilinear, fill=fill_list
+        )
+    return v2.AugMix(severity=value, interpolation=bilinear, fill=fill_list)
+
+
+def build_color_jitter(strength: float | None) -> v2.Transform | None:
+    """``data.augment.color_jitter=s``: brightness, contrast and saturation each scaled by a factor
+    in [1 - s, 1 + s] (timm's ``color_jitter`` float; hue untouched); null or 0: off."""
+    if strength is None:
+        return None
+    s = check_value(
+        "data.augment.color_jitter", strength, float, lambda v: 0 <= v <= 1, "a number in [0, 1] or null"
+    )
+    return v2.ColorJitter(brightness=s, contrast=s, saturation=s) if s > 0 else None
+
+
 def _check_range(value: Sequence[float], key: str, upper: float | None) -> tuple[float, float]:
     lo, hi = (float(v) for v in value)
     if not 0 < lo <= hi or (upper is not None and hi > upper):
@@ -78,6 +148,9 @@ def _check_range(value: Sequence[float], key: str, upper: float | None) -> tuple
 
 class TrainTransform:
     """Random framing of an image into (h, w) for training, plus horizontal flip; uint8 CHW out.
+
+    Then, on the framed uint8 image, the ``auto`` policy and ``color_jitter`` when set
+    (:func:`build_policy`, :func:`build_color_jitter`; off by default).
 
     ``square`` crop boxes are drawn by torchvision's
     ``v2.RandomResizedCrop.make_params``; the pixels go through ``v2.functional``
@@ -97,6 +170,9 @@ class TrainTransform:
         geometry: str = "square",
         whole_scale: Sequence[float] = (0.8, 1.0),
         fill: Sequence[int] = DEFAULT_FILL,
+        auto: str | None = None,
+        magnitude: int | None = None,
+        color_jitter: float | None = None,
     ) -> None:
         self.scale = _check_range(scale, "scale", 1.0)
         self.ratio = _check_range(ratio, "ratio", None)
@@ -105,6 +181,9 @@ class TrainTransform:
         self.geometry = _check_geometry(geometry)
         self.fill = tuple(int(v) for v in fill)
         self._crops: dict[tuple[float, tuple[float, float]], v2.RandomResizedCrop] = {}
+        self.auto, self.magnitude = auto, magnitude
+        self.policy = build_policy(auto, magnitude, self.fill)
+        self.color_jitter = build_color_jitter(color_jitter)
 
     def _crop_params(self, width: int, height: int, aspect: float, scale: tuple[float, float]) -> dict:
         """RandomResizedCrop's box on a (height, width) image, with the aspect range times ``aspect``."""
@@ -130,7 +209,12 @@ class TrainTransform:
         # v2.RandomHorizontalFlip's draw: flip when rand < p
         if self.hflip and torch.rand(1).item() < 0.5:
             out = TF.horizontal_flip(out)
-        return TF.pil_to_tensor(out)
+        pixels = as_tensor(out)
+        if self.policy is not None:  # timm's order: the policy, then colour jitter
+            pixels = self.policy(pixels)
+        if self.color_jitter is not None:
+            pixels = self.color_jitter(pixels)
+        return pixels
 
     def _whole_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """``squash``'s mild crop: each side keeps a fraction in sqrt(``whole_scale``), drawn separately.
@@ -146,7 +230,7 @@ class TrainTransform:
         left = int(torch.randint(0, width - crop_w + 1, (1,)).item())
         return top, left, crop_h, crop_w
 
-    def _pad(self, image: Image.Image | ImageFile, size: Size) -> Image.Image:
+    def _pad(self, image: Image.Image | ImageFile, size: Size) -> Image.Image | torch.Tensor:
         """Letterbox with jitter: the fitted image shrunk to ``whole_scale`` of its area, placed at random."""
         h, w = size
         width, height = image.size
@@ -182,22 +266,24 @@ class EvalTransform:
         h, w = size
         width, height = image.size
         if self.geometry in ("squash", "keep_aspect"):
-            return TF.pil_to_tensor(resized_crop(image, (0, 0, height, width), size))
+            return as_tensor(resized_crop(image, (0, 0, height, width), size))
         if self.geometry == "pad":
             fit = min(h / height, w / width)
             content = (max(1, min(h, round(height * fit))), max(1, min(w, round(width * fit))))
             offset = ((h - content[0]) // 2, (w - content[1]) // 2)
-            return TF.pil_to_tensor(letterbox(image, content, offset, size, self.fill))
+            return as_tensor(letterbox(image, content, offset, size, self.fill))
         scale = max(h / height, w / width) / self.crop_pct
         resized_hw = [max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))]
         if isinstance(image, ImageFile):  # a JPEG may decode reduced, never below the resize target
-            image, _ = image.decode((resized_hw[1], resized_hw[0]))
+            image, _ = image.decode_pixels((resized_hw[1], resized_hw[0]))
         image = TF.resize(image, resized_hw, antialias=True)
         image = TF.center_crop(image, [h, w])
-        return TF.pil_to_tensor(image)
+        return as_tensor(image)
 
 
-def resized_crop(image: Image.Image | ImageFile, box: tuple[int, int, int, int], size: Size) -> Image.Image:
+def resized_crop(
+    image: Image.Image | ImageFile, box: tuple[int, int, int, int], size: Size
+) -> Image.Image | torch.Tensor:
     """The (top, left, height, width) ``box`` of ``image`` resized to ``size`` = (h, w), in one resample.
 
     A file is decoded just large enough for the box at the target size; when the decode
@@ -208,20 +294,36 @@ def resized_crop(image: Image.Image | ImageFile, box: tuple[int, int, int, int],
     h, w = size
     if isinstance(image, ImageFile):
         width, height = image.size
-        image, scale = image.decode((math.ceil(width * w / crop_w), math.ceil(height * h / crop_h)))
+        image, scale = image.decode_pixels((math.ceil(width * w / crop_w), math.ceil(height * h / crop_h)))
         if scale != 1.0:
             scaled = (left * scale, top * scale, (left + crop_w) * scale, (top + crop_h) * scale)
+            if isinstance(image, torch.Tensor):  # data.decoder=auto: PIL decoded it reduced
+                return resized_box(image, scaled, size)
             return image.resize((w, h), Image.Resampling.BILINEAR, box=scaled)
     return TF.resized_crop(image, top, left, crop_h, crop_w, [h, w], antialias=True)
 
 
+def resized_box(image: torch.Tensor, box: tuple[float, float, float, float], size: Size) -> torch.Tensor:
+    """The (left, top, right, bottom) ``box`` of ``image`` to (h, w): PIL's ``resize(box=...)`` for
+    tensors, with the box's edges on the nearest pixels (under half a pixel of the decoded image)."""
+    height, width = image.shape[-2:]
+    left, right = min(width - 1, round(box[0])), min(width, round(box[2]))
+    top, bottom = min(height - 1, round(box[1])), min(height, round(box[3]))
+    crop_h, crop_w = max(1, bottom - top), max(1, right - left)
+    return TF.resized_crop(image, top, left, crop_h, crop_w, list(size), antialias=True)
+
+
 def letterbox(
     image: Image.Image | ImageFile, content: Size, offset: Size, size: Size, fill: Sequence[int]
-) -> Image.Image:
+) -> Image.Image | torch.Tensor:
     """``image`` resized to ``content`` (h, w) and pasted at ``offset`` (top, left) on an (h, w) canvas."""
     if isinstance(image, ImageFile):
-        image, _ = image.decode((content[1], content[0]))
+        image, _ = image.decode_pixels((content[1], content[0]))
     resized = TF.resize(image, list(content), antialias=True)
+    if isinstance(resized, torch.Tensor):  # data.decoder=torchvision
+        canvas = torch.tensor(fill, dtype=torch.uint8).view(3, 1, 1).repeat(1, *size)
+        canvas[:, offset[0] : offset[0] + content[0], offset[1] : offset[1] + content[1]] = resized
+        return canvas
     canvas = Image.new("RGB", (size[1], size[0]), tuple(fill))
     canvas.paste(resized, (offset[1], offset[0]))
     return canvas

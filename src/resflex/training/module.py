@@ -1,13 +1,29 @@
-"""The LightningModule: normalise on device, classify, log loss/accuracy, LR schedule with warm-up."""
+"""The LightningModule: normalise on device, classify, log loss/accuracy, LR schedule with warm-up.
+
+Training batches can be regularised on the device, per batch, in :meth:`training_step`:
+random erasing (``data.augment.random_erasing``, timm's ``RandomErasing``: per image, on
+the normalised pixels) and then mixing (``model.mixup`` / ``model.cutmix``, timm's
+``Mixup``: soft targets with the label smoothing folded in, one pairing per batch, any
+(h, w)). Both draw from host RNGs (Python's ``random``, numpy) and the device's
+generator; :func:`seeded_rngs` seeds them per batch from (seed, rank, epoch, batch
+index) and restores them after, so the draws are the same after a resume and leave
+every other random stream alone.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+from timm.data.random_erasing import RandomErasing
 from torchmetrics.classification import MulticlassAccuracy
 
 from resflex.models.classifier import ImageClassifier
@@ -15,6 +31,38 @@ from resflex.runtime import size_tag
 from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
 from resflex.training.optim import OptimizerFactory
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
+from resflex.validation import check_value
+
+
+@contextmanager
+def seeded_rngs(seed: int, device: torch.device) -> Iterator[None]:
+    """Python's ``random``, numpy's global RNG, torch's CPU generator and, on a GPU, ``device``'s
+    generator, all seeded with ``seed`` inside the block and restored after it."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    gpus = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=gpus, device_type="cuda"):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)
+        if gpus:
+            torch.cuda.manual_seed(seed)  # the current device, which fork_rng restores
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _at_least_zero(value: float) -> bool:
+    return value >= 0
+
+
+def _probability(value: float) -> bool:
+    return 0 <= value <= 1
 
 
 class ClassificationModule(pl.LightningModule):
@@ -24,6 +72,11 @@ class ClassificationModule(pl.LightningModule):
     converts them to float, normalises with the backbone's mean/std and switches
     to channels-last, all on the device (cheaper than on CPU workers, and 4×
     less host-to-device traffic).
+
+    ``mixup`` / ``cutmix``: Beta(alpha, alpha) mixing of each batch with itself
+    reversed (0 = off); ``mix_prob`` of the batches are mixed, and with both on,
+    ``mix_switch_prob`` of the mixed ones use CutMix. ``random_erasing``: the
+    probability that an image gets a rectangle of noise. ``seed`` keys their draws.
     """
 
     def __init__(
@@ -37,6 +90,12 @@ class ClassificationModule(pl.LightningModule):
         compile: bool = False,
         compile_mode: str | None = None,
         compile_dynamic: bool | None = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        mix_prob: float = 1.0,
+        mix_switch_prob: float = 0.5,
+        random_erasing: float = 0.0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
@@ -66,9 +125,37 @@ class ClassificationModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.top5 = num_classes >= 5
+        self.mixer = self._mixer(mixup, cutmix, mix_prob, mix_switch_prob, num_classes)
+        erasing = check_value(
+            "data.augment.random_erasing", random_erasing, float, _probability, "a probability in [0, 1]"
+        )
+        # timm's train.py recipe: per-pixel normal noise (the normalised data's scale), one box per image
+        self.eraser = RandomErasing(erasing, mode="pixel", device="cpu") if erasing > 0 else None
+        self.seed = int(seed)
         if self.top5:
             self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
             self.test_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+
+    def _mixer(
+        self, mixup: float, cutmix: float, mix_prob: float, switch_prob: float, num_classes: int
+    ) -> Mixup | None:
+        mixup = check_value("model.mixup", mixup, float, _at_least_zero, "an alpha >= 0 (0: off)")
+        cutmix = check_value("model.cutmix", cutmix, float, _at_least_zero, "an alpha >= 0 (0: off)")
+        mix_prob = check_value("model.mix_prob", mix_prob, float, _probability, "a probability in [0, 1]")
+        switch_prob = check_value(
+            "model.mix_switch_prob", switch_prob, float, _probability, "a probability in [0, 1]"
+        )
+        if mixup == 0 and cutmix == 0:
+            return None
+        return Mixup(
+            mixup_alpha=mixup,
+            cutmix_alpha=cutmix,
+            prob=mix_prob,
+            switch_prob=switch_prob,
+            mode="batch",
+            label_smoothing=self.label_smoothing,
+            num_classes=num_classes,
+        )
 
     # ---- data on device -------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -103,11 +190,49 @@ class ClassificationModule(pl.LightningModule):
         return self.model(x)
 
     # ---- steps ------------------------------------------------------------
+    def regularize(
+        self, images: torch.Tensor, labels: torch.Tensor, batch_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Random erasing, then mixing, of a normalised training batch (in place); soft targets or None.
+
+        The draws are seeded by (seed, rank, epoch, batch index): see :func:`seeded_rngs`.
+        """
+        if self.eraser is None and self.mixer is None:
+            return images, None
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        key = hash((self.seed, rank, self.current_epoch, batch_idx)) & 0x7FFF_FFFF
+        targets = None
+        with seeded_rngs(key, images.device):
+            if self.eraser is not None:
+                self.eraser.device = images.device
+                images = self.eraser(images)
+            if self.mixer is not None:
+                targets = self._mix(images, labels)
+        return images, targets
+
+    def _mix(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """timm's ``Mixup`` pairs image i with image B-1-i and needs an even batch: an odd batch
+        mixes all but its last image, which keeps its (smoothed) label."""
+        assert self.mixer is not None
+        even = len(images) - len(images) % 2
+        if even < 2:
+            return mixup_target(labels, self.mixer.num_classes, 1.0, self.label_smoothing)
+        _, targets = self.mixer(images[:even], labels[:even])  # mixes the view, i.e. images, in place
+        if even < len(images):
+            rest = mixup_target(labels[even:], self.mixer.num_classes, 1.0, self.label_smoothing)
+            targets = torch.cat([targets, rest])
+        return targets
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        images, targets = self.regularize(images, labels, batch_idx)
         logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        self.train_acc(logits, labels)
+        if targets is None:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            self.train_acc(logits, labels)
+        else:  # soft targets: mixed, label smoothing already in them (timm's Mixup)
+            loss = F.cross_entropy(logits, targets)
+            self.train_acc(logits, targets.argmax(dim=-1))  # against the dominant class of each image
         # not on the progress bar: that would read the loss on the host every step (a device sync)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
@@ -184,4 +309,5 @@ class ClassificationModule(pl.LightningModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """What the LR schedule needs in a fit (``scheduler=plateau``: its rule, stepped after validation)."""
-        return self.lr_schedule.callbacks()
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        return self.lr_schedule.callbacks() if fitting else []
