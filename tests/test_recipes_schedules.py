@@ -125,13 +125,19 @@ def test_plateau_state_is_plain_data_and_resumes_exactly() -> None:
 def test_the_module_registers_the_plateau_step_and_one_lambda_lr(tmp_path: Path) -> None:
     cfg = compose_train(["backbone.name=test_resnet", "scheduler=plateau"], tmp_path)
     module = build_module(cfg, num_classes=3)
-    module._trainer = SimpleNamespace(world_size=1, estimated_stepping_batches=10, max_epochs=2)
+    module._trainer = SimpleNamespace(
+        world_size=1, estimated_stepping_batches=10, max_epochs=2, state=SimpleNamespace(fn="fit")
+    )
     configured = module.configure_optimizers()
     assert configured["lr_scheduler"]["interval"] == "step"
     (callback,) = module.configure_callbacks()
     assert isinstance(callback, PlateauStep) and callback.schedule.monitor == "val/acc"
     assert module.hparams["lr_schedule"]["monitor"] == "val/acc"
-    assert build_module(compose_train(["backbone.name=test_resnet"], tmp_path), 3).configure_callbacks() == []
+    module._trainer.state = SimpleNamespace(fn="test")
+    assert module.configure_callbacks() == []  # test, validate: nothing to step
+    cosine = build_module(compose_train(["backbone.name=test_resnet"], tmp_path), 3)
+    cosine._trainer = module._trainer
+    assert cosine.configure_callbacks() == []
 
 
 def _plateau_run(tmp_path: Path, epochs: int, *extra: str) -> dict:
