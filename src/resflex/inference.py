@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resflex.errors import ConfigError, DataError
+from resflex.errors import ConfigError, DataError, first_line
 from resflex.models.checkpoint import (
     HEAD_PREFIX,
     find_run_config,
@@ -150,7 +150,7 @@ def build_schedule(cfg: DictConfig) -> Any | None:
         schedule.bind(OmegaConf.select(cfg, "trainer.max_epochs", default=None))
         return schedule
     except Exception as exc:  # an old or edited config: inference works without it
-        log.warning("could not rebuild the run's resolution schedule: %s", str(exc).splitlines()[0])
+        log.warning("could not rebuild the run's resolution schedule: %s", first_line(exc))
         return None
 
 
@@ -324,7 +324,7 @@ def eval_framing(cfg: DictConfig, run_dir: Path | None = None) -> tuple[Any, str
             log.warning(
                 "resolution.geometry=%s needs the run's training data to be resolved (%s); using %s",
                 geometry,
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                first_line(exc),
                 "square" if geometry == "auto" else "pad with the default fill",
             )
             geometry = "square" if geometry == "auto" else geometry

@@ -21,6 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from resflex.errors import first_line
+
 log = logging.getLogger("resflex")
 CARD_FILE = "model_card.md"
 CLASSES_FILE = "classes.json"
@@ -284,6 +286,6 @@ def write_model_card_quietly(run_dir: str | Path) -> Path | None:
     try:
         return write_model_card(run_dir)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         log.warning("model card not written: %s", reason)
         return None

@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from resflex.errors import ConfigError, DataError
+from resflex.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger("resflex")
 POLICIES = ("skip", "raise")
@@ -26,7 +26,7 @@ class BadImageError(DataError):
     """An image file that cannot be decoded (empty, truncated, not an image)."""
 
     def __init__(self, path: str | Path, cause: BaseException | str) -> None:
-        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        detail = first_line(cause)
         super().__init__(
             f"cannot read image {path}: {detail}",
             hint="fix or remove the file, or set data.on_bad_image=skip",

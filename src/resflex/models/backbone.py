@@ -17,7 +17,7 @@ import timm
 import torch
 from torch import nn
 
-from resflex.errors import ConfigError
+from resflex.errors import ConfigError, first_line
 from resflex.models.checkpoint import LoadReport, load_backbone_weights
 from resflex.validation import check_value
 
@@ -50,7 +50,7 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     except (OSError, RuntimeError, ValueError) as exc:
         if not pretrained:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(
             f"could not get pretrained weights for {name} (backbone.pretrained=true): {first}",
             hint="online: check the network/HF hub; offline: backbone.weights=/path/to/file.safetensors",
