@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.bad_images import BadImageError
 from resflex.data.buckets import assign_buckets, file_image_size
-from resflex.data.images import IMAGE_EXTENSIONS, open_image
+from resflex.data.images import DEFAULT_DECODER, IMAGE_EXTENSIONS, open_image
 from resflex.data.resolution import parse_size
 from resflex.errors import ConfigError, DataError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, eval_framing, load_classifier, round_to
@@ -199,8 +199,10 @@ def run_predictions(
     topk: int,
     device: torch.device,
     progress: Any = "auto",
+    decoder: str = DEFAULT_DECODER,
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    """Decode, frame and classify every planned file; unreadable files are collected, not raised."""
+    """Decode (with the run's ``data.decoder``), frame and classify every planned file; unreadable
+    files are collected, not raised."""
     rows: list[dict[str, Any]] = []
     unreadable = dict(plan.unreadable)
     k = min(topk, classifier.num_classes)
@@ -210,7 +212,7 @@ def run_predictions(
             pixels, kept = [], []
             for i in members:
                 try:
-                    pixels.append(transform(open_image(inputs.files[i]), shape))
+                    pixels.append(transform(open_image(inputs.files[i], decoder), shape))
                     kept.append(i)
                 except BadImageError as exc:
                     unreadable[i] = exc.message
@@ -341,6 +343,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         int(settings.get("topk", 5)),
         device,
         settings.get("progress", "auto"),
+        OmegaConf.select(classifier.config, "data.decoder", default=None) or DEFAULT_DECODER,
     )
     if len(inputs.files) == 1 and unreadable:
         raise DataError(next(iter(unreadable.values())), hint="pass an image file (PNG, JPEG, ...)")

@@ -13,6 +13,7 @@ what is added here is the one-line errors and the seeded train/val split.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,7 +21,13 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import DatasetFolder
 
 from resflex.data.bad_images import BadImagePolicy
-from resflex.data.images import IMAGE_EXTENSIONS, header_is_readable, open_image
+from resflex.data.images import (
+    DEFAULT_DECODER,
+    IMAGE_EXTENSIONS,
+    check_decoder,
+    header_is_readable,
+    open_image,
+)
 from resflex.data.synthetic import SyntheticShapes
 from resflex.errors import DataError
 
@@ -72,13 +79,16 @@ class SyntheticSource(ImageSource):
         self.classes = SyntheticShapes.classes
 
 
-def _scan_folder(path: Path, key: str, policy: BadImagePolicy | None = None) -> DatasetFolder:
+def _scan_folder(
+    path: Path, key: str, policy: BadImagePolicy | None = None, decoder: str = "pil"
+) -> DatasetFolder:
     """Index ``path/<class>/*`` and drop files whose header does not parse (``skip``) or stop (``raise``).
 
     A class left with no readable image is an error here, before any training.
     """
     try:
-        folder = DatasetFolder(str(path), loader=open_image, extensions=IMAGE_EXTENSIONS)
+        loader = partial(open_image, decoder=decoder)
+        folder = DatasetFolder(str(path), loader=loader, extensions=IMAGE_EXTENSIONS)
     except FileNotFoundError as exc:
         raise DataError(
             f"{key}: no images found under {path} ({str(exc).splitlines()[0]})",
@@ -108,6 +118,7 @@ class ImageFolderSource(ImageSource):
 
     Without ``val/``, a seeded ``val_fraction`` of ``train/`` becomes validation.
     Class names come from ``train/``; ``val/`` and ``test/`` must use the same ones.
+    ``decoder``: ``data.decoder``, who decodes JPEGs (:mod:`resflex.data.images`).
     """
 
     def __init__(
@@ -117,7 +128,9 @@ class ImageFolderSource(ImageSource):
         seed: int = 0,
         on_bad_image: str = "skip",
         bad_image_log: str | None = None,
+        decoder: str = DEFAULT_DECODER,
     ) -> None:
+        self.decoder = check_decoder(decoder)
         self.bad_images = BadImagePolicy(on_bad_image, bad_image_log)
         if not root:
             raise DataError(
@@ -135,12 +148,12 @@ class ImageFolderSource(ImageSource):
             raise DataError(
                 f"data.root has no train/ folder: {base}", hint="expected <root>/train/<class>/<images>"
             )
-        train = _scan_folder(train_dir, "data.root", self.bad_images)
+        train = _scan_folder(train_dir, "data.root", self.bad_images, decoder)
         self.classes = list(train.classes)
         self.splits: dict[str, Dataset] = {}
         val_dir = base / "val"
         if val_dir.is_dir():
-            val = _scan_folder(val_dir, "data.root (val/)", self.bad_images)
+            val = _scan_folder(val_dir, "data.root (val/)", self.bad_images, decoder)
             self._check_same_classes(val, "val")
             self.splits = {"train": train, "val": val}
         else:
@@ -155,7 +168,7 @@ class ImageFolderSource(ImageSource):
             self.splits = {"train": Subset(train, order[n_val:]), "val": Subset(train, order[:n_val])}
         test_dir = base / "test"
         if test_dir.is_dir():
-            test = _scan_folder(test_dir, "data.root (test/)", self.bad_images)
+            test = _scan_folder(test_dir, "data.root (test/)", self.bad_images, decoder)
             self._check_same_classes(test, "test")
             self.splits["test"] = test
 

@@ -10,16 +10,39 @@ reduced decode. A JPEG is then decoded at 1/2, 1/4 or 1/8 of its size straight
 from its DCT coefficients (PIL's ``draft``; ``torchvision.io.decode_jpeg`` has no
 reduced-size decode), which is what keeps small training sizes from large photos
 cheap.
+
+``data.decoder`` chooses who decodes a JPEG and who resamples (:meth:`ImageFile.decode_pixels`):
+
+- ``pil``: PIL decodes (reduced when the request allows) and the transforms resample
+  with PIL.
+- ``torchvision``: ``torchvision.io.decode_jpeg`` (libjpeg-turbo, full size, EXIF
+  orientation applied) into a uint8 (3, H, W) tensor whose memory is HWC, the layout
+  torch's vectorised uint8 antialiased resize wants; the transforms resample with torch.
+  Other formats, and JPEGs that are neither RGB nor grey (CMYK), are decoded by PIL and
+  resampled by torch.
+- ``auto``: as ``torchvision``, except that a JPEG PIL can decode at 1/2 scale or less
+  for the request is decoded so by PIL (then resampled by torch). :data:`AUTO_RULE`
+  says why.
+
+Both decoders run libjpeg-turbo the same way (identical pixels at full size), and the
+transforms draw their boxes from the header, so the framing is the same whatever the
+decoder; only the resampling kernel differs (PIL vs torch bilinear with antialiasing,
+< 0.2 level on average; ``tests/test_loader_decoders.py``).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from resflex.data.bad_images import BadImageError
+from resflex.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -27,6 +50,34 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 #: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
 SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+Size = tuple[int, int]
+#: ``data.decoder`` values, and the default (``configs/data/imagefolder.yaml``, also for runs saved
+#: before the key existed)
+DECODERS = ("pil", "torchvision", "auto")
+DEFAULT_DECODER = "auto"
+#: Why ``auto`` is what it is, measured by ``scripts/benchmark.py --sections loader`` (photo-sized
+#: JPEGs, one core; experiments/performance/README.md, "Loader"): decode_jpeg and PIL decode at
+#: the same speed (the same libjpeg-turbo), torch resamples uint8 several times faster than PIL, and
+#: PIL's reduced (DCT-domain) decode is the only way to skip decoding work.
+AUTO_RULE = "JPEGs PIL can decode at <= 1/2 scale: PIL; other JPEGs: decode_jpeg; resampling: torch"
+# torchvision 0.29 deprecates its image decoders for TorchCodec's (a warning per call); decode_jpeg is
+# chosen on purpose (data.decoder), and the warning would repeat for every image
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+#: JPEG modes ``decode_jpeg(mode=RGB)`` converts as PIL does; others (CMYK) go through PIL
+_TORCHVISION_MODES = ("RGB", "L")
+
+
+def check_decoder(decoder: str) -> str:
+    if decoder not in DECODERS:
+        raise ConfigError(
+            f"data.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}", hint="data.decoder=auto"
+        )
+    return decoder
+
+
+def as_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """A framed image as the uint8 (3, h, w) tensor the loader collates (tensors pass through)."""
+    return image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -59,18 +110,26 @@ def exif_orientation(image: Image.Image) -> int:
 
 class ImageFile:
     """An image file whose header is read and whose pixels are not (the file stays open until
-    :meth:`decode`, which can be called once). ``size`` is (width, height) as decoded, after
-    EXIF orientation."""
+    :meth:`decode` or :meth:`decode_pixels`, one of which can be called once). ``size`` is
+    (width, height) as decoded, after EXIF orientation. ``decoder``: see the module docstring."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, decoder: str = "pil") -> None:
         self.path = str(path)
+        self.decoder = decoder if decoder in DECODERS else check_decoder(decoder)
         try:
             self._image = Image.open(path)
             width, height = self._image.size
-            self._swapped = exif_orientation(self._image) in SWAPPING_ORIENTATIONS
+            self._orientation = exif_orientation(self._image)
+            self._swapped = self._orientation in SWAPPING_ORIENTATIONS
         except _DECODE_ERRORS as exc:
             raise BadImageError(path, exc) from None
         self.size = (height, width) if self._swapped else (width, height)
+
+    def _reducible(self, min_size: tuple[int, int] | None) -> bool:
+        """A JPEG at least twice ``min_size`` (width, height) in both sides: PIL can decode it reduced."""
+        if min_size is None or self._image.format != "JPEG":
+            return False
+        return self.size[0] >= 2 * min_size[0] and self.size[1] >= 2 * min_size[1]
 
     def decode(self, min_size: tuple[int, int] | None = None) -> tuple[Image.Image, float]:
         """The RGB, oriented image and its scale relative to :attr:`size` (1, 1/2, 1/4 or 1/8).
@@ -80,24 +139,47 @@ class ImageFile:
         """
         image, scale = self._image, 1.0
         try:
-            width, height = self.size if min_size is None else min_size
-            if image.format == "JPEG" and self.size[0] >= 2 * width and self.size[1] >= 2 * height:
+            if self._reducible(min_size):
+                width, height = min_size  # type: ignore[misc]
                 width, height = (height, width) if self._swapped else (width, height)
                 drafted = image.draft(None, (max(1, width), max(1, height)))
                 if drafted is not None:
                     scale = drafted[1][2] / (self.size[1] if self._swapped else self.size[0])
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image), scale
+            if self._orientation != 1:  # exif_transpose copies the pixels even when nothing turns
+                image = ImageOps.exif_transpose(image)
+            rgb = to_rgb(image)
         except _DECODE_ERRORS as exc:
-            raise BadImageError(self.path, exc) from None
-        finally:
             self._image.close()
+            raise BadImageError(self.path, exc) from None
+        if rgb is self._image and self._image.fp is not None:  # a format that keeps its file open
+            rgb = rgb.copy()
+        if rgb is not self._image:
+            self._image.close()
+        return rgb, scale
+
+    def decode_pixels(self, min_size: Size | None = None) -> tuple[Image.Image | torch.Tensor, float]:
+        """:meth:`decode` through the chosen decoder: ``pil``, a PIL image (as :meth:`decode`);
+        ``torchvision`` and ``auto``, a uint8 (3, H, W) tensor and its scale (see the module
+        docstring), which tells the transforms to resample with torch."""
+        if self.decoder == "pil":
+            return self.decode(min_size)
+        jpeg = self._image.format == "JPEG" and self._image.mode in _TORCHVISION_MODES
+        if not jpeg or (self.decoder == "auto" and self._reducible(min_size)):
+            image, scale = self.decode(min_size)
+            return pil_to_tensor(image), scale
+        self._image.close()
+        try:
+            with open(self.path, "rb") as f:
+                data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True), 1.0
+        except (RuntimeError, OSError) as exc:  # torchvision: "decode_jpeg, <file>:<line>, <reason>"
+            raise BadImageError(self.path, str(exc).split(", ", 2)[-1]) from None
 
 
-def open_image(path: str | Path) -> ImageFile:
+def open_image(path: str | Path, decoder: str = "pil") -> ImageFile:
     """The image-folder loader: header now, pixels when the transform asks (:class:`ImageFile`)."""
-    return ImageFile(path)
+    return ImageFile(path, decoder)
 
 
 def header_is_readable(path: str | Path) -> BadImageError | None:

@@ -46,8 +46,10 @@ crops cut objects at the edges and whole-image framings learned faster, as
 From an image folder the transforms receive an :class:`~resflex.data.images.ImageFile`
 (header read, pixels not): they draw the box first, then ask for a decode just
 large enough for it, so a JPEG several times larger than needed is decoded at
-1/2, 1/4 or 1/8 scale (see :mod:`resflex.data.images`). In-memory images
-(synthetic, Fashion-MNIST) take the plain path.
+1/2, 1/4 or 1/8 scale (see :mod:`resflex.data.images`). With ``data.decoder=auto``
+(the default) or ``torchvision`` the decode is a uint8 tensor and the same v2
+functionals resample it in torch, several times faster than PIL on uint8 images.
+In-memory images (synthetic, Fashion-MNIST) take the plain path.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from resflex.data.images import ImageFile
+from resflex.data.images import ImageFile, as_tensor
 from resflex.errors import ConfigError
 from resflex.validation import check_value
 
@@ -209,7 +211,7 @@ class TrainTransform:
         # v2.RandomHorizontalFlip's draw: flip when rand < p
         if self.hflip and torch.rand(1).item() < 0.5:
             out = TF.horizontal_flip(out)
-        pixels = TF.pil_to_tensor(out)
+        pixels = as_tensor(out)
         if self.policy is not None:  # timm's order: the policy, then colour jitter
             pixels = self.policy(pixels)
         if self.color_jitter is not None:
@@ -230,7 +232,7 @@ class TrainTransform:
         left = int(torch.randint(0, width - crop_w + 1, (1,)).item())
         return top, left, crop_h, crop_w
 
-    def _pad(self, image: Image.Image | ImageFile, size: Size) -> Image.Image:
+    def _pad(self, image: Image.Image | ImageFile, size: Size) -> Image.Image | torch.Tensor:
         """Letterbox with jitter: the fitted image shrunk to ``whole_scale`` of its area, placed at random."""
         h, w = size
         width, height = image.size
@@ -266,22 +268,24 @@ class EvalTransform:
         h, w = size
         width, height = image.size
         if self.geometry in ("squash", "keep_aspect"):
-            return TF.pil_to_tensor(resized_crop(image, (0, 0, height, width), size))
+            return as_tensor(resized_crop(image, (0, 0, height, width), size))
         if self.geometry == "pad":
             fit = min(h / height, w / width)
             content = (max(1, min(h, round(height * fit))), max(1, min(w, round(width * fit))))
             offset = ((h - content[0]) // 2, (w - content[1]) // 2)
-            return TF.pil_to_tensor(letterbox(image, content, offset, size, self.fill))
+            return as_tensor(letterbox(image, content, offset, size, self.fill))
         scale = max(h / height, w / width) / self.crop_pct
         resized_hw = [max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))]
         if isinstance(image, ImageFile):  # a JPEG may decode reduced, never below the resize target
-            image, _ = image.decode((resized_hw[1], resized_hw[0]))
+            image, _ = image.decode_pixels((resized_hw[1], resized_hw[0]))
         image = TF.resize(image, resized_hw, antialias=True)
         image = TF.center_crop(image, [h, w])
-        return TF.pil_to_tensor(image)
+        return as_tensor(image)
 
 
-def resized_crop(image: Image.Image | ImageFile, box: tuple[int, int, int, int], size: Size) -> Image.Image:
+def resized_crop(
+    image: Image.Image | ImageFile, box: tuple[int, int, int, int], size: Size
+) -> Image.Image | torch.Tensor:
     """The (top, left, height, width) ``box`` of ``image`` resized to ``size`` = (h, w), in one resample.
 
     A file is decoded just large enough for the box at the target size; when the decode
@@ -292,20 +296,36 @@ def resized_crop(image: Image.Image | ImageFile, box: tuple[int, int, int, int],
     h, w = size
     if isinstance(image, ImageFile):
         width, height = image.size
-        image, scale = image.decode((math.ceil(width * w / crop_w), math.ceil(height * h / crop_h)))
+        image, scale = image.decode_pixels((math.ceil(width * w / crop_w), math.ceil(height * h / crop_h)))
         if scale != 1.0:
             scaled = (left * scale, top * scale, (left + crop_w) * scale, (top + crop_h) * scale)
+            if isinstance(image, torch.Tensor):  # data.decoder=auto: PIL decoded it reduced
+                return resized_box(image, scaled, size)
             return image.resize((w, h), Image.Resampling.BILINEAR, box=scaled)
     return TF.resized_crop(image, top, left, crop_h, crop_w, [h, w], antialias=True)
 
 
+def resized_box(image: torch.Tensor, box: tuple[float, float, float, float], size: Size) -> torch.Tensor:
+    """The (left, top, right, bottom) ``box`` of ``image`` to (h, w): PIL's ``resize(box=...)`` for
+    tensors, with the box's edges on the nearest pixels (under half a pixel of the decoded image)."""
+    height, width = image.shape[-2:]
+    left, right = min(width - 1, round(box[0])), min(width, round(box[2]))
+    top, bottom = min(height - 1, round(box[1])), min(height, round(box[3]))
+    crop_h, crop_w = max(1, bottom - top), max(1, right - left)
+    return TF.resized_crop(image, top, left, crop_h, crop_w, list(size), antialias=True)
+
+
 def letterbox(
     image: Image.Image | ImageFile, content: Size, offset: Size, size: Size, fill: Sequence[int]
-) -> Image.Image:
+) -> Image.Image | torch.Tensor:
     """``image`` resized to ``content`` (h, w) and pasted at ``offset`` (top, left) on an (h, w) canvas."""
     if isinstance(image, ImageFile):
-        image, _ = image.decode((content[1], content[0]))
+        image, _ = image.decode_pixels((content[1], content[0]))
     resized = TF.resize(image, list(content), antialias=True)
+    if isinstance(resized, torch.Tensor):  # data.decoder=torchvision
+        canvas = torch.tensor(fill, dtype=torch.uint8).view(3, 1, 1).repeat(1, *size)
+        canvas[:, offset[0] : offset[0] + content[0], offset[1] : offset[1] + content[1]] = resized
+        return canvas
     canvas = Image.new("RGB", (size[1], size[0]), tuple(fill))
     canvas.paste(resized, (offset[1], offset[0]))
     return canvas
