@@ -6,6 +6,7 @@ Examples::
     python scripts/benchmark.py --backbone resnet18 --size 64         # the CPU table
     python scripts/benchmark.py --backbone resnet50 --size 224 --device cuda --precision bf16-mixed
     python scripts/benchmark.py --study --sections ''                 # time-to-accuracy (long)
+    python scripts/benchmark.py --sections loader                     # data path alone, per core
 """
 
 from __future__ import annotations
@@ -21,21 +22,26 @@ from typing import Any
 
 import torch
 
-from resflex.benchmark import sections
+from resflex.benchmark import loader, sections
 from resflex.benchmark.machine import machine_info
 from resflex.benchmark.runners import Setup, build_model, quiet
 from resflex.runtime import resolve_precision
 
 SECTIONS = ("overhead", "pipeline", "mixed", "memory")
+#: sections run only when named in --sections (they measure something other than training)
+EXTRA_SECTIONS = ("loader",)
 #: Keys every JSON report has (tests check them); a skipped section is ``null``.
-REQUIRED_KEYS = ("machine", "config", "wall_seconds", *SECTIONS, "study")
+REQUIRED_KEYS = ("machine", "config", "wall_seconds", *SECTIONS, *EXTRA_SECTIONS, "study")
 QUICK = {"backbone": "test_resnet", "size": 64, "sizes": [48, 64, 80], "batch_size": 16,
-         "warmup": 2, "steps": 6, "repeats": 3, "windows": 2}  # fmt: skip
+         "warmup": 2, "steps": 6, "repeats": 3, "windows": 2,
+         "loader_images": 64, "loader_sizes": [128, 224]}  # fmt: skip
 DEFAULTS = {
     "cpu": {"backbone": "resnet18", "size": 64, "sizes": [48, 64, 80], "batch_size": 32,
-            "warmup": 3, "steps": 8, "repeats": 4, "windows": 2},
+            "warmup": 3, "steps": 8, "repeats": 4, "windows": 2,
+            "loader_images": 320, "loader_sizes": [128, 160, 192, 224]},
     "cuda": {"backbone": "resnet50", "size": 224, "sizes": [160, 192, 224, 256, 288], "batch_size": 256,
-             "warmup": 10, "steps": 20, "repeats": 3, "windows": 1},
+             "warmup": 10, "steps": 20, "repeats": 3, "windows": 1,
+             "loader_images": 320, "loader_sizes": [128, 160, 192, 224]},
 }  # fmt: skip
 
 
@@ -83,8 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="runs per side, alternating with the other side")
     p.add_argument("--windows", type=int, help="timed windows per run (median over all windows)")
     p.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
-    )
+        "--sections", default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS + EXTRA_SECTIONS)} (default: all but "
+        f"{','.join(EXTRA_SECTIONS)}: the loader figure is the data path alone, no model)",
+    )  # fmt: skip
+    p.add_argument("--loader-images", type=int, help="JPEG files of the loader figure (320; quick 64)")
+    p.add_argument("--loader-sizes", type=_int_list, help="loader sides (128,160,192,224; quick 128,224)")
     p.add_argument("--study", action="store_true", help="also time-to-accuracy: progressive vs fixed (long)")
     p.add_argument("--study-epochs", type=int, default=16)
     p.add_argument(
@@ -99,9 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="write every figure and the machine here")
     args = p.parse_args(argv)
-    unknown = {name for name in args.sections.split(",") if name} - set(SECTIONS)
+    unknown = {name for name in args.sections.split(",") if name} - set(SECTIONS + EXTRA_SECTIONS)
     if unknown:
-        p.error(f"unknown --sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+        p.error(f"unknown --sections {sorted(unknown)}; choose from {','.join(SECTIONS + EXTRA_SECTIONS)}")
     return args
 
 
@@ -182,6 +192,8 @@ def render_table(report: dict[str, Any]) -> str:
                 f"  {size:>5}px  peak {v['peak_mb']:>9,.1f} MiB"
                 f"   above start {v['above_start_mb']:>9,.1f} MiB"
             )
+    if report.get("loader"):
+        lines += loader.render(report["loader"])
     lines.append(f"\nwall time {report['wall_seconds']:.1f} s")
     return "\n".join(lines)
 
@@ -208,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update(precision=setup.precision, model_kwarg=dict(args.model_kwarg))
     report: dict[str, Any] = {"machine": machine_info(device), "config": config, "wall_seconds": 0.0}
-    for key in (*SECTIONS, "study"):
+    for key in (*SECTIONS, *EXTRA_SECTIONS, "study"):
         report[key] = None
     model = build_model(setup)
     multiple = model.backbone.reduction if model.backbone.patch_embed is not None else 8
@@ -235,6 +247,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "memory" in chosen:
         announce("memory")
         report["memory"] = sections.memory(setup, model, sorted({*args.sizes, args.size}))
+    if "loader" in chosen:
+        announce("loader")
+        report["loader"] = loader.loader(args.loader_sizes, args.loader_images, args.repeats, seed=args.seed)
     if args.study:
         announce("study")
         report["study"] = sections.study(
