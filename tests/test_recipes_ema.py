@@ -158,3 +158,51 @@ def test_ema_keeps_a_compiled_model_compiled(tmp_path: Path) -> None:
     assert all(
         a.data_ptr() != b.data_ptr() for a, b in zip(average.parameters(), module.parameters(), strict=True)
     )
+
+
+class SaveInsideValidation(pl.Callback):
+    """Writes a checkpoint in the middle of the first validation (EMA swapped in) and one after it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking and not (self.folder / "inside.ckpt").exists():
+            trainer.save_checkpoint(self.folder / "inside.ckpt")
+
+    def on_validation_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking and not (self.folder / "after.ckpt").exists():
+            trainer.save_checkpoint(self.folder / "after.ckpt")
+
+
+def test_a_checkpoint_written_inside_a_validation_keeps_the_ema_as_state_dict(tmp_path: Path) -> None:
+    """Ctrl-C during a validation makes SaveOnInterrupt save there, while the EMA is swapped in."""
+    cfg = compose_train([*EMA_RUN, "model.ema_decay=0.6", "model.ema_warmup=false"], tmp_path)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule.num_classes)
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(SaveInsideValidation(tmp_path))
+    trainer.fit(module, datamodule=datamodule)
+    inside, after = (
+        torch.load(tmp_path / f"{name}.ckpt", weights_only=True, map_location="cpu")
+        for name in ("inside", "after")
+    )
+    for part in ("state_dict", "current_model_state"):
+        assert inside[part].keys() == after[part].keys()
+        assert all(torch.equal(inside[part][k], after[part][k]) for k in after[part]), part
+    assert any(
+        not torch.equal(after["state_dict"][k], after["current_model_state"][k]) for k in after["state_dict"]
+    )
+
+
+@pytest.mark.slow
+def test_a_compiled_run_with_ema_and_mixing_trains_and_checkpoints_plain_keys(tmp_path: Path) -> None:
+    """model.compile=true with the EMA and mixing through a whole fit + test (156 s on 2 CPU cores)."""
+    from resflex.train import train
+
+    record = train(
+        compose_train([*EMA_RUN, "model.compile=true", "model.mixup=0.2", "model.cutmix=1.0"], tmp_path)
+    )
+    assert record["status"] == "completed" and "test/acc" in record["metrics"]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert not any("_orig_mod" in k for k in (*ckpt["state_dict"], *ckpt["current_model_state"]))

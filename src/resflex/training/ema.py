@@ -18,6 +18,8 @@ does not cover:
   0.999, a fine-tuning run on a few thousand images;
 - the average is kept on the training device (Lightning builds it before the module is
   moved there, i.e. on the CPU, and would copy the weights over every step);
+- a checkpoint written inside a validation (Ctrl-C there; the weights are swapped) still
+  has the EMA as ``state_dict``;
 - ``trainer.test(ckpt_path=...)`` after a fit uses the checkpoint's EMA weights (Lightning's
   callback would load the checkpoint's live weights for the test);
 - no warning about ``configure_model`` (resflex overrides it only for ``model.compile``,
@@ -48,6 +50,7 @@ class ModelEma(WeightAveraging):
             raise ConfigError(f"model.ema_warmup must be true or false, got {warmup!r}")
         self.warmup = warmup
         self._step = 0
+        self._in_validation = False
         super().__init__(use_buffers=True, multi_avg_fn=self._average)
 
     def decay_at(self, step: int) -> float:
@@ -61,11 +64,31 @@ class ModelEma(WeightAveraging):
         get_ema_multi_avg_fn(self.decay_at(self._step))(averaged, current, n_averaged)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._device is None:
-            self._device = trainer.strategy.root_device  # the module is still on the CPU here
+        if stage == "fit":  # Lightning moves the module after this hook; the copy goes where the module is
+            pl_module.to(trainer.strategy.root_device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*model that overrides the configure_model")
             super().setup(trainer, pl_module, stage)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        self._in_validation = True
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_epoch_end(trainer, pl_module)
+        self._in_validation = False
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """The EMA as ``state_dict``, the live weights as ``current_model_state``, also when a Ctrl-C
+        inside a validation (the weights swapped) has the run saved there (``SaveOnInterrupt``)."""
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._in_validation and "current_model_state" in checkpoint:
+            checkpoint["state_dict"], checkpoint["current_model_state"] = (
+                checkpoint["current_model_state"],
+                checkpoint["state_dict"],
+            )
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
