@@ -37,7 +37,7 @@ def test_train_writes_run_folder_with_tensorboard_tags(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     console = (run_dir / "train.log").read_text()  # Hydra's job log: what the console showed
-    assert "data profile: 48 training images" in console and "geometry: squash" in console
+    assert "data profile: 48 training images" in console and "geometry: keep_aspect" in console
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     tags = scalar_tags(run_dir)
     assert set(tags) >= REQUIRED_TAGS, sorted(tags)

@@ -189,11 +189,11 @@ def test_unknown_geometry_is_one_line() -> None:
         TrainTransform(geometry="round")
 
 
-def test_auto_picks_a_whole_image_geometry_for_spread_aspects_and_square_otherwise() -> None:
-    """Spread aspects: squash, the measured best (experiments/variable_size/); else square."""
+def test_auto_picks_an_aspect_preserving_geometry_for_spread_aspects_and_square_otherwise() -> None:
+    """Spread aspects: keep_aspect, the measured choice (experiments/variable_size/); else square."""
     spread = DatasetProfile.from_sizes([(240, 120), (160, 160), (120, 240)] * 10)
     geometry, reason = spread.choose_geometry()
-    assert geometry == "squash" and "discard 33%" in reason and "keeps all of it" in reason
+    assert geometry == "keep_aspect" and "discard 33%" in reason and "keeps all of it" in reason
     near_square = DatasetProfile.from_sizes([(100, 100), (110, 100), (100, 105)] * 10)
     assert near_square.choose_geometry()[0] == "square"
     assert spread.discarded("square") == pytest.approx((0.5 + 0 + 0.5) / 3)
@@ -209,7 +209,7 @@ def test_profile_lines_and_geometry_reach_the_console(caplog: pytest.LogCaptureF
     assert f"geometry: {data.schedule.geometry} (" in text and "discard 33%" in text
     numbers = data.profile.as_dict()
     assert numbers["discarded"]["square"] == pytest.approx(1 / 3, abs=1e-3)
-    assert numbers["geometry"] == "squash" and numbers["mean_color"] is None  # a fill only for pad
+    assert numbers["geometry"] == "keep_aspect" and numbers["mean_color"] is None  # a fill only for pad
     padded = ResflexDataModule(DiscSource(2), FixedResolution(32, geometry="pad"), num_workers=0)
     assert padded.profile.mean_color is not None and padded.eval_transform.fill == padded.profile.mean_color
     figure = data.profile.figure()

@@ -47,10 +47,10 @@ def test_auto_geometry_on_a_variable_aspect_folder(tmp_path: Path, caplog: pytes
     console = "\n".join(caplog.messages)
     assert "data profile: 18 training images" in console
     assert "aspect p5=" in console and "centre crop discards, per average image: square" in console
-    assert "geometry: squash (aspect w/h" in console and "discard" in console
+    assert "geometry: keep_aspect (aspect w/h" in console and "discard" in console
     profile = json.loads((run_dir / "metrics.json").read_text())["data_profile"]
     assert profile == record["data_profile"]
-    assert profile["geometry"] == "squash" and profile["discarded"]["square"] > 0.1
+    assert profile["geometry"] == "keep_aspect" and profile["discarded"]["square"] > 0.1
     assert profile["images"] == 18 and set(profile["aspect"]) == {"p5", "p25", "p50", "p75", "p95"}
     assert "data/profile" in image_tags(run_dir)
 
