@@ -161,7 +161,9 @@ def test_sampler_covers_every_sample_once_per_epoch_and_reshuffles() -> None:
 
 
 def test_datamodule_batches_are_uint8_at_the_scheduled_size() -> None:
-    dm = ResflexDataModule(SyntheticSource(40, 20, 0), FixedResolution([24, 40]), batch_size=8, num_workers=0)
+    dm = ResflexDataModule(
+        SyntheticSource(40, 20, 0), FixedResolution([24, 40], geometry="square"), batch_size=8, num_workers=0
+    )
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (8, 3, 24, 40)
     assert labels.dtype == torch.int64 and labels.shape == (8,)

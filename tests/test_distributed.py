@@ -120,7 +120,9 @@ def test_the_data_module_shards_by_the_trainers_rank_and_world_size() -> None:
     source = SyntheticSource(90, 16, 0)
     plans = []
     for rank in range(WORLD):
-        dm = ResflexDataModule(source, RandomResolution(sizes=[32, 48], seed=0), batch_size=4, num_workers=0)
+        dm = ResflexDataModule(
+            source, RandomResolution(sizes=[32, 48], seed=0, geometry="square"), batch_size=4, num_workers=0
+        )
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=WORLD, overfit_batches=0, callbacks=[])
         sampler = dm.train_dataloader().batch_sampler
         assert (sampler.rank, sampler.world_size) == (rank, WORLD)

@@ -36,7 +36,13 @@ def train_tiny_run(run_dir: Path) -> dict:
     """A real training run folder (``.hydra/config.yaml``, ``checkpoints/last.ckpt``, ``metrics.json``)."""
     from resflex.train import train
 
-    overrides = [*TINY, *TINY_SYNTHETIC, "eval.resolutions=[24]", "test_after_fit=false"]
+    overrides = [
+        *TINY,
+        *TINY_SYNTHETIC,
+        "eval.resolutions=[24]",
+        "test_after_fit=false",
+        "trainer.limit_val_batches=null",
+    ]
     cfg = compose_config("train", overrides, run_dir)
     saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     (run_dir / ".hydra").mkdir(parents=True)

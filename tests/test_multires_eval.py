@@ -61,7 +61,8 @@ def test_plot_across_runs_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_eval_resolutions_give_one_loader_per_size_and_reject_a_scalar(tmp_path: Path) -> None:
-    cfg = _compose([*TINY, *TINY_SYNTHETIC, "eval.resolutions=[16,32,48,16]"], tmp_path)
+    square = "resolution.geometry=square"  # one shape per size (auto would bucket these images by aspect)
+    cfg = _compose([*TINY, *TINY_SYNTHETIC, square, "eval.resolutions=[16,32,48,16]"], tmp_path)
     dm = build_datamodule(cfg)
     assert dm.eval_sizes == [(32, 32), (16, 16), (48, 48)]  # main size first, each size once
     loaders = dm.val_dataloader()
@@ -72,7 +73,8 @@ def test_eval_resolutions_give_one_loader_per_size_and_reject_a_scalar(tmp_path:
 
 def test_fit_logs_per_size_metrics_and_writes_the_plot(tmp_path: Path) -> None:
     limits = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
-    cfg = _compose([*TINY, *TINY_SYNTHETIC, *limits, "eval.resolutions=[16,48]"], tmp_path)
+    square = "resolution.geometry=square"  # one batch of one shape per size (auto would bucket by aspect)
+    cfg = _compose([*TINY, *TINY_SYNTHETIC, *limits, square, "eval.resolutions=[16,48]"], tmp_path)
     record = train(cfg)
     assert record["status"] == "completed"
     metrics = record["metrics"]
@@ -150,6 +152,7 @@ def test_multigrid_run_follows_the_changing_epoch_length(tmp_path: Path) -> None
         "trainer.max_epochs=2",
         "scheduler.warmup_epochs=1",  # warm-up inside the run: the cosine part must end on step 10
         "resolution=multigrid",
+        "resolution.geometry=square",  # the logged sizes are the schedule's (keep_aspect would bucket them)
         "resolution.size=32",
         "resolution.long_factors=[0.5,1.0]",
         "resolution.short_factors=[]",

@@ -183,7 +183,7 @@ def test_lightning_sets_the_epoch_on_the_batch_sampler() -> None:
 
 
 def test_datamodule_resumes_the_sampler_from_its_checkpoint_state() -> None:
-    schedule = RandomResolution(sizes=[16, 24, 32], seed=0)
+    schedule = RandomResolution(sizes=[16, 24, 32], seed=0, geometry="square")
     dm = ResflexDataModule(SyntheticSource(64, 8, 0), schedule, batch_size=8, num_workers=0, seed=4)
     reference = ResolutionBatchSampler(64, 8, schedule, seed=4, training=True)
     reference.set_epoch(1)
