@@ -1,6 +1,6 @@
 """One CSV row per finished run folder: cell, seed, best val/acc, test/acc, wall time, command.
 
-    python experiments/recipes/collect.py OUT.csv CELL=RUN_DIR [CELL=RUN_DIR ...]
+python experiments/recipes/collect.py OUT.csv CELL=RUN_DIR [CELL=RUN_DIR ...]
 """
 
 from __future__ import annotations
