@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU benchmark for a lent H100 (about 6 minutes), run from the repository root:
+# One-shot GPU benchmark for a lent H100 (about 8 minutes), run from the repository root:
 #   bash experiments/performance/gpu_run.sh
 # Writes <name>.json (every figure + machine) and <name>.txt (the table) into "$OUT"
 # (the device tool's output folder; default experiments/performance/gpu/ when run by hand).
@@ -41,5 +41,9 @@ bench vit_s16_bf16 100 --backbone vit_small_patch16_224 --model-kwarg dynamic_im
 bench resnet50_bf16_compile 100 --backbone resnet50 --size 224 --sizes 192,224,256 \
   --batch-size 256 --precision bf16-mixed --channels-last --compile --sections overhead,mixed \
   --repeats 3 --steps 15
+
+# 4. The data path alone on this machine's CPU (no GPU work): images/s per core from photo-sized
+#    JPEGs, resflex's decoders vs timm's create_loader and torchvision (about 2 minutes).
+bench loader 240 --sections loader
 
 ls -l "$OUT"
