@@ -1,6 +1,6 @@
-"""Write one CSV row per finished resflex run folder given: cell name, seed, best val/acc, command.
+"""One CSV row per finished resflex run folder: cell, seed, best val/acc, test/acc, wall time, command.
 
-For the ablations that ran outside ``study.py`` (their commands are in the README):
+For runs outside ``study.py`` (the ablations here, experiments/recipes/; commands in their READMEs):
 
     python experiments/variable_size/collect_extra.py OUT.csv NAME=RUN_DIR [NAME=RUN_DIR ...]
 """
@@ -21,6 +21,7 @@ def main() -> None:
         overrides = " ".join(record.get("overrides", []))
         seed = next((o.split("=", 1)[1] for o in record.get("overrides", []) if o.startswith("seed=")), "")
         rows.append({"cell": name, "seed": seed, "val_acc_best": record["best"]["val/acc"],
+                     "test_acc": record["metrics"].get("test/acc"), "wall_time_s": record.get("wall_time_s"),
                      "command": f"python scripts/train.py {overrides}"})  # fmt: skip
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
