@@ -140,3 +140,46 @@ def _state(obj: object, depth: int = 0) -> object:
     if hasattr(obj, "__dict__") and depth < 4 and not isinstance(obj, type):
         return {k: _state(v, depth + 1) for k, v in vars(obj).items()}
     return obj
+
+
+def test_model_yaml_is_the_module_signature(tmp_path: Path) -> None:
+    """configs/model/classifier.yaml: every key is one argument of ClassificationModule (net: of
+    ImageClassifier), and each plain value equals that argument's default."""
+    import inspect
+
+    from resflex.models.classifier import ImageClassifier
+    from resflex.training.module import ClassificationModule
+
+    node = compose_train([], tmp_path).model
+    for cls, keys in ((ClassificationModule, node), (ImageClassifier, node.net)):
+        params = inspect.signature(cls.__init__).parameters
+        for key in keys:
+            if key.startswith("_"):
+                continue
+            assert key in params, f"model yaml key {key!r} is not an argument of {cls.__name__}"
+            if OmegaConf.is_interpolation(keys, key) or OmegaConf.is_missing(keys, key):
+                continue  # another group's node, the run's seed, or the data's class count
+            default = params[key].default
+            if default is not inspect.Parameter.empty:
+                assert keys[key] == default, (
+                    f"{cls.__name__}({key}=...): yaml {keys[key]!r}, code {default!r}"
+                )
+
+
+def test_data_yaml_is_the_data_module_signature(tmp_path: Path) -> None:
+    """configs/data/*.yaml: every key is one argument of ResflexDataModule; the data module finishes a
+    partial source with data.root, and a source that reads no files refuses one in a line."""
+    import inspect
+
+    from resflex.build import build_datamodule
+    from resflex.data.datamodule import ResflexDataModule
+
+    params = inspect.signature(ResflexDataModule.__init__).parameters
+    for option in group_options("data"):
+        node = compose_train([f"data={option}"], tmp_path).data
+        assert node._target_.endswith("ResflexDataModule")
+        unknown = [k for k in node if not k.startswith("_") and k not in params]
+        assert not unknown, f"data/{option}.yaml keys that are not arguments: {unknown}"
+    cfg = compose_train(["backbone.name=test_resnet", "data.root=/somewhere"], tmp_path)
+    with pytest.raises(ConfigError, match="^data.root is not used by data=synthetic"):
+        build_datamodule(cfg)

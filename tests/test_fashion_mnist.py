@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 
 from resflex.data.fashion_mnist import DEBIAN_ROOT, FashionMNISTSource, read_idx
 from resflex.errors import ConfigError, DataError
@@ -108,7 +107,7 @@ def test_missing_files_say_how_to_get_them(tmp_path: Path) -> None:
         FashionMNISTSource(root=str(tmp_path / "nowhere"))
     line = info.value.one_line()
     assert "not found under" in line and "apt-get install dataset-fashion-mnist" in line
-    assert "data.download=true" in line and "\n" not in line
+    assert "data.source.download=true" in line and "\n" not in line
     root = write_fixture(tmp_path / "partial", gz=True)
     (root / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
@@ -116,11 +115,12 @@ def test_missing_files_say_how_to_get_them(tmp_path: Path) -> None:
 
 
 def test_config_builds_the_source(tmp_path: Path) -> None:
+    from resflex.build import build_datamodule
     from tests.test_configs import compose_train
 
     root = write_fixture(tmp_path / "fm", gz=True)
     cfg = compose_train(["data=fashion_mnist", f"data.root={root}", "data.source.num_val=4"], tmp_path)
-    source = instantiate(cfg.data.source)
+    source = build_datamodule(cfg).source  # the data module finishes the source with data.root
     assert isinstance(source, FashionMNISTSource)
     assert len(source.splits["train"]) == N_TRAIN - 4
 

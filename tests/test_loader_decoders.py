@@ -1,4 +1,4 @@
-"""data.decoder=pil|torchvision|auto: the same picture and framing whatever decodes, bad files still
+"""data.source.decoder=pil|torchvision|auto: the same picture and framing whatever decodes, bad files still
 go through the bad-image policy, and the value is checked in one line (CPU only).
 
 With the same seed the transforms draw the same boxes from the header, and both decoders run
@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from resflex.benchmark.loader import photo_like
+from resflex.build import build_datamodule
 from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.datamodule import SizedDataset
 from resflex.data.datasets import ImageFolderSource
@@ -151,12 +152,12 @@ def test_the_decoder_value_is_checked_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         check_decoder("nvjpeg")
     message = str(error.value)
-    assert message.startswith("data.decoder must be one of pil, torchvision, auto, got 'nvjpeg'")
-    assert "\n" not in message and "hint: data.decoder=auto" in message
+    assert message.startswith("data.source.decoder must be one of pil, torchvision, auto, got 'nvjpeg'")
+    assert "\n" not in message and "hint: data.source.decoder=auto" in message
     (tmp_path / "train" / "a").mkdir(parents=True)
     for i in range(2):
         photo_like(64, 48, seed=i).save(tmp_path / "train" / "a" / f"{i}.jpg")
-    with pytest.raises(ConfigError, match="data.decoder"):
+    with pytest.raises(ConfigError, match="data.source.decoder"):
         ImageFolderSource(str(tmp_path), decoder="PIL")
     source = ImageFolderSource(str(tmp_path), val_fraction=0.5, decoder="torchvision")
     image, _ = source.splits["train"].dataset[0]
@@ -164,7 +165,6 @@ def test_the_decoder_value_is_checked_in_one_line(tmp_path: Path) -> None:
 
 
 def test_the_config_passes_data_decoder_to_the_source(tmp_path: Path) -> None:
-    from hydra.utils import instantiate
 
     from tests.test_configs import compose_train
 
@@ -173,9 +173,9 @@ def test_the_config_passes_data_decoder_to_the_source(tmp_path: Path) -> None:
         photo_like(64, 48, seed=i).save(tmp_path / "images" / "train" / "a" / f"{i}.jpg")
     root = f"data.root={tmp_path / 'images'}"
     cfg = compose_train(["data=imagefolder", root], tmp_path)
-    assert cfg.data.decoder == "auto" and instantiate(cfg.data.source).decoder == "auto"
-    cfg = compose_train(["data=imagefolder", root, "data.decoder=pil"], tmp_path)
-    assert instantiate(cfg.data.source).decoder == "pil"
-    cfg = compose_train(["data=imagefolder", root, "data.decoder=fast"], tmp_path)
-    with pytest.raises(Exception, match="data.decoder must be one of"):
-        instantiate(cfg.data.source)
+    assert cfg.data.source.decoder == "auto" and build_datamodule(cfg).source.decoder == "auto"
+    cfg = compose_train(["data=imagefolder", root, "data.source.decoder=pil"], tmp_path)
+    assert build_datamodule(cfg).source.decoder == "pil"
+    cfg = compose_train(["data=imagefolder", root, "data.source.decoder=fast"], tmp_path)
+    with pytest.raises(ConfigError, match="^data.source.decoder must be one of"):
+        build_datamodule(cfg)

@@ -93,25 +93,31 @@ def test_hparams_are_the_knobs_not_targets_or_paths() -> None:
                 "weight_decay": 0.05,
             },
             "data": {"batch_size": 32, "root": "/data/x", "name": "imagefolder"},
-            "model": {"dropout": 0.2},
+            "model": {"net": {"dropout": 0.2}},
             "trainer": {"max_epochs": 3},
         }
     )
     choices = {"pooling": "pyramid", "resolution": "progressive", "optimizer": "adamw", "data": "imagefolder"}
-    overrides = ["pooling=pyramid", "model.dropout=0.2", "data.root=/data/x", "hydra.run.dir=/o", "+x.y=1"]
+    overrides = [
+        "pooling=pyramid",
+        "model.net.dropout=0.2",
+        "data.root=/data/x",
+        "hydra.run.dir=/o",
+        "+x.y=1",
+    ]
     overrides += ["trainer.enable_progress_bar=false", "data.num_workers=0"]  # plumbing, not knobs
     hparams, varied = run_hparams(cfg, choices, overrides)
     assert not any("_target_" in k or "_partial_" in k for k in hparams)
     assert not any("/" in str(v) for v in hparams.values())  # no paths
-    assert varied == ["model.dropout", "pooling"]
+    assert varied == ["model.net.dropout", "pooling"]
     assert list(hparams)[:2] == varied  # what was chosen on the command line comes first
-    assert hparams["pooling"] == "pyramid" and hparams["model.dropout"] == 0.2
+    assert hparams["pooling"] == "pyramid" and hparams["model.net.dropout"] == 0.2
     assert hparams["backbone.name"] == "resnet18" and hparams["backbone.init"] == "scratch"
     assert hparams["resolution.size"] == "48→64" and hparams["optimizer.lr"] == 0.01
     assert hparams["data.batch_size"] == 32 and hparams["trainer.max_epochs"] == 3
     # TensorBoard shows five columns before any click: what was chosen, then pooling, schedule, size, ...
     assert shown_first(hparams, varied) == {
-        "model.dropout",
+        "model.net.dropout",
         "pooling",
         "resolution",
         "resolution.size",

@@ -15,7 +15,6 @@ from resflex.build import build_callbacks, build_datamodule, build_module, build
 from resflex.errors import ConfigError
 from resflex.inference import load_classifier
 from resflex.training.ema import ModelEma
-from resflex.validation import validate_config
 from tests.conftest import TINY, TINY_SYNTHETIC
 from tests.test_configs import compose_train
 
@@ -36,8 +35,12 @@ class Recorder(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self.live.append(self._weights(pl_module))
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        # at the first batch of each validation: the EMA (a callback of the module's, so it runs after
+        # this one in every hook) swaps its weights in when the validation epoch starts
+        if not trainer.sanity_checking and len(self.validated) < trainer.current_epoch + 1:
             self.validated.append(self._weights(pl_module))
 
 
@@ -52,7 +55,7 @@ def _fit(tmp_path: Path, *overrides: str) -> tuple[Recorder, Any, Any, pl.Traine
     module = build_module(cfg, datamodule.num_classes)
     trainer = build_trainer(cfg)
     recorder = Recorder()
-    trainer.callbacks.append(recorder)  # after ModelEma: sees the swapped-in weights at validation
+    trainer.callbacks.append(recorder)
     trainer.fit(module, datamodule=datamodule)
     return recorder, module, datamodule, trainer
 
@@ -121,10 +124,22 @@ def test_ema_warmup_follows_timm(tmp_path: Path) -> None:
     )
 
 
+def _fit_callbacks(module: pl.LightningModule) -> list[pl.Callback]:
+    """The callbacks the module hands to a fit (Lightning calls ``configure_callbacks`` when it starts)."""
+    module.trainer = pl.Trainer(logger=False, enable_checkpointing=False)
+    module.trainer.state.fn = "fit"
+    return module.configure_callbacks()
+
+
 def test_ema_is_off_by_default_and_built_when_asked(tmp_path: Path) -> None:
-    plain = [c for c in build_callbacks(compose_train(list(TINY), tmp_path), True) if isinstance(c, ModelEma)]
-    assert plain == []
-    (ema,) = [c for c in build_callbacks(compose_train(EMA_RUN, tmp_path), True) if isinstance(c, ModelEma)]
+    plain = build_module(compose_train(list(TINY), tmp_path), 10)
+    assert not any(isinstance(c, ModelEma) for c in _fit_callbacks(plain))
+    assert not any(isinstance(c, ModelEma) for c in build_callbacks(compose_train(EMA_RUN, tmp_path), True))
+    (ema,) = [
+        c
+        for c in _fit_callbacks(build_module(compose_train(EMA_RUN, tmp_path), 10))
+        if isinstance(c, ModelEma)
+    ]
     assert (ema.decay, ema.warmup) == (0.999, True)
 
 
@@ -136,12 +151,12 @@ def test_decay_outside_zero_one_is_one_line(decay: object, tmp_path: Path) -> No
         ModelEma(decay=decay)  # type: ignore[arg-type]
     assert "\n" not in info.value.one_line()
     with pytest.raises(ConfigError, match="model.ema_decay"):
-        validate_config(compose_train([f"model.ema_decay={decay}"], tmp_path))
+        build_module(compose_train([*TINY, "model.ema=true", f"model.ema_decay={decay}"], tmp_path), 10)
 
 
 def test_ema_must_be_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.ema must be true or false"):
-        build_callbacks(compose_train(["model.ema=yes"], tmp_path), True)
+        build_module(compose_train([*TINY, "model.ema=yes"], tmp_path), 10)
 
 
 def test_ema_keeps_a_compiled_model_compiled(tmp_path: Path) -> None:
@@ -149,10 +164,8 @@ def test_ema_keeps_a_compiled_model_compiled(tmp_path: Path) -> None:
     live module keeps its compiled call, and the average's tensors are separate copies."""
     cfg = compose_train([*EMA_RUN, "model.compile=true"], tmp_path)
     module = build_module(cfg, 10)
-    trainer = build_trainer(cfg)
-    (ema,) = [c for c in trainer.callbacks if isinstance(c, ModelEma)]
-    module.trainer = trainer
-    ema.setup(trainer, module, "fit")
+    (ema,) = [c for c in _fit_callbacks(module) if isinstance(c, ModelEma)]
+    ema.setup(module.trainer, module, "fit")
     assert getattr(module.model, "_compiled_call_impl", None) is not None
     average = ema._average_model.module
     assert all(

@@ -42,6 +42,9 @@ BASE = ["backbone.name=test_resnet", "trainer.accelerator=cpu", "data.num_worker
         (["data.num_workers=-1"], "data.num_workers"),
         (["data.num_workers=many"], "data.num_workers"),
         (["trainer.max_epochs=0"], "trainer.max_epochs"),
+        (["model.net.dropout=1.5"], "model.net.dropout"),
+        (["model.label_smoothing=abc"], "model.label_smoothing"),
+        (["model.ema=true", "model.ema_decay=1"], "model.ema_decay"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
@@ -87,7 +90,8 @@ def make_broken_folder(root: Path) -> list[str]:
 
 
 def test_bad_images_are_skipped_counted_and_listed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """data.on_bad_image=skip (the default), in-process: the run completes; the files are listed and said."""
+    """data.source.on_bad_image=skip (the default), in-process: the run completes; the files are listed
+    and said."""
     bad = make_broken_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
     args = ["data=imagefolder", f"data.root={tmp_path / 'images'}", *TINY, "data.batch_size=4", "logger=none"]
@@ -108,7 +112,7 @@ def test_bad_images_raise_names_the_file(tmp_path: Path) -> None:
         [
             "data=imagefolder",
             f"data.root={tmp_path / 'images'}",
-            "data.on_bad_image=raise",
+            "data.source.on_bad_image=raise",
             *TINY,
             f"hydra.run.dir={tmp_path / 'r'}",
         ],

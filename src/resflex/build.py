@@ -3,10 +3,9 @@
 One home for these builders, shared by training (:mod:`resflex.train`), evaluation,
 prediction and export, so a checkpoint is always rebuilt the way it was trained.
 They need a composed config (an OmegaConf ``DictConfig``) but not a running Hydra
-app: tests and notebooks call them on ``hydra.compose`` output. Every group with a
-``_target_`` (backbone, pooling, resolution, data source, optimizer, scheduler,
-finetune, callbacks, loggers) is built by ``hydra.utils.instantiate``, and each
-object validates its own arguments. Machine-dependent rules (precision,
+app: tests and notebooks call them on ``hydra.compose`` output. Every group is a
+``_target_`` node built by ``hydra.utils.instantiate`` (``data`` and ``model`` nest the
+others by interpolation), and each object validates its own arguments. Machine-dependent rules (precision,
 channels-last) live in :mod:`resflex.runtime`.
 """
 
@@ -15,18 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync
-from resflex.errors import ConfigError
+from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync, to_plain
+from resflex.errors import find_user_error
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
-from resflex.runtime import resolve_channels_last, resolve_precision
-from resflex.training.ema import ModelEma
-from resflex.training.eval_sizes import drop_unfit_sizes, is_auto, resolve_eval_resolutions
+from resflex.runtime import resolve_precision
+from resflex.training.eval_sizes import drop_unfit_sizes
 from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.optim import OptimizerFactory
@@ -34,57 +33,49 @@ from resflex.training.run_record import RunRecord, attach_run_record
 from resflex.training.safety import AtomicCheckpointIO
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python (anything else is passed on for its owner to reject)."""
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-#: ``data.augment`` keys applied on the device, per batch, by the LightningModule (not the data workers)
-DEVICE_AUGMENT = ("random_erasing",)
-
-
-def data_augment(cfg: DictConfig) -> dict[str, Any]:
-    """``data.augment`` for the data workers' transforms: the device keys left to :func:`build_module`."""
-    augment = _plain(cfg.data.get("augment")) or {}
-    if not isinstance(augment, dict):
-        raise ConfigError(f"data.augment must be a mapping, got {augment!r}")
-    return {k: v for k, v in augment.items() if k not in DEVICE_AUGMENT}
+def build_node(node: DictConfig, **fill: Any) -> Any:
+    """``instantiate`` a config node with its interpolations resolved against the whole config, after
+    setting ``fill`` (dotted keys); a constructor's one-line :class:`ResflexError` comes out as itself,
+    not wrapped in Hydra's ``InstantiationException``."""
+    spec = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    for key, value in fill.items():
+        OmegaConf.update(spec, key, value, force_add=True)
+    try:
+        return instantiate(spec)
+    except InstantiationException as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        raise user_error from None
 
 
 def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
-    """The data module of ``cfg.data`` with the ``cfg.resolution`` schedule."""
-    schedule = instantiate(cfg.resolution)
-    # eval.resolutions=auto (the default): a few sizes around the eval size (resflex/training/eval_sizes.py)
-    eval_resolutions = resolve_eval_resolutions(
-        OmegaConf.select(cfg, "eval.resolutions", default=None), schedule
-    )
+    """The data module of ``cfg.data``: one ``_target_`` node whose keys are the module's arguments
+    (the ``resolution`` group is its ``schedule``); run folders from before that rebuild through
+    :func:`legacy_datamodule`."""
+    if "_target_" not in cfg.data:
+        return legacy_datamodule(cfg)
+    return build_node(cfg.data)
+
+
+def legacy_datamodule(cfg: DictConfig) -> ResflexDataModule:
+    """A run config from before the ``data`` node had a ``_target_`` (``data.loader.*``, a whole source)."""
     loader = cfg.data.loader
     return ResflexDataModule(
         source=instantiate(cfg.data.source),
-        schedule=schedule,
+        schedule=instantiate(cfg.resolution),
         batch_size=cfg.data.batch_size,
         eval_batch_size=loader.get("eval_batch_size"),
         num_workers=cfg.data.num_workers,
         pin_memory=loader.pin_memory,
         persistent_workers=loader.persistent_workers,
         prefetch_factor=loader.prefetch_factor,
-        augment=data_augment(cfg),
+        augment=cfg.data.get("augment"),
         eval_crop_pct=cfg.data.eval_crop_pct,
         seed=cfg.seed,
-        eval_resolutions=_plain(eval_resolutions),
+        eval_resolutions=to_plain(OmegaConf.select(cfg, "eval.resolutions", default=None)),
+        name=str(cfg.data.get("name", "")),
     )
-
-
-def build_classifier(cfg: DictConfig, num_classes: int) -> ImageClassifier:
-    """Backbone + pooling head + linear classifier (the network alone, no training logic)."""
-    model = ImageClassifier(
-        instantiate(cfg.backbone),
-        instantiate(cfg.pooling),
-        num_classes=num_classes,
-        dropout=cfg.model.dropout,
-    )
-    init_head_from_checkpoint(model)  # backbone.init_from + backbone.init_head=true: pooling and head too
-    return model
 
 
 def build_optimizer(cfg: DictConfig) -> OptimizerFactory:
@@ -94,7 +85,7 @@ def build_optimizer(cfg: DictConfig) -> OptimizerFactory:
     (``_target_: torch.optim.AdamW``); their checkpoints still load for evaluation,
     prediction and export, so such a node is read as the timm name of that class.
     """
-    spec = _plain(cfg.optimizer)
+    spec = to_plain(cfg.optimizer)
     target = str(spec.get("_target_", ""))
     if target.startswith("torch.optim."):
         spec = {k: v for k, v in spec.items() if not k.startswith("_") and k != "nesterov"}
@@ -103,38 +94,63 @@ def build_optimizer(cfg: DictConfig) -> OptimizerFactory:
 
 
 def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
-    """The LightningModule: classifier, optimizer, LR schedule, loss and fine-tuning groups."""
+    """The LightningModule of ``cfg.model`` (network, optimizer, LR schedule, loss, regularisers, EMA).
+
+    ``model`` is one ``_target_`` node whose keys are the module's arguments, its
+    ``net`` nesting the backbone and pooling groups; only the class count comes from
+    the data. Run folders written before that node existed rebuild through
+    :func:`legacy_module`.
+    """
+    if "_target_" not in cfg.model:
+        return legacy_module(cfg, num_classes)
+    module = build_node(cfg.model, **{"net.num_classes": num_classes})
+    init_head_from_checkpoint(module.model)  # backbone.init_from + backbone.init_head=true: pooling, head
+    return module
+
+
+def legacy_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
+    """A run config from before the ``model`` node had a ``_target_`` (its flat keys; the switches that
+    did not exist then are off), so old checkpoints still evaluate, predict and export."""
+    net = ImageClassifier(
+        instantiate(cfg.backbone),
+        instantiate(cfg.pooling),
+        num_classes=num_classes,
+        dropout=cfg.model.dropout,
+    )
+    init_head_from_checkpoint(net)
     finetune = OmegaConf.select(cfg, "finetune", default=None)
     scheduler = OmegaConf.select(cfg, "scheduler", default=None)
     return ClassificationModule(
-        model=build_classifier(cfg, num_classes),
+        net,
         optimizer=build_optimizer(cfg),
         # runs from before the scheduler had a _target_ name only warm-up and floor: rebuild those
         lr_schedule=instantiate(scheduler) if scheduler is not None and "_target_" in scheduler else None,
         label_smoothing=cfg.model.label_smoothing,
-        channels_last=resolve_channels_last(cfg.model.channels_last),
-        finetune=_plain(finetune),
+        channels_last=cfg.model.channels_last,
+        finetune=to_plain(finetune),
         compile=OmegaConf.select(cfg, "model.compile", default=False),
         compile_mode=OmegaConf.select(cfg, "model.compile_mode", default=None),
         compile_dynamic=OmegaConf.select(cfg, "model.compile_dynamic", default=None),
-        # runs from before issue #17 have none of these keys: off
         mixup=OmegaConf.select(cfg, "model.mixup", default=0.0),
         cutmix=OmegaConf.select(cfg, "model.cutmix", default=0.0),
         mix_prob=OmegaConf.select(cfg, "model.mix_prob", default=1.0),
         mix_switch_prob=OmegaConf.select(cfg, "model.mix_switch_prob", default=0.5),
         random_erasing=OmegaConf.select(cfg, "data.augment.random_erasing", default=0.0),
         seed=OmegaConf.select(cfg, "seed", default=0),
+        ema=OmegaConf.select(cfg, "model.ema", default=False),
+        ema_decay=OmegaConf.select(cfg, "model.ema_decay", default=0.999),
+        ema_warmup=OmegaConf.select(cfg, "model.ema_warmup", default=True),
     )
 
 
-def check_sizes_fit_backbone(datamodule: ResflexDataModule, backbone: TimmBackbone, cfg: DictConfig) -> None:
+def check_sizes_fit_backbone(datamodule: ResflexDataModule, backbone: TimmBackbone) -> None:
     """Every training and evaluation size must suit the backbone (patch size, total stride).
 
     Sizes that ``eval.resolutions=auto`` picked are dropped instead (nobody asked for them by name).
     """
     for size in datamodule.schedule.train_sizes():
         backbone.check_input_size(size, "resolution.size")
-    if is_auto(OmegaConf.select(cfg, "eval.resolutions", default=None)):
+    if datamodule.eval_sizes_auto:
         datamodule.eval_sizes = drop_unfit_sizes(
             datamodule.eval_sizes, lambda size: backbone.check_input_size(size, "eval.resolutions")
         )
@@ -146,29 +162,15 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
-def build_ema(cfg: DictConfig) -> ModelEma | None:
-    """``model.ema=true``: the weight-averaging callback (validation, test and checkpoints use the EMA)."""
-    ema = OmegaConf.select(cfg, "model.ema", default=False)
-    if not isinstance(ema, bool):
-        raise ConfigError(f"model.ema must be true or false, got {ema!r}", hint="model.ema=true")
-    if not ema:
-        return None
-    return ModelEma(
-        decay=OmegaConf.select(cfg, "model.ema_decay", default=0.999),
-        warmup=OmegaConf.select(cfg, "model.ema_warmup", default=True),
-    )
-
-
 def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
-    """``callbacks`` group, the fine-tuning callback (``full`` without a ``finetune`` node), epoch sync,
-    and the EMA (``model.ema``)."""
+    """``callbacks`` group, the fine-tuning callback (``full`` without a ``finetune`` node) and epoch sync.
+
+    The module adds its own for each fit (the EMA, the plateau rule): ``configure_callbacks``.
+    """
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     finetune = OmegaConf.select(cfg, "finetune", default=None)
     callbacks.append(instantiate(finetune) if finetune is not None else build_finetuning(None))
     callbacks.append(ScheduleLengthSync())  # multigrid / batch scaling: epochs of varying length
-    ema = build_ema(cfg)
-    if ema is not None:
-        callbacks.append(ema)
     if not with_loggers:  # logger=none: the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks
@@ -182,7 +184,7 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Traine
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
     attach_run_record(callbacks, record)
-    trainer_cfg = _plain(cfg.trainer)
+    trainer_cfg = to_plain(cfg.trainer)
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
     if "fsdp" not in str(trainer_cfg.get("strategy", "auto")) and not trainer_cfg.get("plugins"):
         trainer_cfg["plugins"] = [AtomicCheckpointIO()]  # temp file + rename; weights_only loads

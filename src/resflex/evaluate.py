@@ -78,7 +78,9 @@ def compose_eval_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
     # else: the sizes the training run evaluated at (its eval size and eval.resolutions)
     if cfg.eval.get("batch_size"):
         merged.data.batch_size = int(cfg.eval.batch_size)
-        if "loader" in merged.data:
+        if "eval_batch_size" in merged.data:
+            merged.data.eval_batch_size = int(cfg.eval.batch_size)
+        if "loader" in merged.data:  # runs from before the data node had a _target_
             merged.data.loader.eval_batch_size = int(cfg.eval.batch_size)
     if cfg.eval.get("num_workers") is not None:
         merged.data.num_workers = int(cfg.eval.num_workers)

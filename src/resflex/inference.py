@@ -179,6 +179,8 @@ def run_classes(cfg: DictConfig, num_classes: int, run_dir: Path | None = None) 
 def _classes_from_data(cfg: DictConfig) -> list[str] | None:
     from hydra.utils import instantiate
 
+    from resflex.data.datamodule import finish_source
+
     data = cfg.get("data")
     if data is None:
         return None
@@ -187,12 +189,19 @@ def _classes_from_data(cfg: DictConfig) -> list[str] | None:
         if target.endswith("ImageFolderSource"):
             from torchvision.datasets.folder import find_classes
 
-            root = Path(str(OmegaConf.select(cfg, "data.source.root"))).expanduser()
+            # data.root; data.source.root in runs from before the data node had a _target_
+            root = OmegaConf.select(cfg, "data.root", default=None) or OmegaConf.select(
+                cfg, "data.source.root"
+            )
+            root = Path(str(root)).expanduser()
             return list(find_classes(str(root / "train"))[0])
         source_cfg = data.source.copy()
         if "bad_image_log" in source_cfg:
             source_cfg.bad_image_log = None
-        return [str(c) for c in instantiate(source_cfg).classes]
+        source = instantiate(source_cfg)
+        if source_cfg.get("_partial_"):  # a data node with a _target_: the data module passes the root
+            source = finish_source(source, data.get("root"), str(data.get("name", "")))
+        return [str(c) for c in source.classes]
     except Exception as exc:
         log.debug("classes from the run's data: %s", exc)
         return None

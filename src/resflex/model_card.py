@@ -170,8 +170,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         f"| classes | {classes_text} |",
         f"| backbone | `{backbone.name}` (timm), weights: {weights}, "
         f"model_kwargs: {_plain(backbone.get('model_kwargs'))} |",
-        f"| head | {_pooling_text(cfg)} → dropout {OmegaConf.select(cfg, 'model.dropout', default=0)} "
-        "→ linear |",
+        f"| head | {_pooling_text(cfg)} → dropout {_dropout(cfg)} → linear |",
         f"| training sizes | {schedule}: "
         + ", ".join(f"{k}={v}" for k, v in resolution.items() if v is not None)
         + " |",
@@ -289,3 +288,10 @@ def write_model_card_quietly(run_dir: str | Path) -> Path | None:
         reason = first_line(exc)
         log.warning("model card not written: %s", reason)
         return None
+
+
+def _dropout(cfg: DictConfig) -> float:
+    """``model.net.dropout`` (``model.dropout`` in runs from before the model node had a ``_target_``)."""
+    return OmegaConf.select(cfg, "model.net.dropout", default=None) or OmegaConf.select(
+        cfg, "model.dropout", default=0.0
+    )

@@ -343,7 +343,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         int(settings.get("topk", 5)),
         device,
         settings.get("progress", "auto"),
-        OmegaConf.select(classifier.config, "data.decoder", default=None) or DEFAULT_DECODER,
+        # data.source.decoder; data.decoder in runs from before the data node had a _target_
+        OmegaConf.select(classifier.config, "data.source.decoder", default=None)
+        or OmegaConf.select(classifier.config, "data.decoder", default=None)
+        or DEFAULT_DECODER,
     )
     if len(inputs.files) == 1 and unreadable:
         raise DataError(next(iter(unreadable.values())), hint="pass an image file (PNG, JPEG, ...)")

@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = build_datamodule(cfg)
         record.data_profile = datamodule.profile.as_dict()  # incl. the geometry auto resolved to
         module = build_module(cfg, datamodule.num_classes)
-        check_sizes_fit_backbone(datamodule, module.model.backbone, cfg)
+        check_sizes_fit_backbone(datamodule, module.model.backbone)
         trainer = build_trainer(cfg, record)
         log.info(
             "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])

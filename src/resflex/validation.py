@@ -22,17 +22,12 @@ Rule = tuple[str, type, Callable[[Any], bool], str]
 
 RULES: tuple[Rule, ...] = (
     ("seed", int, lambda v: v >= 0, "an integer >= 0"),
-    ("data.batch_size", int, lambda v: v >= 1, "a positive integer"),
-    ("data.num_workers", int, lambda v: v >= 0, "an integer >= 0 or auto"),
-    ("model.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("model.label_smoothing", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("model.ema_decay", float, lambda v: 0 < v < 1, "a number in (0, 1)"),
     ("trainer.max_epochs", int, lambda v: v >= 1 or v == -1, "a positive integer (or -1)"),
     ("trainer.log_every_n_steps", int, lambda v: v >= 1, "a positive integer"),
 )
 
 #: keys that also accept a word instead of a number
-WORDS: dict[str, tuple[str, ...]] = {"data.num_workers": ("auto",)}
+WORDS: dict[str, tuple[str, ...]] = {}
 
 
 def _typed(value: Any, kind: type) -> Any:

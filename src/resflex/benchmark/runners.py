@@ -41,7 +41,7 @@ from resflex.training.module import ClassificationModule
 from resflex.training.optim import OptimizerFactory
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-LABEL_SMOOTHING = 0.1  # resflex's default (configs/train.yaml model.label_smoothing)
+LABEL_SMOOTHING = 0.1  # resflex's default (configs/model/classifier.yaml label_smoothing)
 
 
 @dataclass
@@ -91,7 +91,7 @@ def build_model(setup: Setup) -> ImageClassifier:
 
 def build_module(setup: Setup, model: ImageClassifier) -> ClassificationModule:
     return ClassificationModule(
-        model=model,
+        net=model,
         optimizer=setup.optimizer_factory(),
         label_smoothing=LABEL_SMOOTHING,
         channels_last=setup.channels_last,

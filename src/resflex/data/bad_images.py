@@ -1,4 +1,4 @@
-"""What to do with an image that cannot be read: ``data.on_bad_image=skip|raise``.
+"""What to do with an image that cannot be read: ``data.source.on_bad_image=skip|raise``.
 
 ``skip`` (default): the run goes on. Files whose header cannot be read are
 dropped when the folder is scanned (so a class with no usable image is reported
@@ -29,7 +29,7 @@ class BadImageError(DataError):
         detail = first_line(cause)
         super().__init__(
             f"cannot read image {path}: {detail}",
-            hint="fix or remove the file, or set data.on_bad_image=skip",
+            hint="fix or remove the file, or set data.source.on_bad_image=skip",
         )
         self.path = str(path)
 
@@ -39,7 +39,7 @@ class BadImagePolicy:
 
     def __init__(self, mode: str = "skip", log_file: str | Path | None = None, max_printed: int = 5) -> None:
         if mode not in POLICIES:
-            raise ConfigError(f"data.on_bad_image must be one of {', '.join(POLICIES)}, got {mode!r}")
+            raise ConfigError(f"data.source.on_bad_image must be one of {', '.join(POLICIES)}, got {mode!r}")
         self.mode = mode
         self.log_file = Path(log_file) if log_file else None
         self.max_printed = max_printed
@@ -53,7 +53,7 @@ class BadImagePolicy:
             return
         self._seen.add(error.path)
         if len(self._seen) <= self.max_printed:
-            log.warning("%s; skipped (data.on_bad_image=skip)", error.message)
+            log.warning("%s; skipped (data.source.on_bad_image=skip)", error.message)
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

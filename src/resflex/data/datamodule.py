@@ -17,8 +17,9 @@ transforms are built for that geometry.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,8 @@ from resflex.data.sampler import ResolutionBatchSampler, SampleRequest
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
 from resflex.errors import ConfigError, DataError
+from resflex.training.eval_sizes import is_auto, resolve_eval_resolutions
+from resflex.validation import check_value
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +147,63 @@ class ScheduleLengthSync(pl.Callback):
             trainer.val_check_batch = n
 
 
+#: ``data.augment`` keys applied on the device, per batch, by the LightningModule (``model.random_erasing``
+#: reads them), not by the data workers
+DEVICE_AUGMENT = ("random_erasing",)
+
+
+def worker_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data.augment`` for the workers' transforms: the device keys left to the LightningModule."""
+    augment = to_plain(augment) or {}
+    if not isinstance(augment, dict):
+        raise ConfigError(f"data.augment must be a mapping, got {augment!r}")
+    return {k: v for k, v in augment.items() if k not in DEVICE_AUGMENT}
+
+
+def finish_source(
+    source: ImageSource | Callable[..., ImageSource], root: str | None, name: str
+) -> ImageSource:
+    """The source itself, or a partial (the ``data.source`` node) called with ``data.root``.
+
+    Why the root is the data module's argument and not the source's: it is the key users set
+    (``data.root=DIR``), one place for every source that reads files, while ``data.source.*``
+    holds what differs between sources.
+    """
+    built = not callable(source) or hasattr(source, "splits")
+    target = type(source) if built else getattr(source, "func", source)
+    if not built and "root" in inspect.signature(target).parameters:
+        return source(root=root)
+    if root is not None:
+        raise ConfigError(
+            f"data.root is not used by data={name or getattr(target, '__name__', target)}",
+            hint="data=imagefolder data.root=DIR reads a folder",
+        )
+    return source if built else source()
+
+
+def to_plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python (anything else is passed on for its owner to reject)."""
+    if hasattr(value, "_metadata"):  # an OmegaConf node; omegaconf is not imported for plain callers
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 class ResflexDataModule(pl.LightningDataModule):
+    """Images of any size, framed into one (h, w) per batch by ``schedule``; loaders for every split.
+
+    Built from the ``data`` config node (each key one argument here): ``source``
+    reads the images (a class, or a partial that this module finishes with
+    ``root``), ``schedule`` (the ``resolution`` group) picks the sizes, ``augment``
+    frames and augments training images in the workers (its device-side keys,
+    :data:`DEVICE_AUGMENT`, belong to the LightningModule), and
+    ``eval_resolutions`` (``auto`` or sizes) adds evaluation sizes.
+    """
+
     def __init__(
         self,
-        source: ImageSource,
+        source: ImageSource | Callable[..., ImageSource],
         schedule: ResolutionSchedule,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
@@ -155,21 +211,20 @@ class ResflexDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
-        augment: dict[str, Any] | None = None,
+        augment: Mapping[str, Any] | None = None,
         eval_crop_pct: float = 1.0,
         seed: int = 0,
-        eval_resolutions: Sequence[int | Sequence[int]] | None = None,
+        eval_resolutions: str | Sequence[int | Sequence[int]] | None = None,
         profile_images: int = 5000,
+        name: str = "",
+        root: str | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
-        if num_workers != AUTO and (not isinstance(num_workers, int) or num_workers < 0):
-            raise ConfigError(
-                f"data.num_workers must be an integer >= 0 or auto, got {num_workers!r}",
-                hint="data.num_workers=auto",
-            )
-        self.source = source
+        check_value("data.batch_size", batch_size, int, lambda v: v >= 1, "a positive integer")
+        if num_workers != AUTO:
+            check_value("data.num_workers", num_workers, int, lambda v: v >= 0, "an integer >= 0 or auto")
+        self.name = name
+        self.source = finish_source(source, root, name)
         self.schedule = schedule
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -180,12 +235,16 @@ class ResflexDataModule(pl.LightningDataModule):
         self.seed = seed
         self.profile = self._profile_and_resolve_geometry(profile_images)
         geometry, fill = schedule.geometry, self.profile.mean_color or DEFAULT_FILL
-        self.train_transform = TrainTransform(**(augment or {}), geometry=geometry, fill=fill)
+        augment = worker_augment(augment)
+        self.train_transform = TrainTransform(**augment, geometry=geometry, fill=fill)
         self.phase_transforms = {
-            name: TrainTransform(**{**(augment or {}), **dict(overrides)}, geometry=geometry, fill=fill)
+            name: TrainTransform(**{**augment, **dict(overrides)}, geometry=geometry, fill=fill)
             for name, overrides in schedule.augment_phases.items()
         }
-        self.eval_sizes = self._eval_sizes(schedule.eval_size, eval_resolutions or [])
+        # eval.resolutions=auto (the default): a few sizes around the eval size (training/eval_sizes.py)
+        self.eval_sizes_auto = is_auto(eval_resolutions)
+        extra_sizes = resolve_eval_resolutions(eval_resolutions, schedule) or []
+        self.eval_sizes = self._eval_sizes(schedule.eval_size, to_plain(extra_sizes))
         self._bucket_cache: dict[str, list[int]] = {}
         self._resume: dict[str, Any] | None = None
         self.eval_transform = EvalTransform(crop_pct=eval_crop_pct, geometry=geometry, fill=fill)

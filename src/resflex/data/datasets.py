@@ -118,7 +118,7 @@ class ImageFolderSource(ImageSource):
 
     Without ``val/``, a seeded ``val_fraction`` of ``train/`` becomes validation.
     Class names come from ``train/``; ``val/`` and ``test/`` must use the same ones.
-    ``decoder``: ``data.decoder``, who decodes JPEGs (:mod:`resflex.data.images`).
+    ``decoder``: ``data.source.decoder``, who decodes JPEGs (:mod:`resflex.data.images`).
     """
 
     def __init__(

@@ -44,7 +44,7 @@ FILES = {
 }
 HOW_TO_GET = (
     "apt-get install dataset-fashion-mnist (files land in /usr/share/datasets/fashion-mnist), "
-    "or data.root=data/fashion_mnist data.download=true when online"
+    "or data.root=data/fashion_mnist data.source.download=true when online"
 )
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

@@ -11,7 +11,7 @@ from its DCT coefficients (PIL's ``draft``; ``torchvision.io.decode_jpeg`` has n
 reduced-size decode), which is what keeps small training sizes from large photos
 cheap.
 
-``data.decoder`` chooses who decodes a JPEG and who resamples (:meth:`ImageFile.decode_pixels`):
+``data.source.decoder`` chooses who decodes a JPEG and who resamples (:meth:`ImageFile.decode_pixels`):
 
 - ``pil``: PIL decodes (reduced when the request allows) and the transforms resample
   with PIL.
@@ -51,7 +51,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 Size = tuple[int, int]
-#: ``data.decoder`` values, and the default (``configs/data/imagefolder.yaml``, also for runs saved
+#: ``data.source.decoder`` values, and the default (``configs/data/imagefolder.yaml``, also for runs saved
 #: before the key existed)
 DECODERS = ("pil", "torchvision", "auto")
 DEFAULT_DECODER = "auto"
@@ -61,7 +61,7 @@ DEFAULT_DECODER = "auto"
 #: PIL's reduced (DCT-domain) decode is the only way to skip decoding work.
 AUTO_RULE = "JPEGs PIL can decode at <= 1/2 scale: PIL; other JPEGs: decode_jpeg; resampling: torch"
 # torchvision 0.29 deprecates its image decoders for TorchCodec's (a warning per call); decode_jpeg is
-# chosen on purpose (data.decoder), and the warning would repeat for every image
+# chosen on purpose (data.source.decoder), and the warning would repeat for every image
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 #: JPEG modes ``decode_jpeg(mode=RGB)`` converts as PIL does; others (CMYK) go through PIL
 _TORCHVISION_MODES = ("RGB", "L")
@@ -70,7 +70,8 @@ _TORCHVISION_MODES = ("RGB", "L")
 def check_decoder(decoder: str) -> str:
     if decoder not in DECODERS:
         raise ConfigError(
-            f"data.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}", hint="data.decoder=auto"
+            f"data.source.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}",
+            hint="data.source.decoder=auto",
         )
     return decoder
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from resflex.models.backbone import TimmBackbone
 from resflex.models.pooling import PoolingHead
+from resflex.validation import check_value
 
 
 class ImageClassifier(nn.Module):
@@ -14,6 +15,7 @@ class ImageClassifier(nn.Module):
 
     def __init__(self, backbone: TimmBackbone, pooling: PoolingHead, num_classes: int, dropout: float = 0.0):
         super().__init__()
+        dropout = check_value("model.net.dropout", dropout, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
         self.backbone = backbone
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)

@@ -26,8 +26,11 @@ from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
 from torchmetrics.classification import MulticlassAccuracy
 
+from resflex.errors import ConfigError
 from resflex.models.classifier import ImageClassifier
-from resflex.runtime import size_tag
+from resflex.runtime import resolve_channels_last, size_tag
+from resflex.training.ema import ModelEma
+from resflex.training.finetune import Finetuning
 from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
 from resflex.training.optim import OptimizerFactory
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
@@ -81,12 +84,12 @@ class ClassificationModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: ImageClassifier,
+        net: ImageClassifier,
         optimizer: OptimizerFactory,
         lr_schedule: WarmupSchedule | None = None,
         label_smoothing: float = 0.1,
-        channels_last: bool = True,
-        finetune: Mapping[str, Any] | None = None,
+        channels_last: bool | str = "auto",
+        finetune: Finetuning | Mapping[str, Any] | None = None,
         compile: bool = False,
         compile_mode: str | None = None,
         compile_dynamic: bool | None = None,
@@ -96,22 +99,32 @@ class ClassificationModule(pl.LightningModule):
         mix_switch_prob: float = 0.5,
         random_erasing: float = 0.0,
         seed: int = 0,
+        ema: bool = False,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
-        # plain dicts: hyper-parameters are saved in checkpoints, which load with weights_only=True
-        finetune = FinetuneSpec.from_config(finetune).as_dict()
-        self.save_hyperparameters(ignore=["model", "optimizer", "lr_schedule"], logger=False)
+        # the finetune group's callback carries the spec the parameter groups need
+        finetune = FinetuneSpec.from_config(getattr(finetune, "spec", finetune)).as_dict()
+        label_smoothing = check_value(
+            "model.label_smoothing", label_smoothing, float, lambda v: 0 <= v < 1, "a number in [0, 1)"
+        )
+        channels_last = resolve_channels_last(channels_last)  # auto: on a GPU only
+        if not isinstance(ema, bool):
+            raise ConfigError(f"model.ema must be true or false, got {ema!r}", hint="model.ema=true")
+        # plain values: hyper-parameters are saved in checkpoints, which load with weights_only=True
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_schedule"], logger=False)
         self.hparams["optimizer"] = optimizer.as_dict()
         self.hparams["lr_schedule"] = lr_schedule.as_dict()
         self.finetune = FinetuneSpec.from_config(finetune)
-        self.model = model
+        self.model = net
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.label_smoothing = label_smoothing
         self.use_channels_last = channels_last
-        mean = torch.tensor(model.backbone.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        std = torch.tensor(model.backbone.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        mean = torch.tensor(net.backbone.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        std = torch.tensor(net.backbone.std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
         if channels_last:
@@ -119,7 +132,7 @@ class ClassificationModule(pl.LightningModule):
         self.compile_model = bool(compile)
         self.compile_mode = compile_mode
         self.compile_dynamic = compile_dynamic
-        num_classes = model.num_classes
+        num_classes = net.num_classes
         # validate_args=False: the argument checks call torch.unique on the labels, a host sync per step
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -132,6 +145,12 @@ class ClassificationModule(pl.LightningModule):
         # timm's train.py recipe: per-pixel normal noise (the normalised data's scale), one box per image
         self.eraser = RandomErasing(erasing, mode="pixel", device="cpu") if erasing > 0 else None
         self.seed = int(seed)
+        # The EMA is a Lightning callback (it swaps weights around validation and checkpoints) that
+        # this module hands to each fit, so the one `model` node says how the model trains. Built per
+        # fit, not kept here: the averaged copy deep-copies the module, and would copy it too.
+        self.ema_args = {"decay": ema_decay, "warmup": ema_warmup} if ema else None
+        if self.ema_args is not None:
+            ModelEma(**self.ema_args)  # bad values fail now, not when the fit starts
         if self.top5:
             self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
             self.test_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
@@ -308,6 +327,9 @@ class ClassificationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """What the LR schedule needs in a fit (``scheduler=plateau``: its rule, stepped after validation)."""
-        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
-        return self.lr_schedule.callbacks() if fitting else []
+        """What a fit needs besides the trainer's callbacks: the LR schedule's (``scheduler=plateau``:
+        its rule, stepped after validation) and the EMA (``model.ema=true``)."""
+        if self._trainer is None or self._trainer.state.fn != "fit":
+            return []
+        ema = [ModelEma(**self.ema_args)] if self.ema_args is not None else []
+        return [*self.lr_schedule.callbacks(), *ema]

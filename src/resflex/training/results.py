@@ -81,6 +81,10 @@ PLUMBING = (
     "trainer.log_every_n_steps",
     "trainer.num_sanity_val_steps",
     "data.num_workers",
+    "data.eval_batch_size",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.prefetch_factor",
     "data.loader.",
 )
 
