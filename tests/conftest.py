@@ -18,8 +18,10 @@ from resflex.sweeps import register_resolvers
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "scripts" / "train.py"
 
-# Keep each test process to the machine's size and the run deterministic.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Keep each test process to the machine's size and the run deterministic; with pytest-xdist
+# (`make test` runs `-n auto`) the workers share the cores instead of each taking them all.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 # Overrides that make a CLI run take seconds: a tiny timm model, tiny data, a few batches.
 TINY = (
@@ -47,6 +49,7 @@ def run_cli(
     """Run ``python scripts/<script> args...`` in a subprocess, exactly as a user would."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.setdefault("PYTHONWARNINGS", "ignore")
+    env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # the worker's share of the cores
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # tests.faults
     return subprocess.run(
         [sys.executable, str(script), *args],

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from resflex.build import build_datamodule
+from resflex.errors import DataError
 from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
+from tests.test_configs import compose_train
 
 REQUIRED_TAGS = {
     "train/loss",
@@ -92,17 +95,16 @@ def test_unknown_pooling_is_one_line_with_choices(tmp_path: Path) -> None:
     assert_one_line_error(result, "unknown pooling 'median'", "avg", "pyramid")
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "unset"])
-def test_bad_data_root_is_one_line(tmp_path: Path, kind: str) -> None:
-    root = tmp_path / "nowhere"
-    if kind == "empty":
-        root.mkdir()
-    args = ["data=imagefolder", *TINY, f"hydra.run.dir={tmp_path / 'r'}"]
-    if kind != "unset":
-        args.append(f"data.root={root}")
-    result = run_cli(args, cwd=tmp_path)
-    expected = {"missing": "does not exist", "empty": "is empty", "unset": "data.root is not set"}[kind]
-    assert_one_line_error(result, expected)
+def test_bad_data_root_is_one_line(tmp_path: Path) -> None:
+    """As typed: exit 1, one line on stderr. The other bad roots: in process, the same one-line errors."""
+    result = run_cli(["data=imagefolder", *TINY, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    assert_one_line_error(result, "data.root is not set")
+    (tmp_path / "empty").mkdir()
+    for root, expected in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "empty", "is empty")):
+        cfg = compose_train(["data=imagefolder", f"data.root={root}", *TINY], tmp_path / "in_process")
+        with pytest.raises(DataError) as info:
+            build_datamodule(cfg)
+        assert expected in info.value.one_line() and "\n" not in info.value.one_line()
 
 
 def test_full_error_shows_the_traceback(tmp_path: Path) -> None:
