@@ -20,11 +20,14 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) scripts/train.py $(ARGS)
 
+# the suite runs on every core (pytest-xdist; each worker takes its share of the compute threads)
+WORKERS ?= auto
+
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(WORKERS) $(ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow $(ARGS)
+	$(PY) -m pytest -n $(WORKERS) -m slow $(ARGS)
 
 # The lower bounds of pyproject.toml, proven: a separate venv pinned by constraints-min.txt
 VENV_MIN ?= .venv-min
@@ -39,7 +42,7 @@ $(STAMP_MIN): pyproject.toml constraints-min.txt
 
 test-min: $(STAMP_MIN)
 	$(VENV_MIN)/bin/python -m pip list --format=freeze | grep -iE '^(torch|torchvision|timm|pytorch-lightning|hydra-core|numpy)=='
-	$(VENV_MIN)/bin/python -m pytest $(ARGS)
+	$(VENV_MIN)/bin/python -m pytest -n $(WORKERS) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests

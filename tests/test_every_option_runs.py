@@ -2,9 +2,9 @@
 
 Options are combined so that a handful of in-process fits (a few seconds each) cover them all;
 the list below is checked against the config folders, so a new option without a run fails here.
-Not run on CPU: ``trainer=gpu`` / ``ddp`` (need GPUs; composed in tests/test_distributed.py,
+Not run on CPU: ``trainer=gpu`` / ``ddp`` (need GPUs; composed in tests/training/test_distributed.py,
 ``ddp_sim`` runs two processes there, marked slow), the backbones (built and run forward in
-tests/test_models.py; here a tiny timm model stands in), ``hparams_search`` (tests/test_sweeps.py).
+tests/models/test_models.py; here a tiny timm model stands in), ``hparams_search`` (tests/test_sweeps.py).
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ RUNS: dict[str, list[str]] = {
     "small_data_finetune": ["experiment=small_data_finetune", "resolution.size=32"],
 }
 
-# gpu/ddp need GPUs; ddp_sim: two processes (tests/test_distributed.py, slow); mlflow: a sqlite store
-# (tests/test_logging_ui.py); overfit: tests/test_training.py; trainer=default: every other run
+# gpu/ddp need GPUs; ddp_sim: two processes (tests/training/test_distributed.py, slow); mlflow: a
+# sqlite store (tests/training/test_logging_ui.py); overfit: tests/training/test_training.py;
+# trainer=default: every other run
 COVERED_ELSEWHERE = {
     ("trainer", "gpu"),
     ("trainer", "ddp"),

@@ -27,7 +27,7 @@ cheap.
 Both decoders run libjpeg-turbo the same way (identical pixels at full size), and the
 transforms draw their boxes from the header, so the framing is the same whatever the
 decoder; only the resampling kernel differs (PIL vs torch bilinear with antialiasing,
-< 0.2 level on average; ``tests/test_loader_decoders.py``).
+< 0.2 level on average; ``tests/data/test_loader_decoders.py``).
 """
 
 from __future__ import annotations

@@ -354,7 +354,7 @@ class PlateauStep(pl.Callback):
     Why a callback and not Lightning's ``lr_scheduler`` entry with ``monitor``: Lightning
     steps such a scheduler after the epoch's checkpoints are written, so a run resumed from
     an end-of-epoch ``last.ckpt`` never sees that epoch's value and its reductions come a
-    validation late (tests/test_recipes_schedules.py shows the exact resume). Checkpoint
+    validation late (tests/training/test_recipes_schedules.py shows the exact resume). Checkpoint
     callbacks run after all others in ``on_validation_end``, so the state saved here
     includes the step; the reduced scales live in the ``LambdaLR``'s factors, which
     Lightning checkpoints with the scheduler.

@@ -196,7 +196,7 @@ def test_datamodule_resumes_the_sampler_from_its_checkpoint_state() -> None:
 
 @pytest.mark.slow
 def test_a_run_resumed_mid_epoch_continues_with_the_same_sizes(tmp_path) -> None:
-    from .conftest import TINY, run_cli, scalar_tags
+    from tests.conftest import TINY, run_cli, scalar_tags
 
     common = [
         *(a for a in TINY if not a.startswith(("resolution.", "trainer.limit_train", "trainer.max_epochs"))),

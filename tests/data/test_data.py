@@ -54,7 +54,7 @@ def test_transforms_give_exact_uint8_size(size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("size", [(64, 64), (33, 33)])
 def test_train_transform_equals_the_composed_v2_reference(size: tuple[int, int]) -> None:
     """The hand-called functional path draws and resamples exactly like v2.Compose would (square
-    targets; non-square ones take the ratio range relative to w/h: tests/test_geometry.py)."""
+    targets; non-square ones take the ratio range relative to w/h: tests/data/test_geometry.py)."""
     from torchvision.transforms import v2
 
     rng = np.random.default_rng(0)

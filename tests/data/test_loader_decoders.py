@@ -30,7 +30,7 @@ from resflex.data.images import DECODERS, ImageFile, check_decoder
 from resflex.data.transforms import FRAMINGS, EvalTransform, TrainTransform
 from resflex.errors import ConfigError, DataError
 from tests.conftest import load_rgb
-from tests.test_reduced_decode import _smooth_picture
+from tests.data.test_reduced_decode import _smooth_picture
 
 SIZES = [(224, 224), (128, 128), (96, 160), (64, 64)]
 

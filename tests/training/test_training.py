@@ -29,7 +29,7 @@ def test_short_training_on_default_data_beats_chance(tmp_path: Path) -> None:
         "trainer.max_epochs=4",
         "trainer.enable_progress_bar=false",
         "optimizer.lr=0.004",
-        "eval.resolutions=[]",  # learning is the point here; sizes: tests/test_multires_eval.py
+        "eval.resolutions=[]",  # learning is the point here; sizes: tests/training/test_multires_eval.py
     ]
     record = train(compose_train(overrides, tmp_path))
     assert record["status"] == "completed"

@@ -16,8 +16,7 @@ from resflex.training.callbacks import custom_scalars_layout, reproduce_command
 from resflex.training.eval_sizes import auto_eval_sizes, drop_unfit_sizes, resolve_eval_resolutions
 from resflex.training.loggers import mlflow_key
 from resflex.training.results import hparam_metric_tags, resolution_summary, run_hparams, shown_first
-
-from .conftest import TINY, TINY_SYNTHETIC, scalar_tags, train_run
+from tests.conftest import TINY, TINY_SYNTHETIC, scalar_tags, train_run
 
 
 def read_events(run_dir: Path) -> dict[str, Any]:

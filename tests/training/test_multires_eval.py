@@ -12,9 +12,8 @@ from resflex.build import build_datamodule, build_module
 from resflex.errors import ConfigError
 from resflex.train import train
 from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution, main
+from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
 from tests.test_configs import compose_train
-
-from .conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
