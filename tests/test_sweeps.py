@@ -117,7 +117,7 @@ def test_multirun_survives_a_failing_job_and_summary_lists_it(tmp_path: Path) ->
     # HPARAMS: session info with the hyperparameters; the metric columns read the last value of the real tags
     data = hparams_plugin_data(good)
     assert "_hparams_/session_start_info" in data["tags"] and "_hparams_/experiment" in data["tags"]
-    assert data["hparams"]["backbone.name"] == "test_resnet" and data["hparams"]["pooling"] == "avg"
+    assert data["hparams"]["backbone.name"] == "test_resnet" and data["hparams"]["pooling"] == "pyramid"
     last = scalar_tags(good)["val/acc"]
     assert last[-1][1] == pytest.approx(good_record["metrics"]["val/acc"], abs=1e-6)
 

@@ -212,12 +212,40 @@ def write_summary(rows: list[dict], args: argparse.Namespace) -> None:
     for pooling in args.poolings:
         cells = [fmt(f"{pooling}/{g}", larger) for g in args.geometries]
         lines.append(f"| {pooling} | " + " | ".join(cells) + " |")
+    lines += pairwise_lines(rows, args, "pyramid", "avg", size)
     lines += ["", "| reference | val/acc |", "|---|---|"]
     for cell in ("plain loop (squash)", "timm train.py (square)"):
         if cell in by_cell:
             lines.append(f"| {cell} | {fmt(cell)} |")
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def pairwise_lines(rows: list[dict], args: argparse.Namespace, head: str, base: str, size: str) -> list[str]:
+    """``head`` minus ``base``, run by run (same geometry and seed), at the trained and the larger size:
+    a paired comparison, so the seed-to-seed spread that both heads share drops out."""
+    runs = {(row["cell"], row["seed"]): row for row in rows}
+    lines = ["", f"{head} minus {base}, paired by geometry and seed (mean ± sd of the differences):", "",
+             f"| geometry | at {args.size} px | at {size} px |", "|---|---|---|"]  # fmt: skip
+    for geometry in [*args.geometries, "all"]:
+        diffs: dict[str, list[float]] = {"trained": [], "larger": []}
+        for seed in args.seeds:
+            for g in args.geometries if geometry == "all" else [geometry]:
+                a, b = runs.get((f"{head}/{g}", seed)), runs.get((f"{base}/{g}", seed))
+                if not a or not b:
+                    continue
+                for key, column in (("trained", "val_acc_best"), ("larger", "val_acc_larger")):
+                    if a[column] is not None and b[column] is not None:
+                        diffs[key].append(float(a[column]) - float(b[column]))
+
+        def fmt(values: list[float]) -> str:
+            if not values:
+                return "-"
+            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+            return f"{statistics.mean(values):+.3f}{spread} (n={len(values)})"
+
+        lines.append(f"| {geometry} | {fmt(diffs['trained'])} | {fmt(diffs['larger'])} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -161,7 +161,8 @@ def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: 
     assert hparams and not [k for k in hparams if "_target_" in k]
     assert not [k for k, v in hparams.items() if "/" in v.string_value]
     assert hparams["optimizer.lr"].number_value == pytest.approx(0.003)
-    assert hparams["pooling"].string_value == "avg" and hparams["backbone.name"].string_value == "test_resnet"
+    assert hparams["pooling"].string_value == "pyramid"
+    assert hparams["backbone.name"].string_value == "test_resnet"
     experiment = events["experiment"]
     columns = [info.name for info in experiment.hparam_infos]
     assert set(columns) == set(hparams)
@@ -217,7 +218,7 @@ def test_mlflow_run_in_a_sqlite_store_reads_back(tmp_path: Path) -> None:
     experiment = client.get_experiment_by_name("resflex")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
-    assert run.data.params["backbone.name"] == "test_resnet" and run.data.params["pooling"] == "avg"
+    assert run.data.params["backbone.name"] == "test_resnet" and run.data.params["pooling"] == "pyramid"
     assert not [k for k in run.data.params if "_target_" in k]
     for tag in ("val/acc", "val/loss", "test/acc", "val/acc@32", "train/images_per_sec"):
         assert run.data.metrics[mlflow_key(tag)] == pytest.approx(record["metrics"][tag], rel=1e-6), tag
