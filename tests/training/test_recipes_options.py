@@ -71,7 +71,7 @@ def test_optimizer_preset_builds_its_class_and_takes_a_step(option: str, cls_nam
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_small_data_finetune_preset_turns_the_recipe_on(tmp_path: Path) -> None:
+def test_small_data_finetune_preset_turns_on_what_the_study_kept(tmp_path: Path) -> None:
     from resflex.build import build_callbacks, build_datamodule, build_module
     from resflex.training.ema import ModelEma
     from resflex.training.lr_schedule import WarmupCosine
@@ -81,10 +81,10 @@ def test_small_data_finetune_preset_turns_the_recipe_on(tmp_path: Path) -> None:
     cfg = compose_train(["experiment=small_data_finetune", "backbone.name=test_resnet", *small], tmp_path)
     assert cfg.task_name == "small_data_finetune"
     transform = build_datamodule(cfg).train_transform
-    assert type(transform.policy).__name__ == "TrivialAugmentWide" and transform.color_jitter is None
+    # what the study found costs accuracy on small data in short runs stays off (experiments/recipes/)
+    assert transform.policy is None and transform.color_jitter is None
     module = build_module(cfg, num_classes=10)
-    assert (module.mixer.mixup_alpha, module.mixer.cutmix_alpha, module.mixer.mix_prob) == (0.2, 1.0, 0.5)
-    assert module.mixer.label_smoothing == 0.1 and module.eraser.probability == 0.25
+    assert module.mixer is None and module.eraser is None
     assert isinstance(module.lr_schedule, WarmupCosine) and module.lr_schedule.warmup_epochs == 3.0
     assert _drop_rates(module.model.backbone) and max(_drop_rates(module.model.backbone)) == pytest.approx(
         0.1
