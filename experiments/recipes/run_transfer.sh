@@ -27,7 +27,10 @@ fi
 declare -A SWITCHES=(
   [scratch]=""
   [finetune]="backbone.init_from=$PRETRAINED"
+  # finetune_preset ran the preset as it was before this study (timm's full recipe, commit 6a3b1a3);
+  # finetune_preset_v2 runs it as the study set it (EMA + drop path)
   [finetune_preset]="backbone.init_from=$PRETRAINED experiment=small_data_finetune"
+  [finetune_preset_v2]="backbone.init_from=$PRETRAINED experiment=small_data_finetune"
   [finetune_trivial]="backbone.init_from=$PRETRAINED data.augment.auto=trivial"
   [finetune_erasing]="backbone.init_from=$PRETRAINED data.augment.random_erasing=0.25"
   [finetune_mix]="backbone.init_from=$PRETRAINED model.mixup=0.2 model.cutmix=1.0 model.mix_prob=0.5"
