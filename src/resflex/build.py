@@ -11,16 +11,17 @@ channels-last) live in :mod:`resflex.runtime`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync, to_plain
-from resflex.errors import find_user_error
+from resflex.errors import ConfigError, find_user_error
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
@@ -55,7 +56,26 @@ def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
     :func:`legacy_datamodule`."""
     if "_target_" not in cfg.data:
         return legacy_datamodule(cfg)
+    check_source_decoder(cfg.data)
     return build_node(cfg.data)
+
+
+def check_source_decoder(data: DictConfig) -> None:
+    """``+data.source.decoder=...`` on a source with no image files (``data=synthetic``, ``fashion_mnist``):
+    one line here, where Hydra would fail on the unexpected argument with a traceback."""
+    source = data.get("source")
+    if not isinstance(source, DictConfig) or "decoder" not in source or "_target_" not in source:
+        return
+    try:
+        target = get_class(str(source["_target_"]))
+    except Exception:  # not a class: instantiating it reports that
+        return
+    if "decoder" not in inspect.signature(target).parameters:
+        raise ConfigError(
+            f"data.source.decoder={source['decoder']} decodes image files, and "
+            f"data={data.get('name') or target.__name__} has none (only data=imagefolder reads files)",
+            hint="data=imagefolder data.root=DIR, or drop data.source.decoder",
+        )
 
 
 def legacy_datamodule(cfg: DictConfig) -> ResflexDataModule:

@@ -54,8 +54,13 @@ def test_every_pipeline_is_measured_with_its_ratio_to_timm() -> None:
         assert record["steps_per_core"][name] > 0, name
     assert record["default_decoder"] == "auto"
     assert record["targets"] == {}  # no 128 or 224 px case in this run
+    on_device = record["device_decode"]  # data.source.decoder=device: on the CPU here, and labelled so
+    assert on_device["device"] == "cpu" and "not a GPU figure" in on_device["unit"]
+    assert [(c["split"], c["size"]) for c in on_device["cases"]] == [("train", 64), ("eval", 64)]
+    assert all(c["workers_per_core"] > 0 and c["device"] > 0 for c in on_device["cases"])
     table = "\n".join(loader.render(record))
     assert "6 loader" in table and "auto/timm" in table and "steps alone" in table
+    assert "decoder=device, square" in table and "not a GPU figure" in table
 
 
 def test_targets_name_the_train_square_cases() -> None:

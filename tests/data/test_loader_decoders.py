@@ -152,7 +152,8 @@ def test_the_decoder_value_is_checked_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         check_decoder("nvjpeg")
     message = str(error.value)
-    assert message.startswith("data.source.decoder must be one of pil, torchvision, auto, got 'nvjpeg'")
+    expected = "data.source.decoder must be one of pil, torchvision, auto, device, got 'nvjpeg'"
+    assert message.startswith(expected)
     assert "\n" not in message and "hint: data.source.decoder=auto" in message
     (tmp_path / "train" / "a").mkdir(parents=True)
     for i in range(2):

@@ -249,7 +249,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["memory"] = sections.memory(setup, model, sorted({*args.sizes, args.size}))
     if "loader" in chosen:
         announce("loader")
-        report["loader"] = loader.loader(args.loader_sizes, args.loader_images, args.repeats, seed=args.seed)
+        report["loader"] = loader.loader(
+            args.loader_sizes, args.loader_images, args.repeats, seed=args.seed, device=device
+        )
     if args.study:
         announce("study")
         report["study"] = sections.study(

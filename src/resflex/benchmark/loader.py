@@ -14,6 +14,12 @@ case (train/eval transform x square/keep_aspect x size), one epoch over the same
 - ``torchvision``: ``torchvision.io.decode_jpeg`` (libjpeg-turbo) + v2 ``RandomResizedCrop`` /
   ``Resize`` + ``CenterCrop`` on the uint8 tensor, a plain ``DataLoader``.
 
+A separate block measures ``data.source.decoder=device`` (square cases): its loader alone (what
+the workers do: header, framing draw, file bytes; images/s per core) and the decode + crop +
+resize + flip of its batches on the device (``EncodedBatch.decode``; images/s, wall clock,
+synchronised on CUDA). The device is the benchmark's (``--device``): on a machine without a GPU
+that is the CPU, on one thread, and the rows say so; it is not a GPU figure then.
+
 Everything runs in this process (``num_workers=0``) on one torch thread, so the loader uses
 one core; the rate per core is images per second of this process's CPU time, which a
 machine shared with other jobs disturbs less than wall time (wall-clock images/s are in
@@ -243,6 +249,38 @@ def decode_costs(paths: Sequence[Path], repeats: int) -> dict[str, Any]:
     return {name: _median(v) for name, v in rates.items()}
 
 
+def device_decode_case(
+    root: Path, split: str, size: int, repeats: int, device: torch.device
+) -> dict[str, Any]:
+    """``data.source.decoder=device``, square, one split and size: the loader alone (images per CPU-second)
+    and the decode + framing of its batches on ``device`` (images per wall second), medians over repeats."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def decode_all(batches: Sequence[Any]) -> None:
+        for encoded, labels in batches:
+            encoded.to(device).decode(labels.to(device))
+        sync()
+
+    built = resflex_loader(root, "device", split, "square", size)
+    batches = list(built)
+    decode_all(batches[:1])  # warm-up: decoder handles, kernels
+    workers: list[float] = []
+    decoded: list[float] = []
+    for _ in range(repeats):
+        cpu = time.process_time()
+        batches = list(built)
+        count = sum(len(encoded) for encoded, _ in batches)
+        workers.append(count / max(time.process_time() - cpu, 1e-9))
+        sync()
+        wall = time.perf_counter()
+        decode_all(batches)
+        decoded.append(count / max(time.perf_counter() - wall, 1e-9))
+    return {"split": split, "size": size, "workers_per_core": _median(workers), "device": _median(decoded)}
+
+
 def default_decoder() -> str:
     """The decoder of ``configs/data/imagefolder.yaml`` (= ``ImageFolderSource``'s default)."""
     import inspect
@@ -259,8 +297,11 @@ def loader(
     splits: Sequence[str] = SPLITS,
     geometries: Sequence[str] = GEOMETRIES,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Per case, images/s per core of every pipeline, and each resflex decoder's ratio to timm."""
+    """Per case, images/s per core of every pipeline, and each resflex decoder's ratio to timm; and
+    ``data.source.decoder=device``'s two halves, its batches decoded on ``device``."""
+    device = torch.device(device)
     images = max(BATCH_SIZE, images // BATCH_SIZE * BATCH_SIZE)  # whole batches: drop_last drops none
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -275,6 +316,7 @@ def loader(
                 for size in sizes:
                     for geometry in geometries:
                         cases.append(_case(root, split, geometry, size, repeats, cases))
+            on_device = [device_decode_case(root, s, z, repeats, device) for s in splits for z in sizes]
     finally:
         torch.set_num_threads(threads)
     default = default_decoder()
@@ -303,6 +345,13 @@ def loader(
         "steps_per_core": steps,
         "cases": cases,
         "targets": headline,
+        "device_decode": {
+            "device": str(device),
+            "unit": "workers: images per CPU-second of the loader alone (bytes read, framing drawn); "
+            f"device: images per second, decode + crop + resize + flip of a batch on {device}"
+            + (" (one CPU thread: not a GPU figure)" if device.type == "cpu" else ""),
+            "cases": on_device,
+        },
     }
 
 
@@ -381,6 +430,20 @@ def render(record: dict[str, Any]) -> list[str]:
             + "".join(f"{_fmt(v, 0):>10}" for v in rates)
             + "".join(f"{_fmt(v, 3):>10}" for v in ratios)
         )
+    on_device = record.get("device_decode")
+    if on_device:
+        where = on_device["device"]
+        note = " (run on the CPU, one thread: not a GPU figure)" if where == "cpu" else ""
+        lines.append(
+            f"  decoder=device, square: workers = bytes read + framing drawn, images/s per core; "
+            f"{where} = decode + crop + resize + flip of a batch on {where}, images/s{note}"
+        )
+        lines.append(f"  {'split':<6}{'geometry':<12}{'size':>5}{'workers':>10}{where:>10}")
+        for c in on_device["cases"]:
+            lines.append(
+                f"  {c['split']:<6}{'square':<12}{c['size']:>5}"
+                f"{_fmt(c['workers_per_core'], 0):>10}{_fmt(c['device'], 0):>10}"
+            )
     steps = record.get("steps_per_core") or {}
     if steps:
         alone = ", ".join(f"{k} {v:,.0f}" for k, v in steps.items())

@@ -6,8 +6,10 @@ batch, chosen by the schedule); evaluation batches use the schedule's
 ``eval.resolutions`` (:attr:`ResflexDataModule.eval_sizes` maps a
 ``dataloader_idx`` to its size). Each item is decoded once and resized once in
 the worker, and batches stay uint8 until the LightningModule moves them to the
-device. With ``geometry=keep_aspect`` every loader batches by aspect-ratio
-bucket (image sizes are read once per split, headers only).
+device (with ``data.source.decoder=device`` the workers only read JPEG bytes and
+draw the framing, and the batch is decoded and framed on the device:
+:mod:`resflex.data.device_decode`). With ``geometry=keep_aspect`` every loader
+batches by aspect-ratio bucket (image sizes are read once per split, headers only).
 
 At construction the training split is profiled from its image headers
 (:mod:`resflex.data.profile`): the console gets size and aspect percentiles,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,8 @@ from resflex.compat import set_train_loader_limit, uses_distributed_sampler
 from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.buckets import assign_buckets, image_sizes, image_sizes_lookup, merge_small_buckets
 from resflex.data.datasets import ImageSource
-from resflex.data.images import ImageFile
+from resflex.data.device_decode import DeviceFraming, EncodedImage, check_device_decode, collate_encoded
+from resflex.data.images import DEVICE_DECODER, ImageFile
 from resflex.data.profile import DatasetProfile, sample_indices
 from resflex.data.resolution import ResolutionSchedule, Size, parse_size
 from resflex.data.sampler import ResolutionBatchSampler, SampleRequest
@@ -43,6 +47,8 @@ from resflex.training.eval_sizes import is_auto, resolve_eval_resolutions
 from resflex.validation import check_value
 
 log = logging.getLogger(__name__)
+#: what frames a sample: the CPU transforms, or the device decoder's worker side
+Transform = TrainTransform | EvalTransform | DeviceFraming
 
 
 class SizedDataset(Dataset):
@@ -51,13 +57,15 @@ class SizedDataset(Dataset):
     A request with a ``phase`` uses ``phase_transforms[phase]`` instead (FixRes' final phase:
     the train transform with weaker crops); one with an ``epoch`` draws its augmentation
     from a generator seeded by (seed, epoch, index). Plain tuples in that order work too.
+    With ``data.source.decoder=device`` the transforms are :class:`DeviceFraming` and the item an
+    :class:`~resflex.data.device_decode.EncodedImage` (bytes and framing; decoded on the device).
     """
 
     def __init__(
         self,
         base: Dataset,
-        transform: TrainTransform | EvalTransform,
-        phase_transforms: dict[str, TrainTransform] | None = None,
+        transform: Transform,
+        phase_transforms: Mapping[str, Transform] | None = None,
         bad_images: BadImagePolicy | None = None,
         seed: int = 0,
     ) -> None:
@@ -70,7 +78,7 @@ class SizedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: SampleRequest | tuple) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: SampleRequest | tuple) -> tuple[torch.Tensor | EncodedImage, int]:
         index, h, w, phase, epoch = SampleRequest(*item)
         transform = self.phase_transforms[phase] if phase is not None else self.transform
         if epoch is None:
@@ -84,8 +92,8 @@ class SizedDataset(Dataset):
             return self._load_and_transform(index, transform, (h, w))
 
     def _load_and_transform(
-        self, index: int, transform: TrainTransform | EvalTransform, size: tuple[int, int]
-    ) -> tuple[torch.Tensor, int]:
+        self, index: int, transform: Transform, size: tuple[int, int]
+    ) -> tuple[torch.Tensor | EncodedImage, int]:
         """The sample at ``index``; with ``on_bad_image=skip`` an unreadable one is replaced by the next.
 
         Image folders decode in the transform (at the scale the crop needs), so a
@@ -241,6 +249,12 @@ class ResflexDataModule(pl.LightningDataModule):
             name: TrainTransform(**{**augment, **dict(overrides)}, geometry=geometry, fill=fill)
             for name, overrides in schedule.augment_phases.items()
         }
+        # data.source.decoder=device: JPEGs are decoded and framed on the batch's device
+        self.device_decode = getattr(self.source, "decoder", None) == DEVICE_DECODER
+        if self.device_decode:
+            check_device_decode(
+                geometry, self.profile.reason, self.train_transform, self.phase_transforms.values()
+            )
         # eval.resolutions=auto (the default): a few sizes around the eval size (training/eval_sizes.py)
         self.eval_sizes_auto = is_auto(eval_resolutions)
         extra_sizes = resolve_eval_resolutions(eval_resolutions, schedule) or []
@@ -336,15 +350,15 @@ class ResflexDataModule(pl.LightningDataModule):
         """
         key = f"{split}@{size}"
         if key not in self._loaders:
-            transform = self.train_transform if split == "train" else self.eval_transform
-            phases = self.phase_transforms if split == "train" else None
-            dataset = SizedDataset(
-                self.source.splits[split],
-                transform,
-                phases,
-                bad_images=getattr(self.source, "bad_images", None),
-                seed=self.seed,
-            )
+            transform: Transform = self.train_transform if split == "train" else self.eval_transform
+            phases: Mapping[str, Transform] = self.phase_transforms if split == "train" else {}
+            bad_images = getattr(self.source, "bad_images", None)
+            collate = None  # torch's default
+            if self.device_decode:  # workers read bytes and draw framings; the device decodes
+                transform = DeviceFraming(transform)
+                phases = {name: DeviceFraming(t) for name, t in phases.items()}
+                collate = partial(collate_encoded, bad_images=bad_images)
+            dataset = SizedDataset(self.source.splits[split], transform, phases, bad_images, self.seed)
             rank, world = self._rank_and_world()
             sampler = ResolutionBatchSampler(
                 num_samples=len(dataset),
@@ -369,6 +383,7 @@ class ResflexDataModule(pl.LightningDataModule):
                 pin_memory=self.pin_memory,
                 persistent_workers=self.requested_persistent_workers and workers > 0,
                 prefetch_factor=self.requested_prefetch_factor if workers > 0 else None,
+                collate_fn=collate,
             )
         return self._loaders[key]
 

@@ -23,11 +23,19 @@ cheap.
 - ``auto``: as ``torchvision``, except that a JPEG PIL can decode at 1/2 scale or less
   for the request is decoded so by PIL (then resampled by torch). :data:`AUTO_RULE`
   says why.
+- ``device`` (``resolution.geometry=square`` only): the workers only read a JPEG's bytes
+  (:meth:`ImageFile.read_jpeg`) and draw its framing; the batch is decoded by
+  ``decode_jpeg(list, device=...)`` (nvJPEG on a GPU) and cropped, resized and flipped on the
+  batch's device (:mod:`resflex.data.device_decode`), which takes the decode and the resampling
+  off the CPU cores. Other files (and CMYK JPEGs) are framed in the worker as ``torchvision``
+  does. Anything else that decodes such an :class:`ImageFile` in-process (prediction) gets
+  ``torchvision``'s decode.
 
 Both decoders run libjpeg-turbo the same way (identical pixels at full size), and the
 transforms draw their boxes from the header, so the framing is the same whatever the
 decoder; only the resampling kernel differs (PIL vs torch bilinear with antialiasing,
-< 0.2 level on average; ``tests/data/test_loader_decoders.py``).
+< 0.2 level on average; ``tests/data/test_loader_decoders.py``). ``device`` on the CPU gives
+``torchvision``'s pixels exactly (``tests/data/test_device_decode.py``).
 """
 
 from __future__ import annotations
@@ -53,8 +61,10 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 Size = tuple[int, int]
 #: ``data.source.decoder`` values, and the default (``configs/data/imagefolder.yaml``, also for runs saved
 #: before the key existed)
-DECODERS = ("pil", "torchvision", "auto")
+DECODERS = ("pil", "torchvision", "auto", "device")
 DEFAULT_DECODER = "auto"
+#: the decoder that leaves JPEG decoding to the batch's device (:mod:`resflex.data.device_decode`)
+DEVICE_DECODER = "device"
 #: Why ``auto`` is what it is, measured by ``scripts/benchmark.py --sections loader`` (photo-sized
 #: JPEGs, one core; experiments/performance/README.md, "Loader"): decode_jpeg and PIL decode at
 #: the same speed (the same libjpeg-turbo), torch resamples uint8 several times faster than PIL, and
@@ -126,6 +136,24 @@ class ImageFile:
             raise BadImageError(path, exc) from None
         self.size = (height, width) if self._swapped else (width, height)
 
+    @property
+    def orientation(self) -> int:
+        """The EXIF orientation from the header (1: none), which :attr:`size` already accounts for."""
+        return self._orientation
+
+    def read_jpeg(self) -> torch.Tensor | None:
+        """The file's bytes as a 1-D uint8 tensor when ``decode_jpeg`` can decode it (a JPEG in RGB or
+        grey), read instead of decoded (``data.source.decoder=device``); None for anything else,
+        whose pixels :meth:`decode_pixels` still gives (the file stays open then)."""
+        if not (self._image.format == "JPEG" and self._image.mode in _TORCHVISION_MODES):
+            return None
+        self._image.close()
+        try:
+            with open(self.path, "rb") as f:
+                return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        except OSError as exc:
+            raise BadImageError(self.path, exc) from None
+
     def _reducible(self, min_size: tuple[int, int] | None) -> bool:
         """A JPEG at least twice ``min_size`` (width, height) in both sides: PIL can decode it reduced."""
         if min_size is None or self._image.format != "JPEG":
@@ -161,21 +189,24 @@ class ImageFile:
 
     def decode_pixels(self, min_size: Size | None = None) -> tuple[Image.Image | torch.Tensor, float]:
         """:meth:`decode` through the chosen decoder: ``pil``, a PIL image (as :meth:`decode`);
-        ``torchvision`` and ``auto``, a uint8 (3, H, W) tensor and its scale (see the module
-        docstring), which tells the transforms to resample with torch."""
+        ``torchvision``, ``auto`` and ``device`` (in-process, as ``torchvision``), a uint8 (3, H, W)
+        tensor and its scale (see the module docstring), which tells the transforms to resample
+        with torch."""
         if self.decoder == "pil":
             return self.decode(min_size)
-        jpeg = self._image.format == "JPEG" and self._image.mode in _TORCHVISION_MODES
-        if not jpeg or (self.decoder == "auto" and self._reducible(min_size)):
+        data = None if self.decoder == "auto" and self._reducible(min_size) else self.read_jpeg()
+        if data is None:  # not for decode_jpeg, or auto's reduced decode
             image, scale = self.decode(min_size)
             return pil_to_tensor(image), scale
-        self._image.close()
         try:
-            with open(self.path, "rb") as f:
-                data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
             return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True), 1.0
-        except (RuntimeError, OSError) as exc:  # torchvision: "decode_jpeg, <file>:<line>, <reason>"
-            raise BadImageError(self.path, str(exc).split(", ", 2)[-1]) from None
+        except RuntimeError as exc:
+            raise BadImageError(self.path, decode_jpeg_reason(exc)) from None
+
+
+def decode_jpeg_reason(error: BaseException) -> str:
+    """The reason in a ``decode_jpeg`` error (torchvision writes "decode_jpeg, <file>:<line>, <reason>")."""
+    return str(error).split(", ", 2)[-1]
 
 
 def open_image(path: str | Path, decoder: str = "pil") -> ImageFile:

@@ -49,7 +49,11 @@ large enough for it, so a JPEG several times larger than needed is decoded at
 1/2, 1/4 or 1/8 scale (see :mod:`resflex.data.images`). With ``data.decoder=auto``
 (the default) or ``torchvision`` the decode is a uint8 tensor and the same v2
 functionals resample it in torch, several times faster than PIL on uint8 images.
-In-memory images (synthetic, Fashion-MNIST) take the plain path.
+With ``data.source.decoder=device`` the ``square`` framing is drawn by these transforms'
+own methods (:meth:`TrainTransform.square_box`, :meth:`TrainTransform.draw_flip`,
+:meth:`EvalTransform.cover_size`) in the worker and applied on the batch's device
+(:mod:`resflex.data.device_decode`). In-memory images (synthetic, Fashion-MNIST) take
+the plain path.
 """
 
 from __future__ import annotations
@@ -197,7 +201,6 @@ class TrainTransform:
         return crop.make_params([torch.empty((0, height, width))])
 
     def __call__(self, image: Image.Image | ImageFile, size: Size) -> torch.Tensor:
-        h, w = size
         width, height = image.size
         if self.geometry == "pad":
             out = self._pad(image, size)
@@ -205,11 +208,9 @@ class TrainTransform:
             if self.geometry in ("squash", "keep_aspect"):
                 box = self._whole_box(width, height)
             else:  # square: w/h == 1, the classic draw
-                params = self._crop_params(width, height, w / h, self.scale)
-                box = (params["top"], params["left"], params["height"], params["width"])
+                box = self.square_box(width, height, size)
             out = resized_crop(image, box, size)
-        # v2.RandomHorizontalFlip's draw: flip when rand < p
-        if self.hflip and torch.rand(1).item() < 0.5:
+        if self.draw_flip():
             out = TF.horizontal_flip(out)
         pixels = as_tensor(out)
         if self.policy is not None:  # timm's order: the policy, then colour jitter
@@ -217,6 +218,21 @@ class TrainTransform:
         if self.color_jitter is not None:
             pixels = self.color_jitter(pixels)
         return pixels
+
+    def square_box(self, width: int, height: int, size: Size) -> tuple[int, int, int, int]:
+        """``square``'s crop box (top, left, height, width) on a ``width`` x ``height`` image for ``size``.
+
+        Public so that ``data.source.decoder=device`` (:mod:`resflex.data.device_decode`) draws the
+        very box this transform would, in the same order as :meth:`draw_flip`.
+        """
+        h, w = size
+        params = self._crop_params(width, height, w / h, self.scale)
+        return params["top"], params["left"], params["height"], params["width"]
+
+    def draw_flip(self) -> bool:
+        """Whether to mirror this image: v2.RandomHorizontalFlip's draw (flip when rand < p), drawn
+        after the box; nothing is drawn when ``hflip`` is off."""
+        return self.hflip and torch.rand(1).item() < 0.5
 
     def _whole_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """``squash``'s mild crop: each side keeps a fraction in sqrt(``whole_scale``), drawn separately.
@@ -274,13 +290,20 @@ class EvalTransform:
             content = (max(1, min(h, round(height * fit))), max(1, min(w, round(width * fit))))
             offset = ((h - content[0]) // 2, (w - content[1]) // 2)
             return as_tensor(letterbox(image, content, offset, size, self.fill))
-        scale = max(h / height, w / width) / self.crop_pct
-        resized_hw = [max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))]
+        resized_hw = self.cover_size(width, height, size)
         if isinstance(image, ImageFile):  # a JPEG may decode reduced, never below the resize target
             image, _ = image.decode_pixels((resized_hw[1], resized_hw[0]))
         image = TF.resize(image, resized_hw, antialias=True)
         image = TF.center_crop(image, [h, w])
         return as_tensor(image)
+
+    def cover_size(self, width: int, height: int, size: Size) -> list[int]:
+        """``square``: the [height, width] a ``width`` x ``height`` image is resized to before the centre
+        crop to ``size``: it covers (h/crop_pct, w/crop_pct), keeping its aspect. Shared with
+        ``data.source.decoder=device`` (:mod:`resflex.data.device_decode`)."""
+        h, w = size
+        scale = max(h / height, w / width) / self.crop_pct
+        return [max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))]
 
 
 def resized_crop(

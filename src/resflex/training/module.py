@@ -26,6 +26,7 @@ from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
 from torchmetrics.classification import MulticlassAccuracy
 
+from resflex.data.device_decode import EncodedBatch
 from resflex.errors import ConfigError
 from resflex.models.classifier import ImageClassifier
 from resflex.runtime import resolve_channels_last, size_tag
@@ -74,7 +75,9 @@ class ClassificationModule(pl.LightningModule):
     Batches arrive as uint8 ``(B, 3, h, w)``; :meth:`on_after_batch_transfer`
     converts them to float, normalises with the backbone's mean/std and switches
     to channels-last, all on the device (cheaper than on CPU workers, and 4×
-    less host-to-device traffic).
+    less host-to-device traffic). With ``data.source.decoder=device`` they arrive as
+    JPEG bytes and framings, which that hook first decodes and frames on the device
+    (:mod:`resflex.data.device_decode`).
 
     ``mixup`` / ``cutmix``: Beta(alpha, alpha) mixing of each batch with itself
     reversed (0 = off); ``mix_prob`` of the batches are mixed, and with both on,
@@ -185,7 +188,10 @@ class ClassificationModule(pl.LightningModule):
         return x
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Device-side batch work: decode and frame (``data.source.decoder=device``), then normalise."""
         images, labels = batch
+        if isinstance(images, EncodedBatch):  # JPEG bytes + framings: resflex.data.device_decode
+            images, labels = images.decode(labels)
         if images.dtype == torch.uint8:
             images = self.normalize(images)
         return images, labels
