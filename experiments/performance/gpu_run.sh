@@ -46,4 +46,11 @@ bench resnet50_bf16_compile 100 --backbone resnet50 --size 224 --sizes 192,224,2
 #    JPEGs, resflex's decoders vs timm's create_loader and torchvision (about 2 minutes).
 bench loader 240 --sections loader
 
+# 5. data.source.decoder=device: nvJPEG on this GPU against the CPU decode of the same batches
+#    (mean |difference| in levels; issue #18; about a minute)
+echo "=== decode_check" | tee "$OUT/decode_check.txt"
+timeout -k 10 120 "$PY" experiments/performance/gpu_decode_check.py --json "$OUT/decode_check.json" 2>&1 \
+  | tee -a "$OUT/decode_check.txt"
+echo "=== decode_check: exit ${PIPESTATUS[0]}" | tee -a "$OUT/decode_check.txt"
+
 ls -l "$OUT"
