@@ -1,4 +1,9 @@
-"""One CSV row per finished resflex run folder: cell, seed, best val/acc, test/acc, wall time, command.
+"""One CSV row per finished resflex run folder: cell, seed, best val/acc, test/acc, wall time, training
+speed, command.
+
+Training speed is the median of the run's logged ``train/images_per_sec`` intervals (CSV logger), and
+seconds per epoch the training images divided by it: the training loop alone, without validation,
+start-up or the final test, which is what a switch (an augmentation, an optimizer) can change.
 
 For runs outside ``study.py`` (the ablations here, experiments/recipes/; commands in their READMEs):
 
@@ -9,8 +14,20 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 import sys
 from pathlib import Path
+
+
+def training_speed(run_dir: Path) -> float | None:
+    """Median logged training rate (images/s) of a run, None without a CSV log."""
+    rates = [
+        float(row["train/images_per_sec"])
+        for log in run_dir.glob("csv/**/metrics.csv")
+        for row in csv.DictReader(log.open())
+        if row.get("train/images_per_sec")
+    ]
+    return statistics.median(rates) if rates else None
 
 
 def main() -> None:
@@ -20,8 +37,12 @@ def main() -> None:
         record = json.loads((Path(run_dir) / "metrics.json").read_text())
         overrides = " ".join(record.get("overrides", []))
         seed = next((o.split("=", 1)[1] for o in record.get("overrides", []) if o.startswith("seed=")), "")
+        speed = training_speed(Path(run_dir))
+        images = record.get("data_profile", {}).get("images")
+        epoch_s = round(images / speed, 1) if speed and images else None
         rows.append({"cell": name, "seed": seed, "val_acc_best": record["best"]["val/acc"],
                      "test_acc": record["metrics"].get("test/acc"), "wall_time_s": record.get("wall_time_s"),
+                     "train_images_per_s": round(speed, 1) if speed else None, "train_s_per_epoch": epoch_s,
                      "command": f"python scripts/train.py {overrides}"})  # fmt: skip
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -1,0 +1,97 @@
+"""A recipe-study CSV (``collect_extra.py``'s rows) as a markdown table: one row per cell.
+
+Per cell: seeds, best val/acc and test/acc as mean ± standard deviation over seeds, the change of
+test/acc against the baseline cell paired by seed (mean ± sd of the per-seed differences; pairing
+removes what the seed does to both), and seconds per training epoch (median over its runs; the
+training loop only, from the logged images/s, so it shows what a switch costs, not the load of the
+machine at the time only). ``--timing T.csv`` takes seconds per epoch from another CSV instead
+(the timing pass: one short run per cell, one at a time on a quiet machine, so cells run under
+different loads compare). Cells in the order given, else the CSV's.
+
+    python experiments/recipes/summarize.py experiments/recipes/results_transfer.csv --baseline finetune \
+        --cells finetune finetune_preset_v2 finetune_ema ... > experiments/recipes/summary_transfer.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± sd`` (sd over seeds; just the mean for one value)."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def signed_spread(values: list[float]) -> str:
+    """``+mean ± sd`` of differences (just the signed mean for one)."""
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+
+
+def by_cell_and_seed(rows: list[dict[str, str]]) -> dict[str, dict[str, dict[str, str]]]:
+    by_cell: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for row in rows:
+        by_cell[row["cell"]][row["seed"]] = row
+    return by_cell
+
+
+def seconds_per_epoch(runs: dict[str, dict[str, str]]) -> str:
+    """Median training seconds per epoch over a cell's runs (``—`` without a CSV log)."""
+    values = [float(run["train_s_per_epoch"]) for run in runs.values() if run.get("train_s_per_epoch")]
+    return f"{statistics.median(values):.1f}" if values else "—"
+
+
+def table(
+    rows: list[dict[str, str]],
+    baseline: str,
+    cells: list[str] | None,
+    timing: list[dict[str, str]] | None = None,
+) -> str:
+    by_cell = by_cell_and_seed(rows)
+    timed = by_cell_and_seed(timing) if timing is not None else by_cell
+    order = cells or list(by_cell)
+    base = by_cell.get(baseline, {})
+    lines = [
+        f"| cell | seeds | best val/acc | test/acc | test/acc − {baseline} (paired by seed) | s / epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell in order:
+        runs = by_cell.get(cell)
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        val = [float(runs[s]["val_acc_best"]) for s in seeds]
+        test = [float(runs[s]["test_acc"]) for s in seeds]
+        paired = [float(runs[s]["test_acc"]) - float(base[s]["test_acc"]) for s in seeds if s in base]
+        delta = "—" if cell == baseline or not paired else signed_spread(paired)
+        seconds = seconds_per_epoch(timed.get(cell, {}))
+        lines.append(f"| {cell} | {len(seeds)} | {spread(val)} | {spread(test)} | {delta} | {seconds} |")
+    return "\n".join(lines)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv", type=Path)
+    parser.add_argument("--baseline", required=True, help="the cell the others are compared with")
+    parser.add_argument("--cells", nargs="*", help="cells and their order (default: all, CSV order)")
+    parser.add_argument("--timing", type=Path, help="seconds per epoch from this CSV (the timing pass)")
+    args = parser.parse_args()
+    print(
+        table(read_rows(args.csv), args.baseline, args.cells, read_rows(args.timing) if args.timing else None)
+    )
+
+
+if __name__ == "__main__":
+    main()
