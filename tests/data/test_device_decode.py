@@ -31,6 +31,7 @@ from resflex.data.resolution import FixedResolution, FixResResolution
 from resflex.data.transforms import TrainTransform
 from resflex.errors import ConfigError
 from tests.conftest import TINY, make_image_folder, train_run
+from tests.data.test_loader_decoders import folder_with_a_truncated_jpeg
 from tests.test_configs import compose_train
 
 #: (name, width, height, mode, format, EXIF orientation): odd, non-square and turned files
@@ -153,12 +154,7 @@ def test_a_corrupt_jpeg_goes_through_the_bad_image_policy_on_the_device(tmp_path
     """Its header reads (so the worker passes it on); the device decode fails: ``skip`` lists it and puts
     the next image of the batch, with its label, in its place; ``raise`` stops naming it."""
     root = tmp_path / "images"
-    for c in range(2):
-        (root / "train" / f"c{c}").mkdir(parents=True)
-        for i in range(2):
-            photo_like(120, 90, seed=10 * c + i).save(root / "train" / f"c{c}" / f"{i}.jpg", quality=90)
-    bad = root / "train" / "c0" / "1.jpg"
-    bad.write_bytes(bad.read_bytes()[:2000])  # header intact, pixels cut off
+    bad = folder_with_a_truncated_jpeg(root, per_class=2, size=(120, 90), keep_bytes=2000)
     log_file = tmp_path / "bad.txt"
     source = ImageFolderSource(str(root), val_fraction=0.5, decoder="device", bad_image_log=str(log_file))
     folder = source.splits["train"].dataset

@@ -121,17 +121,24 @@ def test_other_formats_are_decoded_by_pil(tmp_path: Path) -> None:
     assert tv.shape == pil.shape == (3, 64, 64) and _mean_abs(tv, pil) < 2
 
 
+def folder_with_a_truncated_jpeg(root: Path, per_class: int, size: tuple[int, int], keep_bytes: int) -> Path:
+    """``root/train/c0, c1`` of photo-like JPEGs (``size``: width, height), and ``c0/1.jpg`` cut to its first
+    ``keep_bytes``: its header reads, its pixels do not. Returns that file."""
+    for k in range(2):
+        (root / "train" / f"c{k}").mkdir(parents=True)
+        for i in range(per_class):
+            photo_like(*size, seed=10 * k + i).save(root / "train" / f"c{k}" / f"{i}.jpg", quality=90)
+    bad = root / "train" / "c0" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:keep_bytes])
+    return bad
+
+
 @pytest.mark.parametrize("decoder", ["torchvision", "auto"])
 def test_a_truncated_jpeg_goes_through_the_bad_image_policy(tmp_path: Path, decoder: str) -> None:
     """decode_jpeg's RuntimeError becomes the BadImageError that names the file; skip replaces it in
     its batch and lists it, raise stops."""
     root = tmp_path / "images"
-    for k in range(2):
-        (root / "train" / f"c{k}").mkdir(parents=True)
-        for i in range(3):
-            photo_like(500, 375, seed=10 * k + i).save(root / "train" / f"c{k}" / f"{i}.jpg", quality=90)
-    bad = root / "train" / "c0" / "1.jpg"
-    bad.write_bytes(bad.read_bytes()[:3000])  # header intact, pixels cut off
+    bad = folder_with_a_truncated_jpeg(root, per_class=3, size=(500, 375), keep_bytes=3000)
     with pytest.raises(BadImageError, match="1.jpg"):
         TrainTransform()(ImageFile(bad, decoder), (224, 224))  # a full decode: decode_jpeg's
     log_file = tmp_path / "bad.txt"
