@@ -11,7 +11,7 @@ RUNS=${1:-/tmp/shapes_runs}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
-source "$HERE/cells.sh"
+source "$HERE/../cells.sh"
 # eval.resolutions=null: validation at the training size only (the extra sizes would double its cost)
 COMMON="data.source.num_train=1500 data.source.num_val=500 data.source.num_test=1000 resolution.size=48 \
 data.batch_size=64 data.num_workers=1 trainer.max_epochs=6 eval.resolutions=null \

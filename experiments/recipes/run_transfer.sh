@@ -3,7 +3,7 @@
 # then train on classes 5-9 (300 images a class) from scratch and fine-tuned from that checkpoint,
 # with the defaults, with experiment=small_data_finetune and (fine-tuned) with each switch alone
 # (the preset's parts, the other augmentations, optimizers and schedules), 3 seeds each, two runs
-# at a time (cells.sh). Then collect: results_transfer.csv beside this script.
+# at a time (experiments/cells.sh). Then collect: results_transfer.csv beside this script.
 # CELLS="scratch finetune ..." / SEEDS="0" run a subset; OUT=file.csv writes elsewhere, PRETRAINED=CKPT
 # reuses a pre-trained checkpoint. The timing pass (seconds per epoch of each cell, one run at a time):
 #   EXTRA="trainer.max_epochs=2 trainer.limit_val_batches=2 test_after_fit=false" JOBS=1 SEEDS=0 \
@@ -18,7 +18,7 @@ RUNS=${2:-/tmp/fm_transfer_runs}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
-source "$HERE/cells.sh"
+source "$HERE/../cells.sh"
 COMMON="resolution.size=48 data.batch_size=64 data.num_workers=1 trainer.enable_progress_bar=false logger=csv"
 PRETRAINED=${PRETRAINED:-$RUNS/pretrain/checkpoints/last.ckpt}
 mkdir -p "$RUNS"

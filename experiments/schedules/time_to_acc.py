@@ -5,16 +5,23 @@
 
 Reads the ``val/acc`` series from each job's TensorBoard events; the clock
 starts at the job's first logged event (model built, data loaded), so start-up
-is excluded and only training + validation time counts.
+is excluded and only training + validation time counts. For runs named
+``CELL-sSEED`` (``experiments/cells.sh``) a second table gives each cell over its
+seeds; ``--csv OUT`` writes one row per run.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
+import statistics
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SEED_SUFFIX = re.compile(r"-s\d+$")
 
 
 def series(run: Path, tag: str) -> tuple[float, list[tuple[float, int, float]]]:
@@ -30,23 +37,63 @@ def series(run: Path, tag: str) -> tuple[float, list[tuple[float, int, float]]]:
     return start, sorted(points)
 
 
+def times(run: Path, tag: str, thresholds: list[float]) -> dict[str, object]:
+    """One run: final value of ``tag``, seconds to each threshold (None: not reached), wall time."""
+    record = json.loads((run / "metrics.json").read_text())
+    start, points = series(run, tag)
+    row: dict[str, object] = {"job": run.name, "final": round(points[-1][2], 4) if points else None}
+    for t in thresholds:
+        hit = next((w - start for w, _, v in points if v >= t), None)
+        row[f"s_to_{t:.2f}"] = round(hit, 1) if hit is not None else None
+    row["run_wall_s"] = record.get("wall_time_s")
+    return row
+
+
+def _cell(key: str, value: object) -> str:
+    if key.startswith("s_to"):
+        return "not reached" if value is None else f"{value:.1f}"
+    return "-" if value is None else str(value)
+
+
+def by_cell(rows: list[dict[str, object]], thresholds: list[float]) -> list[str]:
+    """Jobs named ``CELL-sSEED`` (experiments/cells.sh) grouped per cell: mean final value and the
+    median seconds to each threshold over the seeds that reached it (``n/N`` when not all did)."""
+    cells: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        cells.setdefault(SEED_SUFFIX.sub("", str(row["job"])), []).append(row)
+    lines = []
+    for cell, runs in cells.items():
+        finals = [float(r["final"]) for r in runs if r["final"] is not None]  # type: ignore[arg-type]
+        values = [f"{statistics.mean(finals):.4f}" if finals else "-"]
+        for t in thresholds:
+            hits = [float(r[f"s_to_{t:.2f}"]) for r in runs if r[f"s_to_{t:.2f}"] is not None]  # type: ignore[arg-type]
+            note = "" if len(hits) == len(runs) else f" ({len(hits)}/{len(runs)})"
+            values.append(f"{statistics.median(hits):.1f}{note}" if hits else f"not reached (0/{len(runs)})")
+        lines.append(f"| {cell} | {len(runs)} | " + " | ".join(values) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.90, 0.92, 0.93])
     parser.add_argument("--tag", default="val/acc")
+    parser.add_argument("--csv", type=Path, help="also write one row per job here")
     args = parser.parse_args()
+    rows = [times(p.parent, args.tag, args.thresholds) for p in sorted(args.sweep.glob("*/metrics.json"))]
     head = ["job", "final " + args.tag, *(f"s to {t:.2f}" for t in args.thresholds), "run wall s"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for run in sorted(p.parent for p in args.sweep.glob("*/metrics.json")):
-        record = json.loads((run / "metrics.json").read_text())
-        start, points = series(run, args.tag)
-        cells = [run.name, f"{points[-1][2]:.4f}" if points else "-"]
-        for t in args.thresholds:
-            hit = next((w - start for w, _, v in points if v >= t), None)
-            cells.append(f"{hit:.1f}" if hit is not None else "not reached")
-        cells.append(f"{record.get('wall_time_s', float('nan')):.1f}")
-        print("| " + " | ".join(cells) + " |")
+    for row in rows:
+        print("| " + " | ".join(_cell(key, value) for key, value in row.items()) + " |")
+    if any(SEED_SUFFIX.search(str(row["job"])) for row in rows):
+        head = ["cell", "seeds", "mean final " + args.tag, *(f"median s to {t:.2f}" for t in args.thresholds)]
+        print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        print("\n".join(by_cell(rows, args.thresholds)))
+    if args.csv and rows:
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """One CSV row per finished resflex run folder: cell, seed, best val/acc, test/acc, wall time, training
-speed, command.
+speed, command, and test/acc at each extra evaluation size (``test_acc@96`` ..., runs with
+``eval.resolutions``).
 
 Training speed is the median of the run's logged ``train/images_per_sec`` intervals (CSV logger), and
 seconds per epoch the training images divided by it: the training loop alone, without validation,
@@ -30,6 +31,15 @@ def training_speed(run_dir: Path) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def resolution_accuracies(metrics: dict[str, float]) -> dict[str, float]:
+    """``test/acc@96`` -> ``test_acc@96`` for each square extra evaluation size in a run's metrics."""
+    return {
+        key.replace("/", "_"): value
+        for key, value in metrics.items()
+        if key.startswith("test/acc@") and key.split("@")[1].isdigit()
+    }
+
+
 def main() -> None:
     out, pairs = Path(sys.argv[1]), [arg.rsplit("=", 1) for arg in sys.argv[2:]]
     rows = []
@@ -43,9 +53,12 @@ def main() -> None:
         rows.append({"cell": name, "seed": seed, "val_acc_best": record["best"]["val/acc"],
                      "test_acc": record["metrics"].get("test/acc"), "wall_time_s": record.get("wall_time_s"),
                      "train_images_per_s": round(speed, 1) if speed else None, "train_s_per_epoch": epoch_s,
-                     "command": f"python scripts/train.py {overrides}"})  # fmt: skip
+                     "command": f"python scripts/train.py {overrides}",
+                     **resolution_accuracies(record["metrics"])})  # fmt: skip
+    columns = [key for key in rows[0] if "@" not in key]
+    extra = sorted({key for row in rows for key in row if "@" in key}, key=lambda k: int(k.split("@")[1]))
     with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=columns + extra)
         writer.writeheader()
         writer.writerows(rows)
 

@@ -1,7 +1,8 @@
-# Shared by the recipe study's run scripts (sourced, not run): run a list of cells x seeds two at a
-# time, one compute thread each (a 2-core machine), skipping finished runs, then collect one CSV row
-# per run. The caller sets PY, REPO, RUNS and declares the associative array SWITCHES (cell -> its
-# overrides), then calls:  run_cells "COMMON OVERRIDES" "CELLS" "SEEDS";  collect_cells OUT.csv
+# Shared by the CPU studies' run scripts (recipes/, pooling_resolution/, schedules/; sourced, not
+# run): run a list of cells x seeds two at a time, one compute thread each (a 2-core machine),
+# skipping finished runs, then collect one CSV row per run. The caller sets PY, REPO, RUNS and
+# declares the associative array SWITCHES (cell -> its overrides), then calls:
+#   run_cells "COMMON OVERRIDES" "CELLS" "SEEDS";  collect_cells OUT.csv
 # EXTRA="key=value ..." is appended to every run's overrides (last wins: the timing pass's shorter
 # runs); JOBS=1 runs one at a time.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1

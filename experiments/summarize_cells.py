@@ -1,4 +1,5 @@
-"""A recipe-study CSV (``collect_extra.py``'s rows) as a markdown table: one row per cell.
+"""A CPU study's CSV (``collect_extra.py``'s rows, experiments/cells.sh) as a markdown table: one row
+per cell.
 
 Per cell: seeds, best val/acc and test/acc as mean ± standard deviation over seeds, the change of
 test/acc against the baseline cell paired by seed (mean ± sd of the per-seed differences; pairing
@@ -8,8 +9,11 @@ machine at the time only). ``--timing T.csv`` takes seconds per epoch from anoth
 (the timing pass: one short run per cell, one at a time on a quiet machine, so cells run under
 different loads compare). Cells in the order given, else the CSV's.
 
-    python experiments/recipes/summarize.py experiments/recipes/results_transfer.csv --baseline finetune \
+    python experiments/summarize_cells.py experiments/recipes/results_transfer.csv --baseline finetune \
         --cells finetune finetune_preset_v2 finetune_ema ... > experiments/recipes/summary_transfer.md
+
+``--resolutions`` prints test/acc at each extra evaluation size instead (the ``test_acc@N`` columns of
+runs with ``eval.resolutions``), mean ± sd over seeds per cell.
 """
 
 from __future__ import annotations
@@ -76,6 +80,23 @@ def table(
     return "\n".join(lines)
 
 
+def resolution_table(rows: list[dict[str, str]], cells: list[str] | None) -> str:
+    """Per cell: test/acc at each evaluated size (``test_acc@N``), mean ± sd over seeds."""
+    sizes = sorted({int(k.split("@")[1]) for row in rows for k, v in row.items() if "@" in k and v})
+    by_cell = by_cell_and_seed(rows)
+    lines = [
+        "| cell | seeds | " + " | ".join(f"{size} px" for size in sizes) + " | s / epoch |",
+        "|---|---|" + "---|" * len(sizes) + "---|",
+    ]
+    for cell in cells or list(by_cell):
+        runs = by_cell.get(cell)
+        if not runs:
+            continue
+        accs = [spread([float(r[f"test_acc@{size}"]) for r in runs.values()]) for size in sizes]
+        lines.append(f"| {cell} | {len(runs)} | " + " | ".join(accs) + f" | {seconds_per_epoch(runs)} |")
+    return "\n".join(lines)
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))
@@ -84,10 +105,16 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", type=Path)
-    parser.add_argument("--baseline", required=True, help="the cell the others are compared with")
+    parser.add_argument("--baseline", help="the cell the others are compared with")
     parser.add_argument("--cells", nargs="*", help="cells and their order (default: all, CSV order)")
     parser.add_argument("--timing", type=Path, help="seconds per epoch from this CSV (the timing pass)")
+    parser.add_argument("--resolutions", action="store_true", help="test/acc per evaluated size instead")
     args = parser.parse_args()
+    if args.resolutions:
+        print(resolution_table(read_rows(args.csv), args.cells))
+        return
+    if not args.baseline:
+        parser.error("--baseline is required (or --resolutions)")
     print(
         table(read_rows(args.csv), args.baseline, args.cells, read_rows(args.timing) if args.timing else None)
     )
