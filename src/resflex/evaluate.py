@@ -46,7 +46,13 @@ from resflex.models.checkpoint import (
     safe_load,
     state_dict_of,
 )
-from resflex.runtime import autocast_for, quiet_library_noise, resolve_precision, size_tag
+from resflex.runtime import (
+    autocast_for,
+    quiet_library_noise,
+    resolve_precision,
+    retain_freed_host_memory,
+    size_tag,
+)
 
 log = logging.getLogger("resflex")
 
@@ -198,6 +204,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_name)
     precision = resolve_precision(cfg.eval.get("precision", "auto")) if device.type == "cuda" else "32-true"
+    if device.type == "cpu":
+        retain_freed_host_memory()  # large evaluation batches: see the function
     module.to(device).eval()
 
     loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()

@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -39,7 +40,7 @@ from resflex.errors import (
 )
 from resflex.model_card import write_model_card_quietly
 from resflex.models.checkpoint import resolve_resume_checkpoint
-from resflex.runtime import quiet_library_noise, release_memory
+from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory
 from resflex.training.distributed import (
     check_shared_run_dir,
     child_rank_grace,
@@ -102,6 +103,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module = build_module(cfg, datamodule.num_classes)
         check_sizes_fit_backbone(datamodule, module.model.backbone)
         trainer = build_trainer(cfg, record)
+        if isinstance(trainer.accelerator, CPUAccelerator) and retain_freed_host_memory():
+            log.info(
+                "CPU run: freed host memory is kept for the next batch (glibc mallopt; "
+                "MALLOC_TRIM_THRESHOLD_=131072 in the environment turns this off)"
+            )
         log.info(
             "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])
         )
