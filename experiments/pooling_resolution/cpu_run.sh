@@ -2,7 +2,8 @@
 # Pooling x resolution on Fashion-MNIST at the 2-core CPU's scale (see README.md, "CPU"): resnet18
 # from scratch, 5,000 training images, 6 epochs; (a) trained at 64 px, (b) random sizes {32, 48, 64,
 # 96} per batch; each head (avg, max, pyramid), seeds 0-2 (seed-major), tested at 32-128 px.
-# Results: results_cpu.csv beside this script. CELLS="avg_fixed64" / SEEDS="0" run a subset.
+# Results: results_cpu.csv beside this script. CELLS="avg_fixed64" / SEEDS="0" run a subset; SEEDS=
+# (empty) only collects.
 #
 #   bash experiments/pooling_resolution/cpu_run.sh [RUNS_DIR] [DATA_ROOT]
 set -euo pipefail
@@ -25,5 +26,5 @@ declare -A SWITCHES=(
   [pyramid_random]="pooling=pyramid resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64"
 )
 CELLS=${CELLS:-avg_fixed64 max_fixed64 pyramid_fixed64 avg_random max_random pyramid_random}
-run_cells "$COMMON" "$CELLS" "${SEEDS:-0 1 2}"
+run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
 collect_cells "$HERE/results_cpu.csv"

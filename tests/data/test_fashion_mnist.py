@@ -87,6 +87,21 @@ def test_split_is_seeded_and_capped(tmp_path: Path) -> None:
         FashionMNISTSource(root=root, num_train=-1)
 
 
+def test_image_sizes_are_read_without_building_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Aspect bucketing and the data profile ask every image's size: from the array's shape, not by
+    building 60,000 PIL images (which the fallback does, with a warning)."""
+    from resflex.data.buckets import image_sizes
+
+    source = FashionMNISTSource(root=str(write_fixture(tmp_path, gz=True)), num_val=6)
+    train = source.splits["train"]
+    monkeypatch.setattr(type(train), "__getitem__", lambda self, i: pytest.fail("decoded an image"))
+    with caplog.at_level("WARNING"):
+        assert image_sizes(train) == [(28, 28)] * len(train)
+    assert "no cheap image_size" not in caplog.text
+
+
 def test_read_idx_wider_types_and_bad_files(tmp_path: Path) -> None:
     ints = np.array([[1, -2], [70000, 3]], dtype=">i4")
     path = tmp_path / "ints.idx"

@@ -107,6 +107,10 @@ class ArrayImages(Dataset):
         i = int(self.indices[index])
         return Image.fromarray(self.images[i], mode="L").convert("RGB"), int(self.labels[i])
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) without building the image: what aspect bucketing and the data profile read."""
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
 
 def _limit(value: int | None, available: int, key: str) -> int:
     if value is None:
