@@ -1,0 +1,50 @@
+"""``accuracy.png``: resflex's Fashion-MNIST test accuracy beside the published benchmark.
+
+    python experiments/fashion_mnist/plot_accuracy.py
+
+The CPU bar is the mean ± sd over seeds of the pooling study's ``pyramid_fixed64`` cell (resflex's
+defaults at 64 px; ``../pooling_resolution/results_cpu.csv``); the GPU bar is the run in this
+folder's README (its run folder was not kept); the grey bars are the Fashion-MNIST project's
+benchmark table (https://github.com/zalandoresearch/fashion-mnist#benchmark).
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+HERE = Path(__file__).resolve().parent
+GPU = ("resflex resnet18 112px, 30 ep, 55k imgs (H100, 1 seed)", 0.9485)
+BENCHMARK = [("ResNet18", 0.949), ("MobileNet", 0.950), ("WRN-28-10", 0.959), ("WRN40-4", 0.967)]
+
+
+def main() -> None:
+    with (HERE.parent / "pooling_resolution" / "results_cpu.csv").open() as f:
+        accs = [float(r["test_acc"]) for r in csv.DictReader(f) if r["cell"] == "pyramid_fixed64"]
+    bars = [
+        (*GPU, 0.0, "tab:blue"),
+        (f"resflex resnet18 64px, 6 ep, 5k imgs (2-core CPU, {len(accs)} seeds)", statistics.mean(accs),
+         statistics.stdev(accs), "tab:blue"),
+        *((f"benchmark: {name}", acc, 0.0, "grey") for name, acc in BENCHMARK),
+    ]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
+    shown = bars[::-1]  # barh draws bottom-up
+    labels, values, errors, colours = zip(*shown, strict=True)
+    ax.barh(labels, values, xerr=errors, color=colours)
+    for y, (_, acc, error, _) in enumerate(shown):
+        ax.text(acc + error + 0.002, y, f"{acc:.4f}", va="center", fontsize=9)
+    ax.set_xlim(0.8, 0.98)
+    ax.set_xlabel("Fashion-MNIST test accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(HERE / "accuracy.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
