@@ -14,9 +14,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
 source "$HERE/../cells.sh"
-COMMON="data=fashion_mnist data.root=$ROOT trainer=cpu backbone=resnet18 data.source.num_train=5000 \
-data.source.num_val=1000 data.source.num_test=2000 data.batch_size=64 data.num_workers=1 trainer.max_epochs=6 \
-resolution.eval_size=64 eval.resolutions=[32,48,64,96] trainer.enable_progress_bar=false logger=[tensorboard,csv]"
+COMMON="$(fashion_mnist_cpu "$ROOT") resolution.eval_size=64 eval.resolutions=[32,48,64,96] logger=[tensorboard,csv]"
 
 declare -A SWITCHES=(
   [fixed]="resolution=fixed resolution.size=64"
