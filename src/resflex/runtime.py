@@ -98,10 +98,10 @@ def retain_freed_host_memory() -> bool:
     fresh ``mmap`` and unmaps it when freed, so every batch page-faults all of its memory in again,
     in the kernel. A one-epoch Fashion-MNIST run on the 2-core CPU (resnet18, 5,000 images at
     64 px, evaluated at 32-128 px; experiments/performance/README.md, "Host memory on CPU runs"):
-    44.7 M page faults and 92 s of system time against 2.7 M and 44 s with this, 335 s of wall
-    time against 241 s, the same metrics. The price: freed blocks stay in the heap, and torch's
-    aligned allocations fit a freed block of their own size only once neighbours have merged, so
-    the heap grows for a few batches first: peak RSS 2.3 -> 3.5 GB there. The CUDA caching
+    44.7 M page faults and 96 s of system time against 3.0 M and 11 s with this, 233 s of wall
+    time against 122 s on a quiet machine, the same metrics. The price: freed blocks stay in the
+    heap, and torch's aligned allocations fit a freed block of their own size only once neighbours
+    have merged, so the heap grows for a few batches first: peak RSS 2.3 -> 3.7 GB there. The CUDA caching
     allocator makes the same trade for GPU memory. Not applied when the environment sets malloc's
     knobs (``MALLOC_*``, ``GLIBC_TUNABLES``: ``MALLOC_TRIM_THRESHOLD_=131072`` restores glibc's
     default) or the C library is not glibc.
