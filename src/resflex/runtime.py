@@ -1,4 +1,4 @@
-"""Rules about the machine a run lands on: precision, autocast, memory layout, library noise.
+"""Rules about the machine a run lands on: precision, autocast, memory layout, host memory, library noise.
 
 One home for each rule, imported by training, evaluation, prediction, export and
 the benchmark alike. Hydra-free on purpose: the benchmark runs where hydra-core
