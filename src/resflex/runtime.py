@@ -101,10 +101,10 @@ def retain_freed_host_memory() -> bool:
     44.7 M page faults and 96 s of system time against 3.0 M and 11 s with this, 233 s of wall
     time against 122 s on a quiet machine, the same metrics. The price: freed blocks stay in the
     heap, and torch's aligned allocations fit a freed block of their own size only once neighbours
-    have merged, so the heap grows for a few batches first: peak RSS 2.3 -> 3.7 GB there. The CUDA caching
-    allocator makes the same trade for GPU memory. Not applied when the environment sets malloc's
-    knobs (``MALLOC_*``, ``GLIBC_TUNABLES``: ``MALLOC_TRIM_THRESHOLD_=131072`` restores glibc's
-    default) or the C library is not glibc.
+    have merged, so the heap grows for a few batches first: peak RSS 2.3 -> 3.7 GB there. The
+    CUDA caching allocator makes the same trade for GPU memory. Not applied when the environment
+    sets malloc's knobs (``MALLOC_*``, ``GLIBC_TUNABLES``: ``MALLOC_TRIM_THRESHOLD_=131072``
+    restores glibc's default) or the C library is not glibc.
     """
     if not sys.platform.startswith("linux") or any(name in os.environ for name in MALLOC_ENVIRONMENT):
         return False
