@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sweep,mlflow,export]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sweep,mlflow,export,jpeg]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,7 +37,7 @@ $(STAMP_MIN): pyproject.toml constraints-min.txt
 	rm -rf $(VENV_MIN)
 	$(PYTHON) -m venv $(VENV_MIN)
 	$(VENV_MIN)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV_MIN)/bin/python -m pip install --quiet -c constraints-min.txt -e '.[dev,sweep,mlflow,export]'
+	$(VENV_MIN)/bin/python -m pip install --quiet -c constraints-min.txt -e '.[dev,sweep,mlflow,export,jpeg]'
 	touch $(STAMP_MIN)
 
 test-min: $(STAMP_MIN)

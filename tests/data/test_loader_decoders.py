@@ -1,5 +1,5 @@
-"""data.source.decoder=pil|torchvision|auto: the same picture and framing whatever decodes, bad files still
-go through the bad-image policy, and the value is checked in one line (CPU only).
+"""data.source.decoder=pil|torchvision|simplejpeg|auto: the same picture and framing whatever decodes, bad
+files still go through the bad-image policy, and the value is checked in one line (CPU only).
 
 With the same seed the transforms draw the same boxes from the header, and both decoders run
 libjpeg-turbo the same way (identical pixels), so ``torchvision`` differs from a full PIL decode
@@ -26,13 +26,15 @@ from resflex.build import build_datamodule
 from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.datamodule import SizedDataset
 from resflex.data.datasets import ImageFolderSource
-from resflex.data.images import DECODERS, ImageFile, check_decoder
+from resflex.data.images import DECODERS, ImageFile, check_decoder, simplejpeg_module
 from resflex.data.transforms import FRAMINGS, EvalTransform, TrainTransform
 from resflex.errors import ConfigError, DataError
 from tests.conftest import load_rgb
 from tests.data.test_reduced_decode import _smooth_picture
 
 SIZES = [(224, 224), (128, 128), (96, 160), (64, 64)]
+#: the decoders this environment has (simplejpeg is an optional extra)
+AVAILABLE = [d for d in DECODERS if d != "simplejpeg" or simplejpeg_module() is not None]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_decode_jpeg_gives_the_full_pil_decode_picture_and_every_decoder_the_sha
     transform = _transform(split, geometry)
     for size in SIZES:
         for seed in range(3):
-            out = {d: _framed(transform, photo, d, size, seed) for d in DECODERS}
+            out = {d: _framed(transform, photo, d, size, seed) for d in AVAILABLE}
             for decoder, pixels in out.items():
                 assert pixels.shape == (3, *size) and pixels.dtype == torch.uint8, (decoder, size)
             torch.manual_seed(seed)
@@ -155,11 +157,11 @@ def test_a_truncated_jpeg_goes_through_the_bad_image_policy(tmp_path: Path, deco
 
 
 def test_the_decoder_value_is_checked_in_one_line(tmp_path: Path) -> None:
-    assert [check_decoder(d) for d in DECODERS] == list(DECODERS)
+    assert [check_decoder(d) for d in AVAILABLE] == AVAILABLE
     with pytest.raises(ConfigError) as error:
         check_decoder("nvjpeg")
     message = str(error.value)
-    expected = "data.source.decoder must be one of pil, torchvision, auto, device, got 'nvjpeg'"
+    expected = "data.source.decoder must be one of pil, torchvision, simplejpeg, auto, device, got 'nvjpeg'"
     assert message.startswith(expected)
     assert "\n" not in message and "hint: data.source.decoder=auto" in message
     (tmp_path / "train" / "a").mkdir(parents=True)

@@ -45,13 +45,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from resflex.data.images import AUTO_RULE, simplejpeg_module
 from resflex.data.workers import usable_cores
 
 PHOTO_SIZE = (500, 375)
 QUALITY = 90
 CLASSES = 4
 BATCH_SIZE = 32
-DECODERS = ("pil", "torchvision", "auto")
+#: resflex's CPU decoders measured (``simplejpeg`` when the optional package is installed)
+DECODERS = tuple(
+    d for d in ("pil", "torchvision", "simplejpeg", "auto") if d != "simplejpeg" or simplejpeg_module()
+)
+#: column names in the printed table
+SHORT = {"pil": "pil", "torchvision": "tv", "simplejpeg": "sj", "auto": "auto"}
 BASELINES = ("timm", "torchvision")
 #: the issue's targets: per core, train transform, square, resflex (default decoder) / timm
 TARGETS = {224: 1.0, 128: 1.5}
@@ -216,8 +222,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def decode_costs(paths: Sequence[Path], repeats: int) -> dict[str, Any]:
     """Per core, the two steps alone (images/s, median over repeats): decoding a whole file with PIL
-    at each draft scale and with ``decode_jpeg``; resampling a decoded file to cover 224 and 128 px
-    (bilinear, antialiased) with PIL and with torch (on ``decode_jpeg``'s HWC-backed tensor)."""
+    at each draft scale, with ``decode_jpeg`` and (when installed) with simplejpeg at each scale;
+    resampling a decoded file to cover 224 and 128 px (bilinear, antialiased) with PIL and with torch
+    (on ``decode_jpeg``'s HWC-backed tensor)."""
     from torchvision.transforms.v2 import functional as TF
 
     from resflex.data.images import ImageFile
@@ -231,6 +238,12 @@ def decode_costs(paths: Sequence[Path], repeats: int) -> dict[str, Any]:
         },
         "decode_jpeg": lambda p: ImageFile(p, "torchvision").decode_pixels(),
     }
+    if "simplejpeg" in DECODERS:
+        steps["simplejpeg_full"] = lambda p: ImageFile(p, "simplejpeg").decode_pixels()
+        for s in (2, 4, 8):
+            steps[f"simplejpeg_1/{s}"] = lambda p, s=s: ImageFile(p, "simplejpeg").decode_pixels(
+                (width // s, height // s)
+            )
     few = list(paths[:32])
     pil_images = [ImageFile(p, "pil").decode()[0] for p in few]
     tensors = [ImageFile(p, "torchvision").decode_pixels()[0] for p in few]
@@ -340,6 +353,8 @@ def loader(
         "sizes": list(sizes),
         "augment": {k: list(v) for k, v in AUGMENT.items()},
         "default_decoder": default,
+        "auto_rule": AUTO_RULE,
+        "simplejpeg": getattr(simplejpeg_module(), "__version__", None),
         "unit": "images per CPU-second of the loading process (one core); wall: images per second",
         "load_average": {"start": load_start, "end": _load()},
         "steps_per_core": steps,
@@ -417,11 +432,11 @@ def render(record: dict[str, Any]) -> list[str]:
         f"({record['mean_file_kb']} KB), batch {record['batch_size']}, median of {record['repeats']}; "
         f"load {load['start']} -> {load['end']}",
         f"  {'split':<6}{'geometry':<12}{'size':>5}{'out':>9}"
-        + "".join(f"{n:>10}" for n in ("pil", "tv", "auto", "timm", "tv-plain"))
-        + "".join(f"{n:>10}" for n in ("pil/timm", "tv/timm", "auto/timm")),
+        + "".join(f"{n:>10}" for n in [*(SHORT[d] for d in DECODERS), "timm", "tv-plain"])
+        + "".join(f"{SHORT[d] + '/timm':>10}" for d in DECODERS),
     ]
     for c in record["cases"]:
-        rates = [c["per_core"].get(k) for k in ("resflex_pil", "resflex_torchvision", "resflex_auto")]
+        rates = [c["per_core"].get(f"resflex_{d}") for d in DECODERS]
         rates += [c["per_core"].get("timm"), c["per_core"].get("torchvision")]
         ratios = [c["ratio_vs_timm"].get(f"resflex_{d}") for d in DECODERS]
         out = "x".join(str(v) for v in c["out_hw"])

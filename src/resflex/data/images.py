@@ -20,9 +20,16 @@ cheap.
   torch's vectorised uint8 antialiased resize wants; the transforms resample with torch.
   Other formats, and JPEGs that are neither RGB nor grey (CMYK), are decoded by PIL and
   resampled by torch.
-- ``auto``: as ``torchvision``, except that a JPEG PIL can decode at 1/2 scale or less
-  for the request is decoded so by PIL (then resampled by torch). :data:`AUTO_RULE`
-  says why.
+- ``simplejpeg`` (the optional extra ``resflex[jpeg]``, which ``make`` installs):
+  `simplejpeg <https://gitlab.com/jfolz/simplejpeg>`_ decodes a JPEG, reduced by PIL's rule
+  (1/2, 1/4, 1/8 when the request allows), straight into a numpy array that becomes the tensor
+  without a copy; the pixels are PIL's at every scale (the same libjpeg-turbo, the same DCT
+  and upsampling), in 0.6-0.75 of PIL's time (PIL's decode loop adds its own overhead, and
+  libjpeg-turbo's scaled DCT has no SIMD code, so ``decode_jpeg`` at full size is as fast as PIL
+  at 1/2). EXIF orientation is applied to the tensor. Other files as ``torchvision``.
+- ``auto``: ``simplejpeg`` when it is installed; otherwise as ``torchvision``, except that
+  a JPEG PIL can decode at 1/2 scale or less for the request is decoded so by PIL (then
+  resampled by torch). :data:`AUTO_RULE` says why.
 - ``device`` (``resolution.geometry=square`` only): the workers only read a JPEG's bytes
   (:meth:`ImageFile.read_jpeg`) and draw its framing; the batch is decoded by
   ``decode_jpeg(list, device=...)`` (nvJPEG on a GPU) and cropped, resized and flipped on the
@@ -31,7 +38,8 @@ cheap.
   does. Anything else that decodes such an :class:`ImageFile` in-process (prediction) gets
   ``torchvision``'s decode.
 
-Both decoders run libjpeg-turbo the same way (identical pixels at full size), and the
+All three decoders run libjpeg-turbo the same way (identical pixels at full size; ``simplejpeg``
+also at every reduced scale), and the
 transforms draw their boxes from the header, so the framing is the same whatever the
 decoder; only the resampling kernel differs (PIL vs torch bilinear with antialiasing,
 < 0.2 level on average; ``tests/data/test_loader_decoders.py``). ``device`` on the CPU gives
@@ -40,8 +48,10 @@ decoder; only the resampling kernel differs (PIL vs torch bilinear with antialia
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -61,15 +71,21 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 Size = tuple[int, int]
 #: ``data.source.decoder`` values, and the default (``configs/data/imagefolder.yaml``, also for runs saved
 #: before the key existed)
-DECODERS = ("pil", "torchvision", "auto", "device")
+DECODERS = ("pil", "torchvision", "simplejpeg", "auto", "device")
 DEFAULT_DECODER = "auto"
 #: the decoder that leaves JPEG decoding to the batch's device (:mod:`resflex.data.device_decode`)
 DEVICE_DECODER = "device"
 #: Why ``auto`` is what it is, measured by ``scripts/benchmark.py --sections loader`` (photo-sized
-#: JPEGs, one core; experiments/performance/README.md, "Loader"): decode_jpeg and PIL decode at
-#: the same speed (the same libjpeg-turbo), torch resamples uint8 several times faster than PIL, and
-#: PIL's reduced (DCT-domain) decode is the only way to skip decoding work.
-AUTO_RULE = "JPEGs PIL can decode at <= 1/2 scale: PIL; other JPEGs: decode_jpeg; resampling: torch"
+#: JPEGs, one core; experiments/performance/README.md, "Loader"): simplejpeg gives PIL's pixels,
+#: reduced as PIL would, faster than PIL or decode_jpeg; without it, decode_jpeg and PIL decode at
+#: about the same speed, PIL's reduced (DCT-domain) decode is the only way to skip decoding work,
+#: and torch resamples uint8 several times faster than PIL.
+AUTO_RULE = (
+    "JPEGs: simplejpeg (reduced as PIL would) when installed, else PIL where it decodes at <= 1/2 scale "
+    "and decode_jpeg otherwise; resampling: torch"
+)
+#: the optional decoder behind ``data.source.decoder=simplejpeg`` (and ``auto`` when installed)
+SIMPLEJPEG = "simplejpeg"
 # torchvision 0.29 deprecates its image decoders for TorchCodec's (a warning per call); decode_jpeg is
 # chosen on purpose (data.source.decoder), and the warning would repeat for every image
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
@@ -83,7 +99,49 @@ def check_decoder(decoder: str) -> str:
             f"data.source.decoder must be one of {', '.join(DECODERS)}, got {decoder!r}",
             hint="data.source.decoder=auto",
         )
+    if decoder == SIMPLEJPEG and simplejpeg_module() is None:
+        raise ConfigError(
+            "data.source.decoder=simplejpeg needs the simplejpeg package, which is not installed",
+            hint="pip install 'resflex[jpeg]' (or simplejpeg), or data.source.decoder=auto",
+        )
     return decoder
+
+
+@functools.cache
+def simplejpeg_module() -> ModuleType | None:
+    """The optional ``simplejpeg`` module (``resflex[jpeg]``), or None when it is not installed."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def reduction(size: Size, min_size: Size) -> int:
+    """PIL's ``draft`` rule for JPEGs: the largest of 1, 2, 4, 8 that divides ``size`` (width, height)
+    into whole multiples of ``min_size`` in both sides, so a reduced decode never falls below it."""
+    fits = min(size[0] // max(1, min_size[0]), size[1] // max(1, min_size[1]))
+    return next(k for k in (8, 4, 2, 1) if fits >= k)
+
+
+def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (C, H, W) tensor turned by its EXIF ``orientation`` as ``ImageOps.exif_transpose`` turns a PIL
+    image (1: unchanged; 2-8: the mirrored and rotated cases of the EXIF standard)."""
+    if orientation == 2:
+        return pixels.flip(-1)
+    if orientation == 3:
+        return pixels.flip(-2, -1)
+    if orientation == 4:
+        return pixels.flip(-2)
+    if orientation == 5:
+        return pixels.transpose(-2, -1)
+    if orientation == 6:
+        return pixels.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return pixels.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return pixels.rot90(1, (-2, -1))
+    return pixels
 
 
 def as_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
@@ -145,7 +203,7 @@ class ImageFile:
         """The file's bytes as a 1-D uint8 tensor when ``decode_jpeg`` can decode it (a JPEG in RGB or
         grey), read instead of decoded (``data.source.decoder=device``); None for anything else,
         whose pixels :meth:`decode_pixels` still gives (the file stays open then)."""
-        if not (self._image.format == "JPEG" and self._image.mode in _TORCHVISION_MODES):
+        if not self._jpeg_for_decode_jpeg():
             return None
         self._image.close()
         try:
@@ -153,6 +211,9 @@ class ImageFile:
                 return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
         except OSError as exc:
             raise BadImageError(self.path, exc) from None
+
+    def _jpeg_for_decode_jpeg(self) -> bool:
+        return self._image.format == "JPEG" and self._image.mode in _TORCHVISION_MODES
 
     def _reducible(self, min_size: tuple[int, int] | None) -> bool:
         """A JPEG at least twice ``min_size`` (width, height) in both sides: PIL can decode it reduced."""
@@ -189,11 +250,15 @@ class ImageFile:
 
     def decode_pixels(self, min_size: Size | None = None) -> tuple[Image.Image | torch.Tensor, float]:
         """:meth:`decode` through the chosen decoder: ``pil``, a PIL image (as :meth:`decode`);
-        ``torchvision``, ``auto`` and ``device`` (in-process, as ``torchvision``), a uint8 (3, H, W)
-        tensor and its scale (see the module docstring), which tells the transforms to resample
-        with torch."""
+        ``torchvision``, ``simplejpeg``, ``auto`` and ``device`` (in-process, as ``torchvision``), a
+        uint8 (3, H, W) tensor and its scale (see the module docstring), which tells the transforms to
+        resample with torch."""
         if self.decoder == "pil":
             return self.decode(min_size)
+        if self.decoder in (SIMPLEJPEG, "auto") and self._jpeg_for_decode_jpeg():
+            module = simplejpeg_module()
+            if module is not None:
+                return self._decode_simplejpeg(module, min_size)
         data = None if self.decoder == "auto" and self._reducible(min_size) else self.read_jpeg()
         if data is None:  # not for decode_jpeg, or auto's reduced decode
             image, scale = self.decode(min_size)
@@ -202,6 +267,29 @@ class ImageFile:
             return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True), 1.0
         except RuntimeError as exc:
             raise BadImageError(self.path, decode_jpeg_reason(exc)) from None
+
+    def _decode_simplejpeg(self, module: ModuleType, min_size: Size | None) -> tuple[torch.Tensor, float]:
+        """``simplejpeg``: the JPEG decoded at PIL's reduction for ``min_size`` (PIL's pixels), oriented."""
+        raw_size = self._image.size  # as stored, before EXIF orientation
+        k = 1
+        if self._reducible(min_size):
+            width, height = min_size  # type: ignore[misc]
+            k = reduction(raw_size, (height, width) if self._swapped else (width, height))
+        self._image.close()
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+            pixels = module.decode_jpeg(
+                data,
+                colorspace="RGB",
+                min_width=-(-raw_size[0] // k),
+                min_height=-(-raw_size[1] // k),
+                min_factor=k,
+            )
+        except (OSError, ValueError) as exc:
+            raise BadImageError(self.path, exc) from None
+        tensor = orient(torch.from_numpy(pixels).permute(2, 0, 1), self._orientation)
+        return tensor, 1.0 / k  # as PIL's draft reports it (the decoded size is rounded up)
 
 
 def decode_jpeg_reason(error: BaseException) -> str:
