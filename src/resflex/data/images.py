@@ -23,10 +23,11 @@ cheap.
 - ``simplejpeg`` (the optional extra ``resflex[jpeg]``, which ``make`` installs):
   `simplejpeg <https://gitlab.com/jfolz/simplejpeg>`_ decodes a JPEG, reduced by PIL's rule
   (1/2, 1/4, 1/8 when the request allows), straight into a numpy array that becomes the tensor
-  without a copy; the pixels are PIL's at every scale (the same libjpeg-turbo, the same DCT
-  and upsampling), in 0.6-0.75 of PIL's time (PIL's decode loop adds its own overhead, and
-  libjpeg-turbo's scaled DCT has no SIMD code, so ``decode_jpeg`` at full size is as fast as PIL
-  at 1/2). EXIF orientation is applied to the tensor. Other files as ``torchvision``.
+  without a copy. The pixels are PIL's at every scale (the same libjpeg-turbo with the same DCT
+  and upsampling); the decode is 10-20 % faster than PIL's (whose decode loop adds overhead)
+  and the PIL -> tensor copy is gone: ~0.2 ms less per image at 128 px from 500x375 photos,
+  ``auto`` 1.57-1.61x timm's loader per core instead of ~1.3x (experiments/performance/README.md,
+  "Loader"). EXIF orientation is applied to the tensor. Other files as ``torchvision``.
 - ``auto``: ``simplejpeg`` when it is installed; otherwise as ``torchvision``, except that
   a JPEG PIL can decode at 1/2 scale or less for the request is decoded so by PIL (then
   resampled by torch). :data:`AUTO_RULE` says why.
