@@ -127,7 +127,8 @@ def reduction(size: Size, min_size: Size) -> int:
 
 def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
     """A (C, H, W) tensor turned by its EXIF ``orientation`` as ``ImageOps.exif_transpose`` turns a PIL
-    image (1: unchanged; 2-8: the mirrored and rotated cases of the EXIF standard)."""
+    image (1: unchanged; 2-8: the mirrored and rotated cases of the EXIF standard). Written here because
+    torchvision applies EXIF orientation only inside its own decoders, and simplejpeg not at all."""
     if orientation == 2:
         return pixels.flip(-1)
     if orientation == 3:
@@ -204,7 +205,7 @@ class ImageFile:
         """The file's bytes as a 1-D uint8 tensor when ``decode_jpeg`` can decode it (a JPEG in RGB or
         grey), read instead of decoded (``data.source.decoder=device``); None for anything else,
         whose pixels :meth:`decode_pixels` still gives (the file stays open then)."""
-        if not self._jpeg_for_decode_jpeg():
+        if not self._is_rgb_or_grey_jpeg():
             return None
         self._image.close()
         try:
@@ -213,7 +214,8 @@ class ImageFile:
         except OSError as exc:
             raise BadImageError(self.path, exc) from None
 
-    def _jpeg_for_decode_jpeg(self) -> bool:
+    def _is_rgb_or_grey_jpeg(self) -> bool:
+        """What ``decode_jpeg`` and simplejpeg convert to RGB as PIL does (CMYK is left to PIL)."""
         return self._image.format == "JPEG" and self._image.mode in _TORCHVISION_MODES
 
     def _reducible(self, min_size: tuple[int, int] | None) -> bool:
@@ -256,7 +258,7 @@ class ImageFile:
         resample with torch."""
         if self.decoder == "pil":
             return self.decode(min_size)
-        if self.decoder in (SIMPLEJPEG, "auto") and self._jpeg_for_decode_jpeg():
+        if self.decoder in (SIMPLEJPEG, "auto") and self._is_rgb_or_grey_jpeg():
             module = simplejpeg_module()
             if module is not None:
                 return self._decode_simplejpeg(module, min_size)
