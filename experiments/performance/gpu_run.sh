@@ -15,11 +15,11 @@ export PYTHONWARNINGS=ignore
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 "$PY" -c "import torch, timm, pytorch_lightning as pl; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
 nproc | tee -a "$OUT/versions.txt"
-# simplejpeg (resflex[jpeg], what data.source.decoder=auto uses) is not in the GPU image: install it from
-# wheels carried along in .whl/ (pip download --only-binary=:all: --python-version 3.X simplejpeg
-# numpy -d .whl, then run(..., carry=[".whl"])); without it the loader figure has no simplejpeg
-# row and auto falls back to PIL / decode_jpeg
-if [ -d .whl ]; then "$PY" -m pip install -q --no-index --find-links .whl simplejpeg; fi
+# simplejpeg (resflex[jpeg], what data.source.decoder=auto uses) is not in the GPU image: carry its
+# wheel in .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl
+# simplejpeg==1.9.0) and install it before this script (pip install --no-index --no-deps --target
+# /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site); without it the loader figure has no simplejpeg
+# row and auto falls back to PIL / decode_jpeg. The line below records which case ran.
 "$PY" -c "import simplejpeg; print('simplejpeg', simplejpeg.__version__)" 2>/dev/null | tee -a "$OUT/versions.txt"
 
 bench() {  # bench NAME TIMEOUT_S ARGS...
