@@ -128,7 +128,9 @@ def write_photo_folder(root: Path, count: int, seed: int = 0) -> dict[str, Any]:
 
 
 # ---- pipelines: each returns a loader (an iterable of (uint8 images, labels)) ----------------------
-def resflex_loader(root: Path, decoder: str, split: str, geometry: str, size: int) -> Iterable:
+def resflex_loader(
+    root: Path, decoder: str, split: str, geometry: str, size: int, workers: int = 0
+) -> Iterable:
     from resflex.data.datamodule import ResflexDataModule
     from resflex.data.datasets import ImageFolderSource
     from resflex.data.resolution import FixedResolution
@@ -137,9 +139,9 @@ def resflex_loader(root: Path, decoder: str, split: str, geometry: str, size: in
         source=ImageFolderSource(str(root), decoder=decoder),
         schedule=FixedResolution(size, geometry=geometry),
         batch_size=BATCH_SIZE,
-        num_workers=0,
+        num_workers=workers,
         pin_memory=False,
-        persistent_workers=False,
+        persistent_workers=workers > 0,  # as in training (data.persistent_workers)
         prefetch_factor=None,
         augment={"scale": list(AUGMENT["scale"]), "ratio": list(AUGMENT["ratio"]), "hflip": True},
         eval_crop_pct=1.0,
@@ -147,7 +149,7 @@ def resflex_loader(root: Path, decoder: str, split: str, geometry: str, size: in
     return datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
 
 
-def timm_loader(root: Path, split: str, size: int) -> Iterable:
+def timm_loader(root: Path, split: str, size: int, workers: int = 0) -> Iterable:
     from timm.data import ImageDataset, create_loader
 
     loader = create_loader(
@@ -161,10 +163,10 @@ def timm_loader(root: Path, split: str, size: int) -> Iterable:
         color_jitter=None,
         interpolation="bilinear",
         crop_pct=1.0,
-        num_workers=0,
+        num_workers=workers,
         use_prefetcher=True,  # uint8 batches (fast_collate); normalisation would be on the device
         device=torch.device("cpu"),
-        persistent_workers=False,
+        persistent_workers=workers > 0,  # timm's default
     )
     return loader.loader  # the DataLoader inside the PrefetchLoader
 
