@@ -12,7 +12,8 @@ resflex (``data.source.decoder=auto``) and timm's ``create_loader``, train trans
 
 ``cost`` = inproc rate / workers rate per CPU-second: the factor by which worker processes
 raise the CPU an image needs in steady state (shared-memory hand-over, queues, the main
-process's side).
+process's side). ``--collate-only`` prints what one suspect costs alone: stacking a batch into a
+fresh shared-memory block, as every worker batch is, against ordinary memory.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/performance/loader_workers.py \\
         --json experiments/performance/loader_workers_cpu.json
@@ -54,6 +55,32 @@ def epoch(loader) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
     return images, wall, time.process_time() - cpu + _workers_cpu(loader) - workers
 
 
+def _stack_into_shared(images: list[torch.Tensor]) -> torch.Tensor:
+    """What ``default_collate`` does in a worker: the batch stacked into a new shared-memory block."""
+    first = images[0]
+    storage = first._typed_storage()._new_shared(len(images) * first.numel(), device=first.device)
+    return torch.stack(images, 0, out=first.new(storage).resize_(len(images), *first.shape))
+
+
+def collate_costs(sizes: list[int], batch: int = 32, repeats: int = 50) -> dict[str, float]:
+    """CPU ms per image to stack a batch of (3, s, s) uint8 images (HWC-backed, as the transforms
+    return them) into ordinary memory (in-process ``default_collate``) and into a fresh shared-memory
+    block (what ``default_collate`` does in a worker, so the batch can reach the main process)."""
+    from torch.utils.data import default_collate
+
+    costs = {}
+    for size in sizes:
+        images = [torch.zeros(size, size, 3, dtype=torch.uint8).permute(2, 0, 1) for _ in range(batch)]
+        labeled = [(image, 0) for image in images]
+        cases = (("ordinary", default_collate, labeled), ("shared", _stack_into_shared, images))
+        for name, step, arg in cases:
+            cpu = time.process_time()
+            for _ in range(repeats):
+                step(arg)
+            costs[f"{name}_{size}"] = round((time.process_time() - cpu) / repeats / batch * 1e3, 4)
+    return costs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=960)
@@ -61,8 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--collate-only", action="store_true", help="only the collate costs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    collate = collate_costs(args.sizes)
+    print("collate, CPU ms per image:", ", ".join(f"{k} {v}" for k, v in collate.items()))
+    if args.collate_only:
+        return
     load_start = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="resflex-workers-") as tmp:
@@ -107,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         "cores": os.cpu_count(),
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "rows": rows,
+        "collate_ms_per_image": collate,
     }
     print(
         f"{files['images']} JPEGs, {args.workers} workers, median of {args.repeats}; load {load_start[0]:.2f}"
