@@ -73,6 +73,16 @@ def test_odd_and_tiny_jpegs_match_pil_at_every_reduction(tmp_path: Path, subsamp
             assert scale == expected_scale and torch.equal(pixels, expected), (width, height, k)
 
 
+@pytest.mark.parametrize("progressive", [True, False])
+def test_progressive_and_optimised_jpegs_match_pil(tmp_path: Path, progressive: bool) -> None:
+    path = tmp_path / "encoded.jpg"
+    photo_like(333, 251, seed=5).save(path, quality=90, progressive=progressive, optimize=True)
+    for request in REQUESTS:
+        pixels, scale = ImageFile(path, "simplejpeg").decode_pixels(request)
+        expected, expected_scale = _pil_pixels(path, request)
+        assert scale == expected_scale and torch.equal(pixels, expected), request
+
+
 def test_reduction_is_pils_draft_rule() -> None:
     assert reduction((500, 375), (250, 188)) == 1  # floor division, as PIL: 375 // 188 = 1
     assert reduction((500, 375), (250, 187)) == 2
