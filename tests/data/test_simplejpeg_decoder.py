@@ -162,6 +162,26 @@ def test_a_missing_simplejpeg_is_refused_in_one_line(monkeypatch: pytest.MonkeyP
     assert "\n" not in message and "not installed" in message and "pip install 'resflex[jpeg]'" in message
 
 
+def test_a_jpeg_only_simplejpeg_refuses_is_decoded_by_the_fallback(tmp_path: Path) -> None:
+    """Junk bytes before a marker: libjpeg warns, PIL and decode_jpeg decode, simplejpeg raises. Such
+    files (frequent in scraped datasets) must decode as they did before simplejpeg, not become bad."""
+    from resflex.data.images import simplejpeg_module
+
+    clean = tmp_path / "clean.jpg"
+    photo_like(200, 150, seed=6).save(clean, quality=90)
+    data = clean.read_bytes()
+    start_of_scan = data.find(b"\xff\xda")
+    path = tmp_path / "junk.jpg"
+    path.write_bytes(data[:start_of_scan] + b"\x00\x01\x02" + data[start_of_scan:])
+    with pytest.raises(ValueError, match="extraneous bytes"):
+        simplejpeg_module().decode_jpeg(path.read_bytes())
+    for decoder in ("simplejpeg", "auto"):
+        for request in (None, (100, 75), (50, 37)):
+            pixels, scale = ImageFile(path, decoder).decode_pixels(request)
+            expected, expected_scale = _pil_pixels(path, request)
+            assert scale == expected_scale and torch.equal(pixels, expected), (decoder, request)
+
+
 def test_a_truncated_jpeg_is_a_bad_image(tmp_path: Path) -> None:
     bad = folder_with_a_truncated_jpeg(tmp_path / "images", per_class=2, size=(500, 375), keep_bytes=3000)
     for request in (None, (100, 80)):

@@ -27,10 +27,11 @@ cheap.
   and upsampling); the decode is 10-20 % faster than PIL's (whose decode loop adds overhead)
   and the PIL -> tensor copy is gone: ~0.2 ms less per image at 128 px from 500x375 photos,
   ``auto`` 1.57-1.61x timm's loader per core instead of ~1.3x (experiments/performance/README.md,
-  "Loader"). EXIF orientation is applied to the tensor. Other files as ``torchvision``.
-- ``auto``: ``simplejpeg`` when it is installed; otherwise as ``torchvision``, except that
-  a JPEG PIL can decode at 1/2 scale or less for the request is decoded so by PIL (then
-  resampled by torch). :data:`AUTO_RULE` says why.
+  "Loader"). EXIF orientation is applied to the tensor. Other files as ``torchvision``; a JPEG
+  simplejpeg refuses (it makes some libjpeg warnings errors) is decoded by PIL.
+- ``auto``: ``simplejpeg`` when it is installed (and accepts the file); otherwise as
+  ``torchvision``, except that a JPEG PIL can decode at 1/2 scale or less for the request is
+  decoded so by PIL (then resampled by torch). :data:`AUTO_RULE` says why.
 - ``device`` (``resolution.geometry=square`` only): the workers only read a JPEG's bytes
   (:meth:`ImageFile.read_jpeg`) and draw its framing; the batch is decoded by
   ``decode_jpeg(list, device=...)`` (nvJPEG on a GPU) and cropped, resized and flipped on the
@@ -260,8 +261,12 @@ class ImageFile:
             return self.decode(min_size)
         if self.decoder in (SIMPLEJPEG, "auto") and self._is_rgb_or_grey_jpeg():
             module = simplejpeg_module()
-            if module is not None:
-                return self._decode_simplejpeg(module, min_size)
+            decoded = self._decode_simplejpeg(module, min_size) if module is not None else None
+            if decoded is not None:
+                return decoded
+            if self.decoder == SIMPLEJPEG:  # a file simplejpeg refuses: PIL decides (its pixels are the same)
+                image, scale = self.decode(min_size)
+                return pil_to_tensor(image), scale
         data = None if self.decoder == "auto" and self._reducible(min_size) else self.read_jpeg()
         if data is None:  # not for decode_jpeg, or auto's reduced decode
             image, scale = self.decode(min_size)
@@ -271,14 +276,21 @@ class ImageFile:
         except RuntimeError as exc:
             raise BadImageError(self.path, decode_jpeg_reason(exc)) from None
 
-    def _decode_simplejpeg(self, module: ModuleType, min_size: Size | None) -> tuple[torch.Tensor, float]:
-        """``simplejpeg``: the JPEG decoded at PIL's reduction for ``min_size`` (PIL's pixels), oriented."""
+    def _decode_simplejpeg(
+        self, module: ModuleType, min_size: Size | None
+    ) -> tuple[torch.Tensor, float] | None:
+        """``simplejpeg``: the JPEG decoded at PIL's reduction for ``min_size`` (PIL's pixels), oriented;
+        None when simplejpeg refuses the file (the caller falls back to PIL).
+
+        Why a fallback rather than a bad image: simplejpeg turns libjpeg's warnings into errors
+        (e.g. "extraneous bytes before marker", common in scraped datasets), which PIL and
+        ``decode_jpeg`` decode; PIL then decides, so a file is bad exactly when it was before.
+        """
         raw_size = self._image.size  # as stored, before EXIF orientation
         k = 1
         if self._reducible(min_size):
             width, height = min_size  # type: ignore[misc]
             k = reduction(raw_size, (height, width) if self._swapped else (width, height))
-        self._image.close()
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -289,8 +301,9 @@ class ImageFile:
                 min_height=-(-raw_size[1] // k),
                 min_factor=k,
             )
-        except (OSError, ValueError) as exc:
-            raise BadImageError(self.path, exc) from None
+        except (OSError, ValueError):
+            return None  # the header PIL read is still open for its decode
+        self._image.close()
         tensor = orient(torch.from_numpy(pixels).permute(2, 0, 1), self._orientation)
         return tensor, 1.0 / k  # as PIL's draft reports it (the decoded size is rounded up)
 
