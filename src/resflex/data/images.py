@@ -29,7 +29,7 @@ cheap.
   ``auto`` 1.57-1.61x timm's loader per core instead of ~1.3x (experiments/performance/README.md,
   "Loader"). EXIF orientation is applied to the tensor. Other files as ``torchvision``; a JPEG
   simplejpeg refuses (it makes some libjpeg warnings errors) is decoded by PIL.
-- ``auto``: ``simplejpeg`` when it is installed (and accepts the file); otherwise as
+- ``auto``: ``simplejpeg`` when it is installed; otherwise as
   ``torchvision``, except that a JPEG PIL can decode at 1/2 scale or less for the request is
   decoded so by PIL (then resampled by torch). :data:`AUTO_RULE` says why.
 - ``device`` (``resolution.geometry=square`` only): the workers only read a JPEG's bytes
@@ -261,12 +261,12 @@ class ImageFile:
             return self.decode(min_size)
         if self.decoder in (SIMPLEJPEG, "auto") and self._is_rgb_or_grey_jpeg():
             module = simplejpeg_module()
-            decoded = self._decode_simplejpeg(module, min_size) if module is not None else None
-            if decoded is not None:
+            if module is not None:
+                decoded = self._decode_simplejpeg(module, min_size)
+                if decoded is None:  # a file simplejpeg refuses: PIL decides (the same pixels)
+                    image, scale = self.decode(min_size)
+                    return pil_to_tensor(image), scale
                 return decoded
-            if self.decoder == SIMPLEJPEG:  # a file simplejpeg refuses: PIL decides (its pixels are the same)
-                image, scale = self.decode(min_size)
-                return pil_to_tensor(image), scale
         data = None if self.decoder == "auto" and self._reducible(min_size) else self.read_jpeg()
         if data is None:  # not for decode_jpeg, or auto's reduced decode
             image, scale = self.decode(min_size)
@@ -282,9 +282,10 @@ class ImageFile:
         """``simplejpeg``: the JPEG decoded at PIL's reduction for ``min_size`` (PIL's pixels), oriented;
         None when simplejpeg refuses the file (the caller falls back to PIL).
 
-        Why a fallback rather than a bad image: simplejpeg turns libjpeg's warnings into errors
-        (e.g. "extraneous bytes before marker", common in scraped datasets), which PIL and
-        ``decode_jpeg`` decode; PIL then decides, so a file is bad exactly when it was before.
+        Why a fallback rather than a bad image: simplejpeg turns some of libjpeg's warnings into
+        errors (e.g. "extraneous bytes before marker", common in scraped datasets), which PIL
+        decodes silently (``decode_jpeg`` too, printing the warning); PIL then decides, so a file
+        is bad exactly when it was before.
         """
         raw_size = self._image.size  # as stored, before EXIF orientation
         k = 1
