@@ -187,3 +187,24 @@ def test_a_truncated_jpeg_is_a_bad_image(tmp_path: Path) -> None:
     for request in (None, (100, 80)):
         with pytest.raises(BadImageError, match="1.jpg"):
             ImageFile(bad, "simplejpeg").decode_pixels(request)
+
+
+def test_an_auto_run_without_simplejpeg_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import resflex.data.datasets as datasets
+    from resflex.data.datasets import ImageFolderSource
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    for i in range(2):
+        photo_like(64, 48, seed=i).save(tmp_path / "train" / "a" / f"{i}.jpg")
+    hint = "pip install 'resflex[jpeg]'"
+    with caplog.at_level("INFO", logger="resflex"):
+        ImageFolderSource(str(tmp_path), val_fraction=0.5)
+    assert hint not in caplog.text  # installed here: nothing to say
+    monkeypatch.setattr(datasets, "simplejpeg_module", lambda: None)
+    with caplog.at_level("INFO", logger="resflex"):
+        ImageFolderSource(str(tmp_path), val_fraction=0.5, decoder="pil")
+        assert hint not in caplog.text  # the user chose a decoder
+        ImageFolderSource(str(tmp_path), val_fraction=0.5)
+    assert hint in caplog.text

@@ -12,6 +12,7 @@ what is added here is the one-line errors and the seeded train/val split.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -27,9 +28,12 @@ from resflex.data.images import (
     check_decoder,
     header_is_readable,
     open_image,
+    simplejpeg_module,
 )
 from resflex.data.synthetic import SyntheticShapes
 from resflex.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class ImageSource:
@@ -131,6 +135,11 @@ class ImageFolderSource(ImageSource):
         decoder: str = DEFAULT_DECODER,
     ) -> None:
         self.decoder = check_decoder(decoder)
+        if self.decoder == "auto" and simplejpeg_module() is None:
+            log.info(
+                "JPEGs are decoded by PIL / decode_jpeg: install simplejpeg (pip install 'resflex[jpeg]') "
+                "for the same pixels in less CPU time (experiments/performance/README.md, Loader)"
+            )
         self.bad_images = BadImagePolicy(on_bad_image, bad_image_log)
         if not root:
             raise DataError(
