@@ -26,7 +26,8 @@ from resflex.build import build_datamodule
 from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.datamodule import ResflexDataModule, SizedDataset
 from resflex.data.datasets import ImageFolderSource
-from resflex.data.device_decode import DeviceFraming, EncodedBatch, collate_encoded, orient
+from resflex.data.device_decode import DeviceFraming, EncodedBatch, collate_encoded
+from resflex.data.images import orient
 from resflex.data.resolution import FixedResolution, FixResResolution
 from resflex.data.transforms import TrainTransform
 from resflex.errors import ConfigError

@@ -62,7 +62,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from resflex.data.bad_images import BadImageError, BadImagePolicy
-from resflex.data.images import DEVICE_DECODER, ImageFile, decode_jpeg_reason
+from resflex.data.images import DEVICE_DECODER, ImageFile, decode_jpeg_reason, orient
 from resflex.data.transforms import EvalTransform, TrainTransform
 from resflex.errors import ConfigError, DataError
 
@@ -93,26 +93,6 @@ def check_device_decode(
                     f"data.source.decoder={DEVICE_DECODER} leaves undecoded",
                     hint=f"{where}.{key}=null, or {_HINT}",
                 )
-
-
-def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """A (C, H, W) ``image`` turned by its EXIF ``orientation`` (1-8) as ``ImageOps.exif_transpose``
-    turns it, on the image's device (1 and unknown values leave it as it is)."""
-    if orientation == 2:
-        return image.flip(-1)
-    if orientation == 3:
-        return image.flip(-2, -1)
-    if orientation == 4:
-        return image.flip(-2)
-    if orientation == 5:  # transpose
-        return image.transpose(-2, -1)
-    if orientation == 6:  # 90 degrees clockwise
-        return image.rot90(-1, (-2, -1))
-    if orientation == 7:  # transverse
-        return image.transpose(-2, -1).flip(-2, -1)
-    if orientation == 8:  # 90 degrees counter-clockwise
-        return image.rot90(1, (-2, -1))
-    return image
 
 
 @dataclass(frozen=True)

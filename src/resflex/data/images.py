@@ -127,9 +127,10 @@ def reduction(size: Size, min_size: Size) -> int:
 
 
 def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
-    """A (C, H, W) tensor turned by its EXIF ``orientation`` as ``ImageOps.exif_transpose`` turns a PIL
-    image (1: unchanged; 2-8: the mirrored and rotated cases of the EXIF standard). Written here because
-    torchvision applies EXIF orientation only inside its own decoders, and simplejpeg not at all."""
+    """A (C, H, W) tensor turned by its EXIF ``orientation`` (1-8) as ``ImageOps.exif_transpose`` turns a
+    PIL image, on the tensor's device (1 and unknown values leave it as it is): simplejpeg's decodes and
+    ``data.source.decoder=device``'s batches. Written here because torchvision applies EXIF orientation
+    only inside its own decoders, and simplejpeg not at all."""
     if orientation == 2:
         return pixels.flip(-1)
     if orientation == 3:
