@@ -3,6 +3,7 @@ saw, for every pooling head and for a ViT with dynamic_img_size; failures are on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,17 @@ def test_an_export_that_disagrees_is_not_written(tmp_path: Path, monkeypatch: py
     with pytest.raises(ConfigError, match="differs from the eager model by 1 .*not valid at every size"):
         export_classifier(tiny_classifier("avg"), "torchscript", tmp_path / "m.pt", sizes=SIZES)
     assert not list(tmp_path.iterdir())
+
+
+def test_torchscript_carries_the_robust_range(tmp_path: Path) -> None:
+    """The run's robust range travels with the file (robustness.json), as the ONNX metadata does."""
+    classifier = tiny_classifier("avg")
+    curve = {"32": 0.5, "48": 0.8, "64": 0.82, "96": 0.81, "128": 0.6}
+    classifier.info["metrics"] = {f"val/acc@{tag}": acc for tag, acc in curve.items()}
+    out = tmp_path / "model.pt"
+    record = export_classifier(classifier, "torchscript", out, sizes=SIZES)
+    extra = {"robustness.json": ""}
+    torch.jit.load(str(out), _extra_files=extra)
+    (robust,) = json.loads(extra["robustness.json"])
+    assert robust["sizes"] == [[48, 48], [64, 64], [96, 96]] and record["robustness"] == [robust]
+    assert (robust["low_scale"], robust["high_scale"], robust["trained_size"]) == (0.75, 1.5, [64, 64])

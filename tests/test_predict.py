@@ -1,12 +1,15 @@
 """Using a trained run: load_classifier, scripts/predict.py (accuracy equal to scripts/eval.py, native sizes
-by aspect bucket, bad inputs one line with nothing written), scripts/export.py to ONNX checked in onnxruntime
-at a size it never checked, and the model card."""
+by aspect bucket, auto sizes from the run's robustness curve, bad inputs one line with nothing written),
+scripts/export.py to ONNX checked in onnxruntime at a size it never checked (its robust range in the
+metadata), and the model card."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +81,8 @@ def test_model_card_written_by_training(trained: dict) -> None:
         "| val | 48 |",
         "[0, 1]",
         "python scripts/train.py",
+        "## Robustness across sizes",
+        "- val: accuracy within 0.03 of the best",
     ):
         assert text in card, text
     assert json.loads((trained["run"] / "classes.json").read_text()) == ["cats", "dogs", "owls"]
@@ -141,6 +146,41 @@ def test_predict_native_batches_by_bucket_and_covers_every_file_once(trained: di
         assert abs(np.log(aspect) - np.log(ratios[r["bucket"]])) < 0.45
     assert all(len(shapes) == 1 for shapes in batches.values())  # one shape and bucket per batch
     assert len({shape for shapes in batches.values() for shape in shapes}) > 1
+
+
+def test_predict_auto_runs_each_image_at_its_nearest_robust_size(trained: dict, tmp_path: Path) -> None:
+    """A copy of the run whose recorded val curve is robust on 24-48 px (16 and 64 px drop by more than
+    0.03): the smallest images run at 24 px, the largest at 48, every image at a robust size, on its
+    keep_aspect bucket's shape (short side = the size), one shape per batch; CSV and JSON say which."""
+    from resflex.predict import predict
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    record = json.loads((run / "metrics.json").read_text())
+    curve = {"16": 0.40, "24": 0.80, "32": 0.82, "48": 0.80, "64": 0.50}
+    record["metrics"] = {k: v for k, v in record["metrics"].items() if "/acc@" not in k}
+    record["metrics"] |= {f"val/acc@{tag}": acc for tag, acc in curve.items()}
+    (run / "metrics.json").write_text(json.dumps(record))
+    out = tmp_path / "preds.json"
+    args = [f"ckpt_path={run}", f"input={trained['data'] / 'val'}", "predict.size=auto"]
+    result = predict(compose_config("predict", [*args, f"output={out}"], tmp_path / "predict"))
+    assert result["size"] == "auto" and result["auto_sizes_from"] == "val"
+    assert result["auto_sizes"] == [[24, 24], [32, 32], [48, 48]]
+    rows = json.loads(out.read_text())["predictions"]
+    assert len(rows) == result["images"] == 24 and result["accuracy"] is not None
+    area = {r["path"]: math.prod(file_image_size(r["path"])) for r in rows}
+    smallest, largest = min(rows, key=lambda r: area[r["path"]]), max(rows, key=lambda r: area[r["path"]])
+    assert (smallest["size"], largest["size"]) == ("24", "48")
+    batches: dict[int, set] = {}
+    for r in rows:
+        assert r["size"] in ("24", "32", "48") and min(r["height"], r["width"]) == int(r["size"])
+        batches.setdefault(r["batch"], set()).add((r["height"], r["width"]))
+    assert all(len(shapes) == 1 for shapes in batches.values())
+    assert len({r["size"] for r in rows}) >= 2
+    out_csv = tmp_path / "preds.csv"
+    predict(compose_config("predict", [*args, f"output={out_csv}"], tmp_path / "predict"))
+    sizes = {r["path"]: r["size"] for r in csv.DictReader(out_csv.open())}
+    assert sizes == {r["path"]: r["size"] for r in rows}
 
 
 def test_predict_skips_unreadable_files(trained: dict, tmp_path: Path) -> None:
@@ -218,7 +258,12 @@ def test_export_onnx_runs_in_onnxruntime_at_an_unchecked_size(trained: dict, tmp
     assert any(int(s.split("x")[0]) != int(s.split("x")[1]) for s in checked)
     assert (out.parent / "model_card.md").read_text().startswith("# Model card")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert json.loads(session.get_modelmeta().custom_metadata_map["classes"]) == ["cats", "dogs", "owls"]
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["classes"]) == ["cats", "dogs", "owls"]
+    (robust,) = json.loads(metadata["robustness"])  # the run's val curve: 32 and 48 px
+    assert robust["split"] == "val" and robust["trained_size"] == [32, 32] and robust["tolerance"] == 0.03
+    assert robust["evaluated"] == [[32, 32], [48, 48]] and record["robustness"] == [robust]
+    assert "## Robustness across sizes" in (out.parent / "model_card.md").read_text()
     model = load_classifier(trained["ckpt"])
     x = torch.rand(3, 3, 56, 104)  # a size and aspect the export never checked
     assert "56x104" not in checked

@@ -1,4 +1,5 @@
-"""summarize.py on a fixture sweep: metrics.json files written here, in every state a job can be in."""
+"""summarize.py on a fixture sweep: metrics.json files written here, in every state a job can be in; the
+robustness columns (worst, mean over sizes, range) as logged, or computed from the per-size tags."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 from resflex.summarize import main, summarize
+from resflex.training.robustness import summarize_sizes
 from tests.conftest import REPO, run_cli
 
 
@@ -87,7 +89,8 @@ def test_summary_table_rows_order_and_files(tmp_path: Path) -> None:
     ]
     assert [r["status"] for r in rows] == ["completed", "completed", "failed", "running", "missing"]
     assert list(rows[0]) == [
-        "job", "pooling", "status", "val/acc", "best val/acc", "test/acc", "val/acc@32", "val/acc@64",
+        "job", "pooling", "status", "val/acc", "best val/acc", "test/acc",
+        "val/acc_worst", "val/acc_mean_sizes", "val/acc_range", "val/acc@32", "val/acc@64",
         "img/s", "time_s", "error",
     ]  # fmt: skip
     assert rows[0]["val/acc"] == "0.8300" and rows[1]["best val/acc"] == "0.7500"
@@ -135,3 +138,37 @@ def test_script_runs_as_a_user_types_it(tmp_path: Path) -> None:
     rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
     assert lines[rule + 1].startswith("pooling=max") and "0.8300" in lines[rule + 1]
     assert "wrote" in lines[-1] and (sweep / "summary.md").is_file()
+
+
+def test_robustness_columns_equal_summarize_sizes_of_the_per_size_tags(tmp_path: Path) -> None:
+    """A run from before the summary was logged gets it computed from its ``acc@<size>`` tags (val and
+    test, square and non-square); a run that logged it shows what it logged."""
+    sweep = tmp_path / "sweep"
+    curve = {"32": 0.55, "48": 0.80, "64": 0.82, "96": 0.81, "128": 0.60}
+    test_curve = {"32": 0.5, "48x80": 0.7, "64": 0.72}
+    old = {f"val/acc@{tag}": acc for tag, acc in curve.items()}
+    old |= {f"test/acc@{tag}": acc for tag, acc in test_curve.items()}
+    write_job(sweep, "seed=1", ["seed=1"], {"status": "completed", "metrics": {"val/acc": 0.82, **old}})
+    logged = {"val/acc_worst": 0.4, "val/acc_mean_sizes": 0.5, "val/acc_range": 3.0, "val/acc@64": 0.6}
+    write_job(sweep, "seed=2", ["seed=2"], {"status": "completed", "metrics": {"val/acc": 0.6, **logged}})
+    text = summarize(sweep, sort="val/acc")
+    rows = {r["job"]: r for r in csv.DictReader((sweep / "summary.csv").read_text().splitlines())}
+    expected = summarize_sizes({(int(t), int(t)): a for t, a in curve.items()}, main=(64, 64))
+    row = rows["seed=1"]
+    assert row["val/acc_worst"] == f"{expected.worst:.4f}" == "0.5500"
+    assert row["val/acc_mean_sizes"] == f"{expected.mean:.4f}"
+    assert row["val/acc_range"] == f"{expected.range:.2f}" == "2.00"  # 48 to 96 px hold up
+    sizes = {(32, 32): 0.5, (48, 80): 0.7, (64, 64): 0.72}
+    expected_test = summarize_sizes(sizes, main=(64, 64))
+    assert row["test/acc_worst"] == "0.5000" and row["test/acc_range"] == f"{expected_test.range:.2f}"
+    assert row["test/acc_mean_sizes"] == f"{expected_test.mean:.4f}"
+    assert (rows["seed=2"]["val/acc_worst"], rows["seed=2"]["val/acc_range"]) == ("0.4000", "3.00")
+    assert rows["seed=2"]["test/acc_worst"] == "-"  # never tested
+    header = next(line for line in text.splitlines() if line.startswith("job"))
+    assert "val/acc_worst" in header and "test/acc_range" in header
+    assert "| val/acc_worst | val/acc_mean_sizes | val/acc_range |" in (sweep / "summary.md").read_text()
+    by_worst = summarize(sweep, sort="val/acc_worst", write=False)
+    assert [line.split()[0] for line in by_worst.splitlines() if line.startswith("seed=")] == [
+        "seed=1",
+        "seed=2",
+    ]

@@ -16,6 +16,12 @@ written to a temporary name beside ``output`` and renamed only then, so a failed
 export leaves nothing behind. A model that cannot be exported with dynamic sizes
 fails with one line that says why. The run's ``model_card.md`` is copied beside the file.
 
+The file also says which sizes to feed it: the run's *robust range* — per split with an
+accuracy-per-size curve, the contiguous sizes around the best whose accuracy stays within
+0.03 of it, in px and × of the trained size (:class:`resflex.model_card.RobustRange`) — is
+in the ONNX metadata (``robustness``), in the TorchScript / ``.pt2`` extra files
+(``robustness.json``), in the model card beside the file and in the returned record.
+
 Formats: ``onnx`` (torch.onnx's torch.export-based exporter; class names and the
 input convention in the model's metadata), ``torchscript`` (``torch.jit.trace``;
 sizes stay symbolic in the trace), ``exported`` (``torch.export`` with symbolic
@@ -53,6 +59,12 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 INPUT_CONVENTION = (
     "float32 RGB in [0, 1], shape (B, 3, H, W), normalisation inside; output: logits (B, classes)"
 )
+
+
+def robustness_records(classifier: ResflexClassifier) -> list[dict[str, Any]]:
+    """The run's robust ranges, one record per split with a per-size curve (``[]`` when none): an
+    exported file travels without its run folder, so it carries which sizes it holds up at."""
+    return [r.as_dict() for r in classifier.robust_ranges()]
 
 
 def prepare_for_export(classifier: ResflexClassifier) -> tuple[nn.Module, list[str]]:
@@ -173,6 +185,7 @@ def export_onnx(
     metadata["input"] = INPUT_CONVENTION
     metadata["train_sizes"] = json.dumps(classifier.train_sizes)
     metadata["backbone"] = str(classifier.info.get("backbone", ""))
+    metadata["robustness"] = json.dumps(robustness_records(classifier))
     program.save(str(path), external_data=False)
 
 
@@ -181,8 +194,18 @@ def export_torchscript(
 ) -> None:
     with _capture():
         traced = torch.jit.trace(model, example, check_trace=False)
-    extra = {"classes.json": json.dumps(classifier.classes), "input.txt": INPUT_CONVENTION}
+    extra = _extra_files(classifier)
     torch.jit.save(traced, str(path), _extra_files=extra)
+
+
+def _extra_files(classifier: ResflexClassifier) -> dict[str, str]:
+    """What a TorchScript or ``.pt2`` file carries beside the model: class names, input convention,
+    robust range."""
+    return {
+        "classes.json": json.dumps(classifier.classes),
+        "input.txt": INPUT_CONVENTION,
+        "robustness.json": json.dumps(robustness_records(classifier)),
+    }
 
 
 class _BatchOfTwoOrMore(nn.Module):
@@ -220,7 +243,7 @@ def export_program(
         program = torch.export.export(model, (example,), dynamic_shapes={"x": _dims()})
         if _min_batch(program) > 1:
             program = torch.export.export(_BatchOfTwoOrMore(model), (example,), dynamic_shapes={"x": _dims()})
-    extra = {"classes.json": json.dumps(classifier.classes), "input.txt": INPUT_CONVENTION}
+    extra = _extra_files(classifier)
     torch.export.save(program, str(path), extra_files=extra)
 
 
@@ -335,6 +358,7 @@ def export_classifier(
     return {
         "format": fmt,
         "file": str(output),
+        "robustness": robustness_records(classifier),
         "checks": rows,
         "max_abs_diff": max(r["max_abs_diff"] for r in rows),
         "replaced_pools": replaced,
@@ -383,6 +407,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         seen = "yes" if row["trained"] else "no"
         print(f"{row['size']:>9}  {row['batch']:>5}  {seen:>16}  {row['max_abs_diff']:>21.3g}")
     print(f"max abs diff: {record['max_abs_diff']:.3g} (check.atol={float(check.get('atol', 1e-3)):g})")
+    for robust in classifier.robust_ranges():
+        print(f"robust range ({robust.stage}): {robust.span_text()} (in the file's metadata and model card)")
     if card:
         print(f"model card: {card}")
     return record

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resflex.errors import ConfigError, DataError, first_line
+from resflex.model_card import RobustRange, read_run_record, robust_ranges
 from resflex.models.checkpoint import (
     HEAD_PREFIX,
     find_run_config,
@@ -71,7 +72,8 @@ class ResflexClassifier(nn.Module):
         self.classes = list(classes)
         self.train_sizes = list(train_sizes or [])
         self.eval_size = eval_size
-        #: what the run says about itself: backbone, pooling, geometry, multiple, run folder, checkpoint...
+        #: what the run says about itself: backbone, pooling, geometry, multiple, run folder, checkpoint,
+        #: ``metrics`` (its ``metrics.json`` record's final metrics: accuracy per size...)
         self.info = dict(info or {})
 
     @property
@@ -86,6 +88,11 @@ class ResflexClassifier(nn.Module):
         if patch_embed is not None and hasattr(patch_embed, "patch_size"):
             return 1 if getattr(patch_embed, "dynamic_img_pad", False) else int(max(patch_embed.patch_size))
         return max(1, int(backbone.reduction) // 2)
+
+    def robust_ranges(self) -> list[RobustRange]:
+        """The sizes the run holds up at, per split with a per-size curve (val, then test; see
+        :class:`resflex.model_card.RobustRange`); ``[]`` when the run recorded none."""
+        return robust_ranges(self.info.get("metrics") or {}, self.eval_size)
 
     def check_size(self, size: Size, key: str = "size") -> None:
         """One-line :class:`ConfigError` for a size the backbone cannot take (fixed-size ViT, too small)."""
@@ -247,6 +254,7 @@ def load_classifier(
         except Exception as exc:
             log.warning("could not read the run's training sizes: %s", exc)
     backbone = model.backbone
+    record = read_run_record(run.run_dir)
     info = {
         "checkpoint": str(run.path),
         "run_dir": str(run.run_dir),
@@ -254,13 +262,14 @@ def load_classifier(
         "backbone": str(cfg.backbone.name),
         "pooling": str(OmegaConf.select(cfg, "pooling._target_", default="")).rsplit(".", 1)[-1],
         "geometry": (
-            trained_framing(run.run_dir)
+            _recorded_framing(record)
             or (str(OmegaConf.select(cfg, "resolution.geometry", default="square")),)
         )[0],
         "multiple": int(OmegaConf.select(cfg, "resolution.multiple", default=8) or 8),
         "aspect_ratios": [float(a) for a in getattr(schedule, "aspect_ratios", ()) or ()],
         "eval_crop_pct": float(OmegaConf.select(cfg, "data.eval_crop_pct", default=1.0) or 1.0),
         "reduction": int(backbone.reduction),
+        "metrics": dict(record.get("metrics") or {}),
     }
     classifier = ResflexClassifier(
         model,
@@ -293,14 +302,13 @@ def make_eval_transform(crop_pct: float = 1.0, geometry: str = "square", **extra
 
 def trained_framing(run_dir: Path | None) -> tuple[str, list[int] | None] | None:
     """(geometry, pad fill) the run trained with, from its ``metrics.json`` ``data_profile``, if any."""
-    path = Path(run_dir) / "metrics.json" if run_dir is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        profile = json.loads(path.read_text()).get("data_profile") or {}
-    except (OSError, ValueError):
-        return None
-    geometry = profile.get("geometry")
+    return _recorded_framing(read_run_record(run_dir))
+
+
+def _recorded_framing(record: dict[str, Any]) -> tuple[str, list[int] | None] | None:
+    """:func:`trained_framing` of a record already read (``load_classifier`` reads it once for all)."""
+    profile = record.get("data_profile") or {}
+    geometry = profile.get("geometry") if isinstance(profile, dict) else None
     return (str(geometry), profile.get("mean_color")) if geometry else None
 
 

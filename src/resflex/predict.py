@@ -1,5 +1,5 @@
 """Predict with a trained run: ``python scripts/predict.py ckpt_path=CKPT input=PATH [output=preds.csv|.json]
-[predict.size=64|[h,w]|native]``.
+[predict.size=64|[h,w]|native|auto]``.
 
 ``input`` is an image, a folder, or a folder tree (image files by extension, as
 image folders are read for training). Each image is decoded and framed exactly as
@@ -16,6 +16,20 @@ by ``predict.max_side``, on its aspect-ratio bucket's shape (the run's
 ``aspect_ratios``), sides rounded to the run's ``multiple`` — and batched by bucket
 and shape, so a batch never mixes shapes and no image is resized far from what it is.
 
+``auto``: every image at the size the model is best at for it. The candidates are the
+run's *robust sizes*: of its accuracy-per-size curve (``metrics.json``'s
+``val/acc@<size>``, else ``test/acc@<size>``) the contiguous sizes around the best one
+whose accuracy stays within 0.03 of the best, as
+:func:`resflex.training.robustness.summarize_sizes` defines ``acc_range``; a run without
+a curve has one candidate, its eval size. Each image gets the candidate whose shape is
+closest to the image in log scale — by the side of the square of equal area,
+sqrt(h*w), of the image and of the candidate's shape (for ``keep_aspect`` runs its
+aspect bucket's shape at that size, as for a fixed size; otherwise the size itself) —
+so an image smaller than every robust size runs at the smallest, a larger one at the
+largest, and none at a size the model was not measured to hold up at. Images are
+batched by shape, as for ``native``. The size chosen is recorded per image (``size``
+in the output) and the candidates in the record (``auto_sizes``).
+
 Unreadable files are reported and skipped; a single unreadable ``input``, a missing
 or unsafe checkpoint, an empty folder are one-line errors. The output file is
 written once, atomically, after every prediction: an error leaves nothing behind.
@@ -31,7 +45,9 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +62,9 @@ from resflex.data.images import DEFAULT_DECODER, IMAGE_EXTENSIONS, open_image
 from resflex.data.resolution import parse_size
 from resflex.errors import ConfigError, DataError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, eval_framing, load_classifier, round_to
+from resflex.model_card import robust_ranges
+from resflex.runtime import size_tag
+from resflex.training.robustness import RANGE_TOLERANCE
 
 log = logging.getLogger("resflex")
 Size = tuple[int, int]
@@ -100,14 +119,19 @@ def collect_inputs(path: str | Path, classes: list[str]) -> Inputs:
     return Inputs(root=root, files=files, labels=labels, ignored=ignored)
 
 
+#: the named ``predict.size`` values (a side or [h, w] otherwise)
+NAMED_SIZES = ("native", "auto")
+
+
 def parse_predict_size(value: Any, classifier: ResflexClassifier) -> Size | str:
-    """``null`` -> the run's eval size; ``native``; ``64`` or ``[h, w]`` (checked against the backbone)."""
+    """``null`` -> the run's eval size; ``native``; ``auto``; ``64`` or ``[h, w]`` (checked against the
+    backbone)."""
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value)
     if value is None:
         size = classifier.eval_size or (64, 64)
-    elif isinstance(value, str) and value.lower() == "native":
-        return "native"
+    elif isinstance(value, str) and value.lower() in NAMED_SIZES:
+        return value.lower()
     else:
         if isinstance(value, str) and value.isdigit():
             value = int(value)
@@ -115,18 +139,62 @@ def parse_predict_size(value: Any, classifier: ResflexClassifier) -> Size | str:
             size = parse_size(value, "predict.size")
         except ConfigError as exc:
             raise ConfigError(
-                exc.message, hint="predict.size=64, predict.size=[48,80] or predict.size=native"
+                exc.message, hint="predict.size=64, predict.size=[48,80], predict.size=native or auto"
             ) from None
     classifier.check_size(size, "predict.size")
     return size
 
 
+def auto_sizes(metrics: Mapping[str, Any], main: Size) -> tuple[list[Size], str]:
+    """``predict.size=auto``'s candidates and where they come from: the robust sizes of the val
+    curve (``"val"``), else of the test curve (``"test"``), else ``[main]`` (``"eval size"``).
+
+    ``metrics``: the run's ``metrics.json`` metrics (``ResflexClassifier.info["metrics"]``).
+    """
+    ranges = robust_ranges(metrics, main)
+    if not ranges:
+        return [main], "eval size"
+    return ranges[0].sizes, ranges[0].stage
+
+
+def nearest_size(side: float, sizes: Sequence[Size], shape_of: Callable[[Size], Size] | None = None) -> Size:
+    """The size in ``sizes`` whose shape is closest to an image of side ``side`` (sqrt of its area),
+    in log scale: ratios count, not pixels (24 px is as far from 48 as 96 is).
+
+    ``shape_of(size)``: the (h, w) an image runs at for ``size`` (its aspect bucket's shape for
+    ``keep_aspect``); default the size itself. A tie goes to the larger size (more detail).
+    """
+    if not sizes:
+        raise ValueError("nearest_size needs at least one size")
+    side = max(float(side), 1e-6)
+
+    def distance(size: Size) -> tuple[float, int]:
+        h, w = shape_of(size) if shape_of is not None else size
+        # rounded: a tie up to float error (an image at the geometric mean of two sizes) is a tie
+        return round(abs(math.log(math.sqrt(h * w) / side)), 9), -size[0] * size[1]
+
+    return min(sizes, key=distance)
+
+
+def framed_shape(schedule: Any, size: Size, aspect: float) -> Size:
+    """The (h, w) a fixed ``size`` runs at for an image in the aspect bucket ``aspect``: the bucket's
+    shape for ``keep_aspect`` (:meth:`ResolutionSchedule.shape_for`, as evaluation frames it), else
+    the size itself."""
+    if schedule is None:
+        return size
+    h, w = schedule.shape_for(size, aspect)
+    return int(h), int(w)
+
+
 @dataclass
 class Plan:
-    """Batches of file indices, each with one (h, w); ``bucket`` per batch (None: no bucketing)."""
+    """Batches of file indices, each with one (h, w); ``bucket`` per batch (None: no bucketing);
+    ``sizes``: the size each file runs at (``predict.size``'s value for it: auto's choice,
+    native's shape)."""
 
     batches: list[tuple[Size, list[int], int | None]] = field(default_factory=list)
     unreadable: dict[int, str] = field(default_factory=dict)
+    sizes: dict[int, Size] = field(default_factory=dict)
 
 
 def plan_batches(
@@ -139,17 +207,22 @@ def plan_batches(
     multiple: int,
     min_side: int,
     max_side: int,
+    candidates: list[Size] | None = None,
 ) -> Plan:
     """Group files into batches of one shape.
 
     A fixed size with ``keep_aspect`` mirrors evaluation (bucket shape at the size's
     area, :meth:`ResolutionSchedule.shape_for`); other geometries use the size as is.
     ``native``: bucket by aspect, then the image's own area (sides clamped to
-    ``[min_side, max_side]``) on the bucket's shape, rounded to ``multiple``. Header
-    reads only; files whose header does not parse are set aside as unreadable.
+    ``[min_side, max_side]``) on the bucket's shape, rounded to ``multiple``.
+    ``auto``: each image at the size of ``candidates`` (:func:`auto_sizes`) nearest to it
+    (:func:`nearest_size`), framed as that fixed size would be. Header reads only;
+    files whose header does not parse are set aside as unreadable.
     """
     plan = Plan()
-    need_sizes = size == "native" or geometry == "keep_aspect"
+    if size == "auto" and not candidates:
+        raise ValueError("predict.size=auto needs candidate sizes")
+    need_sizes = size in NAMED_SIZES or geometry == "keep_aspect"
     sizes: dict[int, tuple[int, int]] = {}
     if need_sizes:
         for i, file in enumerate(files):
@@ -161,11 +234,13 @@ def plan_batches(
     groups: dict[tuple[Size, int | None], list[int]] = defaultdict(list)
     if not need_sizes:
         groups[(size, None)] = readable  # type: ignore[index]
+        plan.sizes = dict.fromkeys(readable, size)  # type: ignore[arg-type]
     else:
         ratios = aspect_ratios or [1.0]
         buckets = assign_buckets([sizes[i] for i in readable], ratios)
         for i, bucket in zip(readable, buckets, strict=True):
             aspect = ratios[bucket]
+            framed = partial(framed_shape, schedule, aspect=aspect)
             if size == "native":
                 width, height = sizes[i]
                 side = min(max(math.sqrt(width * height), min_side), max_side)
@@ -174,9 +249,17 @@ def plan_batches(
                     min(max(round_to(h, multiple), min_side), max_side),
                     min(max(round_to(h * aspect, multiple), min_side), max_side),
                 )
+                plan.sizes[i] = shape
+            elif size == "auto":
+                width, height = sizes[i]
+                plan.sizes[i] = nearest_size(math.sqrt(width * height), candidates or [], framed)
+                shape = framed(plan.sizes[i])
             else:
-                shape = schedule.shape_for(size, aspect) if schedule is not None else size
-            groups[(tuple(shape), bucket)].append(i)
+                shape = framed(size)  # type: ignore[arg-type]
+                plan.sizes[i] = size  # type: ignore[assignment]
+            # auto buckets only where the framing does (keep_aspect); native always does
+            bucketed = size != "auto" or geometry == "keep_aspect"
+            groups[(tuple(shape), bucket if bucketed else None)].append(i)
     for (shape, bucket), members in sorted(groups.items(), key=lambda item: (item[0][1] or 0, item[0][0])):
         for start in range(0, len(members), batch_size):
             plan.batches.append((shape, members[start : start + batch_size], bucket))
@@ -230,6 +313,7 @@ def run_predictions(
                         "index": i,
                         "height": shape[0],
                         "width": shape[1],
+                        "size": size_tag(*plan.sizes.get(i, shape)),
                         "bucket": bucket,
                         "batch": batch_index,
                         "top": [
@@ -247,7 +331,8 @@ def run_predictions(
 
 
 def write_predictions(path: Path, rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
-    """``.csv`` (one row per image: path, size, top-k class/prob, label) or ``.json`` (the full record).
+    """``.csv`` (one row per image: path, the shape it ran at, the size it ran at (``predict.size``'s
+    value for it; auto's choice), top-k class/prob, label) or ``.json`` (the full record).
 
     Written to a temporary file and renamed: a failure never leaves half a file.
     """
@@ -258,7 +343,7 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], record: dict[str, 
             tmp.write_text(json.dumps({**record, "predictions": rows}, indent=2, default=str) + "\n")
         else:
             k = max((len(r["top"]) for r in rows), default=0)
-            header = ["path", "height", "width"]
+            header = ["path", "height", "width", "size"]
             for j in range(1, k + 1):
                 header += [f"top{j}", f"prob{j}"]
             header += ["label", "correct"]
@@ -266,7 +351,7 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], record: dict[str, 
                 writer = csv.writer(f)
                 writer.writerow(header)
                 for r in rows:
-                    cells: list[Any] = [r["path"], r["height"], r["width"]]
+                    cells: list[Any] = [r["path"], r["height"], r["width"], r.get("size", "")]
                     for t in r["top"]:
                         cells += [t["class"], f"{t['prob']:.6f}"]
                     cells += [""] * (2 * (k - len(r["top"])))
@@ -298,6 +383,14 @@ def format_table(rows: list[dict[str, Any]], root: Path, limit: int) -> str:
     return "\n".join(aligned)
 
 
+def _auto_text(candidates: list[Size], source: str | None) -> str:
+    """``32, 48, 64 px (the robust sizes of the val curve)``: what ``auto`` chose among, and why."""
+    sizes = ", ".join(size_tag(*c) for c in candidates) + " px"
+    if source == "eval size":
+        return f"{sizes} (the run's eval size: no accuracy per size in its metrics.json)"
+    return f"{sizes} (the robust sizes of the {source} curve: within {RANGE_TOLERANCE:g} of the best)"
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """The task of ``scripts/predict.py``; returns the record (also in the ``.json`` output)."""
     from resflex.runtime import quiet_library_noise
@@ -324,6 +417,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     inputs = collect_inputs(cfg.get("input"), classifier.classes)
     transform, geometry, schedule = eval_framing(classifier.config, Path(classifier.info["run_dir"]))
     info = classifier.info
+    candidates, candidates_from = (
+        auto_sizes(info.get("metrics") or {}, classifier.eval_size or (64, 64))
+        if size == "auto"
+        else (None, None)
+    )
     plan = plan_batches(
         inputs.files,
         size,
@@ -334,6 +432,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         int(info.get("multiple", 8)),
         max(classifier.min_side, int(info.get("multiple", 8))),
         int(settings.get("max_side", 512)),
+        candidates,
     )
     rows, unreadable = run_predictions(
         classifier,
@@ -359,6 +458,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "input": str(cfg.get("input")),
         "size": size if isinstance(size, str) else list(size),
         "geometry": geometry,
+        "auto_sizes": [list(c) for c in candidates] if candidates else None,
+        "auto_sizes_from": candidates_from,
         "images": len(rows),
         "unreadable": [{"path": str(inputs.files[i]), "error": e} for i, e in sorted(unreadable.items())],
         "ignored_non_image_files": inputs.ignored,
@@ -373,6 +474,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         f"input: {inputs.root} ({len(rows)} images, size {size_text}, geometry {geometry}, "
         f"{len(plan.batches)} batches)"
     )
+    if candidates:
+        print(f"size auto: {_auto_text(candidates, candidates_from)}")
     print(format_table(rows, inputs.root, int(settings.get("print_rows", 50))))
     for _, error in sorted(unreadable.items()):
         print(f"skipped: {error}", file=sys.stderr)

@@ -3,11 +3,13 @@
 Reads each job folder's ``metrics.json`` (written by :func:`resflex.train.train`
 for completed, failed and interrupted runs alike) and prints one row per job:
 the overrides that differ between jobs, status, final and best ``val/acc``,
-``test/acc``, per-resolution accuracies (``val/acc@64`` ...), images/s and wall
-time. Writes ``summary.csv``, ``summary.md`` and ``summary.png`` into the
-folder. A job folder without ``metrics.json`` is ``running`` while its files
-are still being written, ``missing`` otherwise (killed, or never finished), so
-a sweep can be summarised while it runs.
+``test/acc``, robustness across sizes (``val/acc_worst``, ``val/acc_mean_sizes``,
+``val/acc_range``, and ``test/`` when tested; see :mod:`resflex.training.robustness`),
+per-resolution accuracies (``val/acc@64`` ...), images/s and wall time. Writes
+``summary.csv``, ``summary.md`` and ``summary.png`` into the folder. A job folder
+without ``metrics.json`` is ``running`` while its files are still being written,
+``missing`` otherwise (killed, or never finished), so a sweep can be summarised
+while it runs.
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ from typing import Any
 import yaml
 
 from resflex.errors import ResflexError
+from resflex.model_card import CURVE_STAGES, size_curve
+from resflex.training.robustness import summarize_sizes
 
 RUNNING_WINDOW_S = 15 * 60  # a job folder touched this recently, without metrics.json, is running
 _RES_KEY = re.compile(r"^(val|test)/acc@(\d+)(?:x(\d+))?$")
 BASE_METRICS = ("val/acc", "best val/acc", "test/acc")
+#: the robustness summary columns, per split (the range's ends, as x of the main size, stay in metrics.json)
+ROBUSTNESS_METRICS = ("acc_worst", "acc_mean_sizes", "acc_range")
 STATUS_ORDER = {"completed": 0, "interrupted": 1, "failed": 2, "running": 3, "missing": 4}
 
 
@@ -95,7 +101,7 @@ def load_job(folder: Path, name: str | None = None, now: float | None = None) ->
     if not record:
         recent = (now or time.time()) - _latest_mtime(folder) < RUNNING_WINDOW_S
         return Job(name, folder, "running" if recent else "missing", _parse_overrides(overrides))
-    metrics = dict(record.get("metrics") or {})
+    metrics = add_robustness(dict(record.get("metrics") or {}))
     best = (record.get("best") or {}).get("val/acc")
     if best is not None:
         metrics["best val/acc"] = best
@@ -108,6 +114,29 @@ def load_job(folder: Path, name: str | None = None, now: float | None = None) ->
         wall_time_s=record.get("wall_time_s"),
         error=str(record.get("error") or ""),
     )
+
+
+def add_robustness(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with ``<split>/acc_worst``, ``acc_mean_sizes`` and ``acc_range`` for every split
+    with a per-size curve: as the run logged them, else (runs from before they were logged)
+    :func:`~resflex.training.robustness.summarize_sizes` of its ``<split>/acc@<size>`` tags.
+
+    None of the three depends on which size is the main one (``acc_range`` is a ratio of two
+    sizes), so the first size of the curve serves as the reference and no config is read.
+    """
+    for stage in CURVE_STAGES:
+        names = [f"{stage}/{name}" for name in ROBUSTNESS_METRICS]
+        if all(metrics.get(name) is not None for name in names):
+            continue
+        curve = size_curve(metrics, stage)
+        if not curve:
+            continue
+        summary = summarize_sizes(curve, main=next(iter(curve)))
+        computed = summary.metrics(stage)
+        for name in names:
+            if metrics.get(name) is None:
+                metrics[name] = computed[name]
+    return metrics
 
 
 def _is_job_folder(folder: Path) -> bool:
@@ -161,9 +190,25 @@ def varying_overrides(jobs: Sequence[Job]) -> tuple[list[str], dict[str, str]]:
     return varying, common
 
 
+def robustness_columns(jobs: Sequence[Job]) -> list[str]:
+    """The robustness columns some job has a value for: val's, then test's."""
+    names = [f"{stage}/{name}" for stage in CURVE_STAGES for name in ROBUSTNESS_METRICS]
+    return [n for n in names if any(job.metrics.get(n) is not None for job in jobs)]
+
+
 def columns_for(jobs: Sequence[Job]) -> list[str]:
     varying, _ = varying_overrides(jobs)
-    return ["job", *varying, "status", *BASE_METRICS, *resolution_columns(jobs), "img/s", "time_s", "error"]
+    return [
+        "job",
+        *varying,
+        "status",
+        *BASE_METRICS,
+        *robustness_columns(jobs),
+        *resolution_columns(jobs),
+        "img/s",
+        "time_s",
+        "error",
+    ]
 
 
 def sort_jobs(jobs: Sequence[Job], metric: str, ascending: bool = False) -> list[Job]:
@@ -189,6 +234,8 @@ def _format(column: str, value: Any) -> str:
     if isinstance(value, float):
         if column == "img/s" or column == "time_s":
             return f"{value:.1f}"
+        if column.endswith("/acc_range"):  # a ratio of sizes: 1.50 (x)
+            return f"{value:.2f}"
         return f"{value:.4f}"
     return str(value)
 
