@@ -24,7 +24,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -47,6 +47,7 @@ from resflex.training.distributed import (
     ddp_job_scope,
     finish_child_ranks,
 )
+from resflex.training.end_of_run import report_end_of_run
 from resflex.training.results import (
     collect_metrics,
     log_hparams_with_metrics,
@@ -129,7 +130,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record.status = "completed"
             if cfg.get("test_after_fit") and datamodule.has_split("test"):
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-                trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
+                # verbose=False: the end-of-run table replaces Lightning's (a sparse column per size)
+                trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
     except BaseException as exc:
         record.status = "interrupted" if is_interruption(exc) else "failed"
         record.error = describe_error(exc)
@@ -146,7 +148,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer is not None and trainer.is_global_zero and record.status == "completed":
             hparams, varied = run_hparams(cfg, record.choices or {}, record.overrides or [])
             log_hparams_with_metrics(trainer, hparams, record.metrics, varied)
-    log.info("finished: %s", {k: v for k, v in record.metrics.items() if "/" in k and "step" not in k})
+        if is_global_zero(trainer):  # also for a failed or interrupted run: what exists (never raises)
+            log_root = OmegaConf.select(cfg, "paths.log_dir", default=None, throw_on_resolution_failure=False)
+            report_end_of_run(record.as_dict(), output_dir, trainer, log_root)
     return record.as_dict()
 
 

@@ -53,15 +53,15 @@ def read_events(run_dir: Path) -> dict[str, Any]:
 
 
 def test_auto_eval_sizes_are_around_the_main_size_rounded_to_the_multiple() -> None:
-    assert auto_eval_sizes((64, 64), 8) == [(32, 32), (48, 48), (64, 64), (96, 96)]
-    assert auto_eval_sizes((224, 224), 32) == [(128, 128), (160, 160), (224, 224), (352, 352)]
-    assert auto_eval_sizes((48, 80), 8) == [(24, 40), (40, 64), (48, 80), (72, 120)]
+    assert auto_eval_sizes((64, 64), 8) == [(32, 32), (48, 48), (64, 64), (96, 96), (128, 128)]
+    assert auto_eval_sizes((224, 224), 32) == [(128, 128), (160, 160), (224, 224), (352, 352), (448, 448)]
+    assert auto_eval_sizes((48, 80), 8) == [(24, 40), (40, 64), (48, 80), (72, 120), (96, 160)]
     assert auto_eval_sizes((8, 8), 8) == [(8, 8), (16, 16)]  # never below the multiple, each size once
 
     class Schedule:
         eval_size, multiple = (64, 64), 8
 
-    assert resolve_eval_resolutions("auto", Schedule()) == [32, 48, 64, 96]
+    assert resolve_eval_resolutions("auto", Schedule()) == [32, 48, 64, 96, 128]
     assert resolve_eval_resolutions([40], Schedule()) == [40]
 
     def fits(size: tuple[int, int]) -> None:
@@ -148,9 +148,9 @@ def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: 
     scalars = scalar_tags(run_dir)
     events = read_events(run_dir)
 
-    # evaluation across sizes by default (eval.resolutions=auto): 16, 24, 32, 48 around 32 px
+    # evaluation across sizes by default (eval.resolutions=auto): 16, 24, 32, 48, 64 around 32 px
     sizes = {tag.split("@")[1] for tag in scalars if tag.startswith("val/acc@")}
-    assert sizes == {"16", "24", "32", "48"}
+    assert sizes == {"16", "24", "32", "48", "64"}
     assert (run_dir / "acc_vs_resolution.png").is_file()
 
     # SCALARS: no hp/* one-point charts, no epoch counter
@@ -181,7 +181,7 @@ def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: 
                 assert any(re.search(pattern, tag) for tag in scalars), (chart.title, pattern)
 
     # IMAGES: the training batch at its size, the confusion matrix, accuracy vs resolution
-    assert {"samples/train@32", "eval/confusion_matrix_val@32", "eval/acc_vs_resolution"} <= events["images"]
+    assert {"samples/train@32", "eval/confusion_matrix_val", "eval/acc_vs_resolution"} <= events["images"]
     assert (run_dir / "confusion_matrix.png").is_file()
 
     # TEXT: the composed config and the command that reproduces the run
@@ -194,7 +194,7 @@ def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: 
     assert {"val/acc", "val/acc@48", "train/images_per_sec@32"} <= set(header)
     images = {p.name for p in (run_dir / "csv" / "images").glob("*.png")}
     assert any(n.startswith("samples_train@32") for n in images)
-    assert any(n.startswith("eval_confusion_matrix_val@32") for n in images)
+    assert any(n.startswith("eval_confusion_matrix_val_step") for n in images)
     assert (run_dir / "csv" / "text" / "run_command.md").is_file()
 
 

@@ -16,7 +16,8 @@ logged as ``train/resolution_h`` / ``train/resolution_w``. The console
 progress bar shows ``train/images_per_sec`` (the last logging interval's).
 
 The rest of this module is what a person opens TensorBoard for:
-:class:`CustomScalarsLayout` (curves that belong together in one chart),
+:class:`DistinctLearningRateMonitor` (one learning-rate chart per distinct curve, not one per
+parameter group), :class:`CustomScalarsLayout` (curves that belong together in one chart),
 :class:`TrainingSamples` (a labelled batch at each training size),
 :class:`ConfusionMatrixFigure` and :class:`RunText` (the composed config and
 the command that reproduces the run). Figures and text go to every logger
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
 from resflex.runtime import size_tag
@@ -177,6 +179,98 @@ class ThroughputLogger(FillsRunRecord, pl.Callback):
         _log_to_loggers(trainer, metrics, trainer.global_step)
 
 
+# ---- learning rates: one chart per distinct curve ------------------------------------------------------
+
+
+def _group_tail(tag: str) -> tuple[str, str]:
+    """``train/lr/backbone_no_wd`` -> (``train/lr``, ``backbone_no_wd``); a tag without a group: (tag, "")."""
+    prefix, _, name = tag.rpartition("/")
+    return (prefix, name) if prefix else (tag, "")
+
+
+def refine_lr_classes(classes: Mapping[str, Hashable], lrs: Mapping[str, float]) -> dict[str, int]:
+    """Split every class whose members' learning rates differ at this step.
+
+    Two tags share a class only while their LRs have been equal at every logged step (and their
+    starting keys were equal), so a curve that is merged away is always identical to the one shown.
+    """
+    pairs = {tag: (classes.get(tag), lrs.get(tag)) for tag in {**classes, **lrs}}
+    ids = {pair: k for k, pair in enumerate(dict.fromkeys(pairs.values()))}
+    return {tag: ids[pair] for tag, pair in pairs.items()}
+
+
+def _common_name(names: Sequence[str]) -> str:
+    """The ``_``-separated words all ``names`` start with (``backbone``, ``backbone_no_wd``: ``backbone``)."""
+    words = [name.split("_") for name in names]
+    common = []
+    for column in zip(*words, strict=False):
+        if len(set(column)) > 1:
+            break
+        common.append(column[0])
+    return "_".join(common)
+
+
+def lr_chart_names(classes: Mapping[str, Hashable]) -> dict[str, str]:
+    """``{representative tag: chart tag}``, one per class of :func:`refine_lr_classes`.
+
+    The chart is ``train/lr`` when every group of the scheduler shares one curve (the default
+    run), else the words the class's group names share (``train/lr/head`` for ``head`` and
+    ``head_no_wd``), else the representative's own tag. Names stay unique.
+    """
+    members: dict[Hashable, list[str]] = {}
+    for tag, cls in classes.items():
+        members.setdefault(cls, []).append(tag)
+    names: dict[str, str] = {}
+    for tags in members.values():
+        prefix, _ = _group_tail(tags[0])
+        siblings = {t for t in classes if _group_tail(t)[0] == prefix}
+        common = _common_name([_group_tail(t)[1] for t in tags])
+        if len(tags) > 1 and set(tags) == siblings:
+            names[tags[0]] = prefix
+        elif len(tags) > 1 and common:
+            names[tags[0]] = f"{prefix}/{common}"
+        else:
+            names[tags[0]] = tags[0]
+    if len(set(names.values())) < len(names):
+        return {tag: tag for tag in names}
+    return names
+
+
+class DistinctLearningRateMonitor(LearningRateMonitor):
+    """Lightning's ``LearningRateMonitor`` with one chart per distinct learning-rate curve.
+
+    resflex names every parameter group (``backbone``, ``backbone_no_wd``, ``head``,
+    ``head_no_wd``; :mod:`resflex.training.param_groups`), and the plain monitor draws each:
+    four identical curves per run in the default setup. Groups start in one class when they
+    share the scheduler, ``lr_mult`` and ``unfreeze_epoch`` (what shapes their curve here) and
+    are split the moment their values differ (:func:`refine_lr_classes`); each class is logged
+    once (:func:`lr_chart_names`). ``trainer.callback_metrics`` keeps every group's value.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.classes: dict[str, Hashable] = {}
+
+    def _start_key(self, trainer: pl.Trainer, tag: str) -> Hashable:
+        prefix, name = _group_tail(tag)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                if name and group.get("name") == name:
+                    return (prefix, group.get("lr_mult"), group.get("unfreeze_epoch"))
+        return (prefix, None, None)
+
+    def _extract_stats(self, trainer: pl.Trainer, interval: str) -> dict[str, float]:
+        stats = super()._extract_stats(trainer, interval)
+        lrs = {tag: value for tag, value in stats.items() if tag in self.lrs}
+        if not lrs:
+            return stats
+        if not self.classes:
+            self.classes = {tag: self._start_key(trainer, tag) for tag in lrs}
+        self.classes = refine_lr_classes(self.classes, lrs)
+        charts = {name: lrs[tag] for tag, name in lr_chart_names(self.classes).items() if tag in lrs}
+        return {**{k: v for k, v in stats.items() if k not in self.lrs}, **charts}
+
+
 # ---- what a person sees in TensorBoard: layout, sample batches, confusion matrix, config text -------------
 
 
@@ -185,10 +279,16 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
 
     Per-size tags (``val/acc@32``, ``val/acc@64``, ...) are separate charts in
     SCALARS; here accuracy across evaluation sizes, train vs val loss, images/s
-    per training size and the resolution schedule are one chart each.
+    per training size and the resolution schedule are one chart each. The first
+    chart is accuracy against the evaluation size itself (``eval/*_acc_vs_size``,
+    whose step is the size in pixels), val and test of every run together.
     """
     return {
         "resflex: across sizes": {
+            "accuracy vs evaluation size (x axis: pixels per side)": [
+                "Multiline",
+                [r"^eval/(val|test)_acc_vs_size$"],
+            ],
             "val accuracy at each evaluation size (val/acc@<side>)": ["Multiline", [r"^val/acc@"]],
             "val loss at each evaluation size (val/loss@<side>)": ["Multiline", [r"^val/loss@"]],
             "training images/s at each training size": ["Multiline", [r"^train/images_per_sec@"]],
@@ -310,7 +410,8 @@ def draw_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], title: s
 
 
 class ConfusionMatrixFigure(pl.Callback):
-    """IMAGES: the validation confusion matrix at the main evaluation size, drawn at the end of fit.
+    """IMAGES: the validation confusion matrix at the main evaluation size, drawn at the end of fit
+    (``eval/confusion_matrix_val``, the size in its title).
 
     Counted on every validation epoch from the predictions ``validation_step``
     returns (a bincount on the device, synced across ranks), so the figure at
@@ -370,7 +471,8 @@ class ConfusionMatrixFigure(pl.Callback):
         folder = Path(self.output_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         figure.savefig(folder / self.filename)
-        log_figure(trainer, f"eval/confusion_matrix_val@{size_tag(h, w)}", figure)
+        # one tag for every run (the size is in the title): runs line up in IMAGES whatever their size
+        log_figure(trainer, "eval/confusion_matrix_val", figure)
 
 
 def reproduce_command(overrides: Sequence[str], script: str = "scripts/train.py") -> str:

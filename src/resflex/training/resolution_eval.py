@@ -7,6 +7,14 @@ against the evaluation side with the training size(s) marked, writes
 (``eval/acc_vs_resolution``). It redraws after ``trainer.test`` so the test
 curve joins the validation one.
 
+The PNG has its own y-scale per run, so runs cannot be laid over each other.
+For that the same callback also logs the per-size numbers as scalars whose
+*step is the size in pixels* (:func:`size_curve_points`): ``eval/val_acc_vs_size``,
+``eval/val_loss_vs_size`` at the end of fit (the last validation) and
+``eval/test_acc_vs_size``, ``eval/test_loss_vs_size`` at the end of test.
+TensorBoard draws every run of a logdir on one accuracy-vs-size chart
+(x axis: step = pixels per side; ``round(sqrt(h*w))`` for a non-square size).
+
 Across runs (one curve per run, e.g. per pooling head)::
 
     python -m resflex.training.resolution_eval logs/multirun/<time>/* --out fig.png --stage test
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,10 +36,12 @@ from typing import Any
 import pytorch_lightning as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from pytorch_lightning.utilities import rank_zero_only
 
 from resflex.training.loggers import log_figure
 
 _TAG = re.compile(r"^(val|test)/acc@(\d+)$")
+_SIZED = re.compile(r"^(val|test)/(acc|loss)@(\d+)(?:x(\d+))?$")  # val/acc@64, test/loss@48x80
 
 Curve = dict[int, float]
 
@@ -43,6 +54,46 @@ def curve_from_metrics(metrics: Mapping[str, Any], stage: str) -> Curve:
         if match and match.group(1) == stage and value is not None:
             curve[int(match.group(2))] = float(value)
     return dict(sorted(curve.items()))
+
+
+def equivalent_side(h: int, w: int) -> int:
+    """The side of the square with the area of ``h x w`` (``64`` for 64x64): one x axis for every geometry."""
+    return w if h == w else round(math.sqrt(h * w))
+
+
+def parse_sized_tag(key: str) -> tuple[str, str, tuple[int, int]] | None:
+    """A per-size metric name as (stage, metric, (h, w)): ``test/loss@48x80`` -> (test, loss, (48, 80))."""
+    match = _SIZED.match(key)
+    if not match:
+        return None
+    h = int(match.group(3))
+    w = h if match.group(4) is None else int(match.group(4))
+    return match.group(1), match.group(2), (h, w)
+
+
+def size_curve_points(metrics: Mapping[str, Any], stage: str) -> dict[int, dict[str, float]]:
+    """``{side: {"eval/<stage>_acc_vs_size": acc, "eval/<stage>_loss_vs_size": loss}}`` from the per-size
+    metrics (``<stage>/acc@64``, ``<stage>/loss@48x80``): one logging call per side, the side as its step."""
+    points: dict[int, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parsed = parse_sized_tag(key)
+        if parsed is None or parsed[0] != stage or value is None:
+            continue
+        _, metric, size = parsed
+        points.setdefault(equivalent_side(*size), {})[f"eval/{stage}_{metric}_vs_size"] = float(value)
+    return dict(sorted(points.items()))
+
+
+@rank_zero_only
+def log_size_curves(trainer: pl.Trainer, stage: str) -> None:
+    """Log :func:`size_curve_points` of the trainer's latest ``stage`` metrics to every logger.
+
+    Scalars reach every logger the same way (TensorBoard, CSV rows whose ``step`` is the side,
+    MLflow), so nothing here is TensorBoard-specific.
+    """
+    for side, values in size_curve_points(trainer.callback_metrics, stage).items():
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=side)
 
 
 def draw_accuracy_vs_resolution(
@@ -71,7 +122,8 @@ def draw_accuracy_vs_resolution(
 
 
 class AccuracyVsResolution(pl.Callback):
-    """At the end of fit (and again after test): PNG in the run folder + TensorBoard image."""
+    """At the end of fit (and again after test): PNG in the run folder + TensorBoard image, and the
+    per-size accuracy and loss as scalars stepped by size (:func:`log_size_curves`)."""
 
     def __init__(self, output_dir: str | None = None, filename: str = "acc_vs_resolution.png") -> None:
         super().__init__()
@@ -86,10 +138,13 @@ class AccuracyVsResolution(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer)
+        if "val" in self.curves:  # callback_metrics still hold the last validation's numbers
+            log_size_curves(trainer, "val")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.curves["test"] = curve_from_metrics(trainer.callback_metrics, "test")
         self.save(trainer)
+        log_size_curves(trainer, "test")
 
     def save(self, trainer: pl.Trainer) -> Path | None:
         """Draw what has been collected; nothing unless some curve has two sizes (one point is no curve)."""

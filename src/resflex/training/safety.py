@@ -167,7 +167,9 @@ class RngStateCheckpoint(pl.Callback):
 
 
 class BadImageCounter(pl.Callback):
-    """Logs ``data/bad_images`` (images skipped so far, by every worker) after each epoch and at the end."""
+    """Logs ``data/bad_images`` (images skipped so far, by every worker) after each epoch and at the end,
+    whenever the count changed: a run without unreadable images gets no chart (a single 0 was the first
+    card TensorBoard showed)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -179,7 +181,7 @@ class BadImageCounter(pl.Callback):
         if policy is None:
             return
         count = len(policy.skipped())
-        if count != self.count or trainer.current_epoch == 0:
+        if count != self.count:
             self.count = count
             if trainer.is_global_zero:
                 for logger in trainer.loggers:
