@@ -11,6 +11,7 @@ from resflex.data.resolution import (
     FixedResolution,
     FixResResolution,
     MultigridResolution,
+    MultiScaleResolution,
     ProgressiveResolution,
     RandomResolution,
     round_to,
@@ -134,7 +135,32 @@ def test_keep_aspect_bucket_shapes_keep_the_short_side_or_the_area() -> None:
         FixedResolution(64, geometry="round")
 
 
-@pytest.mark.parametrize("name", ["fixed", "progressive", "random", "multigrid", "fixres"])
+def test_multiscale_draws_around_the_target_size_at_a_fixed_runs_pixel_cost() -> None:
+    s = MultiScaleResolution(size=64, seed=3, probs=[0.2, 0.2, 0.3, 0.2, 0.1])
+    assert s.train_sizes() == [(32, 32), (48, 48), (64, 64), (80, 80), (96, 96)]
+    assert s.eval_size == (64, 64) and s.reference_size == (64, 64)
+    assert s.pixel_cost() == pytest.approx(1.0)
+    draws = [s.size_at(e, t) for e in range(4) for t in range(500)]
+    assert draws == [MultiScaleResolution(size=64, seed=3, probs=[0.2, 0.2, 0.3, 0.2, 0.1]).size_at(e, t)
+                     for e in range(4) for t in range(500)]  # fmt: skip
+    assert 0.27 < draws.count((64, 64)) / len(draws) < 0.33
+    measured = sum(h * w for h, w in draws) / len(draws) / (64 * 64)
+    assert measured == pytest.approx(1.0, abs=0.05)
+    # sizes follow resolution.size and are rounded to the multiple; non-square targets scale both sides
+    forty = MultiScaleResolution(size=40, scales=[0.6, 1.0, 1.6])
+    assert forty.train_sizes() == [(24, 24), (40, 40), (64, 64)]
+    assert MultiScaleResolution(size=[32, 64], scales=[0.5, 1.0]).train_sizes() == [(16, 32), (32, 64)]
+    assert MultiScaleResolution(size=64, eval_size=96).eval_size == (96, 96)
+
+
+@pytest.mark.parametrize(("scales", "match"), [([], "non-empty"), ([0.5, -1.0], r"\(0, 4\]"), (2.0, "list")])
+def test_multiscale_rejects_bad_scales_naming_the_key(scales: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=r"resolution\.scales") as info:
+        MultiScaleResolution(size=64, scales=scales)  # type: ignore[arg-type]
+    assert info.match(match)
+
+
+@pytest.mark.parametrize("name", ["fixed", "progressive", "random", "multigrid", "fixres", "multiscale"])
 def test_every_config_instantiates(name: str, tmp_path: Path) -> None:
     from tests.test_configs import compose_train
 

@@ -12,6 +12,7 @@ from resflex.build import build_datamodule, build_module
 from resflex.errors import ConfigError
 from resflex.train import train
 from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution, main
+from resflex.training.robustness import summarize_sizes
 from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
 from tests.test_configs import compose_train
 
@@ -97,11 +98,20 @@ def test_fit_logs_per_size_metrics_and_writes_the_plot(tmp_path: Path) -> None:
             assert metrics[f"{stage}/loss@{size}"] == pytest.approx(expected_loss, rel=1e-4), (stage, size)
         # loader 0 is the main size: val/acc and val/acc@32 are the same numbers
         assert metrics[f"{stage}/acc"] == pytest.approx(metrics[f"{stage}/acc@32"])
+        # the robustness summary is computed from the same per-size numbers
+        per_size = {size: metrics[f"{stage}/acc@{size}"] for size in (16, 32, 48)}
+        assert metrics[f"{stage}/acc_worst"] == pytest.approx(min(per_size.values()), abs=1e-6)
+        assert metrics[f"{stage}/acc_mean_sizes"] == pytest.approx(sum(per_size.values()) / 3, abs=1e-6)
+        expected = summarize_sizes({(s, s): a for s, a in per_size.items()}, main=(32, 32))
+        assert metrics[f"{stage}/acc_range_low"] == pytest.approx(expected.range_low)
+        assert metrics[f"{stage}/acc_range_high"] == pytest.approx(expected.range_high)
+        assert metrics[f"{stage}/acc_range"] == pytest.approx(expected.range)
     assert not any("dataloader_idx" in key for key in metrics)
     plot = tmp_path / "acc_vs_resolution.png"
     assert plot.read_bytes()[:8] == PNG_MAGIC
     tags = scalar_tags(tmp_path)
     assert {"val/acc@16", "val/acc@48", "test/acc@48", "val/acc", "train/images_per_sec@32"} <= set(tags)
+    assert {"val/acc_worst", "val/acc_mean_sizes", "val/acc_range", "test/acc_worst"} <= set(tags)
     assert "eval/acc_vs_resolution" in _image_tags(tmp_path)
 
 

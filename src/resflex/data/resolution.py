@@ -477,3 +477,71 @@ class FixResResolution(ResolutionSchedule):
 
     def __repr__(self) -> str:
         return self._describe(size=self.size, test_size=self.test_size, final_epochs=self.final_epochs)
+
+
+class MultiScaleResolution(RandomResolution):
+    """Size-robust training (the default): each step a size drawn around ``size``, at the same cost.
+
+    A net trained at one size is good at that size only: random-resized crops
+    enlarge objects at train time (FixRes), BatchNorm statistics and the
+    receptive field's coverage of an object depend on the input size. Drawing
+    a size per batch from ``scales`` (side factors of ``size``) shows the same
+    weights objects at every scale it will be asked about, which is the cure
+    ``experiments/robustness/`` measured against one size and against timm's
+    per-batch sizes. The default ``probs`` keep the expected pixels per image
+    at ``size``² (``pixel_cost`` ~ 1), so an epoch costs what a fixed run's
+    does, and give the target size the largest share, so accuracy there holds.
+
+    Unlike ``random`` (whose sizes are absolute and whose evaluation size is
+    the largest), everything here is relative to ``size``: ``resolution.size=40``
+    moves the whole distribution, and ``size`` is the evaluation size.
+    The draw is a pure function of (seed, epoch, step), as for ``random``.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int] = 64,
+        scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
+        probs: Sequence[float] | None = None,
+        seed: int = 0,
+        **common: Any,
+    ) -> None:
+        target = parse_size(size)
+        if isinstance(scales, int | float | str) or not scales:
+            raise ConfigError(
+                f"resolution.scales must be a non-empty list of side factors, got {scales!r}",
+                hint="resolution.scales=[0.5,0.75,1.0,1.25,1.5]",
+            )
+        factors = [float(f) for f in scales]
+        if any(not math.isfinite(f) or not 0 < f <= 4 for f in factors):
+            raise ConfigError(f"resolution.scales must be side factors in (0, 4], got {list(scales)}")
+        multiple = common.get("multiple") or self.default_multiple
+        sides = [
+            tuple(round_to(v * f, int(multiple)) for v in target)  # type: ignore[arg-type]
+            for f in factors
+        ]
+        common.setdefault("eval_size", None)
+        super().__init__(sizes=sides, probs=probs, seed=seed, **common)
+        self.size = target
+        self.scales = tuple(factors)
+
+    @property
+    def eval_size(self) -> Size:
+        return self._eval_size or self.size
+
+    @property
+    def reference_size(self) -> Size:
+        return self._reference_size or self.size
+
+    def pixel_cost(self) -> float:
+        """Expected pixels per training image relative to ``size``² (1.0: a fixed run's cost per epoch)."""
+        area = self.size[0] * self.size[1]
+        return float(sum(p * h * w for (h, w), p in zip(self.size_choices, self.probs, strict=True)) / area)
+
+    def __repr__(self) -> str:
+        return self._describe(
+            size=self.size,
+            sizes=self.size_choices,
+            probs=[round(float(p), 4) for p in self.probs],
+            pixel_cost=round(self.pixel_cost(), 3),
+        )

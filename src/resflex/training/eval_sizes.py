@@ -2,7 +2,7 @@
 
 resflex exists to train one set of weights for many input sizes, so the first
 run a newcomer makes should already show accuracy *across* sizes, not one
-number. ``auto`` picks ½×, ¾×, 1× and 1½× of the schedule's evaluation size,
+number. ``auto`` picks ½×, ¾×, 1×, 1½× and 2× of the schedule's evaluation size,
 each side rounded to ``resolution.multiple`` (the stride the schedule already
 rounds its training sizes to); sizes the backbone cannot take (below half its
 total stride, or not the only size a fixed-size ViT accepts) are dropped,
@@ -22,7 +22,7 @@ from resflex.errors import ConfigError
 log = logging.getLogger("resflex")
 
 AUTO = "auto"
-AUTO_FACTORS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5)
+AUTO_FACTORS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 def is_auto(value: Any) -> bool:

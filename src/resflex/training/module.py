@@ -35,6 +35,7 @@ from resflex.training.finetune import Finetuning
 from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
 from resflex.training.optim import OptimizerFactory
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
+from resflex.training.robustness import summarize_sizes
 from resflex.validation import check_value
 
 
@@ -154,6 +155,8 @@ class ClassificationModule(pl.LightningModule):
         self.ema_args = {"decay": ema_decay, "warmup": ema_warmup} if ema else None
         if self.ema_args is not None:
             ModelEma(**self.ema_args)  # bad values fail now, not when the fit starts
+        # per evaluation loader: (size, [correct, seen]) for the robustness summary of the epoch
+        self._size_counts: dict[str, dict[int, tuple[tuple[int, int], torch.Tensor]]] = {}
         if self.top5:
             self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
             self.test_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro")
@@ -263,11 +266,52 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         return loss
 
-    def _eval_size_tag(self, dataloader_idx: int, images: torch.Tensor) -> str:
-        """``64`` or ``48x80``: the size of evaluation loader ``dataloader_idx`` (from the data module)."""
+    def _eval_size(self, dataloader_idx: int, images: torch.Tensor) -> tuple[int, int]:
+        """The (h, w) of evaluation loader ``dataloader_idx`` (from the data module; else the batch's)."""
         sizes = getattr(getattr(self._trainer, "datamodule", None), "eval_sizes", None)
         h, w = sizes[dataloader_idx] if sizes and dataloader_idx < len(sizes) else images.shape[-2:]
-        return size_tag(int(h), int(w))
+        return int(h), int(w)
+
+    def _count_correct(
+        self, stage: str, dataloader_idx: int, size: tuple[int, int], correct: torch.Tensor
+    ) -> None:
+        """Add a batch's (correct, seen) to the per-size counts behind the robustness summary."""
+        counts = self._size_counts.setdefault(stage, {})
+        entry = counts.get(dataloader_idx)
+        batch = torch.stack(
+            [correct.sum().float(), torch.tensor(float(correct.numel()), device=correct.device)]
+        )
+        counts[dataloader_idx] = (size, batch if entry is None else entry[1] + batch)
+
+    def _log_size_robustness(self, stage: str) -> None:
+        """``<stage>/acc_worst``, ``acc_mean_sizes``, ``acc_range*`` over the evaluation sizes
+        (:mod:`resflex.training.robustness`), from exact counts summed over ranks."""
+        counts = self._size_counts.pop(stage, {})
+        if not counts or 0 not in counts:
+            return
+        order = sorted(counts)
+        totals = torch.stack([counts[k][1] for k in order])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        totals = totals.detach().cpu()
+        accuracy = {
+            counts[k][0]: float(totals[i, 0] / totals[i, 1]) for i, k in enumerate(order) if totals[i, 1] > 0
+        }
+        summary = summarize_sizes(accuracy, main=counts[0][0])
+        for tag, value in summary.metrics(stage).items():
+            self.log(tag, value, add_dataloader_idx=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._size_counts.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._size_counts.pop("test", None)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_size_robustness("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_size_robustness("test")
 
     def _eval_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0
@@ -282,9 +326,12 @@ class ClassificationModule(pl.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         n = len(labels)
-        tag = self._eval_size_tag(dataloader_idx, images)
+        size = self._eval_size(dataloader_idx, images)
+        tag = size_tag(*size)
         preds = logits.argmax(dim=-1)
-        correct = (preds == labels).float().mean()
+        hits = preds == labels
+        self._count_correct(stage, dataloader_idx, size, hits)
+        correct = hits.float().mean()
         per_size = dict(on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
         self.log(f"{stage}/acc@{tag}", correct, **per_size)
         self.log(f"{stage}/loss@{tag}", loss, **per_size)

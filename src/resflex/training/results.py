@@ -20,7 +20,15 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from resflex.compat import tensorboard_file_writer
 
-HPARAM_METRICS = ("val/acc", "test/acc", "val/loss", "train/images_per_sec")
+HPARAM_METRICS = (
+    "val/acc",
+    "test/acc",
+    "val/acc_worst",
+    "val/acc_mean_sizes",
+    "val/acc_range",
+    "val/loss",
+    "train/images_per_sec",
+)
 
 
 def _plain(value: Any) -> Any:

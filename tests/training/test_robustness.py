@@ -1,0 +1,43 @@
+"""The robustness summary over evaluation sizes: worst, mean, and the range of sizes that hold up."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from resflex.training.robustness import scale_of, summarize_sizes
+
+
+def test_worst_mean_and_contiguous_range_around_the_best_size() -> None:
+    accuracy = {(32, 32): 0.60, (48, 48): 0.88, (64, 64): 0.90, (96, 96): 0.875, (128, 128): 0.80}
+    summary = summarize_sizes(accuracy, main=(64, 64))
+    assert summary.worst == 0.60
+    assert summary.mean == pytest.approx(sum(accuracy.values()) / 5)
+    assert summary.best == 0.90 and summary.best_scale == 1.0
+    # 48 (0.88) and 96 (0.875) are within 0.03 of 0.90; 32 and 128 are not
+    assert (summary.range_low, summary.range_high) == (0.75, 1.5)
+    assert summary.range == pytest.approx(2.0)
+    metrics = summary.metrics("val")
+    assert metrics["val/acc_worst"] == 0.60 and metrics["val/acc_range"] == pytest.approx(2.0)
+
+
+def test_range_stops_at_the_first_size_that_drops_even_if_a_later_one_recovers() -> None:
+    accuracy = {(16, 16): 0.9, (24, 24): 0.5, (32, 32): 0.91, (48, 48): 0.9}
+    summary = summarize_sizes(accuracy, main=(32, 32))
+    assert (summary.range_low, summary.range_high) == (1.0, 1.5)
+
+
+def test_one_size_is_a_range_of_one_and_non_square_sizes_scale_by_area() -> None:
+    summary = summarize_sizes({(40, 40): 0.7}, main=(40, 40))
+    assert (summary.worst, summary.mean, summary.range) == (0.7, 0.7, 1.0)
+    assert scale_of((32, 128), (64, 64)) == pytest.approx(1.0)
+    assert scale_of((32, 32), (64, 64)) == 0.5
+    with pytest.raises(ValueError):
+        summarize_sizes({}, main=(64, 64))
+
+
+def test_a_flat_curve_spans_every_size() -> None:
+    accuracy = {(s, s): 0.8 + 0.01 * math.sin(s) for s in (32, 48, 64, 96, 128)}
+    summary = summarize_sizes(accuracy, main=(64, 64))
+    assert (summary.range_low, summary.range_high, summary.range) == (0.5, 2.0, 4.0)
