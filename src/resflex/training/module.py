@@ -12,8 +12,9 @@ every other random stream alone.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,8 +29,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from resflex.data.device_decode import EncodedBatch
 from resflex.errors import ConfigError
+from resflex.models.bn_calibration import TrackedSizeStats, has_batchnorm
 from resflex.models.classifier import ImageClassifier
 from resflex.runtime import resolve_channels_last, size_tag
+from resflex.training.callbacks import scheduled_size
 from resflex.training.ema import ModelEma
 from resflex.training.finetune import Finetuning
 from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
@@ -60,6 +63,16 @@ def seeded_rngs(seed: int, device: torch.device) -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+#: checkpoint key of the per-size BatchNorm statistics (``model.bn_stats_per_size``)
+BN_STATS_KEY = "bn_size_stats"
+
+
+def side_of(size: Sequence[int]) -> int:
+    """One number per size for the per-size statistics: the side, or sqrt(h*w) when not square."""
+    h, w = int(size[0]), int(size[1])
+    return h if h == w else round(math.sqrt(h * w))
 
 
 def _at_least_zero(value: float) -> bool:
@@ -106,6 +119,7 @@ class ClassificationModule(pl.LightningModule):
         ema: bool = False,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
+        bn_stats_per_size: bool = False,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
@@ -155,6 +169,19 @@ class ClassificationModule(pl.LightningModule):
         self.ema_args = {"decay": ema_decay, "warmup": ema_warmup} if ema else None
         if self.ema_args is not None:
             ModelEma(**self.ema_args)  # bad values fail now, not when the fit starts
+        if not isinstance(bn_stats_per_size, bool):
+            raise ConfigError(
+                f"model.bn_stats_per_size must be true or false, got {bn_stats_per_size!r}",
+                hint="model.bn_stats_per_size=true",
+            )
+        if bn_stats_per_size and ema:
+            raise ConfigError(
+                "model.bn_stats_per_size cannot be combined with model.ema (the average would mix the sizes' "
+                "BatchNorm statistics)",
+                hint="model.bn_stats_per_size=false model.ema=true, or model.ema=false",
+            )
+        # BatchNorm running statistics per training size (resflex.models.bn_calibration.TrackedSizeStats)
+        self.size_stats = TrackedSizeStats(net) if bn_stats_per_size and has_batchnorm(net) else None
         # per evaluation loader: (size, [correct, seen]) for the robustness summary of the epoch
         self._size_counts: dict[str, dict[int, tuple[tuple[int, int], torch.Tensor]]] = {}
         if self.top5:
@@ -254,7 +281,12 @@ class ClassificationModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         images, targets = self.regularize(images, labels, batch_idx)
+        side = self._training_side(batch_idx, images) if self.size_stats is not None else None
+        if side is not None:
+            self.size_stats.before_step(side)
         logits = self(images)
+        if side is not None:
+            self.size_stats.after_step(side)
         if targets is None:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             self.train_acc(logits, labels)
@@ -265,6 +297,40 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         return loss
+
+    def _training_side(self, batch_idx: int, images: torch.Tensor) -> int:
+        """The side of the schedule's size for this training step (keep_aspect buckets share it)."""
+        shape = (int(images.shape[-2]), int(images.shape[-1]))
+        size = scheduled_size(self.trainer, batch_idx, shape) if self._trainer is not None else shape
+        return side_of(size)
+
+    def _use_main_size_stats(self) -> None:
+        if self.size_stats is not None:
+            sizes = getattr(getattr(self._trainer, "datamodule", None), "eval_sizes", None)
+            if sizes:
+                self.size_stats.main = side_of(sizes[0])
+            self.size_stats.use_main()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """With per-size BatchNorm statistics: the table beside the weights, and the main size's in them."""
+        if self.size_stats is None or not self.size_stats.table:
+            return
+        self._use_main_size_stats()
+        state = checkpoint.get("state_dict", {})
+        for name, value in self.size_stats.table[
+            self.size_stats.nearest(self.size_stats.main or 0) or 0
+        ].items():
+            if f"model.{name}" in state:
+                state[f"model.{name}"] = value.detach().clone()
+        checkpoint[BN_STATS_KEY] = self.size_stats.state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.size_stats is not None and BN_STATS_KEY in checkpoint:
+            self.size_stats.load_state(checkpoint[BN_STATS_KEY])
+
+    def on_train_epoch_start(self) -> None:
+        if self.size_stats is not None:
+            self.size_stats.loaded = None  # evaluation may have loaded other statistics
 
     def _eval_size(self, dataloader_idx: int, images: torch.Tensor) -> tuple[int, int]:
         """The (h, w) of evaluation loader ``dataloader_idx`` (from the data module; else the batch's)."""
@@ -309,9 +375,11 @@ class ClassificationModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_size_robustness("val")
+        self._use_main_size_stats()
 
     def on_test_epoch_end(self) -> None:
         self._log_size_robustness("test")
+        self._use_main_size_stats()
 
     def _eval_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0
@@ -323,10 +391,12 @@ class ClassificationModule(pl.LightningModule):
         Returns the predicted classes (callbacks count them: the confusion matrix).
         """
         images, labels = batch
+        size = self._eval_size(dataloader_idx, images)
+        if self.size_stats is not None:
+            self.size_stats.use(side_of(size))
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         n = len(labels)
-        size = self._eval_size(dataloader_idx, images)
         tag = size_tag(*size)
         preds = logits.argmax(dim=-1)
         hits = preds == labels

@@ -1,0 +1,89 @@
+"""BatchNorm statistics per training size (model.bn_stats_per_size): tracked, checkpointed, used per size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from resflex.build import build_datamodule, build_module
+from resflex.errors import ConfigError
+from resflex.models.bn_calibration import read_stats, write_stats
+from resflex.train import train
+from resflex.training.module import BN_STATS_KEY
+from tests.conftest import TINY, TINY_SYNTHETIC
+from tests.test_configs import compose_train
+
+LIMITS = ("trainer.limit_train_batches=6", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
+MULTISCALE = (
+    "resolution=multiscale",
+    "resolution.size=32",
+    "resolution.scales=[0.5,1.0,1.5]",
+    "resolution.probs=[0.6,0.2,0.2]",
+    "resolution.geometry=square",
+    "eval.resolutions=[16,48,64]",
+    "model.bn_stats_per_size=true",
+)
+
+
+def _overrides() -> list[str]:
+    base = [a for a in TINY if not a.startswith(("resolution.", "trainer.limit_train", "trainer.limit_val"))]
+    return [*base, *TINY_SYNTHETIC, *LIMITS, *MULTISCALE]
+
+
+def test_per_size_statistics_are_tracked_checkpointed_and_used_at_each_eval_size(tmp_path: Path) -> None:
+    cfg = compose_train(_overrides(), tmp_path)
+    record = train(cfg)
+    assert record["status"] == "completed"
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    table = ckpt[BN_STATS_KEY]
+    schedule = build_datamodule(cfg).schedule
+    drawn = {str(schedule.size_at(0, step)[0]) for step in range(6)}
+    assert set(table) == drawn == {"16", "32", "48"}  # one table per side trained at (scales of 32)
+    assert not torch.allclose(
+        table["16"]["backbone.model.bn1.running_mean"], table["48"]["backbone.model.bn1.running_mean"]
+    )
+    # the weights' own BatchNorm buffers are the main (eval) size's statistics
+    for name, value in table["32"].items():
+        assert torch.equal(ckpt["state_dict"][f"model.{name}"], value), name
+
+    # an independent evaluation: each size with the statistics of the nearest trained size
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, num_classes=dm.num_classes)
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    nearest = {32: "32", 16: "16", 48: "48", 64: "48"}
+    loaders = dm.test_dataloader()
+    metrics = record["metrics"]
+    for (size, _), loader in zip(dm.eval_sizes, loaders, strict=True):
+        write_stats(module.model, table[nearest[size]])
+        images, labels = next(iter(loader))
+        with torch.no_grad():
+            logits = module(module.normalize(images))
+        expected = (logits.argmax(-1) == labels).float().mean().item()
+        assert metrics[f"test/acc@{size}"] == pytest.approx(expected, abs=1e-6), size
+
+
+def test_per_size_statistics_survive_a_resume(tmp_path: Path) -> None:
+    first = compose_train([*_overrides(), "trainer.max_epochs=1"], tmp_path)
+    train(first)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")[
+        BN_STATS_KEY
+    ]
+    module = build_module(first, num_classes=10)
+    module.on_load_checkpoint({BN_STATS_KEY: saved})
+    assert module.size_stats is not None and set(module.size_stats.table) == {int(s) for s in saved}
+    module.size_stats.use(16)
+    assert torch.equal(
+        read_stats(module.model)["backbone.model.bn1.running_var"],
+        saved["16"]["backbone.model.bn1.running_var"],
+    )
+    resumed = compose_train([*_overrides(), "trainer.max_epochs=2", "ckpt_path=last"], tmp_path)
+    assert train(resumed)["status"] == "completed"
+
+
+def test_per_size_statistics_refuse_ema_in_one_line(tmp_path: Path) -> None:
+    cfg = compose_train([*_overrides(), "model.ema=true"], tmp_path)
+    with pytest.raises(ConfigError, match=r"model\.bn_stats_per_size cannot be combined with model\.ema"):
+        build_module(cfg, num_classes=10)
