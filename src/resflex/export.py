@@ -68,7 +68,12 @@ def robustness_records(classifier: ResflexClassifier) -> list[dict[str, Any]]:
 
 
 def prepare_for_export(classifier: ResflexClassifier) -> tuple[nn.Module, list[str]]:
-    """A float32, contiguous, eval-mode copy whose adaptive pools export with symbolic sizes."""
+    """A float32, contiguous, eval-mode copy whose adaptive pools export with symbolic sizes.
+
+    A run with per-size BatchNorm statistics exports those of its main size: a graph holds
+    one set (the robust range in the metadata is the eager model's, with per-size statistics).
+    """
+    classifier.use_main_size_stats()
     model, replaced = make_exportable(classifier)
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     for p in model.parameters():

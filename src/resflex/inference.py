@@ -31,6 +31,7 @@ from torch import nn
 
 from resflex.errors import ConfigError, DataError, first_line
 from resflex.model_card import RobustRange, read_run_record, robust_ranges
+from resflex.models.bn_calibration import BN_STATS_KEY, TrackedSizeStats, side_of
 from resflex.models.checkpoint import (
     HEAD_PREFIX,
     find_run_config,
@@ -75,6 +76,8 @@ class ResflexClassifier(nn.Module):
         #: what the run says about itself: backbone, pooling, geometry, multiple, run folder, checkpoint,
         #: ``metrics`` (its ``metrics.json`` record's final metrics: accuracy per size...)
         self.info = dict(info or {})
+        #: per-size BatchNorm statistics of a ``model.bn_stats_per_size`` run (None: one set)
+        self.size_stats: TrackedSizeStats | None = None
 
     @property
     def num_classes(self) -> int:
@@ -98,9 +101,27 @@ class ResflexClassifier(nn.Module):
         """One-line :class:`ConfigError` for a size the backbone cannot take (fixed-size ViT, too small)."""
         self.model.backbone.check_input_size(tuple(size), key)
 
+    def stats_side(self, h: int, w: int) -> int:
+        """The side whose BatchNorm statistics an (h, w) input uses: a keep_aspect bucket's short side
+        (its scheduled size, as in training), else the side of the square of equal area."""
+        if (
+            self.info.get("geometry") == "keep_aspect"
+            and self.info.get("bucket_size", "short_side") == "short_side"
+        ):
+            return min(h, w)
+        return side_of((h, w))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size_stats is not None:  # the statistics of the trained size nearest to this input
+            self.size_stats.use(self.stats_side(int(x.shape[-2]), int(x.shape[-1])))
         x = x.float() if x.dtype == torch.uint8 else x * 255.0
         return self.model((x - self.pixel_mean) / self.pixel_std)
+
+    def use_main_size_stats(self) -> None:
+        """Load the main size's BatchNorm statistics and stop swapping (an exported graph has one set)."""
+        if self.size_stats is not None:
+            self.size_stats.use_main()
+            self.size_stats = None
 
     def extra_repr(self) -> str:
         return f"classes={len(self.classes)}, train_sizes={self.train_sizes}, eval_size={self.eval_size}"
@@ -114,6 +135,8 @@ class RunCheckpoint:
     run_dir: Path
     config: DictConfig
     state: dict[str, torch.Tensor]
+    #: per-size BatchNorm statistics (``model.bn_stats_per_size`` runs), ``{"64": {buffer: tensor}}``
+    bn_stats: dict[str, dict[str, torch.Tensor]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -126,7 +149,9 @@ class RunCheckpoint:
 def read_run_checkpoint(ckpt_path: str | Path, run_config: str | Path | None = None) -> RunCheckpoint:
     """Load a checkpoint safely (first: an unsafe file is refused before anything else) and its run config."""
     ckpt = resolve_checkpoint_path(ckpt_path)
-    state = state_dict_of(safe_load(ckpt, what="ckpt_path"), ckpt)
+    loaded = safe_load(ckpt, what="ckpt_path")
+    state = state_dict_of(loaded, ckpt)
+    bn_stats = loaded.get(BN_STATS_KEY) if isinstance(loaded, dict) else None
     config_path = Path(str(run_config)) if run_config else find_run_config(ckpt)
     if config_path is None or not config_path.is_file():
         raise ConfigError(
@@ -145,7 +170,7 @@ def read_run_checkpoint(ckpt_path: str | Path, run_config: str | Path | None = N
         if key in cfg.backbone:
             cfg.backbone[key] = False if key in ("pretrained", "init_head") else None
     cfg.run_config = str(config_path)
-    return RunCheckpoint(path=ckpt, run_dir=run_dir, config=cfg, state=state)
+    return RunCheckpoint(path=ckpt, run_dir=run_dir, config=cfg, state=state, bn_stats=bn_stats or None)
 
 
 def build_schedule(cfg: DictConfig) -> Any | None:
@@ -266,6 +291,7 @@ def load_classifier(
             or (str(OmegaConf.select(cfg, "resolution.geometry", default="square")),)
         )[0],
         "multiple": int(OmegaConf.select(cfg, "resolution.multiple", default=8) or 8),
+        "bucket_size": str(OmegaConf.select(cfg, "resolution.bucket_size", default="short_side")),
         "aspect_ratios": [float(a) for a in getattr(schedule, "aspect_ratios", ()) or ()],
         "eval_crop_pct": float(OmegaConf.select(cfg, "data.eval_crop_pct", default=1.0) or 1.0),
         "reduction": int(backbone.reduction),
@@ -280,6 +306,9 @@ def load_classifier(
         eval_size=eval_size,
         info=info,
     )
+    if run.bn_stats:
+        classifier.size_stats = TrackedSizeStats(model, main=side_of(eval_size) if eval_size else None)
+        classifier.size_stats.load_state(run.bn_stats)
     classifier.config = cfg  # the run's composed config, for callers that need more
     return classifier.to(device).eval()
 

@@ -41,6 +41,7 @@ from resflex.errors import (
 from resflex.model_card import write_model_card_quietly
 from resflex.models.checkpoint import resolve_resume_checkpoint
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory
+from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (
     check_shared_run_dir,
     child_rank_grace,
@@ -128,6 +129,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record.status = "interrupted"
         else:
             record.status = "completed"
+            if cfg.eval.get(
+                "bn_calibration", False
+            ):  # BatchNorm statistics per eval size, into the checkpoints
+                calibrate_run_checkpoints(
+                    trainer, module, datamodule, cfg.eval.get("bn_calibration_batches", 10)
+                )
             if cfg.get("test_after_fit") and datamodule.has_split("test"):
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
                 # verbose=False: the end-of-run table replaces Lightning's (a sparse column per size)

@@ -22,7 +22,9 @@ def _net() -> nn.Module:
 
 def test_calibrate_is_the_exact_mean_and_unbiased_variance_of_the_batches() -> None:
     net = _net().eval()
-    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    weights = {
+        k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k
+    }
     batches = [torch.randn(4, 3, 8, 8) * 3 + 1 for _ in range(3)]
     stats = calibrate(net, batches)
     features = torch.cat([net[0](x) for x in batches])  # what the BN layer sees
@@ -41,7 +43,9 @@ def test_calibrate_is_the_exact_mean_and_unbiased_variance_of_the_batches() -> N
 def test_calibrate_sizes_restores_the_models_own_statistics_and_differs_per_size() -> None:
     net = _net()
     before = read_stats(net)
-    table = calibrate_sizes(net, [(4, 4), (16, 16)], lambda s: [torch.randn(4, 3, *s) + s[0] / 4], max_batches=2)
+    table = calibrate_sizes(
+        net, [(4, 4), (16, 16)], lambda s: [torch.randn(4, 3, *s) + s[0] / 4], max_batches=2
+    )
     after = read_stats(net)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not torch.allclose(table[(4, 4)]["1.running_mean"], table[(16, 16)]["1.running_mean"])

@@ -9,10 +9,10 @@ import torch
 
 from resflex.build import build_datamodule, build_module
 from resflex.errors import ConfigError
-from resflex.models.bn_calibration import read_stats, write_stats
+from resflex.inference import load_classifier
+from resflex.models.bn_calibration import BN_STATS_KEY, read_stats, write_stats
 from resflex.train import train
-from resflex.training.module import BN_STATS_KEY
-from tests.conftest import TINY, TINY_SYNTHETIC
+from tests.conftest import TINY, TINY_SYNTHETIC, train_run
 from tests.test_configs import compose_train
 
 LIMITS = ("trainer.limit_train_batches=6", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
@@ -24,6 +24,7 @@ MULTISCALE = (
     "resolution.geometry=square",
     "eval.resolutions=[16,48,64]",
     "model.bn_stats_per_size=true",
+    "eval.bn_calibration=false",  # the tracked statistics, not the after-fit calibration
 )
 
 
@@ -34,7 +35,7 @@ def _overrides() -> list[str]:
 
 def test_per_size_statistics_are_tracked_checkpointed_and_used_at_each_eval_size(tmp_path: Path) -> None:
     cfg = compose_train(_overrides(), tmp_path)
-    record = train(cfg)
+    record = train_run(_overrides(), tmp_path, hydra_files=True)
     assert record["status"] == "completed"
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     table = ckpt[BN_STATS_KEY]
@@ -63,6 +64,17 @@ def test_per_size_statistics_are_tracked_checkpointed_and_used_at_each_eval_size
             logits = module(module.normalize(images))
         expected = (logits.argmax(-1) == labels).float().mean().item()
         assert metrics[f"test/acc@{size}"] == pytest.approx(expected, abs=1e-6), size
+        # load_classifier swaps in the same statistics by the input's size
+        classifier = load_classifier(tmp_path / "checkpoints" / "last.ckpt")
+        with torch.no_grad():
+            assert torch.allclose(classifier(images), logits, atol=1e-5), size
+    # an export holds one set: the main size's
+    classifier.use_main_size_stats()
+    assert classifier.size_stats is None
+    assert torch.equal(
+        read_stats(classifier.model)["backbone.model.bn1.running_mean"],
+        table["32"]["backbone.model.bn1.running_mean"],
+    )
 
 
 def test_per_size_statistics_survive_a_resume(tmp_path: Path) -> None:
@@ -87,3 +99,45 @@ def test_per_size_statistics_refuse_ema_in_one_line(tmp_path: Path) -> None:
     cfg = compose_train([*_overrides(), "model.ema=true"], tmp_path)
     with pytest.raises(ConfigError, match=r"model\.bn_stats_per_size cannot be combined with model\.ema"):
         build_module(cfg, num_classes=10)
+
+
+def test_after_fit_calibration_writes_each_eval_sizes_statistics_and_the_test_uses_them(
+    tmp_path: Path,
+) -> None:
+    """eval.bn_calibration (the default): the checkpoint's table equals torch's update_bn over the first
+    batches of training images at each size, and test/acc@<size> is the accuracy with that size's."""
+    from itertools import islice
+
+    from torch.optim.swa_utils import update_bn
+
+    overrides = [
+        *(a for a in TINY if not a.startswith(("trainer.limit_train", "trainer.limit_val"))),
+        *TINY_SYNTHETIC,
+        *LIMITS,
+        "resolution.geometry=square",
+        "eval.resolutions=[16,48]",
+        "eval.bn_calibration_batches=2",
+    ]
+    cfg = compose_train(overrides, tmp_path)
+    record = train(cfg)
+    ckpt_path = Path(record["best"]["checkpoint"])
+    ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+    table = ckpt[BN_STATS_KEY]
+    assert set(table) == {"32", "16", "48"}
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, num_classes=dm.num_classes)
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    loaders = dm.test_dataloader()
+    for (size, _), loader in zip(dm.eval_sizes, loaders, strict=True):
+        batches = [module.normalize(x) for x, _ in islice(dm.calibration_loader((size, size)), 2)]
+        update_bn(batches, module.model)
+        for name, value in read_stats(module.model).items():
+            assert torch.allclose(table[str(size)][name], value, atol=1e-5), (size, name)
+        images, labels = next(iter(loader))
+        with torch.no_grad():
+            expected = (module(module.normalize(images)).argmax(-1) == labels).float().mean().item()
+        assert record["metrics"][f"test/acc@{size}"] == pytest.approx(expected, abs=1e-6), size
+    # the weights' own buffers are the main size's calibrated statistics
+    for name, value in table["32"].items():
+        assert torch.equal(ckpt["state_dict"][f"model.{name}"], value), name

@@ -342,16 +342,18 @@ class ResflexDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _loader(self, split: str, shuffle: bool, size: Size | None) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, size: Size | None, eval_framing: bool = False) -> DataLoader:
         """Built once per split and reused, so persistent workers survive across epochs.
 
         ``shuffle`` orders the split anew each epoch; the train split is sampled for training
-        (epoch-seeded augmentation) even when not shuffled (``overfit_batches``).
+        (epoch-seeded augmentation) even when not shuffled (``overfit_batches``), unless
+        ``eval_framing`` frames it as evaluation does (BatchNorm calibration).
         """
-        key = f"{split}@{size}"
+        key = f"{split}@{size}" + ("-eval" if eval_framing else "")
+        training = split == "train" and not eval_framing
         if key not in self._loaders:
-            transform: Transform = self.train_transform if split == "train" else self.eval_transform
-            phases: Mapping[str, Transform] = self.phase_transforms if split == "train" else {}
+            transform: Transform = self.train_transform if training else self.eval_transform
+            phases: Mapping[str, Transform] = self.phase_transforms if training else {}
             bad_images = getattr(self.source, "bad_images", None)
             collate = None  # torch's default
             if self.device_decode:  # workers read bytes and draw framings; the device decodes
@@ -365,8 +367,8 @@ class ResflexDataModule(pl.LightningDataModule):
                 batch_size=self.batch_size if split == "train" else self.eval_batch_size,
                 schedule=self.schedule,
                 shuffle=shuffle,
-                training=split == "train",
-                drop_last=split == "train" and len(dataset) // world >= self.batch_size,
+                training=training,
+                drop_last=training and len(dataset) // world >= self.batch_size,
                 seed=self.seed,
                 rank=rank,
                 world_size=world,
@@ -381,7 +383,7 @@ class ResflexDataModule(pl.LightningDataModule):
                 batch_sampler=sampler,
                 num_workers=workers,
                 pin_memory=self.pin_memory,
-                persistent_workers=self.requested_persistent_workers and workers > 0,
+                persistent_workers=self.requested_persistent_workers and workers > 0 and not eval_framing,
                 prefetch_factor=self.requested_prefetch_factor if workers > 0 else None,
                 collate_fn=collate,
             )
@@ -446,6 +448,12 @@ class ResflexDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning calls this before it builds the train loader of a resumed run."""
         self._resume = dict(state_dict) if state_dict else None
+
+    def calibration_loader(self, size: Size) -> DataLoader:
+        """Training images at ``size``, framed as evaluation frames them, shuffled (seeded by the run's
+        seed): the unlabelled images BatchNorm statistics are re-estimated from (never an evaluation
+        split's)."""
+        return self._loader("train", shuffle=True, size=size, eval_framing=True)
 
     def _eval_loaders(self, split: str) -> DataLoader | list[DataLoader]:
         loaders = [self._loader(split, shuffle=False, size=size) for size in self.eval_sizes]

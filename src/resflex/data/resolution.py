@@ -504,6 +504,7 @@ class MultiScaleResolution(RandomResolution):
         scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
         probs: Sequence[float] | None = None,
         seed: int = 0,
+        final_epochs: int = 0,
         **common: Any,
     ) -> None:
         target = parse_size(size)
@@ -524,6 +525,16 @@ class MultiScaleResolution(RandomResolution):
         super().__init__(sizes=sides, probs=probs, seed=seed, **common)
         self.size = target
         self.scales = tuple(factors)
+        self.final_epochs = _check_int(final_epochs, "resolution.final_epochs")
+        self.needs_max_epochs = self.final_epochs > 0
+
+    def size_at(self, epoch: int, step: int) -> Size:
+        if self.final_epochs and epoch >= self._epochs() - self.final_epochs:
+            return self.size
+        return super().size_at(epoch, step)
+
+    def train_sizes(self) -> list[Size]:
+        return sorted({*super().train_sizes(), self.size}) if self.final_epochs else super().train_sizes()
 
     @property
     def eval_size(self) -> Size:

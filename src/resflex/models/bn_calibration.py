@@ -19,7 +19,7 @@ statistics (:class:`SizeStats`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 
 import torch
@@ -30,6 +30,14 @@ from resflex.data.resolution import Size
 
 #: the state of one size: every BatchNorm's running mean and variance, by buffer name
 SizeStats = dict[str, torch.Tensor]
+#: checkpoint key of the per-size BatchNorm statistics (``model.bn_stats_per_size``)
+BN_STATS_KEY = "bn_size_stats"
+
+
+def side_of(size: Sequence[int]) -> int:
+    """One number per size for the per-size statistics: the side, or sqrt(h*w) when not square."""
+    h, w = int(size[0]), int(size[1])
+    return h if h == w else round(math.sqrt(h * w))
 
 
 def batchnorm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:

@@ -12,9 +12,8 @@ every other random stream alone.
 
 from __future__ import annotations
 
-import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,7 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from resflex.data.device_decode import EncodedBatch
 from resflex.errors import ConfigError
-from resflex.models.bn_calibration import TrackedSizeStats, has_batchnorm
+from resflex.models.bn_calibration import BN_STATS_KEY, TrackedSizeStats, has_batchnorm, side_of
 from resflex.models.classifier import ImageClassifier
 from resflex.runtime import resolve_channels_last, size_tag
 from resflex.training.callbacks import scheduled_size
@@ -63,16 +62,6 @@ def seeded_rngs(seed: int, device: torch.device) -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
-
-
-#: checkpoint key of the per-size BatchNorm statistics (``model.bn_stats_per_size``)
-BN_STATS_KEY = "bn_size_stats"
-
-
-def side_of(size: Sequence[int]) -> int:
-    """One number per size for the per-size statistics: the side, or sqrt(h*w) when not square."""
-    h, w = int(size[0]), int(size[1])
-    return h if h == w else round(math.sqrt(h * w))
 
 
 def _at_least_zero(value: float) -> bool:
@@ -180,8 +169,11 @@ class ClassificationModule(pl.LightningModule):
                 "BatchNorm statistics)",
                 hint="model.bn_stats_per_size=false model.ema=true, or model.ema=false",
             )
-        # BatchNorm running statistics per training size (resflex.models.bn_calibration.TrackedSizeStats)
-        self.size_stats = TrackedSizeStats(net) if bn_stats_per_size and has_batchnorm(net) else None
+        # BatchNorm statistics per size (resflex.models.bn_calibration.TrackedSizeStats): tracked per
+        # training size when bn_stats_per_size, or calibrated per evaluation size after fit and read back
+        # from the checkpoint (resflex.training.calibration); empty: one set, as trained
+        self.size_stats = TrackedSizeStats(net) if has_batchnorm(net) else None
+        self.track_bn_per_size = bn_stats_per_size
         # per evaluation loader: (size, [correct, seen]) for the robustness summary of the epoch
         self._size_counts: dict[str, dict[int, tuple[tuple[int, int], torch.Tensor]]] = {}
         if self.top5:
@@ -281,11 +273,12 @@ class ClassificationModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         images, targets = self.regularize(images, labels, batch_idx)
-        side = self._training_side(batch_idx, images) if self.size_stats is not None else None
-        if side is not None:
+        tracking = self.size_stats is not None and self.track_bn_per_size
+        side = self._training_side(batch_idx, images) if tracking else None
+        if side is not None and self.size_stats is not None:
             self.size_stats.before_step(side)
         logits = self(images)
-        if side is not None:
+        if side is not None and self.size_stats is not None:
             self.size_stats.after_step(side)
         if targets is None:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
@@ -316,10 +309,9 @@ class ClassificationModule(pl.LightningModule):
         if self.size_stats is None or not self.size_stats.table:
             return
         self._use_main_size_stats()
+        main = self.size_stats.nearest(self.size_stats.main) if self.size_stats.main else None
         state = checkpoint.get("state_dict", {})
-        for name, value in self.size_stats.table[
-            self.size_stats.nearest(self.size_stats.main or 0) or 0
-        ].items():
+        for name, value in self.size_stats.table.get(main, {}).items() if main is not None else ():
             if f"model.{name}" in state:
                 state[f"model.{name}"] = value.detach().clone()
         checkpoint[BN_STATS_KEY] = self.size_stats.state()
@@ -327,6 +319,10 @@ class ClassificationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.size_stats is not None and BN_STATS_KEY in checkpoint:
             self.size_stats.load_state(checkpoint[BN_STATS_KEY])
+
+    def on_train_start(self) -> None:
+        if self.size_stats is not None and not self.track_bn_per_size:
+            self.size_stats.table.clear()  # a resumed run's calibrated statistics: stale once it trains
 
     def on_train_epoch_start(self) -> None:
         if self.size_stats is not None:

@@ -1,0 +1,85 @@
+"""The robustness study's tables, generated from its result file (never typed):
+
+    python experiments/robustness/table.py experiments/robustness/results_shapes.csv --baseline fixed \
+        [--cells fixed multiscale ...] [--split test]
+
+One row per cell: seeds, accuracy at each evaluation size (mean ± sd over seeds), worst and mean
+over the sizes, and the paired change against the baseline cell (same seed) of the accuracy at the
+main size and of the mean over sizes. ``--split val`` prints the validation numbers the choices were
+made on; the default, ``test``, the split that played no part in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def signed(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+
+
+def wall(values: list[float]) -> str:
+    """Median wall time (runs may have shared the machine: see the README for the timing pass)."""
+    return f"{statistics.median(values):.0f}" if values else "–"
+
+
+def table(rows: list[dict[str, str]], baseline: str, cells: list[str], split: str, main: int) -> str:
+    by_cell: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for row in rows:
+        if row.get("status", "completed") == "completed":
+            by_cell[row["cell"]][row["seed"]] = row
+    sizes = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith(f"{split}_acc@") and r[k]})
+    head = ["cell", "seeds", *(f"{s} px" for s in sizes), "worst", "mean", f"Δ@{main} vs {baseline}",
+            f"Δmean vs {baseline}", "wall s"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = by_cell.get(baseline, {})
+    for cell in cells or list(by_cell):
+        runs = by_cell.get(cell, {})
+        if not runs:
+            continue
+
+        def values(key: str, runs: dict[str, dict[str, str]] = runs) -> list[float]:
+            return [float(r[key]) for r in runs.values() if r.get(key)]
+
+        def paired(key: str, runs: dict[str, dict[str, str]] = runs) -> list[float]:
+            return [float(r[key]) - float(base[s][key]) for s, r in runs.items() if s in base and r.get(key)]
+
+        cols = [cell, str(len(runs)), *(spread(values(f"{split}_acc@{s}")) for s in sizes),
+                spread(values(f"{split}_acc_worst")), spread(values(f"{split}_acc_mean_sizes")),
+                "–" if cell == baseline else signed(paired(f"{split}_acc@{main}")),
+                "–" if cell == baseline else signed(paired(f"{split}_acc_mean_sizes")),
+                wall(values("wall_time_s"))]  # fmt: skip
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("csv", type=Path)
+    parser.add_argument("--baseline", default="fixed")
+    parser.add_argument("--cells", nargs="*", default=[])
+    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--main", type=int, default=64, help="the main (trained) size, px")
+    args = parser.parse_args()
+    rows = list(csv.DictReader(args.csv.open()))
+    print(table(rows, args.baseline, args.cells, args.split, args.main))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""After fit: BatchNorm statistics re-estimated at every evaluation size, stored in the checkpoints.
+
+Why (measured in ``experiments/robustness/``): a CNN's BatchNorm running statistics
+describe the sizes it was trained at; at another size it normalises deep features
+with the wrong numbers, which is a large part of why a model trained at 64 px
+collapses at 32 or 128 px. Re-estimating the statistics at each evaluation size from
+a few hundred unlabelled *training* images (weights untouched) recovers much of that
+(FixRes, Touvron et al. 2019; the calibration of RS-Nets, Wang et al. 2020).
+
+``eval.bn_calibration=true`` (the default) does it once, after fit, for the best and
+the last checkpoint: each file gets a table of per-size statistics beside its weights
+(:data:`~resflex.models.bn_calibration.BN_STATS_KEY`), and its own BatchNorm buffers
+become the main size's. The test, ``scripts/eval.py``, ``load_classifier`` and
+``predict`` then normalise each input with the statistics of the nearest calibrated
+size (:class:`~resflex.models.bn_calibration.TrackedSizeStats`); an export carries the
+main size's. Cost: ``eval.bn_calibration_batches`` forward passes per evaluation size
+and checkpoint, no backward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
+
+from resflex.models.bn_calibration import BN_STATS_KEY, calibrate_sizes, has_batchnorm, side_of
+from resflex.models.checkpoint import safe_load
+from resflex.validation import check_value
+
+log = logging.getLogger("resflex")
+
+
+def normalised_batches(module: Any, loader: Any, device: torch.device) -> Iterator[torch.Tensor]:
+    """``loader``'s images as the network sees them (moved, decoded, normalised by the module)."""
+    for batch in loader:
+        images, _ = module.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+        yield images
+
+
+def calibrate_checkpoint(
+    path: Path, module: Any, datamodule: Any, sizes: Sequence[tuple[int, int]], batches: int
+) -> None:
+    """Re-estimate ``path``'s BatchNorm statistics at each of ``sizes``; write them into the file.
+
+    The table is keyed by side (:func:`~resflex.models.bn_calibration.side_of`); the weights'
+    own buffers become the statistics of ``sizes[0]`` (the main size). Written atomically.
+    """
+    checkpoint = safe_load(path, what="checkpoint")
+    module.load_state_dict(checkpoint["state_dict"])
+    device = module.device
+    table = calibrate_sizes(
+        module.model,
+        sizes,
+        lambda size: normalised_batches(module, datamodule.calibration_loader(size), device),
+        batches,
+    )
+    checkpoint[BN_STATS_KEY] = {
+        str(side_of(size)): {k: v.detach().cpu() for k, v in stats.items()} for size, stats in table.items()
+    }
+    for name, value in table[tuple(sizes[0])].items():
+        checkpoint["state_dict"][f"model.{name}"] = value.detach().clone()
+    tmp = path.with_suffix(path.suffix + ".calibrating")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def calibrate_run_checkpoints(trainer: pl.Trainer, module: Any, datamodule: Any, batches: int) -> list[Path]:
+    """Calibrate the run's best and last checkpoints at every evaluation size (rank 0 writes; all wait).
+
+    Leaves ``module`` with the last checkpoint's weights and calibrated statistics, as after fit.
+    """
+    check_value("eval.bn_calibration_batches", batches, int, lambda v: v >= 1, "a positive integer")
+    if not has_batchnorm(module.model):
+        return []
+    paths = []
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+    last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    for candidate in (Path(best) if best else None, last):
+        if candidate is not None and candidate.is_file() and candidate not in paths:
+            paths.append(candidate)
+    if not paths:
+        return []
+    sizes = list(datamodule.eval_sizes)
+    started = time.perf_counter()
+    if trainer.is_global_zero:
+        for path in sorted(paths, key=lambda p: p == last):  # the last one last: the module keeps its weights
+            calibrate_checkpoint(path, module, datamodule, sizes, batches)
+    trainer.strategy.barrier("bn_calibration")
+    names = ", ".join(f"{h}x{w}" if h != w else str(h) for h, w in sizes)
+    log.info(
+        "BatchNorm statistics calibrated at %s px (%d batches of training images each) in %s: %.0f s",
+        names,
+        batches,
+        ", ".join(p.name for p in paths),
+        time.perf_counter() - started,
+    )
+    return paths
