@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-slow test-min lint tensorboard clean
+.PHONY: install train test test-slow test-min lint tensorboard results clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test-min: $(STAMP_MIN)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests
 	$(VENV)/bin/ruff format --check src scripts tests
+
+# every generated table in README.md and experiments/*/README.md, from the committed result files
+results: $(STAMP)
+	$(PY) experiments/update_tables.py
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir logs

@@ -32,7 +32,7 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
     return cfg
 
 
-def train_tiny_run(run_dir: Path) -> dict:
+def train_tiny_run(run_dir: Path, *extra: str) -> dict:
     """A real training run folder (``.hydra/config.yaml``, ``checkpoints/last.ckpt``, ``metrics.json``)."""
     from resflex.train import train
 
@@ -42,6 +42,7 @@ def train_tiny_run(run_dir: Path) -> dict:
         "eval.resolutions=[24]",
         "test_after_fit=false",
         "trainer.limit_val_batches=null",
+        *extra,
     ]
     cfg = compose_config("train", overrides, run_dir)
     saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -54,7 +55,8 @@ def test_eval_matches_the_trainers_validation_at_each_size(tmp_path: Path) -> No
     from resflex.evaluate import evaluate
 
     run_dir = tmp_path / "run"
-    record = train_tiny_run(run_dir)
+    # without the after-fit BatchNorm calibration the checkpoint is what the last validation used
+    record = train_tiny_run(run_dir, "eval.bn_calibration=false")
     assert record["status"] == "completed"
     assert record["params"]["frozen"] == 0 and record["params"]["trainable"] == record["params"]["total"] > 0
     trained = record["metrics"]
@@ -83,6 +85,24 @@ def test_eval_matches_the_trainers_validation_at_each_size(tmp_path: Path) -> No
     tags = scalar_tags(out)
     assert {"val/acc@32", "val/acc@24", "val/acc_vs_resolution"} <= set(tags)
     assert sorted(step for step, _ in tags["val/acc_vs_resolution"]) == [24, 32]
+
+
+def test_eval_of_a_calibrated_checkpoint_matches_the_trainers_test_at_each_size(tmp_path: Path) -> None:
+    """eval.bn_calibration (the default): the best checkpoint carries per-size BatchNorm statistics;
+    scripts/eval.py uses them as the trainer's test did."""
+    from resflex.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    record = train_tiny_run(run_dir, "test_after_fit=true", "trainer.limit_test_batches=null")
+    cfg = compose_config(
+        "eval",
+        [f"ckpt_path={record['best']['checkpoint']}", "eval.resolutions=[32,24]", "eval.split=test"],
+        tmp_path / "eval",
+    )
+    by_size = {r["resolution"]: r for r in evaluate(cfg)["results"]}
+    assert by_size["32x32"]["acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
+    assert by_size["24x24"]["acc"] == pytest.approx(record["metrics"]["test/acc@24"], abs=1e-6)
+    assert by_size["24x24"]["loss"] == pytest.approx(record["metrics"]["test/loss@24"], rel=1e-4)
 
 
 def test_eval_rejects_a_checkpoint_for_another_label_set(tmp_path: Path) -> None:

@@ -70,6 +70,13 @@ RUNS: dict[str, list[str]] = {
         "data=imagefolder",
     ],
     "fixed-fast": ["resolution=fixed", "resolution.size=32", "debug=fast"],
+    "multiscale-bn-per-size": [
+        "resolution=multiscale",
+        "resolution.size=32",
+        "model.bn_stats_per_size=true",
+        "resolution.final_epochs=1",
+        "trainer.max_epochs=2",
+    ],
     "fast_dev_run": ["debug=fast_dev_run", "resolution.size=32"],
     "multiscale_pyramid": [
         "experiment=multiscale_pyramid",

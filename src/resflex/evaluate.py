@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from resflex.build import build_datamodule, build_module
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.errors import ConfigError, user_errors_as_one_line
+from resflex.models.bn_calibration import side_of
 from resflex.models.checkpoint import (
     HEAD_PREFIX,
     find_run_config,
@@ -183,7 +184,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     quiet_library_noise()
     started = time.time()
     ckpt = resolve_checkpoint_path(cfg.get("ckpt_path"))
-    state = state_dict_of(safe_load(ckpt, what="ckpt_path"), ckpt)  # first: refuse unsafe files early
+    loaded = safe_load(ckpt, what="ckpt_path")  # first: refuse unsafe files early
+    state = state_dict_of(loaded, ckpt)
     run_cfg = compose_eval_config(cfg, ckpt)
     split = str(cfg.eval.get("split", "val"))
 
@@ -198,6 +200,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     module = build_module(run_cfg, datamodule.num_classes)
     load_weights(module, state, ckpt)
+    if isinstance(loaded, dict):  # per-size BatchNorm statistics (eval.bn_calibration): the nearest size's
+        module.on_load_checkpoint(loaded)
 
     device_name = str(cfg.eval.get("device", "auto"))
     if device_name == "auto":
@@ -214,6 +218,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     rows = []
     for (h, w), loader in zip(datamodule.eval_sizes, loaders, strict=True):
         tag = size_tag(h, w)
+        if module.size_stats is not None:
+            module.size_stats.use(side_of((h, w)))
         metrics = evaluate_loader(module, loader, device, precision, limit)
         rows.append({"resolution": f"{h}x{w}", "tag": tag, "height": h, "width": w, **metrics})
         log.info("%s@%s: acc %.4f, loss %.4f", split, tag, metrics["acc"], metrics["loss"])

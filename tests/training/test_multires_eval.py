@@ -74,7 +74,9 @@ def test_eval_resolutions_give_one_loader_per_size_and_reject_a_scalar(tmp_path:
 def test_fit_logs_per_size_metrics_and_writes_the_plot(tmp_path: Path) -> None:
     limits = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
     square = "resolution.geometry=square"  # one batch of one shape per size (auto would bucket by aspect)
-    cfg = _compose([*TINY, *TINY_SYNTHETIC, *limits, square, "eval.resolutions=[16,48]"], tmp_path)
+    # without the after-fit calibration (tests/training/test_bn_per_size.py), one set of statistics
+    plain = "eval.bn_calibration=false"
+    cfg = _compose([*TINY, *TINY_SYNTHETIC, *limits, square, plain, "eval.resolutions=[16,48]"], tmp_path)
     record = train(cfg)
     assert record["status"] == "completed"
     metrics = record["metrics"]

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Size robustness on the embedded shapes at the default run's budget (resnet18 from scratch, 64 px,
+# 6 epochs, keep_aspect, pyramid head: `python scripts/train.py` as `make train` runs it), evaluated
+# at 32/48/64/96/128 px (1/2x-2x), seeds 0-2 (seed-major), two runs at a time, one compute thread
+# and one loader worker each (the 2-core CPU). Every cell calibrates BatchNorm per evaluation size
+# after fit (eval.bn_calibration=true, the default); fixed_nocal is the former default without it.
+# Choices are made on val (table.py --split val), reported on test (table.py). Results: results_shapes.csv
+# beside this script (one row per run, with commit, machine and command).
+#
+#   bash experiments/robustness/cpu_run.sh [RUNS_DIR]      # CELLS="fixed ms50" SEEDS="0" for a subset
+set -euo pipefail
+RUNS=${1:-/tmp/robustness_runs}
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PY=${PYTHON:-$REPO/.venv/bin/python}
+source "$HERE/../cells.sh"
+COMMON="trainer.enable_progress_bar=false data.num_workers=1"
+
+declare -A SWITCHES=(
+  [fixed_nocal]="resolution=fixed eval.bn_calibration=false"
+  [fixed]="resolution=fixed"
+  [ms50]="resolution=multiscale resolution.probs=[0.1,0.15,0.5,0.15,0.1]"
+  [ms60]="resolution=multiscale resolution.probs=[0.1,0.1,0.6,0.1,0.1]"
+)
+CELLS=${CELLS:-fixed ms50 ms60 fixed_nocal}
+run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
+args=()
+for cell in "${!SWITCHES[@]}"; do
+  for seed in 0 1 2; do
+    [ -f "$RUNS/$cell-s$seed/metrics.json" ] && args+=("$cell-s$seed=$RUNS/$cell-s$seed")
+  done
+done
+$PY "$HERE/collect.py" "$HERE/results_shapes.csv" "${args[@]}"
