@@ -44,23 +44,38 @@ def normalised_batches(module: Any, loader: Any, device: torch.device) -> Iterat
         yield images
 
 
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """True when two state dicts hold equal tensors (the best checkpoint is often the last epoch's)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def calibrate_checkpoint(
-    path: Path, module: Any, datamodule: Any, sizes: Sequence[tuple[int, int]], batches: int
-) -> None:
+    path: Path,
+    module: Any,
+    datamodule: Any,
+    sizes: Sequence[tuple[int, int]],
+    batches: int,
+    reuse: tuple[dict[str, torch.Tensor], dict] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Re-estimate ``path``'s BatchNorm statistics at each of ``sizes``; write them into the file.
 
     The table is keyed by side (:func:`~resflex.models.bn_calibration.side_of`); the weights'
     own buffers become the statistics of ``sizes[0]`` (the main size). Written atomically.
+    ``reuse``: a (state dict, table) already computed; used when this file's weights are equal.
+    Returns this file's (original state dict, table).
     """
     checkpoint = safe_load(path, what="checkpoint")
-    module.load_state_dict(checkpoint["state_dict"])
-    device = module.device
-    table = calibrate_sizes(
-        module.model,
-        sizes,
-        lambda size: normalised_batches(module, datamodule.calibration_loader(size), device),
-        batches,
-    )
+    original = {k: v.clone() for k, v in checkpoint["state_dict"].items()}
+    if reuse is not None and same_weights(original, reuse[0]):
+        table = reuse[1]
+    else:
+        module.load_state_dict(checkpoint["state_dict"])
+        table = calibrate_sizes(
+            module.model,
+            sizes,
+            lambda size: normalised_batches(module, datamodule.calibration_loader(size), module.device),
+            batches,
+        )
     checkpoint[BN_STATS_KEY] = {
         str(side_of(size)): {k: v.detach().cpu() for k, v in stats.items()} for size, stats in table.items()
     }
@@ -69,6 +84,7 @@ def calibrate_checkpoint(
     tmp = path.with_suffix(path.suffix + ".calibrating")
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)
+    return original, table
 
 
 def calibrate_run_checkpoints(trainer: pl.Trainer, module: Any, datamodule: Any, batches: int) -> list[Path]:
@@ -90,8 +106,11 @@ def calibrate_run_checkpoints(trainer: pl.Trainer, module: Any, datamodule: Any,
     sizes = list(datamodule.eval_sizes)
     started = time.perf_counter()
     if trainer.is_global_zero:
+        done = None
         for path in sorted(paths, key=lambda p: p == last):  # the last one last: the module keeps its weights
-            calibrate_checkpoint(path, module, datamodule, sizes, batches)
+            done = calibrate_checkpoint(path, module, datamodule, sizes, batches, reuse=done)
+        if done is not None:
+            module.load_state_dict(done[0])  # the last weights, as after fit (with their own statistics)
     trainer.strategy.barrier("bn_calibration")
     names = ", ".join(f"{h}x{w}" if h != w else str(h) for h, w in sizes)
     log.info(
