@@ -37,6 +37,11 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """HEAD of this checkout, or ``$RESULTS_COMMIT`` (runs made at an earlier commit, collected later)."""
+    import os
+
+    if os.environ.get("RESULTS_COMMIT"):
+        return os.environ["RESULTS_COMMIT"]
     here = Path(__file__).resolve().parent
     return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=False

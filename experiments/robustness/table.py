@@ -58,7 +58,11 @@ def table(rows: list[dict[str, str]], baseline: str, cells: list[str], split: st
             return [float(r[key]) for r in runs.values() if r.get(key)]
 
         def paired(key: str, runs: dict[str, dict[str, str]] = runs) -> list[float]:
-            return [float(r[key]) - float(base[s][key]) for s, r in runs.items() if s in base and r.get(key)]
+            return [
+                float(r[key]) - float(base[s][key])
+                for s, r in runs.items()
+                if r.get(key) and base.get(s, {}).get(key)
+            ]
 
         cols = [cell, str(len(runs)), *(spread(values(f"{split}_acc@{s}")) for s in sizes),
                 spread(values(f"{split}_acc_worst")), spread(values(f"{split}_acc_mean_sizes")),

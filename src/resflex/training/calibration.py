@@ -9,8 +9,8 @@ a few hundred unlabelled *training* images (weights untouched) recovers much of 
 
 ``eval.bn_calibration=true`` (the default) does it once, after fit, for the best and
 the last checkpoint: each file gets a table of per-size statistics beside its weights
-(:data:`~resflex.models.bn_calibration.BN_STATS_KEY`), and its own BatchNorm buffers
-become the main size's. The test, ``scripts/eval.py``, ``load_classifier`` and
+(:data:`~resflex.models.bn_calibration.BN_STATS_KEY`); its weights and their BatchNorm
+buffers stay as trained. The test, ``scripts/eval.py``, ``load_classifier`` and
 ``predict`` then normalise each input with the statistics of the nearest calibrated
 size (:class:`~resflex.models.bn_calibration.TrackedSizeStats`); an export carries the
 main size's. Cost: ``eval.bn_calibration_batches`` forward passes per evaluation size
@@ -59,8 +59,8 @@ def calibrate_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Re-estimate ``path``'s BatchNorm statistics at each of ``sizes``; write them into the file.
 
-    The table is keyed by side (:func:`~resflex.models.bn_calibration.side_of`); the weights'
-    own buffers become the statistics of ``sizes[0]`` (the main size). Written atomically.
+    The table is keyed by side (:func:`~resflex.models.bn_calibration.side_of`); the weights and
+    their own BatchNorm buffers (the statistics as trained) are left as they are. Written atomically.
     ``reuse``: a (state dict, table) already computed; used when this file's weights are equal.
     Returns this file's (original state dict, table).
     """
@@ -79,8 +79,6 @@ def calibrate_checkpoint(
     checkpoint[BN_STATS_KEY] = {
         str(side_of(size)): {k: v.detach().cpu() for k, v in stats.items()} for size, stats in table.items()
     }
-    for name, value in table[tuple(sizes[0])].items():
-        checkpoint["state_dict"][f"model.{name}"] = value.detach().clone()
     tmp = path.with_suffix(path.suffix + ".calibrating")
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)

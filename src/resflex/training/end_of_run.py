@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resflex.data.resolution import Size
 from resflex.training.resolution_eval import parse_sized_tag
 
 log = logging.getLogger("resflex")
 
-Size = tuple[int, int]
+
 STAGES = ("val", "test")
 SUMMARY_TAG = "summary/results"
 
