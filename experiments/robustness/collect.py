@@ -69,6 +69,14 @@ def row_of(name: str, run_dir: Path, common: dict[str, str]) -> dict[str, object
     for key, value in metrics.items():
         if key.startswith(SIZE_KEYS) and key.split("@", 1)[1].isdigit():
             row[key.replace("/", "_")] = value
+    calibrated = run_dir / "eval_val" / "eval.json"  # val_calibrated.sh: val per size, calibrated statistics
+    if calibrated.is_file():
+        results = json.loads(calibrated.read_text())["results"]
+        accs = {int(r["height"]): float(r["acc"]) for r in results if r["height"] == r["width"]}
+        for size, acc in accs.items():
+            row[f"val_cal_acc@{size}"] = acc
+        row["val_cal_acc_worst"] = min(accs.values())
+        row["val_cal_acc_mean_sizes"] = sum(accs.values()) / len(accs)
     row["command"] = command
     return row
 

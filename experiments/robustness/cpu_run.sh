@@ -4,7 +4,8 @@
 # at 32/48/64/96/128 px (1/2x-2x), seeds 0-2 (seed-major), two runs at a time, one compute thread
 # and one loader worker each (the 2-core CPU). Every cell calibrates BatchNorm per evaluation size
 # after fit (eval.bn_calibration=true, the default); fixed_nocal is the former default without it.
-# Choices are made on val (table.py --split val), reported on test (table.py). Results: results_shapes.csv
+# Choices are made on val with the calibrated statistics (val_calibrated.sh; table.py --split val_cal),
+# reported on test (table.py). Results: results_shapes.csv
 # beside this script (one row per run, with commit, machine and command).
 #
 #   bash experiments/robustness/cpu_run.sh [RUNS_DIR]      # CELLS="fixed ms50" SEEDS="0" for a subset
@@ -14,6 +15,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
 source "$HERE/../cells.sh"
+export KEEP_CHECKPOINTS=1  # val_calibrated.sh evaluates each best checkpoint, then they are deleted
 COMMON="trainer.enable_progress_bar=false data.num_workers=1"
 
 declare -A SWITCHES=(
@@ -24,6 +26,8 @@ declare -A SWITCHES=(
 )
 CELLS=${CELLS:-fixed ms50 ms60 fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
+bash "$HERE/val_calibrated.sh" "$RUNS"
+rm -rf "$RUNS"/*/checkpoints
 args=()
 for cell in "${!SWITCHES[@]}"; do
   for seed in 0 1 2; do

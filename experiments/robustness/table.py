@@ -5,8 +5,9 @@
 
 One row per cell: seeds, accuracy at each evaluation size (mean ± sd over seeds), worst and mean
 over the sizes, and the paired change against the baseline cell (same seed) of the accuracy at the
-main size and of the mean over sizes. ``--split val`` prints the validation numbers the choices were
-made on; the default, ``test``, the split that played no part in them.
+main size and of the mean over sizes. ``--split val_cal`` prints the validation numbers the choices were
+made on (the best checkpoint with its calibrated statistics: val_calibrated.sh); ``val``, the last
+epoch's validation; the default, ``test``, the split that played no part in any choice.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("csv", type=Path)
     parser.add_argument("--baseline", default="fixed")
     parser.add_argument("--cells", nargs="*", default=[])
-    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--split", default="test", choices=["val", "val_cal", "test"])
     parser.add_argument("--main", type=int, default=64, help="the main (trained) size, px")
     args = parser.parse_args()
     rows = list(csv.DictReader(args.csv.open()))
