@@ -103,6 +103,18 @@ def test_eval_of_a_calibrated_checkpoint_matches_the_trainers_test_at_each_size(
     assert by_size["32x32"]["acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
     assert by_size["24x24"]["acc"] == pytest.approx(record["metrics"]["test/acc@24"], abs=1e-6)
     assert by_size["24x24"]["loss"] == pytest.approx(record["metrics"]["test/loss@24"], rel=1e-4)
+    # val/* of a calibrated run are the best checkpoint's, validated again after the calibration
+    cfg = compose_config(
+        "eval",
+        [f"ckpt_path={record['best']['checkpoint']}", "eval.resolutions=[32,24]", "eval.split=val"],
+        tmp_path / "eval_val",
+    )
+    by_size = {r["resolution"]: r for r in evaluate(cfg)["results"]}
+    assert by_size["32x32"]["acc"] == pytest.approx(record["metrics"]["val/acc"], abs=1e-6)
+    assert by_size["24x24"]["acc"] == pytest.approx(record["metrics"]["val/acc@24"], abs=1e-6)
+    assert record["metrics"]["val/acc_worst"] == pytest.approx(
+        min(r["acc"] for r in by_size.values()), abs=1e-6
+    )
 
 
 def test_eval_rejects_a_checkpoint_for_another_label_set(tmp_path: Path) -> None:

@@ -129,12 +129,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record.status = "interrupted"
         else:
             record.status = "completed"
-            if cfg.eval.get(
-                "bn_calibration", False
-            ):  # BatchNorm statistics per eval size, into the checkpoints
-                calibrate_run_checkpoints(
-                    trainer, module, datamodule, cfg.eval.get("bn_calibration_batches", 10)
+            if cfg.eval.bn_calibration and calibrate_run_checkpoints(
+                trainer, module, datamodule, cfg.eval.bn_calibration_batches
+            ):  # BatchNorm statistics per evaluation size, into the checkpoints; then validation
+                # again, so val/* (metrics.json, the model card's robust range) are the best checkpoint's
+                # with them, as test/* are
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+                trainer.validate(
+                    module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
                 )
+                fit_metrics = {**fit_metrics, **collect_metrics(trainer)}
             if cfg.get("test_after_fit") and datamodule.has_split("test"):
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
                 # verbose=False: the end-of-run table replaces Lightning's (a sparse column per size)

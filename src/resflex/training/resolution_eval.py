@@ -38,6 +38,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pytorch_lightning.utilities import rank_zero_only
 
+from resflex.models.bn_calibration import has_batchnorm
 from resflex.training.loggers import log_figure
 
 _TAG = re.compile(r"^(val|test)/acc@(\d+)$")
@@ -125,18 +126,33 @@ class AccuracyVsResolution(pl.Callback):
     """At the end of fit (and again after test): PNG in the run folder + TensorBoard image, and the
     per-size accuracy and loss as scalars stepped by size (:func:`log_size_curves`)."""
 
-    def __init__(self, output_dir: str | None = None, filename: str = "acc_vs_resolution.png") -> None:
+    def __init__(
+        self, output_dir: str | None = None, filename: str = "acc_vs_resolution.png", calibrated: bool = False
+    ) -> None:
         super().__init__()
         self.output_dir = output_dir
         self.filename = filename
+        #: ``eval.bn_calibration``: a CNN's final validation comes after fit, with per-size BatchNorm
+        #: statistics (``trainer.validate`` in resflex.train); the val curve is that one, not the last epoch's
+        self.calibrated = calibrated
         self.curves: dict[str, Curve] = {}
         self.path: Path | None = None
 
+    def _after_fit(self, pl_module: pl.LightningModule) -> bool:
+        model = getattr(pl_module, "model", None)
+        return self.calibrated and model is not None and has_batchnorm(model)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.curves["val"] = curve_from_metrics(trainer.callback_metrics, "val")
+        if trainer.sanity_checking:
+            return
+        self.curves["val"] = curve_from_metrics(trainer.callback_metrics, "val")
+        if trainer.state.fn == "validate":
+            self.save(trainer)
+            log_size_curves(trainer, "val")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._after_fit(pl_module):
+            return  # the calibrated validation that follows draws and logs the val curve
         self.save(trainer)
         if "val" in self.curves:  # callback_metrics still hold the last validation's numbers
             log_size_curves(trainer, "val")
