@@ -129,11 +129,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record.status = "interrupted"
         else:
             record.status = "completed"
-            if cfg.eval.bn_calibration and calibrate_run_checkpoints(
-                trainer, module, datamodule, cfg.eval.bn_calibration_batches
-            ):  # BatchNorm statistics per evaluation size, into the checkpoints; then validation
-                # again, so val/* (metrics.json, the model card's robust range) are the best checkpoint's
-                # with them, as test/* are
+            calibrated = bool(cfg.eval.bn_calibration) and bool(
+                calibrate_run_checkpoints(trainer, module, datamodule, cfg.eval.bn_calibration_batches)
+            )  # BatchNorm statistics per evaluation size, written into the checkpoints
+            if calibrated or datamodule.extra_sizes_after_fit:
+                # the best checkpoint at every evaluation size (with its per-size statistics): val/* of
+                # metrics.json, the model card's robust range and the val size curve are these
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
                 trainer.validate(
                     module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False

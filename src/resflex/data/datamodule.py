@@ -223,6 +223,7 @@ class ResflexDataModule(pl.LightningDataModule):
         eval_crop_pct: float = 1.0,
         seed: int = 0,
         eval_resolutions: str | Sequence[int | Sequence[int]] | None = None,
+        eval_sizes_every_epoch: bool = True,
         profile_images: int = 5000,
         name: str = "",
         root: str | None = None,
@@ -259,6 +260,13 @@ class ResflexDataModule(pl.LightningDataModule):
         self.eval_sizes_auto = is_auto(eval_resolutions)
         extra_sizes = resolve_eval_resolutions(eval_resolutions, schedule) or []
         self.eval_sizes = self._eval_sizes(schedule.eval_size, to_plain(extra_sizes))
+        if not isinstance(eval_sizes_every_epoch, bool):
+            raise ConfigError(
+                f"eval.sizes_every_epoch must be true or false, got {eval_sizes_every_epoch!r}",
+                hint="eval.sizes_every_epoch=true",
+            )
+        #: false: during fit, validation runs at the main size only (the extra sizes once after fit)
+        self.eval_sizes_every_epoch = eval_sizes_every_epoch
         self._bucket_cache: dict[str, list[int]] = {}
         self._resume: dict[str, Any] | None = None
         self.eval_transform = EvalTransform(crop_pct=eval_crop_pct, geometry=geometry, fill=fill)
@@ -459,7 +467,15 @@ class ResflexDataModule(pl.LightningDataModule):
         loaders = [self._loader(split, shuffle=False, size=size) for size in self.eval_sizes]
         return loaders[0] if len(loaders) == 1 else loaders
 
+    @property
+    def extra_sizes_after_fit(self) -> bool:
+        """True when fit validates at the main size only; the extra sizes wait for a validation after fit."""
+        return not self.eval_sizes_every_epoch and len(self.eval_sizes) > 1
+
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        fitting = getattr(getattr(self.trainer, "state", None), "fn", None) == "fit"
+        if fitting and self.extra_sizes_after_fit:
+            return self._loader("val", shuffle=False, size=self.eval_sizes[0])
         return self._eval_loaders("val")
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:

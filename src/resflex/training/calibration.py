@@ -91,8 +91,9 @@ def calibrate_run_checkpoints(trainer: pl.Trainer, module: Any, datamodule: Any,
     Leaves ``module`` with the last checkpoint's weights and calibrated statistics, as after fit.
     """
     check_value("eval.bn_calibration_batches", batches, int, lambda v: v >= 1, "a positive integer")
-    if not has_batchnorm(module.model):
-        return []
+    sizes = list(datamodule.eval_sizes)
+    if not has_batchnorm(module.model) or (len(sizes) == 1 and datamodule.schedule.train_sizes() == sizes):
+        return []  # no BatchNorm, or one size trained and evaluated: its statistics are already the ones
     paths = []
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
@@ -101,7 +102,6 @@ def calibrate_run_checkpoints(trainer: pl.Trainer, module: Any, datamodule: Any,
             paths.append(candidate)
     if not paths:
         return []
-    sizes = list(datamodule.eval_sizes)
     started = time.perf_counter()
     if trainer.is_global_zero:
         done = None

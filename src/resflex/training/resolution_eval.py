@@ -138,9 +138,12 @@ class AccuracyVsResolution(pl.Callback):
         self.curves: dict[str, Curve] = {}
         self.path: Path | None = None
 
-    def _after_fit(self, pl_module: pl.LightningModule) -> bool:
+    def _after_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """True when resflex.train validates again after fit (calibrated statistics, or extra sizes
+        deferred to then): that validation, not the last epoch's, gives the val curve."""
         model = getattr(pl_module, "model", None)
-        return self.calibrated and model is not None and has_batchnorm(model)
+        deferred = getattr(getattr(trainer, "datamodule", None), "extra_sizes_after_fit", False)
+        return deferred or (self.calibrated and model is not None and has_batchnorm(model))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -151,7 +154,7 @@ class AccuracyVsResolution(pl.Callback):
             log_size_curves(trainer, "val")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._after_fit(pl_module):
+        if self._after_fit(trainer, pl_module):
             return  # the calibrated validation that follows draws and logs the val curve
         self.save(trainer)
         if "val" in self.curves:  # callback_metrics still hold the last validation's numbers
