@@ -21,7 +21,12 @@ from resflex.config import CONFIG_DIR
 from resflex.data.buckets import assign_buckets, image_sizes
 from resflex.data.datamodule import ResflexDataModule
 from resflex.data.datasets import SyntheticSource
-from resflex.data.resolution import FixedResolution, MultigridResolution, RandomResolution
+from resflex.data.resolution import (
+    FixedResolution,
+    MultigridResolution,
+    MultiScaleResolution,
+    RandomResolution,
+)
 from resflex.data.sampler import ResolutionBatchSampler
 from resflex.errors import ConfigError
 from resflex.sweeps import _same_job
@@ -69,8 +74,10 @@ def _check_agreement_and_coverage(plans: list[list], num_samples: int, max_paddi
         RandomResolution(sizes=[32, 48, 64], seed=7),
         RandomResolution(sizes=[32, 64], batch_scaling=True, seed=7),
         MultigridResolution(size=64).bind(3),
+        MultiScaleResolution(size=48, seed=7),
+        MultiScaleResolution(size=48, batch_scaling=True, seed=7),
     ],
-    ids=["fixed", "random", "random+batch_scaling", "multigrid"],
+    ids=["fixed", "random", "random+batch_scaling", "multigrid", "multiscale", "multiscale+batch_scaling"],
 )
 def test_four_ranks_split_an_epoch_disjointly_with_the_same_size_per_step(schedule) -> None:
     """Padding rule (square): like DistributedSampler, the shuffled order is padded with its own first
