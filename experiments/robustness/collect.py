@@ -70,9 +70,15 @@ def row_of(name: str, run_dir: Path, common: dict[str, str]) -> dict[str, object
         if key.startswith(SIZE_KEYS) and key.split("@", 1)[1].isdigit():
             row[key.replace("/", "_")] = value
     calibrated = run_dir / "eval_val" / "eval.json"  # val_calibrated.sh: val per size, calibrated statistics
+    accs: dict[int, float] = {}
     if calibrated.is_file():
         results = json.loads(calibrated.read_text())["results"]
         accs = {int(r["height"]): float(r["acc"]) for r in results if r["height"] == r["width"]}
+    elif "eval.bn_calibration=false" in command and "eval.sizes_every_epoch" not in command:
+        # nothing to calibrate: the run's own val/acc@<size> are its best checkpoint's, validated after fit
+        accs = {int(k.split("@")[1]): float(v) for k, v in metrics.items() if k.startswith("val/acc@")
+                and k.split("@")[1].isdigit()}  # fmt: skip
+    if accs:
         for size, acc in accs.items():
             row[f"val_cal_acc@{size}"] = acc
         row["val_cal_acc_worst"] = min(accs.values())

@@ -40,14 +40,21 @@ def wall(values: list[float]) -> str:
     return f"{statistics.median(values):.0f}" if values else "–"
 
 
-def table(rows: list[dict[str, str]], baseline: str, cells: list[str], split: str, main: int) -> str:
+def table(
+    rows: list[dict[str, str]],
+    baseline: str,
+    cells: list[str],
+    split: str,
+    main: int,
+    wall_time: bool = False,
+) -> str:
     by_cell: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     for row in rows:
         if row.get("status", "completed") == "completed":
             by_cell[row["cell"]][row["seed"]] = row
     sizes = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith(f"{split}_acc@") and r[k]})
     head = ["cell", "seeds", *(f"{s} px" for s in sizes), "worst", "mean", f"Δ@{main} vs {baseline}",
-            f"Δmean vs {baseline}", "wall s"]  # fmt: skip
+            f"Δmean vs {baseline}"] + (["wall s"] if wall_time else [])  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = by_cell.get(baseline, {})
     for cell in cells or list(by_cell):
@@ -69,7 +76,7 @@ def table(rows: list[dict[str, str]], baseline: str, cells: list[str], split: st
                 spread(values(f"{split}_acc_worst")), spread(values(f"{split}_acc_mean_sizes")),
                 "–" if cell == baseline else signed(paired(f"{split}_acc@{main}")),
                 "–" if cell == baseline else signed(paired(f"{split}_acc_mean_sizes")),
-                wall(values("wall_time_s"))]  # fmt: skip
+                ] + ([wall(values("wall_time_s"))] if wall_time else [])  # fmt: skip
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
@@ -81,9 +88,12 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=[])
     parser.add_argument("--split", default="test", choices=["val", "val_cal", "test"])
     parser.add_argument("--main", type=int, default=64, help="the main (trained) size, px")
+    parser.add_argument(
+        "--wall", action="store_true", help="median wall time per cell (compare only runs made alone)"
+    )
     args = parser.parse_args()
     rows = list(csv.DictReader(args.csv.open()))
-    print(table(rows, args.baseline, args.cells, args.split, args.main))
+    print(table(rows, args.baseline, args.cells, args.split, args.main, args.wall))
 
 
 if __name__ == "__main__":
