@@ -8,7 +8,8 @@ a few hundred unlabelled *training* images (weights untouched) recovers much of 
 (FixRes, Touvron et al. 2019; the calibration of RS-Nets, Wang et al. 2020).
 
 ``eval.bn_calibration=true`` (the default) does it once, after fit, for the best and
-the last checkpoint: each file gets a table of per-size statistics beside its weights
+the last checkpoint (a fixed schedule's one training size keeps the statistics it was
+trained with): each file gets a table of per-size statistics beside its weights
 (:data:`~resflex.models.bn_calibration.BN_STATS_KEY`); its weights and their BatchNorm
 buffers stay as trained. The test, ``scripts/eval.py``, ``load_classifier`` and
 ``predict`` then normalise each input with the statistics of the nearest calibrated
@@ -30,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
 
-from resflex.models.bn_calibration import BN_STATS_KEY, calibrate_sizes, has_batchnorm, side_of
+from resflex.models.bn_calibration import BN_STATS_KEY, calibrate_sizes, has_batchnorm, read_stats, side_of
 from resflex.models.checkpoint import safe_load
 from resflex.validation import check_value
 
@@ -70,12 +71,16 @@ def calibrate_checkpoint(
         table = reuse[1]
     else:
         module.load_state_dict(checkpoint["state_dict"])
+        # a schedule's one training size keeps the statistics it was trained with (they are that size's)
+        trained = [tuple(s) for s in datamodule.schedule.train_sizes()]
+        kept = {tuple(s): read_stats(module.model) for s in sizes if trained == [tuple(s)]}
         table = calibrate_sizes(
             module.model,
-            sizes,
+            [s for s in sizes if tuple(s) not in kept],
             lambda size: normalised_batches(module, datamodule.calibration_loader(size), module.device),
             batches,
         )
+        table = {tuple(s): kept.get(tuple(s)) or table[tuple(s)] for s in sizes}
     checkpoint[BN_STATS_KEY] = {
         str(side_of(size)): {k: v.detach().cpu() for k, v in stats.items()} for size, stats in table.items()
     }
