@@ -191,3 +191,32 @@ def test_tensorboard_file_writer_writes_raw_summaries(tmp_path: Path) -> None:
 def test_tensorboard_file_writer_names_a_changed_attribute() -> None:
     with pytest.raises(AttributeError, match="_get_file_writer.*compat"):
         compat.tensorboard_file_writer(object())
+
+
+def test_attached_trainer_is_none_until_a_trainer_holds_the_module() -> None:
+    import pytorch_lightning as pl
+    from torch import nn
+
+    from resflex.compat import attached_trainer
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 2)
+
+    module = Tiny()
+    assert attached_trainer(module) is None
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    assert attached_trainer(module) is trainer
+
+
+def test_is_compiled_follows_nn_module_compile() -> None:
+    from torch import nn
+
+    from resflex.compat import is_compiled
+
+    layer = nn.Linear(2, 2)
+    assert not is_compiled(layer)
+    layer.compile()
+    assert is_compiled(layer)

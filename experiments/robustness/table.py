@@ -19,20 +19,12 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], sign: str = "") -> str:
+    """``mean ± sd`` over seeds (the mean alone for one value; ``sign="+"``: signed, for differences)."""
     if not values:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
-def signed(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:+.3f}"
-    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+    mean = f"{statistics.mean(values):{sign}.3f}"
+    return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.3f}"
 
 
 def wall(values: list[float]) -> str:
@@ -74,8 +66,8 @@ def table(
 
         cols = [cell, str(len(runs)), *(spread(values(f"{split}_acc@{s}")) for s in sizes),
                 spread(values(f"{split}_acc_worst")), spread(values(f"{split}_acc_mean_sizes")),
-                "–" if cell == baseline else signed(paired(f"{split}_acc@{main}")),
-                "–" if cell == baseline else signed(paired(f"{split}_acc_mean_sizes")),
+                "–" if cell == baseline else spread(sign="+", values=paired(f"{split}_acc@{main}")),
+                "–" if cell == baseline else spread(sign="+", values=paired(f"{split}_acc_mean_sizes")),
                 ] + ([wall(values("wall_time_s"))] if wall_time else [])  # fmt: skip
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)

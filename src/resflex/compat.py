@@ -111,3 +111,18 @@ def tensorboard_file_writer(experiment: Any) -> Any:
     if get_writer is None:
         raise AttributeError(_changed(f"{type(experiment).__name__} has no _get_file_writer()"))
     return get_writer()
+
+
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The trainer ``module`` is attached to, or None: ``LightningModule.trainer`` raises when detached
+    (a module built for evaluation, a unit test), and Lightning has no public "is attached" check.
+    Reads the private ``_trainer`` (Lightning 2.6)."""
+    if not hasattr(module, "_trainer"):
+        raise AttributeError(_changed("LightningModule._trainer is gone"))
+    return module._trainer
+
+
+def is_compiled(module: Any) -> bool:
+    """True when ``nn.Module.compile()`` was called on ``module`` (in place: it sets the private
+    ``_compiled_call_impl``; torch has no public flag for it). Checked against torch 2.14."""
+    return getattr(module, "_compiled_call_impl", None) is not None

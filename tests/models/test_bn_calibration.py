@@ -6,10 +6,9 @@ import torch
 from torch import nn
 
 from resflex.models.bn_calibration import (
-    PerSizeStats,
+    TrackedSizeStats,
     calibrate,
     calibrate_sizes,
-    nearest_size,
     read_stats,
     write_stats,
 )
@@ -55,12 +54,13 @@ def test_per_size_stats_load_the_nearest_calibrated_size() -> None:
     net = _net()
     small = {k: torch.full_like(v, 1.0) for k, v in read_stats(net).items()}
     large = {k: torch.full_like(v, 2.0) for k, v in read_stats(net).items()}
-    swapper = PerSizeStats(net, {(32, 32): small, (64, 64): large})
-    assert swapper.use((40, 40)) == (32, 32)
+    swapper = TrackedSizeStats(net, main=64)
+    swapper.load_state({"32": small, "64": large})
+    assert swapper.use(40) == 32
     assert torch.equal(net[1].running_mean, torch.ones(4))
-    assert swapper.use((128, 128)) == (64, 64)
+    assert swapper.use(128) == 64
     assert torch.equal(net[1].running_var, torch.full((4,), 2.0))
-    assert nearest_size((46, 46), [(32, 32), (64, 64)]) == (64, 64)  # log scale: the midpoint is 45.3
+    assert swapper.nearest(46) == 64  # log scale: the midpoint is 45.3
     write_stats(net, small)
     assert torch.equal(net[1].running_mean, torch.ones(4))
 

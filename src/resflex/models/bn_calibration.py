@@ -13,7 +13,7 @@ The estimate itself is ``torch.optim.swa_utils.update_bn`` (a cumulative
 average over the batches given, running stats reset first); this module only
 feeds it normalised images at one size and keeps the statistics of several
 sizes apart, so one set of weights carries a small table of per-size
-statistics (:class:`SizeStats`).
+statistics (:class:`TrackedSizeStats`).
 """
 
 from __future__ import annotations
@@ -81,34 +81,6 @@ def calibrate(model: nn.Module, images: Iterable[torch.Tensor], max_batches: int
     batches = (x for x in islice(images, max_batches) if x.shape[0] > 1)
     update_bn(batches, model)
     return read_stats(model)
-
-
-def nearest_size(size: Size, available: Iterable[Size]) -> Size:
-    """The size in ``available`` closest to ``size`` on a log scale of its area."""
-    target = math.log(size[0] * size[1])
-    return min(available, key=lambda s: (abs(math.log(s[0] * s[1]) - target), -s[0] * s[1]))
-
-
-class PerSizeStats:
-    """BatchNorm statistics of several sizes for one model: swap in the right ones before a forward.
-
-    ``table`` maps a size to its statistics (:func:`calibrate`); :meth:`use` writes those of
-    the nearest calibrated size into the model, so a size between two calibrated ones gets
-    the closer one's.
-    """
-
-    def __init__(self, model: nn.Module, table: Mapping[Size, SizeStats]) -> None:
-        self.model = model
-        self.table = dict(table)
-        self.current: Size | None = None
-
-    def use(self, size: Size) -> Size:
-        """Load the statistics for ``size`` (the nearest calibrated size); returns that size."""
-        chosen = nearest_size(size, self.table)
-        if chosen != self.current:
-            write_stats(self.model, self.table[chosen])
-            self.current = chosen
-        return chosen
 
 
 def calibrate_sizes(

@@ -26,6 +26,7 @@ from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
 from torchmetrics.classification import MulticlassAccuracy
 
+from resflex.compat import attached_trainer, is_compiled
 from resflex.data.device_decode import EncodedBatch
 from resflex.errors import ConfigError
 from resflex.models.bn_calibration import BN_STATS_KEY, TrackedSizeStats, has_batchnorm, side_of
@@ -230,7 +231,7 @@ class ClassificationModule(pl.LightningModule):
         (8); ``true`` starts symbolic, ``false`` compiles per shape. Measured by
         ``scripts/benchmark.py --compile`` (experiments/performance/).
         """
-        if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
+        if self.compile_model and not is_compiled(self.model):
             self.model.compile(mode=self.compile_mode, dynamic=self.compile_dynamic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +247,8 @@ class ClassificationModule(pl.LightningModule):
         """
         if self.eraser is None and self.mixer is None:
             return images, None
-        rank = self._trainer.global_rank if self._trainer is not None else 0
+        trainer = attached_trainer(self)
+        rank = trainer.global_rank if trainer is not None else 0
         key = hash((self.seed, rank, self.current_epoch, batch_idx)) & 0x7FFF_FFFF
         targets = None
         with seeded_rngs(key, images.device):
@@ -275,10 +277,12 @@ class ClassificationModule(pl.LightningModule):
         images, targets = self.regularize(images, labels, batch_idx)
         tracking = self.size_stats is not None and self.track_bn_per_size
         side = self._training_side(batch_idx, images) if tracking else None
-        if side is not None and self.size_stats is not None:
+        if side is not None:
+            assert self.size_stats is not None
             self.size_stats.before_step(side)
         logits = self(images)
-        if side is not None and self.size_stats is not None:
+        if side is not None:
+            assert self.size_stats is not None
             self.size_stats.after_step(side)
         if targets is None:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
@@ -294,12 +298,13 @@ class ClassificationModule(pl.LightningModule):
     def _training_side(self, batch_idx: int, images: torch.Tensor) -> int:
         """The side of the schedule's size for this training step (keep_aspect buckets share it)."""
         shape = (int(images.shape[-2]), int(images.shape[-1]))
-        size = scheduled_size(self.trainer, batch_idx, shape) if self._trainer is not None else shape
+        trainer = attached_trainer(self)
+        size = scheduled_size(trainer, batch_idx, shape) if trainer is not None else shape
         return side_of(size)
 
     def _use_main_size_stats(self) -> None:
         if self.size_stats is not None:
-            sizes = getattr(getattr(self._trainer, "datamodule", None), "eval_sizes", None)
+            sizes = getattr(getattr(attached_trainer(self), "datamodule", None), "eval_sizes", None)
             if sizes:
                 self.size_stats.main = side_of(sizes[0])
             self.size_stats.use_main()
@@ -330,7 +335,7 @@ class ClassificationModule(pl.LightningModule):
 
     def _eval_size(self, dataloader_idx: int, images: torch.Tensor) -> tuple[int, int]:
         """The (h, w) of evaluation loader ``dataloader_idx`` (from the data module; else the batch's)."""
-        sizes = getattr(getattr(self._trainer, "datamodule", None), "eval_sizes", None)
+        sizes = getattr(getattr(attached_trainer(self), "datamodule", None), "eval_sizes", None)
         h, w = sizes[dataloader_idx] if sizes and dataloader_idx < len(sizes) else images.shape[-2:]
         return int(h), int(w)
 
@@ -353,7 +358,8 @@ class ClassificationModule(pl.LightningModule):
             return
         order = sorted(counts)
         totals = torch.stack([counts[k][1] for k in order])
-        if self._trainer is not None and self.trainer.world_size > 1:
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         totals = totals.detach().cpu()
         accuracy = {
@@ -448,7 +454,8 @@ class ClassificationModule(pl.LightningModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         """What a fit needs besides the trainer's callbacks: the LR schedule's (``scheduler=plateau``:
         its rule, stepped after validation) and the EMA (``model.ema=true``)."""
-        if self._trainer is None or self._trainer.state.fn != "fit":
+        trainer = attached_trainer(self)
+        if trainer is None or trainer.state.fn != "fit":
             return []
         ema = [ModelEma(**self.ema_args)] if self.ema_args is not None else []
         return [*self.lr_schedule.callbacks(), *ema]
