@@ -7,6 +7,11 @@ scaled to cover 60-100 % of the canvas's short side, placed at a random position
 in a random colour, over a noisy coloured background; PNG and JPEG mixed.
 
     python experiments/variable_size/make_data.py OUT [--train-per-class 400] [--val-per-class 100]
+        [--test-per-class 0]
+
+The test split (``--test-per-class N``: OUT/test/<class>/) draws its glyphs from Fashion-MNIST's
+own test set, so its objects are disjoint from train and val; it is drawn after train and val,
+so adding it leaves those two splits identical for a given --seed.
 
 Needs the Debian package dataset-fashion-mnist (or the IDX files under --mnist-root).
 Deterministic in --seed.
@@ -42,19 +47,30 @@ def make_image(glyph: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def build(out: Path, train_per_class: int, val_per_class: int, seed: int, mnist_root: str) -> None:
+def build(
+    out: Path, train_per_class: int, val_per_class: int, seed: int, mnist_root: str, test_per_class: int = 0
+) -> None:
     root = Path(mnist_root)
-    images = read_idx(find_idx_file(root, "train-images-idx3-ubyte"))
-    labels = read_idx(find_idx_file(root, "train-labels-idx1-ubyte"))
+    train_images = read_idx(find_idx_file(root, "train-images-idx3-ubyte"))
+    train_labels = read_idx(find_idx_file(root, "train-labels-idx1-ubyte"))
     rng = np.random.default_rng(seed)
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+    splits = [("train", train_per_class), ("val", val_per_class)]
+    if test_per_class:
+        splits.append(("test", test_per_class))
+    for split, per_class in splits:
+        if split == "test":  # objects never seen in train or val: Fashion-MNIST's test set
+            images = read_idx(find_idx_file(root, "t10k-images-idx3-ubyte"))
+            labels = read_idx(find_idx_file(root, "t10k-labels-idx1-ubyte"))
+        else:
+            images, labels = train_images, train_labels
         for label, name in enumerate(CLASSES):
             folder = out / split / name.replace("/", "_").replace(" ", "_")
             folder.mkdir(parents=True, exist_ok=True)
             pool = np.flatnonzero(labels == label)
             # train and val glyphs come from disjoint halves of the class's pool
             half = len(pool) // 2
-            pool = pool[:half] if split == "train" else pool[half:]
+            if split != "test":
+                pool = pool[:half] if split == "train" else pool[half:]
             for k, index in enumerate(rng.choice(pool, per_class, replace=False)):
                 image = make_image(images[index], rng)
                 if k % 2:
@@ -70,11 +86,15 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--train-per-class", type=int, default=400)
     parser.add_argument("--val-per-class", type=int, default=100)
+    parser.add_argument("--test-per-class", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mnist-root", default=DEBIAN_ROOT)
     args = parser.parse_args()
-    build(args.out, args.train_per_class, args.val_per_class, args.seed, args.mnist_root)
-    print(f"wrote {args.out} ({args.train_per_class}/{args.val_per_class} train/val images a class)")
+    build(args.out, args.train_per_class, args.val_per_class, args.seed, args.mnist_root, args.test_per_class)
+    print(
+        f"wrote {args.out} ({args.train_per_class}/{args.val_per_class}/{args.test_per_class}"
+        " train/val/test images a class)"
+    )
 
 
 if __name__ == "__main__":
