@@ -13,7 +13,10 @@ different loads compare). Cells in the order given, else the CSV's.
         --cells finetune finetune_preset_v2 finetune_ema ... > experiments/recipes/summary_transfer.md
 
 ``--resolutions`` prints test/acc at each extra evaluation size instead (the ``test_acc@N`` columns of
-runs with ``eval.resolutions``), mean ± sd over seeds per cell.
+runs with ``eval.resolutions``), mean ± sd over seeds per cell (with ``--baseline B --main 64``: the
+change at 64 px against B, paired by seed); ``--pairs A:B ...`` the per-size differences A − B,
+paired by seed. The READMEs include these tables between ``<!-- generated: COMMAND -->`` markers
+(``make results``, tests/test_generated_tables.py).
 """
 
 from __future__ import annotations
@@ -80,20 +83,57 @@ def table(
     return "\n".join(lines)
 
 
-def resolution_table(rows: list[dict[str, str]], cells: list[str] | None) -> str:
-    """Per cell: test/acc at each evaluated size (``test_acc@N``), mean ± sd over seeds."""
+def resolution_table(
+    rows: list[dict[str, str]],
+    cells: list[str] | None,
+    baseline: str | None = None,
+    main: int | None = None,
+    seconds: bool = True,
+) -> str:
+    """Per cell: test/acc at each evaluated size (``test_acc@N``), mean ± sd over seeds; with
+    ``baseline`` and ``main`` also the change at the main size against the baseline cell, paired by
+    seed; ``seconds=False`` drops the seconds per epoch (runs that shared the machine)."""
     sizes = sorted({int(k.split("@")[1]) for row in rows for k, v in row.items() if "@" in k and v})
     by_cell = by_cell_and_seed(rows)
-    lines = [
-        "| cell | seeds | " + " | ".join(f"{size} px" for size in sizes) + " | s / epoch |",
-        "|---|---|" + "---|" * len(sizes) + "---|",
-    ]
+    base = by_cell.get(baseline, {}) if baseline else {}
+    head = ["cell", "seeds", *(f"{size} px" for size in sizes)]
+    head += [f"{main} px − {baseline} (paired)"] if baseline and main else []
+    head += ["s / epoch"] if seconds else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in cells or list(by_cell):
         runs = by_cell.get(cell)
         if not runs:
             continue
-        accs = [spread([float(r[f"test_acc@{size}"]) for r in runs.values()]) for size in sizes]
-        lines.append(f"| {cell} | {len(runs)} | " + " | ".join(accs) + f" | {seconds_per_epoch(runs)} |")
+        cols = [cell, str(len(runs))]
+        cols += [spread([float(r[f"test_acc@{size}"]) for r in runs.values()]) for size in sizes]
+        if baseline and main:
+            key = f"test_acc@{main}"
+            paired = [float(r[key]) - float(base[s][key]) for s, r in runs.items() if s in base]
+            cols.append("—" if cell == baseline or not paired else signed_spread(paired))
+        cols += [seconds_per_epoch(runs)] if seconds else []
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(rows: list[dict[str, str]], pairs: list[str]) -> str:
+    """``A:B`` pairs: test/acc of cell A minus cell B at each evaluated size, paired by seed (mean ± sd
+    of the per-seed differences) and how many seeds have A ahead."""
+    sizes = sorted({int(k.split("@")[1]) for row in rows for k, v in row.items() if "@" in k and v})
+    by_cell = by_cell_and_seed(rows)
+    lines = [
+        "| pair | seeds | " + " | ".join(f"{size} px" for size in sizes) + " |",
+        "|---|---|" + "---|" * len(sizes),
+    ]
+    for pair in pairs:
+        a, b = pair.split(":")
+        seeds = sorted(set(by_cell.get(a, {})) & set(by_cell.get(b, {})))
+        cols = []
+        for size in sizes:
+            key = f"test_acc@{size}"
+            diffs = [float(by_cell[a][s][key]) - float(by_cell[b][s][key]) for s in seeds]
+            ahead = sum(d > 0 for d in diffs)
+            cols.append(f"{signed_spread(diffs)} ({ahead}/{len(diffs)} ahead)")
+        lines.append(f"| {a} − {b} | {len(seeds)} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
@@ -109,9 +149,16 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", help="cells and their order (default: all, CSV order)")
     parser.add_argument("--timing", type=Path, help="seconds per epoch from this CSV (the timing pass)")
     parser.add_argument("--resolutions", action="store_true", help="test/acc per evaluated size instead")
+    parser.add_argument("--main", type=int, help="with --resolutions and --baseline: the paired size, px")
+    parser.add_argument("--no-seconds", action="store_true", help="with --resolutions: no s / epoch column")
+    parser.add_argument("--pairs", nargs="*", help="A:B ... test/acc of A minus B per size, paired by seed")
     args = parser.parse_args()
+    if args.pairs:
+        print(paired_table(read_rows(args.csv), args.pairs))
+        return
     if args.resolutions:
-        print(resolution_table(read_rows(args.csv), args.cells))
+        rows = read_rows(args.csv)
+        print(resolution_table(rows, args.cells, args.baseline, args.main, not args.no_seconds))
         return
     if not args.baseline:
         parser.error("--baseline is required (or --resolutions)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pooling x resolution on Fashion-MNIST, as run on one H100 (see README.md).
+# Pooling x resolution on Fashion-MNIST on one GPU (see README.md: the earlier run of (a) was on an H100, (b) on an H200).
 # Usage: bash experiments/pooling_resolution/gpu_run.sh [DATA_ROOT]
 set -uo pipefail
 ROOT=${1:-/usr/share/datasets/fashion-mnist}

@@ -8,6 +8,9 @@ starts at the job's first logged event (model built, data loaded), so start-up
 is excluded and only training + validation time counts. For runs named
 ``CELL-sSEED`` (``experiments/cells.sh``) a second table gives each cell over its
 seeds; ``--csv OUT`` writes one row per run.
+
+``python experiments/schedules/time_to_acc.py RUNS.csv [--jobs fixed-s2 ...]`` prints the table again
+from such a CSV (the committed result file; the README includes it between generated markers).
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import re
 import statistics
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 SEED_SUFFIX = re.compile(r"-s\d+$")
 
 
 def series(run: Path, tag: str) -> tuple[float, list[tuple[float, int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     start, points = float("inf"), []
     for events in sorted(run.glob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
@@ -73,13 +76,32 @@ def by_cell(rows: list[dict[str, object]], thresholds: list[float]) -> list[str]
     return lines
 
 
+def table_from_csv(path: Path, jobs: list[str] | None) -> str:
+    """The per-run table from a ``--csv`` file: seconds to each threshold, wall time, final value."""
+    with path.open() as f:
+        rows = {row["job"]: row for row in csv.DictReader(f)}
+    keys = [k for k in next(iter(rows.values())) if k.startswith("s_to_")]
+    head = ["job", *(f"s to {k[5:]}" for k in keys), "run wall s", "final val/acc"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for job in jobs or list(rows):
+        row = rows[job]
+        cols = [job, *(f"{float(row[k]):.1f}" if row[k] else "not reached" for k in keys)]
+        cols += [f"{float(row['run_wall_s']):.1f}", f"{float(row['final']):.3f}"]
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.90, 0.92, 0.93])
     parser.add_argument("--tag", default="val/acc")
     parser.add_argument("--csv", type=Path, help="also write one row per job here")
+    parser.add_argument("--jobs", nargs="*", help="with a CSV: these jobs, in this order")
     args = parser.parse_args()
+    if args.sweep.suffix == ".csv":
+        print(table_from_csv(args.sweep, args.jobs))
+        return
     rows = [times(p.parent, args.tag, args.thresholds) for p in sorted(args.sweep.glob("*/metrics.json"))]
     head = ["job", "final " + args.tag, *(f"s to {t:.2f}" for t in args.thresholds), "run wall s"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))

@@ -1,0 +1,55 @@
+"""The LAMB check on the default run, per seed, from its result files (never typed):
+
+    python experiments/recipes/table.py experiments/recipes/results_lamb_default.csv \
+        --seed42-defaults experiments/variable_size/results_defaults/default_runs.csv
+
+One row per seed: the defaults' and ``optimizer=lamb``'s best val/acc and test/acc, and test/acc of
+LAMB minus the defaults; a last row with the mean ± sd of that difference. The seed-42 run of the
+defaults is the default run recorded by the variable-size study (``default_runs.csv``, its cell
+``default run, pooling=pyramid``); rows without a seed are seed 42 (``scripts/train.py``'s default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from pathlib import Path
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("csv", type=Path)
+    parser.add_argument("--seed42-defaults", type=Path, help="default_runs.csv of the variable-size study")
+    parser.add_argument("--cell", default="lamb")
+    args = parser.parse_args()
+    runs: dict[str, dict[str, dict[str, str]]] = {}
+    for row in read(args.csv):
+        runs.setdefault(row["cell"], {})[row["seed"] or "42"] = row
+    if args.seed42_defaults:
+        for row in read(args.seed42_defaults):
+            if row["cell"] == "default run, pooling=pyramid":
+                runs.setdefault("defaults", {})["42"] = row
+    base, other = runs["defaults"], runs[args.cell]
+    cell = args.cell
+    print(f"| seed | defaults val / test | `optimizer={cell}` val / test | test: {cell} − defaults |")
+    print("|---|---|---|---|")
+    diffs = []
+    for seed in sorted(set(base) & set(other), key=int):
+        b, o = base[seed], other[seed]
+        diff = float(o["test_acc"]) - float(b["test_acc"])
+        diffs.append(diff)
+        print(
+            f"| {seed} | {float(b['val_acc_best']):.3f} / {float(b['test_acc']):.3f} | "
+            f"{float(o['val_acc_best']):.3f} / {float(o['test_acc']):.3f} | {diff:+.3f} |"
+        )
+    print(f"| mean ± sd | | | {statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
