@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU versions of the Fashion-MNIST studies, as run on one H100 (see README.md).
+# The GPU versions of the Fashion-MNIST studies (see README.md; the earlier runs were on one H100, the schedules on one H200).
 # Usage: bash experiments/fashion_mnist/gpu_run.sh [DATA_ROOT] [OUT]
 # DATA_ROOT defaults to the Debian package's folder; OUT (optional) receives copies of the results.
 set -uo pipefail
