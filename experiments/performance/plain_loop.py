@@ -4,8 +4,10 @@ resflex's ``train/images_per_sec`` (TensorBoard) on the same folder, model and s
 Deliberately written the way a researcher would without resflex: torchvision
 ``ImageFolder`` + a v2 transform that normalises in the worker (float batches),
 ``DataLoader`` with workers, ``timm.create_model``, AdamW, cross-entropy with label
-smoothing, a cosine LR per step. It shares no code with resflex. Throughput is
-images over wall time per epoch (data waiting included, as resflex's logger counts it).
+smoothing, a cosine LR per step. It shares no code with resflex. Throughput is images over wall
+time (data waiting included, as resflex's logger counts it): per epoch, and for the epochs after
+the first together — all their images over all their seconds, the definition ``tb_rate.py`` applies
+to resflex's side (not a mean of per-epoch rates; issue 28).
 
     python experiments/performance/plain_loop.py --root /tmp/folder --backbone resnet18 \
         --size 64 --batch-size 32 --workers 2 --epochs 3
@@ -72,7 +74,7 @@ def main() -> None:
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / total))  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    per_epoch = []
+    per_epoch, images_per_epoch, seconds_per_epoch = [], [], []
     model.train()
     for epoch in range(args.epochs):
         images_seen, started = 0, time.perf_counter()
@@ -86,15 +88,26 @@ def main() -> None:
             images_seen += images.shape[0]
         if device.type == "cuda":
             torch.cuda.synchronize()
-        rate = images_seen / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        rate = images_seen / seconds
         per_epoch.append(round(rate, 2))
+        images_per_epoch.append(images_seen)
+        seconds_per_epoch.append(round(seconds, 3))
         print(f"epoch {epoch}: {rate:.1f} images/s (loss {loss.item():.3f})", flush=True)
-    steady = sum(per_epoch[1:]) / max(1, len(per_epoch) - 1)
+    later = slice(1, None) if len(per_epoch) > 1 else slice(None)
+    steady = sum(images_per_epoch[later]) / sum(seconds_per_epoch[later])
     print(f"plain loop: {args.backbone} @{args.size}, batch {args.batch_size}, {args.workers} workers: "
           f"epochs after the first {steady:.1f} images/s")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"images_per_sec_per_epoch": per_epoch, **vars(args)}, f, indent=2)
+            record = {
+                "images_per_sec_per_epoch": per_epoch,
+                "images_per_epoch": images_per_epoch,
+                "seconds_per_epoch": seconds_per_epoch,
+                "images_per_sec_after_first_epoch": round(steady, 2),
+                "rate": "images over wall time of the epochs after the first (tb_rate.py: the same)",
+            }
+            json.dump({**record, **vars(args)}, f, indent=2)
 
 
 if __name__ == "__main__":

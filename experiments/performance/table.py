@@ -1,0 +1,154 @@
+"""The performance study's tables, generated from its committed result files (never typed):
+
+    python experiments/performance/table.py figures cpu_resnet18.json cpu_pipeline.json ...
+    python experiments/performance/table.py study cpu_study16_variants.json cpu_study16_seed1.json ...
+    python experiments/performance/table.py crosscheck crosscheck_64.txt crosscheck_250.txt
+    python experiments/performance/table.py loader loader_targets_cpu.csv
+
+(paths relative to experiments/performance/ or the repository root.)
+
+``figures``: one row per figure (1 overhead, 2 input pipeline, 3 mixed resolution) of each
+``scripts/benchmark.py --json`` file: both sides' rates (the median over the timed windows), the
+ratio, the best-window ratio, the target and the 1-minute load average when the run started.
+``study``: every schedule of each ``--study`` file against its fixed run. ``crosscheck``: the
+``cpu_run.sh`` cross-check's printed rates per pair (``plain_loop.py`` and ``tb_rate.py``), their
+ratio and its median. ``loader``: ``loader_targets.py``'s CSV, the default decoder's ratio to timm
+per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FIGURES = {
+    "overhead": ("1 overhead", "resflex_images_per_sec", "plain_images_per_sec", "img/s"),
+    "pipeline": ("2 input pipeline (JPEG files vs batches in memory)", "full_images_per_sec",
+                 "compute_only_images_per_sec", "img/s"),
+    "mixed": ("3 mixed sizes vs fixed", "mixed_pixels_per_sec", "fixed_pixels_per_sec", "kpx/s"),
+}  # fmt: skip
+
+
+def path_of(name: str) -> Path:
+    path = Path(name)
+    return path if path.exists() else HERE / name
+
+
+def layout(config: dict) -> str:
+    text = "channels_last" if config.get("channels_last") else "NCHW"
+    return text + (", compile" if config.get("compile") else "")
+
+
+def figures(files: list[str]) -> str:
+    lines = [
+        "| figure | layout | resflex | baseline | ratio (median) | best-window ratio | target | load (1 min) "
+        "| file |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in files:
+        report = json.loads(path_of(name).read_text())
+        load = report.get("machine", {}).get("load_average") or ["–"]
+        for key, (label, side_a, side_b, unit) in FIGURES.items():
+            figure = report.get(key)
+            if not figure:
+                continue
+            scale = 1000 if unit == "kpx/s" else 1
+            if key == "mixed":
+                label = f"{label} ({report['config']['sizes']} vs {figure['fixed_size']} px)"
+            met = "met" if figure["ratio"] >= figure["target"] else "**not met**"
+            cols = [label, layout(report["config"]), f"{figure[side_a] / scale:.1f} {unit}",
+                    f"{figure[side_b] / scale:.1f} {unit}", f"**{figure['ratio']:.3f}**",
+                    f"{figure['best_ratio']:.3f}" if figure.get("best_ratio") else "–",
+                    f"≥ {figure['target']} {met}", str(load[0]), f"`{Path(name).name}`"]  # fmt: skip
+            lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def study(files: list[str]) -> str:
+    lines = [
+        "| seed | fixed 64 px: final val/acc, training s | schedule (sizes per epoch) "
+        "| reaches the target at epoch, s | ratio | its final val/acc, total s | file |",
+        "|---|---|---|---|---:|---|---|",
+    ]
+    for name in files:
+        report = json.loads(path_of(name).read_text())
+        result, seed = report["study"], report["config"]["seed"]
+        fixed = f"{result['fixed_final_val_acc']:.3f}, {result['fixed_seconds']:.1f}"
+        for variant in result["variants"]:
+            sizes = variant["sizes_per_epoch"].split()
+            runs: list[list] = []
+            for size in sizes:
+                if runs and runs[-1][0] == size:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([size, 1])
+            schedule = ", ".join(f"{size} ×{n}" for size, n in runs)
+            if variant["schedule"].get("batch_scaling"):
+                schedule += ", `batch_scaling=true`"
+            reached = variant.get("epoch_reached")
+            cols = [str(seed), fixed, schedule,
+                    f"{reached}, {variant['seconds_to_target']:.1f}" if reached is not None else "never",
+                    f"**{variant['ratio']:.3f}**" if variant.get("ratio") else "—",
+                    f"{variant['final_val_acc']:.3f}, {variant['seconds']:.1f}",
+                    f"`{Path(name).name}`"]  # fmt: skip
+            lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def crosscheck(files: list[str]) -> str:
+    lines = [
+        "| files | plain loop (per pair) | resflex (TensorBoard, per pair) | resflex / plain per pair "
+        "| **median** |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in files:
+        text = path_of(name).read_text()
+        side = re.search(r"files (\d+-\d+ px)", text)
+        plain = [
+            float(x) for x in re.findall(r"plain loop: .* epochs after the first ([\d.]+) images/s", text)
+        ]
+        resflex = [float(x) for x in re.findall(r"resflex: epochs after the first ([\d.]+) images/s", text)]
+        ratios = [r / p for r, p in zip(resflex, plain, strict=True)]
+        cols = [side[1] if side else name, ", ".join(f"{p:.1f}" for p in plain),
+                ", ".join(f"{r:.1f}" for r in resflex), ", ".join(f"{r:.2f}" for r in ratios),
+                f"**{statistics.median(ratios):.2f}×**"]  # fmt: skip
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def loader(file: str) -> str:
+    with path_of(file).open() as f:
+        rows = [r for r in csv.DictReader(f) if r["default"] == "True"]
+    lines = [
+        "| train, square, per core | target | resflex `auto` / timm, per run | met |",
+        "|---|---:|---|---|",
+    ]
+    for size in sorted({r["size"] for r in rows}, key=int):
+        runs = [r for r in rows if r["size"] == size]
+        ratios = [float(r["ratio_vs_timm"]) for r in runs]
+        target = float(runs[0]["target"])
+        met = sum(r >= target for r in ratios)
+        lines.append(
+            f"| {size} px | ≥ {target} | {', '.join(f'{r:.3f}' for r in ratios)} | {met}/{len(ratios)} runs |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["figures", "study", "crosscheck", "loader"])
+    parser.add_argument("files", nargs="+")
+    args = parser.parse_args()
+    if args.what == "loader":
+        print(loader(args.files[0]))
+    else:
+        print({"figures": figures, "study": study, "crosscheck": crosscheck}[args.what](args.files))
+
+
+if __name__ == "__main__":
+    main()
