@@ -5,8 +5,8 @@
 
 From ``git log`` of each file: the commit that added it and when, the commit that last changed it
 and when. ``--machine`` is what the study's README says the numbers were measured on; ``--code``
-the commit whose code produced the numbers when the README or the rows name one (else unknown:
-the code is at most the adding commit's parent); ``--note`` anything a reader needs to judge the
+the commit whose code produced the numbers when the README or the rows name one (else unknown;
+the numbers predate the file's last commit); ``--note`` anything a reader needs to judge the
 file (which split the choices were made on). The convention is described in experiments/README.md;
 result files written from now on carry ``commit``, ``machine`` and ``finished`` columns per row
 instead (as experiments/robustness/results_shapes.csv does).
@@ -50,7 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     for path in args.files:
         record = history(path)
-        record["code"] = args.code or f"unknown (at most the parent of {record['added_in']})"
+        unknown = f"unknown: not recorded (the numbers predate the last commit, {record['last_changed_in']})"
+        record["code"] = args.code or unknown
         record["machine"] = args.machine
         record["recovered_from"] = "git log of the file and its study's README (2026-12-05)"
         if args.note:
