@@ -4,6 +4,7 @@
     python experiments/performance/table.py study cpu_study16_variants.json cpu_study16_seed1.json ...
     python experiments/performance/table.py crosscheck crosscheck_64.txt crosscheck_250.txt
     python experiments/performance/table.py loader loader_targets_cpu.csv
+    python experiments/performance/table.py summary     # the top README's table, from the files above
 
 (paths relative to experiments/performance/ or the repository root.)
 
@@ -13,7 +14,7 @@ ratio, the best-window ratio, the target and the 1-minute load average when the 
 ``study``: every schedule of each ``--study`` file against its fixed run. ``crosscheck``: the
 ``cpu_run.sh`` cross-check's printed rates per pair (``plain_loop.py`` and ``tb_rate.py``), their
 ratio and its median. ``loader``: ``loader_targets.py``'s CSV, the default decoder's ratio to timm
-per run.
+per run. ``summary``: one line per figure, as the top README shows them, from the same files.
 """
 
 from __future__ import annotations
@@ -139,12 +140,70 @@ def loader(file: str) -> str:
     return "\n".join(lines)
 
 
+def ratio(name: str, key: str) -> float:
+    return json.loads(path_of(name).read_text())[key]["ratio"]
+
+
+def summary() -> str:
+    studies = [
+        json.loads(path_of(f"cpu_study16_{n}.json").read_text())["study"]
+        for n in ("variants", "seed1", "seed2")
+    ]
+    default = [next(v for v in s["variants"] if v["schedule"] == {"start_size": 48}) for s in studies]
+    ahead = sum(v["final_val_acc"] > s["fixed_final_val_acc"] for v, s in zip(default, studies, strict=True))
+    cross = {}
+    for side in ("64", "250"):
+        text = path_of(f"crosscheck_{side}.txt").read_text()
+        plain = [
+            float(x) for x in re.findall(r"plain loop: .* epochs after the first ([\d.]+) images/s", text)
+        ]
+        resflex = [float(x) for x in re.findall(r"resflex: epochs after the first ([\d.]+) images/s", text)]
+        cross[side] = statistics.median(r / p for r, p in zip(resflex, plain, strict=True))
+    with path_of("loader_targets_cpu.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["default"] == "True"]
+    span = {
+        size: (min(float(r["ratio_vs_timm"]) for r in rows if r["size"] == size),
+               max(float(r["ratio_vs_timm"]) for r in rows if r["size"] == size))
+        for size in ("128", "224")
+    }  # fmt: skip
+    lines = [
+        "| figure | measured | file | target |",
+        "|---|---|---|---|",
+        f"| framework overhead vs a plain loop | **{ratio('cpu_resnet18.json', 'overhead'):.3f}×** / "
+        f"{ratio('cpu_resnet18_overhead.json', 'overhead'):.3f}× (channels-last), "
+        f"**{ratio('cpu_resnet18_nchw.json', 'overhead'):.3f}×** (contiguous, the CPU default) | "
+        "`cpu_resnet18.json`, `cpu_resnet18_overhead.json`, `cpu_resnet18_nchw.json` | ≥ 0.95 |",
+        "| input pipeline from JPEG files vs batches in memory | "
+        f"**{ratio('cpu_pipeline.json', 'pipeline'):.3f}×** "
+        f"(8 runs × 3 windows), {ratio('cpu_resnet18.json', 'pipeline'):.3f}× (4 × 2) | `cpu_pipeline.json`, "
+        "`cpu_resnet18.json` | ≥ 0.90 |",
+        "| mixed sizes [48, 64, 80] vs fixed 64 px, pixels/s | "
+        f"**{ratio('cpu_resnet18.json', 'mixed'):.3f}×** | "
+        "`cpu_resnet18.json` | ≥ 0.95 |",
+        "| progressive 48→64 px to the fixed run's final accuracy (16 epochs, 3 seeds) | **"
+        + ", ".join(f"{v['ratio']:.3f}×" for v in default)
+        + f"** of the fixed run's time; ends more accurate in {ahead}/{len(default)} seeds | "
+        "`cpu_study16_{variants,seed1,seed2}.json` | ≤ 0.75 |",
+        "| resflex's TensorBoard `train/images_per_sec` vs an independent PyTorch + timm loop, same JPEG "
+        f"folder and framing (median of 3 alternating pairs) | {cross['64']:.2f}× (64–128 px files), "
+        f"{cross['250']:.2f}× (250–500 px files): **old rate definitions, re-run pending** | "
+        "`crosscheck_{64,250}.txt` | |",
+        "| the data path alone, per core, vs timm's `create_loader` (photo-sized JPEGs, train, square; "
+        f"3 runs) | **{span['128'][0]:.3f}–{span['128'][1]:.3f}×** at 128 px, "
+        f"**{span['224'][0]:.3f}–{span['224'][1]:.3f}×** "
+        "at 224 px | `loader_targets_cpu.csv` | ≥ 1.5 / ≥ 1.0 |",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["figures", "study", "crosscheck", "loader"])
-    parser.add_argument("files", nargs="+")
+    parser.add_argument("what", choices=["figures", "study", "crosscheck", "loader", "summary"])
+    parser.add_argument("files", nargs="*")
     args = parser.parse_args()
-    if args.what == "loader":
+    if args.what == "summary":
+        print(summary())
+    elif args.what == "loader":
         print(loader(args.files[0]))
     else:
         print({"figures": figures, "study": study, "crosscheck": crosscheck}[args.what](args.files))
