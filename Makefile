@@ -48,7 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests
 	$(VENV)/bin/ruff format --check src scripts tests
 
-# every generated table in README.md and experiments/*/README.md, from the committed result files
+# every generated table in README.md, experiments/*/README.md and docs/*.md, from the committed result files
 results: $(STAMP)
 	$(PY) experiments/update_tables.py
 

@@ -1,6 +1,6 @@
-"""Regenerate every ``<!-- generated: COMMAND -->`` table in README.md and experiments/*/README.md in
-place, from the committed result files (``make results``). tests/test_generated_tables.py fails when
-a committed table differs from what its command prints.
+"""Regenerate every ``<!-- generated: COMMAND -->`` table in README.md, experiments/*/README.md and
+docs/*.md in place, from the committed result files (``make results``). tests/test_generated_tables.py
+fails when a committed table differs from what its command prints.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def run(command: str) -> str:
 
 
 def main() -> None:
-    for doc in [REPO / "README.md", *sorted((REPO / "experiments").glob("*/README.md"))]:
+    docs = [REPO / "README.md", *sorted((REPO / "experiments").glob("*/README.md"))]
+    for doc in [*docs, *sorted((REPO / "docs").glob("*.md"))]:
         text = doc.read_text()
         new = BLOCK.sub(lambda m: m[1] + run(m["command"]).rstrip("\n") + "\n" + m[4], text)
         if new != text:

@@ -1,17 +1,22 @@
-"""Every generated table in the docs equals what its script prints from the committed result file.
+"""Every generated table in the docs equals what its script prints from the committed result file,
+and every committed result file says where it came from.
 
-A block in README.md or experiments/*/README.md written as
+A block in README.md, experiments/*/README.md or docs/*.md written as
 
     <!-- generated: python experiments/robustness/table.py experiments/robustness/results_shapes.csv -->
     | cell | ... |
     <!-- end generated -->
 
 is regenerated here (the command run from the repository root) and compared line by line, so a
-number in the docs can only change with its result file or its script.
+number in the docs can only change with its result file or its script. A result file (a CSV or
+JSON under experiments/<study>/) carries its provenance: ``commit`` and ``machine`` columns per
+row, or a ``<file>.provenance.json`` beside it (experiments/README.md).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 import shlex
 import subprocess
@@ -22,7 +27,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- generated: (?P<command>.+?) -->\n(?P<body>.*?)<!-- end generated -->", re.S)
-DOCS = [REPO / "README.md", *sorted((REPO / "experiments").glob("*/README.md"))]
+DOCS = [
+    REPO / "README.md",
+    *sorted((REPO / "experiments").glob("*/README.md")),
+    *sorted((REPO / "docs").glob("*.md")),
+]
 
 
 def generated_blocks() -> list[tuple[str, str, str]]:
@@ -47,3 +56,21 @@ def test_the_docs_have_generated_tables() -> None:
 @pytest.mark.parametrize(("doc", "command", "body"), generated_blocks(), ids=lambda v: str(v)[:60])
 def test_a_generated_table_matches_its_script(doc: str, command: str, body: str) -> None:
     assert body.strip() == regenerate(command).strip(), f"{doc}: regenerate with `{command}`"
+
+
+def result_files() -> list[Path]:
+    files = [*(REPO / "experiments").glob("*/**/*.csv"), *(REPO / "experiments").glob("*/**/*.json")]
+    return sorted(f for f in files if not f.name.endswith(".provenance.json"))
+
+
+@pytest.mark.parametrize("path", result_files(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_a_result_file_says_where_it_came_from(path: Path) -> None:
+    sidecar = path.with_name(path.name + ".provenance.json")
+    if sidecar.exists():
+        record = json.loads(sidecar.read_text())
+        assert {"added_in", "added_at", "machine", "code"} <= set(record), sidecar
+        return
+    assert path.suffix == ".csv", f"{path}: no {sidecar.name}"
+    with path.open() as f:
+        header = next(csv.reader(f))
+    assert {"commit", "machine"} <= set(header), f"{path}: no commit/machine columns and no {sidecar.name}"

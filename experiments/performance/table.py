@@ -5,6 +5,8 @@
     python experiments/performance/table.py crosscheck crosscheck_64.txt crosscheck_250.txt
     python experiments/performance/table.py loader loader_targets_cpu.csv
     python experiments/performance/table.py summary     # the top README's table, from the files above
+    python experiments/performance/table.py cases loader_cpu.json          # every loader case of one run
+    python experiments/performance/table.py cores loader_cpu.json loader_cpu_2.json loader_cpu_3.json
 
 (paths relative to experiments/performance/ or the repository root.)
 
@@ -15,6 +17,8 @@ ratio, the best-window ratio, the target and the 1-minute load average when the 
 ``cpu_run.sh`` cross-check's printed rates per pair (``plain_loop.py`` and ``tb_rate.py``), their
 ratio and its median. ``loader``: ``loader_targets.py``'s CSV, the default decoder's ratio to timm
 per run. ``summary``: one line per figure, as the top README shows them, from the same files.
+``cases``: a ``--sections loader`` JSON's images per CPU-second for every loader and case;
+``cores``: the train/square per-core rates, median over several such runs (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -196,13 +200,62 @@ def summary() -> str:
     return "\n".join(lines)
 
 
+LOADERS = ["resflex_auto", "resflex_simplejpeg", "resflex_torchvision", "resflex_pil", "timm", "torchvision"]
+
+
+def cases(name: str) -> str:
+    report = json.loads(path_of(name).read_text())["loader"]
+    lines = [
+        "| split | geometry | size | batch h×w | resflex `auto` | resflex `simplejpeg` "
+        "| resflex `torchvision` | resflex `pil` | timm | torchvision | **auto / timm** | torchvision / timm "
+        "| pil / timm |",
+        "|---|---|---:|---|" + "---:|" * 9,
+    ]
+    for case in report["cases"]:
+        rates = [f"{case['per_core'][k]:,.0f}" for k in LOADERS]
+        ratio = case["ratio_vs_timm"]
+        shape = "×".join(map(str, case["out_hw"]))
+        cols = [case["split"], case["geometry"], str(case["size"]), shape, *rates,
+                f"**{ratio['resflex_auto']:.2f}**", f"{ratio['resflex_torchvision']:.2f}",
+                f"{ratio['resflex_pil']:.2f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def cores(files: list[str]) -> str:
+    runs = [json.loads(path_of(name).read_text())["loader"]["cases"] for name in files]
+    sizes = sorted({c["size"] for c in runs[0] if c["split"] == "train" and c["geometry"] == "square"})
+    lines = [
+        "| size | resflex `data.source.decoder=auto` (default; simplejpeg) | resflex `pil` (first) "
+        "| timm `create_loader` | torchvision `decode_jpeg` + v2 |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for size in sizes:
+        cols = [str(size)]
+        for key in ("resflex_auto", "resflex_pil", "timm", "torchvision"):
+            train = [c for run in runs for c in run if c["split"] == "train" and c["geometry"] == "square"]
+            values = [c["per_core"][key] for c in train if c["size"] == size]
+            cols.append(
+                f"{statistics.median(values):,.0f}"
+                + (" img/s" if size == sizes[0] and len(cols) == 1 else "")
+            )
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["figures", "study", "crosscheck", "loader", "summary"])
+    parser.add_argument(
+        "what", choices=["figures", "study", "crosscheck", "loader", "summary", "cases", "cores"]
+    )
     parser.add_argument("files", nargs="*")
     args = parser.parse_args()
     if args.what == "summary":
         print(summary())
+    elif args.what == "cases":
+        print(cases(args.files[0]))
+    elif args.what == "cores":
+        print(cores(args.files))
     elif args.what == "loader":
         print(loader(args.files[0]))
     else:
