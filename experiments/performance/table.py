@@ -7,6 +7,9 @@
     python experiments/performance/table.py summary     # the top README's table, from the files above
     python experiments/performance/table.py cases loader_cpu.json          # every loader case of one run
     python experiments/performance/table.py cores loader_cpu.json loader_cpu_2.json loader_cpu_3.json
+    python experiments/performance/table.py steps loader_cpu.json       # the decode/resample steps alone
+    python experiments/performance/table.py items item_cost.txt         # item_cost.py's printed table
+    python experiments/performance/table.py hostmem host_memory_cpu.txt # host_memory_ab.sh's pairs
 
 (paths relative to experiments/performance/ or the repository root.)
 
@@ -243,10 +246,78 @@ def cores(files: list[str]) -> str:
     return "\n".join(lines)
 
 
+STEPS = [
+    ("PIL decode, full (500×375)", ["pil_full"]),
+    ("PIL decode at 1/2 / 1/4 / 1/8 scale", ["pil_1/2", "pil_1/4", "pil_1/8"]),
+    ("`torchvision.io.decode_jpeg`, full", ["decode_jpeg"]),
+    ("simplejpeg, full", ["simplejpeg_full"]),
+    ("simplejpeg at 1/2 / 1/4 / 1/8 scale", ["simplejpeg_1/2", "simplejpeg_1/4", "simplejpeg_1/8"]),
+    ("resample the decoded image to cover 224 px: PIL / torch", ["resample_pil_224", "resample_torch_224"]),
+    ("resample to cover 128 px: PIL / torch", ["resample_pil_128", "resample_torch_128"]),
+]
+
+
+def steps(name: str) -> str:
+    rates = json.loads(path_of(name).read_text())["loader"]["steps_per_core"]
+    lines = ["| step | images/s per core | ms per image |", "|---|---:|---:|"]
+    for label, keys in STEPS:
+        per_core = " / ".join(f"{rates[k]:,.0f}" for k in keys)
+        ms = " / ".join(f"{1000 / rates[k]:.2f}" for k in keys)
+        lines.append(f"| {label} | {per_core} | {ms} |")
+    return "\n".join(lines)
+
+
+def items(name: str) -> str:
+    rows = [
+        line.split() for line in path_of(name).read_text().splitlines() if re.match(r"\s+\d+-\d+ px", line)
+    ]
+    lines = ["| files | size | split | before ms | now ms | speed-up |", "|---|---:|---|---:|---:|---:|"]
+    for files, _, size, split, before, now, speedup in rows:
+        lines.append(
+            f"| {files.replace('-', '–')} px | {size} | {split} | {before} | {now} | {speedup[:-1]}× |"
+        )
+    return "\n".join(lines)
+
+
+def hostmem(name: str) -> str:
+    lines = [
+        "| pair | malloc | wall s | user s | system s | minor page faults | peak RSS | test/acc |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    pair = 0
+    for line in path_of(name).read_text().splitlines():
+        if line.startswith("#") and ("pair" in line):
+            pair += 1
+            quiet = "quiet" in line
+            continue
+        fields = line.split()
+        if not fields or fields[0] not in ("system", "retain"):
+            continue
+        values = dict(zip(fields[1::2], fields[2::2], strict=False))
+        malloc = "glibc default" if fields[0] == "system" else "retained (the CPU default now)"
+        cols = [f"{pair} ({'quiet' if quiet else 'loaded'})", malloc, values["wall_s"], values["user_s"],
+                values["sys_s"], f"{int(values['minor_faults']) / 1e6:.1f} M",
+                f"{int(values['maxrss_kb']) / 1e6:.2f} GB", f"{float(values['test/acc:']):.4f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "what", choices=["figures", "study", "crosscheck", "loader", "summary", "cases", "cores"]
+        "what",
+        choices=[
+            "figures",
+            "study",
+            "crosscheck",
+            "loader",
+            "summary",
+            "cases",
+            "cores",
+            "steps",
+            "items",
+            "hostmem",
+        ],
     )
     parser.add_argument("files", nargs="*")
     args = parser.parse_args()
@@ -256,6 +327,8 @@ def main() -> None:
         print(cases(args.files[0]))
     elif args.what == "cores":
         print(cores(args.files))
+    elif args.what in ("steps", "items", "hostmem"):
+        print({"steps": steps, "items": items, "hostmem": hostmem}[args.what](args.files[0]))
     elif args.what == "loader":
         print(loader(args.files[0]))
     else:
