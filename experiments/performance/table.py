@@ -10,6 +10,8 @@
     python experiments/performance/table.py steps loader_cpu.json       # the decode/resample steps alone
     python experiments/performance/table.py items item_cost.txt         # item_cost.py's printed table
     python experiments/performance/table.py hostmem host_memory_cpu.txt # host_memory_ab.sh's pairs
+    python experiments/performance/table.py workers loader_workers1_cpu.json loader_workers2_cpu.json
+    python experiments/performance/table.py markdown decode_vs_file_size.txt   # a table a script printed
 
 (paths relative to experiments/performance/ or the repository root.)
 
@@ -302,37 +304,44 @@ def hostmem(name: str) -> str:
     return "\n".join(lines)
 
 
+def workers(one: str, two: str) -> str:
+    runs = [json.loads(path_of(name).read_text())["rows"] for name in (one, two)]
+    lines = [
+        "| loader | size | in-process, images per CPU-s | 1 worker | 2 workers "
+        "| 2 workers, images per wall-s | cost (1 / 2 workers) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for a, b in zip(*runs, strict=True):
+        name = "resflex `auto`" if a["loader"] == "resflex" else a["loader"]
+        cols = [name, str(a["size"]), f"{a['inproc_per_cpu_s']:,.0f} / {b['inproc_per_cpu_s']:,.0f}",
+                f"{a['workers_per_cpu_s']:,.0f}", f"{b['workers_per_cpu_s']:,.0f}",
+                f"{b['workers_per_wall_s']:,.0f}",
+                f"{a['cost']:.2f} / {b['cost']:.2f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def markdown(name: str) -> str:
+    """The markdown table a script printed into its log (the log's other lines dropped)."""
+    return "\n".join(line for line in path_of(name).read_text().splitlines() if line.startswith("|"))
+
+
 def main() -> None:
+    one_file = {"loader": loader, "cases": cases, "steps": steps, "items": items, "hostmem": hostmem,
+                "markdown": markdown}  # fmt: skip
+    many_files = {"figures": figures, "study": study, "crosscheck": crosscheck, "cores": cores}
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "what",
-        choices=[
-            "figures",
-            "study",
-            "crosscheck",
-            "loader",
-            "summary",
-            "cases",
-            "cores",
-            "steps",
-            "items",
-            "hostmem",
-        ],
-    )
+    parser.add_argument("what", choices=[*one_file, *many_files, "workers", "summary"])
     parser.add_argument("files", nargs="*")
     args = parser.parse_args()
     if args.what == "summary":
         print(summary())
-    elif args.what == "cases":
-        print(cases(args.files[0]))
-    elif args.what == "cores":
-        print(cores(args.files))
-    elif args.what in ("steps", "items", "hostmem"):
-        print({"steps": steps, "items": items, "hostmem": hostmem}[args.what](args.files[0]))
-    elif args.what == "loader":
-        print(loader(args.files[0]))
+    elif args.what == "workers":
+        print(workers(*args.files))
+    elif args.what in one_file:
+        print(one_file[args.what](args.files[0]))
     else:
-        print({"figures": figures, "study": study, "crosscheck": crosscheck}[args.what](args.files))
+        print(many_files[args.what](args.files))
 
 
 if __name__ == "__main__":
