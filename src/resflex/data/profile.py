@@ -15,7 +15,8 @@ and what each geometry costs the *average* image:
 :data:`AUTO_CROP_LOSS` of the average image (the classic recipe, nothing to
 gain), and otherwise :data:`AUTO_WIDE_GEOMETRY`, ``keep_aspect``: the whole
 image, its aspect kept within half a bucket step. Which one was measured, not
-assumed (experiments/variable_size/, 3 seeds): on images of aspect 0.5-2 with
+assumed (experiments/variable_size/, 3 seeds, validation accuracy: that study has
+no test split): on images of aspect 0.5-2 with
 an object anywhere (resnet18, 40 px) keep_aspect is within noise of ``squash``
 with the average head (0.389 vs 0.402) and ahead with the pyramid head (0.403
 vs 0.394), and on the embedded synthetic shapes, where stretching changes what

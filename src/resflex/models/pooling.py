@@ -101,7 +101,7 @@ class PyramidPool(PoolingHead):
     2×2): the textbook head fed 21×512 = 10,752 features to the classifier, most of
     them copies (a level-4 grid on a 2×2 map repeats each cell four times) and all
     but 512 tied to *where* the object is, which on data with objects anywhere
-    trained 14 points worse than avg. Here
+    trained 12 points worse than avg (0.165 vs 0.280, one seed). Here
 
     - the global average comes first and untouched, so the head starts from what
       the avg head sees;
