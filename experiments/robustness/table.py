@@ -75,7 +75,7 @@ def table(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("csv", type=Path)
+    parser.add_argument("csv", type=Path, nargs="+", help="result files (e.g. resflex's and a peer's)")
     parser.add_argument("--baseline", default="fixed")
     parser.add_argument("--cells", nargs="*", default=[])
     parser.add_argument("--split", default="test", choices=["val", "val_cal", "test"])
@@ -84,7 +84,7 @@ def main() -> None:
         "--wall", action="store_true", help="median wall time per cell (compare only runs made alone)"
     )
     args = parser.parse_args()
-    rows = list(csv.DictReader(args.csv.open()))
+    rows = [row for path in args.csv for row in csv.DictReader(path.open())]
     print(table(rows, args.baseline, args.cells, args.split, args.main, args.wall))
 
 
