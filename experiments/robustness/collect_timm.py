@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collect import commit, machine  # noqa: E402
+from collect import commit, machine
 
 
 def accuracies(run: Path, split: str) -> dict[int, float]:
@@ -35,9 +35,9 @@ def row_of(run: Path, common: dict[str, str]) -> dict[str, object] | None:
     if not (run / "run" / ".evaluated").is_file():
         return None
     row: dict[str, object] = {"cell": cell, "seed": seed, "status": "completed", **common}
-    row["finished"] = datetime.fromtimestamp((run / "run" / ".evaluated").stat().st_mtime, timezone.utc).isoformat(
-        timespec="seconds"
-    )
+    row["finished"] = datetime.fromtimestamp(
+        (run / "run" / ".evaluated").stat().st_mtime, timezone.utc
+    ).isoformat(timespec="seconds")
     wall = run / "wall_s.txt"
     row["wall_time_s"] = float(wall.read_text()) if wall.is_file() else None
     for split in ("val", "test"):
@@ -53,15 +53,20 @@ def row_of(run: Path, common: dict[str, str]) -> dict[str, object] | None:
 
 def main() -> None:
     out, runs, timm = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    timm_commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=timm, capture_output=True, text=True, check=False
-    ).stdout.strip() or "aa4b5850"
+    timm_commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=timm, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "aa4b5850"
+    )
     common = {"commit": f"{commit()} (timm {timm_commit})", "machine": machine()}
     rows = [r for run in sorted(runs.glob("*-s*")) if run.is_dir() and (r := row_of(run, common))]
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
-    sized = sorted((c for c in columns if "@" in c), key=lambda c: (c.split("_acc@")[0], int(c.split("@")[1])))
+    sized = sorted(
+        (c for c in columns if "@" in c), key=lambda c: (c.split("_acc@")[0], int(c.split("@")[1]))
+    )
     columns = [c for c in columns if "@" not in c and c != "command"] + sized + ["command"]
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
