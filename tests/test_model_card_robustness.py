@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from resflex.model_card import build_model_card, parse_size_tag, robust_ranges, size_curve
-from resflex.run import read_record
+from resflex.run_folder import read_record
 from resflex.training.robustness import summarize_sizes
 from tests.test_eval_script import compose_config
 

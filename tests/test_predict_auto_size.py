@@ -15,7 +15,7 @@ from PIL import Image
 from resflex.data.resolution import FixedResolution
 from resflex.errors import ConfigError
 from resflex.predict import auto_sizes, framed_shape, nearest_size, parse_predict_size, plan_batches
-from resflex.run import read_record
+from resflex.run_folder import read_record
 
 #: robust on 48-96 px: 32 and 128 px are more than 0.03 below the best (64 px)
 CURVE = {"32": 0.50, "48": 0.80, "64": 0.82, "96": 0.80, "128": 0.55}

@@ -22,6 +22,7 @@ or ``hydra.run.dir=...``), never into the training run: ``eval.json``,
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -58,8 +59,9 @@ def compose_eval_config(cfg: DictConfig, run: Run) -> DictConfig:
     """The training run's config (:func:`resflex.run.open_run`), with this command's data, resolutions,
     batch size and workers applied; files the data writes (``bad_images.txt``) go to this command's
     folder, never into the training run."""
-    merged = run.config.copy()
-    merged.paths.output_dir = str(cfg.paths.output_dir)
+    merged = copy.deepcopy(run.config)
+    if "paths" in merged:
+        merged.paths.output_dir = str(cfg.paths.output_dir)
     if cfg.get("data") is not None:
         merged.data = cfg.data
     sizes = list(cfg.eval.resolutions or [])

@@ -25,7 +25,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from resflex.errors import first_line
-from resflex.run import CLASSES_FILE, Run, hydra_file, open_run_folder, read_classes, read_overrides
+from resflex.run import Run, open_run_folder
+from resflex.run_folder import CLASSES_FILE, hydra_file, read_classes, read_overrides
 from resflex.training.robustness import RANGE_TOLERANCE, SizeRobustness, scale_of, summarize_sizes
 
 log = logging.getLogger("resflex")

@@ -27,7 +27,7 @@ from typing import Any
 
 from resflex.errors import ResflexError
 from resflex.model_card import CURVE_STAGES, size_curve
-from resflex.run import METRICS_FILE, find_run_folders, is_run_folder, load_record, read_overrides
+from resflex.run_folder import METRICS_FILE, find_run_folders, is_run_folder, load_record, read_overrides
 from resflex.training.robustness import summarize_sizes
 
 RUNNING_WINDOW_S = 15 * 60  # a job folder touched this recently, without metrics.json, is running

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from resflex.run import HYDRA_DIR, hydra_job_num
+from resflex.run_folder import HYDRA_DIR, hydra_job_num
 
 MAX_NAME = 160
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|\s")

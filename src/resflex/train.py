@@ -39,7 +39,7 @@ from resflex.errors import (
     user_errors_as_one_line,
 )
 from resflex.model_card import write_model_card_quietly
-from resflex.run import METRICS_FILE, resolve_resume_checkpoint
+from resflex.run_folder import METRICS_FILE, resolve_resume_checkpoint
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory
 from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (

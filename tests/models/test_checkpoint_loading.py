@@ -21,7 +21,7 @@ from resflex.models.checkpoint import (
     is_readable_checkpoint,
     safe_load,
 )
-from resflex.run import resolve_checkpoint_path, resolve_resume_checkpoint
+from resflex.run_folder import resolve_checkpoint_path, resolve_resume_checkpoint
 from resflex.training.safety import AtomicCheckpointIO
 from tests.conftest import REPO, run_cli
 
