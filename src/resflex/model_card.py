@@ -301,7 +301,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
     )
     overrides = _overrides(run)
     configured_geometry = str(resolution.get("geometry", "square"))
-    trained_geometry = (record.get("data_profile") or {}).get("geometry") or configured_geometry
+    trained_geometry = (run.trained_framing() or (configured_geometry,))[0]
     command = " ".join(["python scripts/train.py", *(shlex.quote(o) for o in overrides)])
     lines = [
         f"# Model card: {run_dir.name}",

@@ -112,7 +112,8 @@ class Run:
         """Class names in label order: ``classes.json``, else the run's data (an image folder's class
         folders, no image opened; a source's own ``classes``), else ``0..N-1`` with a warning."""
         count = self.num_classes if num_classes is None else num_classes
-        for names in (read_classes(self.run_dir), self.classes_from_data()):
+        for read in (lambda: read_classes(self.run_dir), self.classes_from_data):  # the data only if needed
+            names = read()
             if names is not None and len(names) == count:
                 return names
         log.warning("class names of the run not found; using 0..%d", count - 1)
@@ -223,7 +224,9 @@ class Run:
         if self.bn_stats:  # the nearest size's statistics at each evaluation size
             module.on_load_checkpoint({BN_STATS_KEY: self.bn_stats})
 
-    def build_module(self, cfg: DictConfig | None = None, num_classes: int | None = None) -> Any:
+    def build_module(
+        self, cfg: DictConfig | None = None, num_classes: int | None = None
+    ) -> ClassificationModule:
         """The run's LightningModule (``build.build_module`` of ``cfg``, default the run's config) with the
         checkpoint's weights loaded (:meth:`load_weights`)."""
         from resflex.build import build_module
