@@ -133,3 +133,104 @@ def test_a_config_of_todays_layout_passes_the_door_untouched(tmp_path: Path, ove
     OmegaConf.set_struct(saved, False)
     assert migrate(saved) == []
     assert OmegaConf.to_container(saved, resolve=False) == before
+
+
+def test_migrate_rewrites_each_node_of_the_flat_layout_exactly() -> None:
+    """Layout 2 by hand, the parts the real fixture does not have: a source with a root of its own and
+    ``${data.download}``-style references, loader keys, a model without the later switches."""
+    old = OmegaConf.create(
+        {
+            "seed": 1,
+            "model": {"dropout": 0.2, "label_smoothing": 0.0, "channels_last": False},
+            "backbone": {"name": "test_resnet"},
+            "pooling": {"_target_": "resflex.models.pooling.AvgPool"},
+            "optimizer": {"_target_": "resflex.training.optim.OptimizerFactory", "name": "adamw", "lr": 0.01},
+            "scheduler": {"_target_": "resflex.training.lr_schedule.WarmupCosine"},
+            "data": {
+                "name": "fashion_mnist",
+                "root": "/ignored",
+                "download": True,
+                "batch_size": 16,
+                "num_workers": 0,
+                "source": {
+                    "_target_": "resflex.data.fashion_mnist.FashionMNISTSource",
+                    "root": "/datasets/fmnist",
+                    "download": "${data.download}",
+                    "seed": "${seed}",
+                },
+                "eval_crop_pct": 0.9,
+                "loader": {"eval_batch_size": 64, "pin_memory": False, "prefetch_factor": 4},
+            },
+        }
+    )
+    OmegaConf.set_struct(old, False)
+    assert migrate(old) == ["data: flat keys, data.loader.*, a whole source", "model: flat keys, no _target_"]
+    assert OmegaConf.to_container(old.data) == {
+        "_target_": "resflex.data.datamodule.ResflexDataModule",
+        "name": "fashion_mnist",
+        "batch_size": 16,
+        "num_workers": 0,
+        "eval_crop_pct": 0.9,
+        "root": "/datasets/fmnist",  # the source's own root: what the run read
+        "source": {
+            "_target_": "resflex.data.fashion_mnist.FashionMNISTSource",
+            "download": True,
+            "seed": "${seed}",
+            "_partial_": True,
+        },
+        "eval_batch_size": 64,
+        "pin_memory": False,
+        "prefetch_factor": 4,
+        "schedule": "${resolution}",
+        "eval_resolutions": "${oc.select:eval.resolutions,null}",
+        "seed": "${seed}",
+    }
+    assert OmegaConf.to_container(old.model) == {
+        "_target_": "resflex.training.module.ClassificationModule",
+        "net": {
+            "_target_": "resflex.models.classifier.ImageClassifier",
+            "backbone": "${backbone}",
+            "pooling": "${pooling}",
+            "num_classes": "???",
+            "dropout": 0.2,
+        },
+        "optimizer": "${optimizer}",
+        "lr_schedule": "${scheduler}",
+        "finetune": None,  # a run from before fine-tuning strategies: full
+        "label_smoothing": 0.0,
+        "channels_last": False,
+        "random_erasing": "${oc.select:data.augment.random_erasing,0.0}",
+        "seed": "${oc.select:seed,0}",
+    }
+    assert migrate(old) == []
+
+
+def test_migrate_rewrites_a_torch_optimizer_and_a_named_scheduler_exactly() -> None:
+    old = OmegaConf.create(
+        {
+            "optimizer": {
+                "_target_": "torch.optim.AdamW",
+                "_partial_": True,
+                "lr": 0.002,
+                "weight_decay": 0.05,
+                "scale_lr_with_world_size": False,
+            },
+            "scheduler": {"name": "cosine", "warmup_epochs": 3.0, "min_lr_ratio": 0.01},
+        }
+    )
+    OmegaConf.set_struct(old, False)
+    assert len(migrate(old)) == 2
+    assert OmegaConf.to_container(old) == {
+        "optimizer": {
+            "_target_": "resflex.training.optim.OptimizerFactory",
+            "name": "adamw",
+            "lr": 0.002,
+            "weight_decay": 0.05,
+            "scale_lr_with_world_size": False,
+        },
+        "scheduler": {
+            "_target_": "resflex.training.lr_schedule.WarmupCosine",
+            "warmup_epochs": 3.0,
+            "min_lr_ratio": 0.01,
+        },
+    }
