@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from resflex.model_card import build_model_card, parse_size_tag, read_run_record, robust_ranges, size_curve
+from resflex.model_card import build_model_card, parse_size_tag, robust_ranges, size_curve
+from resflex.run_folder import read_record
 from resflex.training.robustness import summarize_sizes
 from tests.test_eval_script import compose_config
 
@@ -60,7 +61,7 @@ def test_card_without_a_curve_or_with_one_size_says_so(tmp_path: Path) -> None:
 
 def test_robust_range_is_summarize_sizes_range_as_sizes(tmp_path: Path) -> None:
     run_dir = fabricated_run(tmp_path, {**tags("val", CURVE), "val/acc@96x160": 0.3, "val/acc@x": 1.0})
-    metrics = read_run_record(run_dir)["metrics"]
+    metrics = read_record(run_dir)["metrics"]
     assert size_curve(metrics, "val")[(96, 160)] == 0.3 and len(size_curve(metrics, "val")) == 6
     (robust,) = robust_ranges(metrics, (64, 64))
     summary = summarize_sizes(size_curve(metrics, "val"), main=(64, 64))
@@ -76,4 +77,4 @@ def test_robust_range_is_summarize_sizes_range_as_sizes(tmp_path: Path) -> None:
     assert record["range"] == pytest.approx(2.0) and record["worst"] == {"size": [96, 160], "acc": 0.3}
     assert parse_size_tag("48x80") == (48, 80) and parse_size_tag("64") == (64, 64)
     assert parse_size_tag("64px") is None
-    assert read_run_record(tmp_path / "nowhere") == {}
+    assert read_record(tmp_path / "nowhere") == {}

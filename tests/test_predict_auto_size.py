@@ -14,8 +14,8 @@ from PIL import Image
 
 from resflex.data.resolution import FixedResolution
 from resflex.errors import ConfigError
-from resflex.model_card import read_run_record
 from resflex.predict import auto_sizes, framed_shape, nearest_size, parse_predict_size, plan_batches
+from resflex.run_folder import read_record
 
 #: robust on 48-96 px: 32 and 128 px are more than 0.03 below the best (64 px)
 CURVE = {"32": 0.50, "48": 0.80, "64": 0.82, "96": 0.80, "128": 0.55}
@@ -26,7 +26,7 @@ def fabricated_run(root: Path, metrics: dict) -> dict:
     """A run folder's metrics.json, read back the way load_classifier reads it (``info["metrics"]``)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "metrics.json").write_text(json.dumps({"status": "completed", "metrics": metrics}))
-    return read_run_record(root)["metrics"]
+    return read_record(root)["metrics"]
 
 
 def test_candidates_are_the_robust_sizes_of_the_val_curve(tmp_path: Path) -> None:

@@ -14,12 +14,9 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-try:
-    from resflex.build import build_datamodule, build_module
-except ImportError:  # resflex before the build layer (commit 513028f and older)
-    from resflex.train import build_datamodule, build_module
+from resflex.build import build_datamodule, build_module
+from resflex.run import read_config
 
 
 def evaluate(module: torch.nn.Module, loader, batch_statistics: bool) -> dict:
@@ -50,8 +47,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    cfg = OmegaConf.load(args.run_dir / ".hydra" / "config.yaml")
-    cfg.paths.output_dir = cfg.paths.log_dir = str(args.run_dir)  # ${hydra:...} is not resolvable here
+    cfg = read_config(args.run_dir / ".hydra" / "config.yaml")  # old layouts migrated to today's
+    cfg.paths.log_dir = str(args.run_dir)  # ${hydra:...} is not resolvable here
     cfg.data.num_workers = 0
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.num_classes)

@@ -24,12 +24,10 @@ from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync, to_pl
 from resflex.errors import ConfigError, find_user_error
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
-from resflex.models.classifier import ImageClassifier
 from resflex.runtime import resolve_precision
 from resflex.training.eval_sizes import drop_unfit_sizes
 from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
-from resflex.training.optim import OptimizerFactory
 from resflex.training.run_record import RunRecord, attach_run_record
 from resflex.training.safety import AtomicCheckpointIO
 
@@ -52,10 +50,8 @@ def build_node(node: DictConfig, **fill: Any) -> Any:
 
 def build_datamodule(cfg: DictConfig) -> ResflexDataModule:
     """The data module of ``cfg.data``: one ``_target_`` node whose keys are the module's arguments
-    (the ``resolution`` group is its ``schedule``); run folders from before that rebuild through
-    :func:`legacy_datamodule`."""
-    if "_target_" not in cfg.data:
-        return legacy_datamodule(cfg)
+    (the ``resolution`` group is its ``schedule``). Run folders of older layouts are migrated to this
+    one when they are opened (:mod:`resflex.run`), never here."""
     check_source_decoder(cfg.data)
     return build_node(cfg.data)
 
@@ -78,89 +74,16 @@ def check_source_decoder(data: DictConfig) -> None:
         )
 
 
-def legacy_datamodule(cfg: DictConfig) -> ResflexDataModule:
-    """A run config from before the ``data`` node had a ``_target_`` (``data.loader.*``, a whole source)."""
-    loader = cfg.data.loader
-    return ResflexDataModule(
-        source=instantiate(cfg.data.source),
-        schedule=instantiate(cfg.resolution),
-        batch_size=cfg.data.batch_size,
-        eval_batch_size=loader.get("eval_batch_size"),
-        num_workers=cfg.data.num_workers,
-        pin_memory=loader.pin_memory,
-        persistent_workers=loader.persistent_workers,
-        prefetch_factor=loader.prefetch_factor,
-        augment=cfg.data.get("augment"),
-        eval_crop_pct=cfg.data.eval_crop_pct,
-        seed=cfg.seed,
-        eval_resolutions=to_plain(OmegaConf.select(cfg, "eval.resolutions", default=None)),
-        name=str(cfg.data.get("name", "")),
-    )
-
-
-def build_optimizer(cfg: DictConfig) -> OptimizerFactory:
-    """``cfg.optimizer`` as an :class:`OptimizerFactory`.
-
-    Run folders written before the factory existed name a torch class as a partial
-    (``_target_: torch.optim.AdamW``); their checkpoints still load for evaluation,
-    prediction and export, so such a node is read as the timm name of that class.
-    """
-    spec = to_plain(cfg.optimizer)
-    target = str(spec.get("_target_", ""))
-    if target.startswith("torch.optim."):
-        spec = {k: v for k, v in spec.items() if not k.startswith("_") and k != "nesterov"}
-        return OptimizerFactory(name=target.rsplit(".", 1)[-1].lower(), **spec)
-    return instantiate(spec)
-
-
 def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
     """The LightningModule of ``cfg.model`` (network, optimizer, LR schedule, loss, regularisers, EMA).
 
     ``model`` is one ``_target_`` node whose keys are the module's arguments, its
     ``net`` nesting the backbone and pooling groups; only the class count comes from
-    the data. Run folders written before that node existed rebuild through
-    :func:`legacy_module`.
+    the data.
     """
-    if "_target_" not in cfg.model:
-        return legacy_module(cfg, num_classes)
     module = build_node(cfg.model, **{"net.num_classes": num_classes})
     init_head_from_checkpoint(module.model)  # backbone.init_from + backbone.init_head=true: pooling, head
     return module
-
-
-def legacy_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
-    """A run config from before the ``model`` node had a ``_target_`` (its flat keys; the switches that
-    did not exist then are off), so old checkpoints still evaluate, predict and export."""
-    net = ImageClassifier(
-        instantiate(cfg.backbone),
-        instantiate(cfg.pooling),
-        num_classes=num_classes,
-        dropout=cfg.model.dropout,
-    )
-    init_head_from_checkpoint(net)
-    finetune = OmegaConf.select(cfg, "finetune", default=None)
-    scheduler = OmegaConf.select(cfg, "scheduler", default=None)
-    return ClassificationModule(
-        net,
-        optimizer=build_optimizer(cfg),
-        # runs from before the scheduler had a _target_ name only warm-up and floor: rebuild those
-        lr_schedule=instantiate(scheduler) if scheduler is not None and "_target_" in scheduler else None,
-        label_smoothing=cfg.model.label_smoothing,
-        channels_last=cfg.model.channels_last,
-        finetune=to_plain(finetune),
-        compile=OmegaConf.select(cfg, "model.compile", default=False),
-        compile_mode=OmegaConf.select(cfg, "model.compile_mode", default=None),
-        compile_dynamic=OmegaConf.select(cfg, "model.compile_dynamic", default=None),
-        mixup=OmegaConf.select(cfg, "model.mixup", default=0.0),
-        cutmix=OmegaConf.select(cfg, "model.cutmix", default=0.0),
-        mix_prob=OmegaConf.select(cfg, "model.mix_prob", default=1.0),
-        mix_switch_prob=OmegaConf.select(cfg, "model.mix_switch_prob", default=0.5),
-        random_erasing=OmegaConf.select(cfg, "data.augment.random_erasing", default=0.0),
-        seed=OmegaConf.select(cfg, "seed", default=0),
-        ema=OmegaConf.select(cfg, "model.ema", default=False),
-        ema_decay=OmegaConf.select(cfg, "model.ema_decay", default=0.999),
-        ema_warmup=OmegaConf.select(cfg, "model.ema_warmup", default=True),
-    )
 
 
 def check_sizes_fit_backbone(datamodule: ResflexDataModule, backbone: TimmBackbone) -> None:

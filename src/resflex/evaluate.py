@@ -1,13 +1,12 @@
 """Evaluate a checkpoint at several resolutions: ``python scripts/eval.py ckpt_path=PATH [data=...]
 eval.resolutions=[48,64,96]``.
 
-The checkpoint's own run folder says what to build: ``<run>/.hydra/config.yaml``
-(found next to ``<run>/checkpoints/``) gives the backbone, pooling head, model
-options, resolution geometry, seed and — unless ``data=`` is given — the data.
-The same builders as training (:func:`resflex.build.build_datamodule`,
-:func:`resflex.build.build_module`) make the loaders and the model, so
-preprocessing is identical; weights come from the checkpoint through
-:func:`resflex.models.checkpoint.safe_load` (``weights_only``).
+The checkpoint's own run folder says what to build: :func:`resflex.run.open_run`
+reads the checkpoint (``weights_only``) and its run's config (today's layout), which
+gives the backbone, pooling head, model options, resolution geometry, seed and —
+unless ``data=`` is given — the data. The same builders as training
+(:func:`resflex.build.build_datamodule`, :func:`resflex.build.build_module`) make the
+loaders and the model, so preprocessing is identical.
 
 The evaluation loop itself is a plain ``inference_mode`` loop rather than
 ``Trainer.validate``: it needs nothing from Lightning but the module, counts
@@ -23,6 +22,7 @@ or ``hydra.run.dir=...``), never into the training run: ``eval.json``,
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -34,22 +34,17 @@ from typing import Any
 import hydra
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from resflex.build import build_datamodule, build_module
+from resflex.build import build_datamodule
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.models.bn_calibration import side_of
-from resflex.models.checkpoint import (
-    HEAD_PREFIX,
-    find_run_config,
-    resolve_checkpoint_path,
-    safe_load,
-    state_dict_of,
-)
+from resflex.run import Run, open_run
 from resflex.runtime import (
     autocast_for,
     quiet_library_noise,
+    resolve_device,
     resolve_precision,
     retain_freed_host_memory,
     size_tag,
@@ -60,24 +55,15 @@ log = logging.getLogger("resflex")
 COLUMNS = ("resolution", "height", "width", "acc", "acc_top5", "loss", "images", "images_per_sec")
 
 
-def compose_eval_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
-    """The training run's config, with this command's data / resolutions / device applied."""
-    run_config = cfg.get("run_config") or find_run_config(ckpt)
-    if not run_config or not Path(str(run_config)).is_file():
-        raise ConfigError(
-            f"no run config found for {ckpt} (looked for .hydra/config.yaml next to its checkpoints/ folder)",
-            hint="pass run_config=/path/to/run/.hydra/config.yaml",
-        )
-    train_cfg = OmegaConf.load(run_config)
-    assert isinstance(train_cfg, DictConfig)
-    merged = train_cfg.copy()
-    OmegaConf.set_struct(merged, False)
+def compose_eval_config(cfg: DictConfig, run: Run) -> DictConfig:
+    """The training run's config (:func:`resflex.run.open_run`), with this command's data, resolutions,
+    batch size and workers applied; files the data writes (``bad_images.txt``) go to this command's
+    folder, never into the training run."""
+    merged = copy.deepcopy(run.config)
+    if "paths" in merged:
+        merged.paths.output_dir = str(cfg.paths.output_dir)
     if cfg.get("data") is not None:
         merged.data = cfg.data
-    # weights come from the checkpoint: do not download, read or require the pre-training sources again
-    for key in ("pretrained", "weights", "init_from", "init_head"):
-        if key in merged.backbone:
-            merged.backbone[key] = False if key in ("pretrained", "init_head") else None
     sizes = list(cfg.eval.resolutions or [])
     if sizes:  # the first size takes the main loader (val/acc), the rest one loader each
         merged.resolution.eval_size = sizes[0]
@@ -87,23 +73,9 @@ def compose_eval_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
         merged.data.batch_size = int(cfg.eval.batch_size)
         if "eval_batch_size" in merged.data:
             merged.data.eval_batch_size = int(cfg.eval.batch_size)
-        if "loader" in merged.data:  # runs from before the data node had a _target_
-            merged.data.loader.eval_batch_size = int(cfg.eval.batch_size)
     if cfg.eval.get("num_workers") is not None:
         merged.data.num_workers = int(cfg.eval.num_workers)
-    merged.run_config = str(run_config)
     return merged
-
-
-def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], ckpt: Path) -> None:
-    """Strict load: an evaluation with half the weights missing must fail, not print a number."""
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ConfigError(
-            f"checkpoint {ckpt} does not fit the model built from its run config: "
-            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}",
-            hint="was the run config edited after training? pass run_config=... of the right run",
-        )
 
 
 @torch.inference_mode()
@@ -183,30 +155,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` at each of ``cfg.eval.resolutions``; returns the record in eval.json."""
     quiet_library_noise()
     started = time.time()
-    ckpt = resolve_checkpoint_path(cfg.get("ckpt_path"))
-    loaded = safe_load(ckpt, what="ckpt_path")  # first: refuse unsafe files early
-    state = state_dict_of(loaded, ckpt)
-    run_cfg = compose_eval_config(cfg, ckpt)
+    run = open_run(cfg.get("ckpt_path"), cfg.get("run_config"))  # first: refuses unsafe files early
+    run_cfg = compose_eval_config(cfg, run)
     split = str(cfg.eval.get("split", "val"))
 
     datamodule = build_datamodule(run_cfg)
     if not datamodule.has_split(split):
         raise ConfigError(f"the data has no {split!r} split (eval.split={split})", hint="eval.split=val")
-    head = state.get(HEAD_PREFIX + "weight")
-    if head is not None and head.shape[0] != datamodule.num_classes:
+    if run.num_classes != datamodule.num_classes:
         raise ConfigError(
-            f"the checkpoint classifies {head.shape[0]} classes but the data has {datamodule.num_classes}",
+            f"the checkpoint classifies {run.num_classes} classes but the data has {datamodule.num_classes}",
             hint="evaluate on data with the label set the checkpoint was trained on",
         )
-    module = build_module(run_cfg, datamodule.num_classes)
-    load_weights(module, state, ckpt)
-    if isinstance(loaded, dict):  # per-size BatchNorm statistics (eval.bn_calibration): the nearest size's
-        module.on_load_checkpoint(loaded)
+    # strict load; per-size BatchNorm statistics (eval.bn_calibration): the nearest size's at each size
+    module = run.build_module(run_cfg)
 
-    device_name = str(cfg.eval.get("device", "auto"))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    device = resolve_device(cfg.eval.get("device", "auto"))
     precision = resolve_precision(cfg.eval.get("precision", "auto")) if device.type == "cuda" else "32-true"
     if device.type == "cpu":
         retain_freed_host_memory()  # large evaluation batches: see the function
@@ -227,8 +191,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     table = format_table(rows)
     output_dir = Path(cfg.paths.output_dir)
     record = {
-        "checkpoint": str(ckpt),
-        "run_config": str(run_cfg.run_config),
+        "checkpoint": str(run.checkpoint),
+        "run_config": str(run.config_path),
         "data": str(run_cfg.data.get("name", "")),
         "split": split,
         "device": str(device),
@@ -238,7 +202,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     write_outputs(output_dir, record)
     log_tensorboard(output_dir, split, rows, table)
-    print(f"checkpoint: {ckpt}\ndata: {record['data']} ({split} split)\n{table}")
+    print(f"checkpoint: {run.checkpoint}\ndata: {record['data']} ({split} split)\n{table}")
     print(f"written: {output_dir / 'eval.json'}, {output_dir / 'eval.csv'} (TensorBoard: {output_dir})")
     return record
 

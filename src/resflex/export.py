@@ -49,8 +49,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resflex.config import CONFIG_DIR, prepare_cli
+from resflex.data.resolution import round_to
 from resflex.errors import ConfigError, user_errors_as_one_line
-from resflex.inference import ResflexClassifier, load_classifier, round_to
+from resflex.inference import ResflexClassifier, load_classifier
 from resflex.models.adaptive_export import exportable_functional_pools, make_exportable
 
 log = logging.getLogger("resflex")

@@ -4,7 +4,8 @@ Why from the records rather than from the live objects: the card must be
 rebuildable for any run folder (an old run, a run whose data has moved), and the
 run folder already holds the single sources of truth — ``.hydra/config.yaml`` (the
 composed config), ``.hydra/overrides.yaml`` (the command) and ``metrics.json``
-(status, accuracy at every evaluated size). Training writes the card when it ends;
+(status, accuracy at every evaluated size), read through :mod:`resflex.run` (old
+config layouts arrive migrated to today's). Training writes the card when it ends;
 ``scripts/export.py`` rewrites it and copies it beside the exported file. The class
 names also go to ``<run>/classes.json``, so a later ``load_classifier`` does not need
 the training data to name its outputs.
@@ -24,13 +25,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from resflex.errors import first_line
+from resflex.run import Run, open_run_folder
+from resflex.run_folder import CLASSES_FILE, hydra_file, read_classes, read_overrides
 from resflex.training.robustness import RANGE_TOLERANCE, SizeRobustness, scale_of, summarize_sizes
 
 log = logging.getLogger("resflex")
 Size = tuple[int, int]
-METRICS_FILE = "metrics.json"
 CARD_FILE = "model_card.md"
-CLASSES_FILE = "classes.json"
 INPUT_CONVENTION = (
     "float32 RGB in [0, 1], shape (B, 3, H, W), any H and W the backbone takes; the mean/std "
     "normalisation is inside the loaded or exported model; the output is logits (B, classes): "
@@ -47,30 +48,10 @@ GEOMETRY_EVAL = {
 }
 
 
-def read_run_record(run_dir: str | Path | None) -> dict[str, Any]:
-    """``<run>/metrics.json`` as a dict, ``{}`` when absent or unreadable.
-
-    The one reader of a run's record for the card, :func:`resflex.inference.load_classifier`
-    (framing, size curve) and what builds on it (predict, export): a run without a
-    record still loads, it just has nothing to say about itself.
-    """
-    if run_dir is None:
-        return {}
-    try:
-        record = json.loads((Path(run_dir) / METRICS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _overrides(run_dir: Path, record: dict[str, Any]) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if path.is_file():
-        try:
-            return [str(o) for o in OmegaConf.load(path)]
-        except Exception:
-            pass
-    return [str(o) for o in record.get("overrides") or []]
+def _overrides(run: Run) -> list[str]:
+    """The command's overrides: ``.hydra/overrides.yaml``, else the record's copy of them."""
+    overrides = read_overrides(run.run_dir)
+    return overrides if overrides is not None else [str(o) for o in run.record.get("overrides") or []]
 
 
 def _mean_std(name: str) -> tuple[Any, Any]:
@@ -95,19 +76,14 @@ SCHEDULE_NAMES = {
 
 
 def _schedule_name(cfg: DictConfig) -> str:
-    """``cosine``, ``step decay``...: what follows the warm-up (runs from before the choice: cosine)."""
+    """``cosine``, ``step decay``...: what follows the warm-up."""
     target = str(OmegaConf.select(cfg, "scheduler._target_", default="") or "")
     return SCHEDULE_NAMES.get(target.rsplit(".", 1)[-1], "cosine")
 
 
 def _optimizer_name(cfg: DictConfig) -> str:
-    """``adamw`` (optimizer.name); runs from before the optimizer factory name a torch class instead."""
-    name = OmegaConf.select(cfg, "optimizer.name", default=None)
-    return (
-        str(name)
-        if name
-        else str(OmegaConf.select(cfg, "optimizer._target_", default="?")).rsplit(".", 1)[-1]
-    )
+    """``adamw``: the timm name of the optimizer (``optimizer.name``)."""
+    return str(OmegaConf.select(cfg, "optimizer.name", default="?"))
 
 
 def _pooling_text(cfg: DictConfig) -> str:
@@ -287,18 +263,6 @@ def robust_ranges(metrics: Mapping[str, Any], main: Sequence[int] | None) -> lis
     return [r for r in ranges if r is not None]
 
 
-def run_main_size(cfg: DictConfig) -> Size | None:
-    """The run's main (eval) size, as its resolution schedule defines it; None when it cannot be rebuilt."""
-    try:
-        from resflex.inference import build_schedule
-
-        schedule = build_schedule(cfg)
-        return None if schedule is None else (int(schedule.eval_size[0]), int(schedule.eval_size[1]))
-    except Exception as exc:  # an old or edited config: the card gives sizes in px only
-        log.debug("model card: the run's eval size: %s", exc)
-        return None
-
-
 def robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]:
     """The card's robustness section: one line per split with a per-size curve."""
     ranges = robust_ranges(metrics, main)
@@ -315,9 +279,8 @@ def robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]
 
 def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
     """The card's markdown for ``run_dir`` (needs ``.hydra/config.yaml``; ``metrics.json`` optional)."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    assert isinstance(cfg, DictConfig)
-    record = read_run_record(run_dir)
+    run = open_run_folder(run_dir)
+    cfg, record = run.config, run.record
     metrics = record.get("metrics") or {}
     backbone = cfg.backbone
     mean, std = _mean_std(str(backbone.name))
@@ -336,9 +299,9 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         if classes
         else "see the run's data"
     )
-    overrides = _overrides(run_dir, record)
+    overrides = _overrides(run)
     configured_geometry = str(resolution.get("geometry", "square"))
-    trained_geometry = (record.get("data_profile") or {}).get("geometry") or configured_geometry
+    trained_geometry = (run.trained_framing() or (configured_geometry,))[0]
     command = " ".join(["python scripts/train.py", *(shlex.quote(o) for o in overrides)])
     lines = [
         f"# Model card: {run_dir.name}",
@@ -380,7 +343,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
             "",
             f"Best checkpoint: val/acc {_number(best['val/acc'])} (`{best.get('checkpoint', '')}`).",
         ]
-    lines += ["", "## Robustness across sizes", "", *robustness_lines(metrics, run_main_size(cfg))]
+    lines += ["", "## Robustness across sizes", "", *robustness_lines(metrics, run.main_size())]
     lines += [
         "",
         "## Input convention",
@@ -419,7 +382,7 @@ def write_model_card(run_dir: str | Path, classes: list[str] | None = None) -> P
     """Write ``<run>/model_card.md`` (atomically) and, when the names are known, ``<run>/classes.json``.
 
     ``classes`` default: ``classes.json`` if present, else the run's data (see
-    :func:`resflex.inference.run_classes`).
+    :meth:`resflex.run.Run.classes`).
     """
     run_dir = Path(run_dir)
     if classes is None:
@@ -434,20 +397,11 @@ def write_model_card(run_dir: str | Path, classes: list[str] | None = None) -> P
 
 
 def _known_classes(run_dir: Path) -> list[str] | None:
-    path = run_dir / CLASSES_FILE
-    if path.is_file():
-        try:
-            return [str(c) for c in json.loads(path.read_text())]
-        except (OSError, ValueError):
-            pass
+    names = read_classes(run_dir)
+    if names is not None:
+        return names
     try:
-        from resflex.inference import _classes_from_data
-
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-        assert isinstance(cfg, DictConfig)
-        if "paths" in cfg:
-            cfg.paths.output_dir = str(run_dir)
-        return _classes_from_data(cfg)
+        return open_run_folder(run_dir).classes_from_data()
     except Exception as exc:
         log.debug("model card: class names not found: %s", exc)
         return None
@@ -462,7 +416,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_model_card_quietly(run_dir: str | Path) -> Path | None:
     """For the end of training: :func:`write_model_card`, never raising (a card must not fail a run)."""
     run_dir = Path(run_dir)
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
+    if not hydra_file(run_dir).is_file():
         return None
     try:
         return write_model_card(run_dir)
@@ -473,7 +427,4 @@ def write_model_card_quietly(run_dir: str | Path) -> Path | None:
 
 
 def _dropout(cfg: DictConfig) -> float:
-    """``model.net.dropout`` (``model.dropout`` in runs from before the model node had a ``_target_``)."""
-    return OmegaConf.select(cfg, "model.net.dropout", default=None) or OmegaConf.select(
-        cfg, "model.dropout", default=0.0
-    )
+    return OmegaConf.select(cfg, "model.net.dropout", default=0.0)

@@ -4,7 +4,7 @@
 ``input`` is an image, a folder, or a folder tree (image files by extension, as
 image folders are read for training). Each image is decoded and framed exactly as
 ``scripts/eval.py`` does — the run's evaluation transform and geometry
-(:func:`resflex.inference.eval_framing`), the same reduced-scale JPEG decode — and
+(:meth:`resflex.run.Run.eval_framing`), the same reduced-scale JPEG decode — and
 classified by :func:`resflex.inference.load_classifier`'s model, fed the uint8
 pixels (bit-identical normalisation). So on a labelled folder
 (``input/<class>/...`` with the run's class names) the accuracy printed is the one
@@ -59,11 +59,12 @@ from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.bad_images import BadImageError
 from resflex.data.buckets import assign_buckets, file_image_size
 from resflex.data.images import DEFAULT_DECODER, IMAGE_EXTENSIONS, open_image
-from resflex.data.resolution import parse_size
+from resflex.data.resolution import parse_size, round_to
 from resflex.errors import ConfigError, DataError, user_errors_as_one_line
-from resflex.inference import ResflexClassifier, eval_framing, load_classifier, round_to
+from resflex.inference import ResflexClassifier, classifier_of
 from resflex.model_card import robust_ranges
-from resflex.runtime import size_tag
+from resflex.run import open_run
+from resflex.runtime import resolve_device, size_tag
 from resflex.training.robustness import RANGE_TOLERANCE
 
 log = logging.getLogger("resflex")
@@ -398,12 +399,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     quiet_library_noise()
     started = time.time()
     settings = cfg.get("predict") or {}
-    device_name = str(settings.get("device", "auto"))
-    device = torch.device(
-        "cuda"
-        if device_name == "auto" and torch.cuda.is_available()
-        else ("cpu" if device_name == "auto" else device_name)
-    )
+    device = resolve_device(settings.get("device", "auto"))
     output = (
         Path(str(cfg.output)) if cfg.get("output") else Path(str(cfg.paths.output_dir)) / "predictions.csv"
     )
@@ -412,10 +408,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     batch_size = settings.get("batch_size", 32)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"predict.batch_size must be a positive integer, got {batch_size!r}")
-    classifier = load_classifier(cfg.ckpt_path, run_config=cfg.get("run_config"), device=device)
+    run = open_run(cfg.ckpt_path, cfg.get("run_config"))
+    classifier = classifier_of(run, device)
     size = parse_predict_size(settings.get("size"), classifier)
     inputs = collect_inputs(cfg.get("input"), classifier.classes)
-    transform, geometry, schedule = eval_framing(classifier.config, Path(classifier.info["run_dir"]))
+    transform, geometry, schedule = run.eval_framing()
     info = classifier.info
     candidates, candidates_from = (
         auto_sizes(info.get("metrics") or {}, classifier.eval_size or (64, 64))
@@ -442,10 +439,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         int(settings.get("topk", 5)),
         device,
         settings.get("progress", "auto"),
-        # data.source.decoder; data.decoder in runs from before the data node had a _target_
-        OmegaConf.select(classifier.config, "data.source.decoder", default=None)
-        or OmegaConf.select(classifier.config, "data.decoder", default=None)
-        or DEFAULT_DECODER,
+        OmegaConf.select(run.config, "data.source.decoder", default=None) or DEFAULT_DECODER,
     )
     if len(inputs.files) == 1 and unreadable:
         raise DataError(next(iter(unreadable.values())), hint="pass an image file (PNG, JPEG, ...)")

@@ -33,6 +33,15 @@ def resolve_precision(precision: Any, device: torch.device | str | None = None) 
     return "32-true"
 
 
+def resolve_device(device: Any = "auto") -> torch.device:
+    """``auto``: the GPU if one is visible, else the CPU (where evaluation and prediction run by
+    default); any other value is a torch device name (``cpu``, ``cuda:1``)."""
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
 def resolve_channels_last(value: Any) -> bool:
     """``auto``: channels-last on a GPU (tensor cores want NHWC); on CPU the benchmark measured it slower."""
     if value == "auto":

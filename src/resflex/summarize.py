@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import re
 import sys
@@ -26,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from resflex.errors import ResflexError
 from resflex.model_card import CURVE_STAGES, size_curve
+from resflex.run_folder import METRICS_FILE, find_run_folders, is_run_folder, load_record, read_overrides
 from resflex.training.robustness import summarize_sizes
 
 RUNNING_WINDOW_S = 15 * 60  # a job folder touched this recently, without metrics.json, is running
@@ -84,20 +82,11 @@ def _latest_mtime(folder: Path) -> float:
 def load_job(folder: Path, name: str | None = None, now: float | None = None) -> Job:
     """Read one job folder; tolerate a missing or unreadable ``metrics.json``."""
     name = name or folder.name
-    metrics_path = folder / "metrics.json"
-    overrides_path = folder / ".hydra" / "overrides.yaml"
-    record: dict[str, Any] = {}
-    if metrics_path.is_file():
-        try:
-            record = json.loads(metrics_path.read_text())
-        except (OSError, ValueError) as exc:
-            return Job(name, folder, "unreadable", error=f"metrics.json: {exc}")
-    overrides: list[str] = record.get("overrides") or []
-    if not overrides and overrides_path.is_file():
-        try:
-            overrides = yaml.safe_load(overrides_path.read_text()) or []
-        except (OSError, yaml.YAMLError):
-            overrides = []
+    try:
+        record = load_record(folder) or {}
+    except (OSError, ValueError) as exc:
+        return Job(name, folder, "unreadable", error=f"{METRICS_FILE}: {exc}")
+    overrides: list[str] = record.get("overrides") or read_overrides(folder) or []
     if not record:
         recent = (now or time.time()) - _latest_mtime(folder) < RUNNING_WINDOW_S
         return Job(name, folder, "running" if recent else "missing", _parse_overrides(overrides))
@@ -139,19 +128,14 @@ def add_robustness(metrics: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def _is_job_folder(folder: Path) -> bool:
-    return (folder / "metrics.json").is_file() or (folder / ".hydra").is_dir()
-
-
 def find_jobs(root: Path) -> list[Job]:
     """A run folder gives one job; a sweep folder gives one per job sub-folder (any depth)."""
     if not root.is_dir():
         raise ResflexError(f"no such folder: {root}", hint="pass a run folder or logs/multirun/<sweep>")
     now = time.time()
-    if _is_job_folder(root):
+    if is_run_folder(root):
         return [load_job(root, now=now)]
-    folders = sorted(p.parent for p in root.rglob(".hydra") if p.is_dir())
-    folders += sorted(p.parent for p in root.rglob("metrics.json") if p.parent not in folders)
+    folders = find_run_folders(root)
     if not folders:
         raise ResflexError(
             f"no runs under {root}",

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from resflex.run_folder import HYDRA_DIR, hydra_job_num
+
 MAX_NAME = 160
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|\s")
 
@@ -100,7 +102,7 @@ def job_folder(override_dirname: str | None, job_num: int | str = 0) -> str:
         name = job_dir_name(swept_dirname(override_dirname), job_num)
         if HydraConfig.initialized():
             sweep_dir = Path(str(HydraConfig.get().sweep.dir))
-            if (sweep_dir / name / ".hydra").exists() and not _same_job(sweep_dir / name, job_num):
+            if (sweep_dir / name / HYDRA_DIR).exists() and not _same_job(sweep_dir / name, job_num):
                 name = f"{name}-job{job_num}"
         return name
     except Exception:  # naming must never stop a sweep
@@ -113,10 +115,8 @@ def _same_job(folder: Path, job_num: int | str) -> bool:
     Under submitit every rank of a multi-GPU job resolves the folder name, and a
     preempted job is requeued with its number: both must land in the job's folder.
     """
-    saved = folder / ".hydra" / "hydra.yaml"
-    if not saved.exists():
-        return True  # the job's rank 0 is writing it right now
-    return str(OmegaConf.select(OmegaConf.load(saved), "hydra.job.num", default=None)) == str(job_num)
+    saved = hydra_job_num(folder)
+    return saved is None or saved == str(job_num)  # None: the job's rank 0 is writing it right now
 
 
 def register_resolvers() -> None:

@@ -39,7 +39,7 @@ from resflex.errors import (
     user_errors_as_one_line,
 )
 from resflex.model_card import write_model_card_quietly
-from resflex.models.checkpoint import resolve_resume_checkpoint
+from resflex.run_folder import METRICS_FILE, resolve_resume_checkpoint
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory
 from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (
@@ -155,7 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record.best = {"val/acc": float(ckpt.best_model_score), "checkpoint": ckpt.best_model_path}
         record.metrics = {**fit_metrics, **collect_metrics(trainer, record.throughput)}
         if is_global_zero(trainer):  # metrics are synced across ranks; one writer per run folder
-            write_metrics_json(output_dir / "metrics.json", record.as_dict())
+            write_metrics_json(output_dir / METRICS_FILE, record.as_dict())
             write_model_card_quietly(output_dir)  # <run>/model_card.md + classes.json (resflex.model_card)
         if trainer is not None and trainer.is_global_zero and record.status == "completed":
             hparams, varied = run_hparams(cfg, record.choices or {}, record.overrides or [])

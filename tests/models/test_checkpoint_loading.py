@@ -19,10 +19,9 @@ from resflex.models.checkpoint import (
     UnsafeCheckpointError,
     check_checkpoint,
     is_readable_checkpoint,
-    resolve_checkpoint_path,
-    resolve_resume_checkpoint,
     safe_load,
 )
+from resflex.run_folder import resolve_checkpoint_path, resolve_resume_checkpoint
 from resflex.training.safety import AtomicCheckpointIO
 from tests.conftest import REPO, run_cli
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from resflex.build import build_module, build_optimizer
+from resflex.build import build_module
 from resflex.errors import ConfigError
 from resflex.training.lr_schedule import LrFactor, WarmupCosine
 from resflex.training.optim import OptimizerFactory
@@ -66,21 +66,6 @@ def test_bad_optimizer_values_are_one_line(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         OptimizerFactory(**kwargs)
     assert "\n" not in info.value.one_line()
-
-
-def test_a_run_config_from_before_the_factory_still_builds(tmp_path: Path) -> None:
-    """Old run folders name ``torch.optim.AdamW`` as a partial: their checkpoints must still load."""
-    cfg = compose_train(["backbone.name=test_resnet"], tmp_path)
-    cfg.optimizer = {
-        "_target_": "torch.optim.SGD",
-        "_partial_": True,
-        "lr": 0.1,
-        "momentum": 0.9,
-        "nesterov": True,
-        "scale_lr_with_world_size": False,
-    }
-    factory = build_optimizer(cfg)
-    assert (factory.name, factory.lr, factory.options) == ("sgd", 0.1, {"momentum": 0.9})
 
 
 def test_warmup_cosine_values_at_chosen_steps() -> None:

@@ -46,106 +46,6 @@ UNREADABLE_HINT = (
 )
 
 
-def resolve_checkpoint_path(path: str | Path, key: str = "ckpt_path") -> Path:
-    """A checkpoint file, or a run folder (→ ``<run>/checkpoints/last.ckpt``); one-line error when missing.
-
-    For a run folder whose ``last.ckpt`` is missing or unreadable, the newest readable
-    checkpoint beside it is taken, with a warning naming both files (the same fallback
-    as ``ckpt_path=last`` in training, :func:`resolve_resume_checkpoint`). A file
-    named explicitly is returned as it is: reading it (:func:`safe_load`) says why it
-    cannot be used.
-    """
-    if path is None or str(path) in ("", "None", "null"):
-        raise ConfigError(f"{key} is not set", hint=f"pass {key}=/path/to/run/checkpoints/last.ckpt")
-    candidate = Path(str(path)).expanduser()
-    if candidate.is_dir():
-        folder = candidate / "checkpoints" if (candidate / "checkpoints").is_dir() else candidate
-        preferred = folder / "last.ckpt"
-        chosen = _last_or_newest_readable(preferred, key)
-        if chosen is not None:
-            return chosen
-        if preferred.is_file():  # unreadable, and nothing readable beside it: reading it says why
-            return preferred
-        raise DataError(
-            f"{key}: no checkpoint in folder {candidate}",
-            hint="expected <run>/checkpoints/last.ckpt, or pass the .ckpt file itself",
-        )
-    if not candidate.is_file():
-        raise DataError(
-            f"{key}: checkpoint not found: {candidate}",
-            hint="pass the .ckpt file of an earlier run, e.g. logs/train/runs/<time>/checkpoints/last.ckpt",
-        )
-    return candidate
-
-
-def resolve_resume_checkpoint(ckpt_path: Any, run_dir: str | Path) -> str | None:
-    """What training's ``ckpt_path`` resumes from: a readable file, a Lightning keyword, or ``None``.
-
-    - ``None``/``""``/``"null"``: ``None`` (start from scratch).
-    - ``"best"``, ``"hpc"``, ``"registry"``: passed through to Lightning.
-    - ``"last"``: ``<run_dir>/checkpoints/last.ckpt`` when it is readable; when it is
-      missing or unreadable (cut short by a full disk or a killed copy), the newest
-      readable ``*.ckpt`` of that folder, with a warning naming both files; when
-      there is none, ``None`` — Lightning's own behaviour for ``"last"`` with nothing
-      to resume (it warns and starts from scratch), with a log line saying so.
-    - a path: it must exist (else :class:`ConfigError`) and be a readable, tensors-only
-      checkpoint (else a one-line :class:`DataError` naming it).
-    """
-    if ckpt_path is None or str(ckpt_path) in ("", "None", "null"):
-        return None
-    text = str(ckpt_path)
-    if text in ("best", "hpc", "registry"):
-        return text
-    if text == "last":
-        folder = Path(str(run_dir)).expanduser() / "checkpoints"
-        preferred = folder / "last.ckpt"
-        chosen = _last_or_newest_readable(preferred, "ckpt_path=last")
-        if chosen is not None:
-            return str(chosen)
-        broken = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
-        if broken:
-            log.warning(
-                "ckpt_path=last: no readable checkpoint in %s (%s unreadable); training starts from scratch",
-                folder,
-                ", ".join(broken),
-            )
-        else:
-            log.info("ckpt_path=last: no checkpoint in %s yet; training starts from scratch", folder)
-        return None
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path does not exist: {path}",
-            hint="pass an existing .ckpt file, or ckpt_path=last with the same hydra.run.dir",
-        )
-    check_checkpoint(path, action="resume from")
-    return str(path)
-
-
-def _last_or_newest_readable(preferred: Path, key: str) -> Path | None:
-    """``preferred`` when readable, else the newest readable ``*.ckpt`` beside it (with a warning)."""
-    if preferred.is_file():
-        problem = _problem(preferred)
-        if problem is None:
-            return preferred
-        state = f"is unreadable ({problem})"
-    else:
-        state = "is missing"
-    folder = preferred.parent
-    others = [p for p in folder.glob("*.ckpt") if p != preferred and p.is_file()] if folder.is_dir() else []
-    for other in sorted(others, key=lambda p: (p.stat().st_mtime, p.name), reverse=True):
-        if _problem(other) is None:
-            log.warning(
-                "%s: %s %s; using %s instead, the newest readable checkpoint of the run",
-                key,
-                preferred,
-                state,
-                other,
-            )
-            return other
-    return None
-
-
 def _unsafe_globals(path: Path) -> str:
     """Names of the non-tensor objects a pickle would construct (read from its opcodes, nothing runs)."""
     try:
@@ -287,7 +187,7 @@ def safe_load(
         raise _as_data_error(path, problem, what, action) from None
 
 
-def _problem(path: Path) -> str | None:
+def checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` is not a readable tensors-only checkpoint, or ``None`` (the tensor bytes are not read)."""
     try:
         _load(path, "cpu", mmap=True)
@@ -325,7 +225,7 @@ def is_readable_checkpoint(path: str | Path) -> bool:
     Detects a missing, empty or foreign file, one cut short (full disk, killed copy)
     and one that would run code; does not read the tensor bytes (see :func:`check_checkpoint`).
     """
-    return _problem(Path(str(path)).expanduser()) is None
+    return checkpoint_problem(Path(str(path)).expanduser()) is None
 
 
 def state_dict_of(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
@@ -462,38 +362,13 @@ def load_backbone_weights(
     report = load_matching(model, state, what=f"backbone ({key})", source=str(path))
     report.note = note
     if not report.loaded:
-        trained_with = _trained_backbone_name(path)
         raise ConfigError(
             f"{key}: no tensor of {path} matches backbone {type(model).__name__} "
             f"({len(state)} tensors in the file, e.g. {_short(sorted(state), 3)})",
-            hint=f"the checkpoint was trained with backbone.name={trained_with}"
-            if trained_with
-            else "is backbone.name the architecture the file was trained with?",
+            hint="is backbone.name the architecture the file was trained with? (a resflex run's "
+            "backbone.name is in its .hydra/config.yaml)",
         )
     return report
-
-
-def _trained_backbone_name(ckpt: Path) -> str | None:
-    """The ``backbone.name`` in the run config saved next to a resflex checkpoint, if there is one."""
-    config = find_run_config(ckpt)
-    if config is None:
-        return None
-    try:
-        from omegaconf import OmegaConf
-
-        return str(OmegaConf.load(config).backbone.name)
-    except Exception:
-        return None
-
-
-def find_run_config(ckpt: str | Path) -> Path | None:
-    """``<run>/.hydra/config.yaml`` for ``<run>/checkpoints/x.ckpt`` (or ``<run>/x.ckpt``)."""
-    ckpt = Path(str(ckpt)).expanduser().resolve()
-    for folder in (ckpt.parent.parent, ckpt.parent):
-        candidate = folder / ".hydra" / "config.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def load_head_from_checkpoint(

@@ -1,0 +1,222 @@
+"""The layout of a run folder: where training leaves each file, and the plain readers of them.
+
+``<run>/.hydra/config.yaml`` (the composed config; Hydra also saves ``overrides.yaml`` and
+``hydra.yaml`` there), ``<run>/checkpoints/*.ckpt``, ``<run>/metrics.json`` (the run's
+record) and ``<run>/classes.json`` (its class names). Only this module and
+:mod:`resflex.run` (which gives the files their meaning: the config in today's layout, the
+weights, the classes) name those files; ``tests/test_run.py`` fails on a new reader.
+
+Why a module of its own: the sweep summary and the sweep folder naming read run folders on
+machines without torch or Hydra, so this imports neither (checkpoint checks import torch
+when they run); and ``ckpt_path`` — a checkpoint, a run folder, ``last`` to resume — is
+resolved here, where the folder's layout is known.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from resflex.errors import ConfigError, DataError
+
+log = logging.getLogger("resflex")
+
+#: where Hydra saves the composed config and the command of a run, inside the run folder
+HYDRA_DIR = ".hydra"
+CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.yaml"
+HYDRA_FILE = "hydra.yaml"
+#: the run's record (written by :mod:`resflex.training.results`) and its class names (model card)
+METRICS_FILE = "metrics.json"
+CLASSES_FILE = "classes.json"
+
+# ---- the run folder's files ----------------------------------------------------------------------
+
+
+def hydra_file(run_dir: str | Path, name: str = CONFIG_FILE) -> Path:
+    """``<run>/.hydra/<name>``: the composed config (default), ``overrides.yaml`` or ``hydra.yaml``."""
+    return Path(run_dir) / HYDRA_DIR / name
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """A folder training wrote (or is writing): it has ``metrics.json`` or ``.hydra/``."""
+    return (Path(folder) / METRICS_FILE).is_file() or (Path(folder) / HYDRA_DIR).is_dir()
+
+
+def find_run_folders(root: str | Path) -> list[Path]:
+    """Every run folder under ``root`` (``.hydra/`` ones first, then those with only a record)."""
+    root = Path(root)
+    folders = sorted(p.parent for p in root.rglob(HYDRA_DIR) if p.is_dir())
+    return folders + sorted(p.parent for p in root.rglob(METRICS_FILE) if p.parent not in folders)
+
+
+def find_run_config(ckpt: str | Path) -> Path | None:
+    """``<run>/.hydra/config.yaml`` for ``<run>/checkpoints/x.ckpt`` (or ``<run>/x.ckpt``)."""
+    ckpt = Path(str(ckpt)).expanduser().resolve()
+    for folder in (ckpt.parent.parent, ckpt.parent):
+        if hydra_file(folder).is_file():
+            return hydra_file(folder)
+    return None
+
+
+def load_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """``<run>/metrics.json``; None when there is none yet; raises ``OSError``/``ValueError`` when it
+    cannot be read (the sweep summary reports that)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if isinstance(record, dict) else {}
+
+
+def read_record(run_dir: str | Path | None) -> dict[str, Any]:
+    """``<run>/metrics.json`` as a dict, ``{}`` when absent or unreadable: a run without a record still
+    opens, it just has nothing to say about itself."""
+    if run_dir is None:
+        return {}
+    try:
+        return load_record(run_dir) or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def read_overrides(run_dir: str | Path) -> list[str] | None:
+    """The run's command-line overrides (``.hydra/overrides.yaml``); None when absent or unreadable."""
+    path = hydra_file(run_dir, OVERRIDES_FILE)
+    if not path.is_file():
+        return None
+    try:
+        return [str(o) for o in OmegaConf.load(path) or []]  # type: ignore[union-attr]
+    except Exception:
+        return None
+
+
+def read_classes(run_dir: str | Path | None) -> list[str] | None:
+    """``<run>/classes.json`` (written with the model card when training ends); None when absent."""
+    path = Path(run_dir) / CLASSES_FILE if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def hydra_job_num(folder: str | Path) -> str | None:
+    """The Hydra job number a sweep folder was written by (``.hydra/hydra.yaml``); None when not yet."""
+    path = hydra_file(folder, HYDRA_FILE)
+    if not path.exists():
+        return None
+    return str(OmegaConf.select(OmegaConf.load(path), "hydra.job.num", default=None))
+
+
+# ---- the run's checkpoints: what ckpt_path names --------------------------------------------------
+
+
+def resolve_checkpoint_path(path: str | Path, key: str = "ckpt_path") -> Path:
+    """A checkpoint file, or a run folder (→ ``<run>/checkpoints/last.ckpt``); one-line error when missing.
+
+    For a run folder whose ``last.ckpt`` is missing or unreadable, the newest readable
+    checkpoint beside it is taken, with a warning naming both files (the same fallback
+    as ``ckpt_path=last`` in training, :func:`resolve_resume_checkpoint`). A file
+    named explicitly is returned as it is: reading it (:func:`open_run`) says why it cannot
+    be used.
+    """
+    if path is None or str(path) in ("", "None", "null"):
+        raise ConfigError(f"{key} is not set", hint=f"pass {key}=/path/to/run/checkpoints/last.ckpt")
+    candidate = Path(str(path)).expanduser()
+    if candidate.is_dir():
+        folder = candidate / "checkpoints" if (candidate / "checkpoints").is_dir() else candidate
+        preferred = folder / "last.ckpt"
+        chosen = _last_or_newest_readable(preferred, key)
+        if chosen is not None:
+            return chosen
+        if preferred.is_file():  # unreadable, and nothing readable beside it: reading it says why
+            return preferred
+        raise DataError(
+            f"{key}: no checkpoint in folder {candidate}",
+            hint="expected <run>/checkpoints/last.ckpt, or pass the .ckpt file itself",
+        )
+    if not candidate.is_file():
+        raise DataError(
+            f"{key}: checkpoint not found: {candidate}",
+            hint="pass the .ckpt file of an earlier run, e.g. logs/train/runs/<time>/checkpoints/last.ckpt",
+        )
+    return candidate
+
+
+def resolve_resume_checkpoint(ckpt_path: Any, run_dir: str | Path) -> str | None:
+    """What training's ``ckpt_path`` resumes from: a readable file, a Lightning keyword, or ``None``.
+
+    - ``None``/``""``/``"null"``: ``None`` (start from scratch).
+    - ``"best"``, ``"hpc"``, ``"registry"``: passed through to Lightning.
+    - ``"last"``: ``<run_dir>/checkpoints/last.ckpt`` when it is readable; when it is
+      missing or unreadable (cut short by a full disk or a killed copy), the newest
+      readable ``*.ckpt`` of that folder, with a warning naming both files; when
+      there is none, ``None`` — Lightning's own behaviour for ``"last"`` with nothing
+      to resume (it warns and starts from scratch), with a log line saying so.
+    - a path: it must exist (else :class:`ConfigError`) and be a readable, tensors-only
+      checkpoint (else a one-line :class:`DataError` naming it).
+    """
+    if ckpt_path is None or str(ckpt_path) in ("", "None", "null"):
+        return None
+    text = str(ckpt_path)
+    if text in ("best", "hpc", "registry"):
+        return text
+    if text == "last":
+        folder = Path(str(run_dir)).expanduser() / "checkpoints"
+        preferred = folder / "last.ckpt"
+        chosen = _last_or_newest_readable(preferred, "ckpt_path=last")
+        if chosen is not None:
+            return str(chosen)
+        broken = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        if broken:
+            log.warning(
+                "ckpt_path=last: no readable checkpoint in %s (%s unreadable); training starts from scratch",
+                folder,
+                ", ".join(broken),
+            )
+        else:
+            log.info("ckpt_path=last: no checkpoint in %s yet; training starts from scratch", folder)
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path does not exist: {path}",
+            hint="pass an existing .ckpt file, or ckpt_path=last with the same hydra.run.dir",
+        )
+    from resflex.models.checkpoint import check_checkpoint
+
+    check_checkpoint(path, action="resume from")
+    return str(path)
+
+
+def _last_or_newest_readable(preferred: Path, key: str) -> Path | None:
+    """``preferred`` when readable, else the newest readable ``*.ckpt`` beside it (with a warning)."""
+    from resflex.models.checkpoint import checkpoint_problem
+
+    if preferred.is_file():
+        problem = checkpoint_problem(preferred)
+        if problem is None:
+            return preferred
+        state = f"is unreadable ({problem})"
+    else:
+        state = "is missing"
+    folder = preferred.parent
+    others = [p for p in folder.glob("*.ckpt") if p != preferred and p.is_file()] if folder.is_dir() else []
+    for other in sorted(others, key=lambda p: (p.stat().st_mtime, p.name), reverse=True):
+        if checkpoint_problem(other) is None:
+            log.warning(
+                "%s: %s %s; using %s instead, the newest readable checkpoint of the run",
+                key,
+                preferred,
+                state,
+                other,
+            )
+            return other
+    return None
