@@ -67,6 +67,63 @@ def swept_keys(argv: Sequence[str], sweeper_params: Iterable[str] = ()) -> set[s
     return keys
 
 
+def swept_text_keys(argv: Sequence[str]) -> set[str]:
+    """Swept keys whose values are not all numbers (``color_jitter=null,0.4``, ``size=32,[24,32]``):
+    their HPARAMS column is text in every job, so one column never mixes numbers and text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    parser = OverridesParser.create()
+    keys = set()
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:
+            continue
+        value = override.value() if override.is_sweep_override() else None
+        if isinstance(value, ChoiceSweep):
+            items = [getattr(v, "value", v) for v in value.list]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+                keys.add(override.key_or_group)
+    return keys
+
+
+def _sweep_argv() -> list[str] | None:
+    """The sweep's command-line overrides as Hydra saved them (``<sweep>/multirun.yaml``), else this
+    process's; None outside a Hydra multirun. A job's own ``sys.argv`` may be its overrides alone
+    (a DDP job's ranks, another launcher's process)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    saved = Path(str(HydraConfig.get().sweep.dir)) / "multirun.yaml"
+    try:
+        return [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
+    except Exception:  # not written (yet): the process's own command line
+        return sys.argv[1:]
+
+
+def current_sweep_text_keys() -> set[str]:
+    """:func:`swept_text_keys` of the running sweep (empty outside one)."""
+    argv = _sweep_argv()
+    return swept_text_keys(argv) if argv is not None else set()
+
+
+def current_swept_keys() -> set[str] | None:
+    """The keys this Hydra multirun varies between its jobs (:func:`swept_keys` of :func:`_sweep_argv`);
+    None outside a sweep or where they cannot be found."""
+    from hydra.core.hydra_config import HydraConfig
+
+    argv = _sweep_argv()
+    if argv is None:
+        return None
+    params = OmegaConf.select(HydraConfig.get(), "sweeper.params", default=None) or {}
+    return swept_keys(argv, params.keys()) or None
+
+
 def swept_dirname(override_dirname: str | None) -> str | None:
     """The job's ``override_dirname`` cut down to the swept keys, in Hydra's format; None if unknown."""
     from hydra.core.hydra_config import HydraConfig
