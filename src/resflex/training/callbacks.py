@@ -20,8 +20,10 @@ The rest of this module is what a person opens TensorBoard for:
 :class:`DistinctLearningRateMonitor` (one learning-rate chart per distinct curve, not one per
 parameter group), :class:`CustomScalarsLayout` (curves that belong together in one chart),
 :class:`TrainingSamples` (a labelled batch at each training size),
-:class:`ConfusionMatrixFigure` and :class:`RunText` (the composed config and
-the command that reproduces the run). Figures and text go to every logger
+:class:`ConfusionMatrixFigure`, :class:`RunText` (the composed config and
+the command that reproduces the run), :class:`DataProfileFigure` (once per sweep where
+the data are the same), :class:`HeadlineTitles` (``val/acc`` titled with its size) and
+:class:`BestEpochMetrics` (``val/acc_best``, ``val/best_epoch``). Figures and text go to every logger
 through :mod:`resflex.training.loggers`.
 """
 
