@@ -90,16 +90,24 @@ def swept_text_keys(argv: Sequence[str]) -> set[str]:
     return keys
 
 
-def _sweep_argv() -> list[str] | None:
-    """The sweep's command-line overrides as Hydra saved them (``<sweep>/multirun.yaml``), else this
-    process's; None outside a Hydra multirun. A job's own ``sys.argv`` may be its overrides alone
-    (a DDP job's ranks, another launcher's process)."""
+def sweep_dir() -> Path | None:
+    """The running Hydra multirun's folder (its jobs are folders in it); None for a single run."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    saved = Path(str(HydraConfig.get().sweep.dir)) / "multirun.yaml"
+    return Path(str(HydraConfig.get().sweep.dir))
+
+
+def _sweep_argv() -> list[str] | None:
+    """The sweep's command-line overrides as Hydra saved them (``<sweep>/multirun.yaml``), else this
+    process's; None outside a Hydra multirun. A job's own ``sys.argv`` may be its overrides alone
+    (a DDP job's ranks, another launcher's process)."""
+    folder = sweep_dir()
+    if folder is None:
+        return None
+    saved = folder / "multirun.yaml"
     try:
         return [str(o) for o in OmegaConf.load(saved).hydra.overrides.task]
     except Exception:  # not written (yet): the process's own command line

@@ -41,7 +41,7 @@ from resflex.errors import (
 from resflex.model_card import write_model_card_quietly
 from resflex.models.checkpoint import resolve_resume_checkpoint
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory, size_tag
-from resflex.sweeps import current_sweep_text_keys, current_swept_keys
+from resflex.sweeps import current_sweep_text_keys, current_swept_keys, sweep_dir
 from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (
     check_shared_run_dir,
@@ -49,7 +49,7 @@ from resflex.training.distributed import (
     ddp_job_scope,
     finish_child_ranks,
 )
-from resflex.training.end_of_run import report_end_of_run
+from resflex.training.end_of_run import report_end_of_run, tensorboard_logdir
 from resflex.training.results import (
     collect_metrics,
     log_hparams_with_metrics,
@@ -181,6 +181,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log_hparams_with_metrics(trainer, hparams, record.metrics, varied)
         if is_global_zero(trainer):  # also for a failed or interrupted run: what exists (never raises)
             log_root = OmegaConf.select(cfg, "paths.log_dir", default=None, throw_on_resolution_failure=False)
+            sweep = sweep_dir()
+            if sweep is not None and tensorboard_logdir(output_dir, log_root) == output_dir:
+                log_root = str(sweep)  # a sweep outside the logs folder: its jobs on one chart
             report_end_of_run(record.as_dict(), output_dir, trainer, log_root)
     return record.as_dict()
 

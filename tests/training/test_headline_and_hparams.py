@@ -121,21 +121,21 @@ def test_headline_titles_name_the_size() -> None:
 
 
 def test_tensorboard_logger_writes_the_title_into_the_first_point_only(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="")
     logger.titles.update(headline_titles((40, 40)))
     logger.log_metrics({"val/acc": 0.5, "val/acc@32": 0.25, "epoch": 0}, step=3)
     logger.log_metrics({"val/acc": torch.tensor(0.75)}, step=7)
     logger.experiment.flush()
-    acc = EventAccumulator(str(tmp_path))
+    # one series, as TensorBoard reads it: the titled first point and the plain ones after it
+    assert scalar_tags(tmp_path) == {"val/acc": [(3, 0.5), (7, 0.75)], "val/acc@32": [(3, 0.25)]}
+    acc = EventAccumulator(str(tmp_path))  # TensorBoard's loader: the tag keeps its first metadata
     acc.Reload()
-    assert [(e.step, e.value) for e in acc.Scalars("val/acc")] == [(3, 0.5), (7, 0.75)]
-    assert acc.SummaryMetadata("val/acc").display_name == "val/acc at 40 px"
-    assert "40 px" in acc.SummaryMetadata("val/acc").summary_description
-    assert [e.value for e in acc.Scalars("val/acc@32")] == [0.25]  # untitled: the size is in the tag
-    assert not acc.summary_metadata.get("val/acc@32", SimpleNamespace(display_name="")).display_name
-    assert "epoch" not in acc.Tags()["scalars"]
+    metadata = acc.SummaryMetadata("val/acc")
+    assert metadata.display_name == "val/acc at 40 px" and "40 px" in metadata.summary_description
+    assert metadata.plugin_data.plugin_name == "scalars"
+    assert acc.SummaryMetadata("val/acc@32").display_name == "val/acc@32"  # untitled: named by its tag
     assert "val/acc" not in logger.titles  # written once
 
 
@@ -255,7 +255,7 @@ def test_sweep_jobs_line_up_in_hparams_name_their_size_and_select_by_the_mean(tm
     assert ["data/profile" in e["images"] for e in events] == [True, False]
 
     for job, title in zip(jobs, ["val/acc at 32 px", "val/acc at 24x32 px (h x w)"], strict=True):
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
         acc = EventAccumulator(str(job))
         acc.Reload()

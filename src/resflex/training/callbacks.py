@@ -562,18 +562,6 @@ def claim_profile(shared_dir: str | Path, digest: str, job: str) -> str | None:
     return None
 
 
-def _sweep_dir() -> Path | None:
-    """The Hydra multirun's folder (its jobs are folders in it); None for a single run."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # pragma: no cover - Hydra is a dependency; the benchmark imports this module
-        return None
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return Path(str(HydraConfig.get().sweep.dir))
-
-
 class DataProfileFigure(pl.Callback):
     """IMAGES: the training data's size and aspect histograms (:mod:`resflex.data.profile`), once.
 
@@ -594,7 +582,9 @@ class DataProfileFigure(pl.Callback):
         profile = getattr(trainer.datamodule, "profile", None)
         if profile is None or not trainer.is_global_zero or trainer.global_step > 0:
             return
-        shared = Path(self.shared_dir) if self.shared_dir else _sweep_dir()
+        from resflex.sweeps import sweep_dir
+
+        shared = Path(self.shared_dir) if self.shared_dir else sweep_dir()
         if shared is not None:
             job = Path(self.output_dir or trainer.default_root_dir).name  # the job's folder
             owner = claim_profile(shared, profile_digest(profile.as_dict()), job)

@@ -67,20 +67,27 @@ class TensorBoardLogger(_TensorBoardLogger):
 
     def _log_titled(self, metrics: Mapping[str, Any], step: int | None) -> None:
         """The first point of a titled tag, with its title and description in the summary metadata."""
-        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.summary_pb2 import DATA_CLASS_SCALAR, Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.compat.proto.types_pb2 import DT_FLOAT
 
         from resflex.compat import tensorboard_file_writer
 
         values = []
         for tag, value in metrics.items():
             title, description = self.titles.pop(tag)
+            # a tensor-style scalar: TensorBoard's data server keeps this metadata (it gives a
+            # ``simple_value`` blank metadata); the tag's later points are plain scalars
             metadata = SummaryMetadata(
                 display_name=title,
                 summary_description=description,
                 plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
+                data_class=DATA_CLASS_SCALAR,
             )
             number = float(value.item() if hasattr(value, "item") else value)
-            values.append(Summary.Value(tag=tag, metadata=metadata, simple_value=number))
+            tensor = TensorProto(dtype=DT_FLOAT, float_val=[number], tensor_shape=TensorShapeProto())
+            values.append(Summary.Value(tag=tag, metadata=metadata, tensor=tensor))
         tensorboard_file_writer(self.experiment).add_summary(Summary(value=values), step)
 
 
