@@ -22,6 +22,7 @@ from resflex.sweeps import swept_text_keys
 from resflex.training.callbacks import (
     BestEpochMetrics,
     claim_profile,
+    command_markdown,
     custom_scalars_layout,
     headline_titles,
     profile_digest,
@@ -216,6 +217,21 @@ def test_data_profile_is_claimed_once_per_identical_profile(tmp_path: Path) -> N
     assert claim_profile(tmp_path, digest, "pooling=pyramid") == "pooling=avg"
     assert claim_profile(tmp_path, digest, "pooling=avg") is None  # the same job again (a resumed run)
     assert claim_profile(tmp_path, profile_digest({**profile, "images": 7}), "pooling=pyramid") is None
+
+
+def test_run_command_text_wraps_one_override_per_line_and_names_the_sizes_used() -> None:
+    text = command_markdown(
+        ["pooling=avg", "eval.resolutions=auto", "+tag=a b"], "/runs/x", [(64, 64), (32, 32)]
+    )
+    block = [line for line in text.splitlines() if line.startswith("    ")]
+    assert block == [
+        "    python scripts/train.py \\",
+        "        pooling=avg \\",
+        "        eval.resolutions=auto \\",
+        "        '+tag=a b'",
+    ]
+    assert "Evaluated at 64 (main), 32 px" in text and "`/runs/x`" in text
+    assert "Evaluated" not in command_markdown([], "/runs/x")  # sizes unknown: not claimed
 
 
 # ---- one real sweep ------------------------------------------------------------------------------------

@@ -491,6 +491,22 @@ def reproduce_command(overrides: Sequence[str], script: str = "scripts/train.py"
     return " ".join(["python", script, *(shlex.quote(str(o)) for o in overrides)])
 
 
+def command_markdown(
+    overrides: Sequence[str], folder: str | Path, sizes: Sequence[tuple[int, int]] = ()
+) -> str:
+    """TEXT ``run/command``: the command one override per line (a long line is cut at the right edge of
+    TensorBoard's TEXT tab), the evaluation sizes as used (``eval.resolutions: auto`` resolved; the
+    main size first) and the run folder."""
+    parts = ["python scripts/train.py", *(shlex.quote(str(o)) for o in overrides)]
+    command = " \\\n        ".join(parts)
+    lines = [f"Reproduce this run (from the repository root):\n\n    {command}\n"]
+    if sizes:
+        shown = [size_tag(*size) + (" (main)" if k == 0 else "") for k, size in enumerate(sizes)]
+        lines.append(f"Evaluated at {', '.join(shown)} px (eval.resolutions, resolution.eval_size).\n")
+    lines.append(f"Run folder: `{folder}`")
+    return "\n".join(lines)
+
+
 class RunText(pl.Callback):
     """TEXT: the composed config and the command that reproduces the run (from ``<run>/.hydra/``).
 
@@ -516,13 +532,8 @@ class RunText(pl.Callback):
         from resflex.training.loggers import log_text
 
         items = OmegaConf.load(overrides) if overrides.is_file() else []
-        command = reproduce_command([str(o) for o in items])
-        log_text(
-            trainer,
-            "run/command",
-            f"Reproduce this run (from the repository root):\n\n    {command}\n\n"
-            f"Run folder: `{folder.parent}`",
-        )
+        sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None) or []
+        log_text(trainer, "run/command", command_markdown([str(o) for o in items], folder.parent, sizes))
         text = "\n".join("    " + line for line in config.read_text().splitlines())
         log_text(trainer, "run/config", f"Composed config (`{config}`):\n\n{text}")
 
