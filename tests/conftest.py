@@ -84,15 +84,20 @@ def train_run(overrides: Sequence[str], run_dir: Path, hydra_files: bool = False
 
 
 def scalar_tags(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """All scalar series in the TensorBoard event files directly under ``run_dir``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """All scalar series in the TensorBoard event files directly under ``run_dir``, read as TensorBoard
+    reads them: plain scalars and tensor-style ones (the titled first point of ``val/acc``) together."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
 
     series: dict[str, list[tuple[int, float]]] = {}
     for events in sorted(run_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
         acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            series.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        for tag in acc.Tags()["tensors"]:
+            if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+                continue
+            points = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+            series.setdefault(tag, []).extend(points)
     return series
 
 

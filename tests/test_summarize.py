@@ -172,3 +172,36 @@ def test_robustness_columns_equal_summarize_sizes_of_the_per_size_tags(tmp_path:
         "seed=1",
         "seed=2",
     ]
+
+
+def test_sweep_figure_has_one_accuracy_vs_size_curve_per_job_and_mean_worst_bars(tmp_path: Path) -> None:
+    from resflex.summarize import draw, find_jobs, size_curves
+
+    sweep = tmp_path / "sweep"
+    per_size = {
+        "pooling=avg": {"test/acc@32": 0.5, "test/acc@64": 0.8, "test/acc@96": 0.6},
+        "pooling=pyramid": {"test/acc@32": 0.6, "test/acc@64": 0.82, "test/acc@128": 0.7},
+        "pooling=max": {"test/acc@48x80": 0.7},  # non-square: drawn at the side of equal area (62)
+    }
+    for name, metrics in per_size.items():
+        record = {"status": "completed", "metrics": {"val/acc": 0.8, "val/acc@64": 0.8, **metrics}}
+        write_job(sweep, name, [name, "trainer.max_epochs=4"], record)
+    write_job(sweep, "pooling=gem", ["pooling=gem", "trainer.max_epochs=4"], None, age_s=3600)  # no curve
+    jobs = find_jobs(sweep)
+    split, curves = size_curves(jobs)
+    assert split == "test"  # tested: the test curve, not val's
+    assert curves == {
+        "pooling=avg": [(32, 0.5), (64, 0.8), (96, 0.6)],
+        "pooling=max": [(62, 0.7)],
+        "pooling=pyramid": [(32, 0.6), (64, 0.82), (128, 0.7)],
+    }
+    fig = draw(jobs, "val/acc")
+    curve_axes, bar_axes = fig.axes
+    lines = {line.get_label(): list(zip(*line.get_data(), strict=True)) for line in curve_axes.get_lines()}
+    assert lines == {k: [(float(s), v) for s, v in points] for k, points in curves.items()}
+    widths = sorted(round(bar.get_width(), 4) for bar in bar_axes.patches)
+    means = [round(sum(v for _, v in p) / len(p), 4) for p in curves.values()]
+    worst = [min(v for _, v in p) for p in curves.values()]
+    assert widths == sorted(means + worst)
+    summarize(sweep)
+    assert (sweep / "summary.png").stat().st_size > 0

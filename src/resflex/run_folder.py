@@ -95,6 +95,15 @@ def read_overrides(run_dir: str | Path) -> list[str] | None:
         return None
 
 
+def read_sweep_overrides(sweep_dir: str | Path) -> list[str] | None:
+    """A sweep's command-line overrides as Hydra saved them (``<sweep>/multirun.yaml``); None when
+    not written (yet) or unreadable."""
+    try:
+        return [str(o) for o in OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra.overrides.task]
+    except Exception:
+        return None
+
+
 def read_classes(run_dir: str | Path | None) -> list[str] | None:
     """``<run>/classes.json`` (written with the model card when training ends); None when absent."""
     path = Path(run_dir) / CLASSES_FILE if run_dir is not None else None

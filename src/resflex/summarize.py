@@ -6,7 +6,9 @@ the overrides that differ between jobs, status, final and best ``val/acc``,
 ``test/acc``, robustness across sizes (``val/acc_worst``, ``val/acc_mean_sizes``,
 ``val/acc_range``, and ``test/`` when tested; see :mod:`resflex.training.robustness`),
 per-resolution accuracies (``val/acc@64`` ...), images/s and wall time. Writes
-``summary.csv``, ``summary.md`` and ``summary.png`` into the folder. A job folder
+``summary.csv``, ``summary.md`` and ``summary.png`` into the folder: accuracy vs
+evaluation size with one curve per job (test when tested, else val), each job's
+mean and worst over the sizes beside it (:func:`draw`). A job folder
 without ``metrics.json`` is ``running`` while its files are still being written,
 ``missing`` otherwise (killed, or never finished), so a sweep can be summarised
 while it runs.
@@ -28,6 +30,7 @@ from typing import Any
 from resflex.errors import ResflexError
 from resflex.model_card import CURVE_STAGES, size_curve
 from resflex.run_folder import METRICS_FILE, find_run_folders, is_run_folder, load_record, read_overrides
+from resflex.training.resolution_eval import equivalent_side
 from resflex.training.robustness import summarize_sizes
 
 RUNNING_WINDOW_S = 15 * 60  # a job folder touched this recently, without metrics.json, is running
@@ -91,7 +94,8 @@ def load_job(folder: Path, name: str | None = None, now: float | None = None) ->
         recent = (now or time.time()) - _latest_mtime(folder) < RUNNING_WINDOW_S
         return Job(name, folder, "running" if recent else "missing", _parse_overrides(overrides))
     metrics = add_robustness(dict(record.get("metrics") or {}))
-    best = (record.get("best") or {}).get("val/acc")
+    # val/acc at the best epoch (by callbacks.model_checkpoint.monitor); runs from before: the best score
+    best = metrics.get("val/acc_best", (record.get("best") or {}).get("val/acc"))
     if best is not None:
         metrics["best val/acc"] = best
     return Job(
@@ -264,53 +268,94 @@ def _label(job: Job, varying: Sequence[str]) -> str:
     return ",".join(parts) or job.name
 
 
-def plot(jobs: Sequence[Job], path: Path, metric: str) -> Path | None:
-    """Accuracy vs resolution (a curve per job) if per-resolution metrics exist; else bars of ``metric``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def size_curves(jobs: Sequence[Job]) -> tuple[str, dict[str, list[tuple[int, float]]]]:
+    """The split to draw (test when any job was tested, else val) and, per job with per-size
+    accuracies, its curve: ``[(side, accuracy)]`` by side (``h x w`` at the side of equal area)."""
     varying, _ = varying_overrides(jobs)
     res_cols = resolution_columns(jobs)
     split = "test" if any(c.startswith("test/") for c in res_cols) else "val"
-    res_cols = [c for c in res_cols if c.startswith(split + "/")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if res_cols:
-        sizes = [_resolution_sort_key(c)[1] for c in res_cols]
-        drawn = 0
-        for job in jobs:
-            points = [(s, job.metrics.get(c)) for s, c in zip(sizes, res_cols, strict=True)]
-            points = [(s, v) for s, v in points if isinstance(v, int | float)]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=_label(job, varying))
-                drawn += 1
-        if not drawn:
-            plt.close(fig)
-            return None
-        ax.set_xlabel("test resolution (px)")
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for job in jobs:
+        points = []
+        for column in res_cols:
+            match = _RES_KEY.match(column)
+            value = job.metrics.get(column)
+            if match and match.group(1) == split and isinstance(value, int | float):
+                h, w = int(match.group(2)), int(match.group(3) or match.group(2))
+                points.append((equivalent_side(h, w), float(value)))
+        if points:
+            curves[_label(job, varying)] = sorted(points)
+    return split, curves
+
+
+def draw(jobs: Sequence[Job], metric: str) -> Any:
+    """The summary figure: a sweep's accuracy vs evaluation size, one curve per job, with each job's
+    mean over sizes and worst size beside it (bars); without per-size metrics, bars of ``metric``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    varying, _ = varying_overrides(jobs)
+    split, curves = size_curves(jobs)
+    if curves:
+        fig = Figure(figsize=(11, 4.5))
+        FigureCanvasAgg(fig)
+        ax, side = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        colors = {}
+        for label, points in curves.items():
+            (line,) = ax.plot(*zip(*points, strict=True), marker="o", label=label)
+            colors[label] = line.get_color()
+        sizes = sorted({s for points in curves.values() for s, _ in points})
+        ax.set_xlabel("evaluation size (px per side; h x w at the side of equal area)")
         ax.set_ylabel(f"{split}/acc")
         ax.set_xticks(sizes)
-        ax.set_title(f"{split} accuracy vs input resolution")
+        ax.set_title(f"{split} accuracy vs evaluation size, one curve per job")
         ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+        labels = list(curves)
+        rows = range(len(labels))
+        means = [sum(v for _, v in curves[k]) / len(curves[k]) for k in labels]
+        worst = [min(v for _, v in curves[k]) for k in labels]
+        height = 0.38
+        side.barh([r - height / 2 for r in rows], means, height, color=[colors[k] for k in labels])
+        side.barh(
+            [r + height / 2 for r in rows], worst, height, color=[colors[k] for k in labels], alpha=0.45
+        )
+        for r, (m, w) in enumerate(zip(means, worst, strict=True)):
+            side.text(m, r - height / 2, f" mean {m:.3f}", va="center", fontsize=7)
+            side.text(w, r + height / 2, f" worst {w:.3f}", va="center", fontsize=7)
+        side.set_yticks(list(rows), labels, fontsize=7)
+        side.invert_yaxis()
+        side.set_xlim(0, max(1.0, max(means) * 1.25))
+        side.set_xlabel(f"{split}/acc over the sizes: mean (solid), worst (pale)")
+        side.set_title("mean and worst over sizes", fontsize=10)
+        side.grid(alpha=0.3, axis="x")
     else:
         bars = [(_label(j, varying), j.value(metric)) for j in jobs]
         bars = [(n, v) for n, v in bars if isinstance(v, int | float) and not isinstance(v, bool)]
         if not bars:
-            plt.close(fig)
             return None
+        fig = Figure(figsize=(7, 1.2 + 0.35 * len(bars)))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
         names, values = zip(*bars, strict=True)
-        fig.set_size_inches(7, 1.2 + 0.35 * len(bars))
         ax.barh(range(len(bars)), values)
         ax.set_yticks(range(len(bars)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(metric)
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.4f}", va="center", fontsize=7)
-    ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot(jobs: Sequence[Job], path: Path, metric: str) -> Path | None:
+    """:func:`draw` saved as ``path`` (None when there is nothing to draw)."""
+    fig = draw(jobs, metric)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=110)
+    fig.clear()
     return path
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from resflex.run_folder import HYDRA_DIR, hydra_job_num
+from resflex.run_folder import HYDRA_DIR, hydra_job_num, read_sweep_overrides
 
 MAX_NAME = 160
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]|\s")
@@ -67,6 +67,68 @@ def swept_keys(argv: Sequence[str], sweeper_params: Iterable[str] = ()) -> set[s
         else:  # a fixed value on the command line pins a searched parameter (Optuna)
             keys.discard(override.key_or_group)
     return keys
+
+
+def swept_text_keys(argv: Sequence[str]) -> set[str]:
+    """Swept keys whose values are not all numbers (``color_jitter=null,0.4``, ``size=32,[24,32]``):
+    their HPARAMS column is text in every job, so one column never mixes numbers and text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    parser = OverridesParser.create()
+    keys = set()
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:
+            continue
+        value = override.value() if override.is_sweep_override() else None
+        if isinstance(value, ChoiceSweep):
+            items = [getattr(v, "value", v) for v in value.list]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+                keys.add(override.key_or_group)
+    return keys
+
+
+def sweep_dir() -> Path | None:
+    """The running Hydra multirun's folder (its jobs are folders in it); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(HydraConfig.get().sweep.dir))
+
+
+def _sweep_argv() -> list[str] | None:
+    """The sweep's command-line overrides as Hydra saved them (``<sweep>/multirun.yaml``), else this
+    process's; None outside a Hydra multirun. A job's own ``sys.argv`` may be its overrides alone
+    (a DDP job's ranks, another launcher's process)."""
+    folder = sweep_dir()
+    if folder is None:
+        return None
+    saved = read_sweep_overrides(folder)
+    return saved if saved is not None else sys.argv[1:]  # not written (yet): this process's own
+
+
+def current_sweep_text_keys() -> set[str]:
+    """:func:`swept_text_keys` of the running sweep (empty outside one)."""
+    argv = _sweep_argv()
+    return swept_text_keys(argv) if argv is not None else set()
+
+
+def current_swept_keys() -> set[str] | None:
+    """The keys this Hydra multirun varies between its jobs (:func:`swept_keys` of :func:`_sweep_argv`);
+    None outside a sweep or where they cannot be found."""
+    from hydra.core.hydra_config import HydraConfig
+
+    argv = _sweep_argv()
+    if argv is None:
+        return None
+    params = OmegaConf.select(HydraConfig.get(), "sweeper.params", default=None) or {}
+    return swept_keys(argv, params.keys()) or None
 
 
 def swept_dirname(override_dirname: str | None) -> str | None:

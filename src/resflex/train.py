@@ -40,7 +40,8 @@ from resflex.errors import (
 )
 from resflex.model_card import write_model_card_quietly
 from resflex.run_folder import METRICS_FILE, resolve_resume_checkpoint
-from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory
+from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory, size_tag
+from resflex.sweeps import current_sweep_text_keys, current_swept_keys, sweep_dir
 from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (
     check_shared_run_dir,
@@ -48,7 +49,7 @@ from resflex.training.distributed import (
     ddp_job_scope,
     finish_child_ranks,
 )
-from resflex.training.end_of_run import report_end_of_run
+from resflex.training.end_of_run import report_end_of_run, tensorboard_logdir
 from resflex.training.results import (
     collect_metrics,
     log_hparams_with_metrics,
@@ -56,6 +57,7 @@ from resflex.training.results import (
     write_metrics_json,
 )
 from resflex.training.run_record import RunRecord
+from resflex.training.selection import apply_monitor
 from resflex.validation import validate_config
 
 log = logging.getLogger("resflex")
@@ -103,6 +105,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = build_datamodule(cfg)
         record.data_profile = datamodule.profile.as_dict()  # incl. the geometry auto resolved to
         module = build_module(cfg, datamodule.num_classes)
+        # callbacks.model_checkpoint.monitor: known, and validated at every size when it needs them
+        apply_monitor(cfg, datamodule, top5=bool(getattr(module, "top5", False)))
         check_sizes_fit_backbone(datamodule, module.model.backbone)
         trainer = build_trainer(cfg, record)
         if isinstance(trainer.accelerator, CPUAccelerator) and retain_freed_host_memory():
@@ -152,16 +156,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         record.wall_time_s = round(time.time() - started, 2)
         ckpt = trainer.checkpoint_callback if trainer is not None else None
         if ckpt is not None and getattr(ckpt, "best_model_score", None) is not None:
-            record.best = {"val/acc": float(ckpt.best_model_score), "checkpoint": ckpt.best_model_path}
-        record.metrics = {**fit_metrics, **collect_metrics(trainer, record.throughput)}
+            # {monitor: value, "monitor", "epoch" (BestEpochMetrics), "checkpoint"}
+            record.best = {
+                str(ckpt.monitor): float(ckpt.best_model_score),
+                "monitor": str(ckpt.monitor),
+                **(record.best or {}),
+                "checkpoint": ckpt.best_model_path,
+            }
+        extra = {**record.throughput, **record.best_metrics}
+        record.metrics = {**fit_metrics, **collect_metrics(trainer, extra)}
         if is_global_zero(trainer):  # metrics are synced across ranks; one writer per run folder
             write_metrics_json(output_dir / METRICS_FILE, record.as_dict())
             write_model_card_quietly(output_dir)  # <run>/model_card.md + classes.json (resflex.model_card)
         if trainer is not None and trainer.is_global_zero and record.status == "completed":
-            hparams, varied = run_hparams(cfg, record.choices or {}, record.overrides or [])
+            sizes = getattr(trainer.datamodule, "eval_sizes", None) or []
+            hparams, varied = run_hparams(
+                cfg,
+                record.choices or {},
+                record.overrides or [],
+                eval_size=size_tag(*sizes[0]) if sizes else None,
+                swept=current_swept_keys(),  # a sweep: what differs between its jobs comes first
+                text_keys=current_sweep_text_keys(),  # a sweep over null,0.4: text in every job
+            )
             log_hparams_with_metrics(trainer, hparams, record.metrics, varied)
         if is_global_zero(trainer):  # also for a failed or interrupted run: what exists (never raises)
             log_root = OmegaConf.select(cfg, "paths.log_dir", default=None, throw_on_resolution_failure=False)
+            sweep = sweep_dir()
+            if sweep is not None and tensorboard_logdir(output_dir, log_root) == output_dir:
+                log_root = str(sweep)  # a sweep outside the logs folder: its jobs on one chart
             report_end_of_run(record.as_dict(), output_dir, trainer, log_root)
     return record.as_dict()
 

@@ -82,6 +82,17 @@ def test_overlay_tags_have_one_point_per_size_stepped_by_the_size(tiny_run: dict
     assert sorted(int(r["step"]) for r in rows) == SIDES
 
 
+def test_size_summaries_are_logged_only_when_every_size_was_validated(tiny_run: dict[str, Any]) -> None:
+    scalars = scalar_tags(tiny_run["dir"])
+    # the epoch validated the main size alone (eval.sizes_every_epoch=false): val/acc only; the
+    # validation after fit, at every size, gives the one mean over sizes
+    assert len(scalars["val/acc"]) == 2 and len(scalars["val/acc@16"]) == 1
+    assert len(scalars["val/acc_mean_sizes"]) == len(scalars["val/acc_worst"]) == 1
+    metrics = json.loads((tiny_run["dir"] / "metrics.json").read_text())["metrics"]
+    mean = sum(metrics[f"val/acc@{side}"] for side in SIDES) / len(SIDES)
+    assert scalars["val/acc_mean_sizes"][0][1] == pytest.approx(mean, abs=1e-6)
+
+
 def test_console_table_equals_metrics_json(tiny_run: dict[str, Any]) -> None:
     record = json.loads((tiny_run["dir"] / "metrics.json").read_text())
     metrics = record["metrics"]

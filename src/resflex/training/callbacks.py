@@ -11,21 +11,25 @@ time since the previous batch ended (its loading + step). That is exact on
 CPU; on a GPU, with asynchronous kernels, a batch's time can leak into the
 next one when sizes alternate, so read it over a logging interval, not per step.
 ``train/resolution`` is the schedule's size for the step (read from the
-sampler's epoch plan); with ``keep_aspect`` the batch's actual h and w are
-logged as ``train/resolution_h`` / ``train/resolution_w``. The console
+sampler's epoch plan), the one chart of the schedule; with ``keep_aspect`` the
+batch's actual h and w (its aspect bucket's) are logged apart, as ``train/batch_h`` /
+``train/batch_w``, so a fixed schedule never looks like it jumps between sizes. The console
 progress bar shows ``train/images_per_sec`` (the last logging interval's).
 
 The rest of this module is what a person opens TensorBoard for:
 :class:`DistinctLearningRateMonitor` (one learning-rate chart per distinct curve, not one per
 parameter group), :class:`CustomScalarsLayout` (curves that belong together in one chart),
 :class:`TrainingSamples` (a labelled batch at each training size),
-:class:`ConfusionMatrixFigure` and :class:`RunText` (the composed config and
-the command that reproduces the run). Figures and text go to every logger
+:class:`ConfusionMatrixFigure`, :class:`RunText` (the composed config and
+the command that reproduces the run), :class:`DataProfileFigure` (once per sweep where
+the data are the same), :class:`HeadlineTitles` (``val/acc`` titled with its size) and
+:class:`BestEpochMetrics` (``val/acc_best``, ``val/best_epoch``). Figures and text go to every logger
 through :mod:`resflex.training.loggers`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import shlex
 import time
@@ -42,6 +46,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from resflex.runtime import size_tag
 from resflex.training.run_record import FillsRunRecord
+
+log = logging.getLogger("resflex")
 
 
 def _sync(module: pl.LightningModule) -> None:
@@ -130,8 +136,8 @@ class ThroughputLogger(FillsRunRecord, pl.Callback):
         h, w = self._shape
         metrics = {"train/resolution": float(self._scheduled[1])}
         if h != w or self._scheduled != self._shape:
-            metrics["train/resolution_h"] = float(h)
-            metrics["train/resolution_w"] = float(w)
+            metrics["train/batch_h"] = float(h)  # the aspect bucket's shape, not the schedule
+            metrics["train/batch_w"] = float(w)
         if elapsed > 0:
             metrics["train/images_per_sec"] = self._images / elapsed
         for tag, (count, seconds) in self._per_size.items():
@@ -292,7 +298,12 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
             "val accuracy at each evaluation size (val/acc@<side>)": ["Multiline", [r"^val/acc@"]],
             "val loss at each evaluation size (val/loss@<side>)": ["Multiline", [r"^val/loss@"]],
             "training images/s at each training size": ["Multiline", [r"^train/images_per_sec@"]],
-            "resolution schedule (side of the training batches)": ["Multiline", [r"^train/resolution"]],
+            # the scheduled size only: keep_aspect's bucket h x w (train/batch_h, _w) would make a fixed
+            # schedule look like it jumps between sizes
+            "resolution schedule (scheduled side of the training batches)": [
+                "Multiline",
+                [r"^train/resolution$"],
+            ],
         },
         "resflex: train vs val": {
             "loss: train vs val": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
@@ -480,6 +491,22 @@ def reproduce_command(overrides: Sequence[str], script: str = "scripts/train.py"
     return " ".join(["python", script, *(shlex.quote(str(o)) for o in overrides)])
 
 
+def command_markdown(
+    overrides: Sequence[str], folder: str | Path, sizes: Sequence[tuple[int, int]] = ()
+) -> str:
+    """TEXT ``run/command``: the command one override per line (a long line is cut at the right edge of
+    TensorBoard's TEXT tab), the evaluation sizes as used (``eval.resolutions: auto`` resolved; the
+    main size first) and the run folder."""
+    parts = ["python scripts/train.py", *(shlex.quote(str(o)) for o in overrides)]
+    command = " \\\n        ".join(parts)
+    lines = [f"Reproduce this run (from the repository root):\n\n    {command}\n"]
+    if sizes:
+        shown = [size_tag(*size) + (" (main)" if k == 0 else "") for k, size in enumerate(sizes)]
+        lines.append(f"Evaluated at {', '.join(shown)} px (eval.resolutions, resolution.eval_size).\n")
+    lines.append(f"Run folder: `{folder}`")
+    return "\n".join(lines)
+
+
 class RunText(pl.Callback):
     """TEXT: the composed config and the command that reproduces the run (from ``<run>/.hydra/``).
 
@@ -505,30 +532,185 @@ class RunText(pl.Callback):
         from resflex.training.loggers import log_text
 
         items = OmegaConf.load(overrides) if overrides.is_file() else []
-        command = reproduce_command([str(o) for o in items])
-        log_text(
-            trainer,
-            "run/command",
-            f"Reproduce this run (from the repository root):\n\n    {command}\n\n"
-            f"Run folder: `{folder.parent}`",
-        )
+        sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None) or []
+        log_text(trainer, "run/command", command_markdown([str(o) for o in items], folder.parent, sizes))
         text = "\n".join("    " + line for line in config.read_text().splitlines())
         log_text(trainer, "run/config", f"Composed config (`{config}`):\n\n{text}")
+
+
+def profile_digest(profile: Mapping[str, Any]) -> str:
+    """A short hash of a data profile's numbers (:meth:`resflex.data.profile.DatasetProfile.as_dict`)."""
+    import hashlib
+    import json
+
+    text = json.dumps(profile, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def claim_profile(shared_dir: str | Path, digest: str, job: str) -> str | None:
+    """Claim the data profile ``digest`` for ``job`` in ``shared_dir/.data_profiles/``.
+
+    Returns None when this job is the first with that profile (it logs the figure; also when
+    the folder cannot be written), else the job that logged it. Created exclusively, so jobs
+    launched in parallel agree on one.
+    """
+    import os
+
+    marker = Path(shared_dir) / ".data_profiles" / digest
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            owner = marker.read_text().strip() or "another job"
+        except OSError:
+            owner = "another job"
+        return None if owner == job else owner
+    except OSError:
+        return None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(job)
+    return None
 
 
 class DataProfileFigure(pl.Callback):
     """IMAGES: the training data's size and aspect histograms (:mod:`resflex.data.profile`), once.
 
-    The profile's numbers go to ``metrics.json`` (``data_profile``), not to SCALARS, where
-    one-point charts would push the training curves down the page.
+    Once per sweep where identical: the jobs of a Hydra multirun that profile the same data
+    (same numbers, :func:`profile_digest`) log the figure in the first job only
+    (:func:`claim_profile`; ``shared_dir`` overrides the sweep folder); the others say where it
+    is on the console. The profile's numbers go to every run's ``metrics.json``
+    (``data_profile``), not to SCALARS, where one-point charts would push the training curves
+    down the page.
     """
+
+    def __init__(self, output_dir: str | None = None, shared_dir: str | None = None) -> None:
+        super().__init__()
+        self.output_dir = output_dir
+        self.shared_dir = shared_dir
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         profile = getattr(trainer.datamodule, "profile", None)
         if profile is None or not trainer.is_global_zero or trainer.global_step > 0:
             return
+        from resflex.sweeps import sweep_dir
+
+        shared = Path(self.shared_dir) if self.shared_dir else sweep_dir()
+        if shared is not None:
+            job = Path(self.output_dir or trainer.default_root_dir).name  # the job's folder
+            owner = claim_profile(shared, profile_digest(profile.as_dict()), job)
+            if owner is not None:
+                log.info("data profile: as in sweep job %s, whose IMAGES tab shows it (data/profile)", owner)
+                return
         from resflex.training.loggers import log_figure
 
         figure = profile.figure()
         log_figure(trainer, "data/profile", figure, step=0)
         figure.clear()
+
+
+# ---- the headline: at which size, and at which epoch ----------------------------------------------
+
+
+def headline_titles(size: tuple[int, int]) -> dict[str, tuple[str, str]]:
+    """``{tag: (title, description)}`` for the headline tags, naming the main evaluation size."""
+    h, w = size
+    shown = f"{w} px" if h == w else f"{h}x{w} px (h x w)"
+    titles = {}
+    for stage, split in (("val", "validation"), ("test", "test")):
+        for kind, word in (("acc", "accuracy"), ("loss", "loss")):
+            titles[f"{stage}/{kind}"] = (
+                f"{stage}/{kind} at {shown}",
+                f"{split.capitalize()} {word} at this run's main evaluation size, {shown} "
+                "(resolution.eval_size; the HPARAMS column `eval size`). Runs at other sizes: compare "
+                f"them on eval/{stage}_{kind}_vs_size (every size) or {stage}/acc_mean_sizes.",
+            )
+    return titles
+
+
+class HeadlineTitles(pl.Callback):
+    """SCALARS: ``val/acc``, ``val/loss``, ``test/acc`` and ``test/loss`` titled with the size they are
+    measured at (``val/acc at 64 px``; :func:`headline_titles`), through the TensorBoard logger's
+    chart titles (:class:`resflex.training.loggers.TensorBoardLogger`)."""
+
+    def _describe(self, trainer: pl.Trainer) -> None:
+        sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None)
+        if not sizes or not trainer.is_global_zero:
+            return
+        from resflex.training.loggers import describe_tags
+
+        h, w = sizes[0]
+        describe_tags(trainer, headline_titles((int(h), int(w))))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._describe(trainer)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._describe(trainer)  # a test without fit (eval.py); tags already written keep their title
+
+
+class BestEpochMetrics(FillsRunRecord, pl.Callback):
+    """The best epoch by the checkpoint's monitor, and the validation metrics at it.
+
+    At the end of fit, beside the final values: ``val/acc_best`` (``val/acc`` at the best epoch),
+    ``val/best_epoch``, and ``<monitor>_best`` when checkpoints are selected by another metric
+    (``val/acc_mean_sizes_best``); HPARAMS shows them as columns. The run record's ``best`` gets
+    ``epoch``. Mirrors ``ModelCheckpoint``: a strictly better value makes a new best; kept in
+    checkpoints, so a resumed run continues the comparison.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.best: float | None = None
+        self.epoch: int | None = None
+        self.values: dict[str, float] = {}
+
+    @staticmethod
+    def _monitor(trainer: pl.Trainer) -> tuple[str | None, str]:
+        ckpt = trainer.checkpoint_callback
+        return getattr(ckpt, "monitor", None), str(getattr(ckpt, "mode", "max"))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        monitor, mode = self._monitor(trainer)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or monitor is None:
+            return
+        value = trainer.callback_metrics.get(monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        if self.best is None or (value > self.best if mode == "max" else value < self.best):
+            self.best, self.epoch = value, int(trainer.current_epoch)
+            self.values = {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if k.startswith("val/") and isinstance(v, torch.Tensor) and v.numel() == 1
+            }
+
+    def metrics(self, monitor: str | None) -> dict[str, float]:
+        """The tags logged at the end of fit (empty before a first validation)."""
+        if self.epoch is None or self.best is None:
+            return {}
+        metrics = {"val/best_epoch": float(self.epoch)}
+        if "val/acc" in self.values:
+            metrics["val/acc_best"] = self.values["val/acc"]
+        if monitor and monitor != "val/acc":
+            metrics[f"{monitor}_best"] = self.best
+        return metrics
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        monitor, _ = self._monitor(trainer)
+        metrics = self.metrics(monitor)
+        if not metrics:
+            return
+        if self.run_record is not None:
+            self.run_record.best = {**(self.run_record.best or {}), "epoch": self.epoch}
+            self.run_record.best_metrics.update(metrics)
+        if trainer.is_global_zero:
+            _log_to_loggers(trainer, metrics, trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "epoch": self.epoch, "values": dict(self.values)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.epoch = state_dict.get("best"), state_dict.get("epoch")
+        self.values = dict(state_dict.get("values") or {})

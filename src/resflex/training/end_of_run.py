@@ -199,7 +199,7 @@ def _status_line(record: Mapping[str, Any], rows: Sequence[SizeRow]) -> str:
     if record.get("error"):
         line += f": {record['error']}"
     elif any("test/acc" in row.values for row in rows) and (record.get("best") or {}).get("checkpoint"):
-        epoch = best_epoch(str(record["best"]["checkpoint"]))
+        epoch = record["best"].get("epoch", best_epoch(str(record["best"]["checkpoint"])))
         line += "; tested with the best checkpoint" + (f" (epoch {epoch})" if epoch is not None else "")
     return line
 
@@ -222,11 +222,12 @@ def detail_lines(record: Mapping[str, Any], run_dir: Path, log_root: str | Path 
     lines = []
     best = record.get("best") or {}
     if best.get("checkpoint"):
-        epoch = best_epoch(str(best["checkpoint"]))
-        score = _number(best.get("val/acc"))
+        epoch = best.get("epoch", best_epoch(str(best["checkpoint"])))
+        monitor = str(best.get("monitor") or "val/acc")  # callbacks.model_checkpoint.monitor
+        score = _number(best.get(monitor))
         where = [
             f"epoch {epoch}" if epoch is not None else None,
-            f"val/acc {score:.4f}" if score is not None else None,
+            f"{monitor} {score:.4f}" if score is not None else None,
         ]
         lines.append("best checkpoint: " + ", ".join([*filter(None, where), str(best["checkpoint"])]))
     elif record.get("checkpoint"):

@@ -43,13 +43,60 @@ from pytorch_lightning.utilities import rank_zero_only
 
 
 class TensorBoardLogger(_TensorBoardLogger):
-    """Lightning's TensorBoard logger without the ``epoch``-vs-step chart."""
+    """Lightning's TensorBoard logger without the ``epoch``-vs-step chart, and with chart titles.
+
+    :attr:`titles` (``{tag: (title, description)}``, set by :func:`describe_tags`) go into the
+    first point of each tag: TensorBoard keeps a tag's first metadata, shows the title above
+    the tag name on its SCALARS card and the description behind the card's info button (and
+    in TIME SERIES). That is how ``val/acc`` says at which size it is measured.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.titles: dict[str, tuple[str, str]] = {}
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        titled = {k: v for k, v in metrics.items() if k in self.titles}
+        if titled:
+            self._log_titled(titled, step)
+            metrics = {k: v for k, v in metrics.items() if k not in titled}
         if metrics:
             super().log_metrics(metrics, step)
+
+    def _log_titled(self, metrics: Mapping[str, Any], step: int | None) -> None:
+        """The first point of a titled tag, with its title and description in the summary metadata."""
+        from tensorboard.compat.proto.summary_pb2 import DATA_CLASS_SCALAR, Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.compat.proto.types_pb2 import DT_FLOAT
+
+        from resflex.compat import tensorboard_file_writer
+
+        values = []
+        for tag, value in metrics.items():
+            title, description = self.titles.pop(tag)
+            # a tensor-style scalar: TensorBoard's data server keeps this metadata (it gives a
+            # ``simple_value`` blank metadata); the tag's later points are plain scalars
+            metadata = SummaryMetadata(
+                display_name=title,
+                summary_description=description,
+                plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
+                data_class=DATA_CLASS_SCALAR,
+            )
+            number = float(value.item() if hasattr(value, "item") else value)
+            tensor = TensorProto(dtype=DT_FLOAT, float_val=[number], tensor_shape=TensorShapeProto())
+            values.append(Summary.Value(tag=tag, metadata=metadata, tensor=tensor))
+        tensorboard_file_writer(self.experiment).add_summary(Summary(value=values), step)
+
+
+def describe_tags(trainer: pl.Trainer, titles: Mapping[str, tuple[str, str]]) -> None:
+    """Give ``titles`` (``{tag: (title, description)}``) to every resflex TensorBoard logger, for the
+    tags' first points (loggers without chart titles ignore them)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.titles.update(titles)
 
 
 def mlflow_key(tag: str) -> str:

@@ -352,13 +352,19 @@ class ClassificationModule(pl.LightningModule):
 
     def _log_size_robustness(self, stage: str) -> None:
         """``<stage>/acc_worst``, ``acc_mean_sizes``, ``acc_range*`` over the evaluation sizes
-        (:mod:`resflex.training.robustness`), from exact counts summed over ranks."""
+        (:mod:`resflex.training.robustness`), from exact counts summed over ranks.
+
+        Only when every evaluation size was evaluated: an epoch that validates the main size alone
+        (``eval.sizes_every_epoch=false``) logs no "mean over sizes" that is just ``val/acc``."""
         counts = self._size_counts.pop(stage, {})
         if not counts or 0 not in counts:
             return
+        trainer = attached_trainer(self)
+        sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None)
+        if sizes and len(counts) < len(sizes):
+            return
         order = sorted(counts)
         totals = torch.stack([counts[k][1] for k in order])
-        trainer = attached_trainer(self)
         if trainer is not None and trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         totals = totals.detach().cpu()

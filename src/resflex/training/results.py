@@ -23,12 +23,17 @@ from resflex.compat import tensorboard_file_writer
 HPARAM_METRICS = (
     "val/acc",
     "test/acc",
+    "val/acc_best",
+    "val/best_epoch",
     "val/acc_worst",
     "val/acc_mean_sizes",
+    "test/acc_mean_sizes",
     "val/acc_range",
     "val/loss",
     "train/images_per_sec",
 )
+#: the column naming the size behind val/acc and test/acc (resolution.eval_size as used, e.g. ``64``)
+EVAL_SIZE_COLUMN = "eval size"
 
 
 def _plain(value: Any) -> Any:
@@ -77,7 +82,14 @@ KEY_HPARAMS = (
     "seed",
 )
 # The columns TensorBoard shows before any click (it shows five), after those set on the command line.
-SHOWN_BY_DEFAULT = ("pooling", "resolution", "resolution.size", "backbone.name", "optimizer.lr")
+SHOWN_BY_DEFAULT = (
+    "pooling",
+    "resolution.size",
+    EVAL_SIZE_COLUMN,
+    "resolution",
+    "backbone.name",
+    "optimizer.lr",
+)
 TENSORBOARD_SHOWN_COLUMNS = 5
 # Group choices shown by name; other groups are plumbing (where logs go, which callbacks).
 CHOICE_GROUPS = ("pooling", "resolution", "optimizer", "scheduler", "data", "finetune", "experiment", "debug")
@@ -103,6 +115,20 @@ _ABSENT = object()
 def _looks_like_path(value: Any) -> bool:
     text = str(value)
     return any(c in text for c in "/\\~") or text.endswith((".ckpt", ".pth", ".safetensors"))
+
+
+def _is_size_key(key: str) -> bool:
+    """Keys whose values are a side in one run and a list or ``h x w`` in another (always text)."""
+    return key.rsplit(".", 1)[-1].endswith(("size", "sizes", "resolutions"))
+
+
+def _column_value(key: str, value: Any) -> Any:
+    """One type per column across every run: numbers (not bools) stay numbers, except size keys
+    (``resolution.size`` is 40 in one job, ``[40,48]`` in another) and nulls, which are text."""
+    value = _hparam_value(value)
+    if _is_size_key(key) and not isinstance(value, str):
+        return str(value)
+    return value
 
 
 def _hparam_value(value: Any) -> Any:
@@ -161,14 +187,24 @@ def override_keys(overrides: Sequence[str]) -> list[str]:
 
 
 def run_hparams(
-    cfg: DictConfig, choices: Mapping[str, Any], overrides: Sequence[str] = ()
+    cfg: DictConfig,
+    choices: Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    eval_size: str | None = None,
+    swept: Sequence[str] | set[str] | None = None,
+    text_keys: Sequence[str] | set[str] = (),
 ) -> tuple[dict[str, Any], list[str]]:
-    """The HPARAMS columns of a run, and which of them were chosen on the command line (they sort first).
+    """The HPARAMS columns of a run, and which of them differ between runs (they sort first).
 
     Columns: :data:`KEY_HPARAMS` (same names in every run, so a logdir of many
-    runs lines up), the group choices of :data:`CHOICE_GROUPS` that are set, and
-    every key overridden on the command line. No ``_target_`` strings, no
-    paths: an override whose value is a path (``data.root=...``) is left out.
+    runs lines up), :data:`EVAL_SIZE_COLUMN` (the size behind ``val/acc``, e.g. ``64``), the
+    group choices of :data:`CHOICE_GROUPS` that are set, and every key overridden on the command
+    line. Every job of a sweep has the same overrides' keys, hence the same columns; each column
+    holds one type (:func:`_column_value`). No ``_target_`` strings, no paths: an override whose
+    value is a path (``data.root=...``) is left out. What differs: ``swept`` (the keys a sweep
+    varies, :func:`resflex.sweeps.current_swept_keys`) when given, else every override.
+    ``text_keys``: columns written as text whatever this run's value (a sweep over ``null,0.4``:
+    :func:`resflex.sweeps.current_sweep_text_keys`).
     """
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(container, dict)
@@ -181,10 +217,13 @@ def run_hparams(
     for group in CHOICE_GROUPS:
         if choices.get(group) not in (None, "null"):
             hparams[group] = str(choices[group])
+    if eval_size is not None:
+        hparams[EVAL_SIZE_COLUMN] = str(eval_size)
     for key in ("optimizer.lr", "optimizer.weight_decay", "data.batch_size", "trainer.max_epochs", "seed"):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             hparams[key] = _hparam_value(value)
+    summarized = set(hparams)  # the key columns: an override of resolution.size keeps its summary text
     varied = []
     for key in override_keys(overrides):
         if key in choices:  # a group choice: its column is the group name
@@ -197,11 +236,16 @@ def run_hparams(
             continue
         if _looks_like_path(value):
             continue
-        hparams[key] = _hparam_value(value)
+        if key not in summarized:
+            value = _column_value(key, value)
+            hparams[key] = str(value) if key in text_keys and not isinstance(value, str) else value
         varied.append(key)
     if "backbone.name" in varied or "backbone" in varied:
         varied = [k for k in varied if k != "backbone"] + ["backbone.name"]
     hparams.pop("backbone", None)
+    if swept:
+        names = {"backbone.name" if k == "backbone" else k for k in swept}
+        varied = [k for k in varied if k in names]
     ordered = {k: hparams[k] for k in sorted(hparams, key=lambda k: (k not in varied, k))}
     return ordered, sorted(set(varied))
 
@@ -209,7 +253,8 @@ def run_hparams(
 def hparam_metric_tags(metrics: Mapping[str, Any]) -> list[str]:
     """The final metrics shown after the hyperparameters: the real tags, read as their last value."""
     sized = sorted((k for k in metrics if k.startswith("val/acc@")), key=_size_key)
-    tags = [*HPARAM_METRICS, *sized]
+    best = sorted(k for k in metrics if k.endswith("_best") and k not in HPARAM_METRICS)  # <monitor>_best
+    tags = [*HPARAM_METRICS, *best, *sized]
     return [t for t in tags if isinstance(metrics.get(t), int | float) and metrics.get(t) is not True]
 
 

@@ -29,6 +29,8 @@ class RunRecord:
     checkpoint: str | None = None
     error: str | None = None
     throughput: dict[str, float] = field(default_factory=dict)
+    # the best epoch's validation metrics (val/acc_best, val/best_epoch), merged into metrics
+    best_metrics: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
