@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync, to_plain
+from resflex.data.eval_sizes import drop_unfit_sizes
 from resflex.errors import ConfigError, find_user_error
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
 from resflex.runtime import resolve_precision
-from resflex.training.eval_sizes import drop_unfit_sizes
 from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.optim import OptimizerFactory

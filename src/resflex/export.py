@@ -52,9 +52,9 @@ from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, load_classifier, round_to
 from resflex.models.adaptive_export import exportable_functional_pools, make_exportable
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
-Size = tuple[int, int]
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 INPUT_CONVENTION = (
     "float32 RGB in [0, 1], shape (B, 3, H, W), normalisation inside; output: logits (B, classes)"

@@ -39,9 +39,9 @@ from resflex.models.checkpoint import (
     safe_load,
     state_dict_of,
 )
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
-Size = tuple[int, int]
 CLASSES_FILE = "classes.json"
 
 

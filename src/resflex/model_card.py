@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from resflex.errors import first_line
 from resflex.training.robustness import RANGE_TOLERANCE, SizeRobustness, scale_of, summarize_sizes
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
-Size = tuple[int, int]
 METRICS_FILE = "metrics.json"
 CARD_FILE = "model_card.md"
 CLASSES_FILE = "classes.json"

@@ -36,14 +36,15 @@ from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.buckets import assign_buckets, image_sizes, image_sizes_lookup, merge_small_buckets
 from resflex.data.datasets import ImageSource
 from resflex.data.device_decode import DeviceFraming, EncodedImage, check_device_decode, collate_encoded
+from resflex.data.eval_sizes import is_auto, resolve_eval_resolutions
 from resflex.data.images import DEVICE_DECODER, ImageFile
 from resflex.data.profile import DatasetProfile, sample_indices
-from resflex.data.resolution import ResolutionSchedule, Size, parse_size
+from resflex.data.resolution import ResolutionSchedule, parse_size
 from resflex.data.sampler import ResolutionBatchSampler, SampleRequest
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
 from resflex.errors import ConfigError, DataError
-from resflex.training.eval_sizes import is_auto, resolve_eval_resolutions
+from resflex.types import Size
 from resflex.validation import check_value
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ class ResflexDataModule(pl.LightningDataModule):
             check_device_decode(
                 geometry, self.profile.reason, self.train_transform, self.phase_transforms.values()
             )
-        # eval.resolutions=auto (the default): a few sizes around the eval size (training/eval_sizes.py)
+        # eval.resolutions=auto (the default): a few sizes around the eval size (data/eval_sizes.py)
         self.eval_sizes_auto = is_auto(eval_resolutions)
         extra_sizes = resolve_eval_resolutions(eval_resolutions, schedule) or []
         self.eval_sizes = self._eval_sizes(schedule.eval_size, to_plain(extra_sizes))

@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from resflex.data.resolution import ResolutionSchedule, Size
+from resflex.data.resolution import ResolutionSchedule
+from resflex.types import Size
 
 
 class SampleRequest(NamedTuple):

@@ -68,9 +68,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from resflex.data.images import ImageFile, as_tensor
 from resflex.errors import ConfigError
+from resflex.types import Size
 from resflex.validation import check_value
 
-Size = tuple[int, int]
 #: geometries the transforms implement (``auto`` is resolved before they are built)
 FRAMINGS = ("square", "keep_aspect", "squash", "pad")
 #: ImageNet mean as uint8: the padding colour when no dataset mean is known

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from resflex.data.resolution import Size
+from resflex.types import Size
 
 #: the state of one size: every BatchNorm's running mean and variance, by buffer name
 SizeStats = dict[str, torch.Tensor]

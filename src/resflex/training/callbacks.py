@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
+from resflex.data.eval_sizes import loader_sizes
 from resflex.runtime import size_tag
 from resflex.training.run_record import FillsRunRecord
 
@@ -463,7 +464,7 @@ class ConfusionMatrixFigure(pl.Callback):
 
         datamodule = getattr(trainer, "datamodule", None)
         classes = list(getattr(datamodule, "classes", []) or [])
-        sizes = getattr(datamodule, "eval_sizes", None) or [(0, 0)]
+        sizes = loader_sizes(trainer) or [(0, 0)]
         h, w = sizes[0]
         accuracy = float(self.matrix.diag().sum() / self.matrix.sum().clamp(min=1))
         title = f"val confusion matrix at {h}x{w}, epoch {self.epoch} (accuracy {accuracy:.3f})"

@@ -16,8 +16,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resflex.data.resolution import Size, round_to
+from resflex.data.resolution import round_to
 from resflex.errors import ConfigError
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
 
@@ -63,3 +64,15 @@ def drop_unfit_sizes(sizes: Sequence[Size], fits: Callable[[Size], None]) -> lis
             continue
         kept.append(size)
     return kept
+
+
+def loader_sizes(trainer: Any) -> list[Size] | None:
+    """The (h, w) of each evaluation loader of ``trainer``'s data module, indexed by ``dataloader_idx``.
+
+    The one way the training side (the LightningModule, the callbacks, the end-of-run table) learns
+    the sizes, so none of them depends on the data module's attributes. None without a trainer or a
+    resflex data module (a module evaluated with plain loaders, a unit test): the caller then takes
+    the batch's own size.
+    """
+    sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None)
+    return [(int(h), int(w)) for h, w in sizes] if sizes else None
