@@ -19,10 +19,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync, to_plain
 from resflex.data.eval_sizes import drop_unfit_sizes
-from resflex.errors import ConfigError, find_user_error
+from resflex.errors import ConfigError, find_user_error, first_line
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.models.classifier import ImageClassifier
@@ -208,4 +209,9 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Traine
     trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
     if "fsdp" not in str(trainer_cfg.get("strategy", "auto")) and not trainer_cfg.get("plugins"):
         trainer_cfg["plugins"] = [AtomicCheckpointIO()]  # temp file + rename; weights_only loads
-    return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    try:
+        return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    except (TypeError, ValueError, MisconfigurationException) as exc:  # Lightning's checks of trainer.*
+        raise ConfigError(
+            f"trainer: {first_line(exc)}", hint="the trainer.* keys are pytorch_lightning.Trainer arguments"
+        ) from exc

@@ -1,7 +1,7 @@
 """The Hydra task: ``python scripts/train.py [overrides]``.
 
-:func:`train` reads top to bottom as the experiment's story: seed → data → model →
-trainer → fit → test → record. The objects come from :mod:`resflex.build`; the
+:func:`train` reads top to bottom as the experiment's story: checks and trainer → seed → data →
+model → fit → test → record. The objects come from :mod:`resflex.build`; the
 composed config is saved by Hydra in ``<run>/.hydra/config.yaml``; the run folder
 also gets TensorBoard events, ``checkpoints/`` and ``metrics.json`` (the
 :class:`~resflex.training.run_record.RunRecord`). :func:`run_task` adds the
@@ -39,7 +39,7 @@ from resflex.errors import (
     user_errors_as_one_line,
 )
 from resflex.model_card import write_model_card_quietly
-from resflex.models.checkpoint import resolve_resume_checkpoint
+from resflex.preflight import check_before_work
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory
 from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (
@@ -56,7 +56,6 @@ from resflex.training.results import (
     write_metrics_json,
 )
 from resflex.training.run_record import RunRecord
-from resflex.validation import validate_config
 
 log = logging.getLogger("resflex")
 
@@ -96,15 +95,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     quiet_library_noise()
     trainer: pl.Trainer | None = None
+    try:
+        # every key and path, before any data is read (resflex/preflight.py): a mistake costs one line
+        ckpt_path = check_before_work(cfg)
+        trainer = build_trainer(cfg, record)  # Lightning checks the trainer.* keys
+    except BaseException as exc:
+        record.status, record.error = "failed", describe_error(exc)
+        record.wall_time_s = round(time.time() - started, 2)
+        if is_global_zero(None):  # nothing ran: the record says why, no end-of-run report
+            write_metrics_json(output_dir / "metrics.json", record.as_dict())
+        raise
     fit_metrics: dict[str, Any] = {}
     try:
-        validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
         record.data_profile = datamodule.profile.as_dict()  # incl. the geometry auto resolved to
         module = build_module(cfg, datamodule.num_classes)
         check_sizes_fit_backbone(datamodule, module.model.backbone)
-        trainer = build_trainer(cfg, record)
         if isinstance(trainer.accelerator, CPUAccelerator) and retain_freed_host_memory():
             log.info(
                 "CPU run: freed host memory is kept for the next batch (glibc mallopt; "
@@ -114,7 +121,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])
         )
         # ckpt_path=last: the run's newest readable checkpoint (a cut-short last.ckpt is skipped, warned)
-        ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except pickle.UnpicklingError:

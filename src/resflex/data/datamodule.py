@@ -36,10 +36,10 @@ from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.buckets import assign_buckets, image_sizes, image_sizes_lookup, merge_small_buckets
 from resflex.data.datasets import ImageSource
 from resflex.data.device_decode import DeviceFraming, EncodedImage, check_device_decode, collate_encoded
-from resflex.data.eval_sizes import is_auto, resolve_eval_resolutions
+from resflex.data.eval_sizes import is_auto, parse_eval_sizes, resolve_eval_resolutions
 from resflex.data.images import DEVICE_DECODER, ImageFile
 from resflex.data.profile import DatasetProfile, sample_indices
-from resflex.data.resolution import ResolutionSchedule, parse_size
+from resflex.data.resolution import ResolutionSchedule
 from resflex.data.sampler import ResolutionBatchSampler, SampleRequest
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
@@ -190,6 +190,39 @@ def finish_source(
     return source if built else source()
 
 
+def check_data_arguments(
+    schedule: ResolutionSchedule,
+    batch_size: Any,
+    num_workers: Any,
+    augment: Mapping[str, Any] | None,
+    eval_crop_pct: Any,
+    eval_resolutions: Any,
+    eval_sizes_every_epoch: Any,
+) -> list[Size]:
+    """The data module's checks that need no image; returns its evaluation sizes (main first).
+
+    Called first by :class:`ResflexDataModule` and by :mod:`resflex.preflight` before any data is
+    read, so a wrong key fails in one line before the source scans a folder. The transforms are
+    built here only to check ``data.augment`` (``geometry=auto`` is checked as ``square``: the
+    profile has not chosen yet, and no augment key depends on the choice).
+    """
+    check_value("data.batch_size", batch_size, int, lambda v: v >= 1, "a positive integer")
+    if num_workers != AUTO:
+        check_value("data.num_workers", num_workers, int, lambda v: v >= 0, "an integer >= 0 or auto")
+    if not isinstance(eval_sizes_every_epoch, bool):
+        raise ConfigError(
+            f"eval.sizes_every_epoch must be true or false, got {eval_sizes_every_epoch!r}",
+            hint="eval.sizes_every_epoch=true",
+        )
+    geometry = "square" if schedule.geometry == "auto" else schedule.geometry
+    worker_keys = worker_augment(augment)
+    for overrides in [{}, *(dict(o) for o in schedule.augment_phases.values())]:
+        TrainTransform(**{**worker_keys, **overrides}, geometry=geometry)
+    check_value("data.eval_crop_pct", eval_crop_pct, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    extra = to_plain(resolve_eval_resolutions(eval_resolutions, schedule)) or []
+    return parse_eval_sizes(schedule.eval_size, extra)
+
+
 def to_plain(value: Any) -> Any:
     """OmegaConf containers -> plain Python (anything else is passed on for its owner to reject)."""
     if hasattr(value, "_metadata"):  # an OmegaConf node; omegaconf is not imported for plain callers
@@ -230,9 +263,16 @@ class ResflexDataModule(pl.LightningDataModule):
         root: str | None = None,
     ) -> None:
         super().__init__()
-        check_value("data.batch_size", batch_size, int, lambda v: v >= 1, "a positive integer")
-        if num_workers != AUTO:
-            check_value("data.num_workers", num_workers, int, lambda v: v >= 0, "an integer >= 0 or auto")
+        # every argument that needs no image, checked before the source reads any
+        eval_sizes = check_data_arguments(
+            schedule,
+            batch_size,
+            num_workers,
+            augment,
+            eval_crop_pct,
+            eval_resolutions,
+            eval_sizes_every_epoch,
+        )
         self.name = name
         self.source = finish_source(source, root, name)
         self.schedule = schedule
@@ -259,13 +299,7 @@ class ResflexDataModule(pl.LightningDataModule):
             )
         # eval.resolutions=auto (the default): a few sizes around the eval size (data/eval_sizes.py)
         self.eval_sizes_auto = is_auto(eval_resolutions)
-        extra_sizes = resolve_eval_resolutions(eval_resolutions, schedule) or []
-        self.eval_sizes = self._eval_sizes(schedule.eval_size, to_plain(extra_sizes))
-        if not isinstance(eval_sizes_every_epoch, bool):
-            raise ConfigError(
-                f"eval.sizes_every_epoch must be true or false, got {eval_sizes_every_epoch!r}",
-                hint="eval.sizes_every_epoch=true",
-            )
+        self.eval_sizes = eval_sizes
         #: false: during fit, validation runs at the main size only (the extra sizes once after fit)
         self.eval_sizes_every_epoch = eval_sizes_every_epoch
         self._bucket_cache: dict[str, list[int]] = {}
@@ -302,23 +336,6 @@ class ResflexDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.source.classes)
-
-    @staticmethod
-    def _eval_sizes(main: Size, extra: Sequence[int | Sequence[int]]) -> list[Size]:
-        """Loader sizes: the main eval size first (``val/acc``), then each extra size once."""
-        if isinstance(extra, int | str):
-            raise ConfigError(
-                f"eval.resolutions must be a list of sizes, got {extra!r}", hint="eval.resolutions=[32,64]"
-            )
-        sizes = [main]
-        for value in extra:
-            try:
-                size = parse_size(value, "eval.resolutions")
-            except ConfigError as exc:
-                raise ConfigError(exc.message, hint="e.g. eval.resolutions=[32,48,64]") from None
-            if size not in sizes:
-                sizes.append(size)
-        return sizes
 
     def setup(self, stage: str) -> None:
         """Bind the schedule to the run length (epoch-based schedules need ``trainer.max_epochs``)."""

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resflex.data.resolution import round_to
+from resflex.data.resolution import parse_size, round_to
 from resflex.errors import ConfigError
 from resflex.types import Size
 
@@ -49,6 +49,23 @@ def resolve_eval_resolutions(value: Any, schedule: Any) -> Any:
         return value
     sizes = auto_eval_sizes(schedule.eval_size, getattr(schedule, "multiple", 8))
     return [h if h == w else [h, w] for h, w in sizes]
+
+
+def parse_eval_sizes(main: Size, extra: Sequence[int | Sequence[int]]) -> list[Size]:
+    """Loader sizes: the main eval size first (``val/acc``), then each extra size once."""
+    if isinstance(extra, int | str):
+        raise ConfigError(
+            f"eval.resolutions must be a list of sizes, got {extra!r}", hint="eval.resolutions=[32,64]"
+        )
+    sizes = [main]
+    for value in extra:
+        try:
+            size = parse_size(value, "eval.resolutions")
+        except ConfigError as exc:
+            raise ConfigError(exc.message, hint="e.g. eval.resolutions=[32,48,64]") from None
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
 
 
 def drop_unfit_sizes(sizes: Sequence[Size], fits: Callable[[Size], None]) -> list[Size]:
