@@ -20,8 +20,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from resflex.benchmark.machine import PeakMemory
-from resflex.benchmark.runners import (
+from benchmarks.machine import PeakMemory
+from benchmarks.runners import (
     Batch,
     Setup,
     Window,
