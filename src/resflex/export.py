@@ -48,6 +48,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from resflex.compat import size_oblivious_tracing
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, load_classifier, round_to
@@ -131,13 +132,7 @@ def _dims() -> dict[int, Any]:
 def _capture() -> Any:
     """Exportable functional pools, size-oblivious reasoning (no 0/1 specialisation of feature-map
     sizes: a 1×1 map must stay valid), quiet exporters."""
-    config = getattr(getattr(torch.fx, "experimental", None), "_config", None)
-    oblivious = (
-        config.patch(backed_size_oblivious=True)
-        if config is not None and hasattr(config, "backed_size_oblivious")
-        else contextlib.nullcontext()
-    )
-    with exportable_functional_pools(), oblivious, _quiet():
+    with exportable_functional_pools(), size_oblivious_tracing(), _quiet():
         yield
 
 

@@ -37,9 +37,9 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
+from resflex.compat import RefinedLearningRateMonitor
 from resflex.data.eval_sizes import loader_sizes
 from resflex.runtime import size_tag
 from resflex.training.run_record import FillsRunRecord
@@ -237,7 +237,7 @@ def lr_chart_names(classes: Mapping[str, Hashable]) -> dict[str, str]:
     return names
 
 
-class DistinctLearningRateMonitor(LearningRateMonitor):
+class DistinctLearningRateMonitor(RefinedLearningRateMonitor):
     """Lightning's ``LearningRateMonitor`` with one chart per distinct learning-rate curve.
 
     resflex names every parameter group (``backbone``, ``backbone_no_wd``, ``head``,
@@ -260,8 +260,7 @@ class DistinctLearningRateMonitor(LearningRateMonitor):
                     return (prefix, group.get("lr_mult"), group.get("unfreeze_epoch"))
         return (prefix, None, None)
 
-    def _extract_stats(self, trainer: pl.Trainer, interval: str) -> dict[str, float]:
-        stats = super()._extract_stats(trainer, interval)
+    def refine_stats(self, trainer: pl.Trainer, stats: dict[str, float]) -> dict[str, float]:
         lrs = {tag: value for tag, value in stats.items() if tag in self.lrs}
         if not lrs:
             return stats
