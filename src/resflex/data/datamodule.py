@@ -21,139 +21,33 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from resflex.compat import set_train_loader_limit, uses_distributed_sampler
-from resflex.data.bad_images import BadImageError, BadImagePolicy
+from resflex.compat import batches_done_this_epoch, uses_distributed_sampler
 from resflex.data.buckets import assign_buckets, image_sizes, image_sizes_lookup, merge_small_buckets
 from resflex.data.datasets import ImageSource
-from resflex.data.device_decode import DeviceFraming, EncodedImage, check_device_decode, collate_encoded
+from resflex.data.device_decode import DeviceFraming, check_device_decode, collate_encoded
 from resflex.data.eval_sizes import is_auto, parse_eval_sizes, resolve_eval_resolutions
-from resflex.data.images import DEVICE_DECODER, ImageFile
+from resflex.data.images import DEVICE_DECODER
 from resflex.data.profile import DatasetProfile, sample_indices
 from resflex.data.resolution import ResolutionSchedule
-from resflex.data.sampler import ResolutionBatchSampler, SampleRequest
+from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.sized_dataset import SizedDataset, Transform, mean_color
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
-from resflex.errors import ConfigError, DataError
+from resflex.errors import ConfigError
 from resflex.types import Size
 from resflex.validation import check_value
 
 log = logging.getLogger(__name__)
-#: what frames a sample: the CPU transforms, or the device decoder's worker side
-Transform = TrainTransform | EvalTransform | DeviceFraming
-
-
-class SizedDataset(Dataset):
-    """A ``(PIL image, label)`` dataset framed on request: ``dataset[SampleRequest(i, h, w)]`` -> uint8 image.
-
-    A request with a ``phase`` uses ``phase_transforms[phase]`` instead (FixRes' final phase:
-    the train transform with weaker crops); one with an ``epoch`` draws its augmentation
-    from a generator seeded by (seed, epoch, index). Plain tuples in that order work too.
-    With ``data.source.decoder=device`` the transforms are :class:`DeviceFraming` and the item an
-    :class:`~resflex.data.device_decode.EncodedImage` (bytes and framing; decoded on the device).
-    """
-
-    def __init__(
-        self,
-        base: Dataset,
-        transform: Transform,
-        phase_transforms: Mapping[str, Transform] | None = None,
-        bad_images: BadImagePolicy | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.base = base
-        self.transform = transform
-        self.phase_transforms = phase_transforms or {}
-        self.bad_images = bad_images or BadImagePolicy("skip")
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, item: SampleRequest | tuple) -> tuple[torch.Tensor | EncodedImage, int]:
-        index, h, w, phase, epoch = SampleRequest(*item)
-        transform = self.phase_transforms[phase] if phase is not None else self.transform
-        if epoch is None:
-            return self._load_and_transform(index, transform, (h, w))
-        # random augmentation as a pure function of (seed, epoch, index): identical after a
-        # resume and whatever the number of workers (only the CPU generator, which the v2
-        # transforms draw from: ``torch.manual_seed`` would also reseed every accelerator,
-        # a third of the cost of a small item)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF)
-            return self._load_and_transform(index, transform, (h, w))
-
-    def _load_and_transform(
-        self, index: int, transform: Transform, size: tuple[int, int]
-    ) -> tuple[torch.Tensor | EncodedImage, int]:
-        """The sample at ``index``; with ``on_bad_image=skip`` an unreadable one is replaced by the next.
-
-        Image folders decode in the transform (at the scale the crop needs), so a
-        truncated file can fail there as well as when its header is read.
-        """
-        n = len(self)
-        for attempt in range(min(n, 64)):
-            try:
-                image, label = self.base[(index + attempt) % n]
-                return transform(image, size), label
-            except BadImageError as error:
-                self.bad_images.handle(error)  # raises with on_bad_image=raise
-        raise DataError(f"no readable image near index {index} (64 tried)", hint="check the dataset files")
-
-
-def mean_color(dataset: Dataset, indices: Sequence[int]) -> tuple[int, int, int]:
-    """Mean RGB of a few images (decoded small): the ``pad`` geometry's fill colour.
-
-    Padding with the data's own mean keeps the border close to what the network sees
-    inside images, so it carries no signal of its own after normalisation.
-    """
-    means = []
-    for index in indices:
-        try:
-            image = dataset[index][0]
-            if isinstance(image, ImageFile):
-                image, _ = image.decode((32, 32))
-            means.append(np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0))
-        except BadImageError:
-            continue
-    if not means:
-        return DEFAULT_FILL
-    r, g, b = (round(float(v)) for v in np.mean(means, axis=0))
-    return r, g, b
-
-
-class ScheduleLengthSync(pl.Callback):
-    """Keeps Lightning's batches-per-epoch in step with a schedule whose epoch length varies.
-
-    Lightning reads ``len(train_dataloader)`` once; with multigrid or batch
-    scaling the number of steps changes from epoch to epoch (the sampler
-    re-plans each epoch). Every resflex trainer has this callback
-    (:func:`resflex.build.build_callbacks`); it does nothing for fixed-length epochs.
-    """
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
-        if sampler is None or not sampler.varies_per_epoch:
-            return
-        n = sampler.num_batches(sampler.epoch)
-        limit = trainer.limit_train_batches
-        if isinstance(limit, int):
-            n = min(n, limit)
-        elif limit is not None and float(limit) < 1.0:
-            n = max(1, int(n * float(limit)))
-        trainer.fit_loop.max_batches = n
-        set_train_loader_limit(trainer, n)
-        if isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0:
-            trainer.val_check_batch = n
 
 
 #: ``data.augment`` keys applied on the device, per batch, by the LightningModule (``model.random_erasing``
@@ -225,10 +119,9 @@ def check_data_arguments(
 
 def to_plain(value: Any) -> Any:
     """OmegaConf containers -> plain Python (anything else is passed on for its owner to reject)."""
-    if hasattr(value, "_metadata"):  # an OmegaConf node; omegaconf is not imported for plain callers
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(value, resolve=True)
+    omegaconf = sys.modules.get("omegaconf")  # not imported: then no value can be one of its nodes
+    if omegaconf is not None and omegaconf.OmegaConf.is_config(value):
+        return omegaconf.OmegaConf.to_container(value, resolve=True)
     return value
 
 
@@ -249,7 +142,7 @@ class ResflexDataModule(pl.LightningDataModule):
         schedule: ResolutionSchedule,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int | str = 2,
+        num_workers: int | str = AUTO,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
@@ -469,7 +362,7 @@ class ResflexDataModule(pl.LightningDataModule):
         trainer, sampler = self.trainer, self.train_sampler
         if trainer is None or sampler is None:
             return {}
-        return {"epoch": sampler.epoch, "step": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        return {"epoch": sampler.epoch, "step": batches_done_this_epoch(trainer)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning calls this before it builds the train loader of a resumed run."""
