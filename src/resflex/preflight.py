@@ -1,9 +1,9 @@
 """Every config key and path checked before any data is read: :func:`check_before_work`.
 
-The objects of a run validate their own arguments when they are built, but the data
-module is built first, and its source scans and profiles the images (seconds on a
-real folder, a dozen console lines) before the model or the checkpoint to resume
-from is looked at; a typo in ``pooling.levels`` or ``ckpt_path`` would fail only
+The objects of a run validate their own arguments when they are built, but a run
+builds its data module before its model (the model needs the class count), and the
+data module's source scans and profiles the images (seconds on a real folder, a dozen
+console lines) first; a typo in ``pooling.levels`` or ``ckpt_path`` would fail only
 after that. So :func:`resflex.train.train` first builds, or checks, each part the way
 the run will, without touching the data:
 
@@ -15,7 +15,8 @@ the run will, without touching the data:
 - the model node (backbone, pooling, optimizer, LR schedule, fine-tuning, the module's
   keys), built on the ``meta`` device: no memory, no random draw, no weights read
   (``backbone.weights`` / ``init_from`` must exist; they are loaded once, by the run);
-- the training sizes and the main evaluation size against that backbone.
+- the training and evaluation sizes against that backbone (with ``eval.resolutions=auto``
+  the main size only: the run drops the other sizes the backbone cannot take).
 
 The trainer's keys are Lightning's to check: :func:`resflex.train.train` builds the
 trainer before the data module.
