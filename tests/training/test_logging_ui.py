@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from resflex.training.callbacks import custom_scalars_layout, reproduce_command
 from resflex.training.loggers import mlflow_key
 from resflex.training.results import hparam_metric_tags, resolution_summary, run_hparams, shown_first
+from resflex.training.views import custom_scalars_layout, reproduce_command
 from tests.conftest import TINY, TINY_SYNTHETIC, scalar_tags, train_run
 
 
