@@ -85,9 +85,30 @@ def test_multirun_gives_each_job_its_own_named_folder(tmp_path: Path) -> None:
         assert json.loads((sweep / name / "metrics.json").read_text())["status"] == "completed"
 
 
-def test_unknown_backbone_is_one_line_with_suggestions(tmp_path: Path) -> None:
-    result = run_cli([*TINY, "backbone.name=resnet19", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
-    assert_one_line_error(result, "unknown backbone 'resnet19'", "resnet18")
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["ckpt_path=/missing.ckpt"], ["ckpt_path does not exist: /missing.ckpt"]),
+        (["pooling.levels=abc"], ["pooling.levels", "'abc'"]),
+        (["backbone.name=resnet19"], ["unknown backbone 'resnet19'", "resnet18"]),
+        (["data=imagefolder"], ["data.root is not set"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and "=" in v[0] else None,
+)
+def test_bad_input_fails_before_any_work_in_one_line(
+    tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    """As typed, on the default config: the cause and a hint, and nothing else — no data profile,
+    no device banner, no end-of-run report (README: "fails before any work")."""
+    run_dir = tmp_path / "r"
+    result = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert_one_line_error(result, *fragments, "(hint: ")
+    output = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(output) <= 2, "\n".join(output)
+    assert not any("data profile" in line for line in output)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "failed" and fragments[0] in record["error"]
+    assert not list(run_dir.glob("events.out.tfevents.*")) and not (run_dir / "checkpoints").exists()
 
 
 def test_unknown_pooling_is_one_line_with_choices(tmp_path: Path) -> None:
@@ -96,9 +117,7 @@ def test_unknown_pooling_is_one_line_with_choices(tmp_path: Path) -> None:
 
 
 def test_bad_data_root_is_one_line(tmp_path: Path) -> None:
-    """As typed: exit 1, one line on stderr. The other bad roots: in process, the same one-line errors."""
-    result = run_cli(["data=imagefolder", *TINY, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
-    assert_one_line_error(result, "data.root is not set")
+    """In process, the same one-line errors as the command line's ``data.root is not set`` (above)."""
     (tmp_path / "empty").mkdir()
     for root, expected in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "empty", "is empty")):
         cfg = compose_train(["data=imagefolder", f"data.root={root}", *TINY], tmp_path / "in_process")

@@ -1,12 +1,14 @@
-"""resflex.compat: each private Lightning / TensorBoard access, against the installed libraries.
+"""resflex.compat: each private Lightning / torch / TensorBoard access, against the installed libraries.
 
 A Lightning (or torch) upgrade that renames or changes one of these attributes
 fails here, with a message naming the attribute and the function in
-``src/resflex/compat.py`` to update.
+``src/resflex/compat.py`` to update. The last test reads the rest of ``src/`` (and
+``benchmarks/``) and fails on a private access outside compat.py.
 """
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import threading
@@ -59,6 +61,8 @@ class CountBatches(BoringModel):
         super().__init__()
         self.sampler, self.sync = sampler, sync
         self.batches: dict[int, int] = {}
+        self.val_check_batches: dict[int, int] = {}
+        self.done: list[int] = []
         self.seen_loader: object = None
 
     def train_dataloader(self) -> DataLoader:
@@ -67,14 +71,16 @@ class CountBatches(BoringModel):
     def on_train_epoch_start(self) -> None:
         self.sampler.epoch = self.current_epoch
         self.seen_loader = getattr(self.trainer.fit_loop, "_combined_loader", "missing")
-        if self.sync:  # what resflex.data.datamodule.ScheduleLengthSync does
-            n = len(self.sampler)
-            self.trainer.fit_loop.max_batches = n
-            assert compat.set_train_loader_limit(self.trainer, n)
+        if self.sync:  # what resflex.data.sampler.ScheduleLengthSync does
+            compat.set_epoch_length(self.trainer, len(self.sampler))
+            self.val_check_batches[self.current_epoch] = self.trainer.val_check_batch
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
         self.batches[self.current_epoch] = self.batches.get(self.current_epoch, 0) + 1
         return super().training_step(batch, batch_idx)
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        self.done.append(compat.batches_done_this_epoch(self.trainer))
 
 
 def test_set_train_loader_limit_follows_an_epoch_length_that_changes() -> None:
@@ -87,6 +93,9 @@ def test_set_train_loader_limit_follows_an_epoch_length_that_changes() -> None:
     )
     assert hasattr(model.seen_loader, "limits"), UPDATE + "CombinedLoader has no .limits"
     assert model.batches == {0: 2, 1: 5}, model.batches
+    assert model.val_check_batches == {0: 2, 1: 5}, UPDATE + "trainer.val_check_batch did not follow"
+    # the epoch loop's count of finished batches, per epoch (what a mid-epoch checkpoint saves)
+    assert model.done == [1, 2, 1, 2, 3, 4, 5], UPDATE + f"batch_progress.current.processed: {model.done}"
 
 
 def test_without_the_private_limit_lightning_keeps_the_first_epoch_length() -> None:
@@ -220,3 +229,142 @@ def test_is_compiled_follows_nn_module_compile() -> None:
     assert not is_compiled(layer)
     layer.compile()
     assert is_compiled(layer)
+
+
+# --- BatchNorm: torch.nn.modules.batchnorm._BatchNorm ---------------------------------------------
+
+
+def test_batchnorm_is_the_base_of_every_batchnorm_layer() -> None:
+    from timm.layers import BatchNormAct2d
+    from torch import nn
+
+    assert compat.BatchNorm is getattr(nn.modules.batchnorm, "_BatchNorm", None), (
+        UPDATE + "torch.nn.modules.batchnorm._BatchNorm is gone"
+    )
+    layers = [nn.BatchNorm1d(2), nn.BatchNorm2d(2), nn.BatchNorm3d(2), nn.SyncBatchNorm(2), BatchNormAct2d(2)]
+    assert all(isinstance(layer, compat.BatchNorm) for layer in layers)
+    assert not any(isinstance(layer, compat.BatchNorm) for layer in (nn.LayerNorm(2), nn.GroupNorm(1, 2)))
+
+
+# --- RefinedLearningRateMonitor: LearningRateMonitor._extract_stats ----------------------------------
+
+
+def test_refined_learning_rate_monitor_logs_what_refine_stats_returns(tmp_path: Path) -> None:
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.loggers import CSVLogger
+
+    assert callable(getattr(LearningRateMonitor, "_extract_stats", None)), (
+        UPDATE + "LearningRateMonitor has no _extract_stats()"
+    )
+
+    class Renamed(compat.RefinedLearningRateMonitor):
+        def refine_stats(self, trainer: pl.Trainer, stats: dict[str, float]) -> dict[str, float]:
+            return {f"refined/{tag}": value for tag, value in stats.items()}
+
+    trainer = tiny_trainer(
+        max_epochs=1, limit_train_batches=2, logger=CSVLogger(str(tmp_path)), callbacks=[Renamed()]
+    )
+    trainer.fit(BoringModel())
+    logged = set((Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(","))
+    assert "refined/lr-SGD" in logged and "lr-SGD" not in logged, UPDATE + f"logged: {sorted(logged)}"
+
+
+# --- size_oblivious_tracing: torch.fx.experimental._config.backed_size_oblivious ----------------------
+
+
+def test_size_oblivious_tracing_switches_torchs_flag() -> None:
+    import torch.fx.experimental._config as config
+
+    assert isinstance(getattr(config, "backed_size_oblivious", None), bool), (
+        UPDATE + "torch.fx.experimental._config has no bool backed_size_oblivious"
+    )
+    before = config.backed_size_oblivious
+    with compat.size_oblivious_tracing():
+        assert config.backed_size_oblivious is True
+    assert config.backed_size_oblivious == before
+
+
+# --- compiled_graph_count: torch._dynamo.utils.counters -------------------------------------------
+
+
+def test_compiled_graph_count_counts_dynamo_graphs() -> None:
+    before = compat.compiled_graph_count()
+    double = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+    double(torch.ones(2))
+    double(torch.ones(3))  # another shape, dynamic=False: another graph
+    assert compat.compiled_graph_count() >= before + 2, UPDATE + "torch._dynamo's unique_graphs counter"
+
+
+# --- nothing outside compat.py touches a private attribute -----------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+#: folders whose Python files may touch no other library's private attribute
+SCANNED = (REPO / "src" / "resflex", REPO / "benchmarks")
+#: public-looking attributes that are Lightning loop internals all the same
+LOOP_INTERNALS = frozenset({"fit_loop", "epoch_loop", "batch_progress", "val_check_batch"})
+
+
+def private_accesses(source: str) -> list[str]:
+    """Each private access in ``source``: ``x._name`` on anything but ``self`` / ``cls``, a private name
+    in ``getattr``/``hasattr``/``setattr``, an import of a private module or name (``torch._dynamo``), and
+    Lightning's loop internals (``trainer.fit_loop``). Docstrings and comments do not count."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Attribute):
+            private = node.attr.startswith("_") and not node.attr.startswith("__")
+            own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            if (private and not own) or node.attr in LOOP_INTERNALS:
+                found.append(f"{line}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) >= 2:
+                name = node.args[1]
+                text = str(name.value) if isinstance(name, ast.Constant) else ""
+                if text.startswith("_") and not text.startswith("__"):
+                    found.append(f"{line}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("resflex"):
+            parts = node.module.split(".")
+            names = [alias.name for alias in node.names]
+            if any(p.startswith("_") and p != "__future__" for p in parts) or any(
+                n.startswith("_") for n in names
+            ):
+                found.append(f"{line}: from {node.module} import {', '.join(names)}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if any(p.startswith("_") for p in alias.name.split(".")):
+                    found.append(f"{line}: import {alias.name}")
+    return found
+
+
+def test_no_private_access_outside_compat() -> None:
+    offenders = []
+    for folder in SCANNED:
+        for path in sorted(folder.rglob("*.py")):
+            if path.name == "compat.py":
+                continue
+            offenders += [f"{path.relative_to(REPO)}:{hit}" for hit in private_accesses(path.read_text())]
+    assert not offenders, "private access outside src/resflex/compat.py:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "trainer._accelerator_connector",
+        "module._trainer",
+        "trainer.fit_loop.max_batches = 3",
+        "hasattr(value, '_metadata')",
+        "from torch._dynamo.utils import counters",
+        "from torch.nn.modules.batchnorm import _BatchNorm",
+        "import torch._dynamo",
+        "super()._extract_stats(trainer, 'step')",
+    ],
+)
+def test_the_private_access_check_catches(source: str) -> None:
+    assert private_accesses(source), source
+
+
+def test_the_private_access_check_lets_own_attributes_and_docstrings_pass() -> None:
+    source = (
+        'def f(self):\n    """uses torch._dynamo.config"""\n    return self._cache, cls._x, x.__class__\n'
+    )
+    assert private_accesses(source) == []

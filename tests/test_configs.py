@@ -183,3 +183,77 @@ def test_data_yaml_is_the_data_module_signature(tmp_path: Path) -> None:
     cfg = compose_train(["backbone.name=test_resnet", "data.root=/somewhere"], tmp_path)
     with pytest.raises(ConfigError, match="^data.root is not used by data=synthetic"):
         build_datamodule(cfg)
+
+
+def test_shared_data_keys_are_the_data_module_defaults() -> None:
+    """configs/_shared/data.yaml: what every data group shares, each plain value the ResflexDataModule
+    default (augment: keys of TrainTransform, or applied on the device), every group built on it."""
+    import inspect
+
+    from resflex.data.datamodule import DEVICE_AUGMENT, ResflexDataModule
+    from resflex.data.transforms import TrainTransform
+
+    shared = OmegaConf.load(CONFIG_DIR / "_shared" / "data.yaml")
+    params = inspect.signature(ResflexDataModule.__init__).parameters
+    for key in shared:
+        if key.startswith("_") or key == "augment" or OmegaConf.is_interpolation(shared, key):
+            continue
+        assert shared[key] == params[key].default, f"_shared/data.yaml {key}: {shared[key]!r}, code default"
+    transform_keys = set(inspect.signature(TrainTransform.__init__).parameters) | set(DEVICE_AUGMENT)
+    assert set(shared.augment) <= transform_keys, set(shared.augment) - transform_keys
+    for option in group_options("data"):
+        text = (CONFIG_DIR / "data" / f"{option}.yaml").read_text()
+        assert "/_shared/data@_here_" in text, f"data/{option}.yaml does not build on _shared/data.yaml"
+
+
+def test_trainer_yaml_states_only_what_resflex_changes() -> None:
+    """configs/trainer/default.yaml: each key differs from Lightning's default (trainer/lightning is
+    Lightning's signature); the group is a _target_ node like every other."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    params = inspect.signature(pl.Trainer.__init__).parameters
+    own = OmegaConf.load(CONFIG_DIR / "trainer" / "default.yaml")
+    assert list(own.defaults) == ["lightning", "_self_"]
+    for key in own:
+        if key == "defaults":
+            continue
+        assert key in params, f"trainer/default.yaml {key!r} is not a pytorch_lightning.Trainer argument"
+        if not OmegaConf.is_interpolation(own, key):  # default_root_dir: the run folder
+            assert own[key] != params[key].default, f"trainer/default.yaml restates Lightning's {key}"
+
+
+def test_the_default_trainer_is_the_one_before_the_reorganisation(tmp_path: Path) -> None:
+    """The trainer built from the composed default config has the settings the full trainer yaml gave
+    (issue 29: only the layout of the configs changed)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from resflex.build import build_trainer
+
+    cfg = compose_train([f"paths.output_dir={tmp_path}"], tmp_path)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    trainer = build_trainer(cfg)
+    expected = {
+        "max_epochs": 6,
+        "min_epochs": None,
+        "max_steps": -1,
+        "log_every_n_steps": 10,
+        "num_sanity_val_steps": 2,
+        "check_val_every_n_epoch": 1,
+        "accumulate_grad_batches": 1,
+        "num_devices": 1,
+        "num_nodes": 1,
+        "precision": "32-true",  # precision=auto on a machine without a GPU
+        "default_root_dir": str(tmp_path),
+        "fast_dev_run": False,
+        "overfit_batches": 0.0,
+        "gradient_clip_val": None,
+    }
+    assert {key: getattr(trainer, key) for key in expected} == expected
+    assert trainer.progress_bar_callback is not None and trainer.checkpoint_callback is not None
+    assert any(type(c).__name__ == "RichModelSummary" for c in trainer.callbacks)  # model summary on
+    assert len([c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]) == 2
+    assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+    # set to false, not inherited (null) from an earlier job of a sweep
+    assert cfg.trainer.deterministic is False and cfg.trainer.benchmark is False

@@ -19,7 +19,12 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from resflex.benchmark.loader import PHOTO_SIZE, QUALITY, photo_like
+import sys  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
+
+from benchmarks.loader import PHOTO_SIZE, QUALITY, photo_like
 
 
 def best_ms(items: list, decode) -> float:  # type: ignore[no-untyped-def]

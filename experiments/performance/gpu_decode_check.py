@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "src"), str(Path(__file__).resolve().parents[2])]
 
-from resflex.benchmark.loader import resflex_loader, write_photo_folder
+from benchmarks.loader import resflex_loader, write_photo_folder
 
 
 def compare(root: Path, split: str, size: int, batches: int) -> dict[str, float | int | str]:

@@ -21,7 +21,12 @@ from PIL import Image
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2
 
-from resflex.benchmark.sections import write_image_folder
+import sys  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
+
+from benchmarks.sections import write_image_folder
 from resflex.data.datamodule import SizedDataset
 from resflex.data.datasets import ImageFolderSource
 from resflex.data.images import IMAGE_EXTENSIONS, load_rgb

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "src"), str(Path(__file__).resolve().parents[2])]
 
-from resflex.benchmark.loader import resflex_loader, timm_loader, write_photo_folder
+from benchmarks.loader import resflex_loader, timm_loader, write_photo_folder
 
 
 def _workers_cpu(loader) -> float:  # type: ignore[no-untyped-def]

@@ -16,7 +16,12 @@ from collections.abc import Callable
 
 import torch
 
-from resflex.benchmark.runners import (
+import sys  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
+
+from benchmarks.runners import (
     Setup,
     build_model,
     build_module,

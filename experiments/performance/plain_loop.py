@@ -47,9 +47,11 @@ def main() -> None:
     args = p.parse_args()
 
     if args.write:
+        import sys
         from pathlib import Path
 
-        from resflex.benchmark.sections import write_image_folder
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
+        from benchmarks.sections import write_image_folder
 
         write_image_folder(Path(args.root), args.write, args.write_side or args.size)
 

@@ -19,13 +19,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from resflex.data.datamodule import ResflexDataModule, ScheduleLengthSync, to_plain
-from resflex.errors import ConfigError, find_user_error
+from resflex.config import TRAINER_TARGET
+from resflex.data.datamodule import ResflexDataModule, to_plain
+from resflex.data.eval_sizes import drop_unfit_sizes
+from resflex.data.sampler import ScheduleLengthSync
+from resflex.errors import ConfigError, find_user_error, first_line
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.runtime import resolve_precision
-from resflex.training.eval_sizes import drop_unfit_sizes
 from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.run_record import RunRecord, attach_run_record
@@ -120,15 +123,28 @@ def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
 
 
 def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Trainer:
-    """The Trainer of ``cfg.trainer`` with resflex's callbacks, loggers and atomic checkpoint IO.
+    """The Trainer of ``cfg.trainer`` (a ``_target_`` node, built by ``instantiate`` like every group)
+    with resflex's callbacks, loggers and atomic checkpoint IO.
 
-    ``record``: the run record that callbacks fill as the run goes (``metrics.json``).
+    ``record``: the run record that callbacks fill as the run goes (``metrics.json``). Lightning checks
+    the ``trainer.*`` keys; what it refuses comes out as one :class:`ConfigError` line.
     """
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
     attach_run_record(callbacks, record)
-    trainer_cfg = to_plain(cfg.trainer)
-    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision", "auto"))
-    if "fsdp" not in str(trainer_cfg.get("strategy", "auto")) and not trainer_cfg.get("plugins"):
-        trainer_cfg["plugins"] = [AtomicCheckpointIO()]  # temp file + rename; weights_only loads
-    return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    spec = to_plain(cfg.trainer)
+    spec.setdefault("_target_", TRAINER_TARGET)  # run folders saved before the trainer node had one
+    objects: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    objects["precision"] = resolve_precision(spec.pop("precision", "auto"))
+    if "fsdp" not in str(spec.get("strategy", "auto")) and not spec.get("plugins"):
+        objects["plugins"] = [AtomicCheckpointIO()]  # temp file + rename; weights_only loads
+        spec.pop("plugins", None)
+    try:
+        return instantiate(spec, **objects)
+    except InstantiationException as exc:  # Lightning's checks of trainer.* (its message, one line)
+        cause = exc.__cause__ or exc
+        if not isinstance(cause, TypeError | ValueError | MisconfigurationException):
+            raise
+        raise ConfigError(
+            f"trainer: {first_line(cause)}", hint="the trainer.* keys are pytorch_lightning.Trainer arguments"
+        ) from exc

@@ -1,29 +1,42 @@
-"""Every use of a private Lightning / TensorBoard attribute, in one place.
+"""Every use of a private attribute of Lightning, torch and TensorBoard, in one place.
 
-resflex needs a handful of things Lightning (and ``torch.utils.tensorboard``)
-have no public API for. Each one is a small named function here, with why it is
-needed and the version it was checked against; nothing else in ``src/`` touches a
-private attribute of these libraries. ``tests/test_compat.py`` exercises each
-function against the installed libraries with real, tiny objects and asserts
-that the private attribute still exists with the expected type and effect, so
-an upgrade that renames or changes one fails there with a message naming it,
-not somewhere in a training run.
+resflex needs a handful of things these libraries have no public API for. Each one
+is a small named function (or name) here, with why it is needed and the version it
+was checked against; nothing else in ``src/`` (or ``benchmarks/``) touches a private
+attribute of another library: ``tests/test_compat.py::test_no_private_access_outside_compat``
+reads the source and fails on one. ``tests/test_compat.py`` exercises each entry here
+against the installed libraries with real, tiny objects and asserts that the private
+attribute still exists with the expected type and effect, so an upgrade that renames
+or changes one fails there with a message naming it, not somewhere in a training run.
 
-Checked against pytorch-lightning / lightning-fabric 2.6.6 and torch 2.14
-(``torch.utils.tensorboard``).
+Checked against pytorch-lightning / lightning-fabric 2.6.6, torch 2.14.1 and
+tensorboard 2.21.0 (each entry names the one it depends on). OmegaConf needs no entry:
+its nodes are recognised with the public ``OmegaConf.is_config``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 from typing import TYPE_CHECKING, Any
+
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
 #: The Lightning version these private accesses were last checked against.
 CHECKED_LIGHTNING_VERSION = "2.6.6"
+#: The torch version BatchNorm, is_compiled and compiled_graph_count were checked against.
+CHECKED_TORCH_VERSION = "2.14.1"
+
+#: The base class of every BatchNorm layer (``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, the lazy ones, and
+#: subclasses such as timm's ``BatchNormAct2d``): torch's private ``nn.modules.batchnorm._BatchNorm``
+#: (torch 2.14.1). Why private: torch has no public common base; listing the public classes would miss
+#: ``SyncBatchNorm`` subclasses and any added later.
+BatchNorm: type[torch.nn.Module] = torch.nn.modules.batchnorm._BatchNorm
 
 
 def _changed(what: str) -> str:
@@ -55,6 +68,47 @@ def set_train_loader_limit(trainer: pl.Trainer, num_batches: int) -> bool:
         return False
     combined.limits = [num_batches] * len(combined.flattened)
     return True
+
+
+def set_epoch_length(trainer: pl.Trainer, num_batches: int) -> None:
+    """Make this training epoch ``num_batches`` long (Lightning 2.6.6).
+
+    Why not public: Lightning fixes an epoch's length when the fit loop sets up; a batch
+    sampler whose epochs differ in length (multigrid, batch scaling) needs it changed
+    each epoch. Three places hold it: the fit loop's ``max_batches`` (a loop internal),
+    the combined loader's limit (:func:`set_train_loader_limit`) and, when validation
+    runs once per epoch, the trainer's ``val_check_batch`` (set by the loop at setup).
+    """
+    trainer.fit_loop.max_batches = num_batches
+    set_train_loader_limit(trainer, num_batches)
+    if isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0:
+        trainer.val_check_batch = num_batches
+
+
+def batches_done_this_epoch(trainer: pl.Trainer) -> int:
+    """Training batches the fit loop has finished in the current epoch (Lightning 2.6.6).
+
+    Why not public: a checkpoint must say where in the epoch it was taken so a resumed run's
+    sampler starts there; Lightning keeps that count only in the epoch loop's progress
+    tracker (``fit_loop.epoch_loop.batch_progress.current.processed``).
+    """
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+class RefinedLearningRateMonitor(LearningRateMonitor):
+    """A ``LearningRateMonitor`` whose subclasses rewrite the values it logs: :meth:`refine_stats`.
+
+    Why private: the monitor builds its ``{tag: lr}`` dict in ``_extract_stats(trainer, interval)``
+    and logs it right away; there is no public hook between (Lightning 2.6.6). This class is the one
+    place that overrides the private method.
+    """
+
+    def _extract_stats(self, trainer: pl.Trainer, interval: str) -> dict[str, float]:
+        return self.refine_stats(trainer, super()._extract_stats(trainer, interval))
+
+    def refine_stats(self, trainer: pl.Trainer, stats: dict[str, float]) -> dict[str, float]:
+        """The values to log instead of ``stats`` (``{tag: value}``); unchanged by default."""
+        return stats
 
 
 def uses_distributed_sampler(trainer: pl.Trainer) -> bool:
@@ -124,5 +178,33 @@ def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
 
 def is_compiled(module: Any) -> bool:
     """True when ``nn.Module.compile()`` was called on ``module`` (in place: it sets the private
-    ``_compiled_call_impl``; torch has no public flag for it). Checked against torch 2.14."""
+    ``_compiled_call_impl``; torch has no public flag for it). Checked against torch 2.14.1."""
     return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def compiled_graph_count() -> int:
+    """Graphs TorchDynamo has compiled in this process so far (``torch._dynamo.utils.counters``).
+
+    Why private: the benchmark reports recompilations per size schedule, and torch exposes the
+    count only in Dynamo's counters (torch 2.14.1). 0 when the counters are gone (a diagnostic,
+    never a reason to fail a benchmark; ``tests/test_compat.py`` fails instead).
+    """
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
+def size_oblivious_tracing() -> contextlib.AbstractContextManager[Any]:
+    """While exporting: symbolic sizes are not specialised to 0 or 1 (a 1x1 feature map stays valid).
+
+    Why private: the switch is ``torch.fx.experimental._config.backed_size_oblivious`` (torch 2.14.1),
+    with no public context manager; a torch without it gets a no-op (the export's check at several
+    sizes still catches a size that was specialised).
+    """
+    import torch.fx.experimental._config as config
+
+    if not hasattr(config, "backed_size_oblivious"):
+        return contextlib.nullcontext()
+    return config.patch(backed_size_oblivious=True)

@@ -48,14 +48,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from resflex.compat import size_oblivious_tracing
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.resolution import round_to
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, load_classifier
 from resflex.models.adaptive_export import exportable_functional_pools, make_exportable
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
-Size = tuple[int, int]
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
 INPUT_CONVENTION = (
     "float32 RGB in [0, 1], shape (B, 3, H, W), normalisation inside; output: logits (B, classes)"
@@ -132,13 +133,7 @@ def _dims() -> dict[int, Any]:
 def _capture() -> Any:
     """Exportable functional pools, size-oblivious reasoning (no 0/1 specialisation of feature-map
     sizes: a 1×1 map must stay valid), quiet exporters."""
-    config = getattr(getattr(torch.fx, "experimental", None), "_config", None)
-    oblivious = (
-        config.patch(backed_size_oblivious=True)
-        if config is not None and hasattr(config, "backed_size_oblivious")
-        else contextlib.nullcontext()
-    )
-    with exportable_functional_pools(), oblivious, _quiet():
+    with exportable_functional_pools(), size_oblivious_tracing(), _quiet():
         yield
 
 

@@ -28,9 +28,9 @@ from torch import nn
 from resflex.model_card import RobustRange, robust_ranges
 from resflex.models.bn_calibration import TrackedSizeStats, side_of
 from resflex.run import Run, open_run
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
-Size = tuple[int, int]
 
 
 class ResflexClassifier(nn.Module):

@@ -28,9 +28,9 @@ from resflex.errors import first_line
 from resflex.run import Run, open_run_folder
 from resflex.run_folder import CLASSES_FILE, hydra_file, read_classes, read_overrides
 from resflex.training.robustness import RANGE_TOLERANCE, SizeRobustness, scale_of, summarize_sizes
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
-Size = tuple[int, int]
 CARD_FILE = "model_card.md"
 INPUT_CONVENTION = (
     "float32 RGB in [0, 1], shape (B, 3, H, W), any H and W the backbone takes; the mean/std "

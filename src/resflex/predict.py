@@ -59,16 +59,16 @@ from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.bad_images import BadImageError
 from resflex.data.buckets import assign_buckets, file_image_size
 from resflex.data.images import DEFAULT_DECODER, IMAGE_EXTENSIONS, open_image
-from resflex.data.resolution import parse_size, round_to
+from resflex.data.resolution import DEFAULT_ASPECTS, parse_size, round_to
 from resflex.errors import ConfigError, DataError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, classifier_of
 from resflex.model_card import robust_ranges
 from resflex.run import open_run
 from resflex.runtime import resolve_device, size_tag
 from resflex.training.robustness import RANGE_TOLERANCE
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
-Size = tuple[int, int]
 
 
 @dataclass
@@ -425,7 +425,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         batch_size,
         geometry,
         schedule,
-        info.get("aspect_ratios") or [0.5, 0.75, 1.0, 1.333, 2.0],
+        info.get("aspect_ratios") or list(DEFAULT_ASPECTS),
         int(info.get("multiple", 8)),
         max(classifier.min_side, int(info.get("multiple", 8))),
         int(settings.get("max_side", 512)),

@@ -1,7 +1,7 @@
 """The Hydra task: ``python scripts/train.py [overrides]``.
 
-:func:`train` reads top to bottom as the experiment's story: seed → data → model →
-trainer → fit → test → record. The objects come from :mod:`resflex.build`; the
+:func:`train` reads top to bottom as the experiment's story: checks and trainer → seed → data →
+model → fit → test → record. The objects come from :mod:`resflex.build`; the
 composed config is saved by Hydra in ``<run>/.hydra/config.yaml``; the run folder
 also gets TensorBoard events, ``checkpoints/`` and ``metrics.json`` (the
 :class:`~resflex.training.run_record.RunRecord`). :func:`run_task` adds the
@@ -24,7 +24,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -39,7 +39,8 @@ from resflex.errors import (
     user_errors_as_one_line,
 )
 from resflex.model_card import write_model_card_quietly
-from resflex.run_folder import METRICS_FILE, resolve_resume_checkpoint
+from resflex.preflight import check_before_work
+from resflex.run_folder import METRICS_FILE
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory, size_tag
 from resflex.sweeps import current_sweep_text_keys, current_swept_keys, sweep_dir
 from resflex.training.calibration import calibrate_run_checkpoints
@@ -58,7 +59,6 @@ from resflex.training.results import (
 )
 from resflex.training.run_record import RunRecord
 from resflex.training.selection import apply_monitor
-from resflex.validation import validate_config
 
 log = logging.getLogger("resflex")
 
@@ -87,6 +87,15 @@ def is_interruption(exc: BaseException) -> bool:
     )
 
 
+def share_data_profile(cfg: DictConfig, sweep: Path | None) -> None:
+    """Point the data-profile figure at the sweep's folder, where its jobs agree which one draws it
+    (:class:`resflex.training.views.DataProfileFigure`); a single run draws its own."""
+    node = OmegaConf.select(cfg, "callbacks.data_profile", default=None)
+    if sweep is not None and node is not None and not node.get("shared_dir"):
+        with open_dict(cfg):
+            node.shared_dir = str(sweep)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns the record also written to ``metrics.json``."""
     output_dir = Path(cfg.paths.output_dir)
@@ -98,9 +107,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     quiet_library_noise()
     trainer: pl.Trainer | None = None
+    try:
+        # every key and path, before any data is read (resflex/preflight.py): a mistake costs one line
+        ckpt_path = check_before_work(cfg)
+        share_data_profile(cfg, sweep_dir())  # in a sweep: the data profile figure once
+        trainer = build_trainer(cfg, record)  # Lightning checks the trainer.* keys
+    except BaseException as exc:
+        record.status, record.error = "failed", describe_error(exc)
+        record.wall_time_s = round(time.time() - started, 2)
+        if is_global_zero(None):  # nothing ran: the record says why, no end-of-run report
+            write_metrics_json(output_dir / "metrics.json", record.as_dict())
+        raise
     fit_metrics: dict[str, Any] = {}
     try:
-        validate_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
         record.data_profile = datamodule.profile.as_dict()  # incl. the geometry auto resolved to
@@ -108,7 +127,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # callbacks.model_checkpoint.monitor: known, and validated at every size when it needs them
         apply_monitor(cfg, datamodule, top5=bool(getattr(module, "top5", False)))
         check_sizes_fit_backbone(datamodule, module.model.backbone)
-        trainer = build_trainer(cfg, record)
         if isinstance(trainer.accelerator, CPUAccelerator) and retain_freed_host_memory():
             log.info(
                 "CPU run: freed host memory is kept for the next batch (glibc mallopt; "
@@ -118,7 +136,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])
         )
         # ckpt_path=last: the run's newest readable checkpoint (a cut-short last.ckpt is skipped, warned)
-        ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except pickle.UnpicklingError:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from resflex.benchmark import cli, sections
-from resflex.benchmark.machine import PeakMemory, machine_info
-from resflex.benchmark.runners import Setup, build_model, plain_windows, random_batch
+from benchmarks import cli, sections
+from benchmarks.machine import PeakMemory, machine_info
+from benchmarks.runners import Setup, build_model, plain_windows, random_batch
 from tests.conftest import REPO, run_cli
 
 BENCHMARK = REPO / "scripts" / "benchmark.py"
@@ -28,17 +28,17 @@ def _is_def(node: ast.AST) -> bool:
 
 
 def _imports(module: str, seen: set[str]) -> set[str]:
-    """Modules imported by ``module`` and, through it, by other resflex modules: every import of the
+    """Modules imported by ``module`` and, through it, by resflex's modules: every import of the
     benchmark's own files (its lazy ones run too), module-level imports elsewhere (a lazy import in a
     function the benchmark never calls, e.g. reading a run's Hydra config, does not count)."""
-    base = REPO / "src" / Path(*module.split("."))
+    own = module.startswith("benchmarks")
+    base = (REPO if own else REPO / "src") / Path(*module.split("."))
     path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
     if module in seen or not path.is_file():
         return set()
     seen.add(module)
     found: set[str] = set()
     tree = ast.parse(path.read_text())
-    own = module.startswith("resflex.benchmark")
     nodes = ast.walk(tree) if own else (n for top in tree.body for n in ast.walk(top) if not _is_def(top))
     for node in nodes:
         names = []
@@ -47,7 +47,7 @@ def _imports(module: str, seen: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
         for name in names:
-            if name.startswith("resflex"):
+            if name.startswith(("resflex", "benchmarks")):
                 found |= _imports(name, seen)
                 if name in seen:
                     found.add(name)
@@ -58,7 +58,7 @@ def _imports(module: str, seen: set[str]) -> set[str]:
 
 def test_benchmark_needs_neither_hydra_nor_omegaconf() -> None:
     """The GPU machines have torch/timm/Lightning but no Hydra: nothing the benchmark runs may import it."""
-    imported = _imports("resflex.benchmark.cli", set())
+    imported = _imports("benchmarks.cli", set())
     assert "resflex.training.module" in imported and "resflex.data.datamodule" in imported
     offending = sorted(n for n in imported if n.split(".")[0] in ("hydra", "omegaconf"))
     assert not offending, offending

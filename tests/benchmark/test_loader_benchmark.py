@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resflex.benchmark import cli, loader
+from benchmarks import cli, loader
 
 
 def test_photo_like_files_are_photo_sized_jpegs_of_photo_weight(tmp_path: Path) -> None:

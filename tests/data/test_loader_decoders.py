@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resflex.benchmark.loader import photo_like
+from benchmarks.loader import photo_like
 from resflex.build import build_datamodule
 from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.datamodule import SizedDataset

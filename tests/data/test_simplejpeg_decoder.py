@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import resflex.data.images as images
-from resflex.benchmark.loader import photo_like
+from benchmarks.loader import photo_like
 from resflex.data.bad_images import BadImageError
 from resflex.data.images import ImageFile, check_decoder, orient, reduction
 from resflex.data.transforms import FRAMINGS, EvalTransform, TrainTransform

@@ -38,7 +38,7 @@ from resflex.training.distributed import (
     finish_child_ranks,
     is_lightning_child_rank,
 )
-from tests.conftest import make_image_folder, run_cli, scalar_tags
+from tests.conftest import load_script, make_image_folder, run_cli, scalar_tags
 
 WORLD = 4
 
@@ -150,7 +150,9 @@ def _write_rank_log(run: Path, rank: int, steps: list[tuple[list[int], list[int]
     (run / "ranks" / f"rank{rank}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
-def test_rank_log_check_flags_disagreeing_sizes_and_weights(tmp_path: Path) -> None:
+def test_rank_log_check_flags_disagreeing_sizes_and_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "good"
     _write_rank_log(good, 0, [([32, 32], [0, 1]), ([48, 48], [4, 5])], 1.5)
     _write_rank_log(good, 1, [([32, 32], [2, 3]), ([48, 48], [6, 0])], 1.5)
@@ -163,6 +165,11 @@ def test_rank_log_check_flags_disagreeing_sizes_and_weights(tmp_path: Path) -> N
     epoch = check_rank_logs(bad, num_samples=7)["epochs"][0]
     assert not epoch["sizes_agree"] and not epoch["weights_agree"] and epoch["rank_repeats"] == 1
     assert epoch["missing"] == 1
+    check = load_script("check_ddp_run").main  # scripts/check_ddp_run.py: the same report, printed
+    assert check([str(good), "--num-samples", "7"]) == 0
+    assert "epoch 0: steps/rank {0: 2, 1: 2}, sizes agree: True" in capsys.readouterr().out
+    assert check([str(bad), "--num-samples", "7"]) == 1
+    assert "weights agree: False" in capsys.readouterr().out
 
 
 # ---- trainer presets and the LR switch ------------------------------------------------------------

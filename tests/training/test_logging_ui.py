@@ -11,11 +11,9 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from resflex.errors import ConfigError
-from resflex.training.callbacks import custom_scalars_layout, reproduce_command
-from resflex.training.eval_sizes import auto_eval_sizes, drop_unfit_sizes, resolve_eval_resolutions
 from resflex.training.loggers import mlflow_key
 from resflex.training.results import hparam_metric_tags, resolution_summary, run_hparams, shown_first
+from resflex.training.views import custom_scalars_layout, reproduce_command
 from tests.conftest import TINY, TINY_SYNTHETIC, scalar_tags, train_run
 
 
@@ -50,27 +48,6 @@ def read_events(run_dir: Path) -> dict[str, Any]:
                 content["_hparams_/experiment"]
             ).experiment
     return found
-
-
-def test_auto_eval_sizes_are_around_the_main_size_rounded_to_the_multiple() -> None:
-    assert auto_eval_sizes((64, 64), 8) == [(32, 32), (48, 48), (64, 64), (96, 96), (128, 128)]
-    assert auto_eval_sizes((224, 224), 32) == [(128, 128), (160, 160), (224, 224), (352, 352), (448, 448)]
-    assert auto_eval_sizes((48, 80), 8) == [(24, 40), (40, 64), (48, 80), (72, 120), (96, 160)]
-    assert auto_eval_sizes((8, 8), 8) == [(8, 8), (16, 16)]  # never below the multiple, each size once
-
-    class Schedule:
-        eval_size, multiple = (64, 64), 8
-
-    assert resolve_eval_resolutions("auto", Schedule()) == [32, 48, 64, 96, 128]
-    assert resolve_eval_resolutions([40], Schedule()) == [40]
-
-    def fits(size: tuple[int, int]) -> None:
-        if size[0] < 40:
-            raise ConfigError("too small")
-
-    assert drop_unfit_sizes([(64, 64), (32, 32), (48, 48)], fits) == [(64, 64), (48, 48)]
-    with pytest.raises(ConfigError):
-        drop_unfit_sizes([(32, 32), (64, 64)], fits)  # the main size is not optional
 
 
 def test_hparams_are_the_knobs_not_targets_or_paths() -> None:

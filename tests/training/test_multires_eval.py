@@ -11,9 +11,9 @@ import torch
 from resflex.build import build_datamodule, build_module
 from resflex.errors import ConfigError
 from resflex.train import train
-from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution, main
+from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution
 from resflex.training.robustness import summarize_sizes
-from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
+from tests.conftest import TINY, TINY_SYNTHETIC, load_script, run_cli, scalar_tags
 from tests.test_configs import compose_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +53,8 @@ def test_plot_across_runs_writes_a_png(tmp_path: Path) -> None:
         record = {"choices": {"pooling": name}, "metrics": {"test/acc@32": accs[0], "test/acc@64": accs[1]}}
         (run / "metrics.json").write_text(json.dumps(record))
     out = tmp_path / "fig" / "acc.png"
-    main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--train-size", "48"])
+    plot = load_script("plot_resolution")  # scripts/plot_resolution.py
+    plot.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--train-size", "48"])
     assert out.read_bytes()[:8] == PNG_MAGIC
     figure = draw_accuracy_vs_resolution({"x": {32: 0.1, 64: 0.2}}, [48])
     labels = [line.get_label() for line in figure.axes[0].get_lines()]

@@ -45,12 +45,22 @@ BASE = ["backbone.name=test_resnet", "trainer.accelerator=cpu", "data.num_worker
         (["model.net.dropout=1.5"], "model.net.dropout"),
         (["model.label_smoothing=abc"], "model.label_smoothing"),
         (["model.ema=true", "model.ema_decay=1"], "model.ema_decay"),
+        (["data.augment.scale=abc"], "data.augment.scale"),
+        (["data.eval_crop_pct=0"], "data.eval_crop_pct"),
+        (["eval.sizes_every_epoch=maybe"], "eval.sizes_every_epoch"),
+        (["backbone.weights=/no/such/weights.pth"], "backbone.weights"),
+        (["data=imagefolder", "data.root=/no/such/folder"], "data.root"),
+        (["trainer.precision=abc"], "trainer"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
-def test_bad_config_fails_before_training_naming_the_key(
-    tmp_path: Path, overrides: list[str], key: str
+def test_bad_config_fails_before_any_data_is_read_naming_the_key(
+    tmp_path: Path, overrides: list[str], key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def no_data(cfg: object) -> None:
+        raise AssertionError("the data module was built: the mistake was found after the data was read")
+
+    monkeypatch.setattr("resflex.train.build_datamodule", no_data)
     cfg = compose_train([*BASE, *overrides], tmp_path)
     with pytest.raises(Exception) as info:
         train(cfg)

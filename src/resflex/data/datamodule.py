@@ -21,138 +21,33 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from resflex.compat import set_train_loader_limit, uses_distributed_sampler
-from resflex.data.bad_images import BadImageError, BadImagePolicy
+from resflex.compat import batches_done_this_epoch, uses_distributed_sampler
 from resflex.data.buckets import assign_buckets, image_sizes, image_sizes_lookup, merge_small_buckets
 from resflex.data.datasets import ImageSource
-from resflex.data.device_decode import DeviceFraming, EncodedImage, check_device_decode, collate_encoded
-from resflex.data.images import DEVICE_DECODER, ImageFile
+from resflex.data.device_decode import DeviceFraming, check_device_decode, collate_encoded
+from resflex.data.eval_sizes import is_auto, parse_eval_sizes, resolve_eval_resolutions
+from resflex.data.images import DEVICE_DECODER
 from resflex.data.profile import DatasetProfile, sample_indices
-from resflex.data.resolution import ResolutionSchedule, Size, parse_size
-from resflex.data.sampler import ResolutionBatchSampler, SampleRequest
+from resflex.data.resolution import ResolutionSchedule
+from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.sized_dataset import SizedDataset, Transform, mean_color
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
-from resflex.errors import ConfigError, DataError
-from resflex.training.eval_sizes import is_auto, resolve_eval_resolutions
+from resflex.errors import ConfigError
+from resflex.types import Size
 from resflex.validation import check_value
 
 log = logging.getLogger(__name__)
-#: what frames a sample: the CPU transforms, or the device decoder's worker side
-Transform = TrainTransform | EvalTransform | DeviceFraming
-
-
-class SizedDataset(Dataset):
-    """A ``(PIL image, label)`` dataset framed on request: ``dataset[SampleRequest(i, h, w)]`` -> uint8 image.
-
-    A request with a ``phase`` uses ``phase_transforms[phase]`` instead (FixRes' final phase:
-    the train transform with weaker crops); one with an ``epoch`` draws its augmentation
-    from a generator seeded by (seed, epoch, index). Plain tuples in that order work too.
-    With ``data.source.decoder=device`` the transforms are :class:`DeviceFraming` and the item an
-    :class:`~resflex.data.device_decode.EncodedImage` (bytes and framing; decoded on the device).
-    """
-
-    def __init__(
-        self,
-        base: Dataset,
-        transform: Transform,
-        phase_transforms: Mapping[str, Transform] | None = None,
-        bad_images: BadImagePolicy | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.base = base
-        self.transform = transform
-        self.phase_transforms = phase_transforms or {}
-        self.bad_images = bad_images or BadImagePolicy("skip")
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, item: SampleRequest | tuple) -> tuple[torch.Tensor | EncodedImage, int]:
-        index, h, w, phase, epoch = SampleRequest(*item)
-        transform = self.phase_transforms[phase] if phase is not None else self.transform
-        if epoch is None:
-            return self._load_and_transform(index, transform, (h, w))
-        # random augmentation as a pure function of (seed, epoch, index): identical after a
-        # resume and whatever the number of workers (only the CPU generator, which the v2
-        # transforms draw from: ``torch.manual_seed`` would also reseed every accelerator,
-        # a third of the cost of a small item)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF)
-            return self._load_and_transform(index, transform, (h, w))
-
-    def _load_and_transform(
-        self, index: int, transform: Transform, size: tuple[int, int]
-    ) -> tuple[torch.Tensor | EncodedImage, int]:
-        """The sample at ``index``; with ``on_bad_image=skip`` an unreadable one is replaced by the next.
-
-        Image folders decode in the transform (at the scale the crop needs), so a
-        truncated file can fail there as well as when its header is read.
-        """
-        n = len(self)
-        for attempt in range(min(n, 64)):
-            try:
-                image, label = self.base[(index + attempt) % n]
-                return transform(image, size), label
-            except BadImageError as error:
-                self.bad_images.handle(error)  # raises with on_bad_image=raise
-        raise DataError(f"no readable image near index {index} (64 tried)", hint="check the dataset files")
-
-
-def mean_color(dataset: Dataset, indices: Sequence[int]) -> tuple[int, int, int]:
-    """Mean RGB of a few images (decoded small): the ``pad`` geometry's fill colour.
-
-    Padding with the data's own mean keeps the border close to what the network sees
-    inside images, so it carries no signal of its own after normalisation.
-    """
-    means = []
-    for index in indices:
-        try:
-            image = dataset[index][0]
-            if isinstance(image, ImageFile):
-                image, _ = image.decode((32, 32))
-            means.append(np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0))
-        except BadImageError:
-            continue
-    if not means:
-        return DEFAULT_FILL
-    r, g, b = (round(float(v)) for v in np.mean(means, axis=0))
-    return r, g, b
-
-
-class ScheduleLengthSync(pl.Callback):
-    """Keeps Lightning's batches-per-epoch in step with a schedule whose epoch length varies.
-
-    Lightning reads ``len(train_dataloader)`` once; with multigrid or batch
-    scaling the number of steps changes from epoch to epoch (the sampler
-    re-plans each epoch). Every resflex trainer has this callback
-    (:func:`resflex.build.build_callbacks`); it does nothing for fixed-length epochs.
-    """
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
-        if sampler is None or not sampler.varies_per_epoch:
-            return
-        n = sampler.num_batches(sampler.epoch)
-        limit = trainer.limit_train_batches
-        if isinstance(limit, int):
-            n = min(n, limit)
-        elif limit is not None and float(limit) < 1.0:
-            n = max(1, int(n * float(limit)))
-        trainer.fit_loop.max_batches = n
-        set_train_loader_limit(trainer, n)
-        if isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0:
-            trainer.val_check_batch = n
 
 
 #: ``data.augment`` keys applied on the device, per batch, by the LightningModule (``model.random_erasing``
@@ -189,12 +84,44 @@ def finish_source(
     return source if built else source()
 
 
+def check_data_arguments(
+    schedule: ResolutionSchedule,
+    batch_size: Any,
+    num_workers: Any,
+    augment: Mapping[str, Any] | None,
+    eval_crop_pct: Any,
+    eval_resolutions: Any,
+    eval_sizes_every_epoch: Any,
+) -> list[Size]:
+    """The data module's checks that need no image; returns its evaluation sizes (main first).
+
+    Called first by :class:`ResflexDataModule` and by :mod:`resflex.preflight` before any data is
+    read, so a wrong key fails in one line before the source scans a folder. The transforms are
+    built here only to check ``data.augment`` (``geometry=auto`` is checked as ``square``: the
+    profile has not chosen yet, and no augment key depends on the choice).
+    """
+    check_value("data.batch_size", batch_size, int, lambda v: v >= 1, "a positive integer")
+    if num_workers != AUTO:
+        check_value("data.num_workers", num_workers, int, lambda v: v >= 0, "an integer >= 0 or auto")
+    if not isinstance(eval_sizes_every_epoch, bool):
+        raise ConfigError(
+            f"eval.sizes_every_epoch must be true or false, got {eval_sizes_every_epoch!r}",
+            hint="eval.sizes_every_epoch=true",
+        )
+    geometry = "square" if schedule.geometry == "auto" else schedule.geometry
+    worker_keys = worker_augment(augment)
+    for overrides in [{}, *(dict(o) for o in schedule.augment_phases.values())]:
+        TrainTransform(**{**worker_keys, **overrides}, geometry=geometry)
+    check_value("data.eval_crop_pct", eval_crop_pct, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    extra = to_plain(resolve_eval_resolutions(eval_resolutions, schedule)) or []
+    return parse_eval_sizes(schedule.eval_size, extra)
+
+
 def to_plain(value: Any) -> Any:
     """OmegaConf containers -> plain Python (anything else is passed on for its owner to reject)."""
-    if hasattr(value, "_metadata"):  # an OmegaConf node; omegaconf is not imported for plain callers
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(value, resolve=True)
+    omegaconf = sys.modules.get("omegaconf")  # not imported: then no value can be one of its nodes
+    if omegaconf is not None and omegaconf.OmegaConf.is_config(value):
+        return omegaconf.OmegaConf.to_container(value, resolve=True)
     return value
 
 
@@ -215,7 +142,7 @@ class ResflexDataModule(pl.LightningDataModule):
         schedule: ResolutionSchedule,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int | str = 2,
+        num_workers: int | str = AUTO,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
@@ -229,9 +156,16 @@ class ResflexDataModule(pl.LightningDataModule):
         root: str | None = None,
     ) -> None:
         super().__init__()
-        check_value("data.batch_size", batch_size, int, lambda v: v >= 1, "a positive integer")
-        if num_workers != AUTO:
-            check_value("data.num_workers", num_workers, int, lambda v: v >= 0, "an integer >= 0 or auto")
+        # every argument that needs no image, checked before the source reads any
+        eval_sizes = check_data_arguments(
+            schedule,
+            batch_size,
+            num_workers,
+            augment,
+            eval_crop_pct,
+            eval_resolutions,
+            eval_sizes_every_epoch,
+        )
         self.name = name
         self.source = finish_source(source, root, name)
         self.schedule = schedule
@@ -256,15 +190,9 @@ class ResflexDataModule(pl.LightningDataModule):
             check_device_decode(
                 geometry, self.profile.reason, self.train_transform, self.phase_transforms.values()
             )
-        # eval.resolutions=auto (the default): a few sizes around the eval size (training/eval_sizes.py)
+        # eval.resolutions=auto (the default): a few sizes around the eval size (data/eval_sizes.py)
         self.eval_sizes_auto = is_auto(eval_resolutions)
-        extra_sizes = resolve_eval_resolutions(eval_resolutions, schedule) or []
-        self.eval_sizes = self._eval_sizes(schedule.eval_size, to_plain(extra_sizes))
-        if not isinstance(eval_sizes_every_epoch, bool):
-            raise ConfigError(
-                f"eval.sizes_every_epoch must be true or false, got {eval_sizes_every_epoch!r}",
-                hint="eval.sizes_every_epoch=true",
-            )
+        self.eval_sizes = eval_sizes
         #: false: during fit, validation runs at the main size only (the extra sizes once after fit)
         self.eval_sizes_every_epoch = eval_sizes_every_epoch
         self._bucket_cache: dict[str, list[int]] = {}
@@ -301,23 +229,6 @@ class ResflexDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.source.classes)
-
-    @staticmethod
-    def _eval_sizes(main: Size, extra: Sequence[int | Sequence[int]]) -> list[Size]:
-        """Loader sizes: the main eval size first (``val/acc``), then each extra size once."""
-        if isinstance(extra, int | str):
-            raise ConfigError(
-                f"eval.resolutions must be a list of sizes, got {extra!r}", hint="eval.resolutions=[32,64]"
-            )
-        sizes = [main]
-        for value in extra:
-            try:
-                size = parse_size(value, "eval.resolutions")
-            except ConfigError as exc:
-                raise ConfigError(exc.message, hint="e.g. eval.resolutions=[32,48,64]") from None
-            if size not in sizes:
-                sizes.append(size)
-        return sizes
 
     def setup(self, stage: str) -> None:
         """Bind the schedule to the run length (epoch-based schedules need ``trainer.max_epochs``)."""
@@ -451,7 +362,7 @@ class ResflexDataModule(pl.LightningDataModule):
         trainer, sampler = self.trainer, self.train_sampler
         if trainer is None or sampler is None:
             return {}
-        return {"epoch": sampler.epoch, "step": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        return {"epoch": sampler.epoch, "step": batches_done_this_epoch(trainer)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning calls this before it builds the train loader of a resumed run."""

@@ -125,6 +125,30 @@ class ImageFolderSource(ImageSource):
     ``decoder``: ``data.source.decoder``, who decodes JPEGs (:mod:`resflex.data.images`).
     """
 
+    @staticmethod
+    def check_root(root: str | None) -> Path:
+        """``data.root`` as a folder with ``train/`` inside, or a one-line :class:`DataError`.
+
+        Looks at the folder only (no image is listed or read): :mod:`resflex.preflight` calls it
+        before any work, the constructor before it scans.
+        """
+        if not root:
+            raise DataError(
+                "data.root is not set", hint="pass data.root=/path/to/folder (with train/<class>/ inside)"
+            )
+        base = Path(root).expanduser()
+        if not base.is_dir():
+            raise DataError(
+                f"data.root does not exist: {base}", hint="check the path; expected <root>/train/<class>/"
+            )
+        if not any(base.iterdir()):
+            raise DataError(f"data.root is empty: {base}", hint="expected <root>/train/<class>/<images>")
+        if not (base / "train").is_dir():
+            raise DataError(
+                f"data.root has no train/ folder: {base}", hint="expected <root>/train/<class>/<images>"
+            )
+        return base
+
     def __init__(
         self,
         root: str | None,
@@ -141,22 +165,8 @@ class ImageFolderSource(ImageSource):
                 "for the same pixels in less CPU time (experiments/performance/README.md, Loader)"
             )
         self.bad_images = BadImagePolicy(on_bad_image, bad_image_log)
-        if not root:
-            raise DataError(
-                "data.root is not set", hint="pass data.root=/path/to/folder (with train/<class>/ inside)"
-            )
-        base = Path(root).expanduser()
-        if not base.is_dir():
-            raise DataError(
-                f"data.root does not exist: {base}", hint="check the path; expected <root>/train/<class>/"
-            )
-        if not any(base.iterdir()):
-            raise DataError(f"data.root is empty: {base}", hint="expected <root>/train/<class>/<images>")
+        base = self.check_root(root)
         train_dir = base / "train"
-        if not train_dir.is_dir():
-            raise DataError(
-                f"data.root has no train/ folder: {base}", hint="expected <root>/train/<class>/<images>"
-            )
         train = _scan_folder(train_dir, "data.root", self.bad_images, decoder)
         self.classes = list(train.classes)
         self.splits: dict[str, Dataset] = {}

@@ -65,8 +65,8 @@ from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.images import DEVICE_DECODER, ImageFile, decode_jpeg_reason, orient
 from resflex.data.transforms import EvalTransform, TrainTransform
 from resflex.errors import ConfigError, DataError
+from resflex.types import Size
 
-Size = tuple[int, int]
 #: ``data.augment`` keys that transform decoded images in the workers
 WORKER_AUGMENT = ("auto", "color_jitter")
 _HINT = "data.source.decoder=auto"

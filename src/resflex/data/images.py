@@ -63,6 +63,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from resflex.data.bad_images import BadImageError
 from resflex.errors import ConfigError
+from resflex.types import Size
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -70,7 +71,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 #: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
 SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-Size = tuple[int, int]
 #: ``data.source.decoder`` values, and the default (``configs/data/imagefolder.yaml``, also for runs saved
 #: before the key existed)
 DECODERS = ("pil", "torchvision", "simplejpeg", "auto", "device")

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from resflex.data.resolution import DEFAULT_ASPECTS
+
 #: a square centre crop losing at least this share of the average image means "aspects spread widely"
 AUTO_CROP_LOSS = 0.10
 #: the geometry ``auto`` picks for widely spread aspects (measured: experiments/variable_size/)
@@ -54,7 +56,7 @@ class DatasetProfile:
 
     sizes: list[tuple[int, int]]
     total: int
-    aspect_ratios: Sequence[float] = (0.5, 0.75, 1.0, 1.333, 2.0)
+    aspect_ratios: Sequence[float] = DEFAULT_ASPECTS
     geometry: str | None = None
     reason: str = ""
     mean_color: tuple[int, int, int] | None = None
@@ -64,7 +66,7 @@ class DatasetProfile:
     def from_sizes(
         cls,
         sizes: Sequence[tuple[int, int]],
-        aspect_ratios: Sequence[float] = (0.5, 0.75, 1.0, 1.333, 2.0),
+        aspect_ratios: Sequence[float] = DEFAULT_ASPECTS,
         total: int | None = None,
     ) -> DatasetProfile:
         if not sizes:

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from resflex.errors import ConfigError
+from resflex.types import Size
 
-Size = tuple[int, int]
 GEOMETRIES = ("auto", "square", "keep_aspect", "squash", "pad")
 #: how a keep_aspect bucket's (h, w) relates to the scheduled size s
 BUCKET_SIZES = ("short_side", "area")

@@ -47,10 +47,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import Sampler
 
-from resflex.data.resolution import ResolutionSchedule, Size
+from resflex.compat import set_epoch_length
+from resflex.data.resolution import ResolutionSchedule
+from resflex.types import Size
 
 
 class SampleRequest(NamedTuple):
@@ -267,3 +270,25 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
             h, w = batch.size
             epoch = self.epoch if self.training else None
             yield [SampleRequest(index, h, w, batch.phase, epoch) for index in batch.indices]
+
+
+class ScheduleLengthSync(pl.Callback):
+    """Keeps Lightning's batches-per-epoch in step with a schedule whose epoch length varies.
+
+    Lightning reads ``len(train_dataloader)`` once; with multigrid or batch
+    scaling the number of steps changes from epoch to epoch (the sampler
+    re-plans each epoch). Every resflex trainer has this callback
+    (:func:`resflex.build.build_callbacks`); it does nothing for fixed-length epochs.
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sampler = getattr(getattr(trainer, "datamodule", None), "train_sampler", None)
+        if sampler is None or not sampler.varies_per_epoch:
+            return
+        n = sampler.num_batches(sampler.epoch)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            n = min(n, limit)
+        elif limit is not None and float(limit) < 1.0:
+            n = max(1, int(n * float(limit)))
+        set_epoch_length(trainer, n)

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -68,9 +69,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from resflex.data.images import ImageFile, as_tensor
 from resflex.errors import ConfigError
+from resflex.types import Size
 from resflex.validation import check_value
 
-Size = tuple[int, int]
 #: geometries the transforms implement (``auto`` is resolved before they are built)
 FRAMINGS = ("square", "keep_aspect", "squash", "pad")
 #: ImageNet mean as uint8: the padding colour when no dataset mean is known
@@ -144,12 +145,26 @@ def build_color_jitter(strength: float | None) -> v2.Transform | None:
     return v2.ColorJitter(brightness=s, contrast=s, saturation=s) if s > 0 else None
 
 
+#: the yaml defaults, as examples in the errors of :func:`_check_range`
+RANGE_EXAMPLES = {"scale": "[0.5,1.0]", "ratio": "[0.75,1.3333]", "whole_scale": "[0.8,1.0]"}
+
+
 def _check_range(value: Sequence[float], key: str, upper: float | None) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value)
+    bound = f"0 < low <= high <= {upper:g}" if upper is not None else "0 < low <= high"
+    pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    if pair is None or len(pair) != 2 or not all(_typed_number(v) for v in pair):
+        raise ConfigError(
+            f"data.augment.{key} must be two numbers [low, high] with {bound}, got {value!r}",
+            hint=f"e.g. data.augment.{key}={RANGE_EXAMPLES.get(key, '[0.5,1.0]')}",
+        )
+    lo, hi = (float(v) for v in pair)
     if not 0 < lo <= hi or (upper is not None and hi > upper):
-        bound = f"0 < low <= high <= {upper:g}" if upper is not None else "0 < low <= high"
-        raise ConfigError(f"data.augment.{key} must satisfy {bound}, got {list(value)}")
+        raise ConfigError(f"data.augment.{key} must satisfy {bound}, got {pair}")
     return lo, hi
+
+
+def _typed_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class TrainTransform:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from resflex.data.resolution import Size
+from resflex.compat import BatchNorm
+from resflex.types import Size
 
 #: the state of one size: every BatchNorm's running mean and variance, by buffer name
 SizeStats = dict[str, torch.Tensor]
@@ -40,12 +41,12 @@ def side_of(size: Sequence[int]) -> int:
     return h if h == w else round(math.sqrt(h * w))
 
 
-def batchnorm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+def batchnorm_layers(model: nn.Module) -> dict[str, BatchNorm]:
     """Every BatchNorm layer that tracks running statistics, by its name in ``model``."""
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+        if isinstance(module, BatchNorm) and module.track_running_stats
     }
 
 

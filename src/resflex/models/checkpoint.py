@@ -335,6 +335,14 @@ def _drop_classifier(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[
     return {k: v for k, v in state.items() if k not in dropped}, note
 
 
+def existing_file(path: str | Path, key: str) -> Path:
+    """``path`` (``~`` expanded) when it is a file, else a one-line :class:`DataError` naming ``key``."""
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise DataError(f"{key}: file not found: {path}", hint="check the path")
+    return path
+
+
 def load_backbone_weights(
     model: nn.Module, path: str | Path, key: str = "backbone.weights", require_resflex: bool = False
 ) -> LoadReport:
@@ -345,9 +353,7 @@ def load_backbone_weights(
     taken). Raises when *no* tensor matches: that is always a wrong file or a
     wrong ``backbone.name``, never something to train through.
     """
-    path = Path(str(path)).expanduser()
-    if not path.is_file():
-        raise DataError(f"{key}: file not found: {path}", hint="check the path")
+    path = existing_file(path, key)
     state = state_dict_of(safe_load(path, what=key), path)
     is_resflex = any(k.startswith(BACKBONE_PREFIX) for k in state)
     if require_resflex and not is_resflex:

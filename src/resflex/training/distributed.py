@@ -7,7 +7,7 @@ It exists so that the sampler's DDP contract can be *checked from the run
 folder*, not just believed: all ranks use the same size at the same step, the
 ranks' shards are disjoint and together cover the data, and the replicas stay
 identical (a checksum that differs means gradients were not synchronised).
-``python -m resflex.training.distributed <run>`` prints that check.
+``python scripts/check_ddp_run.py <run>`` prints that check (:func:`check_rank_logs`).
 
 :func:`ddp_job_scope` makes Lightning's subprocess launcher (``strategy=ddp``)
 work for each job of a Hydra multirun; see its docstring.
@@ -15,7 +15,6 @@ work for each job of a Hydra multirun; see its docstring.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -174,26 +173,6 @@ def check_rank_logs(run_dir: str | Path, num_samples: int | None = None) -> dict
     return report
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="check a DDP run's per-rank batch logs (<run>/ranks/)")
-    parser.add_argument("run_dir")
-    parser.add_argument("--num-samples", type=int, default=None, help="size of the train split")
-    args = parser.parse_args(argv)
-    report = check_rank_logs(args.run_dir, args.num_samples)
-    ok = True
-    print(f"ranks: {report['ranks']}")
-    for epoch, e in report["epochs"].items():
-        ok &= e["sizes_agree"] and e["rank_repeats"] == 0 and e["weights_agree"] is not False
-        missing = f", missing {e['missing']}" if "missing" in e else ""
-        print(
-            f"epoch {epoch}: steps/rank {e['steps']}, sizes agree: {e['sizes_agree']} {e['sizes']}, "
-            f"samples {e['covered']} distinct of {e['seen']} seen "
-            f"({e['padding']} padding repeats{missing}), "
-            f"weights agree: {e['weights_agree']}"
-        )
-    return 0 if ok else 1
-
-
 # ---- DDP inside a Hydra multirun ------------------------------------------------------------
 @contextmanager
 def ddp_job_scope(
@@ -326,7 +305,3 @@ def destroy_process_group() -> None:
     """Tear down torch.distributed after a run, so a next run in this process can start its own group."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resflex.data.resolution import Size
+from resflex.data.eval_sizes import loader_sizes
 from resflex.training.resolution_eval import parse_sized_tag
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
 
@@ -311,8 +312,8 @@ def report_end_of_run(
 
 
 def _main_size(trainer: Any) -> Size | None:
-    sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None)
-    return tuple(sizes[0]) if sizes else None  # type: ignore[return-value]
+    sizes = loader_sizes(trainer)
+    return sizes[0] if sizes else None
 
 
 def _log_markdown(trainer: Any, markdown: str) -> None:

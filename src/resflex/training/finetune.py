@@ -34,8 +34,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from resflex.compat import BatchNorm
 from resflex.errors import ConfigError
 from resflex.training.param_groups import FinetuneSpec, unfreeze_epochs
 from resflex.training.run_record import FillsRunRecord
@@ -127,7 +127,7 @@ class Finetuning(FillsRunRecord, BaseFinetuning):
         self._frozen_bn = [
             m
             for m in backbone.modules()
-            if isinstance(m, _BatchNorm)
+            if isinstance(m, BatchNorm)
             and (
                 self.spec.freeze_bn
                 or self.spec.name == "linear_probe"

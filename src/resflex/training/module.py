@@ -28,6 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from resflex.compat import attached_trainer, is_compiled
 from resflex.data.device_decode import EncodedBatch
+from resflex.data.eval_sizes import loader_sizes
 from resflex.errors import ConfigError
 from resflex.models.bn_calibration import BN_STATS_KEY, TrackedSizeStats, has_batchnorm, side_of
 from resflex.models.classifier import ImageClassifier
@@ -304,7 +305,7 @@ class ClassificationModule(pl.LightningModule):
 
     def _use_main_size_stats(self) -> None:
         if self.size_stats is not None:
-            sizes = getattr(getattr(attached_trainer(self), "datamodule", None), "eval_sizes", None)
+            sizes = loader_sizes(attached_trainer(self))
             if sizes:
                 self.size_stats.main = side_of(sizes[0])
             self.size_stats.use_main()
@@ -335,7 +336,7 @@ class ClassificationModule(pl.LightningModule):
 
     def _eval_size(self, dataloader_idx: int, images: torch.Tensor) -> tuple[int, int]:
         """The (h, w) of evaluation loader ``dataloader_idx`` (from the data module; else the batch's)."""
-        sizes = getattr(getattr(attached_trainer(self), "datamodule", None), "eval_sizes", None)
+        sizes = loader_sizes(attached_trainer(self))
         h, w = sizes[dataloader_idx] if sizes and dataloader_idx < len(sizes) else images.shape[-2:]
         return int(h), int(w)
 

@@ -26,8 +26,8 @@ import torch
 from timm.models import group_parameters
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from resflex.compat import BatchNorm
 from resflex.errors import ConfigError
 
 STRATEGIES = ("full", "linear_probe", "gradual")
@@ -144,7 +144,7 @@ def unfreeze_epochs(model: nn.Module, spec: FinetuneSpec) -> dict[str, int | Non
             start += size
     if spec.freeze_bn:
         for module_name, module in model.named_modules():
-            if isinstance(module, _BatchNorm):
+            if isinstance(module, BatchNorm):
                 for pname, _ in module.named_parameters(recurse=False):
                     schedule[f"{module_name}.{pname}" if module_name else pname] = None
     return schedule

@@ -17,7 +17,7 @@ TensorBoard draws every run of a logdir on one accuracy-vs-size chart
 
 Across runs (one curve per run, e.g. per pooling head)::
 
-    python -m resflex.training.resolution_eval logs/multirun/<time>/* --out fig.png --stage test
+    python scripts/plot_resolution.py logs/multirun/<time>/* --out fig.png --stage test
 
 The figure is built on matplotlib's Agg canvas directly (no pyplot, no global
 backend switch), so it works on headless machines and inside data workers.
@@ -25,8 +25,6 @@ backend switch), so it works on headless machines and inside data workers.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -183,33 +181,3 @@ class AccuracyVsResolution(pl.Callback):
 def _title(schedule: object) -> str:
     name = type(schedule).__name__ if schedule is not None else ""
     return f"accuracy vs test resolution ({name})" if name else "accuracy vs test resolution"
-
-
-def _run_label(run: Path, record: Mapping[str, Any]) -> str:
-    choices = record.get("choices") or {}
-    if choices.get("pooling"):
-        return f"{choices['pooling']} pooling"
-    return run.name
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Plot one curve per run folder (each with a ``metrics.json``) into one PNG."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.json")
-    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
-    parser.add_argument("--stage", default="test", choices=("val", "test"))
-    parser.add_argument("--train-size", type=int, action="append", default=[], help="mark a training side")
-    args = parser.parse_args(argv)
-    curves = {}
-    for run in args.runs:
-        record = json.loads((run / "metrics.json").read_text())
-        curves[_run_label(run, record)] = curve_from_metrics(record.get("metrics", {}), args.stage)
-    title = f"{args.stage} accuracy vs resolution"
-    figure = draw_accuracy_vs_resolution(curves, args.train_size, title=title)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out)
-    print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()

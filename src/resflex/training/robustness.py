@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from resflex.data.resolution import Size
+from resflex.types import Size
 
 #: how far below the best size's accuracy a size may be and still count as "holding up"
 RANGE_TOLERANCE = 0.03

@@ -20,8 +20,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from resflex.benchmark.machine import PeakMemory
-from resflex.benchmark.runners import (
+from benchmarks.machine import PeakMemory
+from benchmarks.runners import (
     Batch,
     Setup,
     Window,
@@ -32,6 +32,7 @@ from resflex.benchmark.runners import (
     plain_windows,
     random_batch,
 )
+from resflex.compat import compiled_graph_count
 from resflex.data.workers import usable_cores
 
 TARGETS = {
@@ -74,12 +75,7 @@ def _on_device(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
 
 
 def _unique_graphs() -> int:
-    try:
-        from torch._dynamo.utils import counters
-
-        return int(counters["stats"]["unique_graphs"])
-    except Exception:  # optional diagnostics
-        return 0
+    return compiled_graph_count()  # private torch counters: resflex.compat
 
 
 def _ratio_record(name_a: str, a: list[Window], name_b: str, b: list[Window], key: str) -> dict[str, Any]:

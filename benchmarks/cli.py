@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from resflex.benchmark import loader, sections
-from resflex.benchmark.machine import machine_info
-from resflex.benchmark.runners import Setup, build_model, quiet
+from benchmarks import loader, sections
+from benchmarks.machine import machine_info
+from benchmarks.runners import Setup, build_model, quiet
 from resflex.runtime import resolve_precision
 
 SECTIONS = ("overhead", "pipeline", "mixed", "memory")

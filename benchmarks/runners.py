@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from resflex.data.datamodule import ScheduleLengthSync
+from resflex.data.sampler import ScheduleLengthSync
 from resflex.models.backbone import TimmBackbone
 from resflex.models.classifier import ImageClassifier
 from resflex.models.pooling import AvgPool

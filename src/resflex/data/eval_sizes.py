@@ -16,8 +16,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resflex.data.resolution import Size, round_to
+from resflex.data.resolution import parse_size, round_to
 from resflex.errors import ConfigError
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
 
@@ -50,6 +51,23 @@ def resolve_eval_resolutions(value: Any, schedule: Any) -> Any:
     return [h if h == w else [h, w] for h, w in sizes]
 
 
+def parse_eval_sizes(main: Size, extra: Sequence[int | Sequence[int]]) -> list[Size]:
+    """Loader sizes: the main eval size first (``val/acc``), then each extra size once."""
+    if isinstance(extra, int | str):
+        raise ConfigError(
+            f"eval.resolutions must be a list of sizes, got {extra!r}", hint="eval.resolutions=[32,64]"
+        )
+    sizes = [main]
+    for value in extra:
+        try:
+            size = parse_size(value, "eval.resolutions")
+        except ConfigError as exc:
+            raise ConfigError(exc.message, hint="e.g. eval.resolutions=[32,48,64]") from None
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
 def drop_unfit_sizes(sizes: Sequence[Size], fits: Callable[[Size], None]) -> list[Size]:
     """The sizes for which ``fits(size)`` raises no :class:`ConfigError` (the first, main one must fit)."""
     kept: list[Size] = []
@@ -63,3 +81,15 @@ def drop_unfit_sizes(sizes: Sequence[Size], fits: Callable[[Size], None]) -> lis
             continue
         kept.append(size)
     return kept
+
+
+def loader_sizes(trainer: Any) -> list[Size] | None:
+    """The (h, w) of each evaluation loader of ``trainer``'s data module, indexed by ``dataloader_idx``.
+
+    The one way the training side (the LightningModule, the callbacks, the end-of-run table) learns
+    the sizes, so none of them depends on the data module's attributes. None without a trainer or a
+    resflex data module (a module evaluated with plain loaders, a unit test): the caller then takes
+    the batch's own size.
+    """
+    sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None)
+    return [(int(h), int(w)) for h, w in sizes] if sizes else None
