@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         record.status, record.error = "failed", describe_error(exc)
         record.wall_time_s = round(time.time() - started, 2)
         if is_global_zero(None):  # nothing ran: the record says why, no end-of-run report
-            write_metrics_json(output_dir / "metrics.json", record.as_dict())
+            write_metrics_json(output_dir / METRICS_FILE, record.as_dict())
         raise
     fit_metrics: dict[str, Any] = {}
     try:
