@@ -102,7 +102,7 @@ ALLOWED = {
     "run_folder.py": set(RUN_FILES) | {"OmegaConf.load"},  # where the files are, their plain readers
     "run.py": {"OmegaConf.load"},  # the config, in today's layout
     # an exported TorchScript / .pt2 file's own extra file, not the run's
-    "export.py": {"classes.json"},
+    "export_formats.py": {"classes.json"},
     # the training layer (which resflex.run builds on) cannot import it. RunText: the running run's
     # own .hydra files, shown in TensorBoard
     "training/views.py": {".hydra", "config.yaml", "overrides.yaml", "OmegaConf.load"},

@@ -18,7 +18,7 @@ fails with one line that says why. The run's ``model_card.md`` is copied beside 
 
 The file also says which sizes to feed it: the run's *robust range* — per split with an
 accuracy-per-size curve, the contiguous sizes around the best whose accuracy stays within
-0.03 of it, in px and × of the trained size (:class:`resflex.model_card.RobustRange`) — is
+0.03 of it, in px and × of the trained size (:class:`resflex.robust_range.RobustRange`) — is
 in the ONNX metadata (``robustness``), in the TorchScript / ``.pt2`` extra files
 (``robustness.json``), in the model card beside the file and in the returned record.
 
@@ -26,19 +26,18 @@ Formats: ``onnx`` (torch.onnx's torch.export-based exporter; class names and the
 input convention in the model's metadata), ``torchscript`` (``torch.jit.trace``;
 sizes stay symbolic in the trace), ``exported`` (``torch.export`` with symbolic
 ``batch``/``height``/``width``, saved with ``torch.export.save`` as ``.pt2``).
+
+This module is the command and the check; each format's writer (capture with dynamic sizes, what the
+file carries) is :mod:`resflex.export_formats`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,25 +47,41 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resflex.compat import size_oblivious_tracing
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.resolution import round_to
 from resflex.errors import ConfigError, user_errors_as_one_line
+from resflex.export_formats import (
+    INPUT_CONVENTION,
+    export_onnx,
+    export_program,
+    export_torchscript,
+    not_dynamic,
+    quiet_exporters,
+    robustness_records,
+)
 from resflex.inference import ResflexClassifier, load_classifier
-from resflex.models.adaptive_export import exportable_functional_pools, make_exportable
+from resflex.models.adaptive_export import make_exportable
 from resflex.types import Size
 
 log = logging.getLogger("resflex")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
-INPUT_CONVENTION = (
-    "float32 RGB in [0, 1], shape (B, 3, H, W), normalisation inside; output: logits (B, classes)"
-)
 
-
-def robustness_records(classifier: ResflexClassifier) -> list[dict[str, Any]]:
-    """The run's robust ranges, one record per split with a per-size curve (``[]`` when none): an
-    exported file travels without its run folder, so it carries which sizes it holds up at."""
-    return [r.as_dict() for r in classifier.robust_ranges()]
+__all__ = [
+    "FORMATS",
+    "INPUT_CONVENTION",
+    "check_sizes",
+    "compare",
+    "default_output",
+    "export_classifier",
+    "export_onnx",
+    "export_program",
+    "export_torchscript",
+    "load_runner",
+    "main",
+    "prepare_for_export",
+    "robustness_records",
+    "run_export",
+]
 
 
 def prepare_for_export(classifier: ResflexClassifier) -> tuple[nn.Module, list[str]]:
@@ -119,135 +134,6 @@ def check_sizes(classifier: ResflexClassifier, requested: Sequence[Any] | None =
     return sizes
 
 
-def _dims() -> dict[int, Any]:
-    """Batch, height and width symbolic. ``Dim.DYNAMIC`` rather than named ranges: a backbone's
-    size arithmetic yields guards that hold for every size but that the solver cannot prove
-    (ceil-mode pooling), which named ranges reject; a size that *does* get specialised is
-    still an error, and the check at several sizes catches anything else."""
-    from torch.export import Dim
-
-    return {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
-
-
-@contextlib.contextmanager
-def _capture() -> Any:
-    """Exportable functional pools, size-oblivious reasoning (no 0/1 specialisation of feature-map
-    sizes: a 1×1 map must stay valid), quiet exporters."""
-    with exportable_functional_pools(), size_oblivious_tracing(), _quiet():
-        yield
-
-
-def _not_dynamic(exc: BaseException, fmt: str) -> ConfigError:
-    text = " ".join(str(exc).split())
-    if len(text) > 300:
-        text = text[:300] + "..."
-    return ConfigError(
-        f"cannot export format={fmt} with dynamic batch, height and width: {type(exc).__name__}: {text}",
-        hint="a backbone must accept any input size (ViTs: backbone.model_kwargs.dynamic_img_size=true)",
-    )
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """Exporters print progress and warnings by the page; keep them for HYDRA_FULL_ERROR / debug logs."""
-    if log.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        yield
-
-
-def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: Path, classifier: ResflexClassifier, opset: int | None
-) -> None:
-    try:
-        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
-    except ImportError:
-        raise ConfigError(
-            "format=onnx needs the onnx, onnxscript and onnxruntime packages",
-            hint="pip install 'resflex[export]'",
-        ) from None
-    kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
-    with _capture():
-        program = torch.onnx.export(
-            model,
-            (example,),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_shapes=(_dims(),),  # positional: torch 2.6 reads dict keys as input_names
-            dynamo=True,
-            external_data=False,
-            **kwargs,
-        )
-    metadata = program.model.metadata_props
-    metadata["classes"] = json.dumps(classifier.classes)
-    metadata["input"] = INPUT_CONVENTION
-    metadata["train_sizes"] = json.dumps(classifier.train_sizes)
-    metadata["backbone"] = str(classifier.info.get("backbone", ""))
-    metadata["robustness"] = json.dumps(robustness_records(classifier))
-    program.save(str(path), external_data=False)
-
-
-def export_torchscript(
-    model: nn.Module, example: torch.Tensor, path: Path, classifier: ResflexClassifier
-) -> None:
-    with _capture():
-        traced = torch.jit.trace(model, example, check_trace=False)
-    extra = _extra_files(classifier)
-    torch.jit.save(traced, str(path), _extra_files=extra)
-
-
-def _extra_files(classifier: ResflexClassifier) -> dict[str, str]:
-    """What a TorchScript or ``.pt2`` file carries beside the model: class names, input convention,
-    robust range."""
-    return {
-        "classes.json": json.dumps(classifier.classes),
-        "input.txt": INPUT_CONVENTION,
-        "robustness.json": json.dumps(robustness_records(classifier)),
-    }
-
-
-class _BatchOfTwoOrMore(nn.Module):
-    """Runs ``inner`` on the batch plus a copy of its first image, and drops that row again.
-
-    Why: timm ViTs expand their class token to the batch size, and torch.export then
-    guards ``batch != 1`` (a stride-0 expand is contiguous only for batch 1), refusing
-    single images. Samples are independent in eval mode, so the extra row changes nothing.
-    """
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(torch.cat([x, x[:1]], dim=0))[:-1]
-
-
-def _min_batch(program: Any) -> int:
-    """The smallest batch an exported program accepts (its input's symbolic dim 0 range)."""
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
-            size = node.meta["val"].shape[0]
-            if isinstance(size, int):
-                return size
-            ranges = program.range_constraints.get(size.node.expr)
-            return int(ranges.lower) if ranges is not None else 0
-    return 0
-
-
-def export_program(
-    model: nn.Module, example: torch.Tensor, path: Path, classifier: ResflexClassifier
-) -> None:
-    with _capture():
-        program = torch.export.export(model, (example,), dynamic_shapes={"x": _dims()})
-        if _min_batch(program) > 1:
-            program = torch.export.export(_BatchOfTwoOrMore(model), (example,), dynamic_shapes={"x": _dims()})
-    extra = _extra_files(classifier)
-    torch.export.save(program, str(path), extra_files=extra)
-
-
 def load_runner(path: Path, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The exported file, loaded back as a user would, as ``tensor -> tensor``."""
     if fmt == "onnx":
@@ -279,10 +165,10 @@ def compare(
         x = torch.rand(batch, 3, h, w, generator=generator)
         expected = eager(x)
         try:
-            with _quiet():
+            with quiet_exporters():
                 got = runner(x)
         except Exception as exc:
-            raise _not_dynamic(exc, fmt) from None
+            raise not_dynamic(exc, fmt) from None
         if tuple(got.shape) != tuple(expected.shape):
             raise ConfigError(
                 f"the export gives shape {tuple(got.shape)} at {h}x{w}, eager {tuple(expected.shape)}: "
@@ -341,7 +227,7 @@ def export_classifier(
         except ConfigError:
             raise
         except Exception as exc:
-            raise _not_dynamic(exc, fmt) from None
+            raise not_dynamic(exc, fmt) from None
         rows = compare(eager, load_runner(tmp, fmt), sizes, fmt)
         trained = set(classifier.train_sizes)
         for row, size in zip(rows, sizes, strict=True):

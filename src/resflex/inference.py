@@ -25,8 +25,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from resflex.model_card import RobustRange, robust_ranges
 from resflex.models.bn_calibration import TrackedSizeStats, side_of
+from resflex.robust_range import RobustRange, robust_ranges
 from resflex.run import Run, open_run
 from resflex.types import Size
 
@@ -82,7 +82,7 @@ class ResflexClassifier(nn.Module):
 
     def robust_ranges(self) -> list[RobustRange]:
         """The sizes the run holds up at, per split with a per-size curve (val, then test; see
-        :class:`resflex.model_card.RobustRange`); ``[]`` when the run recorded none."""
+        :class:`resflex.robust_range.RobustRange`); ``[]`` when the run recorded none."""
         return robust_ranges(self.info.get("metrics") or {}, self.eval_size)
 
     def check_size(self, size: Size, key: str = "size") -> None:

@@ -12,6 +12,9 @@ mean and worst over the sizes beside it (:func:`draw`). A job folder
 without ``metrics.json`` is ``running`` while its files are still being written,
 ``missing`` otherwise (killed, or never finished), so a sweep can be summarised
 while it runs.
+
+How job folders are read (and a job's status told) is :mod:`resflex.sweep_jobs`; this module
+is what is made of the jobs: the table (text, csv, markdown), the figure and the command.
 """
 
 from __future__ import annotations
@@ -19,163 +22,46 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import re
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from resflex.errors import ResflexError
-from resflex.model_card import CURVE_STAGES, size_curve
-from resflex.run_folder import METRICS_FILE, find_run_folders, is_run_folder, load_record, read_overrides
+from resflex.robust_range import CURVE_STAGES
+from resflex.sweep_jobs import (
+    RES_KEY,
+    ROBUSTNESS_METRICS,
+    Job,
+    add_robustness,
+    find_jobs,
+    load_job,
+    resolution_columns,
+    varying_overrides,
+)
 from resflex.training.resolution_eval import equivalent_side
-from resflex.training.robustness import summarize_sizes
 
-RUNNING_WINDOW_S = 15 * 60  # a job folder touched this recently, without metrics.json, is running
-_RES_KEY = re.compile(r"^(val|test)/acc@(\d+)(?:x(\d+))?$")
+__all__ = [
+    "Job",
+    "add_robustness",
+    "columns_for",
+    "draw",
+    "find_jobs",
+    "format_markdown",
+    "format_text",
+    "load_job",
+    "main",
+    "plot",
+    "resolution_columns",
+    "size_curves",
+    "sort_jobs",
+    "summarize",
+    "table_rows",
+    "varying_overrides",
+]
+
 BASE_METRICS = ("val/acc", "best val/acc", "test/acc")
-#: the robustness summary columns, per split (the range's ends, as x of the main size, stay in metrics.json)
-ROBUSTNESS_METRICS = ("acc_worst", "acc_mean_sizes", "acc_range")
 STATUS_ORDER = {"completed": 0, "interrupted": 1, "failed": 2, "running": 3, "missing": 4}
-
-
-@dataclass
-class Job:
-    """One row of the summary."""
-
-    name: str
-    path: Path
-    status: str
-    overrides: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    wall_time_s: float | None = None
-    error: str = ""
-
-    def value(self, column: str) -> Any:
-        if column == "img/s":
-            return self.metrics.get("train/images_per_sec")
-        if column == "time_s":
-            return self.wall_time_s
-        if column in self.overrides:
-            return self.overrides[column]
-        return self.metrics.get(column)
-
-
-def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    parsed = {}
-    for item in items:
-        key, sep, value = str(item).partition("=")
-        if sep:
-            parsed[key.lstrip("+~")] = value
-    return parsed
-
-
-def _latest_mtime(folder: Path) -> float:
-    latest = folder.stat().st_mtime
-    for path in folder.rglob("*"):
-        try:
-            latest = max(latest, path.stat().st_mtime)
-        except OSError:  # a file replaced while we look
-            continue
-    return latest
-
-
-def load_job(folder: Path, name: str | None = None, now: float | None = None) -> Job:
-    """Read one job folder; tolerate a missing or unreadable ``metrics.json``."""
-    name = name or folder.name
-    try:
-        record = load_record(folder) or {}
-    except (OSError, ValueError) as exc:
-        return Job(name, folder, "unreadable", error=f"{METRICS_FILE}: {exc}")
-    overrides: list[str] = record.get("overrides") or read_overrides(folder) or []
-    if not record:
-        recent = (now or time.time()) - _latest_mtime(folder) < RUNNING_WINDOW_S
-        return Job(name, folder, "running" if recent else "missing", _parse_overrides(overrides))
-    metrics = add_robustness(dict(record.get("metrics") or {}))
-    # val/acc at the best epoch (by callbacks.model_checkpoint.monitor); runs from before: the best score
-    best = metrics.get("val/acc_best", (record.get("best") or {}).get("val/acc"))
-    if best is not None:
-        metrics["best val/acc"] = best
-    return Job(
-        name=name,
-        path=folder,
-        status=str(record.get("status", "unknown")),
-        overrides=_parse_overrides(overrides),
-        metrics=metrics,
-        wall_time_s=record.get("wall_time_s"),
-        error=str(record.get("error") or ""),
-    )
-
-
-def add_robustness(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics`` with ``<split>/acc_worst``, ``acc_mean_sizes`` and ``acc_range`` for every split
-    with a per-size curve: as the run logged them, else (runs from before they were logged)
-    :func:`~resflex.training.robustness.summarize_sizes` of its ``<split>/acc@<size>`` tags.
-
-    None of the three depends on which size is the main one (``acc_range`` is a ratio of two
-    sizes), so the first size of the curve serves as the reference and no config is read.
-    """
-    for stage in CURVE_STAGES:
-        names = [f"{stage}/{name}" for name in ROBUSTNESS_METRICS]
-        if all(metrics.get(name) is not None for name in names):
-            continue
-        curve = size_curve(metrics, stage)
-        if not curve:
-            continue
-        summary = summarize_sizes(curve, main=next(iter(curve)))
-        computed = summary.metrics(stage)
-        for name in names:
-            if metrics.get(name) is None:
-                metrics[name] = computed[name]
-    return metrics
-
-
-def find_jobs(root: Path) -> list[Job]:
-    """A run folder gives one job; a sweep folder gives one per job sub-folder (any depth)."""
-    if not root.is_dir():
-        raise ResflexError(f"no such folder: {root}", hint="pass a run folder or logs/multirun/<sweep>")
-    now = time.time()
-    if is_run_folder(root):
-        return [load_job(root, now=now)]
-    folders = find_run_folders(root)
-    if not folders:
-        raise ResflexError(
-            f"no runs under {root}",
-            hint="a run folder has .hydra/ and metrics.json; a sweep folder has one such folder per job",
-        )
-    return [load_job(f, name=str(f.relative_to(root)), now=now) for f in sorted(set(folders))]
-
-
-def _resolution_sort_key(key: str) -> tuple[int, int, int]:
-    match = _RES_KEY.match(key)
-    assert match
-    split, h, w = match.groups()
-    return (0 if split == "val" else 1, int(h), int(w or h))
-
-
-def resolution_columns(jobs: Sequence[Job]) -> list[str]:
-    keys = {k for job in jobs for k in job.metrics if _RES_KEY.match(k)}
-    return sorted(keys, key=_resolution_sort_key)
-
-
-def varying_overrides(jobs: Sequence[Job]) -> tuple[list[str], dict[str, str]]:
-    """(keys whose value differs between jobs, {key: value} shared by all). One job: all keys vary."""
-    keys: list[str] = []
-    for job in jobs:
-        keys += [k for k in job.overrides if k not in keys]
-    if len(jobs) == 1:
-        return keys, {}
-    common = {}
-    varying = []
-    for key in keys:
-        values = {job.overrides.get(key) for job in jobs}
-        if len(values) == 1:
-            common[key] = next(iter(values))  # type: ignore[assignment]
-        else:
-            varying.append(key)
-    return varying, common
 
 
 def robustness_columns(jobs: Sequence[Job]) -> list[str]:
@@ -278,7 +164,7 @@ def size_curves(jobs: Sequence[Job]) -> tuple[str, dict[str, list[tuple[int, flo
     for job in jobs:
         points = []
         for column in res_cols:
-            match = _RES_KEY.match(column)
+            match = RES_KEY.match(column)
             value = job.metrics.get(column)
             if match and match.group(1) == split and isinstance(value, int | float):
                 h, w = int(match.group(2)), int(match.group(3) or match.group(2))
