@@ -40,6 +40,7 @@ from resflex.errors import (
 )
 from resflex.model_card import write_model_card_quietly
 from resflex.models.checkpoint import resolve_resume_checkpoint
+from resflex.models.naflex import check_naflex_config
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory
 from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (
@@ -99,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fit_metrics: dict[str, Any] = {}
     try:
         validate_config(cfg)
+        check_naflex_config(cfg)  # resolution=naflex with its backbone, patch size, budget
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
         record.data_profile = datamodule.profile.as_dict()  # incl. the geometry auto resolved to
