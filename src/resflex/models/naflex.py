@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from resflex.data.naflex import TokenBatch
-from resflex.errors import ConfigError
+from resflex.errors import ConfigError, find_user_error
 from resflex.models.backbone import TimmBackbone
 from resflex.models.pooling import AvgMaxPool, AvgPool, GeMPool, MaxPool, PoolingHead, PyramidPool
 
@@ -222,8 +222,15 @@ def check_naflex_config(cfg: Any) -> None:
             f"backbone {name} (NaFlex) takes token batches, and resolution {kind} makes image batches",
             hint="resolution=naflex",
         )
-    schedule = instantiate(OmegaConf.to_container(resolution, resolve=True))  # sequence lengths, budget
-    kwargs = dict(OmegaConf.to_container(backbone.get("model_kwargs") or {}, resolve=True))  # type: ignore[arg-type]
+    try:  # the schedule checks its sequence lengths and budget itself
+        schedule = instantiate(OmegaConf.to_container(resolution, resolve=True))
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        raise user_error from None
+    model_kwargs = backbone.get("model_kwargs")
+    kwargs = dict(OmegaConf.to_container(model_kwargs, resolve=True)) if model_kwargs else {}  # type: ignore[arg-type]
     if not name.startswith("naflexvit"):
         kwargs.setdefault("use_naflex", True)
     try:

@@ -17,7 +17,9 @@ from resflex.data.naflex import TokenBatch, is_token_schedule
 
 def token_training_loss(module: LightningModule, batch: TokenBatch, loss: torch.Tensor) -> torch.Tensor:
     """Log the step's padding share; return ``loss`` scaled as ``resolution.loss_scale`` says."""
-    module.log("train/padding_share", batch.padding_share, on_step=True, on_epoch=True, batch_size=len(batch))
+    # the epoch mean of the steps' shares (the per-step value is one batch's luck)
+    share = batch.padding_share
+    module.log("train/padding_share", share, on_step=False, on_epoch=True, batch_size=len(batch))
     trainer = attached_trainer(module)
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
     schedule = getattr(datamodule, "schedule", None)
