@@ -103,6 +103,7 @@ DEFAULT_FILES = [
     "resolution/random.yaml",
     "resolution/multigrid.yaml",
     "resolution/fixres.yaml",
+    "resolution/naflex.yaml",
     "data/synthetic.yaml:source",
     "optimizer/adamw.yaml",
     "scheduler/cosine.yaml",

@@ -88,8 +88,9 @@ RUNS: dict[str, list[str]] = {
 
 # gpu/ddp need GPUs; ddp_sim: two processes (tests/training/test_distributed.py, slow); mlflow: a
 # sqlite store (tests/training/test_logging_ui.py); overfit: tests/training/test_training.py;
-# trainer=default: every other run
+# trainer=default: every other run; resolution=naflex needs backbone=naflexvit: tests/test_naflex_cli.py
 COVERED_ELSEWHERE = {
+    ("resolution", "naflex"),
     ("trainer", "gpu"),
     ("trainer", "ddp"),
     ("trainer", "ddp_sim"),

@@ -35,6 +35,7 @@ from resflex.build import build_node, check_source_decoder
 from resflex.data.datamodule import ResflexDataModule, check_data_arguments
 from resflex.data.eval_sizes import is_auto
 from resflex.models.checkpoint import existing_file
+from resflex.models.naflex import check_naflex_config
 from resflex.run_folder import resolve_resume_checkpoint
 from resflex.validation import validate_config
 
@@ -43,6 +44,7 @@ def check_before_work(cfg: DictConfig) -> str | None:
     """Raise the first one-line :class:`~resflex.errors.ResflexError` of ``cfg``; return the resolved
     ``ckpt_path`` (None: start from scratch)."""
     validate_config(cfg)
+    check_naflex_config(cfg)  # resolution=naflex with its backbone, patch size, budget
     ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
     schedule, eval_sizes = check_data_node(cfg.data)
     backbone = meta_model(cfg.model).model.backbone

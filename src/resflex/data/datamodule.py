@@ -37,6 +37,7 @@ from resflex.data.datasets import ImageSource
 from resflex.data.device_decode import DeviceFraming, check_device_decode, collate_encoded
 from resflex.data.eval_sizes import is_auto, parse_eval_sizes, resolve_eval_resolutions
 from resflex.data.images import DEVICE_DECODER
+from resflex.data.naflex import is_token_schedule, token_loader_parts
 from resflex.data.profile import DatasetProfile, sample_indices
 from resflex.data.resolution import ResolutionSchedule
 from resflex.data.sampler import ResolutionBatchSampler
@@ -113,6 +114,8 @@ def check_data_arguments(
     for overrides in [{}, *(dict(o) for o in schedule.augment_phases.values())]:
         TrainTransform(**{**worker_keys, **overrides}, geometry=geometry)
     check_value("data.eval_crop_pct", eval_crop_pct, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    if is_token_schedule(schedule):  # resolution=naflex: sequence lengths (eval.seq_lens), not sides
+        return parse_eval_sizes(schedule.eval_size, to_plain(schedule.extra_eval_sizes()))
     extra = to_plain(resolve_eval_resolutions(eval_resolutions, schedule)) or []
     return parse_eval_sizes(schedule.eval_size, extra)
 
@@ -192,10 +195,13 @@ class ResflexDataModule(pl.LightningDataModule):
             )
         # eval.resolutions=auto (the default): a few sizes around the eval size (data/eval_sizes.py)
         self.eval_sizes_auto = is_auto(eval_resolutions)
+        if is_token_schedule(schedule):  # resolution=naflex: sequence lengths (eval.seq_lens), not sides
+            self.eval_sizes_auto = False
         self.eval_sizes = eval_sizes
         #: false: during fit, validation runs at the main size only (the extra sizes once after fit)
         self.eval_sizes_every_epoch = eval_sizes_every_epoch
         self._bucket_cache: dict[str, list[int]] = {}
+        self._size_cache: dict[str, list[tuple[int, int]]] = {}
         self._resume: dict[str, Any] | None = None
         self.eval_transform = EvalTransform(crop_pct=eval_crop_pct, geometry=geometry, fill=fill)
         self._loaders: dict[str, DataLoader] = {}
@@ -281,7 +287,7 @@ class ResflexDataModule(pl.LightningDataModule):
                 collate = partial(collate_encoded, bad_images=bad_images)
             dataset = SizedDataset(self.source.splits[split], transform, phases, bad_images, self.seed)
             rank, world = self._rank_and_world()
-            sampler = ResolutionBatchSampler(
+            sampler_args = dict(
                 num_samples=len(dataset),
                 batch_size=self.batch_size if split == "train" else self.eval_batch_size,
                 schedule=self.schedule,
@@ -292,8 +298,14 @@ class ResflexDataModule(pl.LightningDataModule):
                 rank=rank,
                 world_size=world,
                 fixed_size=size,
-                buckets=self._buckets(split),
             )
+            if is_token_schedule(self.schedule):  # resolution=naflex: token batches (resflex.data.naflex)
+                # the token budget's reference; every image once per epoch (no BatchNorm over one image)
+                sampler_args.update(batch_size=self.batch_size, drop_last=False)
+                sizes = self._image_sizes(split)
+                dataset, sampler, collate = token_loader_parts(dataset, sizes, **sampler_args)
+            else:
+                sampler = ResolutionBatchSampler(**sampler_args, buckets=self._buckets(split))
             workers = self.num_workers
             if split == "train":
                 log.info("data loader: %d worker(s) (data.num_workers=%s)", workers, self.requested_workers)
@@ -308,16 +320,22 @@ class ResflexDataModule(pl.LightningDataModule):
             )
         return self._loaders[key]
 
+    def _image_sizes(self, split: str) -> list[tuple[int, int]]:
+        """(width, height) of every image of ``split``, from the headers (read once per split)."""
+        if split not in self._size_cache:
+            dataset = self.source.splits[split]
+            profiled = self.profile.sizes if split == "train" else []
+            # the profile already read every training header when it did not sample: reuse them
+            sizes = profiled if len(profiled) == len(dataset) else image_sizes(dataset)  # type: ignore[arg-type]
+            self._size_cache[split] = list(sizes)
+        return self._size_cache[split]
+
     def _buckets(self, split: str) -> list[int] | None:
         """Aspect-ratio bucket of every image of ``split`` (keep_aspect only; computed once)."""
         if self.schedule.geometry != "keep_aspect":
             return None
         if split not in self._bucket_cache:
-            dataset = self.source.splits[split]
-            profiled = self.profile.sizes if split == "train" else []
-            # the profile already read every training header when it did not sample: reuse them
-            sizes = profiled if len(profiled) == len(dataset) else image_sizes(dataset)  # type: ignore[arg-type]
-            buckets = assign_buckets(sizes, self.schedule.aspect_ratios)
+            buckets = assign_buckets(self._image_sizes(split), self.schedule.aspect_ratios)
             if split == "train":  # no bucket so small that a batch of one reaches BatchNorm
                 _, world = self._rank_and_world()
                 buckets = merge_small_buckets(buckets, self.schedule.aspect_ratios, minimum=2 * world)

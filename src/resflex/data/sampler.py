@@ -155,7 +155,7 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
     def varies_per_epoch(self) -> bool:
         return self.fixed_size is None and self.schedule.varies_batch_size
 
-    def _step_batch_size(self, epoch: int, step: int) -> int:
+    def step_batch_size(self, epoch: int, step: int) -> int:
         if self.fixed_size is not None:
             return self.batch_size
         return self.schedule.batch_size_at(epoch, step, self.batch_size)
@@ -170,7 +170,7 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
         """Per-rank batch sizes for every step of ``epoch``."""
         remaining, step, layout = self._per_rank(), 0, []
         while remaining > 0:
-            bs = self._step_batch_size(epoch, step)
+            bs = self.step_batch_size(epoch, step)
             if remaining < bs and self.drop_last and layout:
                 break
             layout.append(min(bs, remaining))
@@ -196,7 +196,7 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
                 bucket = live[int(rng.choice(len(live), p=weights / weights.sum()))]
             else:
                 bucket = live[0]
-            take = min(self._step_batch_size(epoch, step) * self.world_size, remaining[bucket])
+            take = min(self.step_batch_size(epoch, step) * self.world_size, remaining[bucket])
             if self.drop_last and 0 < remaining[bucket] - take < 2 * self.world_size:
                 take = remaining[bucket]  # a last batch of one would reach BatchNorm alone: fold it in
             layout.append((bucket, take))

@@ -24,8 +24,13 @@ class ImageClassifier(nn.Module):
         self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> pooled (B, D)."""
-        return self.pooling(self.backbone(x))
+        """(B, 3, H, W) -> pooled (B, D); a token batch (resolution=naflex): pooled per image's own grid."""
+        features = self.backbone(x)
+        if not isinstance(features, torch.Tensor):  # a NaFlex backbone's TokenGrid: resflex.models.naflex
+            from resflex.models.naflex import pool_tokens
+
+            return pool_tokens(self.pooling, features)
+        return self.pooling(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.forward_features(x)))

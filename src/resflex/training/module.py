@@ -29,6 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from resflex.compat import attached_trainer, is_compiled
 from resflex.data.device_decode import EncodedBatch
 from resflex.data.eval_sizes import loader_sizes
+from resflex.data.naflex import TokenBatch
 from resflex.errors import ConfigError
 from resflex.models.bn_calibration import BN_STATS_KEY, TrackedSizeStats, has_batchnorm, side_of
 from resflex.models.classifier import ImageClassifier
@@ -37,6 +38,7 @@ from resflex.training.callbacks import scheduled_size
 from resflex.training.ema import ModelEma
 from resflex.training.finetune import Finetuning
 from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
+from resflex.training.naflex import token_training_loss
 from resflex.training.optim import OptimizerFactory
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
 from resflex.training.robustness import summarize_sizes
@@ -214,6 +216,8 @@ class ClassificationModule(pl.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Device-side batch work: decode and frame (``data.source.decoder=device``), then normalise."""
         images, labels = batch
+        if isinstance(images, TokenBatch):  # resolution=naflex: uint8 patches (resflex.data.naflex)
+            return images.normalized(self.pixel_mean, self.pixel_std), labels
         if isinstance(images, EncodedBatch):  # JPEG bytes + framings: resflex.data.device_decode
             images, labels = images.decode(labels)
         if images.dtype == torch.uint8:
@@ -294,6 +298,8 @@ class ClassificationModule(pl.LightningModule):
         # not on the progress bar: that would read the loss on the host every step (a device sync)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
+        if isinstance(images, TokenBatch):  # padding share, timm's loss scaling (resflex.training.naflex)
+            loss = token_training_loss(self, images, loss)
         return loss
 
     def _training_side(self, batch_idx: int, images: torch.Tensor) -> int:
@@ -361,7 +367,7 @@ class ClassificationModule(pl.LightningModule):
         if not counts or 0 not in counts:
             return
         trainer = attached_trainer(self)
-        sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None)
+        sizes = loader_sizes(trainer)
         if sizes and len(counts) < len(sizes):
             return
         order = sorted(counts)

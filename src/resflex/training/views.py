@@ -127,6 +127,8 @@ class TrainingSamples(pl.Callback):
         if not trainer.is_global_zero or not trainer.loggers:
             return
         images, labels = batch[0], batch[1]
+        if not isinstance(images, torch.Tensor):  # NaFlex token batches have no image grid to draw
+            return
         shape = tuple(images.shape[-2:])
         size = scheduled_size(trainer, batch_idx, shape)
         if size in self.seen:

@@ -1,0 +1,29 @@
+"""The LightningModule's side of NaFlex token batches (:mod:`resflex.data.naflex`).
+
+Written here rather than in :mod:`resflex.training.module` so that the hooks there stay two lines:
+the padding share of every training step (``train/padding_share``: token slots computed on padding,
+the cost of batching images of different aspects) and timm's loss scaling for batches whose image
+count follows the sequence length (``resolution.loss_scale``).
+"""
+
+from __future__ import annotations
+
+import torch
+from pytorch_lightning import LightningModule
+
+from resflex.compat import attached_trainer
+from resflex.data.naflex import TokenBatch, is_token_schedule
+
+
+def token_training_loss(module: LightningModule, batch: TokenBatch, loss: torch.Tensor) -> torch.Tensor:
+    """Log the step's padding share; return ``loss`` scaled as ``resolution.loss_scale`` says."""
+    # the epoch mean of the steps' shares (the per-step value is one batch's luck)
+    share = batch.padding_share
+    module.log("train/padding_share", share, on_step=False, on_epoch=True, batch_size=len(batch))
+    trainer = attached_trainer(module)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    schedule = getattr(datamodule, "schedule", None)
+    if not is_token_schedule(schedule):
+        return loss
+    scale = schedule.loss_scale_for(len(batch), datamodule.batch_size)  # type: ignore[union-attr]
+    return loss if scale == 1.0 else loss * scale
