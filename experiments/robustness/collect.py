@@ -87,13 +87,8 @@ def row_of(name: str, run_dir: Path, common: dict[str, str]) -> dict[str, object
     return row
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
-    common = {"commit": commit(), "machine": machine()}
-    new = [row_of(name, Path(run), common) for name, run in (a.rsplit("=", 1) for a in sys.argv[2:])]
-    old = list(csv.DictReader(out.open())) if out.is_file() else []
-    keys = {(r["cell"], str(r["seed"])) for r in new}
-    rows = [r for r in old if (r["cell"], r["seed"]) not in keys] + new
+def write_rows(out: Path, rows: list[dict[str, object]]) -> None:
+    """The rows as CSV: provenance and summary columns first, then one per size, the command last."""
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
@@ -105,6 +100,16 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    common = {"commit": commit(), "machine": machine()}
+    new = [row_of(name, Path(run), common) for name, run in (a.rsplit("=", 1) for a in sys.argv[2:])]
+    old = list(csv.DictReader(out.open())) if out.is_file() else []
+    keys = {(r["cell"], str(r["seed"])) for r in new}
+    rows = [r for r in old if (r["cell"], r["seed"]) not in keys] + new
+    write_rows(out, rows)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collect import commit, machine
+from collect import commit, machine, write_rows
 
 
 def accuracies(run: Path, split: str) -> dict[int, float]:
@@ -61,17 +61,7 @@ def main() -> None:
     )
     common = {"commit": f"{commit()} (timm {timm_commit})", "machine": machine()}
     rows = [r for run in sorted(runs.glob("*-s*")) if run.is_dir() and (r := row_of(run, common))]
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    sized = sorted(
-        (c for c in columns if "@" in c), key=lambda c: (c.split("_acc@")[0], int(c.split("@")[1]))
-    )
-    columns = [c for c in columns if "@" not in c and c != "command"] + sized + ["command"]
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(out, rows)
 
 
 if __name__ == "__main__":
