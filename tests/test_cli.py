@@ -41,6 +41,8 @@ def test_train_writes_run_folder_with_tensorboard_tags(tmp_path: Path) -> None:
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     console = (run_dir / "train.log").read_text()  # Hydra's job log: what the console showed
     assert "data profile: 48 training images" in console and "geometry: keep_aspect" in console
+    printed = result.stdout + result.stderr  # the console: one parameter count, no Lightning module table
+    assert printed.count("parameters: ") == 1 and "Total FLOPs" not in printed, printed[-2000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     tags = scalar_tags(run_dir)
     assert set(tags) >= REQUIRED_TAGS, sorted(tags)

@@ -253,7 +253,8 @@ def test_the_default_trainer_is_the_one_before_the_reorganisation(tmp_path: Path
     }
     assert {key: getattr(trainer, key) for key in expected} == expected
     assert trainer.progress_bar_callback is not None and trainer.checkpoint_callback is not None
-    assert any(type(c).__name__ == "RichModelSummary" for c in trainer.callbacks)  # model summary on
+    # Lightning's module table is off (issue 27: resflex logs the parameter count once itself)
+    assert not any("ModelSummary" in type(c).__name__ for c in trainer.callbacks)
     assert len([c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]) == 2
     assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
     # set to false, not inherited (null) from an earlier job of a sweep

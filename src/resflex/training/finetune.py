@@ -205,9 +205,8 @@ class Finetuning(FillsRunRecord, BaseFinetuning):
             )
             + ")"
         )
-        if trainer.is_global_zero:
-            print(message)
-        log.info(message)
+        if trainer.is_global_zero:  # the console and train.log, once (Lightning's own summary is off)
+            log.info(message)
         self._log_counts(pl_module, counts, text=message)
 
     def _log_counts(
