@@ -41,6 +41,19 @@ TINY = (
     "resolution.size=32",
 )
 TINY_SYNTHETIC = ("data.source.num_train=48", "data.source.num_val=16", "data.source.num_test=16")
+#: the smallest run that really learns (slow tests): 800 synthetic images, 4 epochs at 32 px, a tiny
+#: resnet; each test adds its own split sizes and evaluation sizes
+LEARNING_RUN = (
+    "backbone.name=test_resnet",
+    "data.source.num_train=800",
+    "data.num_workers=0",
+    "data.batch_size=16",
+    "resolution.size=32",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=4",
+    "trainer.enable_progress_bar=false",
+    "optimizer.lr=0.004",
+)
 
 register_resolvers()  # ${resflex.job_dir:...} in configs/hydra/default.yaml, as the CLIs do
 

@@ -12,7 +12,7 @@ from resflex.errors import ConfigError
 from resflex.inference import load_classifier
 from resflex.models.bn_calibration import BN_STATS_KEY, read_stats, write_stats
 from resflex.train import train
-from tests.conftest import TINY, TINY_SYNTHETIC, train_run
+from tests.conftest import LEARNING_RUN, TINY, TINY_SYNTHETIC, train_run
 from tests.test_configs import compose_train
 
 LIMITS = ("trainer.limit_train_batches=6", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
@@ -154,17 +154,9 @@ def test_calibration_lifts_accuracy_away_from_the_training_size(tmp_path: Path) 
     """The same training (same seed) evaluated with and without per-size statistics: at sizes other than
     the trained one, the calibrated model is more accurate (what experiments/robustness/ measured)."""
     overrides = [
-        "backbone.name=test_resnet",
-        "data.source.num_train=800",
+        *LEARNING_RUN,
         "data.source.num_val=200",
         "data.source.num_test=400",
-        "data.num_workers=0",
-        "data.batch_size=16",
-        "resolution.size=32",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=4",
-        "trainer.enable_progress_bar=false",
-        "optimizer.lr=0.004",
         "eval.resolutions=[16,24,48,64]",
     ]
     plain = train(compose_train([*overrides, "eval.bn_calibration=false"], tmp_path / "plain"))["metrics"]

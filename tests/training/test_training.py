@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from resflex.train import train
-from tests.conftest import TINY, TINY_SYNTHETIC, scalar_tags
+from tests.conftest import LEARNING_RUN, TINY, TINY_SYNTHETIC, scalar_tags
 from tests.test_configs import compose_train
 
 CHANCE = 0.1  # 10 balanced classes
@@ -18,17 +18,9 @@ CHANCE = 0.1  # 10 balanced classes
 
 def test_short_training_on_default_data_beats_chance(tmp_path: Path) -> None:
     overrides = [
-        "backbone.name=test_resnet",
-        "data.source.num_train=800",
+        *LEARNING_RUN,
         "data.source.num_val=200",
         "data.source.num_test=0",
-        "data.num_workers=0",
-        "data.batch_size=16",
-        "resolution.size=32",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=4",
-        "trainer.enable_progress_bar=false",
-        "optimizer.lr=0.004",
         "eval.resolutions=[]",  # learning is the point here; sizes: tests/training/test_multires_eval.py
     ]
     record = train(compose_train(overrides, tmp_path))
