@@ -3,6 +3,7 @@
 # skipping finished runs, then collect one CSV row per run. The caller sets PY, REPO, RUNS and
 # declares the associative array SWITCHES (cell -> its overrides), then calls:
 #   run_cells "COMMON OVERRIDES" "CELLS" "SEEDS";  collect_cells OUT.csv
+# (collect_runs COLLECTOR OUT.csv: the same with a study's own collector, runs named CELL-sSEED)
 # EXTRA="key=value ..." is appended to every run's overrides (last wins: the timing pass's shorter
 # runs); JOBS=1 runs one at a time.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -48,4 +49,14 @@ collect_cells() {  # OUT.csv: every finished run of every declared cell
     done
   done
   $PY "$REPO/experiments/variable_size/collect_extra.py" "$1" "${args[@]}"
+}
+
+collect_runs() {  # COLLECTOR OUT.csv: runs COLLECTOR OUT.csv CELL-sSEED=RUN_DIR ... over every finished run
+  local args=() cell seed
+  for cell in "${!SWITCHES[@]}"; do
+    for seed in 0 1 2; do
+      [ -f "$RUNS/$cell-s$seed/metrics.json" ] && args+=("$cell-s$seed=$RUNS/$cell-s$seed")
+    done
+  done
+  $PY "$1" "$2" "${args[@]}"
 }

@@ -28,10 +28,4 @@ CELLS=${CELLS:-fixed ms50 ms60 fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
 bash "$HERE/val_calibrated.sh" "$RUNS"
 rm -rf "$RUNS"/*/checkpoints
-args=()
-for cell in "${!SWITCHES[@]}"; do
-  for seed in 0 1 2; do
-    [ -f "$RUNS/$cell-s$seed/metrics.json" ] && args+=("$cell-s$seed=$RUNS/$cell-s$seed")
-  done
-done
-$PY "$HERE/collect.py" "$HERE/results_shapes.csv" "${args[@]}"
+collect_runs "$HERE/collect.py" "$HERE/results_shapes.csv"

@@ -30,10 +30,4 @@ declare -A SWITCHES=(
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
-args=()
-for cell in "${!SWITCHES[@]}"; do
-  for seed in 0 1 2; do
-    [ -f "$RUNS/$cell-s$seed/metrics.json" ] && args+=("$cell-s$seed=$RUNS/$cell-s$seed")
-  done
-done
-$PY "$HERE/collect.py" "$HERE/results_folder.csv" "${args[@]}"
+collect_runs "$HERE/collect.py" "$HERE/results_folder.csv"
