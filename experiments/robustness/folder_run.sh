@@ -27,6 +27,9 @@ declare -A SWITCHES=(
   [fixed]="resolution.size=40"
   [random]="resolution=random resolution.sizes=[24,32,40,48,56,64] resolution.eval_size=40"
   [multiscale]="resolution=multiscale resolution.size=40"
+  # the specialists: trained at the small size itself, the ceiling any one model can be held to there
+  [fixed24]="resolution.size=24"
+  [fixed32]="resolution.size=32"
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
