@@ -52,7 +52,7 @@ def test_auto_geometry_on_a_variable_aspect_folder(tmp_path: Path, caplog: pytes
     assert profile == record["data_profile"]
     assert profile["geometry"] == "keep_aspect" and profile["discarded"]["square"] > 0.1
     assert profile["images"] == 18 and set(profile["aspect"]) == {"p5", "p25", "p50", "p75", "p95"}
-    assert "data/profile" in image_tags(run_dir)
+    assert "run/data_profile" in image_tags(run_dir)
 
 
 def test_auto_geometry_on_a_square_folder_stays_square(

@@ -268,7 +268,7 @@ def test_sweep_jobs_line_up_in_hparams_name_their_size_and_select_by_the_mean(tm
     assert {"val/acc_best", "val/best_epoch", "val/acc_mean_sizes_best"} <= set(metric_tags)
 
     # the data profile (identical data) is drawn once, in the first job
-    assert ["data/profile" in e["images"] for e in events] == [True, False]
+    assert ["run/data_profile" in e["images"] for e in events] == [True, False]
 
     for job, title in zip(jobs, ["val/acc at 32 px", "val/acc at 24x32 px (h x w)"], strict=True):
         from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from resflex.training.loggers import mlflow_key
 from resflex.training.results import hparam_metric_tags, resolution_summary, run_hparams, shown_first
-from resflex.training.views import custom_scalars_layout, reproduce_command
+from resflex.training.views import config_markdown, custom_scalars_layout, reproduce_command
 from tests.conftest import TINY, TINY_SYNTHETIC, scalar_tags, train_run
 
 
@@ -118,6 +118,14 @@ def test_reproduce_command_quotes_for_the_shell() -> None:
     assert mlflow_key("val/acc@64") == "val/acc_at_64" and mlflow_key("val/acc@48x80") == "val/acc_at_48x80"
 
 
+def test_config_markdown_names_the_sizes_auto_resolved_to() -> None:
+    text = "eval:\n  resolutions: auto\n  bn_calibration: true\nother:\n  resolutions: auto\n"
+    shown = config_markdown(text, "run/.hydra/config.yaml", [(32, 32), (48, 64)])
+    assert "    eval:\n      resolutions: auto  # used: 32, 48x64 px\n" in shown
+    assert shown.endswith("    other:\n      resolutions: auto")  # only the eval group's key
+    assert "# used" not in config_markdown(text, "c.yaml")  # no sizes known: as written
+
+
 def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = [*TINY, *TINY_SYNTHETIC, "optimizer.lr=0.003", "logger=[tensorboard,csv]"]
@@ -165,6 +173,8 @@ def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: 
     assert "optimizer.lr=0.003" in events["text"]["run/command"]
     assert "python scripts/train.py" in events["text"]["run/command"]
     assert "pooling:" in events["text"]["run/config"]
+    # the config as written says auto; the TEXT tab says which sizes that was
+    assert "resolutions: auto  # used: 32, 16, 24, 48, 64 px" in events["text"]["run/config"]
 
     # CSV logger next to TensorBoard: the same per-size tags, figures as PNG files
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")

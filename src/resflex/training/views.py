@@ -259,6 +259,21 @@ def command_markdown(
     return "\n".join(lines)
 
 
+def config_markdown(config_text: str, path: str | Path, sizes: Sequence[tuple[int, int]] = ()) -> str:
+    """TEXT ``run/config``: the composed config as Hydra wrote it, with ``resolutions: auto`` under
+    ``eval:`` followed by the sizes it resolved to (the file keeps what was asked; a reader of the TEXT
+    tab wants what ran)."""
+    lines, section = [], ""
+    for line in config_text.splitlines():
+        if line and not line.startswith(" "):
+            section = line.split(":", 1)[0]
+        if section == "eval" and sizes and line.strip() == "resolutions: auto":
+            used = ", ".join(size_tag(*size) for size in sizes)
+            line = f"{line}  # used: {used} px"
+        lines.append("    " + line)
+    return f"Composed config (`{path}`):\n\n" + "\n".join(lines)
+
+
 class RunText(pl.Callback):
     """TEXT: the composed config and the command that reproduces the run (from ``<run>/.hydra/``).
 
@@ -286,8 +301,7 @@ class RunText(pl.Callback):
         items = OmegaConf.load(overrides) if overrides.is_file() else []
         sizes = loader_sizes(trainer) or []
         log_text(trainer, "run/command", command_markdown([str(o) for o in items], folder.parent, sizes))
-        text = "\n".join("    " + line for line in config.read_text().splitlines())
-        log_text(trainer, "run/config", f"Composed config (`{config}`):\n\n{text}")
+        log_text(trainer, "run/config", config_markdown(config.read_text(), config, sizes))
 
 
 def profile_digest(profile: Mapping[str, Any]) -> str:
@@ -351,12 +365,12 @@ class DataProfileFigure(pl.Callback):
             job = Path(self.output_dir or trainer.default_root_dir).name  # the job's folder
             owner = claim_profile(shared, profile_digest(profile.as_dict()), job)
             if owner is not None:
-                log.info("data profile: as in sweep job %s, whose IMAGES tab shows it (data/profile)", owner)
+                log.info("data profile: as in sweep job %s (IMAGES, run/data_profile)", owner)
                 return
         from resflex.training.loggers import log_figure
 
         figure = profile.figure()
-        log_figure(trainer, "data/profile", figure, step=0)
+        log_figure(trainer, "run/data_profile", figure, step=0)
         figure.clear()
 
 
