@@ -176,6 +176,9 @@ def test_main_size_is_inferred_from_the_headline_and_drop_uses_val_without_test(
     assert "robustness (val): worst 0.400 at 32 px, mean over sizes 0.633" in text
     markdown = end_of_run_markdown(_record(), tmp_path)
     assert "| 128 px | 2x | 0.700 | - | 0.100 |" in markdown
+    # paths and the command as code: Markdown would turn --logdir into an en dash
+    assert f"- compare runs: `tensorboard --logdir {tmp_path}`" in markdown
+    assert f"- run folder: `{tmp_path}`" in markdown
     assert tensorboard_logdir(Path("/elsewhere/run"), tmp_path) == Path("/elsewhere/run")
     assert best_epoch("ckpts/best-epoch012-acc0.8.ckpt") == 12 and best_epoch("last.ckpt") is None
 

@@ -289,8 +289,25 @@ def end_of_run_markdown(
         parts.append("")
     robustness = robustness_line(metrics, rows)
     extra = ([robustness] if robustness else []) + detail_lines(record, Path(run_dir), log_root)
-    parts += [f"- {line}" for line in extra]
+    parts += [f"- {_code_spans(line)}" for line in extra]
     return "\n".join(parts)
+
+
+_LITERAL_DETAILS = ("run folder", "model card", "compare runs", "checkpoint")
+
+
+def _code_spans(line: str) -> str:
+    """A detail line with its path or command in backticks: Markdown would otherwise render
+    ``--logdir`` as an en dash (a command that no longer pastes) and ``_`` in paths as emphasis."""
+    label, sep, value = line.partition(": ")
+    if not sep:
+        return line
+    if label in _LITERAL_DETAILS:
+        return f"{label}: `{value}`"
+    if label == "best checkpoint":
+        head, comma, path = value.rpartition(", ")
+        return f"{label}: {head}{comma}`{path}`"
+    return line
 
 
 def report_end_of_run(
