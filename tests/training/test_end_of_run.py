@@ -129,8 +129,8 @@ def test_tensorboard_has_the_summary_text_one_lr_chart_and_no_clutter(tiny_run: 
     assert [t for t in scalars if t.startswith("train/lr")] == ["train/lr"]
     assert len(scalars["train/lr"]) == 2
     assert "data/bad_images" not in scalars  # no unreadable images: no chart of zeros
-    assert "eval/confusion_matrix_val" in events["images"]  # one tag whatever the run's size
-    assert not [t for t in events["images"] if t.startswith("eval/confusion_matrix_val@")]
+    assert "figures/confusion_matrix_val" in events["images"]  # one tag whatever the run's size
+    assert not [t for t in events["images"] if t.startswith("figures/confusion_matrix_val@")]
 
 
 def test_size_curve_points_put_non_square_sizes_at_the_side_of_equal_area() -> None:

@@ -166,7 +166,8 @@ def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: 
                 assert any(re.search(pattern, tag) for tag in scalars), (chart.title, pattern)
 
     # IMAGES: the training batch at its size, the confusion matrix, accuracy vs resolution
-    assert {"samples/train@32", "eval/confusion_matrix_val", "eval/acc_vs_resolution"} <= events["images"]
+    figures = {"figures/confusion_matrix_val", "figures/acc_vs_resolution"}
+    assert {"samples/train@32", *figures} <= events["images"]
     assert (run_dir / "confusion_matrix.png").is_file()
 
     # TEXT: the composed config and the command that reproduces the run
@@ -181,7 +182,7 @@ def test_default_run_shows_sizes_layout_images_text_and_clean_hparams(tmp_path: 
     assert {"val/acc", "val/acc@48", "train/images_per_sec@32"} <= set(header)
     images = {p.name for p in (run_dir / "csv" / "images").glob("*.png")}
     assert any(n.startswith("samples_train@32") for n in images)
-    assert any(n.startswith("eval_confusion_matrix_val_step") for n in images)
+    assert any(n.startswith("figures_confusion_matrix_val_step") for n in images)
     assert (run_dir / "csv" / "text" / "run_command.md").is_file()
 
 

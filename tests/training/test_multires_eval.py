@@ -115,7 +115,7 @@ def test_fit_logs_per_size_metrics_and_writes_the_plot(tmp_path: Path) -> None:
     tags = scalar_tags(tmp_path)
     assert {"val/acc@16", "val/acc@48", "test/acc@48", "val/acc", "train/images_per_sec@32"} <= set(tags)
     assert {"val/acc_worst", "val/acc_mean_sizes", "val/acc_range", "test/acc_worst"} <= set(tags)
-    assert "eval/acc_vs_resolution" in _image_tags(tmp_path)
+    assert "figures/acc_vs_resolution" in _image_tags(tmp_path)
 
 
 @pytest.mark.slow

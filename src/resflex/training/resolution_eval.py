@@ -4,7 +4,7 @@
 (``val/acc@64``, ``test/acc@96``; see ``eval.resolutions``), draws accuracy
 against the evaluation side with the training size(s) marked, writes
 ``<run>/acc_vs_resolution.png`` and logs the figure to TensorBoard
-(``eval/acc_vs_resolution``). It redraws after ``trainer.test`` so the test
+(``figures/acc_vs_resolution``). It redraws after ``trainer.test`` so the test
 curve joins the validation one.
 
 The PNG has its own y-scale per run, so runs cannot be laid over each other.
@@ -174,7 +174,7 @@ class AccuracyVsResolution(pl.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename
         figure.savefig(self.path)
-        log_figure(trainer, "eval/acc_vs_resolution", figure)  # every logger (resflex.training.loggers)
+        log_figure(trainer, "figures/acc_vs_resolution", figure)  # every logger (resflex.training.loggers)
         return self.path
 
 

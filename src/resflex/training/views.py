@@ -174,7 +174,7 @@ def draw_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], title: s
 
 class ConfusionMatrixFigure(pl.Callback):
     """IMAGES: the validation confusion matrix at the main evaluation size, drawn at the end of fit
-    (``eval/confusion_matrix_val``, the size in its title).
+    (``figures/confusion_matrix_val``, the size in its title).
 
     Counted on every validation epoch from the predictions ``validation_step``
     returns (a bincount on the device, synced across ranks), so the figure at
@@ -235,7 +235,7 @@ class ConfusionMatrixFigure(pl.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         figure.savefig(folder / self.filename)
         # one tag for every run (the size is in the title): runs line up in IMAGES whatever their size
-        log_figure(trainer, "eval/confusion_matrix_val", figure)
+        log_figure(trainer, "figures/confusion_matrix_val", figure)
 
 
 def reproduce_command(overrides: Sequence[str], script: str = "scripts/train.py") -> str:
