@@ -1,0 +1,143 @@
+"""A finished NaFlex run through every tool a CNN run goes through: scripts/eval.py at each of
+eval.seq_lens with the robustness summary in tokens, scripts/predict.py at each image's own aspect
+(equal to the module's own evaluation path), scripts/export.py (ONNX with a dynamic sequence length
+where timm's model can be captured, a one-line refusal where it cannot) and the model card; options of
+the other kind of run refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resflex.errors import ConfigError
+from tests.conftest import make_image_folder, train_run
+from tests.test_eval_script import compose_config
+
+NAFLEX_RUN = (
+    "backbone=naflexvit",
+    "resolution=naflex",
+    "backbone.model_kwargs.embed_dim=24",
+    "backbone.model_kwargs.depth=1",
+    "backbone.model_kwargs.num_heads=2",
+    "data=imagefolder",
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "resolution.seq_lens=[16,32]",
+    "resolution.max_seq_len=32",
+    "eval.seq_lens=[16,24]",
+    "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "test_after_fit=false",
+)
+
+
+def naflex_run(base: Path, *extra: str) -> dict:
+    """A tiny NaFlex run folder (.hydra/, checkpoints/last.ckpt, metrics.json) on a folder of images of
+    every aspect (val/ labelled)."""
+    folder = make_image_folder(base / "images", per_class=6, splits=("train", "val"))
+    run_dir = base / "run"
+    record = train_run([*NAFLEX_RUN, f"data.root={folder}", *extra], run_dir, hydra_files=True)
+    assert record["status"] == "completed"
+    return {"run": run_dir, "ckpt": run_dir / "checkpoints" / "last.ckpt", "data": folder, "record": record}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return naflex_run(tmp_path_factory.mktemp("naflex"))
+
+
+# ---- predict ----------------------------------------------------------------------------------------
+
+
+def reference_probabilities(ckpt: Path, seq_len: int) -> dict[str, torch.Tensor]:
+    """{file: probabilities} from the module's own evaluation path: the run's data module's val loader at
+    ``seq_len`` (as scripts/eval.py builds it), ``on_after_batch_transfer`` and ``forward``."""
+    from resflex.build import build_datamodule
+    from resflex.run import open_run
+
+    run = open_run(ckpt)
+    cfg = run.config.copy()
+    cfg.resolution.max_seq_len = seq_len
+    cfg.resolution.eval_seq_lens = []
+    datamodule = build_datamodule(cfg)
+    module = run.build_module(cfg).eval()
+    loader = datamodule.val_dataloader()
+    files = [path for path, _ in datamodule.source.splits["val"].samples]
+    out = {}
+    with torch.inference_mode():
+        for requests, (x, y) in zip(loader.batch_sampler, loader, strict=True):
+            x, _ = module.on_after_batch_transfer((x, y), 0)
+            probs = module(x).float().softmax(dim=1)
+            for request, p in zip(requests, probs, strict=True):
+                out[str(files[request.index])] = p
+    return out
+
+
+@pytest.mark.parametrize("seq_len", [None, 16])
+def test_predict_equals_the_modules_evaluation_at_each_images_own_aspect(
+    trained: dict, tmp_path: Path, seq_len: int | None
+) -> None:
+    from resflex.predict import predict
+
+    out = tmp_path / "preds.json"
+    chosen = [] if seq_len is None else [f"predict.seq_len={seq_len}"]
+    cfg = compose_config(
+        "predict",
+        [f"ckpt_path={trained['ckpt']}", f"input={trained['data'] / 'val'}", f"output={out}",
+         "predict.topk=3", "predict.batch_size=4", "predict.device=cpu", *chosen],
+        tmp_path / "predict",
+    )  # fmt: skip
+    record = predict(cfg)
+    expected_len = seq_len or 32  # null: the run's max_seq_len
+    assert record["seq_len"] == expected_len and record["images"] == 18
+    reference = reference_probabilities(trained["ckpt"], expected_len)
+    rows = json.loads(out.read_text())["predictions"]
+    assert {r["path"] for r in rows} == set(reference)
+    classes = json.loads((trained["run"] / "classes.json").read_text())
+    for row in rows:
+        h, w = row["height"], row["width"]
+        assert h % 8 == 0 and w % 8 == 0 and (h // 8) * (w // 8) <= expected_len  # its own grid
+        got = torch.zeros(len(classes))
+        for top in row["top"]:
+            got[classes.index(top["class"])] = top["prob"]
+        torch.testing.assert_close(got, reference[row["path"]], rtol=0, atol=1e-6)
+    accuracy = sum(r["correct"] for r in rows) / len(rows)
+    assert record["accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["predict.size=64"], "predict.size=64 sizes images, and this NaFlex run takes token sequences"),
+        (["predict.seq_len=0"], "predict.seq_len must be a whole number of tokens >= 1, got 0"),
+        (["predict.seq_len=abc"], "predict.seq_len must be a whole number of tokens >= 1"),
+    ],
+)
+def test_predict_bad_options_on_a_naflex_run_are_one_line(
+    trained: dict, tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    from resflex.predict import predict
+
+    cfg = compose_config(
+        "predict", [f"ckpt_path={trained['ckpt']}", f"input={trained['data'] / 'val'}", *args], tmp_path / "p"
+    )
+    with pytest.raises(ConfigError) as info:
+        predict(cfg)
+    message = str(info.value)
+    assert fragment in message and "hint:" in message and "\n" not in message
+
+
+def test_naflex_options_on_a_run_that_takes_images_are_one_line() -> None:
+    from types import SimpleNamespace
+
+    from resflex.predict_naflex import check_naflex_options
+
+    with pytest.raises(ConfigError) as info:
+        check_naflex_options(SimpleNamespace(is_naflex=False), None, 64)  # type: ignore[arg-type]
+    assert "predict.seq_len=64 is for NaFlex runs" in str(info.value) and "hint:" in str(info.value)
+    check_naflex_options(SimpleNamespace(is_naflex=False), 64, None)  # type: ignore[arg-type]
