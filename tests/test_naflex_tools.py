@@ -141,3 +141,66 @@ def test_naflex_options_on_a_run_that_takes_images_are_one_line() -> None:
         check_naflex_options(SimpleNamespace(is_naflex=False), None, 64)  # type: ignore[arg-type]
     assert "predict.seq_len=64 is for NaFlex runs" in str(info.value) and "hint:" in str(info.value)
     check_naflex_options(SimpleNamespace(is_naflex=False), 64, None)  # type: ignore[arg-type]
+
+
+# ---- eval -------------------------------------------------------------------------------------------
+
+
+def test_eval_matches_the_trainers_validation_at_each_sequence_length(trained: dict, tmp_path: Path) -> None:
+    from resflex.evaluate import evaluate
+
+    out = tmp_path / "eval"
+    cfg = compose_config(
+        "eval", [f"ckpt_path={trained['ckpt']}", "eval.seq_lens=[32,16,24]", "eval.device=cpu"], out
+    )
+    result = evaluate(cfg)
+    metrics = trained["record"]["metrics"]
+    by_len = {r["seq_len"]: r for r in result["results"]}
+    assert list(by_len) == [32, 16, 24] and [r["resolution"] for r in result["results"]][0] == "32 tokens"
+    for seq_len, row in by_len.items():
+        assert row["images"] == 18
+        assert row["acc"] == pytest.approx(metrics[f"val/acc@{seq_len}"], abs=1e-6)
+        assert row["loss"] == pytest.approx(metrics[f"val/loss@{seq_len}"], rel=1e-4)
+    robustness = result["robustness"]
+    assert robustness["unit"] == "tokens" and robustness["over"] == 3
+    assert robustness["worst"] == pytest.approx(min(r["acc"] for r in by_len.values()))
+    assert robustness["mean"] == pytest.approx(sum(r["acc"] for r in by_len.values()) / 3)
+    assert robustness["worst"] == pytest.approx(metrics["val/acc_worst"], abs=1e-6)
+    assert robustness["mean"] == pytest.approx(metrics["val/acc_mean_sizes"], abs=1e-6)
+    assert json.loads((out / "eval.json").read_text())["robustness"] == robustness
+    assert (out / "eval.csv").read_text().splitlines()[1].startswith("32 tokens,,,32,")
+    # no seq lens given: the run's own (max_seq_len first, then its eval.seq_lens)
+    own = evaluate(compose_config("eval", [f"ckpt_path={trained['run']}", "eval.device=cpu"], tmp_path / "own"))
+    assert [r["seq_len"] for r in own["results"]] == [32, 16, 24]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["eval.resolutions=[32]"], "eval.resolutions=[32] sizes images, and this NaFlex run"),
+        (["eval.seq_lens=[32,0]"], "eval.seq_lens must be a whole number of tokens >= 1, got 0"),
+    ],
+)
+def test_eval_bad_options_on_a_naflex_run_are_one_line(
+    trained: dict, tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    from resflex.evaluate import evaluate
+
+    cfg = compose_config("eval", [f"ckpt_path={trained['ckpt']}", *args], tmp_path / "eval")
+    with pytest.raises(ConfigError) as info:
+        evaluate(cfg)
+    message = str(info.value)
+    assert fragment in message and "hint:" in message and "\n" not in message
+
+
+def test_eval_seq_lens_on_a_run_that_takes_images_is_one_line() -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from resflex.evaluate import eval_seq_lens
+
+    cfg = OmegaConf.create({"eval": {"resolutions": [], "seq_lens": [32]}})
+    with pytest.raises(ConfigError) as info:
+        eval_seq_lens(cfg, SimpleNamespace(is_naflex=False))  # type: ignore[arg-type]
+    assert "eval.seq_lens=[32] is for NaFlex runs" in str(info.value) and "hint: eval.resolutions" in str(info.value)

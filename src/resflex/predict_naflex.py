@@ -56,7 +56,7 @@ def parse_seq_len(value: Any, schedule: Any, key: str = "predict.seq_len", hint:
     No upper bound is checked: timm's NaFlexVit interpolates its position embeddings to any grid, so
     the model takes any length (memory is the limit).
     """
-    if value is None:
+    if value is None and schedule is not None:
         return int(schedule.max_seq_len)
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
