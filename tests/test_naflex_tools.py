@@ -204,3 +204,105 @@ def test_eval_seq_lens_on_a_run_that_takes_images_is_one_line() -> None:
     with pytest.raises(ConfigError) as info:
         eval_seq_lens(cfg, SimpleNamespace(is_naflex=False))  # type: ignore[arg-type]
     assert "eval.seq_lens=[32] is for NaFlex runs" in str(info.value) and "hint: eval.resolutions" in str(info.value)
+
+
+# ---- export -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment", "hint"),
+    [
+        (["format=onnx"], "cannot export format=onnx with a dynamic sequence length: timm's NaFlexVit "
+         "interpolates its learned position embeddings per image", "pos_embed_use_grid_sample=true"),
+        (["format=exported"], "cannot export format=exported with a dynamic sequence length", "scripts/predict.py"),
+        (["format=torchscript"], "format=torchscript cannot carry a NaFlex run", "format=onnx or format=exported"),
+        (["check.sizes=[64]"], "check.sizes=[64] sizes images, and this NaFlex run", "check.seq_lens"),
+        (["check.seq_lens=[0]"], "check.seq_lens must be a whole number of tokens >= 1", "check.seq_lens="),
+    ],
+)  # fmt: skip
+def test_export_refusals_are_one_line_and_write_nothing(
+    trained: dict, tmp_path: Path, args: list[str], fragment: str, hint: str
+) -> None:
+    """The default NaFlexVit (timm's per-image interpolated position embedding) cannot be captured with a
+    dynamic sequence length: refused before any capture, with the cause and the way out."""
+    from resflex.export import run_export
+
+    out = tmp_path / "out" / "model.onnx"
+    cfg = compose_config("export", [f"ckpt_path={trained['ckpt']}", f"output={out}", *args], tmp_path / "x")
+    with pytest.raises(ConfigError) as info:
+        run_export(cfg)
+    message = str(info.value)
+    assert fragment in message and f"hint: " in message and hint in message and "\n" not in message
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_check_seq_lens_on_a_run_that_takes_images_is_one_line() -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from resflex.export import check_options
+
+    check = OmegaConf.create({"sizes": [], "seq_lens": [64]})
+    with pytest.raises(ConfigError, match=r"check.seq_lens=\[64\] is for NaFlex runs.*hint: check.sizes"):
+        check_options(SimpleNamespace(is_naflex=False), check)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_onnx_export_of_an_exportable_naflex_run_equals_eager_at_two_sequence_lengths(tmp_path: Path) -> None:
+    """A run trained with timm's tensor-only position embedding (pos_embed_use_grid_sample) exports with a
+    dynamic batch and sequence length; onnxruntime gives eager's logits at lengths it was not captured at
+    (~45 s: a training run and two captures)."""
+    ort = pytest.importorskip("onnxruntime")
+    from resflex.export import run_export
+    from resflex.export_naflex import token_inputs
+    from resflex.run import open_run
+
+    run = naflex_run(tmp_path, "+backbone.model_kwargs.pos_embed_use_grid_sample=true")
+    out = tmp_path / "export" / "model.onnx"
+    record = run_export(
+        compose_config("export", [f"ckpt_path={run['ckpt']}", f"output={out}"], tmp_path / "x")
+    )
+    assert out.is_file() and (out.parent / "model_card.md").is_file()
+    assert len({c["seq_len"] for c in record["checks"]}) >= 2 and record["max_abs_diff"] <= 1e-3
+    assert any(not c["trained"] for c in record["checks"])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["classes"]) == ["cats", "dogs", "owls"] and meta["max_seq_len"] == "32"
+    assert json.loads(meta["robustness"])[0]["unit"] == "tokens"
+    eager = open_run(run["ckpt"]).token_classifier()
+    generator = torch.Generator().manual_seed(7)
+    names = [i.name for i in session.get_inputs()]
+    assert names == ["patches", "patch_coord", "patch_valid"]
+    for seq_len, batch in ((20, 3), (48, 2)):
+        inputs = token_inputs(eager.patch_size, seq_len, batch, generator)
+        got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})[0]
+        with torch.inference_mode():
+            expected = eager(*inputs)
+        torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
+    # torch.export's .pt2 takes the same route
+    pt2 = tmp_path / "export" / "model.pt2"
+    record = run_export(
+        compose_config(
+            "export", [f"ckpt_path={run['ckpt']}", f"output={pt2}", "format=exported"], tmp_path / "y"
+        )
+    )
+    assert pt2.is_file() and record["max_abs_diff"] <= 1e-3
+
+
+# ---- model card -------------------------------------------------------------------------------------
+
+
+def test_the_model_card_of_a_naflex_run_is_in_tokens(trained: dict) -> None:
+    from resflex.model_card import write_model_card
+
+    card = write_model_card(trained["run"]).read_text()
+    assert "## Accuracy across evaluated sequence lengths" in card
+    assert "| split | sequence length (tokens per image) | acc | loss |" in card
+    metrics = trained["record"]["metrics"]
+    for seq_len in (16, 24, 32):
+        assert f"| val | {seq_len} | {metrics[f'val/acc@{seq_len}']:.4f} |" in card
+    assert "## Robustness across sequence lengths" in card
+    assert "the run's max_seq_len, 32 tokens per image" in card
+    assert "mean over 3 sequence lengths" in card and " px" not in card.split("## How it was trained")[0]
+    assert "predict.seq_len" in card and "token_classifier()" in card
