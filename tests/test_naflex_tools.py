@@ -156,7 +156,7 @@ def test_eval_matches_the_trainers_validation_at_each_sequence_length(trained: d
     result = evaluate(cfg)
     metrics = trained["record"]["metrics"]
     by_len = {r["seq_len"]: r for r in result["results"]}
-    assert list(by_len) == [32, 16, 24] and [r["resolution"] for r in result["results"]][0] == "32 tokens"
+    assert list(by_len) == [32, 16, 24] and result["results"][0]["resolution"] == "32 tokens"
     for seq_len, row in by_len.items():
         assert row["images"] == 18
         assert row["acc"] == pytest.approx(metrics[f"val/acc@{seq_len}"], abs=1e-6)
@@ -170,7 +170,9 @@ def test_eval_matches_the_trainers_validation_at_each_sequence_length(trained: d
     assert json.loads((out / "eval.json").read_text())["robustness"] == robustness
     assert (out / "eval.csv").read_text().splitlines()[1].startswith("32 tokens,,,32,")
     # no seq lens given: the run's own (max_seq_len first, then its eval.seq_lens)
-    own = evaluate(compose_config("eval", [f"ckpt_path={trained['run']}", "eval.device=cpu"], tmp_path / "own"))
+    own = evaluate(
+        compose_config("eval", [f"ckpt_path={trained['run']}", "eval.device=cpu"], tmp_path / "own")
+    )
     assert [r["seq_len"] for r in own["results"]] == [32, 16, 24]
 
 
@@ -203,7 +205,8 @@ def test_eval_seq_lens_on_a_run_that_takes_images_is_one_line() -> None:
     cfg = OmegaConf.create({"eval": {"resolutions": [], "seq_lens": [32]}})
     with pytest.raises(ConfigError) as info:
         eval_seq_lens(cfg, SimpleNamespace(is_naflex=False))  # type: ignore[arg-type]
-    assert "eval.seq_lens=[32] is for NaFlex runs" in str(info.value) and "hint: eval.resolutions" in str(info.value)
+    message = str(info.value)
+    assert "eval.seq_lens=[32] is for NaFlex runs" in message and "hint: eval.resolutions" in message
 
 
 # ---- export -----------------------------------------------------------------------------------------
@@ -212,10 +215,12 @@ def test_eval_seq_lens_on_a_run_that_takes_images_is_one_line() -> None:
 @pytest.mark.parametrize(
     ("args", "fragment", "hint"),
     [
-        (["format=onnx"], "cannot export format=onnx with a dynamic sequence length: timm's NaFlexVit "
+        (["format=onnx"], "cannot export format=onnx: timm's NaFlexVit "
          "interpolates its learned position embeddings per image", "pos_embed_use_grid_sample=true"),
-        (["format=exported"], "cannot export format=exported with a dynamic sequence length", "scripts/predict.py"),
-        (["format=torchscript"], "format=torchscript cannot carry a NaFlex run", "format=onnx or format=exported"),
+        (["format=exported"], "cannot export format=exported: timm's NaFlexVit interpolates",
+         "scripts/predict.py"),
+        (["format=torchscript"], "format=torchscript cannot carry a NaFlex run",
+         "format=onnx or format=exported"),
         (["check.sizes=[64]"], "check.sizes=[64] sizes images, and this NaFlex run", "check.seq_lens"),
         (["check.seq_lens=[0]"], "check.seq_lens must be a whole number of tokens >= 1", "check.seq_lens="),
     ],
@@ -232,7 +237,7 @@ def test_export_refusals_are_one_line_and_write_nothing(
     with pytest.raises(ConfigError) as info:
         run_export(cfg)
     message = str(info.value)
-    assert fragment in message and f"hint: " in message and hint in message and "\n" not in message
+    assert fragment in message and "hint: " in message and hint in message and "\n" not in message
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
@@ -304,5 +309,6 @@ def test_the_model_card_of_a_naflex_run_is_in_tokens(trained: dict) -> None:
         assert f"| val | {seq_len} | {metrics[f'val/acc@{seq_len}']:.4f} |" in card
     assert "## Robustness across sequence lengths" in card
     assert "the run's max_seq_len, 32 tokens per image" in card
-    assert "mean over 3 sequence lengths" in card and " px" not in card.split("## How it was trained")[0]
+    robustness = card.split("## Robustness across sequence lengths")[1].split("## Input convention")[0]
+    assert "mean over 3 sequence lengths" in robustness and " px" not in robustness
     assert "predict.seq_len" in card and "token_classifier()" in card

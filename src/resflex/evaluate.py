@@ -42,7 +42,6 @@ from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.models.bn_calibration import side_of
 from resflex.run import Run, open_run
-from resflex.training.robustness import summarize_sizes
 from resflex.runtime import (
     autocast_for,
     quiet_library_noise,
@@ -51,6 +50,7 @@ from resflex.runtime import (
     retain_freed_host_memory,
     size_tag,
 )
+from resflex.training.robustness import summarize_sizes
 
 log = logging.getLogger("resflex")
 
@@ -98,7 +98,8 @@ def eval_seq_lens(cfg: DictConfig, run: Run) -> list[int]:
         )
     if values and not run.is_naflex:
         raise ConfigError(
-            f"eval.seq_lens={values} is for NaFlex runs (resolution=naflex); this run is evaluated at image sizes",
+            f"eval.seq_lens={values} is for NaFlex runs (resolution=naflex); this run is evaluated at "
+            "image sizes",
             hint="eval.resolutions=[48,64,96]",
         )
     hint = "eval.seq_lens=[32,64,96] (whole tokens per image)"

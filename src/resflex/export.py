@@ -274,7 +274,8 @@ def check_options(run: Run, check: Any) -> None:
         )
     if not run.is_naflex and check.seq_lens:
         raise ConfigError(
-            f"check.seq_lens={list(check.seq_lens)} is for NaFlex runs (resolution=naflex); this run takes images",
+            f"check.seq_lens={list(check.seq_lens)} is for NaFlex runs (resolution=naflex); this run takes "
+            "images",
             hint="check.sizes=[64,[48,80]]",
         )
 

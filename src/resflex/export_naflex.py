@@ -65,9 +65,9 @@ def check_token_export(classifier: TokenClassifier, fmt: str) -> None:
     blocker = export_blocker(classifier.model.backbone.model)
     if blocker is not None:
         raise ConfigError(
-            f"cannot export format={fmt} with a dynamic sequence length: {blocker}",
-            hint="train with +backbone.model_kwargs.pos_embed_use_grid_sample=true (exportable), or use the "
-            "checkpoint in PyTorch (scripts/predict.py, resflex.run.open_run(...).token_classifier())",
+            f"cannot export format={fmt}: {blocker}",
+            hint="train with +backbone.model_kwargs.pos_embed_use_grid_sample=true (exportable); this run: "
+            "scripts/predict.py, or resflex.run.open_run(CKPT).token_classifier() in PyTorch",
         )
 
 
@@ -110,7 +110,9 @@ def _dims() -> tuple[dict[int, Any], ...]:
     return (dims, dims, dims)
 
 
-def capture(classifier: TokenClassifier, fmt: str, path: Path, opset: int | None, metadata: dict[str, str]) -> None:
+def capture(
+    classifier: TokenClassifier, fmt: str, path: Path, opset: int | None, metadata: dict[str, str]
+) -> None:
     """Write ``classifier`` to ``path`` as ``fmt`` with dynamic batch and sequence length."""
     example = token_inputs(classifier.patch_size, 12, 2, torch.Generator().manual_seed(1))
     with quiet_exporters():
@@ -166,7 +168,7 @@ def compare_tokens(
             raise ConfigError(
                 f"the export fails at {seq_len} tokens (batch {batch}): {type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:300]}",
-                hint="report this with the backbone and pooling used; use the checkpoint in PyTorch meanwhile",
+                hint="report this with the backbone and pooling; use the checkpoint in PyTorch meanwhile",
             ) from None
         rows.append(
             {

@@ -186,7 +186,8 @@ def token_sentence(robust: RobustRange) -> str:
         return f"evaluated at {tokens_text(size)} only ({number_text(acc)}): no range measured"
     return (
         f"accuracy within {RANGE_TOLERANCE:g} of the best ({number_text(robust.summary.best)} at "
-        f"{tokens_text(robust.best_size)}) {token_span_text(robust)}; worst {number_text(robust.summary.worst)} "
+        f"{tokens_text(robust.best_size)}) {token_span_text(robust)}; "
+        f"worst {number_text(robust.summary.worst)} "
         f"(at {tokens_text(robust.worst_size)}), mean over {len(robust.accuracy)} sequence lengths "
         f"{number_text(robust.summary.mean)}"
     )

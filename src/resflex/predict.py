@@ -45,6 +45,7 @@ from resflex.data.images import DEFAULT_DECODER, open_image
 from resflex.data.resolution import DEFAULT_ASPECTS
 from resflex.errors import ConfigError, DataError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, classifier_of
+from resflex.predict_naflex import check_naflex_options, parse_seq_len, run_token_predictions
 from resflex.predict_plan import (
     NAMED_SIZES,
     Inputs,
@@ -56,7 +57,6 @@ from resflex.predict_plan import (
     parse_predict_size,
     plan_batches,
 )
-from resflex.predict_naflex import check_naflex_options, parse_seq_len, run_token_predictions
 from resflex.run import open_run
 from resflex.runtime import resolve_device, size_tag
 from resflex.training.robustness import RANGE_TOLERANCE
@@ -301,8 +301,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if run.is_naflex:
         size_text = f"{size[0]} tokens per image, each at its own aspect"
     print(
-        f"input: {inputs.root} ({len(rows)} images, size {size_text}, geometry {geometry}, "
-        f"{batches} batches)"
+        f"input: {inputs.root} ({len(rows)} images, size {size_text}, geometry {geometry}, {batches} batches)"
     )
     if candidates:
         print(f"size auto: {_auto_text(candidates, candidates_from)}")

@@ -167,7 +167,7 @@ class Run:
 
     @property
     def is_naflex(self) -> bool:
-        """True for a NaFlex run (``resolution=naflex``): it takes token batches, sized in sequence lengths."""
+        """True for a NaFlex run (``resolution=naflex``): token batches, sized in tokens per image."""
         target = str(OmegaConf.select(self.config, "resolution._target_", default="") or "")
         return target.endswith("NaFlexResolution")
 
@@ -241,7 +241,6 @@ class Run:
         module = build_module(cfg if cfg is not None else self.config, num_classes or self.num_classes)
         self.load_weights(module)
         return module
-
 
     def token_classifier(self, device: str | torch.device = "cpu") -> TokenClassifier:
         """A NaFlex run's eval-mode classifier on (patches, patch_coord, patch_valid) tensors, its

@@ -210,7 +210,7 @@ def _pyramid(head: PyramidPool, grid: TokenGrid) -> torch.Tensor:
         if head.proj_channels is not None:
             if head.in_channels is None:
                 raise RuntimeError("PyramidPool.setup(in_channels) must be called before forward")
-            if head.proj.training:  # the 1x1 conv + BatchNorm + ReLU on the valid tokens only (statistics too)
+            if head.proj.training:  # 1x1 conv + BatchNorm + ReLU on the valid tokens only (statistics too)
                 flat = head.proj(x[valid][..., None, None])[..., 0, 0]
                 projected = x.new_zeros((*valid.shape, flat.shape[-1]))
                 projected[valid] = flat
