@@ -298,10 +298,11 @@ def test_onnx_export_of_an_exportable_naflex_run_equals_eager_at_two_sequence_le
 # ---- model card -------------------------------------------------------------------------------------
 
 
-def test_the_model_card_of_a_naflex_run_is_in_tokens(trained: dict) -> None:
-    from resflex.model_card import write_model_card
+def test_the_model_card_of_a_naflex_run_is_in_tokens(trained: dict, tmp_path: Path, capsys) -> None:
+    from resflex.model_card import CARD_FILE, main
 
-    card = write_model_card(trained["run"]).read_text()
+    assert main([str(trained["run"])]) == 0  # scripts/model_card.py
+    card = (trained["run"] / CARD_FILE).read_text()
     assert "## Accuracy across evaluated sequence lengths" in card
     assert "| split | sequence length (tokens per image) | acc | loss |" in card
     metrics = trained["record"]["metrics"]
@@ -312,3 +313,5 @@ def test_the_model_card_of_a_naflex_run_is_in_tokens(trained: dict) -> None:
     robustness = card.split("## Robustness across sequence lengths")[1].split("## Input convention")[0]
     assert "mean over 3 sequence lengths" in robustness and " px" not in robustness
     assert "predict.seq_len" in card and "token_classifier()" in card
+    assert main([str(tmp_path)]) == 2  # not a run folder: one line
+    assert capsys.readouterr().err.strip().count("\n") == 0

@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +418,28 @@ def write_model_card_quietly(run_dir: str | Path) -> Path | None:
 
 def _dropout(cfg: DictConfig) -> float:
     return OmegaConf.select(cfg, "model.net.dropout", default=0.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/model_card.py RUN_DIR``: (re)write a run folder's ``model_card.md`` from its records
+    (a run whose card training did not write, or one written by older code); 2 and one line on error."""
+    import argparse
+    import sys
+
+    from resflex.errors import ResflexError
+
+    parser = argparse.ArgumentParser(
+        description="(Re)write a run folder's model_card.md", prog="model_card.py"
+    )
+    parser.add_argument("run_dir", help="a training run folder (logs/train/runs/<time>)")
+    parser.add_argument("--print", action="store_true", help="also print the card")
+    args = parser.parse_args(argv)
+    try:
+        path = write_model_card(Path(args.run_dir))
+    except ResflexError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    if args.print:
+        print(path.read_text())
+    print(f"written: {path}")
+    return 0
