@@ -56,8 +56,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def reference_probabilities(ckpt: Path, seq_len: int) -> dict[str, torch.Tensor]:
     """{file: probabilities} from the module's own evaluation path: the run's data module's val loader at
-    ``seq_len`` (as scripts/eval.py builds it), ``on_after_batch_transfer`` and ``forward``."""
+    ``seq_len`` (as scripts/eval.py builds it and selects the length's BatchNorm statistics),
+    ``on_after_batch_transfer`` and ``forward``."""
     from resflex.build import build_datamodule
+    from resflex.models.bn_calibration import side_of
     from resflex.run import open_run
 
     run = open_run(ckpt)
@@ -66,6 +68,8 @@ def reference_probabilities(ckpt: Path, seq_len: int) -> dict[str, torch.Tensor]
     cfg.resolution.eval_seq_lens = []
     datamodule = build_datamodule(cfg)
     module = run.build_module(cfg).eval()
+    assert module.size_stats is not None and len(module.size_stats.table) == 3  # one set per length
+    module.size_stats.use(side_of((seq_len, seq_len)))
     loader = datamodule.val_dataloader()
     files = [path for path, _ in datamodule.source.splits["val"].samples]
     out = {}

@@ -13,6 +13,11 @@ The evaluation loop itself is a plain ``inference_mode`` loop rather than
 exactly (micro accuracy and mean loss over every image, the same quantities
 as ``val/acc``/``val/loss``) and measures images/s per size.
 
+A NaFlex run is evaluated at sequence lengths instead (``eval.seq_lens=[64,32,128]``: tokens per
+image, each image at its own aspect; the first takes ``val/acc``). Both print and record the
+robustness summary over what was evaluated (worst, mean, the range that holds up), as training
+logs it (:func:`resflex.training.robustness.summarize_sizes`).
+
 Outputs go to this command's own Hydra run folder (``logs/eval/runs/<time>/``,
 or ``hydra.run.dir=...``), never into the training run: ``eval.json``,
 ``eval.csv``, TensorBoard events (``<split>/acc@<size>``, and

@@ -27,6 +27,10 @@ input convention in the model's metadata), ``torchscript`` (``torch.jit.trace``;
 sizes stay symbolic in the trace), ``exported`` (``torch.export`` with symbolic
 ``batch``/``height``/``width``, saved with ``torch.export.save`` as ``.pt2``).
 
+A NaFlex run (token sequences) is exported by :mod:`resflex.export_naflex`: (patches, patch_coord,
+patch_valid) with a dynamic batch and sequence length, or refused in one line where timm's model
+cannot be captured.
+
 This module is the command and the check; each format's writer (capture with dynamic sizes, what the
 file carries) is :mod:`resflex.export_formats`.
 """

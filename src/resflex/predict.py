@@ -15,6 +15,10 @@ near its own size and aspect) or ``auto`` (each image at the run's robust size n
 how each image's size is chosen and batched is :mod:`resflex.predict_plan`. The size chosen is
 recorded per image (``size`` in the output) and the candidates in the record (``auto_sizes``).
 
+A NaFlex run (``resolution=naflex``) takes token sequences: each image patchified at its own aspect at
+``predict.seq_len`` tokens, as its evaluation frames it (:mod:`resflex.predict_naflex`); ``predict.size``
+is refused for it, and ``predict.seq_len`` for a run that takes images.
+
 This module is the command: decode, frame and classify the planned batches, write the output
 file, print the table. Its settings' defaults live in ``configs/predict.yaml`` only (every
 ``predict.*`` is read from the composed config).
@@ -232,7 +236,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         classes = run.classes()
         inputs = collect_inputs(cfg.get("input"), classes)
         rows, unreadable, batches = run_token_predictions(
-            run.token_classifier(device),
+            run.token_classifier(device, seq_len),
             classes,
             inputs,
             schedule,

@@ -242,13 +242,28 @@ class Run:
         self.load_weights(module)
         return module
 
-    def token_classifier(self, device: str | torch.device = "cpu") -> TokenClassifier:
+    def token_classifier(
+        self, device: str | torch.device = "cpu", seq_len: int | None = None
+    ) -> TokenClassifier:
         """A NaFlex run's eval-mode classifier on (patches, patch_coord, patch_valid) tensors, its
         normalisation inside (:class:`resflex.models.naflex.TokenClassifier`): what prediction and
-        export feed; the LightningModule's own model and buffers, so the numbers are evaluation's."""
+        export feed; the LightningModule's own model and buffers, so the numbers are evaluation's.
+
+        A run with per-size BatchNorm statistics (keyed by sequence length) gets those nearest to
+        ``seq_len``, as ``scripts/eval.py`` uses them at that length; ``None``: the main length's
+        (``max_seq_len``: an exported graph holds one set).
+        """
+        from resflex.models.bn_calibration import side_of
         from resflex.models.naflex import TokenClassifier
 
         module = self.build_module()
+        if module.size_stats is not None:
+            schedule = self.schedule()
+            module.size_stats.main = int(schedule.max_seq_len) if schedule is not None else None
+            if seq_len is None:
+                module.size_stats.use_main()
+            else:
+                module.size_stats.use(side_of((seq_len, seq_len)))
         classifier = TokenClassifier(module.model, module.pixel_mean, module.pixel_std)
         return classifier.to(device).eval()
 
