@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from resflex.config import CONFIG_DIR
 from resflex.errors import ConfigError
 from resflex.export import FORMATS, check_sizes, export_classifier
 from resflex.inference import ResflexClassifier
@@ -17,6 +19,8 @@ from resflex.models.classifier import ImageClassifier
 from tests.conftest import pooling_from_config
 
 SIZES = [(32, 32), (48, 80), (96, 64)]
+#: the export check's tolerance: configs/export.yaml's, its one home
+ATOL = float(OmegaConf.load(CONFIG_DIR / "export.yaml").check.atol)
 VIT = ("vit_small_patch16_224", {"dynamic_img_size": True, "dynamic_img_pad": True, "depth": 1})
 
 
@@ -45,7 +49,7 @@ def tiny_classifier(
 
 def assert_export_matches(classifier: ResflexClassifier, fmt: str, tmp_path: Path) -> dict:
     out = tmp_path / f"model{FORMATS[fmt]}"
-    record = export_classifier(classifier, fmt, out, sizes=SIZES)
+    record = export_classifier(classifier, fmt, out, sizes=SIZES, atol=ATOL)
     assert out.is_file() and [c["size"] for c in record["checks"]] == ["32x32", "48x80", "96x64"]
     assert record["max_abs_diff"] <= 1e-4, record["checks"]
     assert not list(tmp_path.glob(".*tmp*")), "temporary export left behind"
@@ -86,7 +90,7 @@ def test_check_sizes_cover_non_square_and_unseen() -> None:
 def test_fixed_size_vit_cannot_be_exported_dynamic(tmp_path: Path) -> None:
     classifier = tiny_classifier("avg", "vit_small_patch16_224", {"depth": 1})
     with pytest.raises(ConfigError, match="only accepts 224x224") as info:
-        export_classifier(classifier, "torchscript", tmp_path / "m.pt", sizes=SIZES)
+        export_classifier(classifier, "torchscript", tmp_path / "m.pt", sizes=SIZES, atol=ATOL)
     assert "\n" not in str(info.value) and "dynamic_img_size" in str(info.value)
     assert not list(tmp_path.iterdir())
 
@@ -102,7 +106,7 @@ def test_an_export_that_disagrees_is_not_written(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(export, "load_runner", off_by_one)
     with pytest.raises(ConfigError, match="differs from the eager model by 1 .*not valid at every size"):
-        export_classifier(tiny_classifier("avg"), "torchscript", tmp_path / "m.pt", sizes=SIZES)
+        export_classifier(tiny_classifier("avg"), "torchscript", tmp_path / "m.pt", sizes=SIZES, atol=ATOL)
     assert not list(tmp_path.iterdir())
 
 
@@ -112,7 +116,7 @@ def test_torchscript_carries_the_robust_range(tmp_path: Path) -> None:
     curve = {"32": 0.5, "48": 0.8, "64": 0.82, "96": 0.81, "128": 0.6}
     classifier.info["metrics"] = {f"val/acc@{tag}": acc for tag, acc in curve.items()}
     out = tmp_path / "model.pt"
-    record = export_classifier(classifier, "torchscript", out, sizes=SIZES)
+    record = export_classifier(classifier, "torchscript", out, sizes=SIZES, atol=ATOL)
     extra = {"robustness.json": ""}
     torch.jit.load(str(out), _extra_files=extra)
     (robust,) = json.loads(extra["robustness.json"])

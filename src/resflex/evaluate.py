@@ -13,6 +13,11 @@ The evaluation loop itself is a plain ``inference_mode`` loop rather than
 exactly (micro accuracy and mean loss over every image, the same quantities
 as ``val/acc``/``val/loss``) and measures images/s per size.
 
+A NaFlex run is evaluated at sequence lengths instead (``eval.seq_lens=[64,32,128]``: tokens per
+image, each image at its own aspect; the first takes ``val/acc``). Both print and record the
+robustness summary over what was evaluated (worst, mean, the range that holds up), as training
+logs it (:func:`resflex.training.robustness.summarize_sizes`).
+
 Outputs go to this command's own Hydra run folder (``logs/eval/runs/<time>/``,
 or ``hydra.run.dir=...``), never into the training run: ``eval.json``,
 ``eval.csv``, TensorBoard events (``<split>/acc@<size>``, and
@@ -34,6 +39,7 @@ from typing import Any
 import hydra
 import torch
 import torch.nn.functional as F
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig
 
 from resflex.build import build_datamodule
@@ -49,26 +55,31 @@ from resflex.runtime import (
     retain_freed_host_memory,
     size_tag,
 )
+from resflex.training.robustness import summarize_sizes
 
 log = logging.getLogger("resflex")
 
-COLUMNS = ("resolution", "height", "width", "acc", "acc_top5", "loss", "images", "images_per_sec")
+COLUMNS = ("resolution", "height", "width", "seq_len", "acc", "acc_top5", "loss", "images", "images_per_sec")
 
 
 def compose_eval_config(cfg: DictConfig, run: Run) -> DictConfig:
-    """The training run's config (:func:`resflex.run.open_run`), with this command's data, resolutions,
-    batch size and workers applied; files the data writes (``bad_images.txt``) go to this command's
-    folder, never into the training run."""
+    """The training run's config (:func:`resflex.run.open_run`), with this command's data, resolutions
+    (sequence lengths for a NaFlex run), batch size and workers applied; files the data writes
+    (``bad_images.txt``) go to this command's folder, never into the training run."""
     merged = copy.deepcopy(run.config)
     if "paths" in merged:
         merged.paths.output_dir = str(cfg.paths.output_dir)
     if cfg.get("data") is not None:
         merged.data = cfg.data
     sizes = list(cfg.eval.resolutions or [])
-    if sizes:  # the first size takes the main loader (val/acc), the rest one loader each
+    seq_lens = eval_seq_lens(cfg, run)
+    if seq_lens:  # the first length takes the main loader (val/acc), the rest one loader each
+        merged.resolution.max_seq_len = seq_lens[0]
+        merged.resolution.eval_seq_lens = seq_lens[1:]
+    elif sizes:  # the first size takes the main loader (val/acc), the rest one loader each
         merged.resolution.eval_size = sizes[0]
         merged.eval = {"resolutions": sizes[1:]}
-    # else: the sizes the training run evaluated at (its eval size and eval.resolutions)
+    # else: the sizes the training run evaluated at (its eval size and eval.resolutions / eval.seq_lens)
     if cfg.eval.get("batch_size"):
         merged.data.batch_size = int(cfg.eval.batch_size)
         if "eval_batch_size" in merged.data:
@@ -76,6 +87,28 @@ def compose_eval_config(cfg: DictConfig, run: Run) -> DictConfig:
     if cfg.eval.get("num_workers") is not None:
         merged.data.num_workers = int(cfg.eval.num_workers)
     return merged
+
+
+def eval_seq_lens(cfg: DictConfig, run: Run) -> list[int]:
+    """``eval.seq_lens`` checked against the run: sequence lengths (whole tokens >= 1) for a NaFlex run;
+    for a run that takes images it must stay empty, and a NaFlex run takes no ``eval.resolutions``."""
+    from resflex.predict_naflex import parse_seq_len
+
+    values = list(cfg.eval.get("seq_lens") or [])
+    if run.is_naflex and cfg.eval.resolutions:
+        raise ConfigError(
+            f"eval.resolutions={list(cfg.eval.resolutions)} sizes images, and this NaFlex run is evaluated "
+            "at sequence lengths (tokens per image, each image at its own aspect)",
+            hint="eval.seq_lens=[32,64,96] (the first one is val/acc's)",
+        )
+    if values and not run.is_naflex:
+        raise ConfigError(
+            f"eval.seq_lens={values} is for NaFlex runs (resolution=naflex); this run is evaluated at "
+            "image sizes",
+            hint="eval.resolutions=[48,64,96]",
+        )
+    hint = "eval.seq_lens=[32,64,96] (whole tokens per image)"
+    return [parse_seq_len(v, None, "eval.seq_lens", hint) for v in values]
 
 
 @torch.inference_mode()
@@ -90,7 +123,8 @@ def evaluate_loader(
     for i, (x, y) in enumerate(loader):
         if limit_batches is not None and i >= limit_batches:
             break
-        x, y = module.on_after_batch_transfer((x.to(device, non_blocking=True), y.to(device)), 0)
+        # move_data_to_device: a NaFlex token batch (a dataclass of tensors) moves as Lightning moves it
+        x, y = module.on_after_batch_transfer(move_data_to_device((x, y), device), 0)
         with autocast_for(precision, device):
             logits = module(x)
         logits = logits.float()
@@ -128,6 +162,36 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def robustness_summary(rows: list[dict[str, Any]], tokens: bool) -> dict[str, Any] | None:
+    """Worst and mean over the evaluated sizes (sequence lengths for a NaFlex run) and the range that
+    holds up, as training reports them (:func:`resflex.training.robustness.summarize_sizes`; scales
+    relative to the first size, the main one); None for a single size."""
+    if len(rows) < 2:
+        return None
+    sizes = [(r["seq_len"], r["seq_len"]) if tokens else (r["height"], r["width"]) for r in rows]
+    accuracy = dict(zip(sizes, (r["acc"] for r in rows), strict=True))
+    summary = summarize_sizes(accuracy, main=sizes[0])
+    worst = min(rows, key=lambda r: r["acc"])
+    return {
+        "unit": "tokens" if tokens else "px",
+        "over": len(rows),
+        "worst": summary.worst,
+        "worst_at": worst["resolution"],
+        "mean": summary.mean,
+        "range_low": summary.range_low,
+        "range_high": summary.range_high,
+    }
+
+
+def robustness_text(summary: dict[str, Any]) -> str:
+    """``worst 0.612 at 16 tokens, mean over 3 sequence lengths 0.701, range 0.5x-1x``."""
+    over = "sequence lengths" if summary["unit"] == "tokens" else "sizes"
+    return (
+        f"worst {summary['worst']:.4f} at {summary['worst_at']}, mean over {summary['over']} {over} "
+        f"{summary['mean']:.4f}, range {summary['range_low']:g}x-{summary['range_high']:g}x"
+    )
+
+
 def write_outputs(output_dir: Path, record: dict[str, Any]) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "eval.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -145,7 +209,7 @@ def log_tensorboard(output_dir: Path, split: str, rows: list[dict[str, Any]], ta
         for r in rows:
             writer.add_scalar(f"{split}/acc@{r['tag']}", r["acc"], 0)
             writer.add_scalar(f"{split}/loss@{r['tag']}", r["loss"], 0)
-            writer.add_scalar(f"{split}/acc_vs_resolution", r["acc"], int(r["width"]))
+            writer.add_scalar(f"{split}/acc_vs_resolution", r["acc"], int(r["seq_len"] or r["width"]))
         writer.add_text("eval", "```\n" + table + "\n```", 0)
     finally:
         writer.close()
@@ -185,8 +249,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if module.size_stats is not None:
             module.size_stats.use(side_of((h, w)))
         metrics = evaluate_loader(module, loader, device, precision, limit)
-        rows.append({"resolution": f"{h}x{w}", "tag": tag, "height": h, "width": w, **metrics})
+        if run.is_naflex:  # a NaFlex run's 'size' (s, s) is a sequence length: s tokens per image
+            place = {"resolution": f"{h} tokens", "height": None, "width": None, "seq_len": h}
+        else:
+            place = {"resolution": f"{h}x{w}", "height": h, "width": w, "seq_len": None}
+        rows.append({**place, "tag": tag, **metrics})
         log.info("%s@%s: acc %.4f, loss %.4f", split, tag, metrics["acc"], metrics["loss"])
+    robustness = robustness_summary(rows, run.is_naflex)
 
     table = format_table(rows)
     output_dir = Path(cfg.paths.output_dir)
@@ -198,11 +267,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "device": str(device),
         "precision": str(precision),
         "results": rows,
+        "robustness": robustness,
         "wall_time_s": round(time.time() - started, 2),
     }
     write_outputs(output_dir, record)
     log_tensorboard(output_dir, split, rows, table)
     print(f"checkpoint: {run.checkpoint}\ndata: {record['data']} ({split} split)\n{table}")
+    if robustness is not None:
+        print(f"robustness ({split}): {robustness_text(robustness)}")
     print(f"written: {output_dir / 'eval.json'}, {output_dir / 'eval.csv'} (TensorBoard: {output_dir})")
     return record
 

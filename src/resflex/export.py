@@ -27,6 +27,10 @@ input convention in the model's metadata), ``torchscript`` (``torch.jit.trace``;
 sizes stay symbolic in the trace), ``exported`` (``torch.export`` with symbolic
 ``batch``/``height``/``width``, saved with ``torch.export.save`` as ``.pt2``).
 
+A NaFlex run (token sequences) is exported by :mod:`resflex.export_naflex`: (patches, patch_coord,
+patch_valid) with a dynamic batch and sequence length, or refused in one line where timm's model
+cannot be captured.
+
 This module is the command and the check; each format's writer (capture with dynamic sizes, what the
 file carries) is :mod:`resflex.export_formats`.
 """
@@ -59,8 +63,10 @@ from resflex.export_formats import (
     quiet_exporters,
     robustness_records,
 )
-from resflex.inference import ResflexClassifier, load_classifier
+from resflex.inference import ResflexClassifier, classifier_of
 from resflex.models.adaptive_export import make_exportable
+from resflex.robust_range import robust_ranges
+from resflex.run import Run, open_run
 from resflex.types import Size
 
 log = logging.getLogger("resflex")
@@ -190,7 +196,8 @@ def export_classifier(
     fmt: str,
     output: str | Path,
     sizes: Sequence[Size] | None = None,
-    atol: float = 1e-3,
+    *,
+    atol: float,
     opset: int | None = None,
 ) -> dict[str, Any]:
     """Export, check against eager at ``sizes`` (default :func:`check_sizes`), then move into ``output``.
@@ -200,8 +207,7 @@ def export_classifier(
     when the model cannot be captured with dynamic sizes, or the export disagrees
     with eager by more than ``atol``; nothing is left at ``output`` then.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}", hint=f"format={'|'.join(FORMATS)}")
+    check_format(fmt)
     output = Path(str(output)).expanduser()
     if output.is_dir():
         raise ConfigError(f"output={output} is a folder", hint=f"output={output / ('model' + FORMATS[fmt])}")
@@ -253,49 +259,75 @@ def export_classifier(
     }
 
 
-def default_output(classifier: ResflexClassifier, fmt: str) -> Path:
-    return Path(classifier.info["run_dir"]) / "export" / f"model{FORMATS[fmt]}"
+def default_output(run_dir: str | Path, fmt: str) -> Path:
+    return Path(run_dir) / "export" / f"model{FORMATS[fmt]}"
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r} (format={fmt})", hint=f"format={'|'.join(FORMATS)}")
+
+
+def check_options(run: Run, check: Any) -> None:
+    """One line for a check option of the other kind of run: ``check.sizes`` on a NaFlex run (it sizes
+    images), ``check.seq_lens`` on a run that takes images."""
+    if run.is_naflex and check.sizes:
+        raise ConfigError(
+            f"check.sizes={list(check.sizes)} sizes images, and this NaFlex run takes token sequences",
+            hint="check.seq_lens=[48,96] (tokens per image)",
+        )
+    if not run.is_naflex and check.seq_lens:
+        raise ConfigError(
+            f"check.seq_lens={list(check.seq_lens)} is for NaFlex runs (resolution=naflex); this run takes "
+            "images",
+            hint="check.sizes=[64,[48,80]]",
+        )
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
-    """The task of ``scripts/export.py``: load, export, check, write the model card beside the file."""
-    from resflex.model_card import write_model_card
+    """The task of ``scripts/export.py``: load, export, check, write the model card beside the file.
+
+    Every setting is read from the composed config: its defaults live in ``configs/export.yaml`` only.
+    """
+    from resflex.export_naflex import TOKEN_INPUT, export_token_run
+    from resflex.model_card import token_span_text, write_model_card
     from resflex.runtime import quiet_library_noise
 
     quiet_library_noise()
-    fmt = str(cfg.get("format") or "onnx")
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r} (format={fmt})", hint=f"format={'|'.join(FORMATS)}")
-    classifier = load_classifier(cfg.ckpt_path, run_config=cfg.get("run_config"))
-    output = Path(str(cfg.output)) if cfg.get("output") else default_output(classifier, fmt)
-    check = cfg.get("check") or {}
-    sizes = check_sizes(classifier, list(check.get("sizes") or []))
-    record = export_classifier(
-        classifier,
-        fmt,
-        output,
-        sizes=sizes,
-        atol=float(check.get("atol", 1e-3)),
-        opset=cfg.get("opset"),
-    )
+    fmt, check = str(cfg.format), cfg.check
+    check_format(fmt)
+    run = open_run(cfg.ckpt_path, cfg.get("run_config"))
+    check_options(run, check)
+    output = Path(str(cfg.output)) if cfg.get("output") else default_output(run.run_dir, fmt)
+    atol = float(check.atol)
+    if run.is_naflex:  # token sequences: resflex.export_naflex
+        record = export_token_run(run, fmt, output, atol, list(check.seq_lens or []), cfg.get("opset"))
+        dynamic, convention = "dynamic batch/sequence length", TOKEN_INPUT
+        ranges = [f"{r.stage}: {token_span_text(r)}" for r in robust_ranges(run.metrics, run.main_size())]
+    else:
+        classifier = classifier_of(run)
+        sizes = check_sizes(classifier, list(check.sizes or []))
+        record = export_classifier(classifier, fmt, output, sizes=sizes, atol=atol, opset=cfg.get("opset"))
+        dynamic, convention = "dynamic batch/height/width", INPUT_CONVENTION
+        ranges = [f"{r.stage}: {r.span_text()}" for r in classifier.robust_ranges()]
     card = None
     try:
-        source = write_model_card(Path(classifier.info["run_dir"]))
+        source = write_model_card(run.run_dir)
         card = output.parent / "model_card.md"
         if source.resolve() != card.resolve():
             shutil.copyfile(source, card)
     except Exception as exc:  # the export itself is done and checked: a card problem is a warning
         log.warning("model card not written: %s", exc)
     record["model_card"] = str(card) if card else None
-    print(f"checkpoint: {classifier.info['checkpoint']}")
-    print(f"exported: {record['file']} (format={fmt}, dynamic batch/height/width; {INPUT_CONVENTION})")
+    print(f"checkpoint: {run.checkpoint}")
+    print(f"exported: {record['file']} (format={fmt}, {dynamic}; {convention})")
     print(f"{'size':>9}  {'batch':>5}  {'seen in training':>16}  {'max abs diff vs eager':>21}")
     for row in record["checks"]:
         seen = "yes" if row["trained"] else "no"
         print(f"{row['size']:>9}  {row['batch']:>5}  {seen:>16}  {row['max_abs_diff']:>21.3g}")
-    print(f"max abs diff: {record['max_abs_diff']:.3g} (check.atol={float(check.get('atol', 1e-3)):g})")
-    for robust in classifier.robust_ranges():
-        print(f"robust range ({robust.stage}): {robust.span_text()} (in the file's metadata and model card)")
+    print(f"max abs diff: {record['max_abs_diff']:.3g} (check.atol={atol:g})")
+    for text in ranges:
+        print(f"robust range ({text}) (in the file's metadata and model card)")
     if card:
         print(f"model card: {card}")
     return record

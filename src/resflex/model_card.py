@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ __all__ = [
     "scale_text",
     "size_curve",
     "size_text",
+    "token_robustness_lines",
+    "token_span_text",
     "write_model_card",
     "write_model_card_quietly",
 ]
@@ -161,6 +163,59 @@ def robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]
     return lines + [f"- {r.stage}: {r.sentence()}." for r in ranges]
 
 
+def tokens_text(size: Size) -> str:
+    """``64 tokens``: a NaFlex run's size (s, s) is a sequence length."""
+    return f"{size[0]} tokens"
+
+
+def token_span_text(robust: RobustRange) -> str:
+    """``from 16 to 32 tokens (0.5×–1×)`` or ``only at 32 tokens (1×)``: a NaFlex run's robust range, in
+    tokens per image and × of its ``max_seq_len``."""
+    sizes = robust.sizes
+    low, high = sizes[0], sizes[-1]
+    scale = f" ({scale_text(robust.scale(low))}–{scale_text(robust.scale(high))})" if robust.main else ""
+    if low == high:
+        return f"only at {tokens_text(low)}" + (f" ({scale_text(robust.scale(low))})" if robust.main else "")
+    return f"from {low[0]} to {tokens_text(high)}{scale}"
+
+
+def token_sentence(robust: RobustRange) -> str:
+    """:meth:`RobustRange.sentence` in tokens per image (a NaFlex run's curve is over sequence lengths)."""
+    if len(robust.accuracy) == 1:
+        ((size, acc),) = robust.accuracy.items()
+        return f"evaluated at {tokens_text(size)} only ({number_text(acc)}): no range measured"
+    return (
+        f"accuracy within {RANGE_TOLERANCE:g} of the best ({number_text(robust.summary.best)} at "
+        f"{tokens_text(robust.best_size)}) {token_span_text(robust)}; "
+        f"worst {number_text(robust.summary.worst)} "
+        f"(at {tokens_text(robust.worst_size)}), mean over {len(robust.accuracy)} sequence lengths "
+        f"{number_text(robust.summary.mean)}"
+    )
+
+
+def token_robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]:
+    """The card's robustness section of a NaFlex run: one line per split, in tokens per image."""
+    ranges = robust_ranges(metrics, main)
+    if not ranges:
+        return ["No accuracy per sequence length recorded in metrics.json (`eval.seq_lens`)."]
+    trained = f"the run's max_seq_len, {tokens_text(main)} per image" if main else "the run's max_seq_len"
+    lines = [
+        f"How far from {trained}, the same weights hold up: the contiguous sequence lengths around the "
+        f"best whose accuracy stays within {RANGE_TOLERANCE:g} of it.",
+        "",
+    ]
+    return lines + [f"- {r.stage}: {token_sentence(r)}." for r in ranges]
+
+
+#: a NaFlex run's input, for the card (the export's metadata says the same: resflex.export_naflex)
+TOKEN_CONVENTION = (
+    "token sequences, not image batches: each image resized whole, keeping its aspect, to at most N "
+    "patches of P px (timm's get_image_size_for_seq), patchified (timm's patchify_image), padded to the "
+    "batch's longest sequence with a validity mask; inputs (patches (B, N, P*P*3) in [0, 1], patch_coord "
+    "(B, N, 2), patch_valid (B, N)), the mean/std normalisation inside; the output is logits (B, classes)"
+)
+
+
 def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
     """The card's markdown for ``run_dir`` (needs ``.hydra/config.yaml``; ``metrics.json`` optional)."""
     run = open_run_folder(run_dir)
@@ -170,7 +225,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
     mean, std = _mean_std(str(backbone.name))
     resolution = OmegaConf.to_container(cfg.get("resolution") or {}, resolve=False) or {}
     assert isinstance(resolution, dict)
-    schedule = str(resolution.pop("_target_", "?")).rsplit(".", 1)[-1]
+    schedule_name = str(resolution.pop("_target_", "?")).rsplit(".", 1)[-1]
     resolution.pop("_convert_", None)
     weights = (
         "timm hub (pretrained)"
@@ -187,6 +242,15 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
     configured_geometry = str(resolution.get("geometry", "square"))
     trained_geometry = (run.trained_framing() or (configured_geometry,))[0]
     command = " ".join(["python scripts/train.py", *(shlex.quote(o) for o in overrides)])
+    naflex = run.is_naflex
+    schedule = run.schedule() if naflex else None
+    training_sizes = (
+        f"| training sequence lengths | {schedule!r} (tokens per image, each image at its own aspect) |"
+        if schedule is not None
+        else f"| training sizes | {schedule_name}: "
+        + ", ".join(f"{k}={v}" for k, v in resolution.items() if v is not None)
+        + " |"
+    )
     lines = [
         f"# Model card: {run_dir.name}",
         "",
@@ -199,9 +263,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         f"| backbone | `{backbone.name}` (timm), weights: {weights}, "
         f"model_kwargs: {_plain(backbone.get('model_kwargs'))} |",
         f"| head | {_pooling_text(cfg)} → dropout {_dropout(cfg)} → linear |",
-        f"| training sizes | {schedule}: "
-        + ", ".join(f"{k}={v}" for k, v in resolution.items() if v is not None)
-        + " |",
+        training_sizes,
         f"| schedule | {OmegaConf.select(cfg, 'trainer.max_epochs', default='?')} epochs, "
         f"optimizer {_optimizer_name(cfg)} "
         f"lr={OmegaConf.select(cfg, 'optimizer.lr', default='?')}, "
@@ -212,12 +274,13 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         f"| data | {data.get('name', '?')}" + (f" (`{data.get('root')}`)" if data.get("root") else "") + " |",
         f"| run | status {record.get('status', '?')}, wall time {record.get('wall_time_s', '?')} s |",
         "",
-        "## Accuracy across evaluated sizes",
+        "## Accuracy across evaluated sequence lengths" if naflex else "## Accuracy across evaluated sizes",
         "",
     ]
     rows = _accuracy_rows(metrics)
     if rows:
-        lines += ["| split | size | acc | loss |", "|---|---|---|---|"]
+        column = "sequence length (tokens per image)" if naflex else "size"
+        lines += [f"| split | {column} | acc | loss |", "|---|---|---|---|"]
         lines += [
             f"| {s} | {size} | {number_text(acc)} | {number_text(loss)} |" for s, size, acc, loss in rows
         ]
@@ -229,18 +292,35 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
             "",
             f"Best checkpoint: val/acc {number_text(best['val/acc'])} (`{best.get('checkpoint', '')}`).",
         ]
-    lines += ["", "## Robustness across sizes", "", *robustness_lines(metrics, run.main_size())]
+    if naflex:
+        main = run.main_size(schedule)
+        lines += ["", "## Robustness across sequence lengths", "", *token_robustness_lines(metrics, main)]
+        lines += ["", "## Input convention", "", f"{TOKEN_CONVENTION}."]
+        lines.append(
+            f"Normalisation: mean {tuple(round(v, 4) for v in mean)}, std {tuple(round(v, 4) for v in std)}."
+        )
+        lines += [
+            f"Evaluation preprocessing: N = the run's max_seq_len ({main[0] if main else '?'}), "
+            f"P = {getattr(schedule, 'patch_size', '?')} px, crop_pct "
+            f"{OmegaConf.select(cfg, 'data.eval_crop_pct', default=1.0)} (`scripts/predict.py` applies it; "
+            "`predict.seq_len` picks another N).",
+            "",
+        ]
+    else:
+        lines += ["", "## Robustness across sizes", "", *robustness_lines(metrics, run.main_size())]
+        lines += [
+            "",
+            "## Input convention",
+            "",
+            f"{INPUT_CONVENTION}.",
+            f"Normalisation: mean {tuple(round(v, 4) for v in mean)}, std {tuple(round(v, 4) for v in std)}.",
+            f"Evaluation preprocessing: geometry `{trained_geometry}`"
+            f"{' (chosen by auto from the training images)' if configured_geometry == 'auto' else ''}, "
+            f"crop_pct {OmegaConf.select(cfg, 'data.eval_crop_pct', default=1.0)} "
+            f"({GEOMETRY_EVAL.get(trained_geometry, '')}; `scripts/predict.py` applies it).",
+            "",
+        ]
     lines += [
-        "",
-        "## Input convention",
-        "",
-        f"{INPUT_CONVENTION}.",
-        f"Normalisation: mean {tuple(round(v, 4) for v in mean)}, std {tuple(round(v, 4) for v in std)}.",
-        f"Evaluation preprocessing: geometry `{trained_geometry}`"
-        f"{' (chosen by auto from the training images)' if configured_geometry == 'auto' else ''}, "
-        f"crop_pct {OmegaConf.select(cfg, 'data.eval_crop_pct', default=1.0)} "
-        f"({GEOMETRY_EVAL.get(trained_geometry, '')}; `scripts/predict.py` applies it).",
-        "",
         "## How it was trained",
         "",
         "```bash",
@@ -249,6 +329,14 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         "",
         "## Use it",
         "",
+        *(_token_usage(run_dir) if naflex else _image_usage(run_dir)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _image_usage(run_dir: Path) -> list[str]:
+    return [
         "```python",
         "from resflex import load_classifier",
         f'model = load_classifier("{run_dir}/checkpoints/last.ckpt")   # eval mode, .classes',
@@ -259,9 +347,25 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         f"python scripts/predict.py ckpt_path={run_dir}/checkpoints/last.ckpt input=PATH output=preds.csv",
         f"python scripts/export.py ckpt_path={run_dir}/checkpoints/last.ckpt format=onnx output=model.onnx",
         "```",
-        "",
     ]
-    return "\n".join(lines)
+
+
+def _token_usage(run_dir: Path) -> list[str]:
+    ckpt = f"{run_dir}/checkpoints/last.ckpt"
+    return [
+        "```python",
+        "from resflex.run import open_run",
+        f'model = open_run("{ckpt}").token_classifier()   # eval mode',
+        "logits = model(patches, patch_coord, patch_valid)   # see the input convention",
+        "```",
+        "",
+        "```bash",
+        f"python scripts/predict.py ckpt_path={ckpt} input=PATH output=preds.csv [predict.seq_len=N]",
+        f"python scripts/eval.py ckpt_path={ckpt} 'eval.seq_lens=[64,32,128]'",
+        f"python scripts/export.py ckpt_path={ckpt} format=onnx output=model.onnx"
+        "   # runs trained with +backbone.model_kwargs.pos_embed_use_grid_sample=true",
+        "```",
+    ]
 
 
 def write_model_card(run_dir: str | Path, classes: list[str] | None = None) -> Path:
@@ -314,3 +418,28 @@ def write_model_card_quietly(run_dir: str | Path) -> Path | None:
 
 def _dropout(cfg: DictConfig) -> float:
     return OmegaConf.select(cfg, "model.net.dropout", default=0.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/model_card.py RUN_DIR``: (re)write a run folder's ``model_card.md`` from its records
+    (a run whose card training did not write, or one written by older code); 2 and one line on error."""
+    import argparse
+    import sys
+
+    from resflex.errors import ResflexError
+
+    parser = argparse.ArgumentParser(
+        description="(Re)write a run folder's model_card.md", prog="model_card.py"
+    )
+    parser.add_argument("run_dir", help="a training run folder (logs/train/runs/<time>)")
+    parser.add_argument("--print", action="store_true", help="also print the card")
+    args = parser.parse_args(argv)
+    try:
+        path = write_model_card(Path(args.run_dir))
+    except ResflexError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    if args.print:
+        print(path.read_text())
+    print(f"written: {path}")
+    return 0

@@ -15,6 +15,10 @@ near its own size and aspect) or ``auto`` (each image at the run's robust size n
 how each image's size is chosen and batched is :mod:`resflex.predict_plan`. The size chosen is
 recorded per image (``size`` in the output) and the candidates in the record (``auto_sizes``).
 
+A NaFlex run (``resolution=naflex``) takes token sequences: each image patchified at its own aspect at
+``predict.seq_len`` tokens, as its evaluation frames it (:mod:`resflex.predict_naflex`); ``predict.size``
+is refused for it, and ``predict.seq_len`` for a run that takes images.
+
 This module is the command: decode, frame and classify the planned batches, write the output
 file, print the table. Its settings' defaults live in ``configs/predict.yaml`` only (every
 ``predict.*`` is read from the composed config).
@@ -45,6 +49,7 @@ from resflex.data.images import DEFAULT_DECODER, open_image
 from resflex.data.resolution import DEFAULT_ASPECTS
 from resflex.errors import ConfigError, DataError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, classifier_of
+from resflex.predict_naflex import check_naflex_options, parse_seq_len, run_token_predictions
 from resflex.predict_plan import (
     NAMED_SIZES,
     Inputs,
@@ -223,38 +228,56 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"predict.batch_size must be a positive integer, got {batch_size!r}")
     run = open_run(cfg.ckpt_path, cfg.get("run_config"))
-    classifier = classifier_of(run, device)
-    size = parse_predict_size(settings.size, classifier)
-    inputs = collect_inputs(cfg.get("input"), classifier.classes)
-    transform, geometry, schedule = run.eval_framing()
-    info = classifier.info
-    candidates, candidates_from = (
-        auto_sizes(info.get("metrics") or {}, classifier.eval_size or (64, 64))
-        if size == "auto"
-        else (None, None)
-    )
-    plan = plan_batches(
-        inputs.files,
-        size,
-        batch_size,
-        geometry,
-        schedule,
-        info.get("aspect_ratios") or list(DEFAULT_ASPECTS),
-        int(info.get("multiple", 8)),
-        max(classifier.min_side, int(info.get("multiple", 8))),
-        int(settings.max_side),
-        candidates,
-    )
-    rows, unreadable = run_predictions(
-        classifier,
-        inputs,
-        plan,
-        transform,
-        int(settings.topk),
-        device,
-        settings.progress,
-        OmegaConf.select(run.config, "data.source.decoder", default=None) or DEFAULT_DECODER,
-    )
+    check_naflex_options(run, settings.size, settings.seq_len)
+    decoder = OmegaConf.select(run.config, "data.source.decoder", default=None) or DEFAULT_DECODER
+    if run.is_naflex:  # token sequences, each image at its own aspect (resflex.predict_naflex)
+        transform, geometry, schedule = run.eval_framing()
+        seq_len = parse_seq_len(settings.seq_len, schedule)
+        classes = run.classes()
+        inputs = collect_inputs(cfg.get("input"), classes)
+        rows, unreadable, batches = run_token_predictions(
+            run.token_classifier(device, seq_len),
+            classes,
+            inputs,
+            schedule,
+            transform,
+            seq_len,
+            batch_size,
+            int(settings.topk),
+            device,
+            decoder,
+        )
+        size: Size | str = (seq_len, seq_len)
+        candidates = candidates_from = None
+        checkpoint = str(run.checkpoint)
+    else:
+        classifier = classifier_of(run, device)
+        size = parse_predict_size(settings.size, classifier)
+        inputs = collect_inputs(cfg.get("input"), classifier.classes)
+        transform, geometry, schedule = run.eval_framing()
+        info = classifier.info
+        candidates, candidates_from = (
+            auto_sizes(info.get("metrics") or {}, classifier.eval_size or (64, 64))
+            if size == "auto"
+            else (None, None)
+        )
+        plan = plan_batches(
+            inputs.files,
+            size,
+            batch_size,
+            geometry,
+            schedule,
+            info.get("aspect_ratios") or list(DEFAULT_ASPECTS),
+            int(info.get("multiple", 8)),
+            max(classifier.min_side, int(info.get("multiple", 8))),
+            int(settings.max_side),
+            candidates,
+        )
+        rows, unreadable = run_predictions(
+            classifier, inputs, plan, transform, int(settings.topk), device, settings.progress, decoder
+        )
+        batches = len(plan.batches)
+        checkpoint = info["checkpoint"]
     if len(inputs.files) == 1 and unreadable:
         raise DataError(next(iter(unreadable.values())), hint="pass an image file (PNG, JPEG, ...)")
     if not rows:
@@ -262,25 +285,27 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     labelled = [r for r in rows if r["correct"] is not None]
     accuracy = sum(r["correct"] for r in labelled) / len(labelled) if inputs.labelled and labelled else None
     record = {
-        "checkpoint": info["checkpoint"],
+        "checkpoint": checkpoint,
         "input": str(cfg.get("input")),
         "size": size if isinstance(size, str) else list(size),
+        "seq_len": size[0] if run.is_naflex else None,
         "geometry": geometry,
         "auto_sizes": [list(c) for c in candidates] if candidates else None,
         "auto_sizes_from": candidates_from,
         "images": len(rows),
         "unreadable": [{"path": str(inputs.files[i]), "error": e} for i, e in sorted(unreadable.items())],
         "ignored_non_image_files": inputs.ignored,
-        "batches": len(plan.batches),
+        "batches": batches,
         "accuracy": accuracy,
         "wall_time_s": round(time.time() - started, 2),
     }
     write_predictions(output, rows, record)
-    print(f"checkpoint: {info['checkpoint']}")
+    print(f"checkpoint: {checkpoint}")
     size_text = size if isinstance(size, str) else f"{size[0]}x{size[1]}"
+    if run.is_naflex:
+        size_text = f"{size[0]} tokens per image, each at its own aspect"
     print(
-        f"input: {inputs.root} ({len(rows)} images, size {size_text}, geometry {geometry}, "
-        f"{len(plan.batches)} batches)"
+        f"input: {inputs.root} ({len(rows)} images, size {size_text}, geometry {geometry}, {batches} batches)"
     )
     if candidates:
         print(f"size auto: {_auto_text(candidates, candidates_from)}")

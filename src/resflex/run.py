@@ -46,6 +46,7 @@ from resflex.run_folder import (
 if TYPE_CHECKING:
     import torch
 
+    from resflex.models.naflex import TokenClassifier
     from resflex.training.module import ClassificationModule
 
 log = logging.getLogger("resflex")
@@ -164,6 +165,12 @@ class Run:
             log.warning("could not read the run's eval size: %s", first_line(exc))
             return None
 
+    @property
+    def is_naflex(self) -> bool:
+        """True for a NaFlex run (``resolution=naflex``): token batches, sized in tokens per image."""
+        target = str(OmegaConf.select(self.config, "resolution._target_", default="") or "")
+        return target.endswith("NaFlexResolution")
+
     def trained_framing(self) -> tuple[str, list[int] | None] | None:
         """(geometry, pad fill) the run trained with, from its record's ``data_profile``; None if absent."""
         profile = self.record.get("data_profile") or {}
@@ -234,6 +241,31 @@ class Run:
         module = build_module(cfg if cfg is not None else self.config, num_classes or self.num_classes)
         self.load_weights(module)
         return module
+
+    def token_classifier(
+        self, device: str | torch.device = "cpu", seq_len: int | None = None
+    ) -> TokenClassifier:
+        """A NaFlex run's eval-mode classifier on (patches, patch_coord, patch_valid) tensors, its
+        normalisation inside (:class:`resflex.models.naflex.TokenClassifier`): what prediction and
+        export feed; the LightningModule's own model and buffers, so the numbers are evaluation's.
+
+        A run with per-size BatchNorm statistics (keyed by sequence length) gets those nearest to
+        ``seq_len``, as ``scripts/eval.py`` uses them at that length; ``None``: the main length's
+        (``max_seq_len``: an exported graph holds one set).
+        """
+        from resflex.models.bn_calibration import side_of
+        from resflex.models.naflex import TokenClassifier
+
+        module = self.build_module()
+        if module.size_stats is not None:
+            schedule = self.schedule()
+            module.size_stats.main = int(schedule.max_seq_len) if schedule is not None else None
+            if seq_len is None:
+                module.size_stats.use_main()
+            else:
+                module.size_stats.use(side_of((seq_len, seq_len)))
+        classifier = TokenClassifier(module.model, module.pixel_mean, module.pixel_std)
+        return classifier.to(device).eval()
 
 
 def open_run_folder(run_dir: str | Path) -> Run:

@@ -15,6 +15,8 @@ from resflex.data.naflex import (
     TokenBatch,
     collate_tokens,
     image_size_for_seq,
+    step_loss_scale,
+    token_schedule_of,
 )
 from resflex.errors import ConfigError
 from tests.conftest import make_image_folder
@@ -124,6 +126,18 @@ def test_loss_scale_follows_timm() -> None:
     assert linear.loss_scale_for(32, batch_size=8) == 4.0  # 32 images where 8 fit at the longest length
     assert NaFlexResolution(seq_lens=[16, 64], loss_scale="sqrt").loss_scale_for(32, 8) == 2.0
     assert NaFlexResolution(seq_lens=[16, 64], loss_scale="none").loss_scale_for(32, 8) == 1.0
+
+
+def test_the_training_side_reads_the_loss_scale_through_the_data_layer() -> None:
+    """``training/naflex.py`` hands the trainer's data module to :func:`step_loss_scale`: anything that is
+    not a NaFlex data module (image batches, no data module at all) scales by 1."""
+    from types import SimpleNamespace
+
+    naflex = SimpleNamespace(schedule=NaFlexResolution(seq_lens=[16, 64]), batch_size=8)
+    assert token_schedule_of(naflex) is naflex.schedule and step_loss_scale(naflex, 32) == 4.0
+    images = SimpleNamespace(schedule=object(), batch_size=8)
+    assert token_schedule_of(images) is None and step_loss_scale(images, 32) == 1.0
+    assert token_schedule_of(None) is None and step_loss_scale(None, 32) == 1.0
 
 
 def test_the_data_module_makes_token_loaders(tmp_path: Path) -> None:

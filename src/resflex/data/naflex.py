@@ -224,6 +224,25 @@ def is_token_schedule(schedule: object) -> bool:
     return isinstance(schedule, NaFlexResolution)
 
 
+def token_schedule_of(datamodule: object) -> NaFlexResolution | None:
+    """The NaFlex schedule of a data module (``resolution=naflex``), or None (image batches, no data module).
+
+    The one place that knows where a data module keeps its schedule, so the training side
+    (:mod:`resflex.training.naflex`) asks the data layer rather than reading its attributes.
+    """
+    schedule = getattr(datamodule, "schedule", None)
+    return schedule if isinstance(schedule, NaFlexResolution) else None
+
+
+def step_loss_scale(datamodule: object, images: int) -> float:
+    """timm's loss scale (``resolution.loss_scale``) of a training step of ``images`` images under
+    ``datamodule``'s token budget; 1.0 for anything that is not a NaFlex data module."""
+    schedule = token_schedule_of(datamodule)
+    if schedule is None:
+        return 1.0
+    return schedule.loss_scale_for(images, int(datamodule.batch_size))  # type: ignore[attr-defined]
+
+
 class NaFlexBatchSampler(ResolutionBatchSampler):
     """:class:`ResolutionBatchSampler` whose requests carry each image's own (h, w) for the step's
     sequence length. The plan (which samples, which sequence length, how many per step) is the base

@@ -95,6 +95,65 @@ class NaFlexBackbone(TimmBackbone):
         return TokenGrid(tokens, x.patch_coord, out["patch_valid"])
 
 
+# ---- the trained classifier on plain tensors: prediction and export ------------------------------
+
+#: the input names of a token classifier, in order (the ONNX inputs; timm's ``forward_features`` keywords)
+TOKEN_INPUTS = ("patches", "patch_coord", "patch_valid")
+
+
+class TokenClassifier(nn.Module):
+    """A NaFlex run's classifier on three tensors, with its pixel normalisation inside.
+
+    ``forward(patches, patch_coord, patch_valid)``: ``patches`` (B, N, P*P*3) in timm's channels-last
+    patch layout (``timm.data.naflex_transforms.patchify_image``), float32 in [0, 1] or uint8;
+    ``patch_coord`` int64 (B, N, 2) (row, column); ``patch_valid`` bool (B, N), False on padding
+    -> logits (B, classes). Why plain tensors rather than a :class:`~resflex.types.TokenBatch`: an
+    exporter and a user outside resflex see tensors only. Normalisation is the LightningModule's
+    (:meth:`TokenBatch.normalized`), so uint8 input gives bit-identical network input to what
+    training and evaluation fed it, and [0, 1] input ``k/255`` gives it too (``k/255*255 == k`` in float32).
+    """
+
+    def __init__(self, model: nn.Module, mean: Any, std: Any) -> None:
+        super().__init__()
+        self.model = model
+        # the LightningModule's buffers: 0..255 scale, one value per channel
+        self.register_buffer("pixel_mean", torch.as_tensor(mean, dtype=torch.float32).reshape(3).clone())
+        self.register_buffer("pixel_std", torch.as_tensor(std, dtype=torch.float32).reshape(3).clone())
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.backbone.patch_size)
+
+    def forward(
+        self, patches: torch.Tensor, patch_coord: torch.Tensor, patch_valid: torch.Tensor
+    ) -> torch.Tensor:
+        pixels = patches if patches.dtype == torch.uint8 else patches * 255.0
+        # seq_len: the tensor's own (symbolic under export; the backbone does not read it)
+        batch = TokenBatch(pixels, patch_coord, patch_valid, patches.shape[1])
+        return self.model(batch.normalized(self.pixel_mean, self.pixel_std))
+
+
+def export_blocker(model: nn.Module) -> str | None:
+    """Why a NaFlexVit cannot be captured with a dynamic sequence length (None: nothing known).
+
+    timm's default NaFlex position embedding (learned or factorized, ``pos_embed_use_grid_sample``
+    false) reads each image's grid size from the data (``int(h.item())`` per image, then one
+    ``F.interpolate`` per grid size): ``torch.export`` stops at that data-dependent value
+    (``GuardOnDataDependentSymNode``; timm 1.0.31, torch 2.14). The ``grid_sample`` formulation is
+    tensor-only and exports (measured: ONNX equal to eager to 3e-8 at several lengths), but its
+    numbers differ from the interpolation's when a grid is smaller than the table (antialiasing), so a
+    model trained with one cannot be exported with the other.
+    """
+    embeds = getattr(model, "embeds", None)
+    kind = getattr(embeds, "pos_embed_type", "none")
+    if kind in ("learned", "factorized") and not getattr(embeds, "pos_embed_use_grid_sample", False):
+        return (
+            f"timm's NaFlexVit interpolates its {kind} position embeddings per image at a grid size read "
+            "from the data (.item()), which torch.export cannot capture with a dynamic sequence length"
+        )
+    return None
+
+
 # ---- pooling on a masked token grid -------------------------------------------------------------
 
 
@@ -151,10 +210,14 @@ def _pyramid(head: PyramidPool, grid: TokenGrid) -> torch.Tensor:
         if head.proj_channels is not None:
             if head.in_channels is None:
                 raise RuntimeError("PyramidPool.setup(in_channels) must be called before forward")
-            # the 1x1 conv + BatchNorm + ReLU on the valid tokens only (BatchNorm's statistics too)
-            flat = head.proj(x[valid][..., None, None])[..., 0, 0]
-            projected = x.new_zeros((*valid.shape, flat.shape[-1]))
-            projected[valid] = flat
+            if head.proj.training:  # 1x1 conv + BatchNorm + ReLU on the valid tokens only (statistics too)
+                flat = head.proj(x[valid][..., None, None])[..., 0, 0]
+                projected = x.new_zeros((*valid.shape, flat.shape[-1]))
+                projected[valid] = flat
+            else:  # per token: every token, padding zeroed (no data-dependent shape: exportable)
+                b, n, c = x.shape
+                dense = head.proj(x.reshape(b * n, c, 1, 1)).reshape(b, n, -1)
+                projected = dense.masked_fill(~valid[..., None], 0.0)
         for k, level in enumerate(head.fine_levels):
             members = cell_members(grid, level)
             cells = (
