@@ -45,8 +45,8 @@ test-min: $(STAMP_MIN)
 	$(VENV_MIN)/bin/python -m pytest -n $(WORKERS) $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src scripts tests benchmarks
-	$(VENV)/bin/ruff format --check src scripts tests benchmarks
+	$(VENV)/bin/ruff check src scripts tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src scripts tests benchmarks experiments
 
 # every generated table in README.md, experiments/*/README.md and docs/*.md, from the committed result files
 results: $(STAMP)

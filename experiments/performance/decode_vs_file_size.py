@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import time
+from pathlib import Path as _Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-
-import sys  # noqa: E402
-from pathlib import Path as _Path  # noqa: E402
 
 sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
 

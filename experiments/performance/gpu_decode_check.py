@@ -24,7 +24,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "src"), str(Path(__file__).resolve().parents[2])]
 
-from benchmarks.loader import resflex_loader, write_photo_folder
+from benchmarks.loader import resflex_loader, write_photo_folder  # noqa: E402 (after sys.path)
 
 
 def compare(root: Path, split: str, size: int, batches: int) -> dict[str, float | int | str]:

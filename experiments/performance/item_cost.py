@@ -12,6 +12,7 @@ synthetic JPEGs with sides in [s, 2s] for s = 64 (small files) and 250 (photo-si
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +22,7 @@ from PIL import Image
 from torchvision.datasets import DatasetFolder
 from torchvision.transforms import v2
 
-import sys  # noqa: E402
-from pathlib import Path as _Path  # noqa: E402
-
-sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
 
 from benchmarks.sections import write_image_folder
 from resflex.data.datamodule import SizedDataset

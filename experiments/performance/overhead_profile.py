@@ -12,14 +12,13 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-import sys  # noqa: E402
-from pathlib import Path as _Path  # noqa: E402
-
-sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ lives beside src/
 
 from benchmarks.runners import (
     Setup,
