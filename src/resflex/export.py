@@ -56,6 +56,7 @@ from resflex.data.resolution import round_to
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.export_formats import (
     INPUT_CONVENTION,
+    check_equal_to_eager,
     export_onnx,
     export_program,
     export_torchscript,
@@ -238,13 +239,7 @@ def export_classifier(
         trained = set(classifier.train_sizes)
         for row, size in zip(rows, sizes, strict=True):
             row["trained"] = size in trained
-        worst = max(rows, key=lambda r: r["max_abs_diff"])
-        if not worst["max_abs_diff"] <= atol:
-            raise ConfigError(
-                f"the {fmt} export differs from the eager model by {worst['max_abs_diff']:.3g} at "
-                f"{worst['size']} (check.atol={atol:g}): it is not valid at every size",
-                hint="report this with the backbone and pooling used; export another format meanwhile",
-            )
+        check_equal_to_eager(rows, fmt, atol, "every size")
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
@@ -290,7 +285,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     Every setting is read from the composed config: its defaults live in ``configs/export.yaml`` only.
     """
     from resflex.export_naflex import TOKEN_INPUT, export_token_run
-    from resflex.model_card import token_span_text, write_model_card
+    from resflex.model_card import tokens_text, write_model_card
     from resflex.runtime import quiet_library_noise
 
     quiet_library_noise()
@@ -303,7 +298,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     if run.is_naflex:  # token sequences: resflex.export_naflex
         record = export_token_run(run, fmt, output, atol, list(check.seq_lens or []), cfg.get("opset"))
         dynamic, convention = "dynamic batch/sequence length", TOKEN_INPUT
-        ranges = [f"{r.stage}: {token_span_text(r)}" for r in robust_ranges(run.metrics, run.main_size())]
+        robust = robust_ranges(run.metrics, run.main_size())
+        ranges = [f"{r.stage}: {r.span_text(tokens_text)}" for r in robust]
     else:
         classifier = classifier_of(run)
         sizes = check_sizes(classifier, list(check.sizes or []))

@@ -67,6 +67,19 @@ def not_dynamic(exc: BaseException, fmt: str) -> ConfigError:
     )
 
 
+def check_equal_to_eager(rows: list[dict[str, Any]], fmt: str, atol: float, where: str) -> None:
+    """Refuse an export whose largest difference from the eager model (over ``rows``, each with
+    ``max_abs_diff`` and ``size``) is above ``check.atol``: one check for image and token exports,
+    ``where`` naming what it must hold at ("every size", "every sequence length")."""
+    worst = max(rows, key=lambda r: r["max_abs_diff"])
+    if not worst["max_abs_diff"] <= atol:
+        raise ConfigError(
+            f"the {fmt} export differs from the eager model by {worst['max_abs_diff']:.3g} at "
+            f"{worst['size']} (check.atol={atol:g}): it is not valid at {where}",
+            hint="report this with the backbone and pooling used; export another format meanwhile",
+        )
+
+
 @contextlib.contextmanager
 def quiet_exporters() -> Any:
     """Exporters print progress and warnings by the page; keep them for HYDRA_FULL_ERROR / debug logs."""

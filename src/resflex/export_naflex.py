@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 from resflex.data.naflex import collate_tokens, image_size_for_seq
 from resflex.errors import ConfigError
-from resflex.export_formats import quiet_exporters
+from resflex.export_formats import check_equal_to_eager, quiet_exporters
 from resflex.models.naflex import TOKEN_INPUTS, TokenClassifier, export_blocker
 from resflex.robust_range import robust_ranges
 from resflex.run import Run
@@ -229,13 +229,7 @@ def export_token_run(
                 hint="use the checkpoint in PyTorch (scripts/predict.py) meanwhile",
             ) from None
         rows = compare_tokens(classifier, load_token_runner(tmp, fmt), seq_lens, set(schedule.seq_lens))
-        worst = max(rows, key=lambda r: r["max_abs_diff"])
-        if not worst["max_abs_diff"] <= atol:
-            raise ConfigError(
-                f"the {fmt} export differs from the eager model by {worst['max_abs_diff']:.3g} at "
-                f"{worst['size']} (check.atol={atol:g}): it is not valid at every sequence length",
-                hint="report this with the backbone and pooling used; export another format meanwhile",
-            )
+        check_equal_to_eager(rows, fmt, atol, "every sequence length")
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)

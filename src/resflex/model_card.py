@@ -56,7 +56,6 @@ __all__ = [
     "size_curve",
     "size_text",
     "token_robustness_lines",
-    "token_span_text",
     "write_model_card",
     "write_model_card_quietly",
 ]
@@ -168,31 +167,6 @@ def tokens_text(size: Size) -> str:
     return f"{size[0]} tokens"
 
 
-def token_span_text(robust: RobustRange) -> str:
-    """``from 16 to 32 tokens (0.5×–1×)`` or ``only at 32 tokens (1×)``: a NaFlex run's robust range, in
-    tokens per image and × of its ``max_seq_len``."""
-    sizes = robust.sizes
-    low, high = sizes[0], sizes[-1]
-    scale = f" ({scale_text(robust.scale(low))}–{scale_text(robust.scale(high))})" if robust.main else ""
-    if low == high:
-        return f"only at {tokens_text(low)}" + (f" ({scale_text(robust.scale(low))})" if robust.main else "")
-    return f"from {low[0]} to {tokens_text(high)}{scale}"
-
-
-def token_sentence(robust: RobustRange) -> str:
-    """:meth:`RobustRange.sentence` in tokens per image (a NaFlex run's curve is over sequence lengths)."""
-    if len(robust.accuracy) == 1:
-        ((size, acc),) = robust.accuracy.items()
-        return f"evaluated at {tokens_text(size)} only ({number_text(acc)}): no range measured"
-    return (
-        f"accuracy within {RANGE_TOLERANCE:g} of the best ({number_text(robust.summary.best)} at "
-        f"{tokens_text(robust.best_size)}) {token_span_text(robust)}; "
-        f"worst {number_text(robust.summary.worst)} "
-        f"(at {tokens_text(robust.worst_size)}), mean over {len(robust.accuracy)} sequence lengths "
-        f"{number_text(robust.summary.mean)}"
-    )
-
-
 def token_robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]:
     """The card's robustness section of a NaFlex run: one line per split, in tokens per image."""
     ranges = robust_ranges(metrics, main)
@@ -204,7 +178,7 @@ def token_robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> lis
         f"best whose accuracy stays within {RANGE_TOLERANCE:g} of it.",
         "",
     ]
-    return lines + [f"- {r.stage}: {token_sentence(r)}." for r in ranges]
+    return lines + [f"- {r.stage}: {r.sentence(tokens_text, 'sequence lengths')}." for r in ranges]
 
 
 #: a NaFlex run's input, for the card (the export's metadata says the same: resflex.export_naflex)

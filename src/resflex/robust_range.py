@@ -12,7 +12,7 @@ tags into the contiguous sizes around the best whose accuracy stays within
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,27 +124,29 @@ class RobustRange:
             "evaluated": [list(s) for s in sorted(self.accuracy, key=self.scale)],
         }
 
-    def span_text(self) -> str:
-        """``from 32 to 96 px (0.5×–1.5×)``, or ``only at 64 px (1×)``; the × only when ``main`` is known."""
+    def span_text(self, unit: Callable[[Size], str] = size_text) -> str:
+        """``from 32 to 96 px (0.5×–1.5×)``, or ``only at 64 px (1×)``; the × only when ``main`` is known.
+        ``unit`` writes one size (``64 px``; a NaFlex run's ``64 tokens``)."""
         sizes = self.sizes
         low, high = sizes[0], sizes[-1]
         if low == high:
-            text = f"only at {size_text(low)}"
+            text = f"only at {unit(low)}"
             return text + (f" ({scale_text(self.scale(low))})" if self.main else "")
-        text = f"from {size_text(low).removesuffix(' px')} to {size_text(high)}"
+        text = f"from {unit(low).rsplit(' ', 1)[0]} to {unit(high)}"
         if self.main:
             text += f" ({scale_text(self.scale(low))}–{scale_text(self.scale(high))})"
         return text
 
-    def sentence(self) -> str:
-        """One line for the card: the range in px and × of the trained size, the best, worst and mean."""
+    def sentence(self, unit: Callable[[Size], str] = size_text, sizes_noun: str = "sizes") -> str:
+        """One line for the card: the range in ``unit`` (px) and × of the trained size, the best, worst
+        and mean over the evaluated ``sizes_noun``."""
         if len(self.accuracy) == 1:
             ((size, acc),) = self.accuracy.items()
-            return f"evaluated at {size_text(size)} only ({number_text(acc)}): no range measured"
+            return f"evaluated at {unit(size)} only ({number_text(acc)}): no range measured"
         return (
             f"accuracy within {RANGE_TOLERANCE:g} of the best ({number_text(self.summary.best)} at "
-            f"{size_text(self.best_size)}) {self.span_text()}; worst {number_text(self.summary.worst)} "
-            f"(at {size_text(self.worst_size)}), mean over {len(self.accuracy)} sizes "
+            f"{unit(self.best_size)}) {self.span_text(unit)}; worst {number_text(self.summary.worst)} "
+            f"(at {unit(self.worst_size)}), mean over {len(self.accuracy)} {sizes_noun} "
             f"{number_text(self.summary.mean)}"
         )
 
