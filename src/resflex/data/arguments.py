@@ -18,7 +18,7 @@ from typing import Any
 from resflex.data.datasets import ImageSource
 from resflex.data.eval_sizes import parse_eval_sizes, resolve_eval_resolutions
 from resflex.data.naflex import is_token_schedule
-from resflex.data.resolution import ResolutionSchedule
+from resflex.data.schedule import ResolutionSchedule
 from resflex.data.transforms import TrainTransform
 from resflex.data.workers import AUTO
 from resflex.errors import ConfigError

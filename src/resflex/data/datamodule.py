@@ -39,8 +39,8 @@ from resflex.data.eval_sizes import is_auto
 from resflex.data.images import DEVICE_DECODER
 from resflex.data.naflex import is_token_schedule, token_loader_parts
 from resflex.data.profile import DatasetProfile, sample_indices
-from resflex.data.resolution import ResolutionSchedule
 from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.schedule import ResolutionSchedule
 from resflex.data.sized_dataset import SizedDataset, Transform, mean_color
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
