@@ -191,7 +191,8 @@ def test_shared_data_keys_are_the_data_module_defaults() -> None:
     default (augment: keys of TrainTransform, or applied on the device), every group built on it."""
     import inspect
 
-    from resflex.data.datamodule import DEVICE_AUGMENT, ResflexDataModule
+    from resflex.data.arguments import DEVICE_AUGMENT
+    from resflex.data.datamodule import ResflexDataModule
     from resflex.data.transforms import TrainTransform
 
     shared = OmegaConf.load(CONFIG_DIR / "_shared" / "data.yaml")

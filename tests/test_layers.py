@@ -119,7 +119,7 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 def test_the_graph_is_read_from_the_source() -> None:
     graph = import_graph()
     assert "resflex.data.datamodule" in graph and "resflex.train" in graph
-    assert "resflex.data.resolution" in graph["resflex.data.datamodule"]
+    assert "resflex.data.schedule" in graph["resflex.data.datamodule"]
     assert "resflex.errors" in graph["resflex.validation"]
     assert layer("resflex.data.eval_sizes") == "data" and layer("resflex.types") == "base"
     assert layer("resflex.build") == "app" and layer("resflex.training.module") == "training"

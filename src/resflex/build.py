@@ -22,7 +22,8 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from resflex.config import TRAINER_TARGET
-from resflex.data.datamodule import ResflexDataModule, to_plain
+from resflex.data.arguments import to_plain
+from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import drop_unfit_sizes
 from resflex.data.sampler import ScheduleLengthSync
 from resflex.errors import ConfigError, find_user_error, first_line

@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resflex.config import CONFIG_DIR, prepare_cli
-from resflex.data.resolution import round_to
+from resflex.data.sizes import round_to
 from resflex.errors import ConfigError, user_errors_as_one_line
 from resflex.export_formats import (
     INPUT_CONVENTION,
@@ -112,7 +112,7 @@ def check_sizes(classifier: ResflexClassifier, requested: Sequence[Any] | None =
     sizes and below the smallest (sides rounded to the run's ``multiple``, never below
     what the backbone takes). ``requested`` adds sizes (``64`` or ``[h, w]``).
     """
-    from resflex.data.resolution import parse_size
+    from resflex.data.sizes import parse_size
 
     multiple = int(classifier.info.get("multiple", 8) or 8)
     trained = set(classifier.train_sizes)

@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.bad_images import BadImageError
 from resflex.data.images import DEFAULT_DECODER, open_image
-from resflex.data.resolution import DEFAULT_ASPECTS
+from resflex.data.sizes import DEFAULT_ASPECTS
 from resflex.errors import ConfigError, DataError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, classifier_of
 from resflex.predict_naflex import check_naflex_options, parse_seq_len, run_token_predictions

@@ -44,7 +44,7 @@ from omegaconf import OmegaConf
 from resflex.data.bad_images import BadImageError
 from resflex.data.buckets import assign_buckets, file_image_size
 from resflex.data.images import IMAGE_EXTENSIONS
-from resflex.data.resolution import parse_size, round_to
+from resflex.data.sizes import parse_size, round_to
 from resflex.errors import ConfigError, DataError
 from resflex.inference import ResflexClassifier
 from resflex.robust_range import robust_ranges

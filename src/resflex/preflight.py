@@ -11,7 +11,7 @@ the run will, without touching the data:
 - ``ckpt_path``, resolved once (the run resumes from what this returns);
 - the data node: the source's decoder and root (the folder only, no image listed), the
   resolution schedule, and the data module's other arguments
-  (:func:`resflex.data.datamodule.check_data_arguments`);
+  (:func:`resflex.data.arguments.check_data_arguments`);
 - the model node (backbone, pooling, optimizer, LR schedule, fine-tuning, the module's
   keys), built on the ``meta`` device: no memory, no random draw, no weights read
   (``backbone.weights`` / ``init_from`` must exist; they are loaded once, by the run);
@@ -32,7 +32,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from resflex.build import build_node, check_source_decoder
-from resflex.data.datamodule import ResflexDataModule, check_data_arguments
+from resflex.data.arguments import check_data_arguments
+from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import is_auto
 from resflex.models.checkpoint import existing_file
 from resflex.models.naflex import check_naflex_config

@@ -124,7 +124,7 @@ class Run:
         """The class names the run's data gives, or None when the data is not there any more."""
         from hydra.utils import instantiate
 
-        from resflex.data.datamodule import finish_source
+        from resflex.data.arguments import finish_source
 
         data = self.config.get("data")
         if data is None:

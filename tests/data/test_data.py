@@ -11,8 +11,9 @@ from PIL import Image
 
 from resflex.data.datamodule import ResflexDataModule, SizedDataset
 from resflex.data.datasets import ImageFolderSource, SyntheticSource
-from resflex.data.resolution import FixedResolution, parse_size
+from resflex.data.resolution import FixedResolution
 from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.sizes import parse_size
 from resflex.data.synthetic import SyntheticShapes
 from resflex.data.transforms import EvalTransform, TrainTransform
 from resflex.errors import ConfigError, DataError

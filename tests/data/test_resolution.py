@@ -14,8 +14,8 @@ from resflex.data.resolution import (
     MultiScaleResolution,
     ProgressiveResolution,
     RandomResolution,
-    round_to,
 )
+from resflex.data.sizes import round_to
 from resflex.errors import ConfigError
 
 

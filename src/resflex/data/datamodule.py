@@ -14,14 +14,13 @@ batches by aspect-ratio bucket (image sizes are read once per split, headers onl
 At construction the training split is profiled from its image headers
 (:mod:`resflex.data.profile`): the console gets size and aspect percentiles,
 ``geometry=auto`` becomes a concrete geometry with a one-line reason, and the
-transforms are built for that geometry.
+transforms are built for that geometry. The arguments that need no image are checked
+first, by :mod:`resflex.data.arguments` (which :mod:`resflex.preflight` calls too).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -32,100 +31,23 @@ from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
 from resflex.compat import batches_done_this_epoch, uses_distributed_sampler
+from resflex.data.arguments import check_data_arguments, finish_source, worker_augment
 from resflex.data.buckets import assign_buckets, image_sizes, image_sizes_lookup, merge_small_buckets
 from resflex.data.datasets import ImageSource
 from resflex.data.device_decode import DeviceFraming, check_device_decode, collate_encoded
-from resflex.data.eval_sizes import is_auto, parse_eval_sizes, resolve_eval_resolutions
+from resflex.data.eval_sizes import is_auto
 from resflex.data.images import DEVICE_DECODER
 from resflex.data.naflex import is_token_schedule, token_loader_parts
 from resflex.data.profile import DatasetProfile, sample_indices
-from resflex.data.resolution import ResolutionSchedule
 from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.schedule import ResolutionSchedule
 from resflex.data.sized_dataset import SizedDataset, Transform, mean_color
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.data.workers import AUTO, auto_num_workers
 from resflex.errors import ConfigError
 from resflex.types import Size
-from resflex.validation import check_value
 
 log = logging.getLogger(__name__)
-
-
-#: ``data.augment`` keys applied on the device, per batch, by the LightningModule (``model.random_erasing``
-#: reads them), not by the data workers
-DEVICE_AUGMENT = ("random_erasing",)
-
-
-def worker_augment(augment: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``data.augment`` for the workers' transforms: the device keys left to the LightningModule."""
-    augment = to_plain(augment) or {}
-    if not isinstance(augment, dict):
-        raise ConfigError(f"data.augment must be a mapping, got {augment!r}")
-    return {k: v for k, v in augment.items() if k not in DEVICE_AUGMENT}
-
-
-def finish_source(
-    source: ImageSource | Callable[..., ImageSource], root: str | None, name: str
-) -> ImageSource:
-    """The source itself, or a partial (the ``data.source`` node) called with ``data.root``.
-
-    Why the root is the data module's argument and not the source's: it is the key users set
-    (``data.root=DIR``), one place for every source that reads files, while ``data.source.*``
-    holds what differs between sources.
-    """
-    built = not callable(source) or hasattr(source, "splits")
-    target = type(source) if built else getattr(source, "func", source)
-    if not built and "root" in inspect.signature(target).parameters:
-        return source(root=root)
-    if root is not None:
-        raise ConfigError(
-            f"data.root is not used by data={name or getattr(target, '__name__', target)}",
-            hint="data=imagefolder data.root=DIR reads a folder",
-        )
-    return source if built else source()
-
-
-def check_data_arguments(
-    schedule: ResolutionSchedule,
-    batch_size: Any,
-    num_workers: Any,
-    augment: Mapping[str, Any] | None,
-    eval_crop_pct: Any,
-    eval_resolutions: Any,
-    eval_sizes_every_epoch: Any,
-) -> list[Size]:
-    """The data module's checks that need no image; returns its evaluation sizes (main first).
-
-    Called first by :class:`ResflexDataModule` and by :mod:`resflex.preflight` before any data is
-    read, so a wrong key fails in one line before the source scans a folder. The transforms are
-    built here only to check ``data.augment`` (``geometry=auto`` is checked as ``square``: the
-    profile has not chosen yet, and no augment key depends on the choice).
-    """
-    check_value("data.batch_size", batch_size, int, lambda v: v >= 1, "a positive integer")
-    if num_workers != AUTO:
-        check_value("data.num_workers", num_workers, int, lambda v: v >= 0, "an integer >= 0 or auto")
-    if not isinstance(eval_sizes_every_epoch, bool):
-        raise ConfigError(
-            f"eval.sizes_every_epoch must be true or false, got {eval_sizes_every_epoch!r}",
-            hint="eval.sizes_every_epoch=true",
-        )
-    geometry = "square" if schedule.geometry == "auto" else schedule.geometry
-    worker_keys = worker_augment(augment)
-    for overrides in [{}, *(dict(o) for o in schedule.augment_phases.values())]:
-        TrainTransform(**{**worker_keys, **overrides}, geometry=geometry)
-    check_value("data.eval_crop_pct", eval_crop_pct, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
-    if is_token_schedule(schedule):  # resolution=naflex: sequence lengths (eval.seq_lens), not sides
-        return parse_eval_sizes(schedule.eval_size, to_plain(schedule.extra_eval_sizes()))
-    extra = to_plain(resolve_eval_resolutions(eval_resolutions, schedule)) or []
-    return parse_eval_sizes(schedule.eval_size, extra)
-
-
-def to_plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python (anything else is passed on for its owner to reject)."""
-    omegaconf = sys.modules.get("omegaconf")  # not imported: then no value can be one of its nodes
-    if omegaconf is not None and omegaconf.OmegaConf.is_config(value):
-        return omegaconf.OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 class ResflexDataModule(pl.LightningDataModule):
@@ -135,7 +57,7 @@ class ResflexDataModule(pl.LightningDataModule):
     reads the images (a class, or a partial that this module finishes with
     ``root``), ``schedule`` (the ``resolution`` group) picks the sizes, ``augment``
     frames and augments training images in the workers (its device-side keys,
-    :data:`DEVICE_AUGMENT`, belong to the LightningModule), and
+    :data:`~resflex.data.arguments.DEVICE_AUGMENT`, belong to the LightningModule), and
     ``eval_resolutions`` (``auto`` or sizes) adds evaluation sizes.
     """
 

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resflex.data.resolution import parse_size, round_to
+from resflex.data.sizes import parse_size, round_to
 from resflex.errors import ConfigError
 from resflex.types import Size
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from resflex.data.resolution import DEFAULT_ASPECTS
+from resflex.data.sizes import DEFAULT_ASPECTS
 
 #: a square centre crop losing at least this share of the average image means "aspects spread widely"
 AUTO_CROP_LOSS = 0.10

@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import Sampler
 
 from resflex.compat import set_epoch_length
-from resflex.data.resolution import ResolutionSchedule
+from resflex.data.schedule import ResolutionSchedule
 from resflex.types import Size
 
 

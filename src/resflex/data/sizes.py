@@ -1,0 +1,39 @@
+"""Sizes as configs and commands give them: ``64`` or ``[h, w]`` -> (h, w), sides rounded to a multiple,
+the default aspect-ratio buckets.
+
+The size arithmetic shared by the schedules (:mod:`resflex.data.schedule`, :mod:`resflex.data.resolution`),
+the evaluation sizes (:mod:`resflex.data.eval_sizes`), the data profile, prediction and export: one home,
+in the lowest layer that reads sizes, so no caller imports a schedule module for a helper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from resflex.errors import ConfigError
+from resflex.types import Size
+
+#: keep_aspect's bucket centres (w/h) when ``resolution.aspect_ratios`` gives none; also the aspects
+#: the data profile and prediction round an image's aspect to
+DEFAULT_ASPECTS = (0.5, 0.75, 1.0, 1.333, 2.0)
+
+
+def parse_size(value: int | Sequence[int], key: str = "resolution.size") -> Size:
+    """``64`` -> (64, 64); ``[48, 80]`` -> (48, 80) as (height, width). Rejects non-positive sizes."""
+    if isinstance(value, bool):
+        value = None  # type: ignore[assignment]
+    if isinstance(value, int):
+        h = w = value
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        h, w = value
+    else:
+        raise ConfigError(f"{key} must be an int or [height, width], got {value!r}", hint=f"e.g. {key}=64")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+        raise ConfigError(f"{key} must be positive integers, got {value!r}", hint=f"e.g. {key}=64")
+    return int(h), int(w)
+
+
+def round_to(value: float, multiple: int) -> int:
+    """Nearest multiple of ``multiple`` (never below ``multiple`` itself)."""
+    return max(multiple, math.floor(value / multiple + 0.5) * multiple)
