@@ -285,7 +285,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     Every setting is read from the composed config: its defaults live in ``configs/export.yaml`` only.
     """
     from resflex.export_naflex import TOKEN_INPUT, export_token_run
-    from resflex.model_card import tokens_text, write_model_card
+    from resflex.model_card import write_model_card
+    from resflex.robust_range import tokens_text
     from resflex.runtime import quiet_library_noise
 
     quiet_library_noise()

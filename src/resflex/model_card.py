@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,14 @@ from resflex.robust_range import (
     parse_size_tag,
     robust_range,
     robust_ranges,
+    robustness_lines,
     scale_text,
     size_curve,
     size_text,
+    token_robustness_lines,
 )
 from resflex.run import Run, open_run_folder
 from resflex.run_folder import CLASSES_FILE, hydra_file, read_classes, read_overrides
-from resflex.training.robustness import RANGE_TOLERANCE
-from resflex.types import Size
 
 __all__ = [
     "CARD_FILE",
@@ -66,6 +66,15 @@ INPUT_CONVENTION = (
     "float32 RGB in [0, 1], shape (B, 3, H, W), any H and W the backbone takes; the mean/std "
     "normalisation is inside the loaded or exported model; the output is logits (B, classes): "
     "softmax gives probabilities"
+)
+
+
+#: a NaFlex run's input, for the card (the export's metadata says the same: resflex.export_naflex)
+TOKEN_CONVENTION = (
+    "token sequences, not image batches: each image resized whole, keeping its aspect, to at most N "
+    "patches of P px (timm's get_image_size_for_seq), patchified (timm's patchify_image), padded to the "
+    "batch's longest sequence with a validity mask; inputs (patches (B, N, P*P*3) in [0, 1], patch_coord "
+    "(B, N, 2), patch_valid (B, N)), the mean/std normalisation inside; the output is logits (B, classes)"
 )
 
 
@@ -146,48 +155,6 @@ def _accuracy_rows(metrics: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else (value or {})
-
-
-def robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]:
-    """The card's robustness section: one line per split with a per-size curve."""
-    ranges = robust_ranges(metrics, main)
-    if not ranges:
-        return ["No accuracy per size recorded in metrics.json (`eval.resolutions`)."]
-    trained = f"the trained size, {size_text(main)}" if main else "the trained size"
-    lines = [
-        f"How far from {trained}, the same weights hold up: the contiguous sizes around the best "
-        f"whose accuracy stays within {RANGE_TOLERANCE:g} of it (`predict.size=auto` picks among them).",
-        "",
-    ]
-    return lines + [f"- {r.stage}: {r.sentence()}." for r in ranges]
-
-
-def tokens_text(size: Size) -> str:
-    """``64 tokens``: a NaFlex run's size (s, s) is a sequence length."""
-    return f"{size[0]} tokens"
-
-
-def token_robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]:
-    """The card's robustness section of a NaFlex run: one line per split, in tokens per image."""
-    ranges = robust_ranges(metrics, main)
-    if not ranges:
-        return ["No accuracy per sequence length recorded in metrics.json (`eval.seq_lens`)."]
-    trained = f"the run's max_seq_len, {tokens_text(main)} per image" if main else "the run's max_seq_len"
-    lines = [
-        f"How far from {trained}, the same weights hold up: the contiguous sequence lengths around the "
-        f"best whose accuracy stays within {RANGE_TOLERANCE:g} of it.",
-        "",
-    ]
-    return lines + [f"- {r.stage}: {r.sentence(tokens_text, 'sequence lengths')}." for r in ranges]
-
-
-#: a NaFlex run's input, for the card (the export's metadata says the same: resflex.export_naflex)
-TOKEN_CONVENTION = (
-    "token sequences, not image batches: each image resized whole, keeping its aspect, to at most N "
-    "patches of P px (timm's get_image_size_for_seq), patchified (timm's patchify_image), padded to the "
-    "batch's longest sequence with a validity mask; inputs (patches (B, N, P*P*3) in [0, 1], patch_coord "
-    "(B, N, 2), patch_valid (B, N)), the mean/std normalisation inside; the output is logits (B, classes)"
-)
 
 
 def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:

@@ -165,3 +165,36 @@ def robust_ranges(metrics: Mapping[str, Any], main: Sequence[int] | None) -> lis
     """One :class:`RobustRange` per split with a per-size curve (val first, then test)."""
     ranges = [robust_range(metrics, stage, main) for stage in CURVE_STAGES]
     return [r for r in ranges if r is not None]
+
+
+def robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]:
+    """The card's robustness section: one line per split with a per-size curve."""
+    ranges = robust_ranges(metrics, main)
+    if not ranges:
+        return ["No accuracy per size recorded in metrics.json (`eval.resolutions`)."]
+    trained = f"the trained size, {size_text(main)}" if main else "the trained size"
+    lines = [
+        f"How far from {trained}, the same weights hold up: the contiguous sizes around the best "
+        f"whose accuracy stays within {RANGE_TOLERANCE:g} of it (`predict.size=auto` picks among them).",
+        "",
+    ]
+    return lines + [f"- {r.stage}: {r.sentence()}." for r in ranges]
+
+
+def tokens_text(size: Size) -> str:
+    """``64 tokens``: a NaFlex run's size (s, s) is a sequence length."""
+    return f"{size[0]} tokens"
+
+
+def token_robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]:
+    """The card's robustness section of a NaFlex run: one line per split, in tokens per image."""
+    ranges = robust_ranges(metrics, main)
+    if not ranges:
+        return ["No accuracy per sequence length recorded in metrics.json (`eval.seq_lens`)."]
+    trained = f"the run's max_seq_len, {tokens_text(main)} per image" if main else "the run's max_seq_len"
+    lines = [
+        f"How far from {trained}, the same weights hold up: the contiguous sequence lengths around the "
+        f"best whose accuracy stays within {RANGE_TOLERANCE:g} of it.",
+        "",
+    ]
+    return lines + [f"- {r.stage}: {r.sentence(tokens_text, 'sequence lengths')}." for r in ranges]

@@ -89,7 +89,7 @@ def is_interruption(exc: BaseException) -> bool:
 
 def share_data_profile(cfg: DictConfig, sweep: Path | None) -> None:
     """Point the data-profile figure at the sweep's folder, where its jobs agree which one draws it
-    (:class:`resflex.training.views.DataProfileFigure`); a single run draws its own."""
+    (:class:`resflex.training.profile_view.DataProfileFigure`); a single run draws its own."""
     node = OmegaConf.select(cfg, "callbacks.data_profile", default=None)
     if sweep is not None and node is not None and not node.get("shared_dir"):
         with open_dict(cfg):

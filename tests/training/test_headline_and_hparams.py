@@ -21,15 +21,10 @@ from resflex.errors import ConfigError
 from resflex.sweeps import swept_text_keys
 from resflex.training.callbacks import BestEpochMetrics
 from resflex.training.loggers import TensorBoardLogger
+from resflex.training.profile_view import claim_profile, profile_digest
 from resflex.training.results import EVAL_SIZE_COLUMN, hparam_metric_tags, run_hparams
 from resflex.training.selection import apply_monitor, check_monitor, monitor_needs_every_size
-from resflex.training.views import (
-    claim_profile,
-    command_markdown,
-    custom_scalars_layout,
-    headline_titles,
-    profile_digest,
-)
+from resflex.training.views import command_markdown, custom_scalars_layout, headline_titles
 from tests.conftest import TINY, run_cli, scalar_tags
 from tests.training.test_logging_ui import read_events
 

@@ -127,6 +127,7 @@ class ResflexDataModule(pl.LightningDataModule):
         self._resume: dict[str, Any] | None = None
         self.eval_transform = EvalTransform(crop_pct=eval_crop_pct, geometry=geometry, fill=fill)
         self._loaders: dict[str, DataLoader] = {}
+        self._workers_said = False  # the worker count on the console once, not per loader built
 
     def _profile_and_resolve_geometry(self, max_images: int) -> DatasetProfile:
         """Profile the training split from its headers; resolve ``geometry=auto``; say what was chosen."""
@@ -229,8 +230,9 @@ class ResflexDataModule(pl.LightningDataModule):
             else:
                 sampler = ResolutionBatchSampler(**sampler_args, buckets=self._buckets(split))
             workers = self.num_workers
-            if split == "train":
+            if split == "train" and not self._workers_said:
                 log.info("data loader: %d worker(s) (data.num_workers=%s)", workers, self.requested_workers)
+                self._workers_said = True
             self._loaders[key] = DataLoader(
                 dataset,
                 batch_sampler=sampler,

@@ -38,10 +38,11 @@ import torch
 from timm.data.naflex_transforms import get_image_size_for_seq, patchify_image
 from torch.utils.data import Dataset
 
-from resflex.data.resolution import RandomResolution, Size, _check_int
+from resflex.data.resolution import RandomResolution
 from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.schedule import check_int
 from resflex.errors import ConfigError
-from resflex.types import TokenBatch
+from resflex.types import Size, TokenBatch
 
 LOSS_SCALES = ("none", "linear", "sqrt")
 
@@ -152,7 +153,7 @@ class NaFlexResolution(RandomResolution):
                 f"resolution.seq_lens must be a non-empty list of token counts, got {seq_lens!r}",
                 hint="resolution.seq_lens=[48,64,96]",
             )
-        lens = [_check_int(s, "resolution.seq_lens", 1) for s in seq_lens]
+        lens = [check_int(s, "resolution.seq_lens", 1) for s in seq_lens]
         geometry = common.pop("geometry", "squash")
         if geometry not in ("squash", "auto"):
             raise ConfigError(
@@ -162,12 +163,12 @@ class NaFlexResolution(RandomResolution):
             )
         super().__init__(sizes=[[s, s] for s in lens], probs=probs, seed=seed, geometry="squash", **common)
         self.seq_lens = lens
-        self.max_seq_len = _check_int(max_seq_len, "resolution.max_seq_len", 1)
-        self.eval_seq_lens = [_check_int(s, "eval.seq_lens", 1) for s in (eval_seq_lens or [])]
-        self.patch_size = _check_int(patch_size, "resolution.patch_size", 1)
+        self.max_seq_len = check_int(max_seq_len, "resolution.max_seq_len", 1)
+        self.eval_seq_lens = [check_int(s, "eval.seq_lens", 1) for s in (eval_seq_lens or [])]
+        self.patch_size = check_int(patch_size, "resolution.patch_size", 1)
         longest = max(lens)
         if tokens_per_batch is not None:
-            _check_int(tokens_per_batch, "resolution.tokens_per_batch", 1)
+            check_int(tokens_per_batch, "resolution.tokens_per_batch", 1)
             if tokens_per_batch < longest:
                 raise ConfigError(
                     f"resolution.tokens_per_batch={tokens_per_batch} is below one image at the longest "

@@ -35,9 +35,6 @@ from resflex.data.sizes import parse_size, round_to
 from resflex.errors import ConfigError
 from resflex.types import Size
 
-#: the name :mod:`resflex.data.naflex` imports (its owner moves it to ``schedule.check_int``)
-_check_int = check_int
-
 
 class FixedResolution(ResolutionSchedule):
     """One size for every step."""
