@@ -211,7 +211,7 @@ def test_mlflow_run_in_a_sqlite_store_reads_back(tmp_path: Path) -> None:
     for tag in ("val/acc", "val/loss", "test/acc", "val/acc@32", "train/images_per_sec"):
         assert run.data.metrics[mlflow_key(tag)] == pytest.approx(record["metrics"][tag], rel=1e-6), tag
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"samples", "eval", "run"} <= artifacts
+    assert {"samples", "figures", "run"} <= artifacts
 
 
 def test_logger_none_writes_no_events_but_still_the_metrics_file(tmp_path: Path) -> None:
