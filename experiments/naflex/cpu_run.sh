@@ -29,10 +29,13 @@ COMMON="data=imagefolder data.root=$DATA trainer.max_epochs=5 data.num_workers=1
  trainer.enable_progress_bar=false"
 COMMON=$(echo $COMMON)
 # the naflexvit backbone's architecture as a plain timm ViT taking image batches of any h x w
-VIT="backbone=vit_small_patch16 backbone.name=vit_base_patch16_224
- backbone.model_kwargs={dynamic_img_size:true,dynamic_img_pad:true,img_size:128,patch_size:8,embed_dim:192,depth:4,num_heads:3,init_values:1e-5,global_pool:avg,fc_norm:true,reg_tokens:4,class_token:false,no_embed_class:true}
- resolution.size=64 data.batch_size=96 eval.resolutions=[48,56,64,80]"
-VIT=$(echo $VIT)
+# (1.87 M parameters, as naflexvit's; the group's dynamic_img_size/dynamic_img_pad kept)
+VIT="backbone=vit_small_patch16 backbone.name=vit_base_patch16_224"
+for kv in img_size=128 patch_size=8 embed_dim=192 depth=4 num_heads=3 init_values=1e-5 global_pool=avg \
+  fc_norm=true reg_tokens=4 class_token=false no_embed_class=true; do
+  VIT="$VIT ++backbone.model_kwargs.$kv"
+done
+VIT="$VIT resolution.size=64 data.batch_size=96 eval.resolutions=[48,56,64,80]"
 
 declare -A SWITCHES=(
   [naflex]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100]"
