@@ -83,7 +83,10 @@ def row_of(name: str, run_dir: Path, common: dict[str, str]) -> dict[str, object
     row["val_acc_best"] = (record.get("best") or {}).get("val/acc")
     row["best_epoch"] = (record.get("best") or {}).get("epoch")
     profile = record.get("data_profile") or {}
-    geometry = "squash" if tokens else profile.get("geometry")
+    geometry = "squash" if tokens else profile.get("geometry")  # the geometry auto resolved to
+    for override in command.split():
+        if override.startswith("resolution.geometry="):  # or the one the command set
+            geometry = override.split("=", 1)[1]
     row["discarded"] = (profile.get("discarded") or {}).get(geometry, 0.0 if tokens else None)
     row.update({k: round(v, 6) for k, v in event_stats(run_dir).items()})
     for key, value in metrics.items():
