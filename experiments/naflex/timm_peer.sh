@@ -5,10 +5,14 @@
 # linear classifier, where resflex's run has its pyramid head), 5 epochs, the same token budget
 # (-b 64 x the longest of 48/64/96 tokens = 6,144 tokens a step, linear loss scaling), validation
 # at 64 tokens (what model_best is chosen on), resflex's recipe where timm has it (AdamW 2e-3 wd
-# 0.05, 3 warm-up epochs, cosine per step to 2e-5, smoothing 0.1, no flip, no colour jitter, the
+# 0.05, 3 warm-up epochs then a cosine per step to 2e-5 over the other 2, as resflex's WarmupCosine:
+# --epochs 2 --warmup-epochs 3 --warmup-prefix, 5 epochs in all; smoothing 0.1, no flip, no colour
+# jitter, the
 # squash jitter as --scale 0.8 1 --ratio 0.9 1.111: timm's ratio is relative to the image's own
 # aspect), one compute thread and one loader worker. Then its validate.py --naflex-loader on val and
-# test at 36/49/64/100 tokens. Result: timm.csv beside this script (collect_timm.py).
+# test at 36/49/64/100 tokens. Result: timm.csv beside this script (collect_timm.py). CELL=
+# timm_naflex_noprefix: timm's own cosine shape instead (--epochs 5 without --warmup-prefix: the
+# cosine spans the warm-up too, so the LR is 0.7e-3 at the end of epoch 3 where resflex's is 2e-3).
 #
 #   bash experiments/naflex/timm_peer.sh /tmp/naflex_study/digits /path/to/pytorch-image-models [RUNS_DIR]
 set -euo pipefail
@@ -25,16 +29,21 @@ MODEL="--model naflexvit_base_patch16_gap --model-kwargs patch_size=8 embed_dim=
 COMMON="--data-dir $DATA --train-split train --val-split val $MODEL --naflex-loader
  --naflex-train-seq-lens 48 64 96 --naflex-max-seq-len 64 --naflex-loss-scale linear -b 64
  --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine --sched-on-updates --warmup-epochs 3
- --min-lr 2e-5 --smoothing 0.1 --epochs 5 --scale 0.8 1.0 --ratio 0.9 1.111 --hflip 0
+ --min-lr 2e-5 --smoothing 0.1 --scale 0.8 1.0 --ratio 0.9 1.111 --hflip 0
  --color-jitter 0 --workers 1 --device cpu --checkpoint-hist 1 --log-interval 1000"
+declare -A SWITCHES=(
+  [timm_naflex]="--warmup-prefix --epochs 2"
+  [timm_naflex_noprefix]="--epochs 5"
+)
 mkdir -p "$RUNS"
 for seed in ${SEEDS-0 1 2}; do
-  cell=timm_naflex
+  cell=${CELL:-timm_naflex}
+  sched="${SWITCHES[$cell]}"
   run="$RUNS/$cell-s$seed"
   [ -f "$run/run/.evaluated" ] && continue
   if [ ! -f "$run/run/model_best.pth.tar" ]; then
     rm -rf "$run"; mkdir -p "$run"
-    command="python train.py $(echo $COMMON) --seed $seed --output $run --experiment run"
+    command="python train.py $(echo $COMMON) $sched --seed $seed --output $run --experiment run"
     echo "$command" > "$run/command.txt"
     start=$(date +%s)
     (cd "$TIMM" && $PY ${command#python }) > "$run/train.log" 2>&1 || { echo "$cell-s$seed failed"; continue; }
