@@ -6,7 +6,11 @@ the canvas's short side, at a random place. ``--colours grey`` (default, MNIST-l
 on a dark noisy background; ``random``: a random colour on a random noisy background (much harder
 for a ViT from scratch: docs/resolution.md). Deterministic in ``--seed``; PNG.
 
-    python experiments/naflex/make_digits.py OUT [--train-per-class 400] [--val-per-class 100]
+    python experiments/naflex/make_digits.py OUT [--train-per-class 400] [--val-per-class 100] \
+        [--test-per-class 0]
+
+``--test-per-class N`` adds a ``test`` split (drawn after train and val from the same stream, so
+train and val are the same images with or without it), used for no decision in a study.
 """
 
 from __future__ import annotations
@@ -39,9 +43,19 @@ def make_image(digit: int, rng: np.random.Generator, colours: str = "grey") -> I
     return image
 
 
-def build(out: Path, train_per_class: int, val_per_class: int, seed: int, colours: str = "grey") -> None:
+def build(
+    out: Path,
+    train_per_class: int,
+    val_per_class: int,
+    seed: int,
+    colours: str = "grey",
+    test_per_class: int = 0,
+) -> None:
     rng = np.random.default_rng(seed)
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+    splits = [("train", train_per_class), ("val", val_per_class)]
+    if test_per_class:
+        splits.append(("test", test_per_class))
+    for split, per_class in splits:
         for digit in range(10):
             folder = out / split / str(digit)
             folder.mkdir(parents=True, exist_ok=True)
@@ -56,11 +70,13 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--train-per-class", type=int, default=400)
     parser.add_argument("--val-per-class", type=int, default=100)
+    parser.add_argument("--test-per-class", type=int, default=0, help="0: no test split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--colours", choices=("grey", "random"), default="grey")
     args = parser.parse_args()
-    build(args.out, args.train_per_class, args.val_per_class, args.seed, args.colours)
-    print(f"wrote {args.out} ({args.train_per_class}/{args.val_per_class} train/val images a class)")
+    build(args.out, args.train_per_class, args.val_per_class, args.seed, args.colours, args.test_per_class)
+    counts = f"{args.train_per_class}/{args.val_per_class}/{args.test_per_class} train/val/test"
+    print(f"wrote {args.out} ({counts} images a class)")
 
 
 if __name__ == "__main__":
