@@ -10,7 +10,7 @@
 #     (plain_resflex: squash's jitter, warm-up 3 + cosine, smoothing 0.1); timm's train.py (run from
 #     a timm checkout, never copied here) at its own defaults (timm_own: SGD lr 0.1 x 64/256,
 #     wd 2e-5, crop 0.08-1, flip 0.5, colour jitter 0.4, 5 warm-up epochs, cosine, smoothing 0.1,
-#     its eval crop_pct) and at resflex's (timm_resflex: crop 0.35-1, no flip, AdamW 2e-3, wd 0.05,
+#     train.py validating at the model's crop_pct 0.95, validate.py at 1.0) and at resflex's (timm_resflex: crop 0.35-1, no flip, AdamW 2e-3, wd 0.05,
 #     3 warm-up epochs, cosine, smoothing 0.1, crop_pct 1), its model_best scored by validate.py.
 # Seed-major: every cell's seed 0, then seed 1, then seed 2. Collected after each run into
 # results_test.csv beside this script (collect_test.py: commit, machine, finished, command per row);
@@ -74,7 +74,7 @@ timm_run() {  # CELL SEED: train.py, then validate.py on val and test with its b
   local run="$RUNS/$1-s$2"
   [ -f "$run/run/.evaluated" ] && return 0
   local crop="--crop-pct 1.0"
-  [ "$1" = timm_own ] && crop=""  # validate.py at the model's own eval crop, as train.py validated
+  [ "$1" = timm_own ] && crop=""  # validate.py resolves the model's test crop_pct (1.0; train.py used 0.95)
   if [ ! -f "$run/run/model_best.pth.tar" ]; then
     rm -rf "$run"; mkdir -p "$run"
     local command="python train.py $(echo $TIMM_COMMON ${TIMM_SWITCHES[$1]}) --seed $2 --output $run --experiment run"
