@@ -3,6 +3,7 @@
     python experiments/variable_size/table.py grid results_defaults/results.csv [--larger]
     python experiments/variable_size/table.py pairs results_defaults/results.csv [--head pyramid --base avg]
     python experiments/variable_size/table.py runs results_ablations.csv [--cells CELL ...]
+    python experiments/variable_size/table.py test results_test.csv
 
 (paths relative to experiments/variable_size/ or the repository root.)
 
@@ -13,8 +14,12 @@ of the study's CSVs: its seeds, each seed's best val/acc, mean ± sd, and, where
 val/acc at the larger size and test/acc. A row without a seed ran with ``scripts/train.py``'s
 default seed, 42.
 
-Every number here is **validation** accuracy on the study's 600 val images, the split the
-study's choices were made on: the folder has no test split (see the README).
+Every number of ``grid``, ``pairs`` and ``runs`` is **validation** accuracy on the study's 600 val
+images, the split the study's choices were made on. ``test`` reads ``results_test.csv``
+(``test_run.sh``): per cell, val/acc of the checkpoint chosen on val and that checkpoint's test/acc
+on 600 test images no choice was made on, mean ± sd over seeds, and test minus ``default`` paired
+by seed; the reading is "level" where the paired gap is within its spread (|mean| ≤ sd), else
+ahead / behind (one seed: no reading).
 """
 
 from __future__ import annotations
@@ -115,9 +120,50 @@ def runs_table(rows: list[dict[str, str]], cells: list[str]) -> str:
     return "\n".join(lines)
 
 
+TEST_CELLS = {
+    "default": "resflex, today's defaults (keep_aspect, pyramid head, 3 warm-up epochs, no flip)",
+    "avg": "resflex, `pooling=avg`",
+    "squash": "resflex, `resolution.geometry=squash`",
+    "warmup1": "resflex, `scheduler.warmup_epochs=1`",
+    "flip": "resflex, `data.augment.hflip=true` (flip 0.5)",
+    "plain_own": "plain loop, its own recipe (squash, no augmentation, one-cycle, no smoothing)",
+    "plain_resflex": "plain loop, resflex's recipe (squash + jitter, warm-up 3 + cosine, smoothing 0.1)",
+    "timm_own": "timm train.py, its own defaults (SGD, crop 0.08-1, flip, jitter 0.4, warm-up 5)",
+    "timm_resflex": "timm train.py, resflex's recipe (crop 0.35-1, no flip, AdamW, warm-up 3)",
+}
+
+
+def test_table(rows: list[dict[str, str]]) -> str:
+    lines = [
+        "| cell | recipe | seeds | val/acc (chosen on) | test/acc | test − default, paired | reading |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = {r["seed"]: float(r["test_acc"]) for r in rows if r["cell"] == "default" and r.get("test_acc")}
+    cells = [c for c in TEST_CELLS if any(r["cell"] == c for r in rows)]
+    cells += [c for c in dict.fromkeys(r["cell"] for r in rows) if c not in TEST_CELLS]
+    for cell in cells:
+        runs = [r for r in rows if r["cell"] == cell and r.get("test_acc")]
+        diffs = [float(r["test_acc"]) - base[r["seed"]] for r in runs if r["seed"] in base]
+        reading = "–"
+        if cell != "default" and len(diffs) > 1:
+            mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+            reading = "level" if abs(mean) <= sd else ("ahead" if mean > 0 else "behind")
+        cols = [
+            cell,
+            TEST_CELLS.get(cell, ""),
+            ", ".join(r["seed"] for r in runs),
+            spread(values(runs, cell, "val_acc"), n=False),
+            spread(values(runs, cell, "test_acc"), n=False),
+            "–" if cell == "default" else spread(diffs, "+"),
+            reading,
+        ]
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["grid", "pairs", "runs"])
+    parser.add_argument("what", choices=["grid", "pairs", "runs", "test"])
     parser.add_argument("csv", type=Path)
     parser.add_argument("--larger", action="store_true", help="grid: val/acc at the larger size")
     parser.add_argument("--head", default="pyramid")
@@ -129,6 +175,8 @@ def main() -> None:
         print(grid(rows, args.larger))
     elif args.what == "pairs":
         print(pairs(rows, args.head, args.base))
+    elif args.what == "test":
+        print(test_table(rows))
     else:
         print(runs_table(rows, args.cells))
 
