@@ -103,9 +103,7 @@ def main() -> None:
     common = {"commit": commit(), "machine": machine()}
     new = [row_of(name, Path(run), common) for name, run in (a.rsplit("=", 1) for a in sys.argv[2:])]
     old = list(csv.DictReader(out.open())) if out.is_file() else []
-    keys = {(r["cell"], str(r["seed"])) for r in new}
-    rows = [r for r in old if (r["cell"], r["seed"]) not in keys] + new
-    write_rows(out, rows)
+    write_rows(out, _shared.merge_rows(old, new))
 
 
 if __name__ == "__main__":

@@ -107,9 +107,21 @@ def main() -> None:
     common = {"commit": commit(), "machine": machine()}
     new = [row_of(name, Path(run), common) for name, run in (a.rsplit("=", 1) for a in sys.argv[2:])]
     old = list(csv.DictReader(out.open())) if out.is_file() else []
-    keys = {(r["cell"], str(r["seed"])) for r in new}
-    rows = [r for r in old if (r["cell"], r["seed"]) not in keys] + new
-    write_rows(out, rows)
+    write_rows(out, merge_rows(old, new))
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with ``new`` rows added or replacing theirs by (cell, seed) — except a run collected
+    before (same ``finished``): its old row stays, so re-collecting a study does not stamp finished
+    runs with today's commit (their provenance is the code that ran them)."""
+    before = {(r["cell"], str(r["seed"])): r for r in old}
+    fresh = [
+        r
+        for r in new
+        if str(before.get((r["cell"], str(r["seed"])), {}).get("finished")) != str(r.get("finished"))
+    ]
+    keys = {(r["cell"], str(r["seed"])) for r in fresh}
+    return [r for r in old if (r["cell"], str(r["seed"])) not in keys] + fresh
 
 
 if __name__ == "__main__":
