@@ -98,6 +98,46 @@ def test_set_train_loader_limit_follows_an_epoch_length_that_changes() -> None:
     assert model.done == [1, 2, 1, 2, 3, 4, 5], UPDATE + f"batch_progress.current.processed: {model.done}"
 
 
+class MeanLengthBatches(GrowingBatches):
+    """Like resflex's samplers: before an epoch is set, ``len`` is the mean epoch length (3),
+    shorter than epoch 0's 5 batches (epoch 1 has 1)."""
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+
+    def __len__(self) -> int:
+        return {None: 3, 0: 5}.get(self.epoch, 1)
+
+
+class CountValidations(CountBatches):
+    def __init__(self, sampler: Sampler, sync: bool) -> None:
+        super().__init__(sampler, sync)
+        self.validated: list[int] = []
+        self.fetcher_lengths: list[object] = []
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        fetcher = getattr(self.trainer.fit_loop, "_data_fetcher", None)
+        self.fetcher_lengths.append(getattr(fetcher, "length", "missing"))
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(RandomDataset(32, 4), batch_size=2)
+
+    def on_validation_epoch_end(self) -> None:
+        self.validated.append(self.current_epoch)
+
+
+def test_set_epoch_length_lets_a_first_epoch_longer_than_setup_run_whole_and_validate() -> None:
+    """Lightning builds epoch 0's data fetcher during setup, from the loader's length then (the
+    mean); set_epoch_length must also lengthen that fetcher, or epoch 0 stops at 3 of its 5
+    batches, before val_check_batch (5), and skips its validation (a NaFlex run did)."""
+    model = CountValidations(MeanLengthBatches(), sync=True)
+    tiny_trainer(max_epochs=2, limit_val_batches=1.0).fit(model)
+    assert model.fetcher_lengths[0] == 5, UPDATE + f"fit_loop._data_fetcher.length: {model.fetcher_lengths}"
+    assert model.batches == {0: 5, 1: 1}, model.batches
+    assert model.validated == [0, 1], f"validation ran after epochs {model.validated}"
+
+
 def test_without_the_private_limit_lightning_keeps_the_first_epoch_length() -> None:
     """Why set_train_loader_limit exists: the public max_batches alone is not enough.
 

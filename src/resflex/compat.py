@@ -74,15 +74,22 @@ def set_epoch_length(trainer: pl.Trainer, num_batches: int) -> None:
     """Make this training epoch ``num_batches`` long (Lightning 2.6.6).
 
     Why not public: Lightning fixes an epoch's length when the fit loop sets up; a batch
-    sampler whose epochs differ in length (multigrid, batch scaling) needs it changed
-    each epoch. Three places hold it: the fit loop's ``max_batches`` (a loop internal),
-    the combined loader's limit (:func:`set_train_loader_limit`) and, when validation
-    runs once per epoch, the trainer's ``val_check_batch`` (set by the loop at setup).
+    sampler whose epochs differ in length (multigrid, batch scaling, NaFlex token budgets)
+    needs it changed each epoch. Four places hold it: the fit loop's ``max_batches`` (a loop
+    internal), the combined loader's limit (:func:`set_train_loader_limit`), when validation
+    runs once per epoch the trainer's ``val_check_batch`` (set by the loop at setup), and the
+    data fetcher's ``length``: the first epoch's fetcher is built during setup, from the
+    loader's length before any epoch was set (resflex's samplers then report the mean epoch
+    length), and is not rebuilt for epoch 0. Left at that length, a first epoch longer than
+    the mean stopped early, before its ``val_check_batch``: no validation in epoch 0.
     """
     trainer.fit_loop.max_batches = num_batches
     set_train_loader_limit(trainer, num_batches)
     if isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0:
         trainer.val_check_batch = num_batches
+    fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+    if fetcher is not None and getattr(fetcher, "length", None) is not None:
+        fetcher.length = num_batches
 
 
 def batches_done_this_epoch(trainer: pl.Trainer) -> int:
