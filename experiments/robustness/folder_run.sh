@@ -30,6 +30,11 @@ declare -A SWITCHES=(
   # the specialists: trained at the small size itself, the ceiling any one model can be held to there
   [fixed24]="resolution.size=24"
   [fixed32]="resolution.size=32"
+  # the other schedules, each ending at (or tested at) 40 px, and the avg head on the default
+  [progressive]="resolution=progressive resolution.start_size=24 resolution.end_size=40 resolution.multiple=8"
+  [multigrid]="resolution=multigrid resolution.size=40"
+  [fixres]="resolution=fixres resolution.size=32 resolution.test_size=40"
+  [fixed_avg]="resolution.size=40 pooling=avg"
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
