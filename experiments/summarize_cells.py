@@ -5,12 +5,14 @@ Per cell: seeds, best val/acc and test/acc as mean ± standard deviation over se
 test/acc against the baseline cell paired by seed (mean ± sd of the per-seed differences; pairing
 removes what the seed does to both), and seconds per training epoch (median over its runs; the
 training loop only, from the logged images/s, so it shows what a switch costs, not the load of the
-machine at the time only). ``--timing T.csv`` takes seconds per epoch from another CSV instead
-(the timing pass: one short run per cell, one at a time on a quiet machine, so cells run under
-different loads compare). Cells in the order given, else the CSV's.
+machine at the time only). ``--val-pairs`` adds the same paired change on best val/acc (the split
+the choices are made on) before the test one. ``--timing T.csv`` takes seconds per epoch from
+another CSV instead (the timing pass: one short run per cell, one at a time on a quiet machine, so
+cells run under different loads compare). Cells in the order given, else the CSV's.
 
-    python experiments/summarize_cells.py experiments/recipes/results_transfer.csv --baseline finetune \
-        --cells finetune finetune_preset_v2 finetune_ema ... > experiments/recipes/summary_transfer.md
+    python experiments/summarize_cells.py experiments/recipes/results_transfer.csv --val-pairs \
+        --baseline finetune --cells finetune finetune_preset_v2 finetune_ema ... \
+        > experiments/recipes/summary_transfer.md
 
 ``--resolutions`` prints test/acc at each extra evaluation size instead (the ``test_acc@N`` columns of
 runs with ``eval.resolutions``), mean ± sd over seeds per cell (with ``--baseline B --main 64``: the
@@ -60,15 +62,18 @@ def table(
     baseline: str,
     cells: list[str] | None,
     timing: list[dict[str, str]] | None = None,
+    val_pairs: bool = False,
 ) -> str:
+    """One row per cell; ``val_pairs`` adds the change of best val/acc against the baseline, paired
+    by seed, before the test one (the choosing split beside the reporting split)."""
     by_cell = by_cell_and_seed(rows)
     timed = by_cell_and_seed(timing) if timing is not None else by_cell
     order = cells or list(by_cell)
     base = by_cell.get(baseline, {})
-    lines = [
-        f"| cell | seeds | best val/acc | test/acc | test/acc − {baseline} (paired by seed) | s / epoch |",
-        "|---|---|---|---|---|---|",
-    ]
+    head = ["cell", "seeds", "best val/acc", "test/acc"]
+    head += [f"val/acc − {baseline} (paired by seed)"] if val_pairs else []
+    head += [f"test/acc − {baseline} (paired by seed)", "s / epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in order:
         runs = by_cell.get(cell)
         if not runs:
@@ -76,10 +81,12 @@ def table(
         seeds = sorted(runs)
         val = [float(runs[s]["val_acc_best"]) for s in seeds]
         test = [float(runs[s]["test_acc"]) for s in seeds]
-        paired = [float(runs[s]["test_acc"]) - float(base[s]["test_acc"]) for s in seeds if s in base]
-        delta = "—" if cell == baseline or not paired else signed_spread(paired)
-        seconds = seconds_per_epoch(timed.get(cell, {}))
-        lines.append(f"| {cell} | {len(seeds)} | {spread(val)} | {spread(test)} | {delta} | {seconds} |")
+        cols = [cell, str(len(seeds)), spread(val), spread(test)]
+        for key in (["val_acc_best"] if val_pairs else []) + ["test_acc"]:
+            paired = [float(runs[s][key]) - float(base[s][key]) for s in seeds if s in base]
+            cols.append("—" if cell == baseline or not paired else signed_spread(paired))
+        cols.append(seconds_per_epoch(timed.get(cell, {})))
+        lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
@@ -148,6 +155,9 @@ def main() -> None:
     parser.add_argument("--baseline", help="the cell the others are compared with")
     parser.add_argument("--cells", nargs="*", help="cells and their order (default: all, CSV order)")
     parser.add_argument("--timing", type=Path, help="seconds per epoch from this CSV (the timing pass)")
+    parser.add_argument(
+        "--val-pairs", action="store_true", help="also best val/acc minus the baseline's, paired by seed"
+    )
     parser.add_argument("--resolutions", action="store_true", help="test/acc per evaluated size instead")
     parser.add_argument("--main", type=int, help="with --resolutions and --baseline: the paired size, px")
     parser.add_argument("--no-seconds", action="store_true", help="with --resolutions: no s / epoch column")
@@ -162,9 +172,8 @@ def main() -> None:
         return
     if not args.baseline:
         parser.error("--baseline is required (or --resolutions)")
-    print(
-        table(read_rows(args.csv), args.baseline, args.cells, read_rows(args.timing) if args.timing else None)
-    )
+    timing = read_rows(args.timing) if args.timing else None
+    print(table(read_rows(args.csv), args.baseline, args.cells, timing, args.val_pairs))
 
 
 if __name__ == "__main__":
