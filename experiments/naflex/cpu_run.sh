@@ -13,6 +13,7 @@
 #            batch 96 (6,144 tokens a step), evaluated at 48/56/64/80 px (36/49/64/100 tokens a
 #            square image)
 #   square   the same ViT on square crops (random-resized crop, centre crop in evaluation), 64 px
+#   naflex_avg  the naflex cell with pooling=avg (run with CELLS=naflex_avg)
 # Result: results.csv beside this script (collect.py; commit, machine, finished, command per row).
 #
 #   python experiments/naflex/make_digits.py /tmp/naflex_study/digits --test-per-class 100
@@ -39,6 +40,8 @@ VIT="$VIT resolution.size=64 data.batch_size=96 eval.resolutions=[48,56,64,80]"
 
 declare -A SWITCHES=(
   [naflex]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100]"
+  # the same with an average-pool head, as timm's NaFlexVit has: separates the head from the data path
+  [naflex_avg]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100] pooling=avg"
   [buckets]="$VIT resolution.geometry=keep_aspect resolution.bucket_size=area"
   [square]="$VIT resolution.geometry=square"
 )
