@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resflex.training.distributed import check_rank_logs, read_rank_logs
 from tests.conftest import make_image_folder, run_cli, scalar_tags
 
 #: a tiny NaFlex run on an image folder of varied aspects: 18 training images, two sequence lengths
@@ -86,3 +87,28 @@ def test_sigterm_and_resume_of_a_naflex_run_matches_an_uninterrupted_run(tmp_pat
     assert final[0]["state_dict"].keys() == final[1]["state_dict"].keys()
     for name, tensor in final[0]["state_dict"].items():
         torch.testing.assert_close(final[1]["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_sim_naflex_run_uses_the_same_sequence_length_on_both_ranks(tmp_path: Path) -> None:
+    """Two gloo processes: the per-rank batch logs (:class:`resflex.training.distributed.RankBatchLog`,
+    a token batch's 'size' is (s, s)) say both ranks took the same sequence length at every step,
+    disjoint shards covering the data, and identical weights at each epoch's end."""
+    folder = make_image_folder(tmp_path / "images", per_class=9, splits=("train", "val"), seed=3)
+    run = tmp_path / "run"
+    args = [*TINY_NAFLEX, "trainer=ddp_sim", f"data.root={folder}", f"hydra.run.dir={run}"]
+    result = run_cli(args, cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = check_rank_logs(run, num_samples=27)
+    assert report["ranks"] == [0, 1]
+    for epoch in (0, 1):
+        e = report["epochs"][epoch]
+        assert e["sizes_agree"] and e["rank_repeats"] == 0 and e["weights_agree"], e
+        assert e["missing"] == 0 and e["steps"][0] == e["steps"][1] > 0, e
+    lens = {s for e in report["epochs"].values() for s in e["sizes"]}
+    assert lens == {(16, 16), (32, 32)}  # both sequence lengths were drawn
+    logged = seq_lens_by_step(run)  # rank 0's train/resolution: the logs' lengths, step for step
+    ranks = read_rank_logs(run)
+    assert [float(r["size"][0]) for r in ranks[0] if "step" in r] == [logged[k] for k in sorted(logged)]
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "completed" and 0 <= record["metrics"]["train/padding_share"] < 0.5
