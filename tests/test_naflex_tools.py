@@ -114,6 +114,46 @@ def test_predict_equals_the_modules_evaluation_at_each_images_own_aspect(
     assert record["accuracy"] == pytest.approx(accuracy)
 
 
+def test_load_classifier_of_a_naflex_run_equals_predict_on_each_image(trained: dict, tmp_path: Path) -> None:
+    """``load_classifier`` of a NaFlex run: images in [0, 1] of any size -> logits, each image framed at
+    its own aspect at the run's max_seq_len, as scripts/predict.py frames its file (PNGs: decoded at full
+    scale, as a caller decodes them; a JPEG may be decoded reduced by predict)."""
+    from resflex import load_classifier
+    from resflex.data.images import DEFAULT_DECODER, open_image
+    from resflex.inference import NaFlexImageClassifier
+    from resflex.predict import predict
+
+    model = load_classifier(trained["run"])
+    assert isinstance(model, NaFlexImageClassifier) and not model.training
+    assert model.classes == json.loads((trained["run"] / "classes.json").read_text())
+    assert model.eval_size == (32, 32) and model.train_sizes == [(16, 16), (32, 32)]
+    out = tmp_path / "preds.json"
+    cfg = compose_config(
+        "predict",
+        [f"ckpt_path={trained['ckpt']}", f"input={trained['data'] / 'val'}", f"output={out}",
+         "predict.topk=3", "predict.device=cpu"],
+        tmp_path / "predict",
+    )  # fmt: skip
+    predict(cfg)
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())["predictions"]}
+    pngs = sorted((trained["data"] / "val").rglob("*.png"))
+    assert len(pngs) >= 6
+    with torch.no_grad():
+        for path in pngs:
+            pixels, _ = open_image(path, DEFAULT_DECODER).decode_pixels()  # uint8 (3, H, W), as predict's
+            logits = model(pixels[None].float() / 255)
+            assert torch.equal(logits, model(pixels[None]))  # k/255 in [0, 1] gives the uint8 pixels back
+            expected = torch.zeros(len(model.classes))
+            for top in rows[path.name]["top"]:
+                expected[model.classes.index(top["class"])] = top["prob"]
+            torch.testing.assert_close(logits[0].softmax(0), expected, rtol=0, atol=1e-5, msg=str(path))
+        x = torch.rand(2, 3, 7, 53)  # any size and aspect; a batch is two images of one size
+        together = model(x)
+        alone = torch.cat([model(x[:1]), model(x[1:])])
+    assert together.shape == (2, 3) and torch.isfinite(together).all()
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

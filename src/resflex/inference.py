@@ -13,6 +13,9 @@ The run is opened by :func:`resflex.run.open_run` (the one way to reopen a run: 
 config in today's layout, weights loaded ``weights_only`` and strictly, classes,
 schedule, trained framing, metrics) and rebuilt through the training builders, exactly
 as :mod:`resflex.evaluate` does.
+
+A NaFlex run (``resolution=naflex``) takes token sequences: its :class:`NaFlexImageClassifier` frames
+each image at its own aspect, as ``scripts/predict.py`` does, before its token classifier.
 """
 
 from __future__ import annotations
@@ -115,8 +118,72 @@ class ResflexClassifier(nn.Module):
         return f"classes={len(self.classes)}, train_sizes={self.train_sizes}, eval_size={self.eval_size}"
 
 
+class NaFlexImageClassifier(ResflexClassifier):
+    """A NaFlex run's model on images: ``forward(x)``, ``x`` (B, 3, H, W) in [0, 1] (or uint8) -> logits.
+
+    A NaFlex model takes token sequences, so each image is framed as ``scripts/predict.py`` frames its
+    file (:mod:`resflex.predict_naflex`, the same functions): resized whole, keeping its aspect, to the
+    largest patch grid with at most ``seq_len`` patches (the run's ``max_seq_len``: its ``val/acc``),
+    patchified, padded and masked, and classified by the run's
+    :class:`~resflex.models.naflex.TokenClassifier`. The framing resizes 8-bit pixels, as the loader
+    does (float input is rounded to ``k/255``, which gives ``k`` back exactly): the logits are
+    ``predict``'s for the file (decoded at full scale), and not differentiable. ``train_sizes`` and
+    ``eval_size`` are sequence lengths ``(s, s)``, as everywhere for a NaFlex run.
+    """
+
+    def __init__(
+        self, tokens: nn.Module, schedule: Any, transform: Any, seq_len: int, classes: list[str], info: dict
+    ) -> None:
+        mean = tuple(float(v) / 255.0 for v in tokens.pixel_mean)
+        std = tuple(float(v) / 255.0 for v in tokens.pixel_std)
+        train_sizes = sorted({(int(s), int(s)) for s in schedule.seq_lens})
+        super().__init__(tokens, mean, std, classes, train_sizes, (seq_len, seq_len), info)
+        self.schedule, self.transform, self.seq_len = schedule, transform, int(seq_len)
+
+    @property
+    def min_side(self) -> int:
+        return 1  # any image is resized to its patch grid
+
+    def check_size(self, size: Size, key: str = "size") -> None:
+        """Any (h, w): each image is framed to at most ``seq_len`` patches."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from resflex.predict_naflex import frame_pixels, token_logits
+
+        pixels = x if x.dtype == torch.uint8 else (x.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+        framed = [frame_pixels(p.cpu(), self.schedule, self.transform, self.seq_len) for p in pixels]
+        return token_logits(self.model, framed, self.seq_len, x.device)
+
+
+def naflex_classifier_of(run: Run, device: str | torch.device = "cpu") -> NaFlexImageClassifier:
+    """The eval-mode :class:`NaFlexImageClassifier` of an opened NaFlex run, at its main sequence length."""
+    from resflex.predict_naflex import parse_seq_len
+
+    transform, geometry, schedule = run.eval_framing()
+    seq_len = parse_seq_len(None, schedule)
+    cfg = run.config
+    info = {
+        "checkpoint": str(run.checkpoint),
+        "run_dir": str(run.run_dir),
+        "run_config": str(run.config_path),
+        "backbone": str(cfg.backbone.name),
+        "pooling": str(OmegaConf.select(cfg, "pooling._target_", default="")).rsplit(".", 1)[-1],
+        "geometry": str(geometry),
+        "seq_len": seq_len,
+        "patch_size": int(schedule.patch_size),
+        "metrics": run.metrics,
+    }
+    tokens = run.token_classifier(device, seq_len)
+    classifier = NaFlexImageClassifier(tokens, schedule, transform, seq_len, run.classes(), info)
+    classifier.config = cfg
+    return classifier.to(device).eval()
+
+
 def classifier_of(run: Run, device: str | torch.device = "cpu") -> ResflexClassifier:
-    """The eval-mode :class:`ResflexClassifier` of an opened run (:func:`resflex.run.open_run`)."""
+    """The eval-mode :class:`ResflexClassifier` of an opened run (:func:`resflex.run.open_run`); a NaFlex
+    run's is a :class:`NaFlexImageClassifier`."""
+    if run.is_naflex:
+        return naflex_classifier_of(run, device)
     cfg = run.config
     module = run.build_module()
     model = module.model.to(memory_format=torch.contiguous_format)
@@ -169,7 +236,8 @@ def load_classifier(
 
     ``ckpt_path`` may also be a run folder (its ``checkpoints/last.ckpt``). Returns an
     eval-mode :class:`ResflexClassifier` with ``.classes``, ``.train_sizes``,
-    ``.eval_size`` and ``.info``. Raises :class:`~resflex.errors.DataError` /
+    ``.eval_size`` and ``.info`` (a NaFlex run: a :class:`NaFlexImageClassifier`, each image at
+    its own aspect at the run's ``max_seq_len``). Raises :class:`~resflex.errors.DataError` /
     :class:`~resflex.errors.ConfigError` (one line) for a missing, unsafe or foreign file,
     a run config that cannot be found, or weights that do not fit.
     """

@@ -295,6 +295,10 @@ def _token_usage(run_dir: Path) -> list[str]:
     ckpt = f"{run_dir}/checkpoints/last.ckpt"
     return [
         "```python",
+        "from resflex import load_classifier",
+        f'model = load_classifier("{ckpt}")   # eval mode, .classes',
+        "logits = model(images)   # (B, 3, H, W) in [0, 1], each image at its own aspect, max_seq_len tokens",
+        "",
         "from resflex.run import open_run",
         f'model = open_run("{ckpt}").token_classifier()   # eval mode',
         "logits = model(patches, patch_coord, patch_valid)   # see the input convention",

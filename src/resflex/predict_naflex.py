@@ -73,6 +73,21 @@ def frame_image(path: Any, schedule: Any, transform: Any, seq_len: int, decoder:
     return transform(open_image(path, decoder), shape)
 
 
+def frame_pixels(pixels: torch.Tensor, schedule: Any, transform: Any, seq_len: int) -> torch.Tensor:
+    """A decoded uint8 (3, H, W) image as :func:`frame_image` frames its file (decoded at full scale)."""
+    shape = schedule.image_size(int(pixels.shape[-1]), int(pixels.shape[-2]), seq_len)
+    return transform(pixels, shape)
+
+
+def token_logits(
+    classifier: Any, framed: list[torch.Tensor], seq_len: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Logits of framed uint8 images (each its own (h, w)): patchified, padded and masked into one
+    batch (:func:`resflex.data.naflex.collate_tokens`), through a ``TokenClassifier``."""
+    tokens, _ = collate_tokens([(pixels, 0) for pixels in framed], classifier.patch_size, seq_len)
+    return classifier(*(t.to(device) for t in tokens.model_inputs().values()))
+
+
 @torch.inference_mode()
 def run_token_predictions(
     classifier: Any,
@@ -103,8 +118,7 @@ def run_token_predictions(
     batches = 0
     for start in range(0, len(framed), batch_size):
         chunk = framed[start : start + batch_size]
-        tokens, _ = collate_tokens([(pixels, 0) for _, pixels in chunk], classifier.patch_size, seq_len)
-        logits = classifier(*(t.to(device) for t in tokens.model_inputs().values()))
+        logits = token_logits(classifier, [pixels for _, pixels in chunk], seq_len, device)
         probs = logits.float().softmax(dim=1).cpu()
         top = probs.topk(k, dim=1)
         for row, (i, pixels) in enumerate(chunk):

@@ -143,3 +143,18 @@ def test_a_vit_name_is_built_with_timm_use_naflex() -> None:
         "vit_tiny_patch16_224", model_kwargs={"embed_dim": 24, "depth": 1, "num_heads": 2, "patch_size": 8}
     )
     assert type(backbone.model).__name__ == "NaFlexVit" and backbone.patch_size == 8
+
+
+def test_every_parameter_gets_a_gradient_and_earlier_checkpoints_still_load() -> None:
+    """timm's head side of a gap NaFlexVit (``fc_norm``, applied after timm's own pool) never runs under
+    resflex's pooling: it is dropped, so DDP finds no unused parameter (issue 30); a state dict saved
+    with it (every NaFlex checkpoint before) loads strictly, its fc_norm tensors skipped."""
+    torch.manual_seed(0)
+    net = ImageClassifier(small_backbone(), PyramidPool(levels=[1, 2], proj_channels=8), num_classes=3)
+    assert net.backbone.dropped_head_side == ["fc_norm"]
+    batch, _ = collate_tokens(images_of_shapes([(4, 28), (16, 16), (8, 4)]), PATCH, seq_len=16)
+    net(normalized(batch)).sum().backward()
+    assert [name for name, p in net.named_parameters() if p.grad is None] == []
+    earlier = {**net.state_dict(), "backbone.model.fc_norm.weight": torch.ones(24)}
+    earlier["backbone.model.fc_norm.bias"] = torch.zeros(24)
+    net.load_state_dict(earlier, strict=True)

@@ -295,9 +295,14 @@ class EvalTransform:
         self.geometry = _check_geometry(geometry)
         self.fill = tuple(int(v) for v in fill)
 
-    def __call__(self, image: Image.Image | ImageFile, size: Size) -> torch.Tensor:
+    def __call__(self, image: Image.Image | ImageFile | torch.Tensor, size: Size) -> torch.Tensor:
+        """``image``: a file, a PIL image, or a decoded uint8 (3, H, W) tensor (framed as the file it was
+        decoded from at full scale: :func:`resflex.inference.load_classifier` of a NaFlex run)."""
         h, w = size
-        width, height = image.size
+        if isinstance(image, torch.Tensor):
+            height, width = int(image.shape[-2]), int(image.shape[-1])
+        else:
+            width, height = image.size
         if self.geometry in ("squash", "keep_aspect"):
             return as_tensor(resized_crop(image, (0, 0, height, width), size))
         if self.geometry == "pad":

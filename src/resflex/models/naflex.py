@@ -79,6 +79,18 @@ class NaFlexBackbone(TimmBackbone):
                 hint="backbone=naflexvit, or a vit_* name (built with timm's use_naflex=True)",
             )
         self.patch_size = patch
+        # timm's head side (``forward_head``: an attention pool, the ``fc_norm`` after the pool) is never
+        # run: resflex's pooling heads pool the tokens of ``forward_features``. Its parameters would never
+        # get a gradient, and DDP stops at them ("parameters that were not used in producing the loss":
+        # a gap NaFlexVit's fc_norm, issue 30), so they are dropped; the forward is unchanged, and
+        # checkpoints written before still load (their tensors for these modules are skipped).
+        self.dropped_head_side = [
+            name for name in HEAD_SIDE if _has_parameters(getattr(self.model, name, None))
+        ]
+        for name in self.dropped_head_side:
+            setattr(self.model, name, nn.Identity())
+        if self.dropped_head_side:
+            self.register_load_state_dict_pre_hook(_skip_dropped_head_side)
 
     @property
     def reduction(self) -> int:
@@ -93,6 +105,21 @@ class NaFlexBackbone(TimmBackbone):
         out = self.model.forward_features(**x.model_inputs())
         tokens = out["patches"][:, self.num_prefix_tokens :]
         return TokenGrid(tokens, x.patch_coord, out["patch_valid"])
+
+
+#: NaFlexVit modules of timm's ``forward_head`` that resflex's pooling replaces (see NaFlexBackbone)
+HEAD_SIDE = ("fc_norm", "attn_pool")
+
+
+def _has_parameters(module: nn.Module | None) -> bool:
+    return module is not None and any(True for _ in module.parameters())
+
+
+def _skip_dropped_head_side(module: NaFlexBackbone, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state hook: an earlier checkpoint's tensors of the dropped head-side modules are skipped."""
+    for name in module.dropped_head_side:
+        for key in [k for k in state_dict if k.startswith(f"{prefix}model.{name}.")]:
+            del state_dict[key]
 
 
 # ---- the trained classifier on plain tensors: prediction and export ------------------------------

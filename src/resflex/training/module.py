@@ -38,7 +38,7 @@ from resflex.training.callbacks import scheduled_size
 from resflex.training.ema import ModelEma
 from resflex.training.finetune import Finetuning
 from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
-from resflex.training.naflex import token_training_loss
+from resflex.training.naflex import EpochPaddingShare, token_training_loss
 from resflex.training.optim import OptimizerFactory
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
 from resflex.training.robustness import summarize_sizes
@@ -148,6 +148,7 @@ class ClassificationModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_padding_share = EpochPaddingShare()  # token batches only (resflex.training.naflex)
         self.top5 = num_classes >= 5
         self.mixer = self._mixer(mixup, cutmix, mix_prob, mix_switch_prob, num_classes)
         erasing = check_value(
@@ -317,7 +318,9 @@ class ClassificationModule(pl.LightningModule):
             self.size_stats.use_main()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """With per-size BatchNorm statistics: the table beside the weights, and the main size's in them."""
+        """With per-size BatchNorm statistics: the table beside the weights, and the main size's in them.
+        A token run: the epoch's padding-share sums, for a mid-epoch resume."""
+        self.train_padding_share.save(checkpoint, self.current_epoch)
         if self.size_stats is None or not self.size_stats.table:
             return
         self._use_main_size_stats()
@@ -329,14 +332,17 @@ class ClassificationModule(pl.LightningModule):
         checkpoint[BN_STATS_KEY] = self.size_stats.state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.train_padding_share.load(checkpoint)
         if self.size_stats is not None and BN_STATS_KEY in checkpoint:
             self.size_stats.load_state(checkpoint[BN_STATS_KEY])
 
     def on_train_start(self) -> None:
+        self.train_padding_share.resume(self.current_epoch)  # a run resumed mid-epoch
         if self.size_stats is not None and not self.track_bn_per_size:
             self.size_stats.table.clear()  # a resumed run's calibrated statistics: stale once it trains
 
     def on_train_epoch_start(self) -> None:
+        self.train_padding_share.start_epoch()
         if self.size_stats is not None:
             self.size_stats.loaded = None  # evaluation may have loaded other statistics
 
