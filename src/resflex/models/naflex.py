@@ -289,7 +289,8 @@ def check_naflex_config(cfg: Any) -> None:
     - ``resolution=naflex`` with a backbone that takes images (a CNN, a plain ViT), and the reverse;
     - a ``resolution.patch_size`` the model cannot take (not its patch size);
     - a token budget below one image (``NaFlexResolution`` checks it), bad sequence lengths;
-    - mixing / random erasing, which work on image batches only (not yet on token batches).
+    - mixing / random erasing / scale consistency, which work on image batches only (not yet on token
+      batches).
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -342,7 +343,7 @@ def check_naflex_config(cfg: Any) -> None:
             f"resolution.patch_size={schedule.patch_size} but {name} takes {patch}x{patch} patches",
             hint=f"resolution.patch_size={patch}, or backbone.model_kwargs.patch_size={schedule.patch_size}",
         )
-    for key in ("mixup", "cutmix", "random_erasing"):
+    for key in ("mixup", "cutmix", "random_erasing", "scale_consistency"):
         value = OmegaConf.select(cfg, f"model.{key}", default=0)
         if value:
             raise ConfigError(

@@ -13,7 +13,7 @@ every other random stream alone.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,6 +42,7 @@ from resflex.training.naflex import EpochPaddingShare, token_training_loss
 from resflex.training.optim import OptimizerFactory
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
 from resflex.training.robustness import summarize_sizes
+from resflex.training.scale_consistency import ScaleConsistency
 from resflex.validation import check_value
 
 
@@ -113,6 +114,9 @@ class ClassificationModule(pl.LightningModule):
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
         bn_stats_per_size: bool = False,
+        scale_consistency: float = 0.0,
+        scale_consistency_factors: Sequence[float] = (0.6,),
+        scale_consistency_prob: float = 1.0,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
@@ -122,6 +126,9 @@ class ClassificationModule(pl.LightningModule):
             "model.label_smoothing", label_smoothing, float, lambda v: 0 <= v < 1, "a number in [0, 1)"
         )
         channels_last = resolve_channels_last(channels_last)  # auto: on a GPU only
+        scale_consistency, scale_consistency_factors, scale_consistency_prob = ScaleConsistency.check(
+            scale_consistency, scale_consistency_factors, scale_consistency_prob
+        )
         if not isinstance(ema, bool):
             raise ConfigError(f"model.ema must be true or false, got {ema!r}", hint="model.ema=true")
         # plain values: hyper-parameters are saved in checkpoints, which load with weights_only=True
@@ -157,6 +164,10 @@ class ClassificationModule(pl.LightningModule):
         # timm's train.py recipe: per-pixel normal noise (the normalised data's scale), one box per image
         self.eraser = RandomErasing(erasing, mode="pixel", device="cpu") if erasing > 0 else None
         self.seed = int(seed)
+        # a smaller view's predictions pulled to the main view's (resflex.training.scale_consistency)
+        self.scale_view = ScaleConsistency.build(
+            net, scale_consistency, scale_consistency_factors, scale_consistency_prob, self.seed
+        )
         # The EMA is a Lightning callback (it swaps weights around validation and checkpoints) that
         # this module hands to each fit, so the one `model` node says how the model trains. Built per
         # fit, not kept here: the averaged copy deep-copies the module, and would copy it too.
@@ -299,6 +310,11 @@ class ClassificationModule(pl.LightningModule):
         # not on the progress bar: that would read the loss on the host every step (a device sync)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
+        if self.scale_view is not None and not isinstance(images, TokenBatch):  # train/loss: the CE alone
+            term = self.scale_view.term(self.model, images, logits, self.current_epoch, batch_idx)
+            if term is not None:
+                self.log("train/scale_consistency", term, on_step=True, on_epoch=False)
+                loss = loss + self.scale_view.weight * term
         if isinstance(images, TokenBatch):  # padding share, timm's loss scaling (resflex.training.naflex)
             loss = token_training_loss(self, images, loss)
         return loss

@@ -1,0 +1,189 @@
+"""Scale consistency (``model.scale_consistency``): self-distillation from the trained size to a smaller one.
+
+A CNN trained at one size loses much of its accuracy at other evaluation sizes (issue 26), and
+training on a size per batch costs accuracy at the main size (fewer steps there). ResFormer's
+answer, used here: every training step stays what it was, at the scheduled size, and some steps
+add a second, *smaller* view of the same (already erased / mixed) batch whose predictions are
+pulled towards the main view's, detached. The main view is the teacher and gets no gradient from
+the term, so the training at the main size is untouched; the smaller sizes get a learning signal.
+
+Cost: one more forward and backward at ``factor**2`` of the pixels on ``prob`` of the steps (0.25
+at factor 0.6: about +9 % pixels). Its effect is being measured in ``experiments/robustness/``.
+With ``model.compile=true`` the small view's sizes (and its BatchNorm momentum of 0) are graphs of
+their own: count them among the training sizes (``configure_model`` in the module).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from resflex.errors import ConfigError, ResflexError
+from resflex.validation import check_value
+
+#: Softmax temperature of the term. 1: the main view's predictions as they are, the choice of the
+#: self-distillation papers that match the views' outputs (ResFormer's scale consistency); a higher
+#: one would soften a teacher that is the student itself, which has no dark knowledge to bring out.
+#: The term is scaled by ``T**2`` (Hinton et al.), so a change of T keeps the gradients' scale.
+TEMPERATURE = 1.0
+
+#: the small view's sides are multiples of this (and at least this), like the training sizes
+MULTIPLE = 8
+
+#: sides tried for the backbone's smallest input (a fixed-size ViT takes none below its own size)
+_LARGEST_MINIMUM = 1024
+
+
+def consistency_loss(
+    logits_small: torch.Tensor, logits_main: torch.Tensor, temperature: float = TEMPERATURE
+) -> torch.Tensor:
+    """``T**2 * KL(softmax(main / T) || softmax(small / T))``, batch mean; the main view is detached
+    (the teacher: no gradient flows into the main view from this term). In float32, under autocast too."""
+    teacher = F.log_softmax(logits_main.detach().float() / temperature, dim=-1)
+    student = F.log_softmax(logits_small.float() / temperature, dim=-1)
+    kl = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+def small_size(h: int, w: int, factor: float, minimum: int = MULTIPLE) -> tuple[int, int]:
+    """``factor`` of (h, w), each side rounded to a multiple of 8 and at least ``minimum``."""
+
+    def side(s: int) -> int:
+        return max(minimum, MULTIPLE * round(s * factor / MULTIPLE))
+
+    return side(h), side(w)
+
+
+@contextmanager
+def frozen_bn_stats(model: torch.nn.Module) -> Iterator[None]:
+    """BatchNorm layers keep their running statistics inside the block: ``momentum=0`` (train mode still
+    normalises with the batch's statistics) and ``num_batches_tracked`` put back, both restored on exit,
+    exceptions included. The run evaluates with the trained size's statistics
+    (``eval.bn_calibration`` re-estimates the other sizes' after fit), so the small view must not
+    blend its own into them; with ``model.bn_stats_per_size`` the table of sizes is untouched too."""
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in layers]
+    tracked = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in layers]
+    try:
+        for m in layers:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, momentum, count in zip(layers, momenta, tracked, strict=True):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def smallest_side(backbone: Any) -> int:
+    """The smallest multiple of 8 the backbone takes as a side (its ``check_input_size``); 8 when it
+    cannot say. A backbone that takes no size but its own (a fixed-size ViT) cannot have this term."""
+    check = getattr(backbone, "check_input_size", None)
+    if check is None:
+        return MULTIPLE
+    for side in range(MULTIPLE, _LARGEST_MINIMUM + 1, MULTIPLE):
+        try:
+            check((side, side), "model.scale_consistency")
+        except ResflexError:
+            continue
+        try:  # a fixed-size model takes its own size alone
+            check((side + MULTIPLE, side + MULTIPLE), "model.scale_consistency")
+        except ResflexError:
+            break
+        return side
+    raise ConfigError(
+        f"model.scale_consistency needs a backbone that takes several input sizes, and "
+        f"{getattr(backbone, 'name', type(backbone).__name__)} takes one",
+        hint="model.scale_consistency=0, or backbone.model_kwargs.dynamic_img_size=true",
+    )
+
+
+class ScaleConsistency:
+    """The term's settings and its per-step work: which steps get a small view, at which factor, and the
+    weighted loss.
+
+    ``factors``: the small view's side as a fraction of the batch's (h, w), one drawn per step;
+    ``prob``: the share of steps that get one. The draws are a function of (seed, epoch, batch index)
+    alone, like mixing's and erasing's (:func:`resflex.training.module.seeded_rngs`), so they repeat
+    after a resume, and from a private generator, so no other random stream moves. Unlike those, not
+    of the rank: every rank makes the same choice, so collective layers (``SyncBatchNorm``) run the
+    same forwards on each rank.
+    """
+
+    def __init__(
+        self, weight: float, factors: Sequence[float], prob: float, seed: int, minimum: int = MULTIPLE
+    ) -> None:
+        self.weight = weight
+        self.factors = tuple(factors)
+        self.prob = prob
+        self.seed = int(seed)
+        self.minimum = max(MULTIPLE, int(minimum))
+
+    @staticmethod
+    def check(weight: Any, factors: Any, prob: Any) -> tuple[float, list[float], float]:
+        """The three keys as plain numbers, or a one-line :class:`ConfigError` naming the key."""
+        weight = check_value(
+            "model.scale_consistency", weight, float, lambda v: v >= 0, "a weight >= 0 (0: off)"
+        )
+        if isinstance(factors, int | float) and not isinstance(factors, bool):
+            factors = [factors]
+        try:
+            values = list(factors)
+        except TypeError:
+            values = []
+        if not values:
+            raise ConfigError(
+                f"model.scale_consistency_factors={factors!r} is invalid: expected factors in (0, 1)",
+                hint="'model.scale_consistency_factors=[0.6]'",
+            )
+        checked = [
+            check_value("model.scale_consistency_factors", v, float, lambda v: 0 < v < 1, "factors in (0, 1)")
+            for v in values
+        ]
+        prob = check_value(
+            "model.scale_consistency_prob", prob, float, lambda v: 0 <= v <= 1, "a probability in [0, 1]"
+        )
+        return weight, checked, prob
+
+    def draw(self, epoch: int, batch_idx: int) -> float | None:
+        """This step's factor, or None when the step gets no small view."""
+        rng = random.Random(hash((self.seed, epoch, batch_idx, 0x5CA1E)))
+        if rng.random() >= self.prob:
+            return None
+        return self.factors[rng.randrange(len(self.factors))]
+
+    @classmethod
+    def build(
+        cls, net: Any, weight: float, factors: Sequence[float], prob: float, seed: int
+    ) -> ScaleConsistency | None:
+        """The term of a module whose network is ``net`` (checked values), or None when it is off
+        (weight 0 or prob 0: no extra compute at all)."""
+        if weight == 0 or prob == 0:
+            return None
+        return cls(weight, factors, prob, seed, minimum=smallest_side(getattr(net, "backbone", None)))
+
+    def term(
+        self, model: torch.nn.Module, images: torch.Tensor, logits: torch.Tensor, epoch: int, batch_idx: int
+    ) -> torch.Tensor | None:
+        """This step's term, unweighted: the small view of ``images`` (the batch as the main forward
+        took it, erased and mixed alike) through ``model`` with its BatchNorm statistics frozen, against
+        the main view's ``logits``; None when the step has no small view (or none smaller than the batch)."""
+        factor = self.draw(epoch, batch_idx)
+        if factor is None:
+            return None
+        h, w = int(images.shape[-2]), int(images.shape[-1])
+        h2, w2 = small_size(h, w, factor, self.minimum)
+        if h2 >= h and w2 >= w:
+            return None
+        small = F.interpolate(images, size=(h2, w2), mode="bilinear", antialias=True, align_corners=False)
+        if images.is_contiguous(memory_format=torch.channels_last):
+            small = small.contiguous(memory_format=torch.channels_last)
+        with frozen_bn_stats(model):
+            logits_small = model(small)
+        return consistency_loss(logits_small, logits)
