@@ -35,6 +35,10 @@ declare -A SWITCHES=(
   [multigrid]="resolution=multigrid resolution.size=40"
   [fixres]="resolution=fixres resolution.size=32 resolution.test_size=40"
   [fixed_avg]="resolution.size=40 pooling=avg"
+  # the scale-consistency term (model.scale_consistency): every step as the default's, plus on a share
+  # of the steps a 0.6x view of the same batch pulled towards the main view's predictions
+  [sc]="resolution.size=40 model.scale_consistency=1.0"
+  [sc_budget]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_prob=0.25"
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
