@@ -193,9 +193,9 @@ def summary() -> str:
         + ", ".join(f"{v['ratio']:.3f}×" for v in default)
         + f"** of the fixed run's time; ends more accurate in {ahead}/{len(default)} seeds | "
         "`cpu_study16_{variants,seed1,seed2}.json` | ≤ 0.75 |",
-        "| resflex's TensorBoard `train/images_per_sec` vs an independent PyTorch + timm loop, same JPEG "
-        f"folder and framing (median of 3 alternating pairs) | {cross['64']:.2f}× (64–128 px files), "
-        f"{cross['250']:.2f}× (250–500 px files): **old rate definitions, re-run pending** | "
+        "| resflex's training rate vs an independent PyTorch + timm loop, same JPEG folder and framing, "
+        "images over wall time on both sides (median of 3 alternating pairs) | "
+        f"{cross['64']:.2f}× (64–128 px files), {cross['250']:.2f}× (250–500 px files) | "
         "`crosscheck_{64,250}.txt` | |",
         "| the data path alone, per core, vs timm's `create_loader` (photo-sized JPEGs, train, square; "
         f"3 runs) | **{span['128'][0]:.3f}–{span['128'][1]:.3f}×** at 128 px, "
