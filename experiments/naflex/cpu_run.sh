@@ -14,6 +14,7 @@
 #            square image)
 #   square   the same ViT on square crops (random-resized crop, centre crop in evaluation), 64 px
 #   naflex_avg  the naflex cell with pooling=avg (run with CELLS=naflex_avg)
+#   naflex_b32  the naflex cell at half the token budget, data.batch_size=32 (CELLS=naflex_b32)
 # Result: results.csv beside this script (collect.py; commit, machine, finished, command per row).
 #
 #   python experiments/naflex/make_digits.py /tmp/naflex_study/digits --test-per-class 100
@@ -42,6 +43,8 @@ declare -A SWITCHES=(
   [naflex]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100]"
   # the same with an average-pool head, as timm's NaFlexVit has: separates the head from the data path
   [naflex_avg]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100] pooling=avg"
+  # half the token budget (3,072 slots, 32 images at 96 tokens): twice the steps for the same epochs
+  [naflex_b32]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100] data.batch_size=32"
   [buckets]="$VIT resolution.geometry=keep_aspect resolution.bucket_size=area"
   [square]="$VIT resolution.geometry=square"
 )
