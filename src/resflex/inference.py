@@ -163,12 +163,7 @@ def naflex_classifier_of(run: Run, device: str | torch.device = "cpu") -> NaFlex
     seq_len = parse_seq_len(None, schedule)
     cfg = run.config
     info = {
-        "checkpoint": str(run.checkpoint),
-        "run_dir": str(run.run_dir),
-        "run_config": str(run.config_path),
-        "backbone": str(cfg.backbone.name),
-        "pooling": str(OmegaConf.select(cfg, "pooling._target_", default="")).rsplit(".", 1)[-1],
-        "geometry": str(geometry),
+        **run_info(run, geometry),
         "seq_len": seq_len,
         "patch_size": int(schedule.patch_size),
         "metrics": run.metrics,
@@ -177,6 +172,19 @@ def naflex_classifier_of(run: Run, device: str | torch.device = "cpu") -> NaFlex
     classifier = NaFlexImageClassifier(tokens, schedule, transform, seq_len, run.classes(), info)
     classifier.config = cfg
     return classifier.to(device).eval()
+
+
+def run_info(run: Run, geometry: object) -> dict[str, Any]:
+    """What every loaded classifier's ``.info`` says of its run: files, backbone, head and framing."""
+    cfg = run.config
+    return {
+        "checkpoint": str(run.checkpoint),
+        "run_dir": str(run.run_dir),
+        "run_config": str(run.config_path),
+        "backbone": str(cfg.backbone.name),
+        "pooling": str(OmegaConf.select(cfg, "pooling._target_", default="")).rsplit(".", 1)[-1],
+        "geometry": str(geometry),
+    }
 
 
 def classifier_of(run: Run, device: str | torch.device = "cpu") -> ResflexClassifier:
@@ -200,12 +208,7 @@ def classifier_of(run: Run, device: str | torch.device = "cpu") -> ResflexClassi
     framing = run.trained_framing()
     geometry = framing[0] if framing else OmegaConf.select(cfg, "resolution.geometry", default="square")
     info = {
-        "checkpoint": str(run.checkpoint),
-        "run_dir": str(run.run_dir),
-        "run_config": str(run.config_path),
-        "backbone": str(cfg.backbone.name),
-        "pooling": str(OmegaConf.select(cfg, "pooling._target_", default="")).rsplit(".", 1)[-1],
-        "geometry": str(geometry),
+        **run_info(run, geometry),
         "multiple": int(OmegaConf.select(cfg, "resolution.multiple", default=8) or 8),
         "bucket_size": str(OmegaConf.select(cfg, "resolution.bucket_size", default="short_side")),
         "aspect_ratios": [float(a) for a in getattr(schedule, "aspect_ratios", ()) or ()],
