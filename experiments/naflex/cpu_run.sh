@@ -47,6 +47,9 @@ declare -A SWITCHES=(
   [naflex_b32]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100] data.batch_size=32"
   [buckets]="$VIT resolution.geometry=keep_aspect resolution.bucket_size=area"
   [square]="$VIT resolution.geometry=square"
+  # the same two at the naflex_b32 cell's 3,072 token slots a step (48 images of about 64 tokens)
+  [buckets_b48]="${VIT/data.batch_size=96/data.batch_size=48} resolution.geometry=keep_aspect resolution.bucket_size=area"
+  [square_b48]="${VIT/data.batch_size=96/data.batch_size=48} resolution.geometry=square"
 )
 CELLS=${CELLS:-naflex buckets square}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"

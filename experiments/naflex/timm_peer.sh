@@ -34,6 +34,8 @@ COMMON="--data-dir $DATA --train-split train --val-split val $MODEL --naflex-loa
 declare -A SWITCHES=(
   [timm_naflex]="--warmup-prefix --epochs 2"
   [timm_naflex_noprefix]="--epochs 5"
+  # at the naflex_b32 cell's budget: 32 images at the longest length (argparse: the last -b wins)
+  [timm_naflex_b32]="--warmup-prefix --epochs 2 -b 32"
 )
 mkdir -p "$RUNS"
 for seed in ${SEEDS-0 1 2}; do
