@@ -82,6 +82,7 @@ def test_a_short_run_logs_padding_and_evaluates_at_each_sequence_length(tmp_path
             f"data.root={folder}",
             "data.num_workers=0",
             "data.batch_size=4",
+            "resolution.tokens_per_batch=null",
             "resolution.seq_lens=[16,32]",
             "resolution.max_seq_len=32",
             "eval.seq_lens=[16]",

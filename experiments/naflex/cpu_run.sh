@@ -6,15 +6,18 @@
 # Chosen on val (the best checkpoint by val/acc, validated after fit at every length), reported on test.
 # Cells (same architecture: patch 8, width 192, 4 blocks, 3 heads, 4 register tokens, learned
 # 16x16 position table resampled per grid, no final norm, resflex's pyramid head):
-#   naflex   backbone=naflexvit resolution=naflex, the default command: a sequence length per step
-#            from 48/64/96 tokens, 6,144 tokens a step (64 images at 96), evaluated at 36/49/64/100
+#   naflex   backbone=naflexvit resolution=naflex, the default command as it was (the first grid): a
+#            sequence length per step from 48/64/96 tokens, 6,144 tokens a step (64 images at 96:
+#            resolution.tokens_per_batch=null, data.batch_size=64), evaluated at 36/49/64/100
 #   buckets  timm's vit_base_patch16_224 at the naflexvit config with dynamic_img_size (the generic
 #            backbone group), keep_aspect buckets at 64 px by area (about 64 tokens an image),
 #            batch 96 (6,144 tokens a step), evaluated at 48/56/64/80 px (36/49/64/100 tokens a
 #            square image)
 #   square   the same ViT on square crops (random-resized crop, centre crop in evaluation), 64 px
 #   naflex_avg  the naflex cell with pooling=avg (run with CELLS=naflex_avg)
-#   naflex_b32  the naflex cell at half the token budget, data.batch_size=32 (CELLS=naflex_b32)
+#   naflex_b32  the naflex cell at half the token budget, 3,072 (32 images at 96; CELLS=naflex_b32):
+#            the default command since it won on val (resolution.tokens_per_batch=3072)
+#   buckets_b48, square_b48, and timm_peer.sh's timm_naflex_b32: the second grid, at 3,072 a step
 # Result: results.csv beside this script (collect.py; commit, machine, finished, command per row).
 #
 #   python experiments/naflex/make_digits.py /tmp/naflex_study/digits --test-per-class 100
@@ -40,9 +43,9 @@ done
 VIT="$VIT resolution.size=64 data.batch_size=96 eval.resolutions=[48,56,64,80]"
 
 declare -A SWITCHES=(
-  [naflex]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100]"
+  [naflex]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100] resolution.tokens_per_batch=null"
   # the same with an average-pool head, as timm's NaFlexVit has: separates the head from the data path
-  [naflex_avg]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100] pooling=avg"
+  [naflex_avg]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100] resolution.tokens_per_batch=null pooling=avg"
   # half the token budget (3,072 slots, 32 images at 96 tokens): twice the steps for the same epochs
   [naflex_b32]="backbone=naflexvit resolution=naflex eval.seq_lens=[36,49,64,100] data.batch_size=32"
   [buckets]="$VIT resolution.geometry=keep_aspect resolution.bucket_size=area"

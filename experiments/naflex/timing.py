@@ -5,7 +5,7 @@ step, side by side in one process on the same image folder (issue 30's target: w
         [--csv experiments/naflex/timing.csv]
 
 Both sides: the study's model (naflexvit_base_patch16_gap at patch 8, width 192, 4 blocks, 3
-heads), sequence lengths 48/64/96 with 64 images at the longest (6,144 token slots a step at most),
+heads), sequence lengths 48/64/96 with --batch images at the longest (64: 6,144 token slots a step at most),
 linear loss scaling, AdamW 2e-3, label smoothing 0.1, one loader worker, float32 on the CPU.
 
 - resflex: the default command's pieces (``backbone=naflexvit resolution=naflex data=imagefolder``,
@@ -50,6 +50,12 @@ BUDGET = BATCH * max(SEQ_LENS)
 MODEL_KWARGS = {"patch_size": 8, "embed_dim": 192, "depth": 4, "num_heads": 3}
 
 
+def set_batch(batch: int) -> None:
+    """Both sides' images a step at the longest length (timm's ``-b``), and the token budget it makes."""
+    global BATCH, BUDGET
+    BATCH, BUDGET = batch, batch * max(SEQ_LENS)
+
+
 class StepLog:
     """(seq_len, seconds, slots, padded slots) per step after the warm-up."""
 
@@ -86,6 +92,7 @@ def resflex_round(data: Path, warmup: int, steps: int, seed: int) -> StepLog:
     GlobalHydra.instance().clear()
     overrides = ["backbone=naflexvit", "resolution=naflex", "data=imagefolder", f"data.root={data}",
                  "data.num_workers=1", f"seed={seed}", f"data.batch_size={BATCH}",
+                 "resolution.tokens_per_batch=null",  # BATCH images at the longest length, as timm's -b
                  f"resolution.seq_lens=[{','.join(map(str, SEQ_LENS))}]"]  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
@@ -172,7 +179,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--csv", type=Path, default=None, help="append one row per side to this file")
+    parser.add_argument(
+        "--batch", type=int, default=BATCH, help="images a step at the longest length (both sides)"
+    )
     args = parser.parse_args()
+    set_batch(args.batch)
     from benchmarks.runners import quiet
 
     quiet()

@@ -45,7 +45,9 @@ def sampler(schedule: NaFlexResolution, rank: int = 0, world: int = 1, **kwargs)
 
 
 def test_sequence_length_and_batch_are_a_function_of_seed_epoch_step() -> None:
-    schedule = NaFlexResolution(seq_lens=[16, 32, 64], max_seq_len=32, patch_size=8, seed=5)
+    schedule = NaFlexResolution(
+        seq_lens=[16, 32, 64], max_seq_len=32, patch_size=8, tokens_per_batch=None, seed=5
+    )
     ranks = [sampler(schedule, rank, 2) for rank in range(2)]
     for epoch in (0, 1):
         plans = []
@@ -69,7 +71,9 @@ def test_sequence_length_and_batch_are_a_function_of_seed_epoch_step() -> None:
 
 
 def test_a_resumed_sampler_continues_with_the_same_batches() -> None:
-    schedule = NaFlexResolution(seq_lens=[16, 32, 64], max_seq_len=32, patch_size=8, seed=5)
+    schedule = NaFlexResolution(
+        seq_lens=[16, 32, 64], max_seq_len=32, patch_size=8, tokens_per_batch=None, seed=5
+    )
     full = sampler(schedule)
     full.set_epoch(2)
     batches = list(full)
@@ -122,10 +126,16 @@ def test_bad_schedules_fail_in_one_line(kwargs: dict, fragment: str) -> None:
 
 
 def test_loss_scale_follows_timm() -> None:
-    linear = NaFlexResolution(seq_lens=[16, 64], patch_size=8)
+    linear = NaFlexResolution(seq_lens=[16, 64], patch_size=8, tokens_per_batch=None)
     assert linear.loss_scale_for(32, batch_size=8) == 4.0  # 32 images where 8 fit at the longest length
-    assert NaFlexResolution(seq_lens=[16, 64], loss_scale="sqrt").loss_scale_for(32, 8) == 2.0
-    assert NaFlexResolution(seq_lens=[16, 64], loss_scale="none").loss_scale_for(32, 8) == 1.0
+    assert (
+        NaFlexResolution(seq_lens=[16, 64], tokens_per_batch=None, loss_scale="sqrt").loss_scale_for(32, 8)
+        == 2.0
+    )
+    assert (
+        NaFlexResolution(seq_lens=[16, 64], tokens_per_batch=None, loss_scale="none").loss_scale_for(32, 8)
+        == 1.0
+    )
 
 
 def test_the_training_side_reads_the_loss_scale_through_the_data_layer() -> None:
@@ -133,7 +143,9 @@ def test_the_training_side_reads_the_loss_scale_through_the_data_layer() -> None
     not a NaFlex data module (image batches, no data module at all) scales by 1."""
     from types import SimpleNamespace
 
-    naflex = SimpleNamespace(schedule=NaFlexResolution(seq_lens=[16, 64]), batch_size=8)
+    naflex = SimpleNamespace(
+        schedule=NaFlexResolution(seq_lens=[16, 64], tokens_per_batch=None), batch_size=8
+    )
     assert token_schedule_of(naflex) is naflex.schedule and step_loss_scale(naflex, 32) == 4.0
     images = SimpleNamespace(schedule=object(), batch_size=8)
     assert token_schedule_of(images) is None and step_loss_scale(images, 32) == 1.0
@@ -150,6 +162,7 @@ def test_the_data_module_makes_token_loaders(tmp_path: Path) -> None:
             f"data.root={folder}",
             "data.num_workers=0",
             "data.batch_size=4",
+            "resolution.tokens_per_batch=null",  # data.batch_size images at the longest length
             "eval.seq_lens=[16,96]",
         ],
         tmp_path,

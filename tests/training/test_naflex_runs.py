@@ -27,6 +27,7 @@ TINY_NAFLEX = (
     "data=imagefolder",
     "data.num_workers=0",
     "data.batch_size=4",
+    "resolution.tokens_per_batch=null",  # data.batch_size images at the longest length
     "resolution.seq_lens=[16,32]",
     "resolution.max_seq_len=32",
     "trainer.accelerator=cpu",
