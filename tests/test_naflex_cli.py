@@ -113,7 +113,7 @@ def _make_digits():
 @pytest.mark.slow
 def test_naflex_defaults_learn_variable_aspect_digits(tmp_path: Path) -> None:
     """The defaults (``backbone=naflexvit resolution=naflex``, nothing else but the data) learn: a shorter
-    version of issue 30's target (4,000 digits, 5 epochs, val/acc >= 0.5; measured in docs/resolution.md)."""
+    version of issue 30's target (4,000 digits, 5 epochs, val/acc >= 0.5; measured in experiments/naflex/)."""
     _make_digits().build(tmp_path / "digits", train_per_class=400, val_per_class=50, seed=1)
     run_dir = tmp_path / "run"
     result = run_cli(
@@ -124,5 +124,6 @@ def test_naflex_defaults_learn_variable_aspect_digits(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    assert metrics["val/acc"] >= 0.3  # chance: 0.1; measured 0.547 on the seed-0 folder (docs/resolution.md)
+    # issue 30's target; chance is 0.1; the study's folder: 0.65-0.69 at the default budget (experiments/naflex/)
+    assert metrics["val/acc"] >= 0.5
     assert metrics["train/padding_share"] <= 0.1
