@@ -104,11 +104,13 @@ def cost(rows: list[dict[str, str]], cells: list[str]) -> str:
 
 def timing(rows: list[dict[str, str]]) -> str:
     lengths = [k.split("@")[1] for k in rows[0] if k.startswith("s_per_step@")] if rows else []
-    head = ["finished", "side", "steps", "s / step", *(f"s / step at {n}" for n in lengths),
+    head = ["finished", "side", "slots / step", "steps", "s / step", *(f"s / step at {n}" for n in lengths),
             "padded slots %", "resflex / timm"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cols = [r["finished"][:16].replace("T", " "), r["side"], r["steps"], f"{float(r['s_per_step']):.3f}",
+        when = r["finished"][:16].replace("T", " ")
+        slots, step = f"{float(r['slots_per_step']):.0f}", float(r["s_per_step"])
+        cols = [when, r["side"], slots, r["steps"], f"{step:.3f}",
                 *(f"{float(r[f's_per_step@{n}']):.3f}" if r[f"s_per_step@{n}"] else "–" for n in lengths),
                 f"{100 * float(r['padding_share']):.1f}",
                 f"{float(r['ratio_vs_timm']):.3f}" if r["side"] == "resflex" else "–"]  # fmt: skip

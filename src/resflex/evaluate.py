@@ -92,7 +92,7 @@ def compose_eval_config(cfg: DictConfig, run: Run) -> DictConfig:
 def eval_seq_lens(cfg: DictConfig, run: Run) -> list[int]:
     """``eval.seq_lens`` checked against the run: sequence lengths (whole tokens >= 1) for a NaFlex run;
     for a run that takes images it must stay empty, and a NaFlex run takes no ``eval.resolutions``."""
-    from resflex.predict_naflex import parse_seq_len
+    from resflex.naflex_framing import parse_seq_len
 
     values = list(cfg.eval.get("seq_lens") or [])
     if run.is_naflex and cfg.eval.resolutions:

@@ -74,7 +74,7 @@ def check_token_export(classifier: TokenClassifier, fmt: str) -> None:
 def check_seq_lens(schedule: Any, requested: Sequence[Any] | None = None) -> list[int]:
     """The sequence lengths an export is checked at: the run's ``max_seq_len``, its shortest training
     length (or half the longest), one it never trained at; plus ``requested`` (``check.seq_lens``)."""
-    from resflex.predict_naflex import parse_seq_len
+    from resflex.naflex_framing import parse_seq_len
 
     main = int(schedule.max_seq_len)
     trained = set(schedule.seq_lens) | {main}

@@ -148,7 +148,7 @@ class NaFlexImageClassifier(ResflexClassifier):
         """Any (h, w): each image is framed to at most ``seq_len`` patches."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from resflex.predict_naflex import frame_pixels, token_logits
+        from resflex.naflex_framing import frame_pixels, token_logits
 
         pixels = x if x.dtype == torch.uint8 else (x.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
         framed = [frame_pixels(p.cpu(), self.schedule, self.transform, self.seq_len) for p in pixels]
@@ -157,7 +157,7 @@ class NaFlexImageClassifier(ResflexClassifier):
 
 def naflex_classifier_of(run: Run, device: str | torch.device = "cpu") -> NaFlexImageClassifier:
     """The eval-mode :class:`NaFlexImageClassifier` of an opened NaFlex run, at its main sequence length."""
-    from resflex.predict_naflex import parse_seq_len
+    from resflex.naflex_framing import parse_seq_len
 
     transform, geometry, schedule = run.eval_framing()
     seq_len = parse_seq_len(None, schedule)

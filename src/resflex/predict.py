@@ -49,7 +49,8 @@ from resflex.data.images import DEFAULT_DECODER, open_image
 from resflex.data.sizes import DEFAULT_ASPECTS
 from resflex.errors import ConfigError, DataError, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, classifier_of
-from resflex.predict_naflex import check_naflex_options, parse_seq_len, run_token_predictions
+from resflex.naflex_framing import parse_seq_len
+from resflex.predict_naflex import check_naflex_options, run_token_predictions
 from resflex.predict_plan import (
     NAMED_SIZES,
     Inputs,

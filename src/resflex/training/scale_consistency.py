@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from resflex.compat import BatchNorm
 from resflex.errors import ConfigError, ResflexError
 from resflex.validation import check_value
 
@@ -67,7 +67,7 @@ def frozen_bn_stats(model: torch.nn.Module) -> Iterator[None]:
     exceptions included. The run evaluates with the trained size's statistics
     (``eval.bn_calibration`` re-estimates the other sizes' after fit), so the small view must not
     blend its own into them; with ``model.bn_stats_per_size`` the table of sizes is untouched too."""
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    layers = [m for m in model.modules() if isinstance(m, BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in layers]
     tracked = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in layers]
     try:
