@@ -55,6 +55,22 @@ LEARNING_RUN = (
     "optimizer.lr=0.004",
 )
 
+#: a tiny NaFlex run on an image folder (add data.root): a 1-block, 24-wide NaFlexVit, 4 images at the
+#: longest of two sequence lengths (16, 32 tokens), no loader workers
+TINY_NAFLEX_MODEL = (
+    "backbone=naflexvit",
+    "resolution=naflex",
+    "backbone.model_kwargs.embed_dim=24",
+    "backbone.model_kwargs.depth=1",
+    "backbone.model_kwargs.num_heads=2",
+    "data=imagefolder",
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "resolution.tokens_per_batch=null",  # data.batch_size images at the longest length
+    "resolution.seq_lens=[16,32]",
+    "resolution.max_seq_len=32",
+)
+
 register_resolvers()  # ${resflex.job_dir:...} in configs/hydra/default.yaml, as the CLIs do
 
 

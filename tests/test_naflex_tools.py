@@ -13,21 +13,11 @@ import pytest
 import torch
 
 from resflex.errors import ConfigError
-from tests.conftest import make_image_folder, train_run
+from tests.conftest import TINY_NAFLEX_MODEL, make_image_folder, train_run
 from tests.test_eval_script import compose_config
 
 NAFLEX_RUN = (
-    "backbone=naflexvit",
-    "resolution=naflex",
-    "backbone.model_kwargs.embed_dim=24",
-    "backbone.model_kwargs.depth=1",
-    "backbone.model_kwargs.num_heads=2",
-    "data=imagefolder",
-    "data.num_workers=0",
-    "data.batch_size=4",
-    "resolution.tokens_per_batch=null",  # data.batch_size images at the longest length
-    "resolution.seq_lens=[16,32]",
-    "resolution.max_seq_len=32",
+    *TINY_NAFLEX_MODEL,
     "eval.seq_lens=[16,24]",
     "trainer.max_epochs=1",
     "trainer.num_sanity_val_steps=0",

@@ -14,22 +14,12 @@ import pytest
 import torch
 
 from resflex.training.distributed import check_rank_logs, read_rank_logs
-from tests.conftest import make_image_folder, run_cli, scalar_tags
+from tests.conftest import TINY_NAFLEX_MODEL, make_image_folder, run_cli, scalar_tags
 
 #: a tiny NaFlex run on an image folder of varied aspects: 18 training images, two sequence lengths
 #: (a step takes 4 images at 32 tokens or 8 at 16), 2 epochs of 4 to 5 steps
 TINY_NAFLEX = (
-    "backbone=naflexvit",
-    "resolution=naflex",
-    "backbone.model_kwargs.embed_dim=24",
-    "backbone.model_kwargs.depth=1",
-    "backbone.model_kwargs.num_heads=2",
-    "data=imagefolder",
-    "data.num_workers=0",
-    "data.batch_size=4",
-    "resolution.tokens_per_batch=null",  # data.batch_size images at the longest length
-    "resolution.seq_lens=[16,32]",
-    "resolution.max_seq_len=32",
+    *TINY_NAFLEX_MODEL,
     "trainer.accelerator=cpu",
     "trainer.max_epochs=2",
     "trainer.num_sanity_val_steps=0",
