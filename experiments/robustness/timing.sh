@@ -1,38 +1,45 @@
 #!/usr/bin/env bash
-# Wall time of the default run before and after this study's defaults, back to back on a quiet machine
-# (nothing else running; all cores, as `make train` runs): `python scripts/train.py` at the commit
-# before (BASE, default 7277a2b: fixed, eval at 32/48/64/96 px every epoch, no calibration; run from a
-# git worktree with its own src/ first on PYTHONPATH) and at HEAD (fixed, validation at 64 px each
-# epoch, BatchNorm calibration and validation at 32-128 px after fit). PAIRS alternating pairs.
-# Rows go to timing_shapes.csv (collect.py: cells `before` and `after`).
+# Wall time of the default run (`python scripts/train.py`, as `make train` runs it: all cores) for two
+# cells, alternating pairs back to back on a quiet machine (nothing else running). Rows go to
+# timing_shapes.csv (collect.py; `seed` is the pair's index, every run has the default seed).
 #
-#   bash experiments/robustness/timing.sh [RUNS_DIR] [PAIRS]
+#   bash experiments/robustness/timing.sh [RUNS_DIR] [PAIRS]                       # before, after
+#   CELLS="fixed default" bash experiments/robustness/timing.sh /tmp/rt_sc 3       # the term's cost
+#
+# Cells: `before` is the default run at the commit before the robustness study (BASE, default
+# 7277a2b: fixed, eval at 32/48/64/96 px every epoch, no calibration; run from a git worktree with its
+# own src/ first on PYTHONPATH); `after` and `default` are today's default run; `fixed` is today's
+# default without the scale-consistency term (model.scale_consistency=0).
 set -euo pipefail
 RUNS=${1:-/tmp/robustness_timing}
 PAIRS=${2:-1}
 BASE=${BASE:-7277a2b}
+CELLS=${CELLS:-before after}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
+declare -A SWITCHES=([before]="" [after]="" [default]="" [fixed]="model.scale_consistency=0")
 mkdir -p "$RUNS"
-[ -d "$RUNS/base" ] || git -C "$REPO" worktree add --detach "$RUNS/base" "$BASE" > /dev/null
+if [[ " $CELLS " == *" before "* ]] && [ ! -d "$RUNS/base" ]; then
+  git -C "$REPO" worktree add --detach "$RUNS/base" "$BASE" > /dev/null
+fi
 args=()
 for pair in $(seq 0 $((PAIRS - 1))); do
-  for cell in before after; do
+  for cell in $CELLS; do
     name="$cell-s$pair"
     [ -f "$RUNS/$name/metrics.json" ] && { args+=("$name=$RUNS/$name"); continue; }
+    command="python scripts/train.py trainer.enable_progress_bar=false ${SWITCHES[$cell]}"
     if [ "$cell" = before ]; then
-      (cd "$RUNS/base" && PYTHONPATH="$RUNS/base/src" $PY scripts/train.py trainer.enable_progress_bar=false \
-        hydra.run.dir="$RUNS/$name" > "$RUNS/$name.log" 2>&1)
-      echo "python scripts/train.py trainer.enable_progress_bar=false  # at $BASE" > "$RUNS/$name.command.txt"
-    else
-      (cd "$REPO" && $PY scripts/train.py trainer.enable_progress_bar=false hydra.run.dir="$RUNS/$name" \
+      (cd "$RUNS/base" && PYTHONPATH="$RUNS/base/src" $PY ${command#python } hydra.run.dir="$RUNS/$name" \
         > "$RUNS/$name.log" 2>&1)
-      echo "python scripts/train.py trainer.enable_progress_bar=false" > "$RUNS/$name.command.txt"
+      echo "$command  # at $BASE" > "$RUNS/$name.command.txt"
+    else
+      (cd "$REPO" && $PY ${command#python } hydra.run.dir="$RUNS/$name" > "$RUNS/$name.log" 2>&1)
+      echo "$command" | sed 's/ *$//' > "$RUNS/$name.command.txt"
     fi
     rm -rf "$RUNS/$name/checkpoints"
     args+=("$name=$RUNS/$name")
   done
 done
 $PY "$HERE/collect.py" "$HERE/timing_shapes.csv" "${args[@]}"
-git -C "$REPO" worktree remove --force "$RUNS/base"
+[ ! -d "$RUNS/base" ] || git -C "$REPO" worktree remove --force "$RUNS/base"

@@ -3,6 +3,7 @@ main view's detached predictions (resflex.training.scale_consistency)."""
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resflex.errors import ConfigError, ResflexError, find_user_error
+from resflex.errors import ResflexError, find_user_error
 from resflex.models.backbone import TimmBackbone
 from resflex.models.classifier import ImageClassifier
 from resflex.models.naflex import check_naflex_config
@@ -21,7 +22,7 @@ from resflex.train import train
 from resflex.training.module import ClassificationModule
 from resflex.training.optim import OptimizerFactory
 from resflex.training.scale_consistency import ScaleConsistency, frozen_bn_stats, small_size
-from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
+from tests.conftest import TINY, TINY_NAFLEX_MODEL, TINY_SYNTHETIC, run_cli, scalar_tags
 from tests.test_configs import compose_train
 
 NUM_CLASSES = 5
@@ -30,9 +31,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\
 
 
 def _module(**kwargs: object) -> ClassificationModule:
+    """A module with the term off unless asked for, and then on every step (the tests' clear cases)."""
     torch.manual_seed(0)
     model = ImageClassifier(TimmBackbone("test_resnet"), AvgPool(), num_classes=NUM_CLASSES)
     kwargs.setdefault("channels_last", False)
+    kwargs.setdefault("scale_consistency", 0.0)
+    kwargs.setdefault("scale_consistency_prob", 1.0)
     return ClassificationModule(model, optimizer=OptimizerFactory(), **kwargs)
 
 
@@ -52,7 +56,18 @@ def _reference_kl(main: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p) - torch.log_softmax(small, dim=1))).sum() / len(main)
 
 
-def test_off_by_default_and_weight_zero_is_todays_loss() -> None:
+def test_on_by_default_at_a_quarter_of_the_steps(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = ImageClassifier(TimmBackbone("test_resnet"), AvgPool(), num_classes=NUM_CLASSES)
+    module = ClassificationModule(net, optimizer=OptimizerFactory())  # the Python defaults
+    config = meta_model(compose_train([], tmp_path).model)  # the config's
+    for view in (module.scale_view, config.scale_view):
+        assert (view.weight, view.factors, view.prob) == (1.0, (0.6,), 0.25)
+    drawn = [module.scale_view.draw(epoch, step) for epoch in range(4) for step in range(100)]
+    assert 0.2 < sum(f is not None for f in drawn) / len(drawn) < 0.3
+
+
+def test_weight_zero_is_todays_loss() -> None:
     default, zero = _module(), _module(scale_consistency=0.0, scale_consistency_prob=1.0)
     assert default.scale_view is None and zero.scale_view is None  # no extra compute
     assert _module(scale_consistency=1.0, scale_consistency_prob=0.0).scale_view is None
@@ -160,9 +175,9 @@ def test_the_config_composes_and_builds(tmp_path: Path) -> None:
     cfg = compose_train(overrides, tmp_path)
     assert cfg.model.scale_consistency == 0.5 and list(cfg.model.scale_consistency_factors) == [0.5, 0.75]
     module = meta_model(cfg.model)
-    assert module.scale_view.factors == (0.5, 0.75) and module.scale_view.prob == 1.0
+    assert module.scale_view.factors == (0.5, 0.75) and module.scale_view.prob == 0.25
     assert module.hparams["scale_consistency_factors"] == [0.5, 0.75]  # plain values in checkpoints
-    assert meta_model(compose_train([], tmp_path).model).scale_view is None
+    assert meta_model(compose_train(["model.scale_consistency=0"], tmp_path).model).scale_view is None
 
 
 @pytest.mark.parametrize(
@@ -187,12 +202,25 @@ def test_bad_values_fail_before_training_in_one_line(override: str, key: str, tm
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_naflex_token_batches_are_refused_in_one_line(tmp_path: Path) -> None:
-    cfg = compose_train(["backbone=naflexvit", "resolution=naflex", "model.scale_consistency=0.5"], tmp_path)
-    with pytest.raises(ConfigError) as info:
-        check_naflex_config(cfg)
-    line = info.value.one_line()
-    assert line.startswith("model.scale_consistency=0.5 works on image batches") and "\n" not in line
+def test_it_is_off_for_naflex_token_batches_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = compose_train([*TINY_NAFLEX_MODEL, "data.root=unused"], tmp_path)
+    assert cfg.model.scale_consistency == 1.0  # the default, not refused
+    check_naflex_config(cfg)
+    with caplog.at_level(logging.INFO, logger="resflex"):
+        assert meta_model(cfg.model).scale_view is None  # no extra compute
+    assert "model.scale_consistency is off for NaFlex token batches" in caplog.text
+
+
+def test_it_is_off_for_a_backbone_of_one_input_size_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    backbone = TimmBackbone("test_vit", model_kwargs={"dynamic_img_size": False, "img_size": 32})  # 32 px
+    net = ImageClassifier(backbone, AvgPool(), num_classes=NUM_CLASSES)
+    with caplog.at_level(logging.WARNING, logger="resflex"):
+        module = ClassificationModule(net, optimizer=OptimizerFactory())
+    assert module.scale_view is None
+    line = next(r.getMessage() for r in caplog.records if "scale_consistency" in r.getMessage())
+    assert line.startswith("model.scale_consistency is off:") and "dynamic_img_size" in line
 
 
 def test_a_tiny_run_logs_the_term(tmp_path: Path) -> None:

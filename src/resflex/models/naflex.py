@@ -343,7 +343,7 @@ def check_naflex_config(cfg: Any) -> None:
             f"resolution.patch_size={schedule.patch_size} but {name} takes {patch}x{patch} patches",
             hint=f"resolution.patch_size={patch}, or backbone.model_kwargs.patch_size={schedule.patch_size}",
         )
-    for key in ("mixup", "cutmix", "random_erasing", "scale_consistency"):
+    for key in ("mixup", "cutmix", "random_erasing"):  # scale_consistency switches itself off
         value = OmegaConf.select(cfg, f"model.{key}", default=0)
         if value:
             raise ConfigError(

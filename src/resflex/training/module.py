@@ -114,9 +114,9 @@ class ClassificationModule(pl.LightningModule):
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
         bn_stats_per_size: bool = False,
-        scale_consistency: float = 0.0,
+        scale_consistency: float = 1.0,
         scale_consistency_factors: Sequence[float] = (0.6,),
-        scale_consistency_prob: float = 1.0,
+        scale_consistency_prob: float = 0.25,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
