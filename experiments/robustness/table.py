@@ -32,6 +32,16 @@ def wall(values: list[float]) -> str:
     return f"{statistics.median(values):.0f}" if values else "–"
 
 
+def ratio(runs: dict[str, dict[str, str]], base: dict[str, dict[str, str]]) -> str:
+    """Wall time over the baseline's, paired by seed (a timing pass's pair index): ``mean ± sd``×."""
+    ratios = [
+        float(r["wall_time_s"]) / float(base[s]["wall_time_s"])
+        for s, r in runs.items()
+        if r.get("wall_time_s") and base.get(s, {}).get("wall_time_s")
+    ]
+    return spread(ratios) + "×" if ratios else "–"
+
+
 def table(
     rows: list[dict[str, str]],
     baseline: str,
@@ -39,6 +49,7 @@ def table(
     split: str,
     main: int,
     wall_time: bool = False,
+    wall_ratio: bool = False,
 ) -> str:
     by_cell: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     for row in rows:
@@ -46,7 +57,8 @@ def table(
             by_cell[row["cell"]][row["seed"]] = row
     sizes = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith(f"{split}_acc@") and r[k]})
     head = ["cell", "seeds", *(f"{s} px" for s in sizes), "worst", "mean", f"Δ@{main} vs {baseline}",
-            f"Δmean vs {baseline}"] + (["wall s"] if wall_time else [])  # fmt: skip
+            f"Δmean vs {baseline}"] + (["wall s"] if wall_time else []) + (
+            [f"wall × vs {baseline}"] if wall_ratio else [])  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = by_cell.get(baseline, {})
     for cell in cells or list(by_cell):
@@ -68,7 +80,8 @@ def table(
                 spread(values(f"{split}_acc_worst")), spread(values(f"{split}_acc_mean_sizes")),
                 "–" if cell == baseline else spread(sign="+", values=paired(f"{split}_acc@{main}")),
                 "–" if cell == baseline else spread(sign="+", values=paired(f"{split}_acc_mean_sizes")),
-                ] + ([wall(values("wall_time_s"))] if wall_time else [])  # fmt: skip
+                ] + ([wall(values("wall_time_s"))] if wall_time else []) + (
+                ["–" if cell == baseline else ratio(runs, base)] if wall_ratio else [])  # fmt: skip
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
@@ -83,9 +96,12 @@ def main() -> None:
     parser.add_argument(
         "--wall", action="store_true", help="median wall time per cell (compare only runs made alone)"
     )
+    parser.add_argument(
+        "--wall-ratio", action="store_true", help="wall time over the baseline's, paired by seed"
+    )
     args = parser.parse_args()
     rows = [row for path in args.csv for row in csv.DictReader(path.open())]
-    print(table(rows, args.baseline, args.cells, args.split, args.main, args.wall))
+    print(table(rows, args.baseline, args.cells, args.split, args.main, args.wall, args.wall_ratio))
 
 
 if __name__ == "__main__":

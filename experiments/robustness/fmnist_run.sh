@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Size robustness on Fashion-MNIST at varied sizes (the study's second data set): the images of the
+# pooling x resolution study's CPU scale (resnet18 from scratch, 5,000 train / 1,000 val / 2,000 test
+# images, batch 64, 6 epochs; experiments/cells.sh fashion_mnist_cpu), trained at 64 px and evaluated
+# at 32-128 px (1/2x-2x), seeds 0-2, two runs at a time with one compute thread and one loader worker
+# each. Every run validates its best checkpoint at every size after fit, with BatchNorm statistics
+# calibrated per size (val/acc@<size>: what a choice is made on); test/acc@<size> is reported.
+# Results: results_fmnist.csv beside this script (one row per run: commit, machine, command).
+#
+#   bash experiments/robustness/fmnist_run.sh [RUNS_DIR] [DATA_ROOT]   # CELLS="fixed default" SEEDS="0"
+set -euo pipefail
+RUNS=${1:-/tmp/robustness_fmnist_runs}
+ROOT=${2:-/usr/share/datasets/fashion-mnist}
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PY=${PYTHON:-$REPO/.venv/bin/python}
+source "$HERE/../cells.sh"
+COMMON="$(fashion_mnist_cpu "$ROOT") resolution.size=64 eval.resolutions=[32,48,64,96,128] logger=csv"
+
+declare -A SWITCHES=(
+  # the default before the robustness study: one size, BatchNorm statistics as trained
+  [fixed_nocal]="eval.bn_calibration=false model.scale_consistency=0"
+  # BatchNorm calibrated per evaluation size after fit, no scale-consistency term
+  [fixed]="model.scale_consistency=0"
+  # today's default: calibration and the scale-consistency term (a 0.6x view on a quarter of the steps)
+  [default]=""
+  [fixed_avg]="pooling=avg model.scale_consistency=0"
+  [default_avg]="pooling=avg"
+  # a size per batch (the pooling study's random schedule), calibrated
+  [random]="resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64 model.scale_consistency=0"
+)
+CELLS=${CELLS:-fixed_nocal fixed default fixed_avg default_avg random}
+run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
+collect_runs "$HERE/collect.py" "$HERE/results_fmnist.csv"
