@@ -44,6 +44,9 @@ declare -A SWITCHES=(
   [sc]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_prob=1.0"
   [sc_budget]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_prob=0.25"
   [default_avg]="resolution.size=40 pooling=avg"
+  # an exploration for the sizes above the trained one: a second factor of 1.4 (a larger view, 56 px),
+  # the two drawn alike on a quarter of the steps (+29 % of the pixels)
+  [sc_up]="resolution.size=40 model.scale_consistency_factors=[0.6,1.4]"
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"

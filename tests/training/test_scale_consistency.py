@@ -79,9 +79,14 @@ def test_weight_zero_is_todays_loss() -> None:
     assert torch.equal(loss, F.cross_entropy(logits, batch[1], label_smoothing=0.1))
 
 
-@pytest.mark.parametrize(("h", "w", "small"), [(40, 40, (24, 24)), (40, 56, (24, 32))])
-def test_the_loss_is_the_cross_entropy_plus_the_weighted_kl(h: int, w: int, small: tuple[int, int]) -> None:
-    module = _module(scale_consistency=0.5)
+@pytest.mark.parametrize(
+    ("h", "w", "factor", "small"),
+    [(40, 40, 0.6, (24, 24)), (40, 56, 0.6, (24, 32)), (40, 56, 1.4, (56, 80))],  # 1.4: a larger view
+)
+def test_the_loss_is_the_cross_entropy_plus_the_weighted_kl(
+    h: int, w: int, factor: float, small: tuple[int, int]
+) -> None:
+    module = _module(scale_consistency=0.5, scale_consistency_factors=[factor])
     images, labels = _batch(module, 4, h, w)
     seen: list[tuple[int, int]] = []
     module.model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[-2:])))
@@ -185,6 +190,7 @@ def test_the_config_composes_and_builds(tmp_path: Path) -> None:
     [
         ("model.scale_consistency=-0.5", "model.scale_consistency"),
         ("model.scale_consistency_factors=[0.6,1.0]", "model.scale_consistency_factors"),
+        ("model.scale_consistency_factors=[2.5]", "model.scale_consistency_factors"),
         ("model.scale_consistency_factors=[0]", "model.scale_consistency_factors"),
         ("model.scale_consistency_factors=[]", "model.scale_consistency_factors"),
         ("model.scale_consistency_prob=1.5", "model.scale_consistency_prob"),

@@ -6,6 +6,9 @@ answer, used here: every training step stays what it was, at the scheduled size,
 add a second, *smaller* view of the same (already erased / mixed) batch whose predictions are
 pulled towards the main view's, detached. The main view is the teacher and gets no gradient from
 the term, so the training at the main size is untouched; the smaller sizes get a learning signal.
+A factor above 1 (``model.scale_consistency_factors=[0.6,1.4]``) adds a *larger* view the same way,
+for the sizes above the trained one, at ``factor**2`` of the pixels (an exploration: not measured
+as a default).
 
 Cost: one more forward and backward at ``factor**2`` of the pixels on ``prob`` of the steps (0.25
 at factor 0.6, the default: about +9 % pixels). On by default since ``experiments/robustness/``
@@ -60,7 +63,8 @@ def consistency_loss(
 
 
 def small_size(h: int, w: int, factor: float, minimum: int = MULTIPLE) -> tuple[int, int]:
-    """``factor`` of (h, w), each side rounded to a multiple of 8 and at least ``minimum``."""
+    """``factor`` of (h, w), each side rounded to a multiple of 8 and at least ``minimum`` (the second
+    view's size: smaller for the default factor, larger for a factor above 1)."""
 
     def side(s: int) -> int:
         return max(minimum, MULTIPLE * round(s * factor / MULTIPLE))
@@ -112,6 +116,11 @@ def smallest_side(backbone: Any) -> int:
     )
 
 
+def _view_factor(value: float) -> bool:
+    """A second view's side factor: smaller (0, 1) or larger (1, 2] than the batch, never the same."""
+    return 0 < value <= 2 and value != 1
+
+
 class ScaleConsistency:
     """The term's settings and its per-step work: which steps get a small view, at which factor, and the
     weighted loss.
@@ -147,11 +156,11 @@ class ScaleConsistency:
             values = []
         if not values:
             raise ConfigError(
-                f"model.scale_consistency_factors={factors!r} is invalid: expected factors in (0, 1)",
+                f"model.scale_consistency_factors={factors!r} is invalid: expected factors in (0, 2], not 1",
                 hint="'model.scale_consistency_factors=[0.6]'",
             )
         checked = [
-            check_value("model.scale_consistency_factors", v, float, lambda v: 0 < v < 1, "factors in (0, 1)")
+            check_value("model.scale_consistency_factors", v, float, _view_factor, "factors in (0, 2], not 1")
             for v in values
         ]
         prob = check_value(
@@ -189,15 +198,16 @@ class ScaleConsistency:
     def term(
         self, model: torch.nn.Module, images: torch.Tensor, logits: torch.Tensor, epoch: int, batch_idx: int
     ) -> torch.Tensor | None:
-        """This step's term, unweighted: the small view of ``images`` (the batch as the main forward
-        took it, erased and mixed alike) through ``model`` with its BatchNorm statistics frozen, against
-        the main view's ``logits``; None when the step has no small view (or none smaller than the batch)."""
+        """This step's term, unweighted: the second view of ``images`` (the batch as the main forward
+        took it, erased and mixed alike; smaller for a factor below 1, larger above) through ``model``
+        with its BatchNorm statistics frozen, against the main view's ``logits``; None when the step
+        has no second view (or its rounded size is not smaller, or larger, than the batch)."""
         factor = self.draw(epoch, batch_idx)
         if factor is None:
             return None
         h, w = int(images.shape[-2]), int(images.shape[-1])
         h2, w2 = small_size(h, w, factor, self.minimum)
-        if h2 >= h and w2 >= w:
+        if (h2 >= h and w2 >= w) if factor < 1 else (h2 <= h and w2 <= w):
             return None
         small = F.interpolate(images, size=(h2, w2), mode="bilinear", antialias=True, align_corners=False)
         if images.is_contiguous(memory_format=torch.channels_last):
