@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resflex.build import build_module
 from resflex.errors import ResflexError, find_user_error
 from resflex.models.backbone import TimmBackbone
 from resflex.models.classifier import ImageClassifier
@@ -215,8 +216,11 @@ def test_it_is_off_for_naflex_token_batches_with_a_log_line(
     assert cfg.model.scale_consistency == 1.0  # the default, not refused
     check_naflex_config(cfg)
     with caplog.at_level(logging.INFO, logger="resflex"):
-        assert meta_model(cfg.model).scale_view is None  # no extra compute
-    assert "model.scale_consistency is off for NaFlex token batches" in caplog.text
+        assert meta_model(cfg.model).scale_view is None  # the pre-flight copy: no extra compute, no line
+        assert not caplog.records
+        assert build_module(cfg, num_classes=3).scale_view is None  # the run's module: one line
+    lines = [r.getMessage() for r in caplog.records if "scale_consistency" in r.getMessage()]
+    assert lines == ["model.scale_consistency is off for NaFlex token batches (every length trains)"]
 
 
 def test_it_is_off_for_a_backbone_of_one_input_size_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:

@@ -12,7 +12,7 @@ as a default).
 
 Cost: one more forward and backward at ``factor**2`` of the pixels on ``prob`` of the steps (0.25
 at factor 0.6, the default: about +9 % pixels). On by default since ``experiments/robustness/``
-measured it (3 seeds, two data sets: level at the trained size, ahead at the smaller ones). It
+measured it (3 seeds, three data sets: level at the trained size, ahead at the smaller ones). It
 switches itself off, with a log line, where it cannot apply: NaFlex token batches (their sizes
 are sequence lengths; ``resolution=naflex`` trains every length already) and backbones that take
 one input size (a fixed-size ViT).
@@ -37,6 +37,15 @@ from resflex.models.naflex import NaFlexBackbone
 from resflex.validation import check_value
 
 log = logging.getLogger("resflex")
+
+
+def _say(net: Any, level: int, message: str) -> None:
+    """Log ``message`` unless ``net`` is the pre-flight check's copy on the meta device (a run builds
+    its module twice, and a reason the term is off is worth one line, not two)."""
+    parameter = next(iter(net.parameters()), None) if isinstance(net, torch.nn.Module) else None
+    if parameter is None or not parameter.is_meta:
+        log.log(level, message)
+
 
 #: Softmax temperature of the term. 1: the main view's predictions as they are, the choice of the
 #: self-distillation papers that match the views' outputs (ResFormer's scale consistency); a higher
@@ -186,12 +195,13 @@ class ScaleConsistency:
             return None
         backbone = getattr(net, "backbone", None)
         if isinstance(backbone, NaFlexBackbone):
-            log.info("model.scale_consistency is off for NaFlex token batches (they train at every length)")
+            message = "model.scale_consistency is off for NaFlex token batches (every length trains)"
+            _say(net, logging.INFO, message)
             return None
         try:
             minimum = smallest_side(backbone)
         except ConfigError as error:
-            log.warning("model.scale_consistency is off: %s", error.one_line())
+            _say(net, logging.WARNING, f"model.scale_consistency is off: {error.one_line()}")
             return None
         return cls(weight, factors, prob, seed, minimum=minimum)
 
