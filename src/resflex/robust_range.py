@@ -167,18 +167,25 @@ def robust_ranges(metrics: Mapping[str, Any], main: Sequence[int] | None) -> lis
     return [r for r in ranges if r is not None]
 
 
+def _range_lines(
+    ranges: Sequence[RobustRange], unit: Callable[[Size], str], trained: str, noun: str, note: str = ""
+) -> list[str]:
+    """The card's robustness section in ``unit``: an intro from ``trained`` (the reference), the
+    ``noun`` of the evaluated sizes and a ``note``, then one line per split."""
+    intro = (
+        f"How far from {trained}, the same weights hold up: the contiguous {noun} around the best whose "
+        f"accuracy stays within {RANGE_TOLERANCE:g} of it{note}."
+    )
+    return [intro, "", *(f"- {r.stage}: {r.sentence(unit, noun)}." for r in ranges)]
+
+
 def robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> list[str]:
     """The card's robustness section: one line per split with a per-size curve."""
     ranges = robust_ranges(metrics, main)
     if not ranges:
         return ["No accuracy per size recorded in metrics.json (`eval.resolutions`)."]
     trained = f"the trained size, {size_text(main)}" if main else "the trained size"
-    lines = [
-        f"How far from {trained}, the same weights hold up: the contiguous sizes around the best "
-        f"whose accuracy stays within {RANGE_TOLERANCE:g} of it (`predict.size=auto` picks among them).",
-        "",
-    ]
-    return lines + [f"- {r.stage}: {r.sentence()}." for r in ranges]
+    return _range_lines(ranges, size_text, trained, "sizes", " (`predict.size=auto` picks among them)")
 
 
 def tokens_text(size: Size) -> str:
@@ -192,9 +199,4 @@ def token_robustness_lines(metrics: Mapping[str, Any], main: Size | None) -> lis
     if not ranges:
         return ["No accuracy per sequence length recorded in metrics.json (`eval.seq_lens`)."]
     trained = f"the run's max_seq_len, {tokens_text(main)} per image" if main else "the run's max_seq_len"
-    lines = [
-        f"How far from {trained}, the same weights hold up: the contiguous sequence lengths around the "
-        f"best whose accuracy stays within {RANGE_TOLERANCE:g} of it.",
-        "",
-    ]
-    return lines + [f"- {r.stage}: {r.sentence(tokens_text, 'sequence lengths')}." for r in ranges]
+    return _range_lines(ranges, tokens_text, trained, "sequence lengths")
