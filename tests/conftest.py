@@ -55,6 +55,24 @@ LEARNING_RUN = (
     "optimizer.lr=0.004",
 )
 
+#: a tiny deterministic 2-epoch run, 5 steps an epoch: the SIGTERM-and-resume tests' base
+RESUME_RUN = (
+    *TINY_SYNTHETIC,
+    "backbone.name=test_resnet",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=5",
+    "trainer.limit_val_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+    "resolution.size=32",
+    "test_after_fit=false",
+)
+
 #: a tiny NaFlex run on an image folder (add data.root): a 1-block, 24-wide NaFlexVit, 4 images at the
 #: longest of two sequence lengths (16, 32 tokens), no loader workers
 TINY_NAFLEX_MODEL = (

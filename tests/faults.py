@@ -10,6 +10,11 @@ import pytorch_lightning as pl
 import torch
 
 
+def sigterm_at(step: int) -> list[str]:
+    """The overrides that add :class:`SigtermAtStep` to a run."""
+    return ["+callbacks.fault._target_=tests.faults.SigtermAtStep", f"+callbacks.fault.step={step}"]
+
+
 class SigtermAtStep(pl.Callback):
     """Sends SIGTERM to this process after global step ``step`` (as a cluster would before killing it)."""
 

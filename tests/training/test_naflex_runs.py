@@ -15,6 +15,7 @@ import torch
 
 from resflex.training.distributed import check_rank_logs, read_rank_logs
 from tests.conftest import TINY_NAFLEX_MODEL, make_image_folder, run_cli, scalar_tags
+from tests.faults import sigterm_at
 
 #: a tiny NaFlex run on an image folder of varied aspects: 18 training images, two sequence lengths
 #: (a step takes 4 images at 32 tokens or 8 at 16), 2 epochs of 4 to 5 steps
@@ -51,8 +52,7 @@ def test_sigterm_and_resume_of_a_naflex_run_matches_an_uninterrupted_run(tmp_pat
     killed = run_cli(
         [
             *run,
-            "+callbacks.fault._target_=tests.faults.SigtermAtStep",
-            "+callbacks.fault.step=7",
+            *sigterm_at(7),
             f"hydra.run.dir={run_dir}",
         ],
         cwd=tmp_path,

@@ -9,23 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_SYNTHETIC, run_cli
+from tests.conftest import RESUME_RUN, run_cli
+from tests.faults import sigterm_at
 
 RECIPE_RUN = [
-    *TINY_SYNTHETIC,
-    "backbone.name=test_resnet",
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=5",
-    "trainer.limit_val_batches=2",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.enable_progress_bar=false",
-    "trainer.deterministic=true",
-    "trainer.log_every_n_steps=1",
-    "resolution.size=32",
-    "test_after_fit=false",
+    *RESUME_RUN,
     # the recipe switches
     "model.ema=true",
     "model.ema_decay=0.9",
@@ -49,8 +37,7 @@ def test_sigterm_and_resume_with_the_recipe_switches_matches_an_uninterrupted_ru
     killed = run_cli(
         [
             *RECIPE_RUN,
-            "+callbacks.fault._target_=tests.faults.SigtermAtStep",
-            "+callbacks.fault.step=7",
+            *sigterm_at(7),
             f"hydra.run.dir={run_dir}",
         ],
         cwd=tmp_path,

@@ -18,7 +18,8 @@ from PIL import Image
 from resflex.errors import ConfigError, DataError, ResflexError, find_user_error
 from resflex.train import train
 from resflex.training.safety import AtomicCheckpointIO
-from tests.conftest import TINY, TINY_SYNTHETIC, make_image_folder, run_cli, train_run
+from tests.conftest import RESUME_RUN, TINY, TINY_SYNTHETIC, make_image_folder, run_cli, train_run
+from tests.faults import sigterm_at
 from tests.test_configs import compose_train
 
 BASE = ["backbone.name=test_resnet", "trainer.accelerator=cpu", "data.num_workers=0"]
@@ -188,24 +189,6 @@ def test_atomic_checkpoint_never_leaves_a_partial_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
-RESUME_RUN = [
-    *TINY_SYNTHETIC,
-    "backbone.name=test_resnet",
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=5",
-    "trainer.limit_val_batches=2",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.enable_progress_bar=false",
-    "trainer.deterministic=true",
-    "trainer.log_every_n_steps=1",
-    "resolution.size=32",
-    "test_after_fit=false",
-]
-
-
 @pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
 def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -226,8 +209,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
         killed = run_cli(
             [
                 *RESUME_RUN,
-                "+callbacks.fault._target_=tests.faults.SigtermAtStep",
-                "+callbacks.fault.step=7",
+                *sigterm_at(7),
                 f"hydra.run.dir={run_dir}",
             ],
             cwd=tmp_path,
