@@ -15,19 +15,20 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
 source "$HERE/../cells.sh"
-COMMON="$(fashion_mnist_cpu "$ROOT") resolution.size=64 eval.resolutions=[32,48,64,96,128] logger=csv"
+COMMON="$(fashion_mnist_cpu "$ROOT") eval.resolutions=[32,48,64,96,128] logger=csv"
+OFF="model.scale_consistency=0"  # the cells without the term (the default when the study began)
 
 declare -A SWITCHES=(
   # the default before the robustness study: one size, BatchNorm statistics as trained
-  [fixed_nocal]="eval.bn_calibration=false model.scale_consistency=0"
+  [fixed_nocal]="resolution.size=64 eval.bn_calibration=false $OFF"
   # BatchNorm calibrated per evaluation size after fit, no scale-consistency term
-  [fixed]="model.scale_consistency=0"
+  [fixed]="resolution.size=64 $OFF"
   # today's default: calibration and the scale-consistency term (a 0.6x view on a quarter of the steps)
-  [default]=""
-  [fixed_avg]="pooling=avg model.scale_consistency=0"
-  [default_avg]="pooling=avg"
+  [default]="resolution.size=64"
+  [fixed_avg]="resolution.size=64 pooling=avg $OFF"
+  [default_avg]="resolution.size=64 pooling=avg"
   # a size per batch (the pooling study's random schedule), calibrated
-  [random]="resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64 model.scale_consistency=0"
+  [random]="resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64 $OFF"
 )
 CELLS=${CELLS:-fixed_nocal fixed default fixed_avg default_avg random}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
