@@ -7,8 +7,8 @@ add a second, *smaller* view of the same (already erased / mixed) batch whose pr
 pulled towards the main view's, detached. The main view is the teacher and gets no gradient from
 the term, so the training at the main size is untouched; the smaller sizes get a learning signal.
 A factor above 1 (``model.scale_consistency_factors=[0.6,1.4]``) adds a *larger* view the same way,
-for the sizes above the trained one, at ``factor**2`` of the pixels (an exploration: not measured
-as a default).
+for the sizes above the trained one, at ``factor**2`` of the pixels (measured, not the default for
+its cost: ``experiments/robustness/``, ``sc_up``).
 
 Cost: one more forward and backward at ``factor**2`` of the pixels on ``prob`` of the steps (0.25
 at factor 0.6, the default: about +9 % pixels). On by default since ``experiments/robustness/``
