@@ -47,6 +47,8 @@ declare -A SWITCHES=(
   # an exploration for the sizes above the trained one: a second factor of 1.4 (a larger view, 56 px),
   # the two drawn alike on a quarter of the steps (+29 % of the pixels)
   [sc_up]="resolution.size=40 model.scale_consistency_factors=[0.6,1.4]"
+  # the same on an eighth of the steps (+15 % of the pixels): the larger view within the budget?
+  [sc_up_budget]="resolution.size=40 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
