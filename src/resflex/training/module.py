@@ -310,7 +310,7 @@ class ClassificationModule(pl.LightningModule):
         # not on the progress bar: that would read the loss on the host every step (a device sync)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
-        if self.scale_view is not None and not isinstance(images, TokenBatch):  # train/loss: the CE alone
+        if self.scale_view is not None:  # never for NaFlex (ScaleConsistency.build); train/loss: the CE alone
             term = self.scale_view.term(self.model, images, logits, self.current_epoch, batch_idx)
             if term is not None:
                 self.log("train/scale_consistency", term, on_step=True, on_epoch=False)
