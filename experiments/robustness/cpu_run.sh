@@ -28,6 +28,8 @@ declare -A SWITCHES=(
   [ms60]="resolution=multiscale resolution.probs=[0.1,0.1,0.6,0.1,0.1] $OFF"
   # the scale-consistency term on a quarter of the steps (a 0.6x view; +9 % of the pixels)
   [sc_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_prob=0.25"
+  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels; the folder's sc_up_budget)
+  [sc_up_budget]="resolution=fixed model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed ms50 ms60 fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"

@@ -29,6 +29,8 @@ declare -A SWITCHES=(
   [default_avg]="resolution.size=64 pooling=avg"
   # a size per batch (the pooling study's random schedule), calibrated
   [random]="resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64 $OFF"
+  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels; the folder's sc_up_budget)
+  [sc_up_budget]="resolution.size=64 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed_nocal fixed default fixed_avg default_avg random}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
