@@ -7,7 +7,11 @@ scaled to cover 60-100 % of the canvas's short side, placed at a random position
 in a random colour, over a noisy coloured background; PNG and JPEG mixed.
 
     python experiments/variable_size/make_data.py OUT [--train-per-class 400] [--val-per-class 100]
-        [--test-per-class 0]
+        [--test-per-class 0] [--noise-sd 20] [--object-scale 0.6 1.0]
+
+``--noise-sd 0 --object-scale 0.9 1.0`` makes an easier folder (flat background, the object
+filling the short side), closer to the difficulty of the folder the robustness issue was
+reported on; the random draws are the same, so only those two properties change.
 
 The test split (``--test-per-class N``: OUT/test/<class>/) draws its glyphs from Fashion-MNIST's
 own test set, so its objects are disjoint from train and val; it is drawn after train and val,
@@ -29,13 +33,18 @@ from PIL import Image
 from resflex.data.fashion_mnist import CLASSES, DEBIAN_ROOT, find_idx_file, read_idx
 
 
-def make_image(glyph: np.ndarray, rng: np.random.Generator) -> Image.Image:
+def make_image(
+    glyph: np.ndarray,
+    rng: np.random.Generator,
+    noise_sd: float = 20.0,
+    object_scale: tuple[float, float] = (0.6, 1.0),
+) -> Image.Image:
     height = int(rng.integers(24, 129))
     aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
     width = max(8, round(height * aspect))
     background = rng.integers(0, 256, 3).astype(np.float32)
-    pixels = background + rng.normal(0, 20, (height, width, 3)).astype(np.float32)
-    side = max(6, round(min(height, width) * rng.uniform(0.6, 1.0)))
+    pixels = background + (rng.normal(0, 1, (height, width, 3)) * noise_sd).astype(np.float32)
+    side = max(6, round(min(height, width) * rng.uniform(*object_scale)))
     mask = (
         np.asarray(Image.fromarray(glyph).resize((side, side), Image.Resampling.BILINEAR), np.float32) / 255
     )
@@ -48,7 +57,14 @@ def make_image(glyph: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def build(
-    out: Path, train_per_class: int, val_per_class: int, seed: int, mnist_root: str, test_per_class: int = 0
+    out: Path,
+    train_per_class: int,
+    val_per_class: int,
+    seed: int,
+    mnist_root: str,
+    test_per_class: int = 0,
+    noise_sd: float = 20.0,
+    object_scale: tuple[float, float] = (0.6, 1.0),
 ) -> None:
     root = Path(mnist_root)
     train_images = read_idx(find_idx_file(root, "train-images-idx3-ubyte"))
@@ -72,7 +88,7 @@ def build(
             if split != "test":
                 pool = pool[:half] if split == "train" else pool[half:]
             for k, index in enumerate(rng.choice(pool, per_class, replace=False)):
-                image = make_image(images[index], rng)
+                image = make_image(images[index], rng, noise_sd, object_scale)
                 if k % 2:
                     image.save(folder / f"{k:04d}.jpg", quality=90)
                 else:
@@ -89,8 +105,26 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mnist-root", default=DEBIAN_ROOT)
+    parser.add_argument("--noise-sd", type=float, default=20.0, help="background noise (grey levels)")
+    parser.add_argument(
+        "--object-scale",
+        type=float,
+        nargs=2,
+        default=(0.6, 1.0),
+        metavar=("MIN", "MAX"),
+        help="the object's side as a share of the canvas's short side",
+    )
     args = parser.parse_args()
-    build(args.out, args.train_per_class, args.val_per_class, args.seed, args.mnist_root, args.test_per_class)
+    build(
+        args.out,
+        args.train_per_class,
+        args.val_per_class,
+        args.seed,
+        args.mnist_root,
+        args.test_per_class,
+        args.noise_sd,
+        tuple(args.object_scale),
+    )
     print(
         f"wrote {args.out} ({args.train_per_class}/{args.val_per_class}/{args.test_per_class}"
         " train/val/test images a class)"
