@@ -11,12 +11,19 @@
 #   python experiments/variable_size/make_data.py /tmp/vs400 --train-per-class 400 \
 #       --val-per-class 100 --test-per-class 100
 #   bash experiments/robustness/folder_run.sh /tmp/vs400 [RUNS_DIR]   # CELLS="fixed" SEEDS="0"
+#
+# The easier folder (flat background, the object filling the short side; results_folder_easy.csv):
+#   python experiments/variable_size/make_data.py /tmp/vs_easy --train-per-class 400 \
+#       --val-per-class 100 --test-per-class 100 --noise-sd 0 --object-scale 0.9 1.0
+#   OUT=experiments/robustness/results_folder_easy.csv \
+#       bash experiments/robustness/folder_run.sh /tmp/vs_easy /tmp/robustness_easy_runs
 set -euo pipefail
 DATA=${1:?usage: folder_run.sh DATA_DIR [RUNS_DIR]}
 RUNS=${2:-/tmp/robustness_folder_runs}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
+OUT=${OUT:-$HERE/results_folder.csv}
 source "$HERE/../cells.sh"
 COMMON="data=imagefolder data.root=$DATA data.batch_size=64 trainer.max_epochs=10
  data.num_workers=1 trainer.enable_progress_bar=false eval.resolutions=[24,32,40,48,56,64,80]"
@@ -52,4 +59,4 @@ declare -A SWITCHES=(
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
-collect_runs "$HERE/collect.py" "$HERE/results_folder.csv"
+collect_runs "$HERE/collect.py" "$OUT"
