@@ -51,6 +51,7 @@ lint: $(STAMP)
 # every generated table in README.md, experiments/*/README.md and docs/*.md, from the committed result files
 results: $(STAMP)
 	$(PY) experiments/update_tables.py
+	$(PY) experiments/robustness/plot.py
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir logs

@@ -74,3 +74,10 @@ def test_a_result_file_says_where_it_came_from(path: Path) -> None:
     with path.open() as f:
         header = next(csv.reader(f))
     assert {"commit", "machine"} <= set(header), f"{path}: no commit/machine columns and no {sidecar.name}"
+
+
+def test_the_robustness_figure_draws_from_the_result_files(tmp_path: Path) -> None:
+    out = tmp_path / "accuracy_vs_size.png"
+    script = REPO / "experiments" / "robustness" / "plot.py"
+    subprocess.run([sys.executable, script, "--out", out], cwd=REPO, capture_output=True, check=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000

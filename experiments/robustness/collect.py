@@ -64,6 +64,8 @@ def row_of(name: str, run_dir: Path, common: dict[str, str]) -> dict[str, object
     ).isoformat(timespec="seconds")
     row["wall_time_s"] = record.get("wall_time_s")
     row["val_acc_best_epoch"] = (record.get("best") or {}).get("val/acc")
+    if metrics.get("train/megapixels") is not None:  # runs since the count existed
+        row["train_megapixels"] = metrics["train/megapixels"]
     for key in SUMMARY:
         row[key.replace("/", "_")] = metrics.get(key)
     for key, value in metrics.items():

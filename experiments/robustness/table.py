@@ -16,6 +16,7 @@ import argparse
 import csv
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,17 +28,20 @@ def spread(values: list[float], sign: str = "") -> str:
     return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.3f}"
 
 
-def wall(values: list[float]) -> str:
-    """Median wall time (runs may have shared the machine: see the README for the timing pass)."""
+def wall(runs: dict[str, dict[str, str]]) -> str:
+    """Median wall time of a cell's runs (they may have shared the machine: see the README for the
+    timing pass)."""
+    values = [float(r["wall_time_s"]) for r in runs.values() if r.get("wall_time_s")]
     return f"{statistics.median(values):.0f}" if values else "–"
 
 
-def ratio(runs: dict[str, dict[str, str]], base: dict[str, dict[str, str]]) -> str:
-    """Wall time over the baseline's, paired by seed (a timing pass's pair index): ``mean ± sd``×."""
+def ratio(runs: dict[str, dict[str, str]], base: dict[str, dict[str, str]], key: str = "wall_time_s") -> str:
+    """``key`` (wall time; training pixels) over the baseline's, paired by seed (a timing pass's pair
+    index): ``mean ± sd``×."""
     ratios = [
-        float(r["wall_time_s"]) / float(base[s]["wall_time_s"])
+        float(r[key]) / float(base[s][key])
         for s, r in runs.items()
-        if r.get("wall_time_s") and base.get(s, {}).get("wall_time_s")
+        if r.get(key) and base.get(s, {}).get(key)
     ]
     return spread(ratios) + "×" if ratios else "–"
 
@@ -50,6 +54,7 @@ def table(
     main: int,
     wall_time: bool = False,
     wall_ratio: bool = False,
+    pixels: bool = False,
 ) -> str:
     by_cell: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
     for row in rows:
@@ -57,10 +62,17 @@ def table(
             by_cell[row["cell"]][row["seed"]] = row
     sizes = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith(f"{split}_acc@") and r[k]})
     head = ["cell", "seeds", *(f"{s} px" for s in sizes), "worst", "mean", f"Δ@{main} vs {baseline}",
-            f"Δmean vs {baseline}"] + (["wall s"] if wall_time else []) + (
-            [f"wall × vs {baseline}"] if wall_ratio else [])  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            f"Δmean vs {baseline}"]  # fmt: skip
     base = by_cell.get(baseline, {})
+    extras: list[tuple[str, Callable[[dict[str, dict[str, str]]], str]]] = []  # (heading, a cell's value)
+    if wall_time:
+        extras.append(("wall s", wall))
+    if wall_ratio:
+        extras.append((f"wall × vs {baseline}", lambda runs: ratio(runs, base)))
+    if pixels:
+        extras.append((f"pixels × vs {baseline}", lambda runs: ratio(runs, base, "train_megapixels")))
+    head += [heading for heading, _ in extras]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in cells or list(by_cell):
         runs = by_cell.get(cell, {})
         if not runs:
@@ -80,8 +92,8 @@ def table(
                 spread(values(f"{split}_acc_worst")), spread(values(f"{split}_acc_mean_sizes")),
                 "–" if cell == baseline else spread(sign="+", values=paired(f"{split}_acc@{main}")),
                 "–" if cell == baseline else spread(sign="+", values=paired(f"{split}_acc_mean_sizes")),
-                ] + ([wall(values("wall_time_s"))] if wall_time else []) + (
-                ["–" if cell == baseline else ratio(runs, base)] if wall_ratio else [])  # fmt: skip
+                ]  # fmt: skip
+        cols += [value(runs) if heading == "wall s" or cell != baseline else "–" for heading, value in extras]
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
@@ -99,9 +111,16 @@ def main() -> None:
     parser.add_argument(
         "--wall-ratio", action="store_true", help="wall time over the baseline's, paired by seed"
     )
+    parser.add_argument(
+        "--pixels",
+        action="store_true",
+        help="training pixels (train/megapixels) over the baseline's, paired by seed",
+    )
     args = parser.parse_args()
     rows = [row for path in args.csv for row in csv.DictReader(path.open())]
-    print(table(rows, args.baseline, args.cells, args.split, args.main, args.wall, args.wall_ratio))
+    print(
+        table(rows, args.baseline, args.cells, args.split, args.main, args.wall, args.wall_ratio, args.pixels)
+    )
 
 
 if __name__ == "__main__":

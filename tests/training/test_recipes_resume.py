@@ -50,7 +50,7 @@ def test_sigterm_and_resume_with_the_recipe_switches_matches_an_uninterrupted_ru
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())["metrics"]
     got = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    for key in ("val/loss", "val/acc", "train/loss", "train/acc"):
+    for key in ("val/loss", "val/acc", "train/loss", "train/acc", "train/megapixels"):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
     final = [
         torch.load(d / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")

@@ -93,6 +93,7 @@ def test_the_loss_is_the_cross_entropy_plus_the_weighted_kl(
     module.model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[-2:])))
     loss = module.training_step((images.clone(), labels), 3)
     assert seen == [(h, w), small]
+    assert module.train_pixels.pixels == 4 * (h * w + small[0] * small[1])  # both views: train/megapixels
 
     reference = _module()  # the same weights; train mode: batch statistics, as in the step
     main = reference(images)

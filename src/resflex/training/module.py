@@ -41,6 +41,7 @@ from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
 from resflex.training.naflex import EpochPaddingShare, token_training_loss
 from resflex.training.optim import OptimizerFactory
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
+from resflex.training.pixels import PixelCounter
 from resflex.training.robustness import summarize_sizes
 from resflex.training.scale_consistency import ScaleConsistency
 from resflex.validation import check_value
@@ -156,6 +157,7 @@ class ClassificationModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_padding_share = EpochPaddingShare()  # token batches only (resflex.training.naflex)
+        self.train_pixels = PixelCounter()  # train/megapixels: the run's compute (resflex.training.pixels)
         self.top5 = num_classes >= 5
         self.mixer = self._mixer(mixup, cutmix, mix_prob, mix_switch_prob, num_classes)
         erasing = check_value(
@@ -298,6 +300,7 @@ class ClassificationModule(pl.LightningModule):
             assert self.size_stats is not None
             self.size_stats.before_step(side)
         logits = self(images)
+        self.train_pixels.add(images)
         if side is not None:
             assert self.size_stats is not None
             self.size_stats.after_step(side)
@@ -311,7 +314,9 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         if self.scale_view is not None:  # never for NaFlex (ScaleConsistency.build); train/loss: the CE alone
-            term = self.scale_view.term(self.model, images, logits, self.current_epoch, batch_idx)
+            term = self.scale_view.term(
+                self.model, images, logits, self.current_epoch, batch_idx, self.train_pixels
+            )
             if term is not None:
                 self.log("train/scale_consistency", term, on_step=True, on_epoch=False)
                 loss = loss + self.scale_view.weight * term
@@ -335,8 +340,9 @@ class ClassificationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """With per-size BatchNorm statistics: the table beside the weights, and the main size's in them.
-        A token run: the epoch's padding-share sums, for a mid-epoch resume."""
+        A token run: the epoch's padding-share sums, for a mid-epoch resume. The training pixels so far."""
         self.train_padding_share.save(checkpoint, self.current_epoch)
+        self.train_pixels.save(checkpoint)
         if self.size_stats is None or not self.size_stats.table:
             return
         self._use_main_size_stats()
@@ -349,6 +355,7 @@ class ClassificationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.train_padding_share.load(checkpoint)
+        self.train_pixels.load(checkpoint)
         if self.size_stats is not None and BN_STATS_KEY in checkpoint:
             self.size_stats.load_state(checkpoint[BN_STATS_KEY])
 
@@ -361,6 +368,10 @@ class ClassificationModule(pl.LightningModule):
         self.train_padding_share.start_epoch()
         if self.size_stats is not None:
             self.size_stats.loaded = None  # evaluation may have loaded other statistics
+
+    def on_train_epoch_end(self) -> None:
+        # cumulative, so the last value is the run's: the compute a schedule spent (resflex.training.pixels)
+        self.log("train/megapixels", self.train_pixels.megapixels(attached_trainer(self), self.device))
 
     def _eval_size(self, dataloader_idx: int, images: torch.Tensor) -> tuple[int, int]:
         """The (h, w) of evaluation loader ``dataloader_idx`` (from the data module; else the batch's)."""

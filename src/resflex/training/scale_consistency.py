@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from resflex.compat import BatchNorm
 from resflex.errors import ConfigError, ResflexError
 from resflex.models.naflex import NaFlexBackbone
+from resflex.training.pixels import PixelCounter
 from resflex.validation import check_value
 
 log = logging.getLogger("resflex")
@@ -206,12 +207,19 @@ class ScaleConsistency:
         return cls(weight, factors, prob, seed, minimum=minimum)
 
     def term(
-        self, model: torch.nn.Module, images: torch.Tensor, logits: torch.Tensor, epoch: int, batch_idx: int
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        logits: torch.Tensor,
+        epoch: int,
+        batch_idx: int,
+        pixels: PixelCounter | None = None,
     ) -> torch.Tensor | None:
         """This step's term, unweighted: the second view of ``images`` (the batch as the main forward
         took it, erased and mixed alike; smaller for a factor below 1, larger above) through ``model``
         with its BatchNorm statistics frozen, against the main view's ``logits``; None when the step
-        has no second view (or its rounded size is not smaller, or larger, than the batch)."""
+        has no second view (or its rounded size is not smaller, or larger, than the batch). The view
+        is added to ``pixels`` (the run's ``train/megapixels``)."""
         factor = self.draw(epoch, batch_idx)
         if factor is None:
             return None
@@ -222,6 +230,8 @@ class ScaleConsistency:
         small = F.interpolate(images, size=(h2, w2), mode="bilinear", antialias=True, align_corners=False)
         if images.is_contiguous(memory_format=torch.channels_last):
             small = small.contiguous(memory_format=torch.channels_last)
+        if pixels is not None:
+            pixels.add(small)
         with frozen_bn_stats(model):
             logits_small = model(small)
         return consistency_loss(logits_small, logits)
