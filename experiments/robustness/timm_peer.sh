@@ -12,6 +12,7 @@
 # Result: timm_folder.csv beside this script (collect_timm.py; commit, machine, command per row).
 #
 #   bash experiments/robustness/timm_peer.sh /tmp/vs400 /path/to/pytorch-image-models [RUNS_DIR]
+#   OUT=experiments/robustness/timm_folder_easy.csv CELLS=timm_sizes bash ... /tmp/vs_easy ...  # the easier folder
 set -euo pipefail
 DATA=${1:?usage: timm_peer.sh DATA_DIR TIMM_CHECKOUT [RUNS_DIR]}
 TIMM=${2:?usage: timm_peer.sh DATA_DIR TIMM_CHECKOUT [RUNS_DIR]}
@@ -19,6 +20,7 @@ RUNS=${3:-/tmp/robustness_timm_runs}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
+OUT=${OUT:-$HERE/timm_folder.csv}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 SIZES="24 32 40 48 56 64 80"
 COMMON="--data-dir $DATA --train-split train --val-split val --model resnet18 --num-classes 10
@@ -56,4 +58,4 @@ for seed in ${SEEDS-0 1 2}; do
     touch "$run/run/.evaluated"
   done
 done
-$PY "$HERE/collect_timm.py" "$HERE/timm_folder.csv" "$RUNS" "$TIMM"
+$PY "$HERE/collect_timm.py" "$OUT" "$RUNS" "$TIMM"
