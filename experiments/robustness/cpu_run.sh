@@ -18,17 +18,18 @@ source "$HERE/../cells.sh"
 export KEEP_CHECKPOINTS=1  # val_calibrated.sh evaluates each best checkpoint, then they are deleted
 COMMON="trainer.enable_progress_bar=false data.num_workers=1"
 
-# every cell but sc_budget sets model.scale_consistency=0, the default when they ran (the term became
-# the default after this study; sc_budget is today's default, spelled out)
+# every cell but sc_budget and sc_up_budget sets model.scale_consistency=0, the default when they ran
+# (the term became the default after this study; each of the two spells its term out)
 OFF="model.scale_consistency=0"
 declare -A SWITCHES=(
   [fixed_nocal]="resolution=fixed eval.bn_calibration=false $OFF"
   [fixed]="resolution=fixed $OFF"
   [ms50]="resolution=multiscale resolution.probs=[0.1,0.15,0.5,0.15,0.1] $OFF"
   [ms60]="resolution=multiscale resolution.probs=[0.1,0.1,0.6,0.1,0.1] $OFF"
-  # the scale-consistency term on a quarter of the steps (a 0.6x view; +9 % of the pixels)
-  [sc_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_prob=0.25"
-  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels; the folder's sc_up_budget)
+  # the scale-consistency term on a quarter of the steps (a 0.6x view; +9 % of the pixels; the default
+  # before sc_up_budget)
+  [sc_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
+  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels): today's default, spelled out
   [sc_up_budget]="resolution=fixed model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed ms50 ms60 fixed_nocal}

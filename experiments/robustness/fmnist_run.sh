@@ -23,13 +23,13 @@ declare -A SWITCHES=(
   [fixed_nocal]="resolution.size=64 eval.bn_calibration=false $OFF"
   # BatchNorm calibrated per evaluation size after fit, no scale-consistency term
   [fixed]="resolution.size=64 $OFF"
-  # today's default: calibration and the scale-consistency term (a 0.6x view on a quarter of the steps)
-  [default]="resolution.size=64"
+  # the default before sc_up_budget: calibration and the term (a 0.6x view on a quarter of the steps)
+  [default]="resolution.size=64 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
   [fixed_avg]="resolution.size=64 pooling=avg $OFF"
-  [default_avg]="resolution.size=64 pooling=avg"
+  [default_avg]="resolution.size=64 pooling=avg model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
   # a size per batch (the pooling study's random schedule), calibrated
   [random]="resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64 $OFF"
-  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels; the folder's sc_up_budget)
+  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels): today's default, spelled out
   [sc_up_budget]="resolution.size=64 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed_nocal fixed default fixed_avg default_avg random}

@@ -47,14 +47,14 @@ declare -A SWITCHES=(
   [fixed_avg]="resolution.size=40 pooling=avg $OFF"
   # the scale-consistency term (model.scale_consistency): every step as the default's, plus on a share
   # of the steps a 0.6x view of the same batch pulled towards the main view's predictions. sc_budget
-  # (a quarter of the steps) is today's default, spelled out; default_avg: the same with the avg head
-  [sc]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_prob=1.0"
-  [sc_budget]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_prob=0.25"
-  [default_avg]="resolution.size=40 pooling=avg"
+  # (a quarter of the steps) was the default before sc_up_budget; default_avg: the same with the avg head
+  [sc]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=1.0"
+  [sc_budget]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
+  [default_avg]="resolution.size=40 pooling=avg model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
   # an exploration for the sizes above the trained one: a second factor of 1.4 (a larger view, 56 px),
   # the two drawn alike on a quarter of the steps (+29 % of the pixels)
-  [sc_up]="resolution.size=40 model.scale_consistency_factors=[0.6,1.4]"
-  # the same on an eighth of the steps (+15 % of the pixels): the larger view within the budget?
+  [sc_up]="resolution.size=40 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.25"
+  # the same on an eighth of the steps (+15 % of the pixels): today's default, spelled out
   [sc_up_budget]="resolution.size=40 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}

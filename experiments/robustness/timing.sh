@@ -8,9 +8,11 @@
 #
 # Cells: `before` is the default run at the commit before the robustness study (BASE, default
 # 7277a2b: fixed, eval at 32/48/64/96 px every epoch, no calibration; run from a git worktree with its
-# own src/ first on PYTHONPATH); `after` and `default` are today's default run; `fixed` is today's
-# default without the scale-consistency term (model.scale_consistency=0); `up` draws a 0.6x or a 1.4x
-# view on an eighth of the steps (the folder's sc_up_budget).
+# own src/ first on PYTHONPATH); `after` is the default run after the calibration (no term), `default`
+# the default with the 0.6x view on a quarter of the steps (the default until the 1.4x view joined);
+# `fixed` is today's default without the scale-consistency term (model.scale_consistency=0); `up` draws
+# a 0.6x or a 1.4x view on an eighth of the steps (the folder's sc_up_budget; today's default). Each
+# cell spells out its term, so a re-run measures what its rows measured.
 set -euo pipefail
 RUNS=${1:-/tmp/robustness_timing}
 PAIRS=${2:-1}
@@ -19,7 +21,8 @@ CELLS=${CELLS:-before after}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
-declare -A SWITCHES=([before]="" [after]="" [default]="" [fixed]="model.scale_consistency=0"
+declare -A SWITCHES=([before]="" [after]="model.scale_consistency=0"
+  [default]="model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25" [fixed]="model.scale_consistency=0"
   [up]="model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125")
 mkdir -p "$RUNS"
 if [[ " $CELLS " == *" before "* ]] && [ ! -d "$RUNS/base" ]; then

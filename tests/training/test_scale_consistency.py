@@ -57,15 +57,17 @@ def _reference_kl(main: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p) - torch.log_softmax(small, dim=1))).sum() / len(main)
 
 
-def test_on_by_default_at_a_quarter_of_the_steps(tmp_path: Path) -> None:
+def test_on_by_default_with_a_smaller_or_a_larger_view_on_an_eighth_of_the_steps(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = ImageClassifier(TimmBackbone("test_resnet"), AvgPool(), num_classes=NUM_CLASSES)
     module = ClassificationModule(net, optimizer=OptimizerFactory())  # the Python defaults
     config = meta_model(compose_train([], tmp_path).model)  # the config's
     for view in (module.scale_view, config.scale_view):
-        assert (view.weight, view.factors, view.prob) == (1.0, (0.6,), 0.25)
-    drawn = [module.scale_view.draw(epoch, step) for epoch in range(4) for step in range(100)]
-    assert 0.2 < sum(f is not None for f in drawn) / len(drawn) < 0.3
+        assert (view.weight, view.factors, view.prob) == (1.0, (0.6, 1.4), 0.125)
+    drawn = [module.scale_view.draw(epoch, step) for epoch in range(8) for step in range(100)]
+    views = [f for f in drawn if f is not None]
+    assert 0.09 < len(views) / len(drawn) < 0.16
+    assert 0.35 < views.count(0.6) / len(views) < 0.65 and set(views) == {0.6, 1.4}
 
 
 def test_weight_zero_is_todays_loss() -> None:
@@ -182,7 +184,7 @@ def test_the_config_composes_and_builds(tmp_path: Path) -> None:
     cfg = compose_train(overrides, tmp_path)
     assert cfg.model.scale_consistency == 0.5 and list(cfg.model.scale_consistency_factors) == [0.5, 0.75]
     module = meta_model(cfg.model)
-    assert module.scale_view.factors == (0.5, 0.75) and module.scale_view.prob == 0.25
+    assert module.scale_view.factors == (0.5, 0.75) and module.scale_view.prob == 0.125
     assert module.hparams["scale_consistency_factors"] == [0.5, 0.75]  # plain values in checkpoints
     assert meta_model(compose_train(["model.scale_consistency=0"], tmp_path).model).scale_view is None
 

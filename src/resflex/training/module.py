@@ -116,8 +116,8 @@ class ClassificationModule(pl.LightningModule):
         ema_warmup: bool = True,
         bn_stats_per_size: bool = False,
         scale_consistency: float = 1.0,
-        scale_consistency_factors: Sequence[float] = (0.6,),
-        scale_consistency_prob: float = 0.25,
+        scale_consistency_factors: Sequence[float] = (0.6, 1.4),
+        scale_consistency_prob: float = 0.125,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
