@@ -27,7 +27,7 @@ declare -A SWITCHES=(
   [ms50]="resolution=multiscale resolution.probs=[0.1,0.15,0.5,0.15,0.1] $OFF"
   [ms60]="resolution=multiscale resolution.probs=[0.1,0.1,0.6,0.1,0.1] $OFF"
   # the 32 px specialist (trained at 32 px alone): the ceiling any one set of weights has at 32 px
-  [fixed32]="resolution=fixed resolution.size=32 $OFF"
+  [fixed32]="resolution=fixed resolution.size=32 eval.resolutions=[32,48,64,96,128] $OFF"
   # the scale-consistency term on a quarter of the steps (a 0.6x view; +9 % of the pixels; the default
   # before sc_up_budget)
   [sc_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
