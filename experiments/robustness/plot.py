@@ -42,9 +42,9 @@ PANELS = [
 LABELS = {
     "fixed_nocal": "one size, before the study",
     "fixed": "one size, BN calibrated",
-    "default": "default (0.6x view, 1/4 steps)",
-    "sc_budget": "default (0.6x view, 1/4 steps)",
-    "sc_up_budget": "0.6x/1.4x views, 1/8 steps",
+    "default": "0.6x view, 1/4 steps (the default before)",
+    "sc_budget": "0.6x view, 1/4 steps (the default before)",
+    "sc_up_budget": "default: 0.6x/1.4x views, 1/8 steps",
     "ms50": "multiscale 0.5-1.5x",
     "multiscale": "multiscale 0.5-1.5x",
     "random": "random size per batch",
@@ -91,7 +91,7 @@ def main() -> None:
             x = [s / main for s in sizes]
             means = [statistics.mean(found[cell][s]) for s in sizes]
             seeds = max(len(found[cell][s]) for s in sizes)
-            label, default = LABELS[cell], cell in ("default", "sc_budget")
+            label, default = LABELS[cell], cell == "sc_up_budget"
             (line,) = ax.plot(x, means, "--" if cell.startswith("timm") else "-", marker="o", ms=3,
                               lw=2.6 if default else 1.4, color=colours[label])  # fmt: skip
             drawn.setdefault(label, line)
