@@ -7,17 +7,23 @@ scaled to cover 60-100 % of the canvas's short side, placed at a random position
 in a random colour, over a noisy coloured background; PNG and JPEG mixed.
 
     python experiments/variable_size/make_data.py OUT [--train-per-class 400] [--val-per-class 100]
-        [--test-per-class 0] [--noise-sd 20] [--object-scale 0.6 1.0]
+        [--test-per-class 0] [--noise-sd 20] [--object-scale 0.6 1.0] [--objects shapes]
 
 ``--noise-sd 0 --object-scale 0.9 1.0`` makes an easier folder (flat background, the object
-filling the short side), closer to the difficulty of the folder the robustness issue was
-reported on; the random draws are the same, so only those two properties change.
+filling the short side); the random draws are the same, so only those two properties change.
+
+``--objects shapes`` draws the object from ten geometric shapes instead (the embedded dataset's
+classes, ``resflex.data.synthetic.SHAPES``: circle, ring, square, ... at a random rotation), on the
+same canvases: a folder whose fixed 40 px run lands where the robustness issue's folder did
+(about 0.9 at 40 px), so that issue's absolute targets can be measured on data of that difficulty.
+Its test split is more random draws (no glyph pool to keep disjoint).
 
 The test split (``--test-per-class N``: OUT/test/<class>/) draws its glyphs from Fashion-MNIST's
 own test set, so its objects are disjoint from train and val; it is drawn after train and val,
 so adding it leaves those two splits identical for a given --seed.
 
-Needs the Debian package dataset-fashion-mnist (or the IDX files under --mnist-root).
+Needs the Debian package dataset-fashion-mnist (or the IDX files under --mnist-root), except with
+``--objects shapes``.
 Deterministic in --seed.
 """
 
@@ -28,9 +34,23 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from resflex.data.fashion_mnist import CLASSES, DEBIAN_ROOT, find_idx_file, read_idx
+from resflex.data.synthetic import SHAPES, draw_shape
+
+SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled: anti-aliased edges like the glyphs'
+
+
+def shape_glyph(shape: str, rng: np.random.Generator, side: int = 28) -> np.ndarray:
+    """A ``side`` x ``side`` uint8 mask of ``shape`` at a random rotation (the glyph of a shapes folder)."""
+    big = side * SUPERSAMPLE
+    canvas = Image.new("L", (big, big), 0)
+    angle = float(rng.uniform(-math.pi, math.pi))
+    # half-extent big/2/1.75: a rotated square (corners at sqrt(2) r) with a frame's line width still
+    # fits inside the glyph, so no shape is cut into another (a clipped square looks like an octagon)
+    draw_shape(ImageDraw.Draw(canvas), shape, big / 2, big / 2, big / (2 * 1.75), angle, 255)
+    return np.asarray(canvas.resize((side, side), Image.Resampling.BOX))
 
 
 def make_image(
@@ -65,7 +85,11 @@ def build(
     test_per_class: int = 0,
     noise_sd: float = 20.0,
     object_scale: tuple[float, float] = (0.6, 1.0),
+    objects: str = "fashion_mnist",
 ) -> None:
+    if objects == "shapes":
+        build_shapes(out, train_per_class, val_per_class, seed, test_per_class, noise_sd, object_scale)
+        return
     root = Path(mnist_root)
     train_images = read_idx(find_idx_file(root, "train-images-idx3-ubyte"))
     train_labels = read_idx(find_idx_file(root, "train-labels-idx1-ubyte"))
@@ -95,6 +119,32 @@ def build(
                     image.save(folder / f"{k:04d}.png")
 
 
+def build_shapes(
+    out: Path,
+    train_per_class: int,
+    val_per_class: int,
+    seed: int,
+    test_per_class: int = 0,
+    noise_sd: float = 20.0,
+    object_scale: tuple[float, float] = (0.6, 1.0),
+) -> None:
+    """The same canvases with a geometric shape as the object (``--objects shapes``)."""
+    rng = np.random.default_rng(seed)
+    splits = [("train", train_per_class), ("val", val_per_class), ("test", test_per_class)]
+    for split, per_class in splits:
+        for shape in SHAPES:
+            folder = out / split / shape
+            if per_class:
+                folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                glyph = shape_glyph(shape, rng, side=112)
+                image = make_image(glyph, rng, noise_sd, object_scale)
+                if k % 2:
+                    image.save(folder / f"{k:04d}.jpg", quality=90)
+                else:
+                    image.save(folder / f"{k:04d}.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,6 +164,12 @@ def main() -> None:
         metavar=("MIN", "MAX"),
         help="the object's side as a share of the canvas's short side",
     )
+    parser.add_argument(
+        "--objects",
+        choices=("fashion_mnist", "shapes"),
+        default="fashion_mnist",
+        help="what the object is: a Fashion-MNIST glyph, or one of ten geometric shapes",
+    )
     args = parser.parse_args()
     build(
         args.out,
@@ -124,6 +180,7 @@ def main() -> None:
         args.test_per_class,
         args.noise_sd,
         tuple(args.object_scale),
+        args.objects,
     )
     print(
         f"wrote {args.out} ({args.train_per_class}/{args.val_per_class}/{args.test_per_class}"
