@@ -17,6 +17,13 @@
 #       --val-per-class 100 --test-per-class 100 --noise-sd 0 --object-scale 0.9 1.0
 #   OUT=experiments/robustness/results_folder_easy.csv \
 #       bash experiments/robustness/folder_run.sh /tmp/vs_easy /tmp/robustness_easy_runs
+#
+# The shapes folder (ten geometric shapes as objects, the folder's difficulty;
+# results_folder_shapes.csv):
+#   python experiments/variable_size/make_data.py /tmp/shp60 --train-per-class 400 \
+#       --val-per-class 100 --test-per-class 100 --objects shapes
+#   OUT=experiments/robustness/results_folder_shapes.csv CELLS="fixed fixed24 sc_up_budget random sc_budget" \
+#       bash experiments/robustness/folder_run.sh /tmp/shp60 /tmp/runs_shp60
 set -euo pipefail
 DATA=${1:?usage: folder_run.sh DATA_DIR [RUNS_DIR]}
 RUNS=${2:-/tmp/robustness_folder_runs}

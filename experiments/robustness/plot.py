@@ -32,6 +32,8 @@ PANELS = [
     ("variable-size folder (40 px, 10 epochs)", ["results_folder.csv", "timm_folder.csv"], 40,
      ["fixed", "random", "multiscale", "progressive", "multigrid", "fixres", "sc_budget", "sc_up_budget",
       "timm_sizes"]),
+    ("shapes folder, the issue's difficulty (40 px)", ["results_folder_shapes.csv", "timm_folder_shapes.csv"],
+     40, ["fixed", "fixed24", "random", "sc_budget", "sc_up_budget", "timm_fixed", "timm_sizes"]),
     ("easier folder (40 px, 10 epochs)", ["results_folder_easy.csv"], 40,
      ["fixed", "fixed24", "sc_budget", "sc_up_budget"]),
     ("Fashion-MNIST (64 px, 6 epochs)", ["results_fmnist.csv"], 64,
@@ -53,6 +55,7 @@ LABELS = {
     "fixres": "fixres",
     "fixed24": "24 px specialist",
     "timm_sizes": "timm train.py, per-batch sizes",
+    "timm_fixed": "timm train.py, one size",
 }
 
 
@@ -78,7 +81,7 @@ def main() -> None:
     panels = [(t, [HERE / f for f in files], main, cells) for t, files, main, cells in PANELS]
     panels = [p for p in panels if any(path.exists() for path in p[1])]
     # one colour per schedule in every panel (the default's thick), one legend for all panels
-    palette = [*plt.get_cmap("tab10").colors, "black"]  # 11 schedules, timm's the last
+    palette = [*plt.get_cmap("tab10").colors, "black", "dimgrey"]  # 12 schedules, timm's the last two
     colours = {label: palette[k % len(palette)] for k, label in enumerate(dict.fromkeys(LABELS.values()))}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.6), sharey=True, squeeze=False)
     drawn: dict[str, object] = {}

@@ -13,6 +13,7 @@
 #
 #   bash experiments/robustness/timm_peer.sh /tmp/vs400 /path/to/pytorch-image-models [RUNS_DIR]
 #   OUT=experiments/robustness/timm_folder_easy.csv CELLS=timm_sizes bash ... /tmp/vs_easy ...  # the easier folder
+#   OUT=experiments/robustness/timm_folder_shapes.csv CELLS="timm_sizes timm_fixed" bash ... /tmp/shp60 ...  # shapes
 set -euo pipefail
 DATA=${1:?usage: timm_peer.sh DATA_DIR TIMM_CHECKOUT [RUNS_DIR]}
 TIMM=${2:?usage: timm_peer.sh DATA_DIR TIMM_CHECKOUT [RUNS_DIR]}
