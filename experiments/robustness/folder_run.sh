@@ -63,6 +63,10 @@ declare -A SWITCHES=(
   [sc_up]="resolution.size=40 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.25"
   # the same on an eighth of the steps (+15 % of the pixels): today's default, spelled out
   [sc_up_budget]="resolution.size=40 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  # explorations of the default's cost at 40 px on the shapes folder: the term at half weight, and the
+  # default's larger-view steps alone (a sixteenth of the steps at 1.4x, no small view)
+  [sc_up_half]="resolution.size=40 model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  [sc_up_only]="resolution.size=40 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.0625"
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
