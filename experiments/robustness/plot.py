@@ -83,9 +83,16 @@ def main() -> None:
     # one colour per schedule in every panel (the default's thick), one legend for all panels
     palette = [*plt.get_cmap("tab10").colors, "black", "dimgrey"]  # 12 schedules, timm's the last two
     colours = {label: palette[k % len(palette)] for k, label in enumerate(dict.fromkeys(LABELS.values()))}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.6), sharey=True, squeeze=False)
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(4.6 * columns, 4.0 * rows + 0.8), sharey=True, squeeze=False
+    )
+    flat = list(axes.flat)
+    for spare in flat[len(panels) :]:  # an empty slot of the grid holds the legend
+        spare.axis("off")
     drawn: dict[str, object] = {}
-    for ax, (title, paths, main, cells) in zip(axes[0], panels, strict=True):
+    for ax, (title, paths, main, cells) in zip(flat, panels, strict=False):
         found = curves(paths, cells)
         for cell in cells:
             if cell not in found:
@@ -111,12 +118,17 @@ def main() -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("test size / trained size")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (mean ± sd over seeds)")
-    fig.legend(list(drawn.values()), list(drawn), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    for row in axes:
+        row[0].set_ylabel("test accuracy (mean ± sd over seeds)")
     fig.text(
         0.995, 0.01, "the small number at a curve's end: its seeds", ha="right", fontsize=7, color="grey"
     )
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    if len(flat) > len(panels):
+        fig.tight_layout()
+        flat[-1].legend(list(drawn.values()), list(drawn), loc="center", fontsize=8, frameon=False)
+    else:
+        fig.legend(list(drawn.values()), list(drawn), loc="lower center", ncol=5, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(args.out, dpi=100, metadata={"Software": None})
     print(f"wrote {args.out}")
 
