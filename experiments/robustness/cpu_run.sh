@@ -33,6 +33,8 @@ declare -A SWITCHES=(
   [sc_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
   # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels): today's default, spelled out
   [sc_up_budget]="resolution=fixed model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  # the same at half weight (an exploration: the shapes folder's 40 px cost)
+  [sc_up_half]="resolution=fixed model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # an exploration for make train's 96 px: the larger view at 1.5x (96 px) instead of 1.4x (88 px)
   [sc15_budget]="resolution=fixed model.scale_consistency_factors=[0.6,1.5] model.scale_consistency_prob=0.125"
 )

@@ -31,6 +31,8 @@ declare -A SWITCHES=(
   [random]="resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64 $OFF"
   # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels): today's default, spelled out
   [sc_up_budget]="resolution.size=64 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  # the same at half weight (an exploration: the shapes folder's 40 px cost)
+  [sc_up_half]="resolution.size=64 model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed_nocal fixed default fixed_avg default_avg random}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
