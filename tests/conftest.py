@@ -92,13 +92,22 @@ TINY_NAFLEX_MODEL = (
 register_resolvers()  # ${resflex.job_dir:...} in configs/hydra/default.yaml, as the CLIs do
 
 
-def load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` as a module, to call its ``main(argv)`` in this process."""
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" / f"{name}.py")
+def _load_file(path: Path, module_name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module, to call its ``main(argv)`` in this process."""
+    return _load_file(REPO / "scripts" / f"{name}.py", f"scripts_{name}")
+
+
+def load_experiment(study: str, name: str) -> ModuleType:
+    """``experiments/<study>/<name>.py`` as a module (a study's data generator, called by its tests)."""
+    return _load_file(REPO / "experiments" / study / f"{name}.py", f"experiments_{study}_{name}")
 
 
 def run_cli(

@@ -3,15 +3,15 @@ a short run's metrics, and (slow) a real run that learns."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from resflex.errors import ConfigError
 from resflex.models.naflex import check_naflex_config
-from tests.conftest import REPO, make_image_folder, run_cli, scalar_tags, train_run
+from tests.conftest import load_experiment, make_image_folder, run_cli, scalar_tags, train_run
 from tests.test_cli import assert_one_line_error
 from tests.test_configs import compose_train
 
@@ -101,13 +101,8 @@ def test_a_short_run_logs_padding_and_evaluates_at_each_sequence_length(tmp_path
     assert {v for _, v in tags["train/resolution"]} <= {16.0, 32.0}  # the steps' sequence lengths
 
 
-def _make_digits():
-    spec = importlib.util.spec_from_file_location(
-        "make_digits", REPO / "experiments" / "naflex" / "make_digits.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+def _make_digits() -> ModuleType:
+    return load_experiment("naflex", "make_digits")
 
 
 @pytest.mark.slow

@@ -8,26 +8,20 @@ object whole (a clipped square looks like an octagon), and the same folder for t
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from resflex.data.synthetic import SHAPES
+from tests.conftest import load_experiment
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _make_data():
-    spec = importlib.util.spec_from_file_location(
-        "make_data", REPO / "experiments" / "variable_size" / "make_data.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+def _make_data() -> ModuleType:
+    return load_experiment("variable_size", "make_data")
 
 
 def _digest(root: Path) -> str:
