@@ -42,7 +42,7 @@ from resflex.data.synthetic import SHAPES, draw_shape
 SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled: anti-aliased edges like the glyphs'
 
 
-def shape_glyph(shape: str, rng: np.random.Generator, side: int = 28) -> np.ndarray:
+def shape_glyph(shape: str, rng: np.random.Generator, side: int = 112) -> np.ndarray:
     """A ``side`` x ``side`` uint8 mask of ``shape`` at a random rotation (the glyph of a shapes folder)."""
     big = side * SUPERSAMPLE
     canvas = Image.new("L", (big, big), 0)
@@ -74,6 +74,14 @@ def make_image(
     region = pixels[top : top + side, left : left + side]
     pixels[top : top + side, left : left + side] = region * (1 - mask[..., None]) + colour * mask[..., None]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def save_mixed(image: Image.Image, folder: Path, k: int) -> None:
+    """Image ``k`` of a class: PNG for even k, JPEG (quality 90) for odd, so loaders meet both."""
+    if k % 2:
+        image.save(folder / f"{k:04d}.jpg", quality=90)
+    else:
+        image.save(folder / f"{k:04d}.png")
 
 
 def build(
@@ -112,11 +120,7 @@ def build(
             if split != "test":
                 pool = pool[:half] if split == "train" else pool[half:]
             for k, index in enumerate(rng.choice(pool, per_class, replace=False)):
-                image = make_image(images[index], rng, noise_sd, object_scale)
-                if k % 2:
-                    image.save(folder / f"{k:04d}.jpg", quality=90)
-                else:
-                    image.save(folder / f"{k:04d}.png")
+                save_mixed(make_image(images[index], rng, noise_sd, object_scale), folder, k)
 
 
 def build_shapes(
@@ -137,12 +141,7 @@ def build_shapes(
             if per_class:
                 folder.mkdir(parents=True, exist_ok=True)
             for k in range(per_class):
-                glyph = shape_glyph(shape, rng, side=112)
-                image = make_image(glyph, rng, noise_sd, object_scale)
-                if k % 2:
-                    image.save(folder / f"{k:04d}.jpg", quality=90)
-                else:
-                    image.save(folder / f"{k:04d}.png")
+                save_mixed(make_image(shape_glyph(shape, rng), rng, noise_sd, object_scale), folder, k)
 
 
 def main() -> None:
