@@ -67,6 +67,10 @@ declare -A SWITCHES=(
   # default's larger-view steps alone (a sixteenth of the steps at 1.4x, no small view)
   [sc_up_half]="resolution.size=40 model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   [sc_up_only]="resolution.size=40 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.0625"
+  # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
+  # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)
+  [sc_rampup]="resolution.size=40 model.scale_consistency_rampup=0.5"
+  [sc_stop]="resolution.size=40 model.scale_consistency_stop=0.7"
 )
 CELLS=${CELLS:-fixed random multiscale fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"

@@ -199,10 +199,17 @@ def test_the_config_composes_and_builds(tmp_path: Path) -> None:
         ("model.scale_consistency_factors=[]", "model.scale_consistency_factors"),
         ("model.scale_consistency_prob=1.5", "model.scale_consistency_prob"),
         ("model.scale_consistency_prob=-0.1", "model.scale_consistency_prob"),
+        ("model.scale_consistency_rampup=1.0", "model.scale_consistency_rampup"),
+        ("model.scale_consistency_stop=0", "model.scale_consistency_stop"),
+        ("model.scale_consistency_stop=1.5", "model.scale_consistency_stop"),
+        (
+            "model.scale_consistency_rampup=0.6 model.scale_consistency_stop=0.5",
+            "model.scale_consistency_rampup",
+        ),
     ],
 )
 def test_bad_values_fail_before_training_in_one_line(override: str, key: str, tmp_path: Path) -> None:
-    overrides = [*TINY, *TINY_SYNTHETIC, "logger=none", "model.scale_consistency=1", override]
+    overrides = [*TINY, *TINY_SYNTHETIC, "logger=none", "model.scale_consistency=1", *override.split()]
     cfg = compose_train(overrides, tmp_path)
     with pytest.raises(Exception) as info:
         train(cfg)
@@ -243,3 +250,45 @@ def test_a_tiny_run_logs_the_term(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     points = scalar_tags(run)["train/scale_consistency"]
     assert len(points) == 3 and all(np.isfinite(v) and v >= 0 for _, v in points), points
+
+
+def test_the_weight_ramps_up_and_stops_over_the_run() -> None:
+    view = ScaleConsistency(2.0, [0.6], 1.0, seed=0, rampup=0.25, stop=0.75)
+    weights = [view.weight_at(p) for p in (0.0, 0.125, 0.25, 0.5, 0.7499, 0.75, 1.0)]
+    assert weights == [0.0, 1.0, 2.0, 2.0, 2.0, 0.0, 0.0]
+    assert view.weight_at(None) == 2.0  # an open-ended run: the full weight
+    assert ScaleConsistency(2.0, [0.6], 1.0, seed=0).weight_at(0.0) == 2.0  # the default: no ramp
+
+
+def test_a_step_where_the_term_is_off_gets_no_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _module(scale_consistency=1.0, scale_consistency_factors=[0.6], scale_consistency_stop=0.5)
+    images, labels = _batch(module, 4, 32, 32)
+    seen: list[tuple[int, ...]] = []
+    module.model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape[-2:])))
+    progress = iter([0.25, 0.5])
+    monkeypatch.setattr(module, "_training_progress", lambda: next(progress))
+    on = module.training_step((images.clone(), labels), 0)
+    off = module.training_step((images.clone(), labels), 0)
+    assert seen == [(32, 32), (16, 16), (32, 32)]  # no view (and no compute) once the term stops
+    torch.testing.assert_close(off, F.cross_entropy(_module()(images), labels, label_smoothing=0.1))
+    assert on > off
+
+
+def test_the_progress_counts_optimizer_steps_of_the_fit(tmp_path: Path) -> None:
+    """Progress is global_step / the fit's optimizer steps: 0 at the first step, (n - 1) / n at the last,
+    the same on every rank (global_step)."""
+    cfg = compose_train(
+        [*TINY, *TINY_SYNTHETIC, "logger=none", "model.scale_consistency_rampup=0.5"], tmp_path
+    )
+    seen: list[float | None] = []
+    original = ClassificationModule._training_progress
+
+    def record(self: ClassificationModule) -> float | None:
+        seen.append(original(self))
+        return seen[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ClassificationModule, "_training_progress", record)
+        train(cfg)
+    total = len(seen)
+    assert total >= 2 and seen == pytest.approx([i / total for i in range(total)])

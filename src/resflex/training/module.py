@@ -12,6 +12,7 @@ every other random stream alone.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -118,6 +119,8 @@ class ClassificationModule(pl.LightningModule):
         scale_consistency: float = 1.0,
         scale_consistency_factors: Sequence[float] = (0.6, 1.4),
         scale_consistency_prob: float = 0.125,
+        scale_consistency_rampup: float = 0.0,
+        scale_consistency_stop: float = 1.0,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
@@ -129,6 +132,9 @@ class ClassificationModule(pl.LightningModule):
         channels_last = resolve_channels_last(channels_last)  # auto: on a GPU only
         scale_consistency, scale_consistency_factors, scale_consistency_prob = ScaleConsistency.check(
             scale_consistency, scale_consistency_factors, scale_consistency_prob
+        )
+        scale_consistency_rampup, scale_consistency_stop = ScaleConsistency.check_schedule(
+            scale_consistency_rampup, scale_consistency_stop
         )
         if not isinstance(ema, bool):
             raise ConfigError(f"model.ema must be true or false, got {ema!r}", hint="model.ema=true")
@@ -168,7 +174,13 @@ class ClassificationModule(pl.LightningModule):
         self.seed = int(seed)
         # a smaller view's predictions pulled to the main view's (resflex.training.scale_consistency)
         self.scale_view = ScaleConsistency.build(
-            net, scale_consistency, scale_consistency_factors, scale_consistency_prob, self.seed
+            net,
+            scale_consistency,
+            scale_consistency_factors,
+            scale_consistency_prob,
+            self.seed,
+            rampup=scale_consistency_rampup,
+            stop=scale_consistency_stop,
         )
         # The EMA is a Lightning callback (it swaps weights around validation and checkpoints) that
         # this module hands to each fit, so the one `model` node says how the model trains. Built per
@@ -314,15 +326,25 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         if self.scale_view is not None:  # never for NaFlex (ScaleConsistency.build); train/loss: the CE alone
+            progress = self._training_progress()
             term = self.scale_view.term(
-                self.model, images, logits, self.current_epoch, batch_idx, self.train_pixels
+                self.model, images, logits, self.current_epoch, batch_idx, self.train_pixels, progress
             )
             if term is not None:
                 self.log("train/scale_consistency", term, on_step=True, on_epoch=False)
-                loss = loss + self.scale_view.weight * term
+                loss = loss + self.scale_view.weight_at(progress) * term
         if isinstance(images, TokenBatch):  # padding share, timm's loss scaling (resflex.training.naflex)
             loss = token_training_loss(self, images, loss)
         return loss
+
+    def _training_progress(self) -> float | None:
+        """The share of the fit's optimizer steps done before this one (restored on resume, the same on
+        every rank); None without a trainer or for an open-ended fit."""
+        trainer = attached_trainer(self)
+        total = getattr(self, "_total_steps", None)  # set at the fit's start
+        if trainer is None or total is None or not math.isfinite(total) or total <= 0:
+            return None
+        return trainer.global_step / total
 
     def _training_side(self, batch_idx: int, images: torch.Tensor) -> int:
         """The side of the schedule's size for this training step (keep_aspect buckets share it)."""
@@ -361,6 +383,7 @@ class ClassificationModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.train_padding_share.resume(self.current_epoch)  # a run resumed mid-epoch
+        self._total_steps = float(self.trainer.estimated_stepping_batches)  # the term's schedule
         if self.size_stats is not None and not self.track_bn_per_size:
             self.size_stats.table.clear()  # a resumed run's calibrated statistics: stale once it trains
 

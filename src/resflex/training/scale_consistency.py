@@ -146,13 +146,57 @@ class ScaleConsistency:
     """
 
     def __init__(
-        self, weight: float, factors: Sequence[float], prob: float, seed: int, minimum: int = MULTIPLE
+        self,
+        weight: float,
+        factors: Sequence[float],
+        prob: float,
+        seed: int,
+        minimum: int = MULTIPLE,
+        rampup: float = 0.0,
+        stop: float = 1.0,
     ) -> None:
         self.weight = weight
         self.factors = tuple(factors)
         self.prob = prob
         self.seed = int(seed)
         self.minimum = max(MULTIPLE, int(minimum))
+        self.rampup = float(rampup)
+        self.stop = float(stop)
+
+    @staticmethod
+    def check_schedule(rampup: Any, stop: Any) -> tuple[float, float]:
+        """``model.scale_consistency_rampup`` and ``_stop`` as plain numbers, or a one-line
+        :class:`ConfigError` naming the key."""
+        rampup = check_value(
+            "model.scale_consistency_rampup",
+            rampup,
+            float,
+            lambda v: 0 <= v < 1,
+            "a share of training in [0, 1)",
+        )
+        stop = check_value(
+            "model.scale_consistency_stop", stop, float, lambda v: 0 < v <= 1, "a share of training in (0, 1]"
+        )
+        if rampup >= stop:
+            raise ConfigError(
+                f"model.scale_consistency_rampup={rampup} must end before "
+                f"model.scale_consistency_stop={stop}",
+                hint="model.scale_consistency_rampup=0 (full weight from the first step)",
+            )
+        return rampup, stop
+
+    def weight_at(self, progress: float | None) -> float:
+        """The term's weight at ``progress``, the share of the run's optimizer steps done (None: unknown,
+        an open-ended run: the full weight). It rises linearly from 0 over the first ``rampup`` of the
+        run (the teacher is the model itself, near-uniform at first: Mean Teacher's ramp-up) and is 0
+        from ``stop`` on (a last phase at the trained size alone)."""
+        if progress is None:
+            return self.weight
+        if progress >= self.stop:
+            return 0.0
+        if progress < self.rampup:
+            return self.weight * progress / self.rampup
+        return self.weight
 
     @staticmethod
     def check(weight: Any, factors: Any, prob: Any) -> tuple[float, list[float], float]:
@@ -189,7 +233,14 @@ class ScaleConsistency:
 
     @classmethod
     def build(
-        cls, net: Any, weight: float, factors: Sequence[float], prob: float, seed: int
+        cls,
+        net: Any,
+        weight: float,
+        factors: Sequence[float],
+        prob: float,
+        seed: int,
+        rampup: float = 0.0,
+        stop: float = 1.0,
     ) -> ScaleConsistency | None:
         """The term of a module whose network is ``net`` (checked values), or None when it is off:
         weight 0 or prob 0, a NaFlex backbone (token batches have no second image size) or a backbone
@@ -206,7 +257,7 @@ class ScaleConsistency:
         except ConfigError as error:
             _say(net, logging.WARNING, f"model.scale_consistency is off: {error.one_line()}")
             return None
-        return cls(weight, factors, prob, seed, minimum=minimum)
+        return cls(weight, factors, prob, seed, minimum=minimum, rampup=rampup, stop=stop)
 
     def term(
         self,
@@ -216,14 +267,16 @@ class ScaleConsistency:
         epoch: int,
         batch_idx: int,
         pixels: PixelCounter | None = None,
+        progress: float | None = None,
     ) -> torch.Tensor | None:
         """This step's term, unweighted: the second view of ``images`` (the batch as the main forward
         took it, erased and mixed alike; smaller for a factor below 1, larger above) through ``model``
         with its BatchNorm statistics frozen, against the main view's ``logits``; None when the step
         has no second view (or its rounded size is not smaller, or larger, than the batch). The view
-        is added to ``pixels`` (the run's ``train/megapixels``)."""
+        is added to ``pixels`` (the run's ``train/megapixels``). A step whose weight is 0 at ``progress``
+        (:meth:`weight_at`) gets no view: no compute either."""
         factor = self.draw(epoch, batch_idx)
-        if factor is None:
+        if factor is None or self.weight_at(progress) == 0:
             return None
         h, w = int(images.shape[-2]), int(images.shape[-1])
         h2, w2 = small_size(h, w, factor, self.minimum)
