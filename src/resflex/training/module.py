@@ -173,6 +173,7 @@ class ClassificationModule(pl.LightningModule):
         self.eraser = RandomErasing(erasing, mode="pixel", device="cpu") if erasing > 0 else None
         self.seed = int(seed)
         # a smaller view's predictions pulled to the main view's (resflex.training.scale_consistency)
+        self.fit_steps: float | None = None  # the fit's optimizer steps (on_train_start)
         self.scale_view = ScaleConsistency.build(
             net,
             scale_consistency,
@@ -341,7 +342,7 @@ class ClassificationModule(pl.LightningModule):
         """The share of the fit's optimizer steps done before this one (restored on resume, the same on
         every rank); None without a trainer or for an open-ended fit."""
         trainer = attached_trainer(self)
-        total = getattr(self, "_total_steps", None)  # set at the fit's start
+        total = self.fit_steps  # set at the fit's start
         if trainer is None or total is None or not math.isfinite(total) or total <= 0:
             return None
         return trainer.global_step / total
@@ -383,7 +384,7 @@ class ClassificationModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.train_padding_share.resume(self.current_epoch)  # a run resumed mid-epoch
-        self._total_steps = float(self.trainer.estimated_stepping_batches)  # the term's schedule
+        self.fit_steps = float(self.trainer.estimated_stepping_batches)  # the term's schedule
         if self.size_stats is not None and not self.track_bn_per_size:
             self.size_stats.table.clear()  # a resumed run's calibrated statistics: stale once it trains
 
