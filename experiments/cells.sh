@@ -52,10 +52,10 @@ collect_cells() {  # OUT.csv: every finished run of every declared cell
 }
 
 collect_runs() {  # COLLECTOR OUT.csv: runs COLLECTOR OUT.csv CELL-sSEED=RUN_DIR ... over every finished run
-  local args=() cell seed
+  local args=() cell run
   for cell in "${!SWITCHES[@]}"; do
-    for seed in 0 1 2; do
-      [ -f "$RUNS/$cell-s$seed/metrics.json" ] && args+=("$cell-s$seed=$RUNS/$cell-s$seed")
+    for run in "$RUNS/$cell"-s[0-9]*; do  # every seed run, not only 0-2
+      [[ "$run" =~ -s[0-9]+$ && -f "$run/metrics.json" ]] && args+=("$(basename "$run")=$run")
     done
   done
   $PY "$1" "$2" "${args[@]}"
