@@ -327,13 +327,15 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         if self.scale_view is not None:  # never for NaFlex (ScaleConsistency.build); train/loss: the CE alone
-            progress = self._training_progress()
-            term = self.scale_view.term(
-                self.model, images, logits, self.current_epoch, batch_idx, self.train_pixels, progress
-            )
+            weight = self.scale_view.weight_at(self._training_progress())  # 0: no view, no compute
+            term = None
+            if weight > 0:
+                term = self.scale_view.term(
+                    self.model, images, logits, self.current_epoch, batch_idx, self.train_pixels
+                )
             if term is not None:
                 self.log("train/scale_consistency", term, on_step=True, on_epoch=False)
-                loss = loss + self.scale_view.weight_at(progress) * term
+                loss = loss + weight * term
         if isinstance(images, TokenBatch):  # padding share, timm's loss scaling (resflex.training.naflex)
             loss = token_training_loss(self, images, loss)
         return loss

@@ -267,16 +267,15 @@ class ScaleConsistency:
         epoch: int,
         batch_idx: int,
         pixels: PixelCounter | None = None,
-        progress: float | None = None,
     ) -> torch.Tensor | None:
         """This step's term, unweighted: the second view of ``images`` (the batch as the main forward
         took it, erased and mixed alike; smaller for a factor below 1, larger above) through ``model``
         with its BatchNorm statistics frozen, against the main view's ``logits``; None when the step
         has no second view (or its rounded size is not smaller, or larger, than the batch). The view
-        is added to ``pixels`` (the run's ``train/megapixels``). A step whose weight is 0 at ``progress``
-        (:meth:`weight_at`) gets no view: no compute either."""
+        is added to ``pixels`` (the run's ``train/megapixels``). The caller skips it on a step where
+        :meth:`weight_at` is 0."""
         factor = self.draw(epoch, batch_idx)
-        if factor is None or self.weight_at(progress) == 0:
+        if factor is None:
             return None
         h, w = int(images.shape[-2]), int(images.shape[-1])
         h2, w2 = small_size(h, w, factor, self.minimum)
