@@ -35,6 +35,8 @@ declare -A SWITCHES=(
   [sc_up_budget]="resolution=fixed model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the same at half weight (an exploration: the shapes folder's 40 px cost)
   [sc_up_half]="resolution=fixed model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  # three-quarter weight: between the default (1.0, -0.015 at 40 px on the shapes folder) and half
+  [sc_up_075]="resolution=fixed model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
   # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)
   [sc_rampup]="resolution=fixed model.scale_consistency_rampup=0.5"

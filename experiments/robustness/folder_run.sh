@@ -66,6 +66,8 @@ declare -A SWITCHES=(
   # explorations of the default's cost at 40 px on the shapes folder: the term at half weight, and the
   # default's larger-view steps alone (a sixteenth of the steps at 1.4x, no small view)
   [sc_up_half]="resolution.size=40 model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  # three-quarter weight: between the default (1.0, -0.015 at 40 px on the shapes folder) and half
+  [sc_up_075]="resolution.size=40 model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   [sc_up_only]="resolution.size=40 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.0625"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
   # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)
