@@ -32,17 +32,17 @@ declare -A SWITCHES=(
   # before sc_up_budget)
   [sc_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
   # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels): today's default, spelled out
-  [sc_up_budget]="resolution=fixed model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  [sc_up_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the same at half weight (an exploration: the shapes folder's 40 px cost)
   [sc_up_half]="resolution=fixed model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # three-quarter weight: between the default (1.0, -0.015 at 40 px on the shapes folder) and half
   [sc_up_075]="resolution=fixed model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
   # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)
-  [sc_rampup]="resolution=fixed model.scale_consistency_rampup=0.5"
-  [sc_stop]="resolution=fixed model.scale_consistency_stop=0.7"
+  [sc_rampup]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125 model.scale_consistency_rampup=0.5"
+  [sc_stop]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125 model.scale_consistency_stop=0.7"
   # an exploration for make train's 96 px: the larger view at 1.5x (96 px) instead of 1.4x (88 px)
-  [sc15_budget]="resolution=fixed model.scale_consistency_factors=[0.6,1.5] model.scale_consistency_prob=0.125"
+  [sc15_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.5] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed ms50 ms60 fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"

@@ -24,21 +24,21 @@ declare -A SWITCHES=(
   # BatchNorm calibrated per evaluation size after fit, no scale-consistency term
   [fixed]="resolution.size=64 $OFF"
   # the default before sc_up_budget: calibration and the term (a 0.6x view on a quarter of the steps)
-  [default]="resolution.size=64 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
+  [default]="resolution.size=64 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
   [fixed_avg]="resolution.size=64 pooling=avg $OFF"
-  [default_avg]="resolution.size=64 pooling=avg model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
+  [default_avg]="resolution.size=64 pooling=avg model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
   # a size per batch (the pooling study's random schedule), calibrated
   [random]="resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64 $OFF"
   # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels): today's default, spelled out
-  [sc_up_budget]="resolution.size=64 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  [sc_up_budget]="resolution.size=64 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the same at half weight (an exploration: the shapes folder's 40 px cost)
   [sc_up_half]="resolution.size=64 model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # three-quarter weight: between the default (1.0, -0.015 at 40 px on the shapes folder) and half
   [sc_up_075]="resolution.size=64 model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
   # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)
-  [sc_rampup]="resolution.size=64 model.scale_consistency_rampup=0.5"
-  [sc_stop]="resolution.size=64 model.scale_consistency_stop=0.7"
+  [sc_rampup]="resolution.size=64 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125 model.scale_consistency_rampup=0.5"
+  [sc_stop]="resolution.size=64 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125 model.scale_consistency_stop=0.7"
 )
 CELLS=${CELLS:-fixed_nocal fixed default fixed_avg default_avg random}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
