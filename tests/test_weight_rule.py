@@ -1,0 +1,84 @@
+"""experiments/robustness/weight_rule.py: the rule that chose the scale-consistency weight counts the
+targets from the result files as written (not from a typed table)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import defaultdict
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rule() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "weight_rule", REPO / "experiments/robustness/weight_rule.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runs(cells: dict[str, dict[str, float]], seeds: int = 2) -> dict[str, dict[str, dict[str, str]]]:
+    """The same row for every seed of a cell (so a paired difference is the difference of the rows)."""
+    runs: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for cell, values in cells.items():
+        for seed in range(seeds):
+            runs[cell][str(seed)] = {key: str(value) for key, value in values.items()}
+    return runs
+
+
+FOLDER_FIXED = {"val_acc@40": 0.88, "val_acc_worst": 0.44, "val_acc_mean_sizes": 0.67}
+SHAPES_FIXED = {"val_cal_acc@64": 0.81, "val_cal_acc@96": 0.75, "val_cal_acc_mean_sizes": 0.64}
+
+
+def _tables(folder: dict, shapes: dict, fmnist_gain: dict[str, float]) -> list[dict]:
+    rule = _rule()
+    peer = _runs({"timm_sizes": {"val_acc_worst": 0.275}})
+    fmnist = _runs(
+        {
+            "fixed": {"val_acc_mean_sizes": 0.5},
+            **{c: {"val_acc_mean_sizes": 0.5 + g} for c, g in fmnist_gain.items()},
+        }
+    )
+    return rule.rows(
+        _runs({"fixed": FOLDER_FIXED, **folder}), peer, _runs({"fixed": SHAPES_FIXED, **shapes}), fmnist
+    )
+
+
+def test_the_weight_meeting_most_targets_wins_over_a_larger_gain() -> None:
+    folder = {
+        "sc_up_budget": {
+            "val_acc@40": 0.865,
+            "val_acc_worst": 0.59,
+            "val_acc_mean_sizes": 0.75,
+        },  # (a) missed
+        "sc_up_075": {"val_acc@40": 0.875, "val_acc_worst": 0.58, "val_acc_mean_sizes": 0.75},  # all met
+        "sc_up_half": {"val_acc@40": 0.88, "val_acc_worst": 0.56, "val_acc_mean_sizes": 0.75},  # (b) missed
+    }
+    shapes = {
+        c: {"val_cal_acc@64": 0.81, "val_cal_acc@96": 0.78, "val_cal_acc_mean_sizes": 0.66} for c in folder
+    }
+    table = _tables(folder, shapes, {"sc_up_budget": 0.3, "sc_up_075": 0.1, "sc_up_half": 0.1})
+    assert [r["met"] for r in table] == [2, 3, 2]
+    assert abs(table[0]["a"] - (-0.015)) < 1e-9 and abs(table[1]["b"] - 0.305) < 1e-9
+    text = _rule().markdown(table)
+    chosen = [line for line in text.splitlines() if line.endswith("| yes |")]
+    assert len(chosen) == 1 and "| sc_up_075 |" in chosen[0], text
+
+
+def test_equal_counts_are_broken_by_the_mean_gain_and_a_cell_without_runs_is_left_out() -> None:
+    folder = {
+        "sc_up_budget": {"val_acc@40": 0.88, "val_acc_worst": 0.59, "val_acc_mean_sizes": 0.70},
+        "sc_up_half": {"val_acc@40": 0.88, "val_acc_worst": 0.59, "val_acc_mean_sizes": 0.76},
+    }
+    shapes = {
+        c: {"val_cal_acc@64": 0.81, "val_cal_acc@96": 0.78, "val_cal_acc_mean_sizes": 0.66} for c in folder
+    }
+    table = _tables(folder, shapes, {"sc_up_budget": 0.0, "sc_up_half": 0.0})
+    assert [r["met"] for r in table if r["cell"] != "sc_up_075"] == [3, 3]
+    text = _rule().markdown(table)
+    assert "| sc_up_half |" in next(line for line in text.splitlines() if line.endswith("| yes |"))
+    assert "| 0.75 | sc_up_075 | 0 | – |" in text  # no runs yet: a dash, never chosen
