@@ -28,16 +28,17 @@ HERE = Path(__file__).resolve().parent
 #: (title, result files, trained size, cells in drawing order); a cell without rows is skipped
 PANELS = [
     ("embedded shapes (64 px, 6 epochs)", ["results_shapes.csv"], 64,
-     ["fixed_nocal", "fixed", "ms50", "sc_budget", "sc_up_budget"]),
+     ["fixed_nocal", "fixed", "ms50", "sc_budget", "sc_up_budget", "sc_up_075"]),
     ("variable-size folder (40 px, 10 epochs)", ["results_folder.csv", "timm_folder.csv"], 40,
      ["fixed", "random", "multiscale", "progressive", "multigrid", "fixres", "sc_budget", "sc_up_budget",
       "timm_sizes"]),
     ("shapes folder, the issue's difficulty (40 px)", ["results_folder_shapes.csv", "timm_folder_shapes.csv"],
-     40, ["fixed", "fixed24", "random", "sc_budget", "sc_up_budget", "timm_fixed", "timm_sizes"]),
+     40, ["fixed", "fixed24", "random", "sc_budget", "sc_up_budget", "sc_up_075", "timm_fixed",
+          "timm_sizes"]),
     ("easier folder (40 px, 10 epochs)", ["results_folder_easy.csv"], 40,
      ["fixed", "fixed24", "sc_budget", "sc_up_budget"]),
     ("Fashion-MNIST (64 px, 6 epochs)", ["results_fmnist.csv"], 64,
-     ["fixed_nocal", "fixed", "default", "random", "sc_up_budget"]),
+     ["fixed_nocal", "fixed", "default", "random", "sc_up_budget", "sc_up_075"]),
 ]  # fmt: skip
 
 #: what a cell is, for the legend (the README's tables name the cells alike)
@@ -46,7 +47,8 @@ LABELS = {
     "fixed": "one size, BN calibrated",
     "default": "0.6x view, 1/4 steps (the default before)",
     "sc_budget": "0.6x view, 1/4 steps (the default before)",
-    "sc_up_budget": "default: 0.6x/1.4x views, 1/8 steps",
+    "sc_up_budget": "0.6x/1.4x views, 1/8 steps, weight 1 (the default before)",
+    "sc_up_075": "default: 0.6x/1.4x views, 1/8 steps, weight 0.75",
     "ms50": "multiscale 0.5-1.5x",
     "multiscale": "multiscale 0.5-1.5x",
     "random": "random size per batch",
@@ -81,7 +83,7 @@ def main() -> None:
     panels = [(t, [HERE / f for f in files], main, cells) for t, files, main, cells in PANELS]
     panels = [p for p in panels if any(path.exists() for path in p[1])]
     # one colour per schedule in every panel (the default's thick), one legend for all panels
-    palette = [*plt.get_cmap("tab10").colors, "black", "dimgrey"]  # 12 schedules, timm's the last two
+    palette = [*plt.get_cmap("tab10").colors, "darkgoldenrod", "black", "dimgrey"]  # 13, timm's the last two
     colours = {label: palette[k % len(palette)] for k, label in enumerate(dict.fromkeys(LABELS.values()))}
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
@@ -101,7 +103,7 @@ def main() -> None:
             x = [s / main for s in sizes]
             means = [statistics.mean(found[cell][s]) for s in sizes]
             seeds = max(len(found[cell][s]) for s in sizes)
-            label, default = LABELS[cell], cell == "sc_up_budget"
+            label, default = LABELS[cell], cell == "sc_up_075"
             (line,) = ax.plot(x, means, "--" if cell.startswith("timm") else "-", marker="o", ms=3,
                               lw=2.6 if default else 1.4, color=colours[label])  # fmt: skip
             drawn.setdefault(label, line)

@@ -57,13 +57,15 @@ def _reference_kl(main: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p) - torch.log_softmax(small, dim=1))).sum() / len(main)
 
 
-def test_on_by_default_with_a_smaller_or_a_larger_view_on_an_eighth_of_the_steps(tmp_path: Path) -> None:
+def test_on_by_default_at_weight_0_75_a_smaller_or_larger_view_on_an_eighth_of_the_steps(
+    tmp_path: Path,
+) -> None:
     torch.manual_seed(0)
     net = ImageClassifier(TimmBackbone("test_resnet"), AvgPool(), num_classes=NUM_CLASSES)
     module = ClassificationModule(net, optimizer=OptimizerFactory())  # the Python defaults
     config = meta_model(compose_train([], tmp_path).model)  # the config's
     for view in (module.scale_view, config.scale_view):
-        assert (view.weight, view.factors, view.prob) == (1.0, (0.6, 1.4), 0.125)
+        assert (view.weight, view.factors, view.prob) == (0.75, (0.6, 1.4), 0.125)
     drawn = [module.scale_view.draw(epoch, step) for epoch in range(8) for step in range(100)]
     views = [f for f in drawn if f is not None]
     assert 0.09 < len(views) / len(drawn) < 0.16
@@ -223,7 +225,7 @@ def test_it_is_off_for_naflex_token_batches_with_a_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = compose_train([*TINY_NAFLEX_MODEL, "data.root=unused"], tmp_path)
-    assert cfg.model.scale_consistency == 1.0  # the default, not refused
+    assert cfg.model.scale_consistency > 0  # on by default, not refused
     check_naflex_config(cfg)
     with caplog.at_level(logging.INFO, logger="resflex"):
         assert meta_model(cfg.model).scale_view is None  # the pre-flight copy: no extra compute, no line

@@ -116,7 +116,7 @@ class ClassificationModule(pl.LightningModule):
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
         bn_stats_per_size: bool = False,
-        scale_consistency: float = 1.0,
+        scale_consistency: float = 0.75,
         scale_consistency_factors: Sequence[float] = (0.6, 1.4),
         scale_consistency_prob: float = 0.125,
         scale_consistency_rampup: float = 0.0,
