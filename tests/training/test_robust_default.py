@@ -1,15 +1,18 @@
 """Issue 26, size robustness: the default run (BatchNorm statistics calibrated per evaluation size after
-fit, the scale-consistency term: a 0.6x or a 1.4x view on an eighth of the steps) against the default
-before the study (one size, statistics as trained, no term), the same training otherwise, evaluated
-on the embedded shapes from 3/4x to 1 1/2x of the trained size.
+fit, the scale-consistency term: a 0.6x or a 1.4x view on an eighth of the steps, weight 0.75) against
+the default before the study (one size, statistics as trained, no term), the same training otherwise,
+evaluated on the embedded shapes from 3/4x to 1 1/2x of the trained size.
 
 Measured before these were written, with the term's earlier default (the 0.6x view on a quarter of
 the steps; spread = best minus worst test accuracy over the sizes): the short run below at seeds 42
 (the tests' seed), 1, 2: before 0.115 / 0.075 / 0.065, default 0.025 / 0.023 / 0.010; the longer run
 at 48 px at seeds 0-2: before 0.31 / 0.24 / 0.37, default 0.13 / 0.08 / 0.20 (worst size +0.10 to
-+0.12). Both pass at the tests' seed with today's default too. The
-longer run does not stay within 0.05: at about 0.85 accuracy its 3/4x size holds less than the
-trained one (experiments/robustness/README.md, the specialists), so it asserts the gain, not flatness.
++0.12). With today's default (the same views at weight 0.75, experiments/robustness/README.md "Three-
+quarter weight"), the longer run at seeds 0, 1 and 42 (the tests'): spread before 0.31 / 0.22 / 0.23,
+default 0.13 / 0.15 / 0.18 (narrower by 0.18 / 0.08 / 0.05), worst size +0.19 / +0.16 / +0.10, 48 px
++0.01 / +0.08 / +0.05; at full weight the tests' seed narrows by 0.10. The longer run does not stay
+within 0.05: at about 0.85 accuracy its 3/4x size holds less than the trained one (the specialists),
+so it asserts the gain, not flatness.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ def test_the_default_stays_within_0_05_from_three_quarters_to_one_and_a_half_tim
 
 @pytest.mark.slow
 def test_a_longer_run_keeps_its_trained_size_and_gains_at_the_others(tmp_path: Path) -> None:
-    """Trained at 48 px long enough to reach about 0.85: the default is level at 48 px and lifts the
-    worst of 36-72 px by a wide margin, halving the spread (the regime of the study's runs)."""
+    """Trained at 48 px long enough to reach about 0.85: the default is level at 48 px, lifts the
+    worst of 36-72 px by a wide margin and narrows the spread (the regime of the study's runs)."""
     sizes = (36, 48, 60, 72)
     overrides = [
         *LEARNING_RUN,
@@ -69,4 +72,4 @@ def test_a_longer_run_keeps_its_trained_size_and_gains_at_the_others(tmp_path: P
     default = _test_accuracy(overrides, sizes, tmp_path / "default")
     assert default[48] >= before[48] - 0.05, (before, default)
     assert min(default.values()) >= min(before.values()) + 0.05, (before, default)
-    assert _spread(default) <= _spread(before) - 0.08, (before, default)
+    assert _spread(default) <= _spread(before) - 0.03, (before, default)
