@@ -31,11 +31,11 @@ declare -A SWITCHES=(
   # the scale-consistency term on a quarter of the steps (a 0.6x view; +9 % of the pixels; the default
   # before sc_up_budget)
   [sc_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
-  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels): today's default, spelled out
+  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels) at full weight: the default until weight_rule.py chose 0.75
   [sc_up_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the same at half weight (an exploration: the shapes folder's 40 px cost)
   [sc_up_half]="resolution=fixed model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
-  # three-quarter weight: between the default (1.0, -0.015 at 40 px on the shapes folder) and half
+  # the same views at three-quarter weight: today's default, spelled out (chosen by weight_rule.py)
   [sc_up_075]="resolution=fixed model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
   # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)

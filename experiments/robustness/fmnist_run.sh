@@ -29,11 +29,11 @@ declare -A SWITCHES=(
   [default_avg]="resolution.size=64 pooling=avg model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25"
   # a size per batch (the pooling study's random schedule), calibrated
   [random]="resolution=random resolution.sizes=[32,48,64,96] resolution.eval_size=64 $OFF"
-  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels): today's default, spelled out
+  # a 0.6x or a 1.4x view on an eighth of the steps (+15 % of the pixels) at full weight: the default until weight_rule.py chose 0.75
   [sc_up_budget]="resolution.size=64 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the same at half weight (an exploration: the shapes folder's 40 px cost)
   [sc_up_half]="resolution.size=64 model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
-  # three-quarter weight: between the default (1.0, -0.015 at 40 px on the shapes folder) and half
+  # the same views at three-quarter weight: today's default, spelled out (chosen by weight_rule.py)
   [sc_up_075]="resolution.size=64 model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
   # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)

@@ -61,12 +61,12 @@ declare -A SWITCHES=(
   # an exploration for the sizes above the trained one: a second factor of 1.4 (a larger view, 56 px),
   # the two drawn alike on a quarter of the steps (+29 % of the pixels)
   [sc_up]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.25"
-  # the same on an eighth of the steps (+15 % of the pixels): today's default, spelled out
+  # the same on an eighth of the steps (+15 % of the pixels) at full weight: the default until weight_rule.py chose 0.75
   [sc_up_budget]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # explorations of the default's cost at 40 px on the shapes folder: the term at half weight, and the
   # default's larger-view steps alone (a sixteenth of the steps at 1.4x, no small view)
   [sc_up_half]="resolution.size=40 model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
-  # three-quarter weight: between the default (1.0, -0.015 at 40 px on the shapes folder) and half
+  # the same views at three-quarter weight: today's default, spelled out (chosen by weight_rule.py)
   [sc_up_075]="resolution.size=40 model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   [sc_up_only]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.0625"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
