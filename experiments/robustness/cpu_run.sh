@@ -43,6 +43,11 @@ declare -A SWITCHES=(
   [sc_stop]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125 model.scale_consistency_stop=0.7"
   # an exploration for make train's 96 px: the larger view at 1.5x (96 px) instead of 1.4x (88 px)
   [sc15_budget]="resolution=fixed model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.5] model.scale_consistency_prob=0.125"
+  # explorations for make train's 96 px, the dose of the larger view (beyond the 1.1x wall budget, so
+  # not default candidates): today's default views on a quarter of the steps (+29 % of the pixels), and
+  # the 1.4x view alone on an eighth of the steps (twice the default's 1.4x steps, +25 % of the pixels)
+  [sc_up_075_p25]="resolution=fixed model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.25"
+  [sc_big_075]="resolution=fixed model.scale_consistency=0.75 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed ms50 ms60 fixed_nocal}
 run_cells "$COMMON" "$CELLS" "${SEEDS-0 1 2}"
