@@ -82,3 +82,14 @@ def test_equal_counts_are_broken_by_the_mean_gain_and_a_cell_without_runs_is_lef
     text = _rule().markdown(table)
     assert "| sc_up_half |" in next(line for line in text.splitlines() if line.endswith("| yes |"))
     assert "| 0.75 | sc_up_075 | 0 | – |" in text  # no runs yet: a dash, never chosen
+
+
+def test_seeds_added_after_the_rule_ran_do_not_change_its_table(tmp_path: Path) -> None:
+    rule = _rule()
+    path = tmp_path / "folder.csv"
+    header = "cell,seed,status,val_acc_worst\n"
+    rows = "".join(f"sc_up_075,{seed},completed,0.58\n" for seed in range(6))
+    path.write_text(header + rows + "sc_up_075,6,completed,0.10\nsc_up_075,7,failed,\n")
+    runs = rule.load(path)
+    assert sorted(runs["sc_up_075"], key=int) == [str(seed) for seed in range(6)]
+    assert rule.mean(runs, "sc_up_075", "val_acc_worst") == 0.58
