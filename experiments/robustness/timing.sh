@@ -12,7 +12,8 @@
 # the default with the 0.6x view on a quarter of the steps (the default until the 1.4x view joined);
 # `fixed` is today's default without the scale-consistency term (model.scale_consistency=0); `up` draws
 # a 0.6x or a 1.4x view on an eighth of the steps (the folder's sc_up_budget), `up075` the same at
-# three-quarter weight (sc_up_075). Each
+# three-quarter weight (sc_up_075), `big075` the 1.4x view alone on an eighth of the steps (sc_big_075,
+# an exploration for make train's 96 px beyond the wall budget). Each
 # cell spells out its term, so a re-run measures what its rows measured.
 set -euo pipefail
 RUNS=${1:-/tmp/robustness_timing}
@@ -25,7 +26,8 @@ PY=${PYTHON:-$REPO/.venv/bin/python}
 declare -A SWITCHES=([before]="" [after]="model.scale_consistency=0"
   [default]="model.scale_consistency=1.0 model.scale_consistency_factors=[0.6] model.scale_consistency_prob=0.25" [fixed]="model.scale_consistency=0"
   [up]="model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
-  [up075]="model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125")
+  [up075]="model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  [big075]="model.scale_consistency=0.75 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.125")
 mkdir -p "$RUNS"
 if [[ " $CELLS " == *" before "* ]] && [ ! -d "$RUNS/base" ]; then
   git -C "$REPO" worktree add --detach "$RUNS/base" "$BASE" > /dev/null
