@@ -193,3 +193,13 @@ def test_cli_pretrain_then_linear_probe_then_eval(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "32x32" in result.stdout and "48x48" in result.stdout
     assert json.loads((out / "eval.json").read_text())["data"] == "imagefolder"
+
+
+def test_the_printed_robustness_line_names_the_range_in_words() -> None:
+    from resflex.evaluate import robustness_text
+
+    summary = {"unit": "px", "over": 3, "worst": 0.5, "worst_at": "32x32", "mean": 0.7}
+    text = robustness_text({**summary, "range_low": 1.0, "range_high": 1.5})
+    assert text == "worst 0.5000 at 32x32, mean over 3 sizes 0.7000, within 0.03 of its best from 1x to 1.5x"
+    one = robustness_text({**summary, "unit": "tokens", "range_low": 1.0, "range_high": 1.0})
+    assert one.endswith("mean over 3 sequence lengths 0.7000, within 0.03 of its best only at 1x")

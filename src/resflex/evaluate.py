@@ -55,7 +55,7 @@ from resflex.runtime import (
     retain_freed_host_memory,
     size_tag,
 )
-from resflex.training.robustness import summarize_sizes
+from resflex.training.robustness import range_phrase, summarize_sizes
 
 log = logging.getLogger("resflex")
 
@@ -184,11 +184,12 @@ def robustness_summary(rows: list[dict[str, Any]], tokens: bool) -> dict[str, An
 
 
 def robustness_text(summary: dict[str, Any]) -> str:
-    """``worst 0.612 at 16 tokens, mean over 3 sequence lengths 0.701, range 0.5x-1x``."""
+    """``worst 0.612 at 16 tokens, mean over 3 sequence lengths 0.701, within 0.03 of its best from
+    0.5x to 1x``."""
     over = "sequence lengths" if summary["unit"] == "tokens" else "sizes"
     return (
         f"worst {summary['worst']:.4f} at {summary['worst_at']}, mean over {summary['over']} {over} "
-        f"{summary['mean']:.4f}, range {summary['range_low']:g}x-{summary['range_high']:g}x"
+        f"{summary['mean']:.4f}, {range_phrase(summary['range_low'], summary['range_high'])}"
     )
 
 

@@ -25,6 +25,7 @@ from resflex.training.end_of_run import (
     tensorboard_logdir,
 )
 from resflex.training.resolution_eval import equivalent_side, size_curve_points
+from resflex.training.robustness import range_phrase
 from tests.conftest import TINY, TINY_SYNTHETIC, scalar_tags, train_run
 from tests.training.test_logging_ui import read_events
 
@@ -117,6 +118,10 @@ def test_console_table_equals_metrics_json(tiny_run: dict[str, Any]) -> None:
     assert f"run folder: {run_dir}" in text and f"model card: {run_dir / 'model_card.md'}" in text
     assert str(record["best"]["checkpoint"]) in text and "tensorboard --logdir" in text
     assert "robustness (test): worst" in text and "wall time" in text
+    # the range in words, from the run's own tags (never a bare "1x-1x")
+    low, high = metrics["test/acc_range_low"], metrics["test/acc_range_high"]
+    assert range_phrase(low, high) in text
+    assert "within 0.03 of its best " + ("only at" if low == high else "from") in text
     assert not any(line.startswith("finished:") for line in lines)  # the dict of raw floats is gone
 
 

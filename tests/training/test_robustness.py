@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from resflex.training.robustness import scale_of, summarize_sizes
+from resflex.training.robustness import range_phrase, scale_of, summarize_sizes
 
 
 def test_worst_mean_and_contiguous_range_around_the_best_size() -> None:
@@ -41,3 +41,9 @@ def test_a_flat_curve_spans_every_size() -> None:
     accuracy = {(s, s): 0.8 + 0.01 * math.sin(s) for s in (32, 48, 64, 96, 128)}
     summary = summarize_sizes(accuracy, main=(64, 64))
     assert (summary.range_low, summary.range_high, summary.range) == (0.5, 2.0, 4.0)
+
+
+def test_the_range_reads_as_words_and_a_single_size_says_so() -> None:
+    assert range_phrase(0.75, 1.5) == "within 0.03 of its best from 0.75x to 1.5x"
+    assert range_phrase(1.0, 1.0) == "within 0.03 of its best only at 1x"
+    assert range_phrase(0.5, 2.0, tolerance=0.05) == "within 0.05 of its best from 0.5x to 2x"

@@ -12,7 +12,7 @@ turns that record into::
       48 px  0.75x     0.701     0.912     0.688      0.950        0.094
       64 px  1x        0.790     0.641     0.782      0.660         best
       96 px  1.5x      0.763     0.702     0.760      0.741        0.022
-    robustness (test): worst 0.398 at 32 px, mean over sizes 0.657, range 1x-1.5x (1.5x)
+    robustness (test): worst 0.398 at 32 px, mean over sizes 0.657, within 0.03 of its best from 1x to 1.5x
     best checkpoint: epoch 4, val/acc 0.7900, logs/train/runs/<time>/checkpoints/best-epoch004-acc0.7900.ckpt
     train: 812 images/s; wall time 4 min 45 s
     run folder: logs/train/runs/<time>
@@ -38,6 +38,7 @@ from typing import Any
 
 from resflex.data.eval_sizes import loader_sizes
 from resflex.training.resolution_eval import parse_sized_tag
+from resflex.training.robustness import range_phrase
 from resflex.types import Size
 
 log = logging.getLogger("resflex")
@@ -190,7 +191,7 @@ def robustness_line(metrics: Mapping[str, Any], rows: Sequence[SizeRow]) -> str 
         _number(metrics.get(f"{stage}/acc_range_high")),
     )
     if low is not None and high is not None and low > 0:
-        parts.append(f"range {low:.3g}x-{high:.3g}x ({high / low:.3g}x)")
+        parts.append(range_phrase(low, high))
     return f"robustness ({stage}): " + ", ".join(parts)
 
 

@@ -32,6 +32,14 @@ from resflex.types import Size
 RANGE_TOLERANCE = 0.03
 
 
+def range_phrase(low: float, high: float, tolerance: float = RANGE_TOLERANCE) -> str:
+    """The range in words for a log line: ``within 0.03 of its best from 0.75x to 1.5x``, or ``within
+    0.03 of its best only at 1x`` (a bare ``1x-1x`` read as a typo to users)."""
+    if math.isclose(low, high):
+        return f"within {tolerance:g} of its best only at {low:.3g}x"
+    return f"within {tolerance:g} of its best from {low:.3g}x to {high:.3g}x"
+
+
 def scale_of(size: Size, main: Size) -> float:
     """``size`` as a multiple of ``main``, by the side of the square of equal area (sqrt(h*w))."""
     return math.sqrt(size[0] * size[1]) / math.sqrt(main[0] * main[1])
