@@ -10,7 +10,7 @@ signal. A factor below 1 gives a smaller view (for the sizes below the trained o
 above 1 a larger one (for the sizes above it).
 
 The default, ``[0.6, 1.4]`` on an eighth of the steps (one factor drawn per step): about +15 %
-pixels, 1.09x the wall time of the run without it; chosen on val in ``experiments/robustness/``
+pixels, 1.06-1.09x the wall time of the run without it; chosen on val in ``experiments/robustness/``
 (3 seeds, three data sets) over the 0.6x view alone on a quarter of the steps (+9 %): level at
 the trained size, the mean over ½x-2x level or ahead, far ahead above the trained size. Memory: a
 step with a view holds the main view's activations and the view's (at 1.4x about twice the main
