@@ -47,6 +47,8 @@ declare -A SWITCHES=(
   # not default candidates): today's default views on a quarter of the steps (+29 % of the pixels), and
   # the 1.4x view alone on an eighth of the steps (twice the default's 1.4x steps, +25 % of the pixels)
   [sc_up_075_p25]="resolution=fixed model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.25"
+  # the default's budget spent on the 0.6x view twice as often as the 1.4x one (folder_run.sh's cell)
+  [sc_small2_075]="resolution=fixed model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,0.6,1.4] model.scale_consistency_prob=0.16"
   [sc_big_075]="resolution=fixed model.scale_consistency=0.75 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.125"
 )
 CELLS=${CELLS:-fixed ms50 ms60 fixed_nocal}
