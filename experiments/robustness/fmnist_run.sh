@@ -35,6 +35,8 @@ declare -A SWITCHES=(
   [sc_up_half]="resolution.size=64 model.scale_consistency=0.5 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   # the same views at three-quarter weight: today's default, spelled out (chosen by weight_rule.py)
   [sc_up_075]="resolution.size=64 model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
+  # the default's budget spent on the 0.6x view twice as often as the 1.4x one (folder_run.sh's cell)
+  [sc_small2_075]="resolution.size=64 model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,0.6,1.4] model.scale_consistency_prob=0.16"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
   # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)
   [sc_rampup]="resolution.size=64 model.scale_consistency=1.0 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125 model.scale_consistency_rampup=0.5"
