@@ -93,3 +93,29 @@ def test_seeds_added_after_the_rule_ran_do_not_change_its_table(tmp_path: Path) 
     runs = rule.load(path)
     assert sorted(runs["sc_up_075"], key=int) == [str(seed) for seed in range(6)]
     assert rule.mean(runs, "sc_up_075", "val_acc_worst") == 0.58
+
+
+def test_other_candidates_are_judged_by_the_same_targets() -> None:
+    rule = _rule()
+    folder = _runs(
+        {
+            "fixed": FOLDER_FIXED,
+            "today": {"val_acc@40": 0.875, "val_acc_worst": 0.58, "val_acc_mean_sizes": 0.75},
+            "more_small": {"val_acc@40": 0.875, "val_acc_worst": 0.60, "val_acc_mean_sizes": 0.74},
+        }
+    )
+    shapes = _runs(
+        {
+            "fixed": SHAPES_FIXED,
+            "today": {"val_cal_acc@64": 0.81, "val_cal_acc@96": 0.78, "val_cal_acc_mean_sizes": 0.66},
+            "more_small": {"val_cal_acc@64": 0.81, "val_cal_acc@96": 0.75, "val_cal_acc_mean_sizes": 0.66},
+        }
+    )
+    fmnist = _runs({c: {"val_acc_mean_sizes": 0.5} for c in ("fixed", "today", "more_small")})
+    peer = _runs({"timm_sizes": {"val_acc_worst": 0.29}})
+    table = rule.rows(folder, peer, shapes, fmnist, {c: c for c in ("today", "more_small")})
+    # today misses (b) (0.29 above timm), more_small misses (c) (0.06 at 96 px): a tie on counts,
+    # broken by the mean gain, where today is ahead
+    assert [(r["cell"], r["met"]) for r in table] == [("today", 2), ("more_small", 2)]
+    chosen = next(line for line in rule.markdown(table).splitlines() if line.endswith("| yes |"))
+    assert chosen.startswith("| today | today |")

@@ -11,7 +11,9 @@ files at once and counts targets; typing its outcome would be a number no file b
 below), (b) the shapes folder's worst size over timm's per-batch sizes' worst (at least 0.30),
 (c) the embedded shapes' 64 px minus their 96 px (calibrated val; within 0.05), how many of the three
 are met, and the tie-break: the mean over ½×-2× against ``fixed``, averaged over the three data sets.
-The chosen weight meets the most targets, the tie-break deciding among equals.
+The chosen weight meets the most targets, the tie-break deciding among equals. ``--cells A B``
+applies the same rule to other candidates (the views' draw at the chosen weight: README, "The same
+budget, more of the smaller view").
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import csv
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 #: weight -> the cell that ran the default's views (0.6x or 1.4x on an eighth of the steps) at it
@@ -56,9 +59,12 @@ def paired(runs: Runs, cell: str, key: str) -> float:
     return statistics.mean(diffs) if diffs else math.nan
 
 
-def rows(folder: Runs, peer: Runs, shapes: Runs, fmnist: Runs) -> list[dict[str, float | str]]:
+def rows(
+    folder: Runs, peer: Runs, shapes: Runs, fmnist: Runs, cells: Mapping[float | str, str] = CELLS
+) -> list[dict[str, float | str]]:
+    """One row per candidate of ``cells`` (label -> cell; the weights by default)."""
     out: list[dict[str, float | str]] = []
-    for weight, cell in CELLS.items():
+    for weight, cell in cells.items():
         at_40 = paired(folder, cell, "val_acc@40")
         over_peer = mean(folder, cell, "val_acc_worst") - mean(peer, PEER, "val_acc_worst")
         gap_96 = mean(shapes, cell, "val_cal_acc@64") - mean(shapes, cell, "val_cal_acc@96")
@@ -97,8 +103,10 @@ def main() -> None:
     parser.add_argument("peer", type=Path, help="timm_folder_shapes.csv")
     parser.add_argument("shapes", type=Path, help="results_shapes.csv (the embedded shapes)")
     parser.add_argument("fmnist", type=Path, help="results_fmnist.csv")
+    parser.add_argument("--cells", nargs="+", help="candidates by cell name; default: the weights")
     args = parser.parse_args()
-    print(markdown(rows(load(args.folder), load(args.peer), load(args.shapes), load(args.fmnist))))
+    cells = {cell: cell for cell in args.cells} if args.cells else CELLS
+    print(markdown(rows(load(args.folder), load(args.peer), load(args.shapes), load(args.fmnist), cells)))
 
 
 if __name__ == "__main__":
