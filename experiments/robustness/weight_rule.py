@@ -83,7 +83,7 @@ def rows(
 def markdown(table: list[dict[str, float | str]]) -> str:
     complete = [r for r in table if not any(math.isnan(float(r[k])) for k in ("a", "b", "c", "gain"))]
     chosen = max(complete, key=lambda r: (r["met"], r["gain"])) if complete else None
-    head = ["weight", "cell", "seeds", "(a) Δ@40 vs fixed, folder", "(b) worst − timm's, folder",
+    head = ["candidate", "cell", "seeds", "(a) Δ@40 vs fixed, folder", "(b) worst − timm's, folder",
             "(c) 64 − 96 px, shapes", "met", "Δmean vs fixed, 3 data sets", "chosen"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
