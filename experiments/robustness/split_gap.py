@@ -5,9 +5,9 @@
 
 Why a script: `make train`'s target reads one split (test: 64 px minus 96 px within 0.05) while the
 choices were made on the other (val, calibrated statistics). Printing both gaps for the same runs, and
-their paired difference, shows whether a cell's miss on test is the cell's or the split's: a difference
-the same in every cell belongs to the split's images (both splits are 500 fixed drawings of the
-embedded data; every cell is evaluated on the same ones), not to any training choice.
+their paired difference, helps tell a cell's miss on test from the split's: a difference shared by
+cells trained differently points at the split's images (both splits are 500 fixed drawings of the
+embedded data, the same for every cell) more than at any one training choice.
 """
 
 from __future__ import annotations
