@@ -57,7 +57,7 @@ def _reference_kl(main: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p) - torch.log_softmax(small, dim=1))).sum() / len(main)
 
 
-def test_on_by_default_at_weight_0_75_a_smaller_or_larger_view_on_an_eighth_of_the_steps(
+def test_on_by_default_at_weight_0_75_a_view_on_16_percent_of_the_steps_the_smaller_twice_as_often(
     tmp_path: Path,
 ) -> None:
     torch.manual_seed(0)
@@ -65,11 +65,11 @@ def test_on_by_default_at_weight_0_75_a_smaller_or_larger_view_on_an_eighth_of_t
     module = ClassificationModule(net, optimizer=OptimizerFactory())  # the Python defaults
     config = meta_model(compose_train([], tmp_path).model)  # the config's
     for view in (module.scale_view, config.scale_view):
-        assert (view.weight, view.factors, view.prob) == (0.75, (0.6, 1.4), 0.125)
+        assert (view.weight, view.factors, view.prob) == (0.75, (0.6, 0.6, 1.4), 0.16)
     drawn = [module.scale_view.draw(epoch, step) for epoch in range(8) for step in range(100)]
     views = [f for f in drawn if f is not None]
-    assert 0.09 < len(views) / len(drawn) < 0.16
-    assert 0.35 < views.count(0.6) / len(views) < 0.65 and set(views) == {0.6, 1.4}
+    assert 0.12 < len(views) / len(drawn) < 0.20
+    assert 0.55 < views.count(0.6) / len(views) < 0.78 and set(views) == {0.6, 1.4}
 
 
 def test_weight_zero_is_todays_loss() -> None:
@@ -186,7 +186,7 @@ def test_the_config_composes_and_builds(tmp_path: Path) -> None:
     cfg = compose_train(overrides, tmp_path)
     assert cfg.model.scale_consistency == 0.5 and list(cfg.model.scale_consistency_factors) == [0.5, 0.75]
     module = meta_model(cfg.model)
-    assert module.scale_view.factors == (0.5, 0.75) and module.scale_view.prob == 0.125
+    assert module.scale_view.factors == (0.5, 0.75) and module.scale_view.prob == 0.16
     assert module.hparams["scale_consistency_factors"] == [0.5, 0.75]  # plain values in checkpoints
     assert meta_model(compose_train(["model.scale_consistency=0"], tmp_path).model).scale_view is None
 

@@ -117,8 +117,8 @@ class ClassificationModule(pl.LightningModule):
         ema_warmup: bool = True,
         bn_stats_per_size: bool = False,
         scale_consistency: float = 0.75,
-        scale_consistency_factors: Sequence[float] = (0.6, 1.4),
-        scale_consistency_prob: float = 0.125,
+        scale_consistency_factors: Sequence[float] = (0.6, 0.6, 1.4),
+        scale_consistency_prob: float = 0.16,
         scale_consistency_rampup: float = 0.0,
         scale_consistency_stop: float = 1.0,
     ) -> None:
