@@ -107,6 +107,46 @@ def test_the_loss_is_the_cross_entropy_plus_the_weighted_kl(
     assert loss > F.cross_entropy(main, labels, label_smoothing=0.1)
 
 
+@pytest.mark.parametrize(("factor", "small", "kept"), [(1.4, (56, 80), 2), (0.6, (24, 32), 4)])
+def test_max_pixels_gives_a_view_the_batchs_first_images_up_to_the_main_views_pixels(
+    factor: float, small: tuple[int, int], kept: int
+) -> None:
+    """At 1.0 a 1.4x view (56x80 of 40x56: twice the pixels an image) takes half the batch, the
+    0.6x view all of it; the term is the KL of those images alone, and train/megapixels counts them."""
+    module = _module(
+        scale_consistency=0.5, scale_consistency_factors=[factor], scale_consistency_max_pixels=1.0
+    )
+    images, labels = _batch(module, 4, 40, 56)
+    seen: list[tuple[int, ...]] = []
+    module.model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+    loss = module.training_step((images.clone(), labels), 3)
+    assert seen == [(4, 3, 40, 56), (kept, 3, *small)]
+    assert module.train_pixels.pixels == 4 * 40 * 56 + kept * small[0] * small[1]
+
+    reference = _module()
+    main = reference(images)
+    view = F.interpolate(images[:kept], size=small, mode="bilinear", antialias=True, align_corners=False)
+    expected = F.cross_entropy(main, labels, label_smoothing=0.1) + 0.5 * _reference_kl(
+        main[:kept], reference(view)
+    )
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
+
+
+def test_max_pixels_keeps_at_least_one_image_and_never_more_than_the_batch() -> None:
+    view = _module(scale_consistency=1.0, scale_consistency_max_pixels=0.01).scale_view
+    assert view.view_images(8, (64, 64), (88, 88)) == 1
+    assert view.view_images(8, (64, 64), (40, 40)) == 1  # 0.01 of the pixels: fewer than one image
+    wide = _module(scale_consistency=1.0, scale_consistency_max_pixels=2.0).scale_view
+    assert wide.view_images(8, (64, 64), (88, 88)) == 8 and wide.view_images(8, (64, 64), (40, 40)) == 8
+    assert _module(scale_consistency=1.0).scale_view.view_images(8, (64, 64), (88, 88)) == 8  # null: all
+    assert (
+        _module(scale_consistency=1.0, scale_consistency_max_pixels=1.0).scale_view.view_images(
+            8, (64, 64), (88, 88)
+        )
+        == 4
+    )  # 8 * 4096 / 7744 = 4.2
+
+
 def test_the_main_view_is_detached_and_the_small_view_gets_the_gradient() -> None:
     module = _module(scale_consistency=1.0)
     images, _ = _batch(module, 4, 32, 32)
@@ -204,6 +244,8 @@ def test_the_config_composes_and_builds(tmp_path: Path) -> None:
         ("model.scale_consistency_rampup=1.0", "model.scale_consistency_rampup"),
         ("model.scale_consistency_stop=0", "model.scale_consistency_stop"),
         ("model.scale_consistency_stop=1.5", "model.scale_consistency_stop"),
+        ("model.scale_consistency_max_pixels=0", "model.scale_consistency_max_pixels"),
+        ("model.scale_consistency_max_pixels=many", "model.scale_consistency_max_pixels"),
         (
             "model.scale_consistency_rampup=0.6 model.scale_consistency_stop=0.5",
             "model.scale_consistency_rampup",

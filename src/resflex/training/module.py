@@ -121,6 +121,7 @@ class ClassificationModule(pl.LightningModule):
         scale_consistency_prob: float = 0.16,
         scale_consistency_rampup: float = 0.0,
         scale_consistency_stop: float = 1.0,
+        scale_consistency_max_pixels: float | None = None,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
@@ -136,6 +137,7 @@ class ClassificationModule(pl.LightningModule):
         scale_consistency_rampup, scale_consistency_stop = ScaleConsistency.check_schedule(
             scale_consistency_rampup, scale_consistency_stop
         )
+        scale_consistency_max_pixels = ScaleConsistency.check_max_pixels(scale_consistency_max_pixels)
         if not isinstance(ema, bool):
             raise ConfigError(f"model.ema must be true or false, got {ema!r}", hint="model.ema=true")
         # plain values: hyper-parameters are saved in checkpoints, which load with weights_only=True
@@ -182,6 +184,7 @@ class ClassificationModule(pl.LightningModule):
             self.seed,
             rampup=scale_consistency_rampup,
             stop=scale_consistency_stop,
+            max_pixels=scale_consistency_max_pixels,
         )
         # The EMA is a Lightning callback (it swaps weights around validation and checkpoints) that
         # this module hands to each fit, so the one `model` node says how the model trains. Built per
