@@ -23,7 +23,8 @@ log line, where it cannot apply: NaFlex token batches (their sizes are sequence 
 ``resolution=naflex`` trains every length already) and backbones that take one input size (a
 fixed-size ViT).
 With ``model.compile=true`` the views' sizes (and their BatchNorm momentum of 0) are graphs of
-their own: count them among the training sizes (``configure_model`` in the module).
+their own: count them among the training sizes (``configure_model`` in the module); with
+``max_pixels`` a view's batch is smaller than the main one, a dynamic batch dimension as well.
 """
 
 from __future__ import annotations
