@@ -32,8 +32,13 @@ COMMON = (
 )
 # Measured first (2-core CPU, 2026-12-01): final val/acc square 0.357, keep_aspect 0.367, squash 0.360
 # (pad 0.313: at 32 px padding costs pixels, experiments/variable_size/). A 4-epoch run moves by a few
-# points between machines and library versions, so the assertion allows 0.03 below square.
-MARGIN = 0.03
+# points between machines and library versions, so the assertion allows 0.03 below square. With the
+# scale-consistency default (2026-12-06, seeds 42 / 1 / 2): square 0.407 / 0.367 / 0.380, keep_aspect
+# 0.377 / 0.380 / 0.390: level, the tests' seed exactly 0.03 below (9 of the 300 val images), which
+# the margin includes (a float tolerance, so 9 images read as 0.03 pass on either side of rounding).
+# squash 0.347 / 0.367 / 0.327: 0.06 / 0.00 / 0.05 below square, so this test fails at the tests'
+# seed (open: is squash behind at this budget with the term on, or is 4 epochs too noisy to tell?)
+MARGIN = 0.03 + 1e-6
 
 
 def _final_val_acc(tmp_path: Path, geometry: str) -> float:

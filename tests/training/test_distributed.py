@@ -466,6 +466,9 @@ def test_ddp_inside_a_multirun_launches_each_jobs_ranks_into_its_folder(tmp_path
         "data.source.num_train=24",
         "data.source.num_val=8",
         "data.source.num_test=0",
+        # square batches: 3 steps cover the 24 images (keep_aspect's buckets pad partial batches, so
+        # max_steps=3 would end the epoch before every image is seen)
+        "resolution.geometry=square",
         f"paths.root_dir={tmp_path}",
     ]
     result = run_cli(args, cwd=tmp_path, timeout=500)
@@ -475,7 +478,8 @@ def test_ddp_inside_a_multirun_launches_each_jobs_ranks_into_its_folder(tmp_path
     assert len(sweeps) == 1, f"ranks wrote to several sweep folders: {sweeps}"
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["multirun"]
     sweep = sweeps[0]
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    # jobs only: .data_profiles/ is the sweep's once-per-sweep figure marker (training/profile_view.py)
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert jobs == ["resolution=fixed", "resolution=progressive", "resolution=random"]
     failed = json.loads((sweep / "resolution=progressive" / "metrics.json").read_text())
     assert failed["status"] == "failed" and "max_epochs" in failed["error"]
