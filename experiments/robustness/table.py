@@ -35,14 +35,22 @@ def wall(runs: dict[str, dict[str, str]]) -> str:
     return f"{statistics.median(values):.0f}" if values else "–"
 
 
-def ratio(runs: dict[str, dict[str, str]], base: dict[str, dict[str, str]], key: str = "wall_time_s") -> str:
-    """``key`` (wall time; training pixels) over the baseline's, paired by seed (a timing pass's pair
-    index): ``mean ± sd``×."""
-    ratios = [
-        float(r[key]) / float(base[s][key])
-        for s, r in runs.items()
-        if r.get(key) and base.get(s, {}).get(key)
+def paired_ratios(
+    runs: dict[str, dict[str, str]], base: dict[str, dict[str, str]], key: str = "wall_time_s"
+) -> list[float]:
+    """``key`` of each run over the baseline run with the same seed (a timing pass's pair index), in
+    seed order; runs without a partner, or without the value, left out."""
+    seeds = sorted(runs, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    return [
+        float(runs[s][key]) / float(base[s][key])
+        for s in seeds
+        if runs[s].get(key) and base.get(s, {}).get(key)
     ]
+
+
+def ratio(runs: dict[str, dict[str, str]], base: dict[str, dict[str, str]], key: str = "wall_time_s") -> str:
+    """``key`` (wall time; training pixels) over the baseline's, paired by seed: ``mean ± sd``×."""
+    ratios = paired_ratios(runs, base, key)
     return spread(ratios) + "×" if ratios else "–"
 
 

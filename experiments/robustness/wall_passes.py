@@ -15,20 +15,20 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+from collections import defaultdict
 from pathlib import Path
 
-from table import spread
+from table import paired_ratios, spread
 
 
 def pair_ratios(rows: list[dict[str, str]], baseline: str, cell: str) -> list[float]:
-    """``cell``'s wall time over ``baseline``'s, paired by seed (a pass's pair index), in seed order."""
-    times: dict[tuple[str, str], float] = {
-        (r["cell"], r["seed"]): float(r["wall_time_s"])
-        for r in rows
-        if r.get("wall_time_s") and r.get("status", "completed") == "completed"
-    }
-    seeds = sorted((s for c, s in times if c == cell), key=int)
-    return [times[cell, s] / times[baseline, s] for s in seeds if (baseline, s) in times]
+    """``cell``'s wall time over ``baseline``'s, paired by seed (a pass's pair index), in seed order;
+    completed runs only."""
+    by_cell: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    for row in rows:
+        if row.get("status", "completed") == "completed":
+            by_cell[row["cell"]][row["seed"]] = row
+    return paired_ratios(by_cell[cell], by_cell[baseline])
 
 
 def markdown(rows: list[dict[str, str]], passes: list[tuple[str, str]]) -> str:
