@@ -4,6 +4,7 @@
     python experiments/variable_size/table.py pairs results_defaults/results.csv [--head pyramid --base avg]
     python experiments/variable_size/table.py runs results_ablations.csv [--cells CELL ...]
     python experiments/variable_size/table.py test results_test.csv
+    python experiments/variable_size/table.py regime results_test_regime.csv
 
 (paths relative to experiments/variable_size/ or the repository root.)
 
@@ -20,6 +21,10 @@ images, the split the study's choices were made on. ``test`` reads ``results_tes
 on 600 test images no choice was made on, mean ± sd over seeds, and test minus ``default`` paired
 by seed; the reading is "level" where the paired gap is within its spread (|mean| ≤ sd), else
 ahead / behind (one seed: no reading).
+
+``regime`` reads ``results_test_regime.csv``, the short runs that sized
+tests/data/test_variable_size_learning.py: per epochs and threads, each geometry's final val/acc and
+its gap to square at the same seed, mean ± sd over seeds, with the worst seed's gap.
 """
 
 from __future__ import annotations
@@ -161,9 +166,35 @@ def test_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def regime_table(rows: list[dict[str, str]]) -> str:
+    lines = [
+        "| epochs | threads | geometry | seeds | final val/acc | − square, paired by seed | worst seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for epochs, threads in dict.fromkeys((r["epochs"], r["threads"]) for r in rows):
+        group = [r for r in rows if (r["epochs"], r["threads"]) == (epochs, threads)]
+        square = {r["seed"]: float(r["val_acc_final"]) for r in group if r["geometry"] == "square"}
+        for geometry in [g for g in GEOMETRIES if any(r["geometry"] == g for r in group)]:
+            runs = [r for r in group if r["geometry"] == geometry]
+            accs = [float(r["val_acc_final"]) for r in runs]
+            gaps = [float(r["val_acc_final"]) - square[r["seed"]] for r in runs if r["seed"] in square]
+            paired = geometry != "square" and len(gaps) > 1
+            cols = [
+                epochs,
+                threads,
+                geometry,
+                str(len(runs)),
+                spread(accs, n=False),
+                spread(gaps, "+", n=False) if paired else "–",
+                f"{min(gaps):+.3f}" if paired else "–",
+            ]
+            lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["grid", "pairs", "runs", "test"])
+    parser.add_argument("what", choices=["grid", "pairs", "runs", "test", "regime"])
     parser.add_argument("csv", type=Path)
     parser.add_argument("--larger", action="store_true", help="grid: val/acc at the larger size")
     parser.add_argument("--head", default="pyramid")
@@ -177,6 +208,8 @@ def main() -> None:
         print(pairs(rows, args.head, args.base))
     elif args.what == "test":
         print(test_table(rows))
+    elif args.what == "regime":
+        print(regime_table(rows))
     else:
         print(runs_table(rows, args.cells))
 
