@@ -99,7 +99,11 @@ class RobustRange:
 
     @property
     def best_size(self) -> Size:
-        return max(self.accuracy, key=lambda size: (self.accuracy[size], -self.scale(size)))
+        """The size the range is around (of sizes tied for the best, the one summarize_sizes chose)."""
+        return min(
+            self.accuracy,
+            key=lambda size: (-self.accuracy[size], abs(self.scale(size) - self.summary.best_scale)),
+        )
 
     @property
     def worst_size(self) -> Size:

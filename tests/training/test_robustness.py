@@ -47,3 +47,16 @@ def test_the_range_reads_as_words_and_a_single_size_says_so() -> None:
     assert range_phrase(0.75, 1.5) == "within 0.03 of its best from 0.75x to 1.5x"
     assert range_phrase(1.0, 1.0) == "within 0.03 of its best only at 1x"
     assert range_phrase(0.5, 2.0, tolerance=0.05) == "within 0.05 of its best from 0.5x to 2x"
+
+
+def test_of_sizes_tied_for_the_best_the_range_is_around_the_one_with_the_widest_run() -> None:
+    # 32 px and 128 px tie; the run around 128 px (64-128, within 0.03) is wider than 32 px's alone
+    accuracy = {(32, 32): 0.12, (48, 48): 0.08, (64, 64): 0.11, (96, 96): 0.11, (128, 128): 0.12}
+    summary = summarize_sizes(accuracy, main=(64, 64))
+    assert (summary.best_scale, summary.range_low, summary.range_high) == (2.0, 1.0, 2.0)
+
+
+def test_of_tied_runs_of_equal_width_the_one_nearest_the_trained_size_wins() -> None:
+    accuracy = {(32, 32): 0.5, (48, 48): 0.3, (64, 64): 0.5, (96, 96): 0.3, (128, 128): 0.5}
+    summary = summarize_sizes(accuracy, main=(64, 64))
+    assert (summary.best_scale, summary.range_low, summary.range_high) == (1.0, 1.0, 1.0)

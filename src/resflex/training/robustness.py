@@ -10,7 +10,10 @@ how well it keeps that promise, next to the headline accuracy at the main size:
 ``<stage>/acc_range_low`` / ``<stage>/acc_range_high``
     the smallest / largest size, as × of the main (trained) size, of the
     contiguous run of evaluation sizes around the best one whose accuracy stays
-    within :data:`RANGE_TOLERANCE` (0.03) of the best;
+    within :data:`RANGE_TOLERANCE` (0.03) of the best (where several sizes tie
+    for the best, the one whose run is widest, then the one nearest the main
+    size: small validation sets tie often, and the first of two tied ends
+    would report a one-size range for a curve that holds up across the middle);
 ``<stage>/acc_range``
     ``high / low``: how many times larger the largest size that holds up is
     than the smallest (1.0: only one size; 4.0: ½× to 2×).
@@ -80,13 +83,21 @@ def summarize_sizes(
     ordered = sorted(accuracy.items(), key=lambda item: scale_of(item[0], main))
     scales = [scale_of(size, main) for size, _ in ordered]
     values = [float(acc) for _, acc in ordered]
-    best_index = max(range(len(values)), key=lambda k: values[k])
-    best = values[best_index]
-    low = high = best_index
-    while low > 0 and values[low - 1] >= best - tolerance:
-        low -= 1
-    while high < len(values) - 1 and values[high + 1] >= best - tolerance:
-        high += 1
+    best = max(values)
+
+    def run_around(k: int) -> tuple[int, int]:
+        low = high = k
+        while low > 0 and values[low - 1] >= best - tolerance:
+            low -= 1
+        while high < len(values) - 1 and values[high + 1] >= best - tolerance:
+            high += 1
+        return low, high
+
+    tied = [k for k, value in enumerate(values) if value == best]
+    best_index = min(
+        tied, key=lambda k: (-(run_around(k)[1] - run_around(k)[0]), abs(math.log(scales[k])), scales[k])
+    )
+    low, high = run_around(best_index)
     return SizeRobustness(
         worst=min(values),
         mean=sum(values) / len(values),
