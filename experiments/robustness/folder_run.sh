@@ -75,6 +75,9 @@ declare -A SWITCHES=(
   # an exploration for the wall-time margin: the default (sc_small2_075) with each view capped at the
   # main batch's pixels (the 1.4x view on about half the batch: about +9 % of the pixels, not +14 %)
   [sc_small2_cap]="resolution.size=40 model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,0.6,1.4] model.scale_consistency_prob=0.16 model.scale_consistency_max_pixels=1.0"
+  # an exploration for the wall-time margin: the default with each view on half the batch (its first
+  # images: the views' compute halved, about +7 % of the pixels)
+  [sc_small2_half]="resolution.size=40 model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,0.6,1.4] model.scale_consistency_prob=0.16 model.scale_consistency_share=0.5"
   [sc_up_only]="resolution.size=40 model.scale_consistency=1.0 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.0625"
   # the term's weight over the run (an exploration: the shapes folder's 40 px cost): ramped up from 0
   # over the first half of the steps, or off for the last 30 % (a last phase at the trained size alone)

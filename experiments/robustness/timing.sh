@@ -15,7 +15,8 @@
 # three-quarter weight (sc_up_075), `big075` the 1.4x view alone on an eighth of the steps (sc_big_075,
 # an exploration for make train's 96 px beyond the wall budget), `small2` the default's budget with the
 # 0.6x view twice as often (sc_small2_075, chosen by the rule, today's default), `small2cap` the same
-# with each view capped at the main batch's pixels (sc_small2_cap, an exploration). Each
+# with each view capped at the main batch's pixels (sc_small2_cap, an exploration), `small2half` the
+# default with each view on half the batch (sc_small2_half, an exploration). Each
 # cell spells out its term, so a re-run measures what its rows measured.
 set -euo pipefail
 RUNS=${1:-/tmp/robustness_timing}
@@ -31,7 +32,8 @@ declare -A SWITCHES=([before]="" [after]="model.scale_consistency=0"
   [up075]="model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,1.4] model.scale_consistency_prob=0.125"
   [big075]="model.scale_consistency=0.75 model.scale_consistency_factors=[1.4] model.scale_consistency_prob=0.125"
   [small2]="model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,0.6,1.4] model.scale_consistency_prob=0.16"
-  [small2cap]="model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,0.6,1.4] model.scale_consistency_prob=0.16 model.scale_consistency_max_pixels=1.0")
+  [small2cap]="model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,0.6,1.4] model.scale_consistency_prob=0.16 model.scale_consistency_max_pixels=1.0"
+  [small2half]="model.scale_consistency=0.75 model.scale_consistency_factors=[0.6,0.6,1.4] model.scale_consistency_prob=0.16 model.scale_consistency_share=0.5")
 mkdir -p "$RUNS"
 if [[ " $CELLS " == *" before "* ]] && [ ! -d "$RUNS/base" ]; then
   git -C "$REPO" worktree add --detach "$RUNS/base" "$BASE" > /dev/null

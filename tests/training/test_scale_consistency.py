@@ -147,6 +147,40 @@ def test_max_pixels_keeps_at_least_one_image_and_never_more_than_the_batch() -> 
     )  # 8 * 4096 / 7744 = 4.2
 
 
+@pytest.mark.parametrize(("factor", "small"), [(1.4, (56, 80)), (0.6, (24, 32))])
+def test_share_gives_every_view_that_share_of_the_batchs_first_images(
+    factor: float, small: tuple[int, int]
+) -> None:
+    """At 0.5 either view takes the first half of the batch; the term is their KL alone."""
+    module = _module(scale_consistency=0.5, scale_consistency_factors=[factor], scale_consistency_share=0.5)
+    images, labels = _batch(module, 4, 40, 56)
+    seen: list[tuple[int, ...]] = []
+    module.model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+    loss = module.training_step((images.clone(), labels), 3)
+    assert seen == [(4, 3, 40, 56), (2, 3, *small)]
+    assert module.train_pixels.pixels == 4 * 40 * 56 + 2 * small[0] * small[1]
+
+    reference = _module()
+    main = reference(images)
+    view = F.interpolate(images[:2], size=small, mode="bilinear", antialias=True, align_corners=False)
+    expected = F.cross_entropy(main, labels, label_smoothing=0.1) + 0.5 * _reference_kl(
+        main[:2], reference(view)
+    )
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
+
+
+def test_share_and_max_pixels_together_take_the_smaller_and_at_least_one_image() -> None:
+    view = _module(
+        scale_consistency=1.0, scale_consistency_share=0.5, scale_consistency_max_pixels=1.0
+    ).scale_view
+    assert view.view_images(8, (64, 64), (40, 40)) == 4  # the share: 4 images (the pixel cap allows 8)
+    assert view.view_images(8, (64, 64), (88, 88)) == 4  # both allow 4
+    assert view.view_images(10, (64, 64), (88, 88)) == 5  # the share 5, the pixel cap 5.3
+    assert view.view_images(32, (64, 64), (128, 128)) == 8  # the cap: a quarter of the batch
+    tiny = _module(scale_consistency=1.0, scale_consistency_share=0.01).scale_view
+    assert tiny.view_images(8, (64, 64), (40, 40)) == 1
+
+
 def test_the_main_view_is_detached_and_the_small_view_gets_the_gradient() -> None:
     module = _module(scale_consistency=1.0)
     images, _ = _batch(module, 4, 32, 32)
@@ -246,6 +280,8 @@ def test_the_config_composes_and_builds(tmp_path: Path) -> None:
         ("model.scale_consistency_stop=1.5", "model.scale_consistency_stop"),
         ("model.scale_consistency_max_pixels=0", "model.scale_consistency_max_pixels"),
         ("model.scale_consistency_max_pixels=many", "model.scale_consistency_max_pixels"),
+        ("model.scale_consistency_share=0", "model.scale_consistency_share"),
+        ("model.scale_consistency_share=1.5", "model.scale_consistency_share"),
         (
             "model.scale_consistency_rampup=0.6 model.scale_consistency_stop=0.5",
             "model.scale_consistency_rampup",

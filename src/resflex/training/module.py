@@ -122,6 +122,7 @@ class ClassificationModule(pl.LightningModule):
         scale_consistency_rampup: float = 0.0,
         scale_consistency_stop: float = 1.0,
         scale_consistency_max_pixels: float | None = None,
+        scale_consistency_share: float = 1.0,
     ) -> None:
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
@@ -138,6 +139,7 @@ class ClassificationModule(pl.LightningModule):
             scale_consistency_rampup, scale_consistency_stop
         )
         scale_consistency_max_pixels = ScaleConsistency.check_max_pixels(scale_consistency_max_pixels)
+        scale_consistency_share = ScaleConsistency.check_share(scale_consistency_share)
         if not isinstance(ema, bool):
             raise ConfigError(f"model.ema must be true or false, got {ema!r}", hint="model.ema=true")
         # plain values: hyper-parameters are saved in checkpoints, which load with weights_only=True
@@ -185,6 +187,7 @@ class ClassificationModule(pl.LightningModule):
             rampup=scale_consistency_rampup,
             stop=scale_consistency_stop,
             max_pixels=scale_consistency_max_pixels,
+            share=scale_consistency_share,
         )
         # The EMA is a Lightning callback (it swaps weights around validation and checkpoints) that
         # this module hands to each fit, so the one `model` node says how the model trains. Built per

@@ -161,6 +161,7 @@ class ScaleConsistency:
         rampup: float = 0.0,
         stop: float = 1.0,
         max_pixels: float | None = None,
+        share: float = 1.0,
     ) -> None:
         self.weight = weight
         self.factors = tuple(factors)
@@ -170,6 +171,7 @@ class ScaleConsistency:
         self.rampup = float(rampup)
         self.stop = float(stop)
         self.max_pixels = None if max_pixels is None else float(max_pixels)
+        self.share = float(share)
 
     @staticmethod
     def check_schedule(rampup: Any, stop: Any) -> tuple[float, float]:
@@ -207,15 +209,29 @@ class ScaleConsistency:
             "a multiple of the main batch's pixels > 0, or null (the whole batch)",
         )
 
+    @staticmethod
+    def check_share(value: Any) -> float:
+        """``model.scale_consistency_share`` as a plain number, or a one-line :class:`ConfigError`."""
+        return check_value(
+            "model.scale_consistency_share",
+            value,
+            float,
+            lambda v: 0 < v <= 1,
+            "a share of the batch's images in (0, 1] (1: the whole batch)",
+        )
+
     def view_images(self, batch: int, main: tuple[int, int], view: tuple[int, int]) -> int:
-        """How many of the batch's images the view takes: all of them, or with ``max_pixels`` the most
-        whose pixels at the view's size stay within ``max_pixels`` times the main batch's (at least one).
+        """How many of the batch's images the view takes: ``share`` of them (rounded down), and with
+        ``max_pixels`` no more than keep the view's pixels within ``max_pixels`` times the main
+        batch's (at least one image either way).
         Why: a 1.4x view of the whole batch costs 1.96x the main step's pixels, the step's whole price
         again and more; capped at 1, it costs at most what the main step does (the issue's "pixels per
         step level"), on fewer images."""
-        if self.max_pixels is None:
+        share = self.share
+        if self.max_pixels is not None:
+            share = min(share, self.max_pixels * main[0] * main[1] / (view[0] * view[1]))
+        if share >= 1:
             return batch
-        share = self.max_pixels * main[0] * main[1] / (view[0] * view[1])
         return max(1, min(batch, math.floor(batch * share + 1e-9)))
 
     def weight_at(self, progress: float | None) -> float:
@@ -275,6 +291,7 @@ class ScaleConsistency:
         rampup: float = 0.0,
         stop: float = 1.0,
         max_pixels: float | None = None,
+        share: float = 1.0,
     ) -> ScaleConsistency | None:
         """The term of a module whose network is ``net`` (checked values), or None when it is off:
         weight 0 or prob 0, a NaFlex backbone (token batches have no second image size) or a backbone
@@ -292,7 +309,15 @@ class ScaleConsistency:
             _say(net, logging.WARNING, f"model.scale_consistency is off: {error.one_line()}")
             return None
         return cls(
-            weight, factors, prob, seed, minimum=minimum, rampup=rampup, stop=stop, max_pixels=max_pixels
+            weight,
+            factors,
+            prob,
+            seed,
+            minimum=minimum,
+            rampup=rampup,
+            stop=stop,
+            max_pixels=max_pixels,
+            share=share,
         )
 
     def term(
