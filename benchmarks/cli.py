@@ -7,6 +7,7 @@ Examples::
     python scripts/benchmark.py --backbone resnet50 --size 224 --device cuda --precision bf16-mixed
     python scripts/benchmark.py --study --sections ''                 # time-to-accuracy (long)
     python scripts/benchmark.py --sections loader                     # data path alone, per core
+    python scripts/benchmark.py --sections views                      # a scale-consistency view's cost
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from typing import Any
 
 import torch
 
-from benchmarks import loader, sections
+from benchmarks import loader, sections, views
 from benchmarks.machine import machine_info
 from benchmarks.runners import Setup, build_model, quiet
 from resflex.runtime import resolve_precision
 
 SECTIONS = ("overhead", "pipeline", "mixed", "memory")
-#: sections run only when named in --sections (they measure something other than training)
-EXTRA_SECTIONS = ("loader",)
+#: sections run only when named in --sections (they measure something other than the training loop
+#: against a plain one: the data path alone, what a scale-consistency view costs a step)
+EXTRA_SECTIONS = ("loader", "views")
 #: Keys every JSON report has (tests check them); a skipped section is ``null``.
 REQUIRED_KEYS = ("machine", "config", "wall_seconds", *SECTIONS, *EXTRA_SECTIONS, "study")
 QUICK = {"backbone": "test_resnet", "size": 64, "sizes": [48, 64, 80], "batch_size": 16,
@@ -194,6 +196,8 @@ def render_table(report: dict[str, Any]) -> str:
             )
     if report.get("loader"):
         lines += loader.render(report["loader"])
+    if report.get("views"):
+        lines += views.render(report["views"])
     lines.append(f"\nwall time {report['wall_seconds']:.1f} s")
     return "\n".join(lines)
 
@@ -252,6 +256,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["loader"] = loader.loader(
             args.loader_sizes, args.loader_images, args.repeats, seed=args.seed, device=device
         )
+    if "views" in chosen:
+        announce("views")
+        report["views"] = views.views(setup, model, args.size, w, s, r, args.windows)
     if args.study:
         announce("study")
         report["study"] = sections.study(

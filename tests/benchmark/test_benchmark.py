@@ -168,3 +168,19 @@ def test_quick_benchmark_produces_every_json_key(tmp_path: Path) -> None:
     assert set(report["memory"]["per_size"]) == {"48", "64", "80"}
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["torch"]
     assert "1 overhead" in result.stdout and "ratio" in result.stdout
+
+
+def test_views_section_times_each_view_against_the_plain_step_and_prices_the_default_draw() -> None:
+    from benchmarks import views
+
+    setup = Setup("test_resnet", torch.device("cpu"), batch_size=4)
+    record = views.views(setup, build_model(setup), size=32, warmup=1, steps=1, repeats=1)
+    assert set(record["step_cost"]) == {"share 1", "share 0.5"}
+    assert all(set(per) == {"0.6x", "1.4x"} for per in record["step_cost"].values())
+    assert all(ratio > 0 for per in record["step_cost"].values() for ratio in per.values())
+    for share, per in record["step_cost"].items():  # 0.16 * mean(cost - 1) over 0.6x, 0.6x, 1.4x
+        expected = 0.16 * (2 * (per["0.6x"] - 1) + (per["1.4x"] - 1)) / 3
+        assert record["default_draw"]["extra_step_time"][share] == pytest.approx(expected, abs=1e-4)
+    text = "\n".join(views.render(record))
+    assert "6 scale-consistency views @32 px" in text and "share 0.5: 0.6x view" in text
+    assert "views" in cli.parse_args(["--sections", "views"]).sections and "views" in cli.REQUIRED_KEYS
