@@ -59,6 +59,7 @@ def views(
     seq = [batches[i % len(batches)] for i in range(warmup + steps * windows)]
     plain = _module(setup, model, 0.0, 0.6, 1.0)
     cost: dict[str, dict[str, float]] = {}
+    plain_rates: list[float] = []
     for share in shares:
         for factor in factors:
             with_view = _module(setup, model, 0.75, factor, share)
@@ -68,6 +69,7 @@ def views(
                 pair = [(base, plain), (view, with_view)]
                 for sink, module in pair if r % 2 == 0 else pair[::-1]:
                     sink += lightning_windows(setup, module, seq, warmup, steps, windows)
+            plain_rates.append(_median_rate(base))
             cost.setdefault(f"share {share:g}", {})[f"{factor:g}x"] = round(
                 _median_rate(base) / _median_rate(view), 3
             )
@@ -79,6 +81,8 @@ def views(
     return {
         "size": size,
         "batch_size": setup.batch_size,
+        # the step without a view, seconds (median over the pairs): what the ratios multiply
+        "plain_step_s": round(setup.batch_size / statistics.median(plain_rates), 4),
         "step_cost": cost,
         "default_draw": {"factors": list(DEFAULT_FACTORS), "prob": DEFAULT_PROB, "extra_step_time": draw},
     }
@@ -88,7 +92,7 @@ def render(record: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"6 scale-consistency views @{record['size']} px, batch {record['batch_size']}: "
-        "a step with the view / without (step time)",
+        f"a step with the view / without (step time; without: {record['plain_step_s']:.3f} s)",
     ]
     for share, per in record["step_cost"].items():
         costs = ", ".join(f"{factor} view {ratio:.2f}" for factor, ratio in per.items())
