@@ -11,7 +11,7 @@ above 1 a larger one (for the sizes above it).
 
 The default, ``[0.6, 0.6, 1.4]`` on 16 % of the steps (one factor drawn uniformly per step, so
 the 0.6x view twice as often as the 1.4x one): about +14 % pixels, the budget of ``[0.6, 1.4]`` on
-an eighth of the steps, 1.10x the wall time of the run without it (24 back-to-back pairs on a
+an eighth of the steps, 1.10x the wall time of the run without it (27 back-to-back pairs on a
 2-core CPU; the two draws level in the same pairs). The two views were chosen on val in
 ``experiments/robustness/`` (3 seeds, three data sets) over the 0.6x view alone on a quarter of
 the steps (+9 %): level at the trained size, the mean over ½x-2x level or ahead, far ahead above
