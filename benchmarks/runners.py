@@ -89,7 +89,9 @@ def build_model(setup: Setup) -> ImageClassifier:
     return model
 
 
-def build_module(setup: Setup, model: ImageClassifier) -> ClassificationModule:
+def build_module(setup: Setup, model: ImageClassifier, **module_kwargs: Any) -> ClassificationModule:
+    """resflex's module on ``model`` with the setup's optimizer and settings (``module_kwargs``: any other
+    :class:`ClassificationModule` argument, e.g. the scale-consistency term's)."""
     return ClassificationModule(
         net=model,
         optimizer=setup.optimizer_factory(),
@@ -97,6 +99,7 @@ def build_module(setup: Setup, model: ImageClassifier) -> ClassificationModule:
         channels_last=setup.channels_last,
         compile=setup.compile,
         compile_dynamic=setup.compile_dynamic,
+        **module_kwargs,
     )
 
 

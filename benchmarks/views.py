@@ -10,29 +10,19 @@ those the extra cost of the default's draw. Nothing in timm or Lightning measure
 
 from __future__ import annotations
 
+import inspect
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.runners import Batch, Setup, Window, lightning_windows, random_batch
+from benchmarks.runners import Batch, Setup, Window, build_module, lightning_windows, random_batch
 from resflex.training.module import ClassificationModule
 
-#: the default draw (configs/model/classifier.yaml): one factor per step with a view
-DEFAULT_FACTORS = (0.6, 0.6, 1.4)
-DEFAULT_PROB = 0.16
-
-
-def _module(setup: Setup, model: Any, weight: float, factor: float, share: float) -> ClassificationModule:
-    return ClassificationModule(
-        net=model,
-        optimizer=setup.optimizer_factory(),
-        label_smoothing=0.1,
-        channels_last=setup.channels_last,
-        scale_consistency=weight,
-        scale_consistency_factors=[factor],
-        scale_consistency_prob=1.0,
-        scale_consistency_share=share,
-    )
+_DEFAULTS = inspect.signature(ClassificationModule.__init__).parameters
+#: the default draw (the module's defaults, as configs/model/classifier.yaml): one factor a view step
+DEFAULT_FACTORS = tuple(_DEFAULTS["scale_consistency_factors"].default)
+DEFAULT_PROB = float(_DEFAULTS["scale_consistency_prob"].default)
+DEFAULT_WEIGHT = float(_DEFAULTS["scale_consistency"].default)
 
 
 def _median_rate(windows: list[Window]) -> float:
@@ -57,12 +47,19 @@ def views(
         random_batch(setup.batch_size, (size, size), setup.num_classes, i) for i in range(4)
     ]
     seq = [batches[i % len(batches)] for i in range(warmup + steps * windows)]
-    plain = _module(setup, model, 0.0, 0.6, 1.0)
+    plain = build_module(setup, model, scale_consistency=0.0)
     cost: dict[str, dict[str, float]] = {}
     plain_rates: list[float] = []
     for share in shares:
         for factor in factors:
-            with_view = _module(setup, model, 0.75, factor, share)
+            with_view = build_module(
+                setup,
+                model,
+                scale_consistency=DEFAULT_WEIGHT,
+                scale_consistency_factors=[factor],
+                scale_consistency_prob=1.0,  # a view on every step
+                scale_consistency_share=share,
+            )
             base: list[Window] = []
             view: list[Window] = []
             for r in range(repeats):  # A B B A ...: a drifting load hits both sides

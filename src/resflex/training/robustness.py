@@ -93,11 +93,9 @@ def summarize_sizes(
             high += 1
         return low, high
 
-    tied = [k for k, value in enumerate(values) if value == best]
-    best_index = min(
-        tied, key=lambda k: (-(run_around(k)[1] - run_around(k)[0]), abs(math.log(scales[k])), scales[k])
-    )
-    low, high = run_around(best_index)
+    runs = {k: run_around(k) for k, value in enumerate(values) if value == best}  # the tied sizes
+    best_index = min(runs, key=lambda k: (runs[k][0] - runs[k][1], abs(math.log(scales[k])), scales[k]))
+    low, high = runs[best_index]
     return SizeRobustness(
         worst=min(values),
         mean=sum(values) / len(values),
