@@ -206,7 +206,9 @@ class NaFlexResolution(RandomResolution):
         return len(set(self.seq_lens)) > 1
 
     def loss_scale_for(self, images: int, batch_size: int) -> float:
-        """timm's loss scaling for a step of ``images`` images (``batch_size``: ``data.batch_size``)."""
+        """timm's loss scaling for a step of ``images`` images, relative to the batch at the longest
+        sequence (``batch_size``: ``data.batch_size``, which sets that batch only when
+        ``tokens_per_batch`` is null)."""
         if self.loss_scale == "none":
             return 1.0
         ratio = images / self.batch_for(max(self.seq_lens), batch_size)

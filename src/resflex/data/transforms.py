@@ -13,8 +13,9 @@ square       train: random-resized crop (``scale``, ``ratio``); eval: resize to
              cover, centre crop. The classic ImageNet recipe.
 keep_aspect  (h, w) is the shape of the image's aspect-ratio bucket
              (:mod:`resflex.data.buckets`); the whole image is resized to it, so
-             its aspect changes at most by half a bucket step (1.19x with the
-             default buckets); train: the mild per-side jitter of ``squash``.
+             its aspect changes at most by half a bucket step (sqrt(1.5) = 1.22x
+             with the default buckets, for aspects within 0.5-2; the outer
+             buckets stretch anything beyond); train: ``squash``'s mild jitter.
 squash       the whole image resized to (h, w), aspect ignored (timm's
              ``crop_mode='squash'``); train: a mild crop, each side keeping a
              share in sqrt(``whole_scale``).
