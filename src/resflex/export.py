@@ -66,6 +66,7 @@ from resflex.export_formats import (
 )
 from resflex.inference import ResflexClassifier, classifier_of
 from resflex.models.adaptive_export import make_exportable
+from resflex.models.bn_export import describe, with_size_selected_stats
 from resflex.robust_range import robust_ranges
 from resflex.run import Run, open_run
 from resflex.types import Size
@@ -94,11 +95,18 @@ __all__ = [
 def prepare_for_export(classifier: ResflexClassifier) -> tuple[nn.Module, list[str]]:
     """A float32, contiguous, eval-mode copy whose adaptive pools export with symbolic sizes.
 
-    A run with per-size BatchNorm statistics exports those of its main size: a graph holds
-    one set (the robust range in the metadata is the eager model's, with per-size statistics).
+    A run with per-size BatchNorm statistics (a calibrated run) carries all of them: the graph
+    picks each input's row as ``classifier`` does in Python (:mod:`resflex.models.bn_export`), so
+    the file equals ``load_classifier`` at every size and the robust range in its metadata holds.
+    ``classifier`` itself is left as it was.
     """
-    classifier.use_main_size_stats()
+    stats = classifier.size_stats
     model, replaced = make_exportable(classifier)
+    model.size_stats = None  # swapping buffers from Python would freeze the example's size
+    if stats is not None and stats.table:
+        model = with_size_selected_stats(
+            model, stats.table, stats.main, classifier.stats_by_short_side, prefix="model."
+        )
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -250,6 +258,7 @@ def export_classifier(
         "checks": rows,
         "max_abs_diff": max(r["max_abs_diff"] for r in rows),
         "replaced_pools": replaced,
+        "bn_statistics": describe(model),
         "seconds": round(time.time() - started, 2),
     }
 
@@ -323,6 +332,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         seen = "yes" if row["trained"] else "no"
         print(f"{row['size']:>9}  {row['batch']:>5}  {seen:>16}  {row['max_abs_diff']:>21.3g}")
     print(f"max abs diff: {record['max_abs_diff']:.3g} (check.atol={atol:g})")
+    if record.get("bn_statistics"):
+        print(f"in the graph: {record['bn_statistics']} (as load_classifier does)")
     for text in ranges:
         print(f"robust range ({text}) (in the file's metadata and model card)")
     if card:

@@ -182,9 +182,13 @@ def _min_batch(program: Any) -> int:
 def export_program(
     model: nn.Module, example: torch.Tensor, path: Path, classifier: ResflexClassifier
 ) -> None:
+    # non-strict (the default in recent torch; 2.7 defaulted to strict): the per-size BatchNorm choice
+    # reaches its layers through a Python holder (resflex.models.bn_export), which dynamo would freeze
     with _capture():
-        program = torch.export.export(model, (example,), dynamic_shapes={"x": _dims()})
+        program = torch.export.export(model, (example,), dynamic_shapes={"x": _dims()}, strict=False)
         if _min_batch(program) > 1:
-            program = torch.export.export(_BatchOfTwoOrMore(model), (example,), dynamic_shapes={"x": _dims()})
+            program = torch.export.export(
+                _BatchOfTwoOrMore(model), (example,), dynamic_shapes={"x": _dims()}, strict=False
+            )
     extra = _extra_files(classifier)
     torch.export.save(program, str(path), extra_files=extra)

@@ -92,15 +92,19 @@ class ResflexClassifier(nn.Module):
         """One-line :class:`ConfigError` for a size the backbone cannot take (fixed-size ViT, too small)."""
         self.model.backbone.check_input_size(tuple(size), key)
 
+    @property
+    def stats_by_short_side(self) -> bool:
+        """Whether the per-size BatchNorm statistics are keyed by an input's short side (keep_aspect
+        buckets of the short-side kind), rather than the side of the square of equal area."""
+        return bool(
+            self.info.get("geometry") == "keep_aspect"
+            and self.info.get("bucket_size", "short_side") == "short_side"
+        )
+
     def stats_side(self, h: int, w: int) -> int:
         """The side whose BatchNorm statistics an (h, w) input uses: a keep_aspect bucket's short side
         (its scheduled size, as in training), else the side of the square of equal area."""
-        if (
-            self.info.get("geometry") == "keep_aspect"
-            and self.info.get("bucket_size", "short_side") == "short_side"
-        ):
-            return min(h, w)
-        return side_of((h, w))
+        return min(h, w) if self.stats_by_short_side else side_of((h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size_stats is not None:  # the statistics of the trained size nearest to this input
@@ -109,7 +113,8 @@ class ResflexClassifier(nn.Module):
         return self.model((x - self.pixel_mean) / self.pixel_std)
 
     def use_main_size_stats(self) -> None:
-        """Load the main size's BatchNorm statistics and stop swapping (an exported graph has one set)."""
+        """Load the main size's BatchNorm statistics and stop swapping them by input size (one set for
+        every size, e.g. to compare with a model that has only its trained statistics)."""
         if self.size_stats is not None:
             self.size_stats.use_main()
             self.size_stats = None

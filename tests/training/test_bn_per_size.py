@@ -68,7 +68,7 @@ def test_per_size_statistics_are_tracked_checkpointed_and_used_at_each_eval_size
         classifier = load_classifier(tmp_path / "checkpoints" / "last.ckpt")
         with torch.no_grad():
             assert torch.allclose(classifier(images), logits, atol=1e-5), size
-    # an export holds one set: the main size's
+    # use_main_size_stats: one set for every size, the main size's
     classifier.use_main_size_stats()
     assert classifier.size_stats is None
     assert torch.equal(

@@ -13,9 +13,10 @@ trained with): each file gets a table of per-size statistics beside its weights
 (:data:`~resflex.models.bn_calibration.BN_STATS_KEY`); its weights and their BatchNorm
 buffers stay as trained. The test, ``scripts/eval.py``, ``load_classifier`` and
 ``predict`` then normalise each input with the statistics of the nearest calibrated
-size (:class:`~resflex.models.bn_calibration.TrackedSizeStats`); an export carries the
-main size's. Cost: ``eval.bn_calibration_batches`` forward passes per evaluation size
-and checkpoint, no backward pass.
+size (:class:`~resflex.models.bn_calibration.TrackedSizeStats`), and so does an export
+(:mod:`resflex.models.bn_export`: the table in the graph, the row chosen by the input's size).
+Cost: ``eval.bn_calibration_batches`` forward passes per evaluation size and checkpoint, no
+backward pass.
 """
 
 from __future__ import annotations
