@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Train a classifier: ``python scripts/train.py [hydra overrides]`` (see ``configs/train.yaml``)."""
 
-from resflex.train import main
+try:  # importing torch takes seconds: Ctrl-C then is a quiet exit, not a page of traceback
+    from resflex.train import main
+except KeyboardInterrupt:
+    raise SystemExit(130) from None
 
 if __name__ == "__main__":
     main()

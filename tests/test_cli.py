@@ -145,3 +145,36 @@ def test_full_error_shows_the_traceback(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_ctrl_c_in_a_stateless_command_is_one_line_and_exit_130(capsys: pytest.CaptureFixture[str]) -> None:
+    from resflex.errors import interruption_as_one_line
+
+    with pytest.raises(SystemExit) as exit_info, interruption_as_one_line("no predictions written"):
+        raise KeyboardInterrupt
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "interrupted: no predictions written\n"
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py", "export.py"])
+def test_ctrl_c_while_a_script_starts_is_a_quiet_exit(script: str, tmp_path: Path) -> None:
+    """Importing torch takes seconds: a Ctrl-C then exits with 130 and no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / script), "--help"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # inside the imports (several seconds on this machine)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]

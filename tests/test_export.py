@@ -122,3 +122,26 @@ def test_torchscript_carries_the_robust_range(tmp_path: Path) -> None:
     (robust,) = json.loads(extra["robustness.json"])
     assert robust["sizes"] == [[48, 48], [64, 64], [96, 96]] and record["robustness"] == [robust]
     assert (robust["low_scale"], robust["high_scale"], robust["trained_size"]) == (0.75, 1.5, [64, 64])
+
+
+@pytest.mark.parametrize("where", ["parent_is_a_file", "proc"])
+def test_an_unwritable_output_fails_in_one_line_before_any_work(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resflex.export as export
+    from resflex.errors import DataError
+
+    if where == "parent_is_a_file":
+        (tmp_path / "file").write_text("x")
+        output = tmp_path / "file" / "model.pt"
+    else:  # a folder nobody can create files in, root included
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc here")
+        output = Path("/proc/model.pt")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was prepared before the output was checked")
+
+    monkeypatch.setattr(export, "prepare_for_export", never)
+    with pytest.raises(DataError, match="cannot write output="):
+        export_classifier(tiny_classifier("avg"), "torchscript", output, sizes=SIZES, atol=ATOL)

@@ -60,6 +60,20 @@ def user_errors_as_one_line(exit_code: int = 2) -> Iterator[None]:
         raise SystemExit(exit_code) from None
 
 
+@contextmanager
+def interruption_as_one_line(what: str) -> Iterator[None]:
+    """Ctrl-C in a command that keeps no state (evaluate, predict, export): one line on stderr and exit
+    code 130, not a page of traceback through torch and Hydra. ``what``: what was left undone.
+    Training handles its own interruptions (a checkpoint, the resume command: resflex.train)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if full_error_requested():
+            raise
+        print(f"interrupted: {what}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def find_user_error(exc: BaseException | None) -> ResflexError | None:
     """Walk ``__cause__`` / ``__context__`` to find the first :class:`ResflexError`."""
     seen: set[int] = set()

@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 
 from resflex.build import build_datamodule
 from resflex.config import CONFIG_DIR, prepare_cli
-from resflex.errors import ConfigError, user_errors_as_one_line
+from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
 from resflex.models.bn_calibration import side_of
 from resflex.run import Run, open_run
 from resflex.runtime import (
@@ -288,8 +288,9 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``scripts/eval.py``)."""
-    prepare_cli(sys.argv[1:])
-    _hydra_entry()
+    with interruption_as_one_line("no results written"):
+        prepare_cli(sys.argv[1:])
+        _hydra_entry()
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from torch import nn
 
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.sizes import round_to
-from resflex.errors import ConfigError, user_errors_as_one_line
+from resflex.errors import ConfigError, DataError, interruption_as_one_line, user_errors_as_one_line
 from resflex.export_formats import (
     INPUT_CONVENTION,
     check_equal_to_eager,
@@ -223,14 +223,14 @@ def export_classifier(
     sizes = list(sizes or check_sizes(classifier))
     for size in sizes:
         classifier.check_size(size, "check.sizes")
+    tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp{output.suffix or FORMATS[fmt]}")
+    check_writable(tmp, output)
     started = time.time()
     model, replaced = prepare_for_export(classifier)
     eager = classifier.float().eval()
     # the example for capture: a 3x4 feature map, so no traced size is 1 (or equal to another)
     stride = max(8, int(classifier.info.get("reduction", 32) or 32))
     example = torch.rand(2, 3, 3 * stride, 4 * stride, generator=torch.Generator().manual_seed(1))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp{output.suffix or FORMATS[fmt]}")
     try:
         try:
             if fmt == "onnx":
@@ -241,6 +241,8 @@ def export_classifier(
                 export_program(model, example, tmp, classifier)
         except ConfigError:
             raise
+        except OSError as exc:
+            raise DataError(f"cannot write output={output}: {exc.strerror or exc}") from None
         except Exception as exc:
             raise not_dynamic(exc, fmt) from None
         rows = compare(eager, load_runner(tmp, fmt), sizes, fmt)
@@ -261,6 +263,21 @@ def export_classifier(
         "bn_statistics": describe(model),
         "seconds": round(time.time() - started, 2),
     }
+
+
+def check_writable(probe: Path, output: Path) -> None:
+    """One line, before any work, when ``output`` cannot be written (a file where its folder should be,
+    no permission, a read-only file system): ``probe`` (the temporary name beside it) is created and
+    removed."""
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(
+            f"cannot write output={output}: {exc.strerror or exc}",
+            hint=f"output=<a writable folder>/model{output.suffix or '.onnx'}",
+        ) from None
 
 
 def default_output(run_dir: str | Path, fmt: str) -> Path:
@@ -349,8 +366,9 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``scripts/export.py``, ``resflex-export``)."""
-    prepare_cli(sys.argv[1:])
-    _hydra_entry()
+    with interruption_as_one_line("nothing exported (no file written)"):
+        prepare_cli(sys.argv[1:])
+        _hydra_entry()
 
 
 if __name__ == "__main__":

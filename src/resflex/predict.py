@@ -47,7 +47,7 @@ from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.bad_images import BadImageError
 from resflex.data.images import DEFAULT_DECODER, open_image
 from resflex.data.sizes import DEFAULT_ASPECTS
-from resflex.errors import ConfigError, DataError, user_errors_as_one_line
+from resflex.errors import ConfigError, DataError, interruption_as_one_line, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, classifier_of
 from resflex.naflex_framing import parse_seq_len
 from resflex.predict_naflex import check_naflex_options, run_token_predictions
@@ -334,8 +334,9 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``scripts/predict.py``, ``resflex-predict``)."""
-    prepare_cli(sys.argv[1:])
-    _hydra_entry()
+    with interruption_as_one_line("no predictions written"):
+        prepare_cli(sys.argv[1:])
+        _hydra_entry()
 
 
 if __name__ == "__main__":
