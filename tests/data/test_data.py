@@ -128,6 +128,8 @@ def test_image_folder_without_val_splits_train_by_seed(tmp_path: Path) -> None:
         (lambda p: (p / "other").mkdir(parents=True), "no train/ folder"),
         (lambda p: (p / "train").mkdir(parents=True) or (p / "train" / "x.txt").write_text("x"), "no images"),
         (lambda p: (p / "train" / "cats").mkdir(parents=True), "no images"),
+        (lambda p: p.write_text("x"), "is a file, not a folder"),
+        (lambda p: make_image_folder(p, classes=("cats",), per_class=3), "1 class folder .*at least 2"),
     ],
 )
 def test_image_folder_errors_are_one_line(tmp_path: Path, setup, message: str) -> None:
@@ -198,3 +200,11 @@ def test_a_run_trains_on_an_image_folder_of_mixed_images(tmp_path: Path) -> None
     written = json.loads((run_dir / "metrics.json").read_text())
     assert written["metrics"]["val/acc"] == pytest.approx(record["metrics"]["val/acc"])
     assert "val/acc_top5" not in written["metrics"]  # only 3 classes
+
+
+@pytest.mark.parametrize("fraction", [0, 1.0, -0.5])
+def test_a_bad_val_fraction_names_its_key_with_a_hint(tmp_path: Path, fraction: float) -> None:
+    root = make_image_folder(tmp_path / "root", per_class=3)
+    with pytest.raises(DataError, match="data.source.val_fraction must be in") as info:
+        ImageFolderSource(str(root), val_fraction=fraction)
+    assert "hint: data.source.val_fraction=0.1" in str(info.value)

@@ -39,7 +39,10 @@ class BadImagePolicy:
 
     def __init__(self, mode: str = "skip", log_file: str | Path | None = None, max_printed: int = 5) -> None:
         if mode not in POLICIES:
-            raise ConfigError(f"data.source.on_bad_image must be one of {', '.join(POLICIES)}, got {mode!r}")
+            raise ConfigError(
+                f"data.source.on_bad_image must be one of {', '.join(POLICIES)}, got {mode!r}",
+                hint="skip (leave unreadable files out, listed in bad_images.txt) or raise (stop at one)",
+            )
         self.mode = mode
         self.log_file = Path(log_file) if log_file else None
         self.max_printed = max_printed

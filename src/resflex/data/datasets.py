@@ -137,6 +137,10 @@ class ImageFolderSource(ImageSource):
                 "data.root is not set", hint="pass data.root=/path/to/folder (with train/<class>/ inside)"
             )
         base = Path(root).expanduser()
+        if base.exists() and not base.is_dir():
+            raise DataError(
+                f"data.root is a file, not a folder: {base}", hint="expected <root>/train/<class>/<images>"
+            )
         if not base.is_dir():
             raise DataError(
                 f"data.root does not exist: {base}", hint="check the path; expected <root>/train/<class>/"
@@ -168,6 +172,12 @@ class ImageFolderSource(ImageSource):
         base = self.check_root(root)
         train_dir = base / "train"
         train = _scan_folder(train_dir, "data.root", self.bad_images, decoder)
+        if len(train.classes) < 2:
+            raise DataError(
+                f"data.root: {len(train.classes)} class folder under {train_dir} "
+                f"({', '.join(train.classes)}); a classifier needs at least 2",
+                hint="one folder per class: <root>/train/<class>/<images>",
+            )
         self.classes = list(train.classes)
         self.splits: dict[str, Dataset] = {}
         val_dir = base / "val"
@@ -178,7 +188,9 @@ class ImageFolderSource(ImageSource):
         else:
             if not 0 < val_fraction < 1:
                 raise DataError(
-                    f"data.val_fraction must be in (0, 1) when there is no val/ folder, got {val_fraction}"
+                    "data.source.val_fraction must be in (0, 1) when there is no val/ folder, "
+                    f"got {val_fraction}",
+                    hint=f"data.source.val_fraction=0.1, or add {base / 'val'}/<class>/<images>",
                 )
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
             n_val = max(1, round(len(train) * val_fraction))
