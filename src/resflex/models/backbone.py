@@ -19,6 +19,7 @@ from torch import nn
 
 from resflex.errors import ConfigError, first_line
 from resflex.models.checkpoint import LoadReport, load_backbone_weights
+from resflex.models.hub import hub_or_cache
 from resflex.validation import check_value
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,16 +46,17 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     (:func:`resflex.models.checkpoint.load_backbone_weights`) so that the load is
     always ``weights_only``/safetensors and reports missing keys in one line.
     """
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if not pretrained:
-            raise
-        first = first_line(exc)
-        raise ConfigError(
-            f"could not get pretrained weights for {name} (backbone.pretrained=true): {first}",
-            hint="online: check the network/HF hub; offline: backbone.weights=/path/to/file.safetensors",
-        ) from None
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    with hub_or_cache(f"backbone.pretrained=true ({name})") as online:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+        except (OSError, RuntimeError, ValueError) as exc:
+            first = first_line(exc) if online else "the hub is not reachable, and they are not cached"
+            raise ConfigError(
+                f"could not get pretrained weights for {name} (backbone.pretrained=true): {first}",
+                hint="online: check the network/HF hub; offline: backbone.weights=/path/to/file.safetensors",
+            ) from None
 
 
 def _is_capturing() -> bool:
