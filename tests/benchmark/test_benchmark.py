@@ -182,11 +182,22 @@ def test_quick_benchmark_produces_every_json_key(tmp_path: Path) -> None:
     assert "1 overhead" in result.stdout and "ratio" in result.stdout
 
 
-def test_views_section_times_each_view_against_the_plain_step_and_prices_the_default_draw() -> None:
+def test_views_section_times_each_view_against_the_plain_step_and_prices_the_default_draw(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from benchmarks import views
 
-    setup = Setup("test_resnet", torch.device("cpu"), batch_size=4)
-    record = views.views(setup, build_model(setup), size=32, warmup=1, steps=1, repeats=1)
+    # through the command line, as --sections views runs it: one progress line per measured cell
+    tiny = ["--size", "32", "--batch-size", "4", "--warmup", "1", "--steps", "1", "--repeats", "1"]
+    report = cli.run(cli.parse_args(["--quick", "--sections", "views", "--windows", "1", *tiny]))
+    record = report["views"]
+    progress = [line for line in capsys.readouterr().err.splitlines() if "views cell" in line]
+    assert [line.split("]", 1)[1].strip().split(":")[0] for line in progress] == [
+        f"views cell {k}/4" for k in range(1, 5)
+    ]
+    assert progress[0].startswith("[") and "s]" in progress[0]  # the elapsed time, as the sections' lines
+    assert "share 1, 0.6x view, step time" in progress[0] and "share 0.5, 1.4x view" in progress[3]
+    assert report["config"]["backbone"] == "test_resnet" and report["overhead"] is None
     assert set(record["step_cost"]) == {"share 1", "share 0.5"} and record["plain_step_s"] > 0
     assert all(set(per) == {"0.6x", "1.4x"} for per in record["step_cost"].values())
     assert all(ratio > 0 for per in record["step_cost"].values() for ratio in per.values())
