@@ -14,7 +14,9 @@ from tests.conftest import load_script
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _run(folder: Path, overrides: list[str], accs: tuple[float, float], record_overrides: bool = True) -> Path:
+def _run(
+    folder: Path, overrides: list[str], accs: tuple[float, float], record_overrides: bool = True
+) -> Path:
     folder.mkdir(parents=True)
     record: dict[str, Any] = {
         "status": "completed",
