@@ -6,13 +6,18 @@ more than a third of a step. This section times resflex's real training step (Li
 module's own term) with a view on every step against the same step without one, for each view
 factor and each share of the batch the view takes (``model.scale_consistency_share``), and from
 those the extra cost of the default's draw. Nothing in timm or Lightning measures this.
+
+Four cells (factors 0.6x, 1.4x at shares 1 and 0.5), each ``repeats`` runs of both sides: about
+2 minutes on 2 CPU cores at the CPU defaults (resnet18, 64 px, batch 32; 109 s in
+experiments/robustness/views_cpu.json, over 3 minutes under load), about 20 s with ``--quick``
+(a toy model, fewer steps). The command line prints one line per cell with the elapsed time.
 """
 
 from __future__ import annotations
 
 import inspect
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.runners import Batch, Setup, Window, build_module, lightning_windows, random_batch
@@ -39,10 +44,12 @@ def views(
     windows: int = 1,
     factors: Sequence[float] = (0.6, 1.4),
     shares: Sequence[float] = (1.0, 0.5),
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Per (factor, share): a step with that view on every step over one without, as a ratio of step
     times (medians over alternating repeats); then the default draw's expected extra step time,
-    ``prob * mean(cost - 1)`` over its factors, per share."""
+    ``prob * mean(cost - 1)`` over its factors, per share. ``progress`` gets one line per measured
+    cell (the command line prints it with the elapsed time: a cell is a minute or more on a CPU)."""
     batches: list[Batch] = [
         random_batch(setup.batch_size, (size, size), setup.num_classes, i) for i in range(4)
     ]
@@ -67,9 +74,14 @@ def views(
                 for sink, module in pair if r % 2 == 0 else pair[::-1]:
                     sink += lightning_windows(setup, module, seq, warmup, steps, windows)
             plain_rates.append(_median_rate(base))
-            cost.setdefault(f"share {share:g}", {})[f"{factor:g}x"] = round(
-                _median_rate(base) / _median_rate(view), 3
-            )
+            ratio = round(_median_rate(base) / _median_rate(view), 3)
+            cost.setdefault(f"share {share:g}", {})[f"{factor:g}x"] = ratio
+            if progress is not None:
+                done = sum(len(per) for per in cost.values())
+                progress(
+                    f"views cell {done}/{len(shares) * len(factors)}: share {share:g}, "
+                    f"{factor:g}x view, step time {ratio:.2f}x the plain step"
+                )
     draw = {
         key: round(DEFAULT_PROB * statistics.mean(per[f"{f:g}x"] - 1 for f in DEFAULT_FACTORS), 4)
         for key, per in cost.items()

@@ -83,8 +83,10 @@ def test_eval_matches_the_trainers_validation_at_each_size(tmp_path: Path) -> No
     assert [r["resolution"] for r in rows] == ["32x32", "24x24"]
     assert float(rows[0]["acc"]) == pytest.approx(by_size["32x32"]["acc"])
     tags = scalar_tags(out)
-    assert {"val/acc@32", "val/acc@24", "val/acc_vs_resolution"} <= set(tags)
-    assert sorted(step for step, _ in tags["val/acc_vs_resolution"]) == [24, 32]
+    # training's accuracy-vs-size tags, stepped by the size: the chart overlays eval.py on the runs
+    assert {"val/acc@32", "val/acc@24", "eval/val_acc_vs_size", "eval/val_loss_vs_size"} <= set(tags)
+    assert sorted(step for step, _ in tags["eval/val_acc_vs_size"]) == [24, 32]
+    assert not any(tag.endswith("acc_vs_resolution") for tag in tags)
 
 
 def test_eval_of_a_calibrated_checkpoint_matches_the_trainers_test_at_each_size(tmp_path: Path) -> None:
@@ -203,3 +205,26 @@ def test_the_printed_robustness_line_names_the_range_in_words() -> None:
     assert text == "worst 0.5000 at 32x32, mean over 3 sizes 0.7000, within 0.03 of its best from 1x to 1.5x"
     one = robustness_text({**summary, "unit": "tokens", "range_low": 1.0, "range_high": 1.0})
     assert one.endswith("mean over 3 sequence lengths 0.7000, within 0.03 of its best only at 1x")
+
+
+def test_eval_logs_the_size_curve_under_the_training_runs_tags(tmp_path: Path) -> None:
+    """eval.split names the stage; a size's step is its side (h x w: the side of equal area), as the
+    trainer logs eval/<stage>_acc_vs_size (resflex.training.resolution_eval.size_curve_points)."""
+    from resflex.evaluate import log_tensorboard
+    from resflex.training.resolution_eval import size_curve_points
+
+    rows = [
+        {"tag": "32", "acc": 0.5, "loss": 1.5, "width": 32, "seq_len": None},
+        {"tag": "48x80", "acc": 0.25, "loss": 2.0, "width": 80, "seq_len": None},
+    ]
+    log_tensorboard(tmp_path, "test", rows, "table")
+    tags = scalar_tags(tmp_path)
+    assert tags["eval/test_acc_vs_size"] == [(32, 0.5), (62, 0.25)]
+    assert tags["eval/test_loss_vs_size"] == [(32, 1.5), (62, 2.0)]
+    assert not any(tag.startswith("eval/val_") or tag.endswith("acc_vs_resolution") for tag in tags)
+    # the very names and steps a training run logs for the same metrics
+    trained = size_curve_points({"test/acc@32": 0.5, "test/acc@48x80": 0.25}, "test")
+    assert {side: set(values) for side, values in trained.items()} == {
+        32: {"eval/test_acc_vs_size"},
+        62: {"eval/test_acc_vs_size"},
+    }

@@ -17,10 +17,10 @@ from tests.test_eval_script import compose_config
 CURVE = {"32": 0.55, "48": 0.80, "64": 0.82, "96": 0.81, "128": 0.60}
 
 
-def fabricated_run(root: Path, metrics: dict, size: int = 64) -> Path:
+def fabricated_run(root: Path, metrics: dict, size: int = 64, extra: tuple[str, ...] = ()) -> Path:
     """A run folder as training leaves it, minus the weights: the composed config and a metrics.json."""
     run_dir = root / "run"
-    overrides = ["backbone.name=test_resnet", f"resolution.size={size}", "logger=none"]
+    overrides = ["backbone.name=test_resnet", f"resolution.size={size}", "logger=none", *extra]
     cfg = compose_config("train", overrides, run_dir)
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(
@@ -78,3 +78,16 @@ def test_robust_range_is_summarize_sizes_range_as_sizes(tmp_path: Path) -> None:
     assert parse_size_tag("48x80") == (48, 80) and parse_size_tag("64") == (64, 64)
     assert parse_size_tag("64px") is None
     assert read_record(tmp_path / "nowhere") == {}
+
+
+def test_card_says_what_the_lr_did_when_the_warm_up_covers_the_run(tmp_path: Path) -> None:
+    """scheduler.warmup_epochs=3 (the default) and trainer.max_epochs=3: no cosine ever ran."""
+    card = build_model_card(
+        fabricated_run(tmp_path / "short", {"val/acc": 0.5}, extra=("trainer.max_epochs=3",))
+    )
+    assert (
+        "warm-up 3.0 epochs, as long as the run: the LR only rose, to its peak at the end (no cosine phase)"
+    ) in card
+    assert "then cosine" not in card
+    card = build_model_card(fabricated_run(tmp_path / "default", {"val/acc": 0.5}))  # 6 epochs
+    assert "| schedule | 6 epochs, optimizer adamw lr=" in card and "warm-up 3.0 epochs then cosine" in card

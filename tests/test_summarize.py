@@ -205,3 +205,20 @@ def test_sweep_figure_has_one_accuracy_vs_size_curve_per_job_and_mean_worst_bars
     assert widths == sorted(means + worst)
     summarize(sweep)
     assert (sweep / "summary.png").stat().st_size > 0
+
+
+def test_a_sort_key_no_job_has_is_refused_with_the_closest_names(tmp_path: Path, capsys) -> None:
+    sweep = make_sweep(tmp_path)
+    assert main([str(sweep), "--sort", "val/acc_mean", "--no-write"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --sort val/acc_mean: no job has this column or metric")
+    assert "(hint: the closest: val/acc_mean_sizes," in err[0]  # computed from the per-size tags: known
+    assert main([str(sweep), "--sort", "val/acc_foo", "--no-write"]) == 2
+    assert "the closest: val/acc" in capsys.readouterr().err
+    # an override, a metric some job has, and the fixed columns are all accepted
+    for key in ("pooling", "val/acc@64", "best val/acc", "time_s"):
+        assert main([str(sweep), "--sort", key, "--no-write"]) == 0, key
+    # a sweep whose jobs have not written metrics yet still sorts by the default
+    running = tmp_path / "running"
+    write_job(running, "a", ["pooling=avg"], None)
+    assert main([str(running), "--no-write"]) == 0

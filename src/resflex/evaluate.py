@@ -20,8 +20,9 @@ logs it (:func:`resflex.training.robustness.summarize_sizes`).
 
 Outputs go to this command's own Hydra run folder (``logs/eval/runs/<time>/``,
 or ``hydra.run.dir=...``), never into the training run: ``eval.json``,
-``eval.csv``, TensorBoard events (``<split>/acc@<size>``, and
-``<split>/acc_vs_resolution`` with the image width as the x axis) and
+``eval.csv``, TensorBoard events (``<split>/acc@<size>``, and training's
+``eval/<split>_acc_vs_size`` / ``_loss_vs_size`` stepped by the size, so the chart overlays the
+training runs') and
 ``.hydra/`` with the exact command. The table is also printed.
 """
 
@@ -205,12 +206,20 @@ def write_outputs(output_dir: Path, record: dict[str, Any]) -> None:
 def log_tensorboard(output_dir: Path, split: str, rows: list[dict[str, Any]], table: str) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
+    from resflex.training.resolution_eval import size_curve_points
+
     writer = SummaryWriter(str(output_dir))
+    sized: dict[str, float] = {}
     try:
         for r in rows:
             writer.add_scalar(f"{split}/acc@{r['tag']}", r["acc"], 0)
             writer.add_scalar(f"{split}/loss@{r['tag']}", r["loss"], 0)
-            writer.add_scalar(f"{split}/acc_vs_resolution", r["acc"], int(r["seq_len"] or r["width"]))
+            sized |= {f"{split}/acc@{r['tag']}": r["acc"], f"{split}/loss@{r['tag']}": r["loss"]}
+        # the training runs' accuracy- and loss-vs-size tags (eval/<split>_acc_vs_size, stepped by the
+        # side; h x w at the side of equal area), so TensorBoard overlays this run on theirs
+        for side, values in size_curve_points(sized, split).items():
+            for name, value in values.items():
+                writer.add_scalar(name, value, side)
         writer.add_text("eval", "```\n" + table + "\n```", 0)
     finally:
         writer.close()

@@ -120,6 +120,23 @@ def _schedule_name(cfg: DictConfig) -> str:
     return SCHEDULE_NAMES.get(target.rsplit(".", 1)[-1], "cosine")
 
 
+def _warmup_text(cfg: DictConfig) -> str:
+    """``warm-up 3.0 epochs then cosine``; for a warm-up as long as the run (clamped to it,
+    :func:`resflex.training.lr_schedule.warmup_covers_run`), what the LR did instead."""
+    from resflex.training.lr_schedule import warmup_covers_run
+
+    warmup = OmegaConf.select(cfg, "scheduler.warmup_epochs", default=None)
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if warmup is None:
+        return f"warm-up ? epochs then {_schedule_name(cfg)}"
+    if isinstance(epochs, int | float) and epochs > 0 and warmup_covers_run(float(warmup), float(epochs)):
+        return (
+            f"warm-up {warmup} epochs, as long as the run: the LR only rose, to its peak at the end "
+            f"(no {_schedule_name(cfg)} phase)"
+        )
+    return f"warm-up {warmup} epochs then {_schedule_name(cfg)}"
+
+
 def _optimizer_name(cfg: DictConfig) -> str:
     """``adamw``: the timm name of the optimizer (``optimizer.name``)."""
     return str(OmegaConf.select(cfg, "optimizer.name", default="?"))
@@ -208,8 +225,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         f"| schedule | {OmegaConf.select(cfg, 'trainer.max_epochs', default='?')} epochs, "
         f"optimizer {_optimizer_name(cfg)} "
         f"lr={OmegaConf.select(cfg, 'optimizer.lr', default='?')}, "
-        f"warm-up {OmegaConf.select(cfg, 'scheduler.warmup_epochs', default='?')} epochs then "
-        f"{_schedule_name(cfg)}, "
+        f"{_warmup_text(cfg)}, "
         f"finetune={OmegaConf.select(cfg, 'finetune.name', default=None) or 'full'}, "
         f"seed {cfg.get('seed')} |",
         f"| data | {data.get('name', '?')}" + (f" (`{data.get('root')}`)" if data.get("root") else "") + " |",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import math
 import sys
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from resflex.training.resolution_eval import equivalent_side
 __all__ = [
     "Job",
     "add_robustness",
+    "check_sort_key",
     "columns_for",
     "draw",
     "find_jobs",
@@ -83,6 +85,30 @@ def columns_for(jobs: Sequence[Job]) -> list[str]:
         "time_s",
         "error",
     ]
+
+
+def sortable_keys(jobs: Sequence[Job]) -> list[str]:
+    """What ``--sort`` can name: the table's fixed columns, every override and every metric of a job."""
+    keys = [*BASE_METRICS, "img/s", "time_s"]
+    for job in jobs:
+        keys += [k for k in (*job.overrides, *job.metrics) if k not in keys]
+    return keys
+
+
+def check_sort_key(jobs: Sequence[Job], metric: str) -> None:
+    """Refuse a ``--sort`` key no job has (a typo would sort in no order at all), naming the closest."""
+    keys = sortable_keys(jobs)
+    if metric in keys:
+        return
+    prefixed = [k for k in keys if k.startswith(metric)]  # val/acc_mean -> val/acc_mean_sizes
+    close = [
+        *prefixed,
+        *(k for k in difflib.get_close_matches(metric, keys, n=3, cutoff=0.5) if k not in prefixed),
+    ]
+    raise ResflexError(
+        f"--sort {metric}: no job has this column or metric",
+        hint=f"the closest: {', '.join(close[:3])}" if close else f"e.g. {', '.join(BASE_METRICS)}",
+    )
 
 
 def sort_jobs(jobs: Sequence[Job], metric: str, ascending: bool = False) -> list[Job]:
@@ -248,7 +274,9 @@ def plot(jobs: Sequence[Job], path: Path, metric: str) -> Path | None:
 def summarize(root: str | Path, sort: str = "val/acc", ascending: bool = False, write: bool = True) -> str:
     """Build the summary of ``root``; write the csv/md/png files there unless ``write`` is False."""
     root = Path(root)
-    jobs = sort_jobs(find_jobs(root), sort, ascending)
+    jobs = find_jobs(root)
+    check_sort_key(jobs, sort)
+    jobs = sort_jobs(jobs, sort, ascending)
     columns = columns_for(jobs)
     rows = table_rows(jobs, columns)
     _, common = varying_overrides(jobs)

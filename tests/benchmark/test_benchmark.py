@@ -7,6 +7,7 @@ benchmark prints ratios, the tests check that they are measured and reported.
 from __future__ import annotations
 
 import ast
+import copy
 import json
 from pathlib import Path
 
@@ -143,6 +144,17 @@ def test_table_renders_every_section_and_verdict() -> None:
     assert "1 overhead" in table and "met" in table
     assert "2 pipeline" in table and "NOT met" in table
     assert "3 mixed" in table and "4 memory" in table and "48px" in table
+    graded = cli.add_verdicts(copy.deepcopy(report))
+    assert [graded[k]["verdict"] for k in ("overhead", "pipeline", "mixed")] == ["met", "NOT met", "met"]
+    # --quick: a toy model in short windows, graded against nothing (the targets are resnet18's at batch 32)
+    report["config"]["quick"] = True
+    table = cli.render_table(report)
+    rows = [line for line in table.splitlines() if line[:2] in ("1 ", "2 ", "3 ")]
+    assert len(rows) == 3 and all(cli.QUICK_VERDICT in line for line in rows)
+    assert "met" not in table.replace(cli.QUICK_VERDICT, "")
+    graded = cli.add_verdicts(report)
+    assert all(graded[k]["verdict"] == cli.QUICK_VERDICT for k in ("overhead", "pipeline", "mixed"))
+    assert cli.QUICK_VERDICT == "n/a (quick: a toy model; targets are for the full run)"
 
 
 @pytest.mark.slow
@@ -164,17 +176,28 @@ def test_quick_benchmark_produces_every_json_key(tmp_path: Path) -> None:
         assert record[a] > 0 and record[b] > 0, section
         assert record["ratio"] == pytest.approx(record[a] / record[b], rel=1e-2), section
         assert len(record["samples"][a]) == report["config"]["repeats"] * report["config"]["windows"], section
-        assert "target" in record
+        assert "target" in record and record["verdict"] == cli.QUICK_VERDICT
     assert set(report["memory"]["per_size"]) == {"48", "64", "80"}
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["torch"]
     assert "1 overhead" in result.stdout and "ratio" in result.stdout
 
 
-def test_views_section_times_each_view_against_the_plain_step_and_prices_the_default_draw() -> None:
+def test_views_section_times_each_view_against_the_plain_step_and_prices_the_default_draw(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from benchmarks import views
 
-    setup = Setup("test_resnet", torch.device("cpu"), batch_size=4)
-    record = views.views(setup, build_model(setup), size=32, warmup=1, steps=1, repeats=1)
+    # through the command line, as --sections views runs it: one progress line per measured cell
+    tiny = ["--size", "32", "--batch-size", "4", "--warmup", "1", "--steps", "1", "--repeats", "1"]
+    report = cli.run(cli.parse_args(["--quick", "--sections", "views", "--windows", "1", *tiny]))
+    record = report["views"]
+    progress = [line for line in capsys.readouterr().err.splitlines() if "views cell" in line]
+    assert [line.split("]", 1)[1].strip().split(":")[0] for line in progress] == [
+        f"views cell {k}/4" for k in range(1, 5)
+    ]
+    assert progress[0].startswith("[") and "s]" in progress[0]  # the elapsed time, as the sections' lines
+    assert "share 1, 0.6x view, step time" in progress[0] and "share 0.5, 1.4x view" in progress[3]
+    assert report["config"]["backbone"] == "test_resnet" and report["overhead"] is None
     assert set(record["step_cost"]) == {"share 1", "share 0.5"} and record["plain_step_s"] > 0
     assert all(set(per) == {"0.6x", "1.4x"} for per in record["step_cost"].values())
     assert all(ratio > 0 for per in record["step_cost"].values() for ratio in per.values())

@@ -189,3 +189,30 @@ def test_bad_schedule_values_are_one_line(cls: type, kwargs: dict, key: str) -> 
     with pytest.raises(ConfigError, match=key) as info:
         cls(**kwargs)
     assert "\n" not in info.value.one_line()
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_a_warm_up_as_long_as_the_run_is_one_warning_line_with_the_hint(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default 3-epoch warm-up in a 3-epoch run is clamped to the run: the LR never leaves it."""
+    schedule: WarmupSchedule = SCHEDULES[name]()
+    with caplog.at_level("WARNING", logger="resflex.training.lr_schedule"):
+        factor = schedule.build(_optimizer(), 30, 3).lr_lambdas[0]
+    (record,) = [r for r in caplog.records if r.name == "resflex.training.lr_schedule"]
+    message = record.getMessage()
+    assert "\n" not in message
+    assert message.startswith(
+        "scheduler: the 3-epoch warm-up covers the whole 3-epoch run: the LR only rises"
+    )
+    assert "(hint: scheduler.warmup_epochs=1.5, or scheduler.warmup_epochs=0)" in message
+    assert factor(28) > factor(20) > factor(0)  # what it warns about: rising to the end
+    caplog.clear()
+    # the default run (3 of 6 epochs), a longer one, no warm-up: no warning, the same curve as before
+    with caplog.at_level("WARNING", logger="resflex.training.lr_schedule"):
+        for warmup, steps, epochs in ((3.0, 60, 6), (3.0, 100, 10), (0.0, 10, 1), (2.9, 30, 3)):
+            SCHEDULES[name](warmup_epochs=warmup).build(_optimizer(), steps, epochs)
+    assert not caplog.records
+    default = WarmupCosine().build(_optimizer(), 60, 6).lr_lambdas[0]
+    assert default(0) == pytest.approx(0.01) and default(30) == pytest.approx(1.0)
+    assert default(59) < 0.02  # the cosine reaches the floor

@@ -10,24 +10,58 @@ warm-up, and a ``LambdaLR`` of picklable factor objects resumes exactly through
 Lightning's checkpoint. The plateau rule itself is torch's ``ReduceLROnPlateau``
 (:class:`PlateauScale`), applied to a scale inside those factors and stepped after
 each validation by a callback (:class:`PlateauStep`).
+
+A warm-up as long as the run or longer (``scheduler.warmup_epochs`` >= ``trainer.max_epochs``:
+the default 3 epochs in a run of 1-3) is clamped to the run, so the LR only rises and what follows
+the warm-up never starts: one warning line at the start of the fit says so, with the hint, and
+the model card describes such a schedule as it ran (:func:`warmup_covers_run`). A warm-up over
+half the run or more but shorter than it is not flagged: the decay still runs, over the rest (the
+default run warms up for 3 of its 6 epochs).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from resflex.errors import ConfigError
 from resflex.validation import check_value
 
+log = logging.getLogger(__name__)
+
 
 def _non_negative(value: float) -> bool:
     return value >= 0
+
+
+def warmup_covers_run(warmup_epochs: float, epochs: float) -> bool:
+    """True when a warm-up of ``warmup_epochs`` lasts a whole run of ``epochs``: the LR rises from
+    1 % to its peak at the run's end and the schedule's decay never starts."""
+    return warmup_epochs > 0 and warmup_epochs >= epochs
+
+
+def warmup_hint(epochs: float) -> str:
+    """The suggested warm-up for a run of ``epochs``: half of it (the default's 3 of 6 epochs)."""
+    return f"scheduler.warmup_epochs={epochs / 2:g}"
+
+
+@rank_zero_only
+def warn_warmup_covers_run(warmup_epochs: float, epochs: float, after: str) -> None:
+    log.warning(
+        "scheduler: the %g-epoch warm-up covers the whole %g-epoch run: the LR only rises, from 1%% to "
+        "its peak at the end, with no %s (hint: %s, or scheduler.warmup_epochs=0)",
+        warmup_epochs,
+        epochs,
+        after,
+        warmup_hint(epochs),
+    )
 
 
 # ---- per-group factors (what LambdaLR calls each step) -------------------------------------
@@ -117,6 +151,9 @@ class WarmupSchedule:
     warm-up) and, for the plateau rule, :meth:`lightning_config`.
     """
 
+    #: what follows the warm-up, in the warning when the warm-up covers the whole run
+    after_warmup = "constant phase"
+
     def __init__(self, warmup_epochs: float = 3.0) -> None:
         self.warmup_epochs = check_value(
             "scheduler.warmup_epochs", warmup_epochs, float, _non_negative, "a number >= 0"
@@ -140,6 +177,8 @@ class WarmupSchedule:
     ) -> LambdaLR:
         """The per-step scheduler for a run of ``total_steps`` optimizer steps over ``epochs`` epochs:
         one factor per param group (a group's ``unfreeze_epoch`` delays and ramps it)."""
+        if warmup_covers_run(self.warmup_epochs, max(1, epochs)):
+            warn_warmup_covers_run(self.warmup_epochs, max(1, epochs), self.after_warmup)
         steps_per_epoch = total_steps / max(1, epochs)
         warmup_steps = round(self.warmup_epochs * steps_per_epoch)
         ramp_steps = round(unfreeze_warmup_epochs * steps_per_epoch)
@@ -182,6 +221,8 @@ class WarmupCosine(WarmupSchedule):
     """``scheduler=cosine``: warm up linearly from 1 % of the LR over ``warmup_epochs``, then cosine
     decay to ``min_lr_ratio`` × LR, stepped per batch."""
 
+    after_warmup = "cosine decay"
+
     def __init__(self, warmup_epochs: float = 3.0, min_lr_ratio: float = 0.01) -> None:
         super().__init__(warmup_epochs)
         self.min_lr_ratio = check_value(
@@ -205,6 +246,8 @@ class WarmupStep(WarmupSchedule):
     three quarters of the run), so one setting fits runs of any length; for "epoch 30 of
     90" write 0.333.
     """
+
+    after_warmup = "step decay"
 
     def __init__(
         self, warmup_epochs: float = 3.0, milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1
@@ -293,6 +336,8 @@ class WarmupPlateau(WarmupSchedule):
     :class:`PlateauStep`, which the module registers (:meth:`callbacks`), so the run needs
     a validation split.
     """
+
+    after_warmup = "constant phase for the plateau rule to lower"
 
     def __init__(
         self,
