@@ -113,6 +113,36 @@ def test_bad_input_fails_before_any_work_in_one_line(
     assert not list(run_dir.glob("events.out.tfevents.*")) and not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["trainer.max_epoch=1"], ["unknown config key trainer.max_epoch", "trainer.max_epochs?"]),
+        (["foo=1"], ["unknown config key foo", "+foo=... adds a new one"]),
+        (["+data.batchsize=8"], ["+data.batchsize adds a key nothing reads", "data.batch_size=... (without"]),
+        (["-m", "pooling=avg,max", "data.batchsize=8"], ["unknown config key data.batchsize", "batch_size?"]),
+        # the key exists once the group choice is made: composed with the command's choices
+        (["data=imagefolder", "data.source.val_fractoin=0.2"], ["did you mean data.source.val_fraction?"]),
+    ],
+)
+def test_a_mistyped_key_is_one_line_with_the_nearest_key(
+    tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    """Hydra's answer is a page that suggests +key=..., which would add a key nothing reads."""
+    result = run_cli(args, cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert result.returncode == 2 and not (tmp_path / "logs").exists()
+
+
+def test_keys_that_exist_or_are_new_on_purpose_pass_the_key_check() -> None:
+    from resflex.config import check_override_keys
+
+    check_override_keys(["model.net.num_classes=5"], "train")  # ??? in the config: filled in later
+    check_override_keys(["+optimizer.betas=[0.9,0.95]"], "train")  # extra arguments, near no key
+    check_override_keys(["experiment=small_data_finetune", "model.ema_decay=0.99"], "train")
+    check_override_keys(["data=imagefolder", "data.source.val_fraction=0.2", "hydra.run.dir=x"], "train")
+    check_override_keys(["--config-name", "other", "anything.at.all=1"], "train")  # another config
+
+
 def test_unknown_pooling_is_one_line_with_choices(tmp_path: Path) -> None:
     result = run_cli(["pooling=median"], cwd=tmp_path)
     assert_one_line_error(result, "unknown pooling 'median'", "avg", "pyramid")

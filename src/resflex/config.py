@@ -90,11 +90,110 @@ def exit_on_unknown_group_choice(argv: Sequence[str]) -> None:
         raise SystemExit(2) from None
 
 
-def prepare_cli(argv: Sequence[str]) -> None:
-    """What every console entry point does before Hydra runs: check group choices, register resolvers."""
+def _split_overrides(argv: Sequence[str], config_dir: Path) -> tuple[list[str], list[str], list[str]] | None:
+    """(group choices as typed, first choice of a sweep; dotted keys set; keys added with ``+``), or None
+    when the command picks another config (``--config-name``/``--config-dir``) and nothing can be said."""
+    groups: list[str] = []
+    keys: list[str] = []
+    added: list[str] = []
+    for arg in argv:
+        if arg.startswith(("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp")):
+            return None
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        bare = key.lstrip("+")
+        if bare.startswith(("hydra", "~")) or "@" in bare or "/" in bare:
+            continue
+        if "." not in bare and (config_dir / bare).is_dir():
+            choice = value.strip("[]").split(",")[0].strip()
+            if choice and "(" not in choice and "*" not in choice:
+                groups.append(f"{key}={choice}")
+            continue
+        (added if key.startswith("+") else keys).append(bare)
+    return groups, keys, added
+
+
+def _has_key(cfg: Any, key: str) -> bool:
+    from omegaconf import DictConfig, OmegaConf
+
+    absent = object()
+    try:
+        if OmegaConf.select(cfg, key, default=absent) is not absent:
+            return True
+    except Exception:  # an interpolation that cannot resolve yet: not a typo to report here
+        return True
+    parent_key, _, last = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    # keys(), not `in`: a key whose value is ??? (filled in later) is "not in" a DictConfig, yet it exists
+    return isinstance(parent, DictConfig) and last in parent.keys()  # noqa: SIM118
+
+
+def _closest(cfg: Any, key: str, cutoff: float) -> str | None:
+    """The existing key nearest to ``key`` among the siblings under its longest existing prefix."""
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    parts = key.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        prefix = ".".join(parts[:depth])
+        node = OmegaConf.select(cfg, prefix, default=None) if prefix else cfg
+        if isinstance(node, DictConfig):
+            names = [str(k) for k in node.keys()]  # noqa: SIM118 (keys whose value is ??? too)
+            match = difflib.get_close_matches(parts[depth], names, n=1, cutoff=cutoff)
+            return ".".join([*parts[:depth], match[0]]) if match else None
+    return None
+
+
+def check_override_keys(argv: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> None:
+    """Raise :class:`ConfigError` for ``a.b=v`` naming a key the composed config does not have (Hydra's
+    answer is a page that suggests ``+a.b=v``, which would add a key nothing reads), with the nearest
+    key as the hint; and for ``+a.b=v`` when that key is a near-miss of an existing one
+    (``+data.batchsize`` for ``data.batch_size``). ``+`` for a genuinely new key (extra arguments such
+    as ``+optimizer.betas``) stays allowed. The config is composed with the command's group choices."""
+    split = _split_overrides(argv, config_dir)
+    if split is None or not (split[1] or split[2]):
+        return
+    groups, keys, added = split
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=groups)
+    except Exception:  # a problem with the choices themselves: Hydra reports it
+        return
+    for key in keys:
+        if not _has_key(cfg, key):
+            near = _closest(cfg, key, cutoff=0.6)
+            raise ConfigError(
+                f"unknown config key {key} ({key}=...)",
+                hint=f"did you mean {near}?" if near else f"the keys: --cfg job; +{key}=... adds a new one",
+            )
+    for key in added:
+        near = None if _has_key(cfg, key) else _closest(cfg, key, cutoff=0.8)
+        if near is not None and near != key:
+            raise ConfigError(
+                f"+{key} adds a key nothing reads, next to the existing {near}",
+                hint=f"{near}=... (without +)",
+            )
+
+
+def prepare_cli(argv: Sequence[str], config_name: str | None = None) -> None:
+    """What every console entry point does before Hydra runs: check group choices and, given the
+    entry point's ``config_name``, the keys overridden (:func:`check_override_keys`); register
+    resolvers."""
+    import sys
+
     from resflex.sweeps import register_resolvers
 
     exit_on_unknown_group_choice(argv)
+    if config_name is not None:
+        try:
+            check_override_keys(argv, config_name)
+        except ConfigError as exc:
+            print(f"error: {exc.one_line()}", file=sys.stderr)
+            raise SystemExit(2) from None
     register_resolvers()  # ${resflex.job_dir:...} names sweep job folders (configs/hydra/default.yaml)
 
 

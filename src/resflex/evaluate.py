@@ -298,7 +298,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point (``scripts/eval.py``)."""
     with interruption_as_one_line("no results written"):
-        prepare_cli(sys.argv[1:])
+        prepare_cli(sys.argv[1:], "eval")
         _hydra_entry()
 
 

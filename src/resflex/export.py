@@ -367,7 +367,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point (``scripts/export.py``, ``resflex-export``)."""
     with interruption_as_one_line("nothing exported (no file written)"):
-        prepare_cli(sys.argv[1:])
+        prepare_cli(sys.argv[1:], "export")
         _hydra_entry()
 
 

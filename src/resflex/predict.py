@@ -335,7 +335,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point (``scripts/predict.py``, ``resflex-predict``)."""
     with interruption_as_one_line("no predictions written"):
-        prepare_cli(sys.argv[1:])
+        prepare_cli(sys.argv[1:], "predict")
         _hydra_entry()
 
 

@@ -246,7 +246,7 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
 
 def main() -> None:
     """Console entry point: validates group choices, runs Hydra, exits with the number of failed jobs."""
-    prepare_cli(sys.argv[1:])
+    prepare_cli(sys.argv[1:], "train")
     quiet_library_noise()
     failed_jobs: list[str] = []
 
