@@ -42,6 +42,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,9 @@ def load_runner(path: Path, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
     if fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": loading what the user asked for
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
         return lambda x: module(x)
     program = torch.export.load(str(path)).module()
     return lambda x: program(x)

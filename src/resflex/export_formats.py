@@ -138,7 +138,9 @@ def export_torchscript(
     with _capture():
         traced = torch.jit.trace(model, example, check_trace=False)
     extra = _extra_files(classifier)
-    torch.jit.save(traced, str(path), _extra_files=extra)
+    with warnings.catch_warnings():  # "torch.jit.save is deprecated": the user asked for TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced, str(path), _extra_files=extra)
 
 
 def _extra_files(classifier: ResflexClassifier) -> dict[str, str]:

@@ -70,12 +70,15 @@ def quiet_library_noise() -> None:
     - "Checkpoint directory exists and is not empty": resuming writes into the run's folder;
     - "validated against ConfigStore schema with the same name": the submitit launcher
       configs share the plugin's names so that its schema checks them;
+    - "dataloader is not resumable" on a mid-epoch resume: resflex's batch sampler is (it continues
+      the epoch at the saved step with the same sizes and samples: resflex.data.sampler);
     - Lightning's "💡" tips.
     """
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema with the same name")
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡")
     )
