@@ -27,7 +27,7 @@ from resflex.data.resolution import (
     MultiScaleResolution,
     RandomResolution,
 )
-from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.sampler import ResolutionBatchSampler, batch_padding
 from resflex.errors import ConfigError
 from resflex.sweeps import _same_job
 from resflex.training.distributed import (
@@ -121,6 +121,76 @@ def test_keep_aspect_buckets_under_four_ranks_share_shapes_and_cover_every_sampl
         assert any(h != w for h, w in {size for size, _ in plans[0]})
         for plan in plans:  # one bucket per batch, on every rank
             assert all(len({buckets[i] for i in indices}) == 1 for _, indices in plan)
+
+
+def _valid_and_padding(plan) -> tuple[list[int], list[int]]:
+    """A rank's plan split into the samples it counts and its padding repeats (each batch's last)."""
+    valid = [i for b in plan for i in b.indices[: len(b.indices) - b.padding]]
+    repeats = [i for b in plan for i in b.indices[len(b.indices) - b.padding :]]
+    return valid, repeats
+
+
+@pytest.mark.parametrize("geometry", ["square", "keep_aspect"])
+# 103: padding on a few ranks; 3 < 4 ranks: a rank of repeats alone
+@pytest.mark.parametrize("num_samples", [103, 3])
+def test_the_samples_each_rank_counts_cover_the_data_exactly_once(geometry: str, num_samples: int) -> None:
+    """What evaluation counts (every batch's entries before its ``padding`` repeats), over all ranks, is
+    the dataset exactly once; the repeats are samples some rank already counts; a single process pads
+    nothing. With keep_aspect the repeats are per bucket chunk, so more than world_size - 1 of them."""
+    source = SyntheticSource(num_samples, 1, 0, min_side=16, max_side=96, seed=1)
+    aspects = (0.5, 1.0, 2.0)
+    keep_aspect = geometry == "keep_aspect"
+    buckets = assign_buckets(image_sizes(source.splits["train"]), aspects) if keep_aspect else None
+    schedule = FixedResolution(32, geometry=geometry, aspect_ratios=list(aspects))
+    for training in (False, True):  # an evaluation loader, and a training one without drop_last
+        kwargs = dict(shuffle=training, training=training, drop_last=False, buckets=buckets, seed=2)
+        if not training:
+            kwargs["fixed_size"] = (32, 32)
+        plans = []
+        for rank in range(WORLD):
+            sampler = ResolutionBatchSampler(num_samples, 4, schedule, rank=rank, world_size=WORLD, **kwargs)
+            sampler.set_epoch(1)
+            plans.append(sampler.plan())
+        counted, repeats = [], []
+        for plan in plans:
+            valid, padding = _valid_and_padding(plan)
+            counted += valid
+            repeats += padding
+        assert sorted(counted) == list(range(num_samples))
+        assert repeats and set(repeats) <= set(counted)
+        shapes = [[(b.size, len(b.indices)) for b in plan] for plan in plans]
+        assert all(s == shapes[0] for s in shapes)  # the repeats keep every rank's steps equal
+        if keep_aspect and num_samples == 103:
+            assert len(repeats) == 9  # 3 per bucket (37, 33, 33 images): the bound is per bucket chunk
+        single = ResolutionBatchSampler(num_samples, 4, schedule, **kwargs)
+        single.set_epoch(1)
+        assert all(b.padding == 0 for b in single.plan())
+
+
+def test_batch_padding_reads_the_plan_of_the_loader_and_refuses_a_batch_it_did_not_plan() -> None:
+    schedule = FixedResolution(32)
+    plans = {}
+    for rank in range(WORLD):
+        sampler = ResolutionBatchSampler(
+            10, 4, schedule, shuffle=False, rank=rank, world_size=WORLD, fixed_size=(32, 32)
+        )
+        loader = SimpleNamespace(batch_sampler=sampler)
+        plans[rank] = [batch_padding(loader, k, len(b.indices)) for k, b in enumerate(sampler.plan())]
+    assert plans == {0: [0], 1: [0], 2: [1], 3: [1]}  # 10 samples on 4 ranks of 3: two repeats
+    with pytest.raises(RuntimeError, match="plan"):
+        batch_padding(loader, 0, 2)
+    assert batch_padding(SimpleNamespace(batch_sampler=None), 0, 5) == 0  # a plain loader: nothing known
+
+
+def test_bn_calibration_reads_the_whole_training_split_on_any_rank() -> None:
+    """Calibration runs on rank 0 alone: its loader is not sharded, so it reads what one process reads."""
+    source = SyntheticSource(90, 16, 0)
+    dm = ResflexDataModule(source, FixedResolution(32, geometry="square"), batch_size=4, num_workers=0)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=WORLD, overfit_batches=0, callbacks=[])
+    sampler = dm.calibration_loader((24, 24)).batch_sampler
+    assert (sampler.rank, sampler.world_size) == (0, 1)
+    assert sorted(i for b in sampler.plan() for i in b.indices) == list(range(90))
+    assert dm.val_dataloader().batch_sampler.world_size == WORLD
 
 
 def test_the_data_module_shards_by_the_trainers_rank_and_world_size() -> None:
@@ -448,6 +518,45 @@ def test_ddp_sim_trains_with_random_sizes_and_keep_aspect_on_an_image_folder(tmp
     assert record["metrics"]["val/acc"] == pytest.approx(scalar_tags(run)["val/acc"][-1][1], abs=1e-6)
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert not list(run.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_ddp_test_metrics_count_every_image_once_as_a_single_process_evaluation(tmp_path: Path) -> None:
+    """25 test images on 2 ranks, in keep_aspect buckets: the ranks' batches end with padding repeats
+    (a rank even gets a batch of a repeat alone); the trainer's test/acc@<size> and loss must still be
+    those of scripts/eval.py's single-process evaluation of the same checkpoint (each image once)."""
+    from resflex.evaluate import evaluate
+    from tests.test_eval_script import compose_config
+
+    run = tmp_path / "run"
+    args = [
+        *DDP_TINY,
+        "trainer.max_epochs=1",
+        "data.source.num_train=40",
+        "data.source.num_val=25",
+        "data.source.num_test=25",
+        "resolution.size=32",
+        "resolution.geometry=keep_aspect",
+        "eval.resolutions=[24]",
+        f"hydra.run.dir={run}",
+    ]
+    result = run_cli(args, cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((run / "metrics.json").read_text())
+    trained = record["metrics"]
+    cfg = compose_config(
+        "eval",
+        [f"ckpt_path={record['best']['checkpoint']}", "eval.resolutions=[32,24]", "eval.split=test"],
+        tmp_path / "eval",
+    )
+    by_size = {r["tag"]: r for r in evaluate(cfg)["results"]}
+    assert {r["images"] for r in by_size.values()} == {25}
+    for tag, row in by_size.items():
+        assert trained[f"test/acc@{tag}"] == pytest.approx(row["acc"], abs=1e-6), tag
+        assert trained[f"test/loss@{tag}"] == pytest.approx(row["loss"], rel=1e-5), tag
+    assert trained["test/acc"] == pytest.approx(by_size["32"]["acc"], abs=1e-6)
+    assert trained["test/loss"] == pytest.approx(by_size["32"]["loss"], rel=1e-5)
+    assert trained["test/acc_worst"] == pytest.approx(min(r["acc"] for r in by_size.values()), abs=1e-6)
 
 
 @pytest.mark.slow

@@ -195,7 +195,10 @@ class ResflexDataModule(pl.LightningDataModule):
 
         ``shuffle`` orders the split anew each epoch; the train split is sampled for training
         (epoch-seeded augmentation) even when not shuffled (``overfit_batches``), unless
-        ``eval_framing`` frames it as evaluation does (BatchNorm calibration).
+        ``eval_framing`` frames it as evaluation does (BatchNorm calibration). Such a loader is
+        read by rank 0 alone, so it is not sharded: the whole split, as a single process reads
+        it, with no padding repeats. Validation and test loaders are sharded, and their padding
+        repeats are left out of the metrics (:func:`resflex.data.sampler.batch_padding`).
         """
         key = f"{split}@{size}" + ("-eval" if eval_framing else "")
         training = split == "train" and not eval_framing
@@ -209,7 +212,7 @@ class ResflexDataModule(pl.LightningDataModule):
                 phases = {name: DeviceFraming(t) for name, t in phases.items()}
                 collate = partial(collate_encoded, bad_images=bad_images)
             dataset = SizedDataset(self.source.splits[split], transform, phases, bad_images, self.seed)
-            rank, world = self._rank_and_world()
+            rank, world = (0, 1) if eval_framing else self._rank_and_world()
             sampler_args = dict(
                 num_samples=len(dataset),
                 batch_size=self.batch_size if split == "train" else self.eval_batch_size,
@@ -313,7 +316,7 @@ class ResflexDataModule(pl.LightningDataModule):
     def calibration_loader(self, size: Size) -> DataLoader:
         """Training images at ``size``, framed as evaluation frames them, shuffled (seeded by the run's
         seed): the unlabelled images BatchNorm statistics are re-estimated from (never an evaluation
-        split's)."""
+        split's). Unsharded: the calibration runs on rank 0 alone and reads what a single process would."""
         return self._loader("train", shuffle=True, size=size, eval_framing=True)
 
     def _eval_loaders(self, split: str) -> DataLoader | list[DataLoader]:

@@ -19,6 +19,19 @@ and a resumed run agree):
   exactly once per epoch (a bucket's last batch is smaller; with several
   ranks it is padded by repeating samples so every rank gets the same count).
 
+Padding (several ranks only): so that every rank takes the same number of steps of the
+same sizes, a rank's share is completed by repeating samples — at most one per rank for
+``square`` (the permutation is padded to a multiple of the world size, as
+``DistributedSampler`` does), at most one per rank per step for ``keep_aspect`` (each
+step's chunk is padded to a multiple of the world size). The repeats are always the last
+entries of their batch and :attr:`PlannedBatch.padding` counts them. Training keeps them
+(a few images seen twice in an epoch change nothing, and equal batches keep the ranks in
+step); evaluation must not count them: the LightningModule asks :func:`batch_padding` for
+each validation/test batch and updates its metrics and loss with the other samples only,
+so ``val/*`` and ``test/*`` count every image exactly once over the ranks, as a single
+process (which never pads) does. BatchNorm calibration, which runs on rank 0 alone, reads
+an unsharded loader (:meth:`ResflexDataModule.calibration_loader`): no padding there.
+
 Resume: :meth:`ResolutionBatchSampler.set_start_step` skips the first steps of
 the (reproducible) epoch plan without loading them; Lightning restarts a
 non-stateful epoch from its first batch while counting from the saved batch
@@ -72,12 +85,17 @@ class SampleRequest(NamedTuple):
 
 
 class PlannedBatch(NamedTuple):
-    """One step of an epoch plan, for this rank."""
+    """One step of an epoch plan, for this rank.
+
+    ``padding``: how many of the last ``indices`` repeat samples that some rank already has
+    (DDP padding, see the module docstring); 0 in a single process. Evaluation leaves them out.
+    """
 
     size: Size  # (h, w) every image of the batch is resized to
     scheduled: Size  # the schedule's size for the step (differs from ``size`` in keep_aspect)
     indices: list[int]
     phase: str | None
+    padding: int = 0
 
 
 class _EpochHook:
@@ -219,14 +237,17 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
                 order = torch.randperm(self.num_samples, generator=generator).tolist()
             else:
                 order = list(range(self.num_samples))
+            real = len(order)  # this rank's entries before the padding repeats
             if self.world_size > 1:
-                padded = order + order[: self._per_rank() * self.world_size - len(order)]
+                padded = (order * self.world_size)[: self._per_rank() * self.world_size]  # pad by repeating
                 order = padded[self.rank :: self.world_size]
+                real = len(range(self.rank, self.num_samples, self.world_size))  # the repeats come last
             start = 0
             for step, count in enumerate(self._square_layout(epoch)):
                 size = self._step_size(epoch, step)
                 phase = None if self.fixed_size else self.schedule.augment_at(epoch, step)
-                plan.append(PlannedBatch(size, size, order[start : start + count], phase))
+                padding = min(count, max(0, start + count - real))
+                plan.append(PlannedBatch(size, size, order[start : start + count], phase, padding))
                 start += count
             return plan
         members = self._bucket_members()
@@ -239,11 +260,13 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
             chunk = members[bucket][taken[bucket] : taken[bucket] + count]
             taken[bucket] += count
             per_rank = -(-len(chunk) // self.world_size)
+            real = len(range(self.rank, len(chunk), self.world_size))  # this rank's entries before padding
             chunk = (chunk * self.world_size)[: per_rank * self.world_size]  # pad by repeating
             scheduled = self._step_size(epoch, step)
             size = self.schedule.shape_for(scheduled, self.schedule.aspect_ratios[bucket])
             phase = None if self.fixed_size else self.schedule.augment_at(epoch, step)
-            plan.append(PlannedBatch(size, scheduled, chunk[self.rank :: self.world_size], phase))
+            mine = chunk[self.rank :: self.world_size]
+            plan.append(PlannedBatch(size, scheduled, mine, phase, len(mine) - real))
         return plan
 
     def num_batches(self, epoch: int) -> int:
@@ -270,6 +293,26 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
             h, w = batch.size
             epoch = self.epoch if self.training else None
             yield [SampleRequest(index, h, w, batch.phase, epoch) for index in batch.indices]
+
+
+def batch_padding(loader: Any, batch_idx: int, batch_len: int) -> int:
+    """How many of the last samples of ``loader``'s batch ``batch_idx`` are DDP padding repeats.
+
+    0 for a loader that is not planned by a :class:`ResolutionBatchSampler` (plain loaders, unit
+    tests) and always 0 in a single process. Evaluation plans do not depend on the epoch (no
+    shuffling), so the plan read here is the one the batch came from; ``batch_len`` is checked
+    against it (a batch always keeps its planned length: unreadable images are replaced, not dropped).
+    """
+    sampler = getattr(loader, "batch_sampler", None)
+    if not isinstance(sampler, ResolutionBatchSampler):
+        return 0
+    plan = sampler.plan()
+    if not 0 <= batch_idx < len(plan) or len(plan[batch_idx].indices) != batch_len:
+        raise RuntimeError(
+            f"evaluation batch {batch_idx} has {batch_len} samples, which its loader's plan "
+            f"({len(plan)} batches) does not match: cannot tell its padding repeats"
+        )
+    return plan[batch_idx].padding
 
 
 class ScheduleLengthSync(pl.Callback):

@@ -31,6 +31,7 @@ from resflex.compat import attached_trainer, is_compiled
 from resflex.data.device_decode import EncodedBatch
 from resflex.data.eval_sizes import loader_sizes
 from resflex.data.naflex import TokenBatch
+from resflex.data.sampler import batch_padding
 from resflex.errors import ConfigError
 from resflex.models.bn_calibration import BN_STATS_KEY, TrackedSizeStats, has_batchnorm, side_of
 from resflex.models.classifier import ImageClassifier
@@ -411,35 +412,63 @@ class ClassificationModule(pl.LightningModule):
         h, w = sizes[dataloader_idx] if sizes and dataloader_idx < len(sizes) else images.shape[-2:]
         return int(h), int(w)
 
-    def _count_correct(
-        self, stage: str, dataloader_idx: int, size: tuple[int, int], correct: torch.Tensor
+    def _count(
+        self,
+        stage: str,
+        dataloader_idx: int,
+        size: tuple[int, int],
+        correct: torch.Tensor,
+        loss_sum: torch.Tensor,
     ) -> None:
-        """Add a batch's (correct, seen) to the per-size counts behind the robustness summary."""
+        """Add a batch's (correct, seen, summed loss) to the per-size counts of the epoch: the robustness
+        summary's, and under DDP the per-size accuracy and loss themselves (:meth:`_log_counted`)."""
         counts = self._size_counts.setdefault(stage, {})
         entry = counts.get(dataloader_idx)
         batch = torch.stack(
-            [correct.sum().float(), torch.tensor(float(correct.numel()), device=correct.device)]
+            [
+                correct.sum().float(),
+                torch.tensor(float(correct.numel()), device=correct.device),
+                loss_sum.detach().float(),
+            ]
         )
         counts[dataloader_idx] = (size, batch if entry is None else entry[1] + batch)
 
-    def _log_size_robustness(self, stage: str) -> None:
-        """``<stage>/acc_worst``, ``acc_mean_sizes``, ``acc_range*`` over the evaluation sizes
-        (:mod:`resflex.training.robustness`), from exact counts summed over ranks.
+    def _log_counted(self, stage: str) -> None:
+        """What the epoch's exact counts give, summed over ranks.
 
-        Only when every evaluation size was evaluated: an epoch that validates the main size alone
-        (``eval.sizes_every_epoch=false``) logs no "mean over sizes" that is just ``val/acc``."""
+        Under DDP, ``<stage>/acc@<size>``, ``<stage>/loss@<size>`` and ``<stage>/loss``: Lightning's
+        ``sync_dist`` mean of a per-batch value averages the ranks' batch-size counters as integers
+        (``lightning_fabric``'s ``_sync_ddp``), which truncates when the ranks counted different numbers
+        of images — which they do once padding repeats are left out. In one process they are logged
+        per batch (:meth:`_eval_step`), as always.
+
+        Then ``<stage>/acc_worst``, ``acc_mean_sizes``, ``acc_range*`` over the evaluation sizes
+        (:mod:`resflex.training.robustness`), only when every evaluation size was evaluated: an epoch
+        that validates the main size alone (``eval.sizes_every_epoch=false``) logs no "mean over
+        sizes" that is just ``val/acc``."""
         counts = self._size_counts.pop(stage, {})
-        if not counts or 0 not in counts:
+        if not counts:
             return
         trainer = attached_trainer(self)
+        order = sorted(counts)
+        totals = torch.stack([counts[k][1] for k in order])
+        distributed = trainer is not None and trainer.world_size > 1
+        if distributed:  # every rank ran every loader, so every rank reduces the same keys
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        totals = totals.detach().cpu()
+        for i, k in enumerate(order if distributed else ()):
+            correct, seen, loss_sum = (float(v) for v in totals[i])
+            if seen > 0:
+                tag = size_tag(*counts[k][0])
+                self.log(f"{stage}/acc@{tag}", correct / seen, add_dataloader_idx=False)
+                self.log(f"{stage}/loss@{tag}", loss_sum / seen, add_dataloader_idx=False)
+                if k == 0:
+                    self.log(f"{stage}/loss", loss_sum / seen, add_dataloader_idx=False)
+        if 0 not in counts:
+            return
         sizes = loader_sizes(trainer)
         if sizes and len(counts) < len(sizes):
             return
-        order = sorted(counts)
-        totals = torch.stack([counts[k][1] for k in order])
-        if trainer is not None and trainer.world_size > 1:
-            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        totals = totals.detach().cpu()
         accuracy = {
             counts[k][0]: float(totals[i, 0] / totals[i, 1]) for i, k in enumerate(order) if totals[i, 1] > 0
         }
@@ -454,42 +483,79 @@ class ClassificationModule(pl.LightningModule):
         self._size_counts.pop("test", None)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_size_robustness("val")
+        self._log_counted("val")
         self._use_main_size_stats()
 
     def on_test_epoch_end(self) -> None:
-        self._log_size_robustness("test")
+        self._log_counted("test")
         self._use_main_size_stats()
 
+    def _eval_padding(self, stage: str, dataloader_idx: int, batch_idx: int, batch_len: int) -> int:
+        """How many of this evaluation batch's last samples are DDP padding repeats (0 in one process).
+
+        The sampler that planned the batch knows (:func:`resflex.data.sampler.batch_padding`); the
+        loader is the trainer's ``dataloader_idx``-th of ``stage``. 0 without a trainer or a resflex loader.
+        """
+        trainer = attached_trainer(self)
+        if trainer is None:
+            return 0
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        if loaders is None:
+            return 0
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        if dataloader_idx >= len(loaders):
+            return 0
+        return batch_padding(loaders[dataloader_idx], batch_idx, batch_len)
+
     def _eval_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        stage: str,
+        dataloader_idx: int = 0,
+        batch_idx: int = 0,
     ) -> torch.Tensor:
         """Loss/accuracy per evaluation size (``val/acc@64``); loader 0 is the main size (``val/acc``).
 
         Metrics are named by size, not loader index (``add_dataloader_idx=False``).
-        The per-size accuracy is a batch mean weighted by ``batch_size``, i.e. exact.
-        Returns the predicted classes (callbacks count them: the confusion matrix).
+        The per-size accuracy is a batch mean weighted by ``batch_size``, i.e. exact; under DDP the
+        per-size numbers and the loss come from exact sums over the ranks at the epoch's end
+        (:meth:`_log_counted`).
+        Under DDP a batch may end with padding repeats (samples another rank also evaluates, so
+        that every rank takes the same steps: :mod:`resflex.data.sampler`); they are computed but
+        left out of every metric and of the loss, so each image counts once over the ranks and the
+        numbers equal a single process's (``scripts/eval.py``). A single process never pads.
+        Returns the predicted classes of the counted samples, the first ones of the batch
+        (callbacks count them against the batch's first labels: the confusion matrix).
         """
         images, labels = batch
         size = self._eval_size(dataloader_idx, images)
         if self.size_stats is not None:
             self.size_stats.use(side_of(size))
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        padding = self._eval_padding(stage, dataloader_idx, batch_idx, len(labels))
+        if padding:  # the repeats are the batch's last samples
+            logits, labels = logits[: len(labels) - padding], labels[: len(labels) - padding]
         n = len(labels)
+        # no sample left (a rank's batch of repeats alone): weight 0, not the NaN of an empty mean
+        loss = F.cross_entropy(logits, labels) if n else logits.new_zeros(())
         tag = size_tag(*size)
         preds = logits.argmax(dim=-1)
         hits = preds == labels
-        self._count_correct(stage, dataloader_idx, size, hits)
-        correct = hits.float().mean()
-        per_size = dict(on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
-        self.log(f"{stage}/acc@{tag}", correct, **per_size)
-        self.log(f"{stage}/loss@{tag}", loss, **per_size)
+        self._count(stage, dataloader_idx, size, hits, loss * n)
+        trainer = attached_trainer(self)
+        # under DDP the per-size numbers and the loss come from exact sums at the epoch's end
+        per_batch = trainer is None or trainer.world_size == 1
+        if per_batch:
+            per_size = dict(on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
+            self.log(f"{stage}/acc@{tag}", hits.float().mean(), **per_size)
+            self.log(f"{stage}/loss@{tag}", loss, **per_size)
         if dataloader_idx != 0:
             return preds
         acc = getattr(self, f"{stage}_acc")
-        acc(logits, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
+        if n:  # torchmetrics cannot take an empty batch
+            acc(logits, labels)
+        if per_batch:
+            self.log(f"{stage}/loss", loss, **per_size)
         self.log(
             f"{stage}/acc",
             acc,
@@ -500,19 +566,20 @@ class ClassificationModule(pl.LightningModule):
         )
         if self.top5:
             acc5 = getattr(self, f"{stage}_acc5")
-            acc5(logits, labels)
+            if n:
+                acc5(logits, labels)
             self.log(f"{stage}/acc_top5", acc5, on_epoch=True, batch_size=n, add_dataloader_idx=False)
         return preds
 
     def validation_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> torch.Tensor:
-        return self._eval_step(batch, "val", dataloader_idx)
+        return self._eval_step(batch, "val", dataloader_idx, batch_idx)
 
     def test_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> torch.Tensor:
-        return self._eval_step(batch, "test", dataloader_idx)
+        return self._eval_step(batch, "test", dataloader_idx, batch_idx)
 
     # ---- optimisation ----------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

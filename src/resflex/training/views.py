@@ -211,7 +211,8 @@ class ConfusionMatrixFigure(pl.Callback):
     ) -> None:
         if self.metric is None or dataloader_idx != 0 or not isinstance(outputs, torch.Tensor):
             return
-        self.metric.update(outputs.to(pl_module.device), batch[1])
+        # the step returns the counted samples' predictions, the batch's first (DDP padding repeats last)
+        self.metric.update(outputs.to(pl_module.device), batch[1][: len(outputs)].to(pl_module.device))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.metric is not None and self.metric.update_count:
