@@ -153,6 +153,25 @@ def test_eval_refuses_unsafe_and_missing_checkpoints(tmp_path: Path) -> None:
         evaluate(cfg)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.split=train", "eval.split=train: evaluation reads val or test"),  # it read test
+        ("eval.batch_size=0", "eval.batch_size=0 is invalid"),  # it was taken as unset
+    ],
+)
+def test_eval_settings_a_run_cannot_honour_are_refused(tmp_path: Path, override: str, message: str) -> None:
+    from resflex.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    if override.startswith("eval.batch_size"):  # checked against the run's config: a run is needed
+        train_tiny_run(run_dir, "eval.bn_calibration=false")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", override], tmp_path / "e")
+    with pytest.raises(ConfigError, match=message):
+        evaluate(cfg)
+
+
 def test_eval_cli_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
     result = run_cli([f"ckpt_path={tmp_path / 'nope.ckpt'}"], cwd=tmp_path, script=EVAL_SCRIPT)
     assert result.returncode == 2

@@ -57,6 +57,7 @@ from resflex.runtime import (
     size_tag,
 )
 from resflex.training.robustness import range_phrase, summarize_sizes
+from resflex.validation import check_value
 
 log = logging.getLogger("resflex")
 
@@ -81,13 +82,18 @@ def compose_eval_config(cfg: DictConfig, run: Run) -> DictConfig:
         merged.resolution.eval_size = sizes[0]
         merged.eval = {"resolutions": sizes[1:]}
     # else: the sizes the training run evaluated at (its eval size and eval.resolutions / eval.seq_lens)
-    if cfg.eval.get("batch_size"):
+    if cfg.eval.get("batch_size") is not None:
+        check_value("eval.batch_size", cfg.eval.batch_size, int, lambda v: v >= 1, "a whole number >= 1")
         merged.data.batch_size = int(cfg.eval.batch_size)
         if "eval_batch_size" in merged.data:
             merged.data.eval_batch_size = int(cfg.eval.batch_size)
     if cfg.eval.get("num_workers") is not None:
         merged.data.num_workers = int(cfg.eval.num_workers)
     return merged
+
+
+#: the splits scripts/eval.py evaluates (the data module's evaluation loaders)
+EVAL_SPLITS = ("val", "test")
 
 
 def eval_seq_lens(cfg: DictConfig, run: Run) -> list[int]:
@@ -229,9 +235,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` at each of ``cfg.eval.resolutions``; returns the record in eval.json."""
     quiet_library_noise()
     started = time.time()
+    split = str(cfg.eval.get("split", "val"))
+    if split not in EVAL_SPLITS:  # the training split has no evaluation loader (and no held-out meaning)
+        raise ConfigError(f"eval.split={split}: evaluation reads val or test", hint="eval.split=val|test")
     run = open_run(cfg.get("ckpt_path"), cfg.get("run_config"))  # first: refuses unsafe files early
     run_cfg = compose_eval_config(cfg, run)
-    split = str(cfg.eval.get("split", "val"))
 
     datamodule = build_datamodule(run_cfg)
     if not datamodule.has_split(split):
