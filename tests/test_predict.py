@@ -214,6 +214,9 @@ def test_predict_bad_inputs_fail_in_one_line_and_write_nothing(trained: dict, tm
         ([f"input={tmp_path / 'nowhere'}"], DataError, "input not found"),
         (["predict.size=abc"], ConfigError, "predict.size"),
         (["predict.size=4"], ConfigError, "too small"),
+        (["predict.topk=0"], ConfigError, "predict.topk=0 is invalid"),  # rows with no class before
+        (["predict.max_side=0"], ConfigError, "predict.max_side=0 is invalid"),  # a traceback with native
+        (["predict.batch_size=0"], ConfigError, "predict.batch_size=0 is invalid"),
     ]
     for overrides, error, message in cases:
         args = [f"input={text}", f"output={out}", *overrides]
@@ -223,6 +226,12 @@ def test_predict_bad_inputs_fail_in_one_line_and_write_nothing(trained: dict, tm
         assert "\n" not in str(info.value)
         assert not out.exists()
     assert not (tmp_path / "hacked").exists()
+    (tmp_path / "a_file").write_text("x")  # an output whose folder is a file: refused before any image
+    inside_a_file = tmp_path / "a_file" / "p.csv"
+    args = [f"ckpt_path={trained['ckpt']}", f"input={text}", f"output={inside_a_file}"]
+    cfg = compose_config("predict", args, tmp_path / "p")
+    with pytest.raises(DataError, match="cannot write output="):
+        predict(cfg)
 
 
 @pytest.mark.slow  # a subprocess: the in-process test above covers the same errors

@@ -66,6 +66,7 @@ from resflex.run import open_run
 from resflex.runtime import resolve_device, size_tag
 from resflex.training.robustness import RANGE_TOLERANCE
 from resflex.types import Size
+from resflex.validation import check_value
 
 __all__ = [
     "NAMED_SIZES",
@@ -212,6 +213,21 @@ def _auto_text(candidates: list[Size], source: str | None) -> str:
     return f"{sizes} (the robust sizes of the {source} curve: within {RANGE_TOLERANCE:g} of the best)"
 
 
+def check_writable_output(output: Path) -> None:
+    """One line before any image is read when ``output`` cannot be written (its folder is a file, no
+    permission): a probe file beside it is created and removed."""
+    probe = output.with_name(f".{output.name}.probe")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(
+            f"cannot write output={output}: {exc.strerror or exc}",
+            hint=f"output=<a writable folder>/{output.name}",
+        ) from None
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """The task of ``scripts/predict.py``; returns the record (also in the ``.json`` output)."""
     from resflex.runtime import quiet_library_noise
@@ -225,9 +241,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )
     if output.suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"output must end in .csv or .json, got {output}", hint="output=preds.csv")
-    batch_size = settings.batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"predict.batch_size must be a positive integer, got {batch_size!r}")
+    positive = "a whole number >= 1"
+    batch_size = check_value("predict.batch_size", settings.batch_size, int, lambda v: v >= 1, positive)
+    check_value("predict.topk", settings.topk, int, lambda v: v >= 1, f"{positive} (classes per row)")
+    check_value("predict.max_side", settings.max_side, int, lambda v: v >= 1, f"{positive} (pixels)")
+    check_writable_output(output)
     run = open_run(cfg.ckpt_path, cfg.get("run_config"))
     check_naflex_options(run, settings.size, settings.seq_len)
     decoder = OmegaConf.select(run.config, "data.source.decoder", default=None) or DEFAULT_DECODER
