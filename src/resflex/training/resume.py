@@ -181,6 +181,8 @@ def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overri
     Nothing to compare with (a checkpoint outside a run folder, a folder without the copy or a
     record): nothing is checked.
     """
+    if not isinstance(cfg.get("resume_check", True), bool):
+        raise ConfigError(f"resume_check must be true or false, not {cfg.get('resume_check')!r}")
     output_dir = Path(output_dir)
     source = _source_folder(ckpt_path, output_dir)
     saved, original = read_original(source)
