@@ -1,8 +1,10 @@
 """The layout of a run folder: where training leaves each file, and the plain readers of them.
 
 ``<run>/.hydra/config.yaml`` (the composed config; Hydra also saves ``overrides.yaml`` and
-``hydra.yaml`` there), ``<run>/checkpoints/*.ckpt``, ``<run>/metrics.json`` (the run's
-record) and ``<run>/classes.json`` (its class names). Only this module and
+``hydra.yaml`` there), ``<run>/.hydra/original/`` (the config and overrides the run was
+started with: Hydra rewrites ``.hydra/`` at every start, a resume's included, so training
+keeps this copy to check a resume against), ``<run>/checkpoints/*.ckpt``, ``<run>/metrics.json``
+(the run's record) and ``<run>/classes.json`` (its class names). Only this module and
 :mod:`resflex.run` (which gives the files their meaning: the config in today's layout, the
 weights, the classes) name those files; ``tests/test_run.py`` fails on a new reader.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ HYDRA_DIR = ".hydra"
 CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = "overrides.yaml"
 HYDRA_FILE = "hydra.yaml"
+#: ``<run>/.hydra/original/{config,overrides}.yaml``: what the run was started with, kept across resumes
+ORIGINAL_DIR = "original"
 #: the run's record (written by :mod:`resflex.training.results`) and its class names (model card)
 METRICS_FILE = "metrics.json"
 CLASSES_FILE = "classes.json"
@@ -40,6 +45,51 @@ CLASSES_FILE = "classes.json"
 def hydra_file(run_dir: str | Path, name: str = CONFIG_FILE) -> Path:
     """``<run>/.hydra/<name>``: the composed config (default), ``overrides.yaml`` or ``hydra.yaml``."""
     return Path(run_dir) / HYDRA_DIR / name
+
+
+def original_file(run_dir: str | Path, name: str = CONFIG_FILE) -> Path:
+    """``<run>/.hydra/original/<name>``: the config (default) or ``overrides.yaml`` the run started with."""
+    return Path(run_dir) / HYDRA_DIR / ORIGINAL_DIR / name
+
+
+def save_original(run_dir: str | Path, config: Any, overrides: list[str]) -> None:
+    """Keep what a run was started with (``config`` unresolved, as Hydra saves it), for later resumes."""
+    folder = original_file(run_dir).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, folder / CONFIG_FILE, resolve=False)
+    OmegaConf.save(OmegaConf.create([str(o) for o in overrides]), folder / OVERRIDES_FILE)
+
+
+def read_original(run_dir: str | Path) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """(config unresolved, overrides) the run was started with; None for either when absent or
+    unreadable (a run folder from before this copy was kept, or one cut short while writing it)."""
+    config: dict[str, Any] | None = None
+    overrides: list[str] | None = None
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(original_file(run_dir)), resolve=False)
+        config = loaded if isinstance(loaded, dict) else None  # type: ignore[assignment]
+    except Exception:
+        config = None
+    try:
+        overrides = [str(o) for o in OmegaConf.load(original_file(run_dir, OVERRIDES_FILE)) or []]  # type: ignore[union-attr]
+    except Exception:
+        overrides = None
+    return config, overrides
+
+
+def restore_hydra_files(run_dir: str | Path) -> None:
+    """Put the original config and overrides back into ``<run>/.hydra/``, which the refused resume's
+    Hydra start has just rewritten (the folder's checkpoints are still the original run's)."""
+    for name in (CONFIG_FILE, OVERRIDES_FILE):
+        source, target = original_file(run_dir, name), hydra_file(run_dir, name)
+        if source.is_file() and target.parent.is_dir():
+            shutil.copyfile(source, target)
+
+
+def checkpoint_run_folder(ckpt: str | Path) -> Path:
+    """The run folder a checkpoint belongs to: ``<run>`` for ``<run>/checkpoints/x.ckpt``, else its folder."""
+    parent = Path(str(ckpt)).expanduser().resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
 
 
 def is_run_folder(folder: str | Path) -> bool:

@@ -57,6 +57,13 @@ from resflex.training.results import (
     run_hparams,
     write_metrics_json,
 )
+from resflex.training.resume import (
+    ResumeRefused,
+    current_overrides,
+    prepare_run_folder,
+    resume_command,
+    resumes_so_far,
+)
 from resflex.training.run_record import RunRecord
 from resflex.training.selection import apply_monitor
 
@@ -110,9 +117,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         # every key and path, before any data is read (resflex/preflight.py): a mistake costs one line
         ckpt_path = check_before_work(cfg)
+        # a resume continues the run's own experiment (or is refused in one line); a run that starts
+        # here keeps the config it was started with (resflex/training/resume.py)
+        original = prepare_run_folder(cfg, ckpt_path, output_dir, write=is_global_zero(None))
+        if original is not None:  # this folder's run, continued: the record keeps how it was started
+            record.resumes = [*resumes_so_far(output_dir), record.overrides or []]
+            record.overrides = original
         share_data_profile(cfg, sweep_dir())  # in a sweep: the data profile figure once
         trainer = build_trainer(cfg, record)  # Lightning checks the trainer.* keys
     except BaseException as exc:
+        if isinstance(exc, ResumeRefused):
+            raise  # the run folder stays the original run's: its record and its .hydra files
         record.status, record.error = "failed", describe_error(exc)
         record.wall_time_s = round(time.time() - started, 2)
         if is_global_zero(None):  # nothing ran: the record says why, no end-of-run report
@@ -216,10 +231,13 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
             except BaseException as exc:
                 if not is_interruption(exc) or full_error_requested():
                     raise
-                # SIGTERM / Ctrl-C: the checkpoint is saved (SaveOnInterrupt); say how to resume
+                # SIGTERM / Ctrl-C: the checkpoint is saved (SaveOnInterrupt); say how to resume: the
+                # run's own overrides, or the resume would be refused (resflex/training/resume.py)
+                overrides, config_name = current_overrides()
+                command = resume_command(overrides, cfg.paths.output_dir, "last", config_name)
                 print(
                     f"interrupted: checkpoint saved in {Path(cfg.paths.output_dir) / 'checkpoints'}; "
-                    f"resume with ckpt_path=last hydra.run.dir={cfg.paths.output_dir}",
+                    f"resume with: {command}",
                     file=sys.stderr,
                 )
                 raise SystemExit(143 if isinstance(exc, SIGTERMException) else 130) from None

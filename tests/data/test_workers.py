@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 
 import resflex.data.workers
@@ -121,3 +122,47 @@ def test_a_run_with_auto_says_what_it_chose(
         record = train(cfg)
     assert record["status"] == "completed"
     assert "data loader: 0 worker(s) (data.num_workers=auto)" in caplog.messages
+
+
+class _WorkerState(torch.utils.data.Dataset):
+    """One item: the worker's SIGTERM disposition and its torch / numpy / random draws."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> tuple[bool, float, float, float]:
+        import random
+        import signal
+
+        import numpy as np
+
+        ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        return ignored, float(torch.rand(())), float(np.random.rand()), random.random()
+
+
+def _worker_items(worker_init_fn: object) -> list[list[float]]:
+    loader = torch.utils.data.DataLoader(
+        _WorkerState(), batch_size=None, num_workers=1, worker_init_fn=worker_init_fn
+    )
+    return [[float(v) for v in item] for item in loader]
+
+
+def test_workers_ignore_sigterm_and_are_seeded_as_lightning_seeds_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """init_worker replaces the worker_init_fn Lightning would add (seed_everything(workers=True)): same
+    draws as Lightning's, and SIGTERM ignored (a group kill is the main process's to handle)."""
+    from functools import partial
+
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.seed import pl_worker_init_function
+
+    from resflex.data.workers import init_worker
+
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    pl.seed_everything(3, workers=True, verbose=False)
+    lightning = _worker_items(partial(pl_worker_init_function, rank=1))
+    pl.seed_everything(3, workers=True, verbose=False)
+    ours = _worker_items(partial(init_worker, rank=1))
+    assert [item[0] for item in ours] == [1.0, 1.0] and [item[0] for item in lightning] == [0.0, 0.0]
+    assert [item[1:] for item in ours] == [item[1:] for item in lightning]

@@ -43,7 +43,7 @@ from resflex.data.sampler import ResolutionBatchSampler
 from resflex.data.schedule import ResolutionSchedule
 from resflex.data.sized_dataset import SizedDataset, Transform, mean_color
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
-from resflex.data.workers import AUTO, auto_num_workers
+from resflex.data.workers import AUTO, auto_num_workers, init_worker
 from resflex.errors import ConfigError
 from resflex.types import Size
 
@@ -244,6 +244,9 @@ class ResflexDataModule(pl.LightningDataModule):
                 persistent_workers=self.requested_persistent_workers and workers > 0 and not eval_framing,
                 prefetch_factor=self.requested_prefetch_factor if workers > 0 else None,
                 collate_fn=collate,
+                # workers ignore SIGTERM (a group kill reaches the main process only) and seed as
+                # Lightning would (resflex.data.workers.init_worker)
+                worker_init_fn=partial(init_worker, rank=rank) if workers > 0 else None,
             )
         return self._loaders[key]
 

@@ -20,7 +20,10 @@ class RunRecord:
 
     output_dir: str
     status: str = "running"
+    # the command-line overrides the run was started with; a resume in its folder keeps them, and adds
+    # its own to ``resumes`` (resflex.training.resume)
     overrides: list[str] | None = None
+    resumes: list[list[str]] | None = None
     choices: dict[str, Any] | None = None
     data_profile: dict[str, Any] | None = None
     wall_time_s: float | None = None
@@ -37,6 +40,7 @@ class RunRecord:
         out: dict[str, Any] = {"status": self.status, "output_dir": self.output_dir}
         optional = (
             ("overrides", self.overrides),
+            ("resumes", self.resumes),
             ("choices", self.choices),
             ("data_profile", self.data_profile),
             ("checkpoint", self.checkpoint),

@@ -84,7 +84,11 @@ class SaveOnInterrupt(FillsRunRecord, pl.Callback):
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
         path = checkpoint_dir(trainer) / "last.ckpt"
-        trainer.save_checkpoint(path)
+        # weights_only=False: save the whole training state (optimizer, loops, callbacks), which a resume
+        # needs. This is Trainer.save_checkpoint's "save only the weights" switch, not torch.load's safety
+        # flag; left unset, Lightning says "`weights_only` was not set, defaulting to `False`" on the
+        # console. Loading stays weights_only=True (AtomicCheckpointIO.load_checkpoint, safe_load).
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved_path = str(path)
         if self.run_record is not None:
             self.run_record.checkpoint = self.saved_path

@@ -1,0 +1,254 @@
+"""Resuming a run: the same experiment or a one-line refusal, and the command that resumes it.
+
+A checkpoint holds the weights, the optimizer and the loops' positions, not the config. So
+``ckpt_path=last hydra.run.dir=<run>`` alone used to continue a 600-image run's checkpoint on
+the 3000-image default data with the default epochs, without a word, and Hydra then replaced
+the run folder's ``.hydra/overrides.yaml`` with ``[ckpt_path=last]``. Hence:
+
+- :func:`resume_command`: what an interrupted run prints, its own overrides plus
+  ``ckpt_path=last hydra.run.dir=<run>``, each quoted for the shell.
+- :func:`prepare_run_folder`: a run that starts (not one that continues) keeps the config and
+  overrides it was started with in ``<run>/.hydra/original/``
+  (:func:`resflex.run_folder.save_original`). Hydra rewrites ``.hydra/config.yaml`` before the
+  task runs, a resume's included, so that file cannot say what the checkpoint was trained with.
+- A resume from a checkpoint of a run folder that holds that copy is compared with it
+  (:func:`config_differences`): a difference outside :data:`MAY_CHANGE_ON_RESUME` is refused in
+  one line naming the first keys, with the command that resumes with the run's own overrides;
+  the folder's ``.hydra/`` files and record stay the original run's. ``resume_check=false``
+  resumes anyway (the differences are logged). A folder from before the copy was kept is
+  compared by the overrides of its record (``metrics.json``).
+- The record of a continued run keeps the overrides it was started with (``overrides``) and
+  lists each resume's own (``resumes``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from resflex.errors import ConfigError
+from resflex.run_folder import (
+    checkpoint_run_folder,
+    read_original,
+    read_record,
+    restore_hydra_files,
+    save_original,
+)
+
+log = logging.getLogger("resflex")
+
+#: config keys (and everything under them) a resume may change: where the files are, how long the run
+#: goes, and what is logged, shown, saved or measured, not what is trained. Everything else (data,
+#: model, backbone, pooling, resolution schedule, optimizer, scheduler, fine-tuning, seed, devices,
+#: precision, batches per epoch...) must equal the run's own, or the checkpoint would continue a
+#: different experiment (and the sampler's mid-epoch position would be wrong).
+MAY_CHANGE_ON_RESUME = (
+    # what to resume from, the check itself, where the run's files are
+    "ckpt_path",
+    "resume_check",
+    "paths",
+    "hydra",
+    "trainer.default_root_dir",
+    # how long: extend (or shorten) a run; logged, since schedules over the run's length follow it
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.min_epochs",
+    "trainer.min_steps",
+    # what is logged, shown, saved and measured
+    "logger",
+    "callbacks",
+    "eval",
+    "test_after_fit",
+    "data.eval_batch_size",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+    "trainer.limit_test_batches",
+    # loader processes: each sample's augmentation is seeded by (seed, epoch, index), not by worker
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.prefetch_factor",
+)
+#: changes the run is told about: the LR schedule (and a progressive resolution schedule) follow the length
+LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+#: Lightning's own ``ckpt_path`` keywords: a checkpoint of this run folder
+_LIGHTNING_KEYWORDS = ("best", "hpc", "registry")
+_UNSET = object()
+_SHOWN = 3  # differing keys named in the refusal
+
+
+class ResumeRefused(ConfigError):
+    """A resume whose config differs from the run's own; the run folder is left as it was."""
+
+
+def override_key(override: str) -> str:
+    """``a.b`` of ``a.b=1``, ``+a.b=1``, ``++a.b=1`` and ``~a.b``."""
+    return str(override).split("=", 1)[0].lstrip("+~")
+
+
+def may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE_ON_RESUME)
+
+
+def task_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` unresolved, without the ``hydra`` node: what Hydra saves as ``.hydra/config.yaml``."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(container, dict)
+    return {k: v for k, v in container.items() if k != "hydra"}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping) and node:
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: node}
+
+
+def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, new value)`` for every leaf that differs, in the new config's order
+    (a key only one side has: the other is unset)."""
+    old, now = _flatten(saved), _flatten(new)
+    keys = [*now, *(k for k in old if k not in now)]
+    pairs = [(k, old.get(k, _UNSET), now.get(k, _UNSET)) for k in keys]
+    return [(k, before, after) for k, before, after in pairs if before != after]
+
+
+def override_differences(saved: Iterable[str], new: Iterable[str]) -> list[tuple[str, Any, Any]]:
+    """The same from two override lists (a run folder from before the original config was kept)."""
+
+    def as_dict(items: Iterable[str]) -> dict[str, Any]:
+        return {override_key(o): (str(o).split("=", 1)[1] if "=" in str(o) else None) for o in items}
+
+    return config_differences(as_dict(saved), as_dict(new))
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _UNSET else str(value)
+
+
+def launch_command() -> list[str]:
+    """How this run was started: ``python <script>.py`` or an installed entry point (``resflex-train``)."""
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if script.endswith(".py"):
+        return ["python", script]
+    if Path(script).name.startswith("resflex-"):
+        return [Path(script).name]
+    return ["python", "scripts/train.py"]
+
+
+def resume_command(
+    overrides: Sequence[str], run_dir: str | Path, ckpt: str = "last", config_name: str | None = None
+) -> str:
+    """The shell command that resumes a run: its overrides (any ``ckpt_path``/``hydra.run.dir`` dropped)
+    plus ``ckpt_path=<ckpt> hydra.run.dir=<run_dir>``, each quoted for the shell."""
+    kept = [str(o) for o in overrides if override_key(o) not in ("ckpt_path", "hydra.run.dir")]
+    head = launch_command()
+    if config_name and config_name != "train":
+        head.append(f"--config-name={config_name}")
+    tail = [*kept, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}"]
+    return " ".join([*head, *(shlex.quote(o) for o in tail)])
+
+
+def current_overrides() -> tuple[list[str], str | None]:
+    """This run's command-line overrides and config name (Hydra's); ``([], None)`` outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return [], None
+    hc = HydraConfig.get()
+    return [str(o) for o in hc.overrides.task], hc.job.get("config_name")
+
+
+def _source_folder(ckpt_path: str, output_dir: Path) -> Path:
+    return output_dir if ckpt_path in _LIGHTNING_KEYWORDS else checkpoint_run_folder(ckpt_path)
+
+
+def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overrides: Sequence[str]) -> None:
+    """Refuse (:class:`ResumeRefused`) a resume whose config differs from that of the run that wrote the
+    checkpoint in anything but :data:`MAY_CHANGE_ON_RESUME`; log the length keys that changed.
+
+    Nothing to compare with (a checkpoint outside a run folder, a folder without the copy or a
+    record): nothing is checked.
+    """
+    if not isinstance(cfg.get("resume_check", True), bool):
+        raise ConfigError(f"resume_check must be true or false, not {cfg.get('resume_check')!r}")
+    output_dir = Path(output_dir)
+    source = _source_folder(ckpt_path, output_dir)
+    saved, original = read_original(source)
+    if saved is not None:
+        differences = config_differences(saved, task_config(cfg))
+    else:  # a folder from before the copy was kept: its record's overrides
+        recorded = read_record(source).get("overrides")
+        if not isinstance(recorded, list):
+            return
+        original = [str(o) for o in recorded]
+        differences = override_differences(original, overrides)
+    refused = [(k, old, new) for k, old, new in differences if not may_change(k)]
+    listed = ", ".join(f"{k} (was {_shown(old)}, now {_shown(new)})" for k, old, new in refused[:_SHOWN])
+    more = f" and {len(refused) - _SHOWN} more" if len(refused) > _SHOWN else ""
+    if not refused or not cfg.get("resume_check", True):
+        if refused:
+            log.warning("resume_check=false: resuming %s with another config: %s%s", ckpt_path, listed, more)
+        for key, old, new in differences:
+            if key in LENGTH_KEYS:
+                log.warning(
+                    "resuming with %s=%s (the run was started with %s): schedules over the run's length "
+                    "(learning rate, a progressive resolution) follow the new one from here",
+                    key,
+                    _shown(new),
+                    _shown(old),
+                )
+        return
+    _, config_name = current_overrides()
+    ckpt_arg = "last" if str(cfg.get("ckpt_path")) == "last" else ckpt_path
+    command = resume_command(original or [], output_dir, ckpt_arg, config_name)
+    if source.resolve() == output_dir.resolve():
+        restore_hydra_files(output_dir)  # Hydra has just written the refused config there
+    raise ResumeRefused(
+        f"refusing to resume from {ckpt_path}: the config differs from the one the run was started with "
+        f"in {listed}{more}",
+        hint=f"resume with the run's own overrides: {command}; or add resume_check=false to resume "
+        "with the new values",
+    )
+
+
+def prepare_run_folder(
+    cfg: DictConfig, ckpt_path: str | None, output_dir: str | Path, write: bool = True
+) -> list[str] | None:
+    """Check a resume (:func:`check_resume`), then keep what a run that starts here was started with.
+
+    Returns the overrides the run was started with when this continues the run of ``output_dir``
+    (its copy is kept as it is), else None (a new run here: the copy is written, when ``write``:
+    rank 0 of a distributed run).
+    """
+    output_dir = Path(output_dir)
+    overrides, _ = current_overrides()
+    if ckpt_path is not None:
+        check_resume(cfg, ckpt_path, output_dir, overrides)
+        if _source_folder(ckpt_path, output_dir).resolve() == output_dir.resolve():
+            saved, original = read_original(output_dir)
+            if saved is not None:
+                return original or []
+            recorded = read_record(output_dir).get("overrides")
+            if isinstance(recorded, list):  # a folder from before the copy: its record's overrides
+                return [str(o) for o in recorded]
+    if write:
+        save_original(output_dir, task_config(cfg), overrides)
+    return None
+
+
+def resumes_so_far(output_dir: str | Path) -> list[list[str]]:
+    """The overrides of each earlier resume of this run folder (its record's ``resumes``)."""
+    resumes = read_record(output_dir).get("resumes")
+    return [list(map(str, r)) for r in resumes if isinstance(r, list)] if isinstance(resumes, list) else []

@@ -1,0 +1,173 @@
+"""Resume with the run's own config: the interrupt hint carries the run's overrides, a resume that
+composes a different experiment is refused in one line (the run folder left as it was), and a SIGTERM
+to the whole process group (``timeout``, ``scancel``) is an interruption like one to the main process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resflex.errors import find_user_error
+from resflex.run_folder import original_file, read_original
+from resflex.training.resume import (
+    ResumeRefused,
+    config_differences,
+    may_change,
+    override_differences,
+    resume_command,
+)
+from tests.conftest import REPO, RESUME_RUN, TRAIN_SCRIPT, run_cli, train_run
+from tests.faults import sigterm_at
+
+LIGHTNING_DEFAULT_NOTICE = "`weights_only` was not set"
+#: RESUME_RUN without what these tests do not look at: evaluation at other sizes, calibration, events
+QUICK = ("eval.resolutions=[]", "eval.bn_calibration=false", "logger=none")
+
+
+def test_resume_command_keeps_the_overrides_quoted_and_replaces_ckpt_path_and_run_dir() -> None:
+    command = resume_command(
+        ["data.source.num_train=600", "+tag=a b", "ckpt_path=other.ckpt", "hydra.run.dir=old"], "/r u/n"
+    )
+    words = shlex.split(command)
+    assert words[-4:] == ["data.source.num_train=600", "+tag=a b", "ckpt_path=last", "hydra.run.dir=/r u/n"]
+    assert words[0] == "python" and words[1].endswith(".py")
+
+
+def test_only_the_documented_keys_may_change_on_resume() -> None:
+    saved = {"trainer": {"max_epochs": 2, "devices": 1}, "data": {"num_workers": 2, "source": {"n": 600}}}
+    new = {"trainer": {"max_epochs": 6, "devices": 1}, "data": {"num_workers": 0, "source": {"n": 3000}}}
+    differences = config_differences(saved, new)
+    assert [k for k, *_ in differences] == ["trainer.max_epochs", "data.num_workers", "data.source.n"]
+    assert [k for k, *_ in differences if not may_change(k)] == ["data.source.n"]
+    assert may_change("callbacks.fault.step") and may_change("paths.output_dir") and not may_change("seed")
+    assert not may_change("trainer.devices") and not may_change("trainer.limit_train_batches")
+    # a folder from before the original config was kept: its record's overrides
+    legacy = override_differences(["a=1", "+b=2"], ["a=1", "ckpt_path=last"])
+    assert [k for k, *_ in legacy] == ["ckpt_path", "b"]
+
+
+def _hint_overrides(stderr: str) -> list[str]:
+    (line,) = [line for line in stderr.splitlines() if line.startswith("interrupted:")]
+    words = shlex.split(line.split("resume with: ", 1)[1])
+    assert words[:2] == ["python", str(TRAIN_SCRIPT)]
+    return words[2:]
+
+
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
+def test_the_printed_resume_command_resumes_and_a_different_data_size_is_refused(tmp_path: Path) -> None:
+    """The audit's case: a run with its own data size, killed, then resumed. The hint holds the run's
+    overrides; a resume composing other data is refused in one line, leaving the folder's config, overrides
+    and record as they were; the hint's command resumes, and the record keeps the run's overrides."""
+    run_dir = tmp_path / "run"
+    started = [*RESUME_RUN, *QUICK, *sigterm_at(7)]
+    killed = run_cli([*started, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert killed.returncode == 143, killed.stderr[-3000:]
+    hint = _hint_overrides(killed.stderr)
+    assert hint == [*started, "ckpt_path=last", f"hydra.run.dir={run_dir}"]
+    assert LIGHTNING_DEFAULT_NOTICE not in killed.stderr + killed.stdout  # SaveOnInterrupt's save
+
+    # in this process from here (the CLI's one-line rendering: test_cli.py); hydra_files: the resume's
+    # .hydra/config.yaml and overrides.yaml are rewritten first, as Hydra does before the task runs
+    saved = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
+    before = {name: (run_dir / name).read_text() for name in saved}
+    overrides = [o for o in hint if not o.startswith("hydra.run.dir=")]
+    other_data = [
+        *(o for o in overrides if not o.startswith("data.source.num_train=")),
+        "data.source.num_train=64",
+    ]
+    with pytest.raises(ResumeRefused) as refused:
+        train_run(other_data, run_dir, hydra_files=True)
+    message = find_user_error(refused.value).one_line()  # type: ignore[union-attr]
+    assert message.startswith("refusing to resume") and "\n" not in message
+    assert "data.source.num_train (was 48, now 64)" in message
+    assert shlex.join(hint) in message  # the command with the run's own overrides
+    assert {name: (run_dir / name).read_text() for name in saved} == before  # Hydra's rewrite undone
+
+    resumed = train_run(overrides, run_dir)
+    assert resumed["status"] == "completed"
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["overrides"] == started and record["resumes"] == [[*started, "ckpt_path=last"]]
+    assert read_original(run_dir)[1] == started
+
+
+def test_a_run_folder_from_before_the_copy_is_checked_by_its_record_and_resume_check_false_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    first = [*RESUME_RUN, *QUICK, "trainer.max_epochs=1"]
+    assert train_run(first, run_dir)["status"] == "completed"
+    for name in ("config.yaml", "overrides.yaml"):  # as a run folder written before this copy existed
+        original_file(run_dir, name).unlink()
+    with pytest.raises(ResumeRefused) as refused:
+        train_run([*RESUME_RUN, *QUICK, "resolution.size=48", "ckpt_path=last"], run_dir)
+    message = find_user_error(refused.value).one_line()  # type: ignore[union-attr]
+    assert "resolution.size (was 32, now 48)" in message and "\n" not in message
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"  # untouched
+
+    resumed = [*RESUME_RUN, *QUICK, "resolution.size=48", "resume_check=false", "ckpt_path=last"]
+    record = train_run(resumed, run_dir)
+    assert record["status"] == "completed" and record["overrides"] == [*first]
+    assert any("resume_check=false" in m and "resolution.size" in m for m in caplog.messages)
+
+
+def _processes_with(text: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="process groups and pgrep: Linux")
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_prints_the_hint(tmp_path: Path) -> None:
+    """``timeout``/``scancel``/container stops signal the whole group: the loader workers too. They ignore
+    it (resflex.data.workers.init_worker); the main process saves, prints the hint, exits 143, and no
+    worker is left behind."""
+    run_dir = tmp_path / "run"
+    marker = tmp_path / "training"
+    args = [
+        *(o for o in RESUME_RUN if not o.startswith("data.num_workers=")),
+        "data.num_workers=1",
+        "data.persistent_workers=true",
+        "+callbacks.marker._target_=tests.faults.MarkerAtStep",
+        "+callbacks.marker.step=2",
+        f"+callbacks.marker.path={marker}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as under setsid / timeout / a batch system
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "training never reached step 2"
+        os.killpg(proc.pid, signal.SIGTERM)  # the group: main process and its loader worker
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr and "killed by signal" not in stderr, stderr[-3000:]
+    assert _hint_overrides(stderr)[-2:] == ["ckpt_path=last", f"hydra.run.dir={run_dir}"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    deadline = time.monotonic() + 10
+    while _processes_with(str(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_with(str(run_dir)) == []  # no loader worker left behind
