@@ -26,7 +26,7 @@ from resflex.data.arguments import to_plain
 from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import drop_unfit_sizes
 from resflex.data.sampler import ScheduleLengthSync
-from resflex.errors import ConfigError, find_user_error, first_line
+from resflex.errors import ConfigError, DataError, find_user_error, first_line
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.runtime import resolve_precision
@@ -85,6 +85,13 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
     ``net`` nesting the backbone and pooling groups; only the class count comes from
     the data.
     """
+    if num_classes < 2:  # else torchmetrics refuses deep inside the module, naming none of this
+        root = OmegaConf.select(cfg, "data.root", default=None)
+        where = f" under {root}/train" if root else ""
+        raise DataError(
+            f"the data has {num_classes} class{where}: a classifier needs at least 2",
+            hint="one folder per class: <root>/train/<class>/<images>",
+        )
     module = build_node(cfg.model, **{"net.num_classes": num_classes})
     init_head_from_checkpoint(module.model)  # backbone.init_from + backbone.init_head=true: pooling, head
     return module

@@ -172,12 +172,6 @@ class ImageFolderSource(ImageSource):
         base = self.check_root(root)
         train_dir = base / "train"
         train = _scan_folder(train_dir, "data.root", self.bad_images, decoder)
-        if len(train.classes) < 2:
-            raise DataError(
-                f"data.root: {len(train.classes)} class folder under {train_dir} "
-                f"({', '.join(train.classes)}); a classifier needs at least 2",
-                hint="one folder per class: <root>/train/<class>/<images>",
-            )
         self.classes = list(train.classes)
         self.splits: dict[str, Dataset] = {}
         val_dir = base / "val"
