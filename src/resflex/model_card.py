@@ -10,6 +10,12 @@ config layouts arrive migrated to today's). Training writes the card when it end
 names also go to ``<run>/classes.json``, so a later ``load_classifier`` does not need
 the training data to name its outputs.
 
+The card is of the checkpoint the run folder stands for (its best, else ``last.ckpt``:
+:func:`resflex.run_folder.run_checkpoint`): its "Use it" snippets name that file, its numbers are
+those measured on it (the record's ``measured_on``; a split measured on another checkpoint is left
+out, and said so), labelled when they come after BatchNorm calibration, beside the value the
+checkpoint was selected on during training.
+
 The robust range the card states (which sizes the model holds up at) is computed in
 :mod:`resflex.robust_range`; this module only renders it. Its names are re-exported here.
 """
