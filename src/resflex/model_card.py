@@ -302,7 +302,7 @@ def _measured_lines(record: dict[str, Any], checkpoint: Path, why: str, other: d
     if calibrated:
         lines.append(
             f"{' and '.join(calibrated).capitalize()} numbers are after BatchNorm calibration "
-            "(`eval.bn_calibration`: statistics re-estimated per size after fit), so they differ from "
+            "(`eval.bn_calibration`: statistics re-estimated per size after fit), so they may differ from "
             "the values during training."
         )
     if best.get(monitor) is not None and best.get("checkpoint"):
