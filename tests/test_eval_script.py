@@ -58,6 +58,9 @@ def test_eval_matches_the_trainers_validation_at_each_size(tmp_path: Path) -> No
     # without the after-fit BatchNorm calibration the checkpoint is what the last validation used
     record = train_tiny_run(run_dir, "eval.bn_calibration=false")
     assert record["status"] == "completed"
+    # the extra size waits for a validation after fit (eval.sizes_every_epoch=false): the best's, as is
+    best = Path(record["best"]["checkpoint"]).name
+    assert record["measured_on"] == {"val": {"checkpoint": best, "bn_calibration": False}}
     assert record["params"]["frozen"] == 0 and record["params"]["trainable"] == record["params"]["total"] > 0
     trained = record["metrics"]
 
@@ -69,19 +72,19 @@ def test_eval_matches_the_trainers_validation_at_each_size(tmp_path: Path) -> No
     )
     result = evaluate(cfg)
     by_size = {r["resolution"]: r for r in result["results"]}
-    assert list(by_size) == ["32x32", "24x24"]
-    assert by_size["32x32"]["images"] == 16
+    assert list(by_size) == ["32 (buckets)", "24 (buckets)"]
+    assert by_size["32 (buckets)"]["images"] == 16
     # the same images, the same weights, the same preprocessing: the same numbers
-    assert by_size["32x32"]["acc"] == pytest.approx(trained["val/acc"], abs=1e-6)
-    assert by_size["32x32"]["loss"] == pytest.approx(trained["val/loss"], rel=1e-4)
-    assert by_size["24x24"]["acc"] == pytest.approx(trained["val/acc@24"], abs=1e-6)
-    assert by_size["24x24"]["loss"] == pytest.approx(trained["val/loss@24"], rel=1e-4)
+    assert by_size["32 (buckets)"]["acc"] == pytest.approx(trained["val/acc"], abs=1e-6)
+    assert by_size["32 (buckets)"]["loss"] == pytest.approx(trained["val/loss"], rel=1e-4)
+    assert by_size["24 (buckets)"]["acc"] == pytest.approx(trained["val/acc@24"], abs=1e-6)
+    assert by_size["24 (buckets)"]["loss"] == pytest.approx(trained["val/loss@24"], rel=1e-4)
 
     saved = json.loads((out / "eval.json").read_text())
     assert saved["checkpoint"].endswith("last.ckpt") and saved["split"] == "val"
     rows = list(csv.DictReader((out / "eval.csv").open()))
-    assert [r["resolution"] for r in rows] == ["32x32", "24x24"]
-    assert float(rows[0]["acc"]) == pytest.approx(by_size["32x32"]["acc"])
+    assert [r["resolution"] for r in rows] == ["32 (buckets)", "24 (buckets)"]
+    assert float(rows[0]["acc"]) == pytest.approx(by_size["32 (buckets)"]["acc"])
     tags = scalar_tags(out)
     # training's accuracy-vs-size tags, stepped by the size: the chart overlays eval.py on the runs
     assert {"val/acc@32", "val/acc@24", "eval/val_acc_vs_size", "eval/val_loss_vs_size"} <= set(tags)
@@ -102,9 +105,9 @@ def test_eval_of_a_calibrated_checkpoint_matches_the_trainers_test_at_each_size(
         tmp_path / "eval",
     )
     by_size = {r["resolution"]: r for r in evaluate(cfg)["results"]}
-    assert by_size["32x32"]["acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
-    assert by_size["24x24"]["acc"] == pytest.approx(record["metrics"]["test/acc@24"], abs=1e-6)
-    assert by_size["24x24"]["loss"] == pytest.approx(record["metrics"]["test/loss@24"], rel=1e-4)
+    assert by_size["32 (buckets)"]["acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
+    assert by_size["24 (buckets)"]["acc"] == pytest.approx(record["metrics"]["test/acc@24"], abs=1e-6)
+    assert by_size["24 (buckets)"]["loss"] == pytest.approx(record["metrics"]["test/loss@24"], rel=1e-4)
     # val/* of a calibrated run are the best checkpoint's, validated again after the calibration
     cfg = compose_config(
         "eval",
@@ -112,8 +115,8 @@ def test_eval_of_a_calibrated_checkpoint_matches_the_trainers_test_at_each_size(
         tmp_path / "eval_val",
     )
     by_size = {r["resolution"]: r for r in evaluate(cfg)["results"]}
-    assert by_size["32x32"]["acc"] == pytest.approx(record["metrics"]["val/acc"], abs=1e-6)
-    assert by_size["24x24"]["acc"] == pytest.approx(record["metrics"]["val/acc@24"], abs=1e-6)
+    assert by_size["32 (buckets)"]["acc"] == pytest.approx(record["metrics"]["val/acc"], abs=1e-6)
+    assert by_size["24 (buckets)"]["acc"] == pytest.approx(record["metrics"]["val/acc@24"], abs=1e-6)
     assert record["metrics"]["val/acc_worst"] == pytest.approx(
         min(r["acc"] for r in by_size.values()), abs=1e-6
     )

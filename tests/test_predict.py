@@ -111,6 +111,7 @@ def test_predict_accuracy_equals_eval(trained: dict, tmp_path: Path) -> None:
         )
     )
     assert record["images"] == evaluated["results"][0]["images"] == 24
+    assert evaluated["results"][0]["resolution"] == "48 (buckets)"  # what ran: keep_aspect buckets
     assert record["accuracy"] == pytest.approx(evaluated["results"][0]["acc"], abs=1e-9)
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 24  # auto = keep_aspect for these images: each at its bucket, short side 48
@@ -181,6 +182,88 @@ def test_predict_auto_runs_each_image_at_its_nearest_robust_size(trained: dict, 
     predict(compose_config("predict", [*args, f"output={out_csv}"], tmp_path / "predict"))
     sizes = {r["path"]: r["size"] for r in csv.DictReader(out_csv.open())}
     assert sizes == {r["path"]: r["size"] for r in rows}
+
+
+def test_training_records_which_checkpoint_its_numbers_are_of(trained: dict) -> None:
+    """Eval sizes 32 and 48 on a run trained at 32: the best checkpoint is calibrated and validated
+    again after fit, so metrics.json's val numbers are the best's, after calibration."""
+    record = json.loads((trained["run"] / "metrics.json").read_text())
+    best = Path(record["best"]["checkpoint"]).name
+    assert record["measured_on"] == {"val": {"checkpoint": best, "bn_calibration": True}}
+
+
+def test_a_run_folder_loads_its_best_checkpoint_and_auto_sizes_are_the_loaded_ones(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A copy of the run whose best checkpoint is another file than last.ckpt: the run folder loads the
+    best (and its val curve); last.ckpt, loaded by name, has no curve of its own (the recorded one is
+    the best's), so auto says so and runs at the eval size."""
+    from resflex import load_classifier
+    from resflex.predict import predict
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    record = json.loads((run / "metrics.json").read_text())
+    best = Path(record["best"]["checkpoint"]).name
+    for stale in (run / "checkpoints").glob("best-*.ckpt"):
+        stale.unlink()
+    shutil.copyfile(trained["run"] / "checkpoints" / best, run / "checkpoints" / "best-epoch007-acc0.9.ckpt")
+    record["best"]["checkpoint"] = str(trained["run"] / "checkpoints" / "best-epoch007-acc0.9.ckpt")
+    record["measured_on"]["val"]["checkpoint"] = "best-epoch007-acc0.9.ckpt"
+    record["metrics"] |= {"val/acc@32": 0.8, "val/acc@48": 0.8}  # both sizes robust
+    (run / "metrics.json").write_text(json.dumps(record))
+    last = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)  # later weights than the best's (one epoch: equal so far)
+    head = next(k for k in saved["state_dict"] if k.endswith("head.weight"))
+    saved["state_dict"][head] = saved["state_dict"][head] + 1.0
+    torch.save(saved, last)
+
+    assert load_classifier(run).info["checkpoint"] == str(run / "checkpoints" / "best-epoch007-acc0.9.ckpt")
+    args = [f"input={trained['data'] / 'val'}", "predict.size=auto", f"output={tmp_path / 'p.csv'}"]
+    result = predict(compose_config("predict", [f"ckpt_path={run}", *args], tmp_path / "a"))
+    assert result["checkpoint"].endswith("best-epoch007-acc0.9.ckpt")
+    assert result["auto_sizes_from"] == "val" and result["auto_sizes"] == [[32, 32], [48, 48]]
+    capsys.readouterr()
+    result = predict(compose_config("predict", [f"ckpt_path={last}", *args], tmp_path / "b"))
+    assert result["auto_sizes_from"] == "eval size" and result["auto_sizes"] == [[32, 32]]
+    printed = capsys.readouterr().out
+    assert "size auto: 32 px (the run's eval size: metrics.json's val numbers" in printed
+    assert "are of best-epoch007-acc0.9.ckpt, not of the loaded last.ckpt" in printed
+    card = (run / "model_card.md").read_text()  # training's card named the file the run folder loads
+    assert f"checkpoints/{best}" in card.split("## Use it", 1)[1] and "last.ckpt" not in card
+
+
+def test_predict_and_eval_refuse_a_non_square_size_on_a_keep_aspect_run_alike(
+    trained: dict, tmp_path: Path
+) -> None:
+    """keep_aspect frames each image at its bucket's shape for one side: [48, 80] would run as 48 px
+    under another name (and eval would pick the statistics of 62 px); both refuse it with the side."""
+    from resflex.evaluate import evaluate
+    from resflex.predict import predict
+
+    data = f"input={trained['data'] / 'val'}"
+    with pytest.raises(ConfigError) as predicted:
+        predict(predict_cfg(trained, tmp_path, data, "predict.size=[48,80]", f"output={tmp_path / 'p.csv'}"))
+    eval_args = [f"ckpt_path={trained['ckpt']}", "eval.resolutions=[[48,80]]", "eval.device=cpu"]
+    with pytest.raises(ConfigError) as evaluated:
+        evaluate(compose_config("eval", eval_args, tmp_path / "eval"))
+    for error, key in ((predicted.value, "predict.size"), (evaluated.value, "eval.resolutions")):
+        assert (
+            "is not square, and this keep_aspect run" in error.message
+            and "would run as 48 px" in error.message
+        )
+        assert error.hint.startswith(f"{key}=48 ")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_eval_robust_range_is_times_the_runs_eval_size(trained: dict, tmp_path: Path) -> None:
+    """Trained at 32 px, evaluated at 48 then 32: 1x is 32 px (training's), not the first size listed."""
+    from resflex.evaluate import evaluate
+
+    args = [f"ckpt_path={trained['ckpt']}", "eval.resolutions=[48,32]", "eval.device=cpu"]
+    summary = evaluate(compose_config("eval", args, tmp_path / "eval"))["robustness"]
+    assert summary["reference"] == [32, 32]
+    assert {summary["range_low"], summary["range_high"]} <= {1.0, 1.5}
 
 
 def test_predict_skips_unreadable_files(trained: dict, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from resflex.errors import ConfigError, DataError, find_user_error, first_line
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
 from resflex.runtime import resolve_precision
+from resflex.training.callbacks import MeasuredOn
 from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.run_record import RunRecord, attach_run_record
@@ -125,6 +126,7 @@ def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
     finetune = OmegaConf.select(cfg, "finetune", default=None)
     callbacks.append(instantiate(finetune) if finetune is not None else build_finetuning(None))
     callbacks.append(ScheduleLengthSync())  # multigrid / batch scaling: epochs of varying length
+    callbacks.append(MeasuredOn())  # the record's measured_on: which checkpoint the final numbers are of
     if not with_loggers:  # logger=none: the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks

@@ -16,7 +16,13 @@ as ``val/acc``/``val/loss``) and measures images/s per size.
 A NaFlex run is evaluated at sequence lengths instead (``eval.seq_lens=[64,32,128]``: tokens per
 image, each image at its own aspect; the first takes ``val/acc``). Both print and record the
 robustness summary over what was evaluated (worst, mean, the range that holds up), as training
-logs it (:func:`resflex.training.robustness.summarize_sizes`).
+logs it (:func:`resflex.training.robustness.summarize_sizes`): the range's × are of the run's own
+eval size, training's 1× (a NaFlex run's: of the first length evaluated).
+
+A ``keep_aspect`` run frames each image at its aspect bucket's shape for a size: the table says
+``48 (buckets)`` when those shapes are not all 48x48, and a non-square ``eval.resolutions``
+entry is refused in one line, as ``predict.size`` refuses it (of ``[h, w]`` only one side would
+be used).
 
 Outputs go to this command's own Hydra run folder (``logs/eval/runs/<time>/``,
 or ``hydra.run.dir=...``), never into the training run: ``eval.json``,
@@ -41,10 +47,11 @@ import hydra
 import torch
 import torch.nn.functional as F
 from lightning_fabric.utilities.apply_func import move_data_to_device
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from resflex.build import build_datamodule
 from resflex.config import CONFIG_DIR, prepare_cli
+from resflex.data.sizes import check_bucketed_size, parse_size
 from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
 from resflex.models.bn_calibration import side_of
 from resflex.run import Run, open_run
@@ -118,6 +125,16 @@ def eval_seq_lens(cfg: DictConfig, run: Run) -> list[int]:
     return [parse_seq_len(v, None, "eval.seq_lens", hint) for v in values]
 
 
+def bucket_shapes(datamodule: Any, split: str, size: tuple[int, int]) -> list[tuple[int, int]] | None:
+    """The (h, w) shapes a ``keep_aspect`` evaluation at ``size`` runs ``split``'s images at (one per
+    aspect bucket present); None for another geometry (every image at ``size``)."""
+    buckets = datamodule._buckets(split)  # the same assignment the loaders' sampler uses
+    if buckets is None:
+        return None
+    schedule = datamodule.schedule
+    return sorted({tuple(schedule.shape_for(size, schedule.aspect_ratios[b])) for b in set(buckets)})
+
+
 @torch.inference_mode()
 def evaluate_loader(
     module: Any, loader: Any, device: torch.device, precision: Any, limit_batches: int | None = None
@@ -159,25 +176,33 @@ def top5(value: float | None) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'resolution':>10}  {'acc':>7}  {'top5':>7}  {'loss':>7}  {'images':>6}  {'img/s':>8}"
+    width = max([10, *(len(str(r["resolution"])) for r in rows)])
+    header = f"{'resolution':>{width}}  {'acc':>7}  {'top5':>7}  {'loss':>7}  {'images':>6}  {'img/s':>8}"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['resolution']:>10}  {r['acc']:7.4f}  {top5(r['acc_top5']):>7}  {r['loss']:7.4f}  "
+            f"{r['resolution']:>{width}}  {r['acc']:7.4f}  {top5(r['acc_top5']):>7}  {r['loss']:7.4f}  "
             f"{r['images']:6d}  {r['images_per_sec']:8.1f}"
         )
     return "\n".join(lines)
 
 
-def robustness_summary(rows: list[dict[str, Any]], tokens: bool) -> dict[str, Any] | None:
+def robustness_summary(
+    rows: list[dict[str, Any]], tokens: bool, main: tuple[int, int] | None = None
+) -> dict[str, Any] | None:
     """Worst and mean over the evaluated sizes (sequence lengths for a NaFlex run) and the range that
-    holds up, as training reports them (:func:`resflex.training.robustness.summarize_sizes`; scales
-    relative to the first size, the main one); None for a single size."""
+    holds up, as training reports them (:func:`resflex.training.robustness.summarize_sizes`); None for
+    a single size.
+
+    Scales are × of ``main``: for a run that takes images, the run's own eval size (training's 1×,
+    whatever ``eval.resolutions`` lists first); for a NaFlex run (``main=None``), the first length.
+    """
     if len(rows) < 2:
         return None
     sizes = [(r["seq_len"], r["seq_len"]) if tokens else (r["height"], r["width"]) for r in rows]
     accuracy = dict(zip(sizes, (r["acc"] for r in rows), strict=True))
-    summary = summarize_sizes(accuracy, main=sizes[0])
+    reference = tuple(main) if main is not None else sizes[0]
+    summary = summarize_sizes(accuracy, main=reference)  # type: ignore[arg-type]
     worst = min(rows, key=lambda r: r["acc"])
     return {
         "unit": "tokens" if tokens else "px",
@@ -187,6 +212,7 @@ def robustness_summary(rows: list[dict[str, Any]], tokens: bool) -> dict[str, An
         "mean": summary.mean,
         "range_low": summary.range_low,
         "range_high": summary.range_high,
+        "reference": list(main) if main is not None else None,  # the size the range's × are of
     }
 
 
@@ -194,10 +220,15 @@ def robustness_text(summary: dict[str, Any]) -> str:
     """``worst 0.612 at 16 tokens, mean over 3 sequence lengths 0.701, within 0.03 of its best from
     0.5x to 1x``."""
     over = "sequence lengths" if summary["unit"] == "tokens" else "sizes"
-    return (
+    text = (
         f"worst {summary['worst']:.4f} at {summary['worst_at']}, mean over {summary['over']} {over} "
         f"{summary['mean']:.4f}, {range_phrase(summary['range_low'], summary['range_high'])}"
     )
+    reference = summary.get("reference")
+    if reference and summary["unit"] == "px":
+        h, w = reference
+        text += f" (x of the run's eval size, {size_tag(h, w)} px)"
+    return text
 
 
 def write_outputs(output_dir: Path, record: dict[str, Any]) -> None:
@@ -242,6 +273,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = compose_eval_config(cfg, run)
 
     datamodule = build_datamodule(run_cfg)
+    geometry = str(datamodule.schedule.geometry)
+    if not run.is_naflex:  # keep_aspect: one side per size; [h, w] refused, as predict.size does
+        for value in cfg.eval.resolutions or []:
+            size = parse_size(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+            bucket_size = str(getattr(datamodule.schedule, "bucket_size", "short_side"))
+            check_bucketed_size(size, geometry, bucket_size, "eval.resolutions")
     if not datamodule.has_split(split):
         raise ConfigError(f"the data has no {split!r} split (eval.split={split})", hint="eval.split=val")
     if run.num_classes != datamodule.num_classes:
@@ -269,11 +306,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics = evaluate_loader(module, loader, device, precision, limit)
         if run.is_naflex:  # a NaFlex run's 'size' (s, s) is a sequence length: s tokens per image
             place = {"resolution": f"{h} tokens", "height": None, "width": None, "seq_len": h}
-        else:
-            place = {"resolution": f"{h}x{w}", "height": h, "width": w, "seq_len": None}
+        else:  # keep_aspect: each image at its aspect bucket's shape for this size (what ran is said)
+            shapes = bucket_shapes(datamodule, split, (h, w))
+            name = f"{h}x{w}" if shapes in (None, [(h, w)]) else f"{tag} (buckets)"
+            place = {"resolution": name, "height": h, "width": w, "seq_len": None}
         rows.append({**place, "tag": tag, **metrics})
         log.info("%s@%s: acc %.4f, loss %.4f", split, tag, metrics["acc"], metrics["loss"])
-    robustness = robustness_summary(rows, run.is_naflex)
+    robustness = robustness_summary(rows, run.is_naflex, None if run.is_naflex else run.main_size())
 
     table = format_table(rows)
     output_dir = Path(cfg.paths.output_dir)

@@ -356,6 +356,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         print(f"in the graph: {record['bn_statistics']} (as load_classifier does)")
     for text in ranges:
         print(f"robust range ({text}) (in the file's metadata and model card)")
+    if not ranges and run.metrics_note:  # the run's curves are another checkpoint's (resflex.run)
+        print(f"robust range: none in the metadata ({run.metrics_note})")
     if card:
         print(f"model card: {card}")
     return record

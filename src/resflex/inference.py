@@ -65,7 +65,8 @@ class ResflexClassifier(nn.Module):
         self.train_sizes = list(train_sizes or [])
         self.eval_size = eval_size
         #: what the run says about itself: backbone, pooling, geometry, multiple, run folder, checkpoint,
-        #: ``metrics`` (its ``metrics.json`` record's final metrics: accuracy per size...)
+        #: ``metrics`` (its ``metrics.json`` record's final metrics: accuracy per size... of this
+        #: checkpoint only: :attr:`resflex.run.Run.metrics`; ``metrics_note`` says what was left out)
         self.info = dict(info or {})
         #: per-size BatchNorm statistics of a ``model.bn_stats_per_size`` run (None: one set)
         self.size_stats: TrackedSizeStats | None = None
@@ -189,6 +190,7 @@ def run_info(run: Run, geometry: object) -> dict[str, Any]:
         "backbone": str(cfg.backbone.name),
         "pooling": str(OmegaConf.select(cfg, "pooling._target_", default="")).rsplit(".", 1)[-1],
         "geometry": str(geometry),
+        "metrics_note": run.metrics_note,
     }
 
 
@@ -242,7 +244,8 @@ def load_classifier(
 ) -> ResflexClassifier:
     """``load_classifier("run/checkpoints/last.ckpt")``: the trained model, ready for images in [0, 1].
 
-    ``ckpt_path`` may also be a run folder (its ``checkpoints/last.ckpt``). Returns an
+    ``ckpt_path`` may also be a run folder: its best checkpoint (``metrics.json``'s ``best``), else its
+    ``checkpoints/last.ckpt`` (one log line names the file). Returns an
     eval-mode :class:`ResflexClassifier` with ``.classes``, ``.train_sizes``,
     ``.eval_size`` and ``.info`` (a NaFlex run: a :class:`NaFlexImageClassifier`, each image at
     its own aspect at the run's ``max_seq_len``). Raises :class:`~resflex.errors.DataError` /

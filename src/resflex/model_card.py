@@ -10,6 +10,12 @@ config layouts arrive migrated to today's). Training writes the card when it end
 names also go to ``<run>/classes.json``, so a later ``load_classifier`` does not need
 the training data to name its outputs.
 
+The card is of the checkpoint the run folder stands for (its best, else ``last.ckpt``:
+:func:`resflex.run_folder.run_checkpoint`): its "Use it" snippets name that file, its numbers are
+those measured on it (the record's ``measured_on``; a split measured on another checkpoint is left
+out, and said so), labelled when they come after BatchNorm calibration, beside the value the
+checkpoint was selected on during training.
+
 The robust range the card states (which sizes the model holds up at) is computed in
 :mod:`resflex.robust_range`; this module only renders it. Its names are re-exported here.
 """
@@ -41,7 +47,14 @@ from resflex.robust_range import (
     token_robustness_lines,
 )
 from resflex.run import Run, open_run_folder
-from resflex.run_folder import CLASSES_FILE, hydra_file, read_classes, read_overrides
+from resflex.run_folder import (
+    CLASSES_FILE,
+    hydra_file,
+    metrics_of_checkpoint,
+    read_classes,
+    read_overrides,
+    run_checkpoint,
+)
 
 __all__ = [
     "CARD_FILE",
@@ -178,7 +191,10 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
     """The card's markdown for ``run_dir`` (needs ``.hydra/config.yaml``; ``metrics.json`` optional)."""
     run = open_run_folder(run_dir)
     cfg, record = run.config, run.record
-    metrics = record.get("metrics") or {}
+    # the checkpoint the card is of: what the run folder resolves to (its best, else last.ckpt); its
+    # numbers only (a split measured on another checkpoint is left out, and said so)
+    checkpoint, checkpoint_why = run_checkpoint(run_dir, record)
+    metrics, other = metrics_of_checkpoint(record, checkpoint)
     backbone = cfg.backbone
     mean, std = _mean_std(str(backbone.name))
     resolution = OmegaConf.to_container(cfg.get("resolution") or {}, resolve=False) or {}
@@ -243,12 +259,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         ]
     else:
         lines.append("No evaluation recorded in metrics.json.")
-    best = record.get("best") or {}
-    if best.get("val/acc") is not None:
-        lines += [
-            "",
-            f"Best checkpoint: val/acc {number_text(best['val/acc'])} (`{best.get('checkpoint', '')}`).",
-        ]
+    lines += ["", *_measured_lines(record, checkpoint, checkpoint_why, other)]
     if naflex:
         main = run.main_size(schedule)
         lines += ["", "## Robustness across sequence lengths", "", *token_robustness_lines(metrics, main)]
@@ -286,29 +297,57 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         "",
         "## Use it",
         "",
-        *(_token_usage(run_dir) if naflex else _image_usage(run_dir)),
+        *(_token_usage(checkpoint) if naflex else _image_usage(checkpoint)),
         "",
     ]
     return "\n".join(lines)
 
 
-def _image_usage(run_dir: Path) -> list[str]:
+def _measured_lines(record: dict[str, Any], checkpoint: Path, why: str, other: dict[str, str]) -> list[str]:
+    """Which checkpoint the numbers above are of, whether after BatchNorm calibration, and the value
+    the checkpoint was selected on (measured during training, before any calibration)."""
+    lines = [f"Checkpoint: `{checkpoint.name}` ({why}); the numbers above and the snippets below are its."]
+    measured = record.get("measured_on") or {}
+    calibrated = [
+        split
+        for split in ("val", "test")
+        if split not in other and (measured.get(split) or {}).get("bn_calibration")
+    ]
+    best = record.get("best") or {}
+    monitor = str(best.get("monitor") or "val/acc")
+    if calibrated:
+        lines.append(
+            f"{' and '.join(calibrated).capitalize()} numbers are after BatchNorm calibration "
+            "(`eval.bn_calibration`: statistics re-estimated per size after fit), so they may differ from "
+            "the values during training."
+        )
+    if best.get(monitor) is not None and best.get("checkpoint"):
+        lines.append(
+            f"Selected as the best by {monitor} {number_text(best[monitor])} during training "
+            f"(`{Path(str(best['checkpoint'])).name}`)."
+        )
+    for split, source in other.items():
+        lines.append(f"Not shown: the {split} numbers, measured on `{source}` (another checkpoint).")
+    return lines
+
+
+def _image_usage(checkpoint: Path) -> list[str]:
     return [
         "```python",
         "from resflex import load_classifier",
-        f'model = load_classifier("{run_dir}/checkpoints/last.ckpt")   # eval mode, .classes',
+        f'model = load_classifier("{checkpoint}")   # eval mode, .classes',
         "logits = model(images)   # float32 (B, 3, H, W) in [0, 1]",
         "```",
         "",
         "```bash",
-        f"python scripts/predict.py ckpt_path={run_dir}/checkpoints/last.ckpt input=PATH output=preds.csv",
-        f"python scripts/export.py ckpt_path={run_dir}/checkpoints/last.ckpt format=onnx output=model.onnx",
+        f"python scripts/predict.py ckpt_path={checkpoint} input=PATH output=preds.csv",
+        f"python scripts/export.py ckpt_path={checkpoint} format=onnx output=model.onnx",
         "```",
     ]
 
 
-def _token_usage(run_dir: Path) -> list[str]:
-    ckpt = f"{run_dir}/checkpoints/last.ckpt"
+def _token_usage(checkpoint: Path) -> list[str]:
+    ckpt = str(checkpoint)
     return [
         "```python",
         "from resflex import load_classifier",

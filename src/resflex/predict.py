@@ -205,9 +205,12 @@ def format_table(rows: list[dict[str, Any]], root: Path, limit: int) -> str:
     return "\n".join(aligned)
 
 
-def _auto_text(candidates: list[Size], source: str | None) -> str:
-    """``32, 48, 64 px (the robust sizes of the val curve)``: what ``auto`` chose among, and why."""
+def _auto_text(candidates: list[Size], source: str | None, note: str | None = None) -> str:
+    """``32, 48, 64 px (the robust sizes of the val curve)``: what ``auto`` chose among, and why
+    (``note``: why the run's curve is not this checkpoint's, :attr:`resflex.run.Run.metrics_note`)."""
     sizes = ", ".join(size_tag(*c) for c in candidates) + " px"
+    if source == "eval size" and note:
+        return f"{sizes} (the run's eval size: {note})"
     if source == "eval size":
         return f"{sizes} (the run's eval size: no accuracy per size in its metrics.json)"
     return f"{sizes} (the robust sizes of the {source} curve: within {RANGE_TOLERANCE:g} of the best)"
@@ -327,7 +330,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         f"input: {inputs.root} ({len(rows)} images, size {size_text}, geometry {geometry}, {batches} batches)"
     )
     if candidates:
-        print(f"size auto: {_auto_text(candidates, candidates_from)}")
+        print(f"size auto: {_auto_text(candidates, candidates_from, info.get('metrics_note'))}")
     print(format_table(rows, inputs.root, int(settings.print_rows)))
     for _, error in sorted(unreadable.items()):
         print(f"skipped: {error}", file=sys.stderr)

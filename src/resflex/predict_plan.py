@@ -44,7 +44,7 @@ from omegaconf import OmegaConf
 from resflex.data.bad_images import BadImageError
 from resflex.data.buckets import assign_buckets, file_image_size
 from resflex.data.images import IMAGE_EXTENSIONS
-from resflex.data.sizes import parse_size, round_to
+from resflex.data.sizes import check_bucketed_size, parse_size, round_to
 from resflex.errors import ConfigError, DataError
 from resflex.inference import ResflexClassifier
 from resflex.robust_range import robust_ranges
@@ -106,7 +106,7 @@ NAMED_SIZES = ("native", "auto")
 
 def parse_predict_size(value: Any, classifier: ResflexClassifier) -> Size | str:
     """``null`` -> the run's eval size; ``native``; ``auto``; ``64`` or ``[h, w]`` (checked against the
-    backbone)."""
+    backbone; ``[h, w]`` must be square on a ``keep_aspect`` run: :func:`check_bucketed_size`)."""
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value)
     if value is None:
@@ -122,6 +122,11 @@ def parse_predict_size(value: Any, classifier: ResflexClassifier) -> Size | str:
             raise ConfigError(
                 exc.message, hint="predict.size=64, predict.size=[48,80], predict.size=native or auto"
             ) from None
+        # keep_aspect: one side gives every bucket's shape; [h, w] is refused as scripts/eval.py does
+        info = classifier.info
+        check_bucketed_size(
+            size, str(info.get("geometry")), str(info.get("bucket_size", "short_side")), "predict.size"
+        )
     classifier.check_size(size, "predict.size")
     return size
 

@@ -35,7 +35,7 @@ from resflex.build import build_node, check_source_decoder
 from resflex.data.arguments import check_data_arguments
 from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import is_auto
-from resflex.models.checkpoint import existing_file
+from resflex.models.checkpoint import existing_file, resflex_checkpoint
 from resflex.models.naflex import check_naflex_config
 from resflex.run_folder import resolve_resume_checkpoint
 from resflex.validation import validate_config
@@ -97,7 +97,9 @@ def meta_model(model: DictConfig) -> Any:
     weights, init_from = backbone.get("weights"), backbone.get("init_from")
     if not (weights and init_from):
         for key, value in (("weights", weights), ("init_from", init_from)):
-            if value:
+            if value and key == "init_from":  # a resflex checkpoint, or a run folder (its best checkpoint)
+                resflex_checkpoint(value, "backbone.init_from")
+            elif value:
                 existing_file(value, f"backbone.{key}")
             fill[f"net.backbone.{key}"] = None
     with torch.random.fork_rng(devices=[]), torch.device("meta"):

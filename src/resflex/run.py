@@ -38,6 +38,7 @@ from resflex.run_folder import (
     HYDRA_DIR,
     find_run_config,
     hydra_file,
+    metrics_of_checkpoint,
     read_classes,
     read_record,
     resolve_checkpoint_path,
@@ -93,11 +94,67 @@ class Run:
     state: dict[str, torch.Tensor] | None = None
     #: per-size BatchNorm statistics beside the weights (``model.bn_stats_per_size``, calibrated runs)
     bn_stats: dict[str, dict[str, torch.Tensor]] | None = None
+    _own_metrics: tuple[dict[str, Any], dict[str, str]] | None = field(default=None, init=False, repr=False)
 
     @property
     def metrics(self) -> dict[str, Any]:
-        """The run's final metrics (``metrics.json``'s ``metrics``: accuracy at every evaluated size...)."""
-        return dict(self.record.get("metrics") or {})
+        """The run's final metrics (``metrics.json``'s ``metrics``: accuracy at every evaluated size...) as
+        they apply to the opened checkpoint: a split measured on another checkpoint of the run (the
+        record's ``measured_on``; :func:`resflex.run_folder.metrics_of_checkpoint`) is left out, so its
+        accuracy per size never becomes this checkpoint's robust range (``predict.size=auto``, the
+        export metadata). Without a checkpoint: every metric."""
+        return self._metrics_of_checkpoint()[0]
+
+    def _metrics_of_checkpoint(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """:func:`metrics_of_checkpoint` for the opened file; a split measured on another file of the run
+        that holds the same weights (the best epoch was the last: ``last.ckpt`` equals it) counts as
+        this one's. Worked out once (comparing means reading that file)."""
+        if self._own_metrics is None:
+            kept, other = metrics_of_checkpoint(self.record, self.checkpoint)
+            same = [name for name in set(other.values()) if self._same_weights_as(name)]
+            if same:
+                kept, other = metrics_of_checkpoint(self.record, self.checkpoint, same)
+            self._own_metrics = (kept, other)
+        return self._own_metrics
+
+    def _same_weights_as(self, name: str) -> bool:
+        """True when ``name`` beside the opened checkpoint holds equal weights and BatchNorm statistics."""
+        import torch
+
+        from resflex.models.bn_calibration import BN_STATS_KEY
+        from resflex.models.checkpoint import safe_load, state_dict_of
+
+        path = Path(str(self.checkpoint)).parent / name
+        if self.state is None or not path.is_file():
+            return False
+        try:
+            loaded = safe_load(path, what="checkpoint")
+            state = state_dict_of(loaded, path)
+        except Exception:  # unreadable: not known to be the same
+            return False
+        stats = (loaded.get(BN_STATS_KEY) if isinstance(loaded, dict) else None) or None
+
+        def equal(a: Any, b: Any) -> bool:
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+            if isinstance(a, dict) and isinstance(b, dict):
+                return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+            return a is None and b is None
+
+        return equal(dict(state), dict(self.state)) and equal(stats, self.bn_stats)
+
+    @property
+    def metrics_note(self) -> str | None:
+        """Why some of the run's metrics are not the opened checkpoint's (None: they all are)."""
+        other = self._metrics_of_checkpoint()[1]
+        if not other:
+            return None
+        splits = " and ".join(other)
+        files = ", ".join(sorted(set(other.values())))
+        return (
+            f"metrics.json's {splits} numbers (accuracy per size, robust range) are of {files}, "
+            f"not of the loaded {Path(str(self.checkpoint)).name}"
+        )
 
     @property
     def num_classes(self) -> int:
@@ -283,7 +340,8 @@ def open_run_folder(run_dir: str | Path) -> Run:
 
 
 def open_run(path: str | Path, run_config: str | Path | None = None) -> Run:
-    """A checkpoint (or a run folder: its ``checkpoints/last.ckpt``) with its run.
+    """A checkpoint (or a run folder: its best checkpoint, else ``checkpoints/last.ckpt``;
+    :func:`resflex.run_folder.resolve_checkpoint_path`) with its run.
 
     The file is read first, ``weights_only``: an unsafe file is refused before anything else
     happens. ``run_config`` overrides where the config is found (default

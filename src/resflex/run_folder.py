@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -177,23 +178,105 @@ def hydra_job_num(folder: str | Path) -> str | None:
 # ---- the run's checkpoints: what ckpt_path names --------------------------------------------------
 
 
-def resolve_checkpoint_path(path: str | Path, key: str = "ckpt_path") -> Path:
-    """A checkpoint file, or a run folder (→ ``<run>/checkpoints/last.ckpt``); one-line error when missing.
+#: the checkpoint training keeps current (``callbacks.model_checkpoint.save_last``; resume reads it)
+LAST_CHECKPOINT = "last.ckpt"
 
-    For a run folder whose ``last.ckpt`` is missing or unreadable, the newest readable
-    checkpoint beside it is taken, with a warning naming both files (the same fallback
-    as ``ckpt_path=last`` in training, :func:`resolve_resume_checkpoint`). A file
-    named explicitly is returned as it is: reading it (:func:`open_run`) says why it cannot
-    be used.
+
+def best_checkpoint_name(record: dict[str, Any]) -> str | None:
+    """The file name of the run's best checkpoint (``metrics.json``'s ``best.checkpoint``); None if none."""
+    best = record.get("best") if isinstance(record, dict) else None
+    path = best.get("checkpoint") if isinstance(best, dict) else None
+    return Path(str(path)).name if path else None
+
+
+def run_checkpoint(run_dir: str | Path, record: dict[str, Any] | None = None) -> tuple[Path, str]:
+    """The checkpoint a run folder stands for, and why, without opening it: the run's best checkpoint
+    (by ``callbacks.model_checkpoint.monitor``, as its ``metrics.json`` records it) when that file is in
+    ``<run>/checkpoints/``, else ``checkpoints/last.ckpt``.
+
+    The best one, because it is the checkpoint the run's test, its ``val/*`` numbers after fit and its
+    model card are of; ``last.ckpt`` is what resuming continues from.
     """
+    run_dir = Path(run_dir)
+    folder = run_dir / "checkpoints"
+    record = read_record(run_dir) if record is None else record
+    name = best_checkpoint_name(record)
+    monitor = str((record.get("best") or {}).get("monitor") or "val/acc")
+    if name is None:
+        return folder / LAST_CHECKPOINT, "the run records no best checkpoint"
+    if not (folder / name).is_file():
+        return folder / LAST_CHECKPOINT, f"its best checkpoint {name} is not there"
+    return folder / name, f"the run's best checkpoint by {monitor}"
+
+
+def measured_on(record: dict[str, Any], split: str) -> str | None:
+    """The file name of the checkpoint whose weights gave ``metrics.json``'s final ``<split>/*`` numbers.
+
+    The record's ``measured_on`` says it (written since it exists); an older record's are taken to
+    be its best checkpoint's (what its test and its validation after fit ran on). None: not known.
+    """
+    entry = (record.get("measured_on") or {}).get(split) if isinstance(record, dict) else None
+    if isinstance(entry, dict) and entry.get("checkpoint"):
+        return str(entry["checkpoint"])
+    return best_checkpoint_name(record)
+
+
+def metrics_of_checkpoint(
+    record: dict[str, Any], checkpoint: str | Path | None, same_as: Collection[str] = ()
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``metrics.json``'s metrics as they apply to ``checkpoint``: a split's ``<split>/*`` numbers
+    measured on another checkpoint of the run (its accuracy per size, so its robust range) left out.
+
+    Returns (metrics, {split: the file its numbers are of} for each split left out). ``checkpoint``
+    None: every metric. A split whose checkpoint is not known is kept, and so is one measured on a
+    file in ``same_as`` (names of files holding the same weights: a best epoch that was the last).
+    """
+    metrics = dict(record.get("metrics") or {}) if isinstance(record, dict) else {}
+    if checkpoint is None:
+        return metrics, {}
+    names = {Path(str(checkpoint)).name, *same_as}
+    other = {}
+    for split in ("val", "test"):
+        source = measured_on(record, split)
+        if source is not None and source not in names and any(k.startswith(f"{split}/") for k in metrics):
+            other[split] = source
+    kept = {k: v for k, v in metrics.items() if k.split("/", 1)[0] not in other}
+    return kept, other
+
+
+def resolve_checkpoint_path(path: str | Path, key: str = "ckpt_path") -> Path:
+    """A checkpoint file, or a run folder (→ its best checkpoint, else ``checkpoints/last.ckpt``);
+    one-line error when missing.
+
+    A run folder (or its ``checkpoints/`` folder) stands for the checkpoint
+    :func:`run_checkpoint` names: the best one its ``metrics.json`` records, else
+    ``last.ckpt``; one info line says which file and why. When that file is unreadable,
+    ``last.ckpt``, then the newest readable checkpoint beside it is taken, with a warning
+    naming both files (the same fallback as ``ckpt_path=last`` in training,
+    :func:`resolve_resume_checkpoint`). A file named explicitly is returned as it is: reading
+    it (:func:`open_run`) says why it cannot be used.
+    """
+    from resflex.models.checkpoint import checkpoint_problem
+
     if path is None or str(path) in ("", "None", "null"):
         raise ConfigError(f"{key} is not set", hint=f"pass {key}=/path/to/run/checkpoints/last.ckpt")
     candidate = Path(str(path)).expanduser()
     if candidate.is_dir():
         folder = candidate / "checkpoints" if (candidate / "checkpoints").is_dir() else candidate
-        preferred = folder / "last.ckpt"
+        run_dir = candidate if folder != candidate else candidate.parent
+        preferred, why = run_checkpoint(run_dir)
+        preferred = folder / preferred.name
+        if preferred.name != LAST_CHECKPOINT:
+            problem = checkpoint_problem(preferred)
+            if problem is None:
+                log.info("%s: %s, %s (a run folder's checkpoint)", key, preferred, why)
+                return preferred
+            log.warning("%s: %s (%s) is unreadable (%s); trying last.ckpt", key, preferred, why, problem)
+            preferred, why = folder / LAST_CHECKPOINT, "its best checkpoint is unreadable"
         chosen = _last_or_newest_readable(preferred, key)
         if chosen is not None:
+            if chosen == preferred:
+                log.info("%s: %s (%s)", key, chosen, why)
             return chosen
         if preferred.is_file():  # unreadable, and nothing readable beside it: reading it says why
             return preferred

@@ -171,6 +171,25 @@ def test_init_from_loads_backbone_tensors_equal_to_the_source(source_ckpt: Path,
     assert not torch.equal(module.model.head.weight, source["model.head.weight"])
 
 
+def test_init_from_a_run_folder_is_its_best_checkpoint(source_ckpt: Path, tmp_path: Path) -> None:
+    """backbone.init_from=RUN (as for load_classifier): the best checkpoint metrics.json names."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(source_ckpt, run / "checkpoints" / "best-epoch000-acc0.5.ckpt")
+    other = torch.load(source_ckpt, map_location="cpu", weights_only=True)
+    other["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["state_dict"].items()}
+    torch.save(other, run / "checkpoints" / "last.ckpt")  # later weights: not the ones loaded
+    best = {"val/acc": 0.5, "monitor": "val/acc", "checkpoint": "/x/checkpoints/best-epoch000-acc0.5.ckpt"}
+    (run / "metrics.json").write_text(json.dumps({"status": "completed", "best": best, "metrics": {}}))
+    module = make_module(num_classes=10, init_from=str(run))
+    source = source_state(source_ckpt)
+    for name, tensor in module.model.backbone.model.state_dict().items():
+        assert torch.equal(tensor, source["model.backbone.model." + name]), name
+
+
 def test_init_head_loads_pooling_and_head_when_classes_match(source_ckpt: Path) -> None:
     source = source_state(source_ckpt)
     module = make_module(num_classes=10, pooling=GeMPool(), init_from=str(source_ckpt), init_head=True)

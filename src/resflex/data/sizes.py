@@ -37,3 +37,25 @@ def parse_size(value: int | Sequence[int], key: str = "resolution.size") -> Size
 def round_to(value: float, multiple: int) -> int:
     """Nearest multiple of ``multiple`` (never below ``multiple`` itself)."""
     return max(multiple, math.floor(value / multiple + 0.5) * multiple)
+
+
+def check_bucketed_size(size: Size, geometry: str, bucket_size: str, key: str) -> None:
+    """One-line :class:`ConfigError` for a non-square ``size`` asked of a ``keep_aspect`` run.
+
+    ``keep_aspect`` runs each image at its aspect bucket's shape for a size
+    (:meth:`~resflex.data.schedule.ResolutionSchedule.shape_for`): of ``[h, w]`` only the short side
+    (``bucket_size=short_side``) or the area (``area``) is used, so the images would run at the
+    buckets of one side while the results were labelled ``h x w``, and ``scripts/eval.py`` would
+    pick the BatchNorm statistics of a size the images never had. Both commands refuse it alike.
+    """
+    h, w = size
+    if geometry != "keep_aspect" or h == w:
+        return
+    by_area = bucket_size == "area"
+    side = round(math.sqrt(h * w)) if by_area else min(h, w)
+    what = "the side of the same area" if by_area else "the short side"
+    raise ConfigError(
+        f"{key}: [{h}, {w}] is not square, and this keep_aspect run frames each image at its aspect "
+        f"bucket's shape for one side ({what}: [{h}, {w}] would run as {side} px)",
+        hint=f"{key}={side} (each image at its bucket's shape for {side} px)",
+    )

@@ -343,6 +343,14 @@ def existing_file(path: str | Path, key: str) -> Path:
     return path
 
 
+def resflex_checkpoint(path: str | Path, key: str) -> Path:
+    """A resflex checkpoint file, or a run folder: the file it stands for (its best checkpoint, else
+    ``last.ckpt``; :func:`resflex.run_folder.resolve_checkpoint_path`); one-line error when missing."""
+    from resflex.run_folder import resolve_checkpoint_path
+
+    return resolve_checkpoint_path(path, key)
+
+
 def load_backbone_weights(
     model: nn.Module, path: str | Path, key: str = "backbone.weights", require_resflex: bool = False
 ) -> LoadReport:
@@ -353,7 +361,7 @@ def load_backbone_weights(
     taken). Raises when *no* tensor matches: that is always a wrong file or a
     wrong ``backbone.name``, never something to train through.
     """
-    path = existing_file(path, key)
+    path = resflex_checkpoint(path, key) if require_resflex else existing_file(path, key)
     state = state_dict_of(safe_load(path, what=key), path)
     is_resflex = any(k.startswith(BACKBONE_PREFIX) for k in state)
     if require_resflex and not is_resflex:
@@ -385,7 +393,7 @@ def load_head_from_checkpoint(
     When the class count differs, the linear head keeps its fresh initialisation
     (and the report says so); pooling parameters (GeM's ``p``) still load.
     """
-    path = Path(str(path)).expanduser()
+    path = resflex_checkpoint(path, key)
     state = state_dict_of(safe_load(path, what=key), path)
     pooling = strip_prefix(state, POOLING_PREFIX)
     head = strip_prefix(state, HEAD_PREFIX)

@@ -116,6 +116,9 @@ def calibrate_run_checkpoints(trainer: pl.Trainer, module: Any, datamodule: Any,
         if done is not None:
             module.load_state_dict(done[0])  # the last weights, as after fit (with their own statistics)
     trainer.strategy.barrier("bn_calibration")
+    for callback in trainer.callbacks:  # the record's measured_on: numbers from here on are calibrated
+        if hasattr(callback, "note_calibrated"):
+            callback.note_calibrated([p.name for p in paths])
     names = ", ".join(f"{h}x{w}" if h != w else str(h) for h, w in sizes)
     log.info(
         "BatchNorm statistics calibrated at %s px (%d batches of training images each) in %s: %.0f s",

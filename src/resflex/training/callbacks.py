@@ -18,7 +18,8 @@ progress bar shows ``train/images_per_sec`` (the last logging interval's).
 
 :class:`DistinctLearningRateMonitor` logs one learning-rate chart per distinct curve, not one
 per parameter group; :class:`BestEpochMetrics` the best epoch's metrics (``val/acc_best``,
-``val/best_epoch``) beside the final ones. The figures and text a person opens TensorBoard for
+``val/best_epoch``) beside the final ones; :class:`MeasuredOn` which checkpoint the final ones are of.
+The figures and text a person opens TensorBoard for
 (chart layout, sample batches, confusion matrix, config text, data profile, headline titles) are
 :mod:`resflex.training.views`.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -330,3 +332,40 @@ class BestEpochMetrics(FillsRunRecord, pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.epoch = state_dict.get("best"), state_dict.get("epoch")
         self.values = dict(state_dict.get("values") or {})
+
+
+class MeasuredOn(FillsRunRecord, pl.Callback):
+    """Which checkpoint each split's final numbers in ``metrics.json`` were measured on, and whether after
+    BatchNorm calibration: the record's ``measured_on``, e.g.
+    ``{"val": {"checkpoint": "best-epoch004-acc0.79.ckpt", "bn_calibration": true}, "test": {...}}``.
+
+    Why: the final ``val/*`` numbers are the last epoch's validation (``last.ckpt``'s weights) or, when
+    the run validates again after fit (calibrated statistics, sizes deferred to then), the best
+    checkpoint's; the test runs on the best. Readers of a run's accuracy per size (``predict.size=auto``,
+    the model card, the export's robust range: :func:`resflex.run_folder.metrics_of_checkpoint`) use it
+    only for the checkpoint it was measured on, and the end-of-run table labels calibrated numbers.
+    :func:`resflex.training.calibration.calibrate_run_checkpoints` tells it which files it calibrated.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: file names of the checkpoints whose BatchNorm statistics were calibrated after fit
+        self.calibrated: set[str] = set()
+
+    def note_calibrated(self, names: Sequence[str]) -> None:
+        self.calibrated.update(str(n) for n in names)
+
+    def _note(self, trainer: pl.Trainer, split: str) -> None:
+        if self.run_record is None or trainer.sanity_checking:
+            return
+        path = None if trainer.state.fn == "fit" else getattr(trainer, "ckpt_path", None)
+        # during fit (and an after-fit evaluation of the current weights): the last epoch's weights
+        name = Path(str(path)).name if path else "last.ckpt"
+        entry = {"checkpoint": name, "bn_calibration": trainer.state.fn != "fit" and name in self.calibrated}
+        self.run_record.measured_on = {**(self.run_record.measured_on or {}), split: entry}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._note(trainer, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._note(trainer, "test")

@@ -12,14 +12,19 @@ turns that record into::
       48 px  0.75x     0.701     0.912     0.688      0.950        0.094
       64 px  1x        0.790     0.641     0.782      0.660         best
       96 px  1.5x      0.763     0.702     0.760      0.741        0.022
+    val, test: after BatchNorm calibration (eval.bn_calibration); selected on val/acc 0.7850 before it
     robustness (test): worst 0.398 at 32 px, mean over sizes 0.657, within 0.03 of its best from 1x to 1.5x
-    best checkpoint: epoch 4, val/acc 0.7900, logs/train/runs/<time>/checkpoints/best-epoch004-acc0.7900.ckpt
+    best checkpoint: epoch 4, val/acc 0.7850 during training (0.7900 after calibration), <run>/checkpoints/
+    best-epoch004-acc0.7850.ckpt (one line)
     train: 812 images/s; wall time 4 min 45 s
     run folder: logs/train/runs/<time>
     model card: logs/train/runs/<time>/model_card.md
     compare runs: tensorboard --logdir logs
 
-Every number in the table is the record's, rounded to 3 decimals. ``drop`` is
+Every number in the table is the record's, rounded to 3 decimals. When ``eval.bn_calibration``
+re-estimated the BatchNorm statistics after fit, the table's numbers are the calibrated ones (the
+record's ``measured_on``) and differ from the value the checkpoint was selected on during training:
+the calibration line and the best checkpoint line show both. ``drop`` is
 how far a size's accuracy is below the best size's (test when the run was
 tested, else val). :func:`end_of_run_markdown` is the same as a Markdown table
 for TensorBoard's TEXT tab (``summary/results``). Both are pure functions of the
@@ -206,6 +211,32 @@ def _status_line(record: Mapping[str, Any], rows: Sequence[SizeRow]) -> str:
     return line
 
 
+def calibrated_stages(record: Mapping[str, Any]) -> list[str]:
+    """The splits whose final numbers were measured after BatchNorm calibration (the record's
+    ``measured_on``, :class:`resflex.training.callbacks.MeasuredOn`)."""
+    measured = record.get("measured_on") or {}
+    return [s for s in STAGES if isinstance(measured.get(s), dict) and measured[s].get("bn_calibration")]
+
+
+def calibration_line(record: Mapping[str, Any]) -> str | None:
+    """``val, test: after BatchNorm calibration (eval.bn_calibration); selected on val/acc 0.7850 before
+    it``: why the table's numbers of the checkpoint differ from the value it was selected on during
+    training (the file is named when it is not the best). None when no calibration ran."""
+    stages = calibrated_stages(record)
+    if not stages:
+        return None
+    best = record.get("best") or {}
+    best_name = Path(str(best.get("checkpoint") or "")).name
+    files = sorted({str(record["measured_on"][s].get("checkpoint")) for s in stages} - {best_name})
+    line = f"{', '.join(stages)}: after BatchNorm calibration (eval.bn_calibration)"
+    line += f" of {', '.join(files)}" if files else ""
+    monitor = str(best.get("monitor") or "val/acc")
+    score = _number(best.get(monitor))
+    if score is not None and best_name:
+        line += f"; selected on {monitor} {score:.4f} before it"
+    return line
+
+
 def tensorboard_logdir(run_dir: Path, log_root: str | Path | None) -> Path:
     """The folder to point TensorBoard at: the logs root when the run is inside it (all runs on one
     chart), else the run folder itself."""
@@ -227,10 +258,17 @@ def detail_lines(record: Mapping[str, Any], run_dir: Path, log_root: str | Path 
         epoch = best.get("epoch", best_epoch(str(best["checkpoint"])))
         monitor = str(best.get("monitor") or "val/acc")  # callbacks.model_checkpoint.monitor
         score = _number(best.get(monitor))
+        after = None
+        measured = (record.get("measured_on") or {}).get("val") or {}
+        same = measured.get("checkpoint") == Path(str(best["checkpoint"])).name
+        if measured.get("bn_calibration") and same:
+            after = _number(metrics.get(monitor))  # the same checkpoint's value after calibration
         where = [
             f"epoch {epoch}" if epoch is not None else None,
             f"{monitor} {score:.4f}" if score is not None else None,
         ]
+        if score is not None and after is not None:
+            where[1] = f"{monitor} {score:.4f} during training ({after:.4f} after calibration)"
         lines.append("best checkpoint: " + ", ".join([*filter(None, where), str(best["checkpoint"])]))
     elif record.get("checkpoint"):
         lines.append(f"checkpoint: {record['checkpoint']}")
@@ -265,9 +303,9 @@ def end_of_run_text(
     lines = [_status_line(record, rows)]
     if rows:
         lines += _align(*table(rows))
-    robustness = robustness_line(metrics, rows)
-    if robustness:
-        lines.append(robustness)
+    for extra in (calibration_line(record), robustness_line(metrics, rows)):
+        if extra:
+            lines.append(extra)
     lines += detail_lines(record, Path(run_dir), log_root)
     return "\n".join(lines)
 
@@ -288,8 +326,8 @@ def end_of_run_markdown(
         parts.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
         parts += ["| " + " | ".join(line) + " |" for line in cells]
         parts.append("")
-    robustness = robustness_line(metrics, rows)
-    extra = ([robustness] if robustness else []) + detail_lines(record, Path(run_dir), log_root)
+    found = [calibration_line(record), robustness_line(metrics, rows)]
+    extra = [line for line in found if line] + detail_lines(record, Path(run_dir), log_root)
     parts += [f"- {_code_spans(line)}" for line in extra]
     return "\n".join(parts)
 

@@ -29,6 +29,9 @@ class RunRecord:
     wall_time_s: float | None = None
     params: dict[str, int] = field(default_factory=dict)
     best: dict[str, Any] | None = None
+    #: per split, the checkpoint file its final metrics were measured on and whether after BatchNorm
+    #: calibration (:class:`resflex.training.callbacks.MeasuredOn`)
+    measured_on: dict[str, dict[str, Any]] | None = None
     checkpoint: str | None = None
     error: str | None = None
     throughput: dict[str, float] = field(default_factory=dict)
@@ -48,6 +51,7 @@ class RunRecord:
             ("wall_time_s", self.wall_time_s),
             ("params", self.params or None),
             ("best", self.best),
+            ("measured_on", self.measured_on),
         )
         out.update({key: value for key, value in optional if value is not None})
         out["metrics"] = self.metrics
