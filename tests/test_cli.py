@@ -203,7 +203,13 @@ def test_ctrl_c_while_a_script_starts_is_a_quiet_exit(script: str, tmp_path: Pat
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)  # inside the imports (several seconds on this machine)
+    maps = Path(f"/proc/{process.pid}/maps")
+    if not maps.parent.is_dir():
+        process.kill()
+        pytest.skip("needs /proc to see when the imports have begun")
+    deadline = time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:  # inside `import torch`
+        time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]

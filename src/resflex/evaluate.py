@@ -128,7 +128,7 @@ def eval_seq_lens(cfg: DictConfig, run: Run) -> list[int]:
 def bucket_shapes(datamodule: Any, split: str, size: tuple[int, int]) -> list[tuple[int, int]] | None:
     """The (h, w) shapes a ``keep_aspect`` evaluation at ``size`` runs ``split``'s images at (one per
     aspect bucket present); None for another geometry (every image at ``size``)."""
-    buckets = datamodule._buckets(split)  # the same assignment the loaders' sampler uses
+    buckets = datamodule.buckets(split)  # the same assignment the loaders' sampler uses
     if buckets is None:
         return None
     schedule = datamodule.schedule

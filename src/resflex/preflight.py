@@ -37,7 +37,7 @@ from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import is_auto
 from resflex.models.checkpoint import existing_file, resflex_checkpoint
 from resflex.models.naflex import check_naflex_config
-from resflex.run_folder import resolve_resume_checkpoint
+from resflex.run_folder import resolve_checkpoint_path, resolve_resume_checkpoint
 from resflex.validation import validate_config
 
 
@@ -46,6 +46,9 @@ def check_before_work(cfg: DictConfig) -> str | None:
     ``ckpt_path`` (None: start from scratch)."""
     validate_config(cfg)
     check_naflex_config(cfg)  # resolution=naflex with its backbone, patch size, budget
+    init_from = OmegaConf.select(cfg, "backbone.init_from")
+    if init_from:  # a run folder stands for its best checkpoint (else last.ckpt): the file, from here on
+        cfg.backbone.init_from = str(resolve_checkpoint_path(init_from, "backbone.init_from"))
     ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
     schedule, eval_sizes = check_data_node(cfg.data)
     backbone = meta_model(cfg.model).model.backbone

@@ -40,6 +40,13 @@ from resflex.errors import (
 )
 from resflex.model_card import write_model_card_quietly
 from resflex.preflight import check_before_work
+from resflex.resume_check import (
+    ResumeRefused,
+    current_overrides,
+    prepare_run_folder,
+    resume_command,
+    resumes_so_far,
+)
 from resflex.run_folder import METRICS_FILE
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory, size_tag
 from resflex.sweeps import current_sweep_text_keys, current_swept_keys, sweep_dir
@@ -56,13 +63,6 @@ from resflex.training.results import (
     log_hparams_with_metrics,
     run_hparams,
     write_metrics_json,
-)
-from resflex.training.resume import (
-    ResumeRefused,
-    current_overrides,
-    prepare_run_folder,
-    resume_command,
-    resumes_so_far,
 )
 from resflex.training.run_record import RunRecord
 from resflex.training.selection import apply_monitor
@@ -118,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # every key and path, before any data is read (resflex/preflight.py): a mistake costs one line
         ckpt_path = check_before_work(cfg)
         # a resume continues the run's own experiment (or is refused in one line); a run that starts
-        # here keeps the config it was started with (resflex/training/resume.py)
+        # here keeps the config it was started with (resflex/resume_check.py)
         original = prepare_run_folder(cfg, ckpt_path, output_dir, write=is_global_zero(None))
         if original is not None:  # this folder's run, continued: the record keeps how it was started
             record.resumes = [*resumes_so_far(output_dir), record.overrides or []]
@@ -232,7 +232,7 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
                 if not is_interruption(exc) or full_error_requested():
                     raise
                 # SIGTERM / Ctrl-C: the checkpoint is saved (SaveOnInterrupt); say how to resume: the
-                # run's own overrides, or the resume would be refused (resflex/training/resume.py)
+                # run's own overrides, or the resume would be refused (resflex/resume_check.py)
                 overrides, config_name = current_overrides()
                 command = resume_command(overrides, cfg.paths.output_dir, "last", config_name)
                 print(

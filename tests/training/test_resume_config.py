@@ -5,6 +5,7 @@ to the whole process group (``timeout``, ``scancel``) is an interruption like on
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -16,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from resflex.errors import find_user_error
-from resflex.run_folder import original_file, read_original
-from resflex.training.resume import (
+from resflex.resume_check import (
     ResumeRefused,
     config_differences,
     may_change,
     override_differences,
     resume_command,
 )
+from resflex.run_folder import original_file, read_original
 from tests.conftest import REPO, RESUME_RUN, TRAIN_SCRIPT, run_cli, train_run
 from tests.faults import sigterm_at
 
@@ -101,6 +102,7 @@ def test_the_printed_resume_command_resumes_and_a_different_data_size_is_refused
 def test_a_run_folder_from_before_the_copy_is_checked_by_its_record_and_resume_check_false_resumes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="resflex")  # whatever level an earlier test left it at
     run_dir = tmp_path / "run"
     first = [*RESUME_RUN, *QUICK, "trainer.max_epochs=1"]
     assert train_run(first, run_dir)["status"] == "completed"

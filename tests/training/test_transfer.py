@@ -184,10 +184,18 @@ def test_init_from_a_run_folder_is_its_best_checkpoint(source_ckpt: Path, tmp_pa
     torch.save(other, run / "checkpoints" / "last.ckpt")  # later weights: not the ones loaded
     best = {"val/acc": 0.5, "monitor": "val/acc", "checkpoint": "/x/checkpoints/best-epoch000-acc0.5.ckpt"}
     (run / "metrics.json").write_text(json.dumps({"status": "completed", "best": best, "metrics": {}}))
-    module = make_module(num_classes=10, init_from=str(run))
+    from resflex.preflight import check_before_work
+    from tests.test_configs import compose_train
+
+    cfg = compose_train([f"backbone.name={TINY_NET}", f"backbone.init_from={run}"], tmp_path / "out")
+    check_before_work(cfg)  # the run's first step: the folder becomes the file it stands for
+    assert Path(cfg.backbone.init_from) == run / "checkpoints" / "best-epoch000-acc0.5.ckpt"
+    module = make_module(num_classes=10, init_from=cfg.backbone.init_from)
     source = source_state(source_ckpt)
     for name, tensor in module.model.backbone.model.state_dict().items():
         assert torch.equal(tensor, source["model.backbone.model." + name]), name
+    with pytest.raises(DataError, match="is a folder"):  # below the run: a file, as the key says
+        TimmBackbone(TINY_NET, init_from=str(run))
 
 
 def test_init_head_loads_pooling_and_head_when_classes_match(source_ckpt: Path) -> None:

@@ -260,6 +260,10 @@ class ResflexDataModule(pl.LightningDataModule):
             self._size_cache[split] = list(sizes)
         return self._size_cache[split]
 
+    def buckets(self, split: str) -> list[int] | None:
+        """Each image's aspect bucket in ``split`` as its loaders' sampler uses them (None: one shape)."""
+        return self._buckets(split)
+
     def _buckets(self, split: str) -> list[int] | None:
         """Aspect-ratio bucket of every image of ``split`` (keep_aspect only; computed once)."""
         if self.schedule.geometry != "keep_aspect":

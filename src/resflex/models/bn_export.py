@@ -43,7 +43,7 @@ class _IndexHolder:
 
 def _selected(table_name: str) -> property:
     def get(self: nn.Module) -> torch.Tensor:
-        holder: _IndexHolder = self._size_index_holder  # type: ignore[assignment]
+        holder: _IndexHolder = self.size_index_holder  # type: ignore[assignment]
         table: torch.Tensor = getattr(self, table_name)
         if holder.index is None:  # outside SizeChoice's forward (e.g. a state_dict walk): the main size
             return table[int(self.size_main_row)]  # type: ignore[arg-type]
@@ -77,8 +77,8 @@ class SizeChoice(nn.Module):
         self.register_buffer("bounds", torch.tensor(bounds, dtype=torch.float64))
         self.holder = _IndexHolder()
         for layer in model.modules():
-            if hasattr(layer, "_size_index_holder"):
-                layer._size_index_holder = self.holder
+            if hasattr(layer, "size_index_holder"):
+                layer.size_index_holder = self.holder
 
     def size_index(self, x: torch.Tensor) -> torch.Tensor:
         """``(1,)`` int64: the row of the tracked side nearest to ``x``'s (log scale, ties larger)."""
@@ -122,13 +122,14 @@ def with_size_selected_stats(
             continue
         means = torch.stack([table[s][f"{key}.running_mean"] for s in sides]).to(layer.running_mean)
         variances = torch.stack([table[s][f"{key}.running_var"] for s in sides]).to(layer.running_var)
-        del layer._buffers["running_mean"], layer._buffers["running_var"]
+        delattr(layer, "running_mean")  # the buffers go; the class's properties read the tables
+        delattr(layer, "running_var")
         cls = type(layer)
         layer.__class__ = classes.setdefault(cls, _size_selected_class(cls))
         layer.register_buffer("size_mean_table", means)
         layer.register_buffer("size_var_table", variances)
         layer.size_main_row = main_row
-        layer._size_index_holder = None
+        layer.size_index_holder = None
     return SizeChoice(target, sides, short_side)
 
 

@@ -344,11 +344,15 @@ def existing_file(path: str | Path, key: str) -> Path:
 
 
 def resflex_checkpoint(path: str | Path, key: str) -> Path:
-    """A resflex checkpoint file, or a run folder: the file it stands for (its best checkpoint, else
-    ``last.ckpt``; :func:`resflex.run_folder.resolve_checkpoint_path`); one-line error when missing."""
-    from resflex.run_folder import resolve_checkpoint_path
-
-    return resolve_checkpoint_path(path, key)
+    """A resflex checkpoint file; one-line error when missing or a folder. A run folder given on the
+    command line is turned into its checkpoint file before the model is built
+    (:func:`resflex.preflight.check_before_work`: run folders are the application layer's)."""
+    path = Path(str(path)).expanduser()
+    if path.is_dir():
+        raise DataError(
+            f"{key}: {path} is a folder", hint=f"{key}=<run>/checkpoints/<best or last>.ckpt (the file)"
+        )
+    return existing_file(path, key)
 
 
 def load_backbone_weights(

@@ -21,7 +21,7 @@ class RunRecord:
     output_dir: str
     status: str = "running"
     # the command-line overrides the run was started with; a resume in its folder keeps them, and adds
-    # its own to ``resumes`` (resflex.training.resume)
+    # its own to ``resumes`` (resflex.resume_check)
     overrides: list[str] | None = None
     resumes: list[list[str]] | None = None
     choices: dict[str, Any] | None = None
