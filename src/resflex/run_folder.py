@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Collection
 from pathlib import Path
@@ -296,7 +297,8 @@ def resolve_resume_checkpoint(ckpt_path: Any, run_dir: str | Path) -> str | None
     """What training's ``ckpt_path`` resumes from: a readable file, a Lightning keyword, or ``None``.
 
     - ``None``/``""``/``"null"``: ``None`` (start from scratch).
-    - ``"best"``, ``"hpc"``, ``"registry"``: passed through to Lightning.
+    - ``"hpc"``, ``"registry"``: passed through to Lightning; ``"best"`` is refused in one line
+      (Lightning's keyword for testing a fitted model, not a file to resume from).
     - ``"last"``: ``<run_dir>/checkpoints/last.ckpt`` when it is readable; when it is
       missing or unreadable (cut short by a full disk or a killed copy), the newest
       readable ``*.ckpt`` of that folder, with a warning naming both files; when
@@ -308,7 +310,12 @@ def resolve_resume_checkpoint(ckpt_path: Any, run_dir: str | Path) -> str | None
     if ckpt_path is None or str(ckpt_path) in ("", "None", "null"):
         return None
     text = str(ckpt_path)
-    if text in ("best", "hpc", "registry"):
+    if text == "best":
+        raise ConfigError(
+            "ckpt_path=best names no file to resume from (Lightning's keyword for testing a fitted model)",
+            hint="ckpt_path=last resumes the run; backbone.init_from=<run> starts another from its weights",
+        )
+    if text in ("hpc", "registry"):
         return text
     if text == "last":
         folder = Path(str(run_dir)).expanduser() / "checkpoints"
@@ -323,6 +330,13 @@ def resolve_resume_checkpoint(ckpt_path: Any, run_dir: str | Path) -> str | None
                 folder,
                 ", ".join(broken),
             )
+        elif not folder.is_dir() and not _may_start_fresh():
+            # a folder made for this run (a new timestamp): nothing of an earlier run can be here
+            log.warning(
+                "ckpt_path=last: %s is this run's new folder, with no checkpoint: training starts from "
+                "scratch (to resume a run, give its folder: hydra.run.dir=<run>)",
+                folder.parent,
+            )
         else:
             log.info("ckpt_path=last: no checkpoint in %s yet; training starts from scratch", folder)
         return None
@@ -336,6 +350,17 @@ def resolve_resume_checkpoint(ckpt_path: Any, run_dir: str | Path) -> str | None
 
     check_checkpoint(path, action="resume from")
     return str(path)
+
+
+def _may_start_fresh() -> bool:
+    """Whether ``ckpt_path=last`` with nothing to resume is the expected first start: a sweep's job or
+    a SLURM job (both pass ``ckpt_path=last`` so that a requeued job resumes), not a single run."""
+    if os.environ.get("SLURM_JOB_ID"):
+        return True
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _last_or_newest_readable(preferred: Path, key: str) -> Path | None:

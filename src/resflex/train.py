@@ -39,6 +39,7 @@ from resflex.errors import (
     user_errors_as_one_line,
 )
 from resflex.model_card import write_model_card_quietly
+from resflex.models.checkpoint import check_resumable
 from resflex.preflight import check_before_work
 from resflex.resume_check import (
     ResumeRefused,
@@ -151,6 +152,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "classes: %d, train images: %d", datamodule.num_classes, len(datamodule.source.splits["train"])
         )
         # ckpt_path=last: the run's newest readable checkpoint (a cut-short last.ckpt is skipped, warned)
+        if ckpt_path is not None and Path(ckpt_path).is_file():
+            check_resumable(ckpt_path, module)  # another model's checkpoint: one line, not Lightning's page
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except pickle.UnpicklingError:

@@ -113,11 +113,12 @@ def test_missing_last_falls_back_with_a_warning(tmp_path: Path, caplog: pytest.L
 def test_last_with_nothing_to_resume_starts_from_scratch_like_lightning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Lightning 2.6: fit(ckpt_path="last") without a checkpoint warns and starts from scratch
+    # Lightning 2.6: fit(ckpt_path="last") without a checkpoint warns and starts from scratch; a single
+    # run's new folder (no hydra.run.dir) can never hold one: a warning says how to resume
     with caplog.at_level(logging.INFO, logger="resflex"):
         assert resolve_resume_checkpoint("last", tmp_path / "fresh") is None
-    assert any("starts from scratch" in r.getMessage() for r in caplog.records)
-    assert warnings_of(caplog) == []
+    (warning,) = warnings_of(caplog)
+    assert "starts from scratch" in warning and "hydra.run.dir=<run>" in warning
     # only unreadable checkpoints: from scratch too, but with a warning naming them
     caplog.clear()
     folder = tmp_path / "broken" / "checkpoints"
@@ -134,9 +135,15 @@ def test_no_ckpt_path_is_none(value: object, tmp_path: Path) -> None:
     assert resolve_resume_checkpoint(value, tmp_path) is None
 
 
-@pytest.mark.parametrize("value", ["best", "hpc", "registry"])
+@pytest.mark.parametrize("value", ["hpc", "registry"])
 def test_lightning_keywords_pass_through(value: str, tmp_path: Path) -> None:
     assert resolve_resume_checkpoint(value, tmp_path) == value
+
+
+def test_best_is_no_file_to_resume_from(tmp_path: Path) -> None:
+    """Lightning's "best" is for testing a fitted model: training with it was Lightning's ValueError."""
+    with pytest.raises(ConfigError, match="ckpt_path=best names no file to resume from"):
+        resolve_resume_checkpoint("best", tmp_path)
 
 
 def test_explicit_resume_paths(tmp_path: Path) -> None:
@@ -351,3 +358,14 @@ def test_a_run_resumes_past_a_cut_short_last_checkpoint(
     assert str(last) in warning and best.name in warning  # names the unreadable file and the one used
     resumed = safe_load(last)  # rewritten whole by the resumed run
     assert (resumed["epoch"], resumed["global_step"]) == (1, 6)  # epoch 0 restored, epoch 1 trained
+
+
+def test_last_with_nothing_to_resume_in_a_slurm_job_is_its_first_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SLURM job (or a sweep's) passes ckpt_path=last so that a requeued job resumes: its first start
+    finds nothing, as expected, and is not warned about."""
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    with caplog.at_level(logging.INFO, logger="resflex"):
+        assert resolve_resume_checkpoint("last", tmp_path / "new") is None
+    assert warnings_of(caplog) == []

@@ -272,3 +272,29 @@ def test_resume_from_a_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> N
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "refusing to resume" in errors[0], result.stderr[-2000:]
     assert not (tmp_path / "HACKED").exists()
+
+
+def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
+    """Another model's checkpoint, a plain weights file, ckpt_path=best: Lightning answered each with a
+    page of traceback (size mismatch, KeyError, ValueError); now one line with the way to use the file."""
+    from resflex.errors import find_user_error
+
+    source = tmp_path / "source"
+    assert train_run([*RESUME_RUN, "trainer.max_epochs=1"], source)["status"] == "completed"
+    ckpt = source / "checkpoints" / "last.ckpt"
+    weights = tmp_path / "weights.pth"
+    torch.save(torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"], weights)
+    # resume_check=false: past the config check (resflex.resume_check), to the weights themselves
+    past_the_config_check = ["resume_check=false", f"ckpt_path={ckpt}"]
+    cases = [
+        (["pooling.levels=[1,2]", *past_the_config_check], "2 of another shape (e.g. model.head"),
+        (["pooling=avg", *past_the_config_check], "holds another model's weights"),
+        ([f"ckpt_path={weights}"], "is a weights file, not a training checkpoint"),
+        (["ckpt_path=best"], "ckpt_path=best names no file to resume from"),
+    ]
+    for i, (overrides, message) in enumerate(cases):
+        with pytest.raises(Exception) as info:
+            train_run([*RESUME_RUN, *overrides], tmp_path / f"run{i}")
+        error = find_user_error(info.value)
+        assert error is not None and message in error.one_line(), (overrides, info.value)
+        assert "\n" not in error.one_line()

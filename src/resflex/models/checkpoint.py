@@ -211,6 +211,34 @@ def check_checkpoint(path: str | Path, what: str = "checkpoint", *, action: str 
     return path
 
 
+def check_resumable(path: str | Path, module: nn.Module) -> None:
+    """A one-line :class:`DataError` when ``path`` cannot resume training ``module``: not a training
+    checkpoint (no loop or optimizer state: a weights file), or weights of another model (another
+    backbone, head or class count). Lightning answers both with a page of traceback from inside its
+    loading (a ``KeyError``, ``size mismatch for ...``). Tensors are memory-mapped, not read."""
+    path = Path(str(path)).expanduser()
+    try:
+        loaded = _load(path, "cpu", mmap=True)
+    except _Problem as problem:
+        raise _as_data_error(path, problem, "ckpt_path", "resume from") from None
+    hint = f"ckpt_path resumes the same run; to start another from these weights: backbone.init_from={path}"
+    if not (isinstance(loaded, Mapping) and {"pytorch-lightning_version", "state_dict"} <= set(loaded)):
+        raise DataError(f"ckpt_path={path} is a weights file, not a training checkpoint", hint=hint)
+    saved = {k: tuple(v.shape) for k, v in loaded["state_dict"].items() if isinstance(v, torch.Tensor)}
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    shared = sorted(set(saved) & set(expected))
+    reshaped = [f"{k} {list(saved[k])} vs {list(expected[k])}" for k in shared if saved[k] != expected[k]]
+    if missing or unexpected or reshaped:
+        parts = [
+            f"{len(items)} {what} (e.g. {', '.join(items[:2])})"
+            for items, what in ((reshaped, "of another shape"), (missing, "missing"), (unexpected, "extra"))
+            if items
+        ]
+        raise DataError(f"ckpt_path={path} holds another model's weights: {'; '.join(parts)}", hint=hint)
+
+
 def _is_zip(path: Path) -> bool:
     try:
         with open(path, "rb") as handle:
