@@ -35,6 +35,7 @@ from resflex.errors import (
     ConfigError,
     DataError,
     describe_error,
+    find_user_error,
     full_error_requested,
     user_errors_as_one_line,
 )
@@ -232,17 +233,25 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
             try:
                 record = train(cfg)
             except BaseException as exc:
-                if not is_interruption(exc) or full_error_requested():
+                if full_error_requested():
                     raise
                 # SIGTERM / Ctrl-C: the checkpoint is saved (SaveOnInterrupt); say how to resume: the
-                # run's own overrides, or the resume would be refused (resflex/resume_check.py)
-                overrides, config_name = current_overrides()
-                command = resume_command(overrides, cfg.paths.output_dir, "last", config_name)
-                print(
-                    f"interrupted: checkpoint saved in {Path(cfg.paths.output_dir) / 'checkpoints'}; "
-                    f"resume with: {command}",
-                    file=sys.stderr,
-                )
+                # run's own overrides, or the resume would be refused (resflex/resume_check.py). A
+                # failure after a checkpoint was written (a bad image, a full disk) can resume too.
+                checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+                saved = checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))
+                if saved:
+                    overrides, config_name = current_overrides()
+                    command = resume_command(overrides, cfg.paths.output_dir, "last", config_name)
+                if not is_interruption(exc):
+                    if saved and find_user_error(exc) is not None:  # the one-line error follows
+                        print(f"checkpoints kept in {checkpoints}; once fixed: {command}", file=sys.stderr)
+                    raise
+                if saved:
+                    message = f"interrupted: checkpoint saved in {checkpoints}; resume with: {command}"
+                else:  # before training began (imports, the data scan): nothing to resume
+                    message = "interrupted before training began: nothing saved"
+                print(message, file=sys.stderr)
                 raise SystemExit(143 if isinstance(exc, SIGTERMException) else 130) from None
             finally:
                 finish_child_ranks()  # strategy=ddp: rank 0 reports the error, not a SIGKILL

@@ -189,6 +189,34 @@ def test_atomic_checkpoint_never_leaves_a_partial_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+def test_a_full_disk_while_saving_is_named_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's zip writer reports a full disk as "unexpected pos ..." (a page of traceback): one line that
+    says disk full, how much is free and that the earlier checkpoint is intact."""
+    import shutil
+    from types import SimpleNamespace
+
+    from resflex.errors import DataError
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"weights": torch.ones(3)}, path)
+
+    def full_disk(obj: object, handle) -> None:
+        handle.write(b"x" * 4096)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 4032")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(total=10**9, used=10**9, free=0))
+    with pytest.raises(DataError, match="disk full while saving .*0 MB free.*intact") as info:
+        io.save_checkpoint({"weights": torch.zeros(3)}, path)
+    assert "\n" not in str(info.value) and "ckpt_path=last" in str(info.value)
+    monkeypatch.undo()
+    assert torch.equal(io.load_checkpoint(path)["weights"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
 @pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
 def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -298,3 +326,43 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line(tmp_path: Path) 
         error = find_user_error(info.value)
         assert error is not None and message in error.one_line(), (overrides, info.value)
         assert "\n" not in error.one_line()
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_what_a_stopped_run_says_depends_on_what_it_saved(
+    checkpoint: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C before training began claimed "checkpoint saved" with no checkpoints folder; a failure after
+    a checkpoint was written (a bad image with on_bad_image=raise) said nothing of resuming."""
+    import resflex.train as train_module
+    from resflex.errors import DataError
+    from tests.test_configs import compose_train
+
+    cfg = compose_train([], tmp_path / "run")
+    if checkpoint:
+        (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"saved")
+
+    def stop(cfg: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", stop)
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.run_task(cfg, [])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    if checkpoint:
+        assert "interrupted: checkpoint saved in" in err and "ckpt_path=last" in err
+    else:
+        assert err.strip() == "interrupted before training began: nothing saved"
+
+    def bad_image(cfg: object) -> None:
+        raise DataError("cannot read image x.jpg: truncated", hint="fix or remove the file")
+
+    monkeypatch.setattr(train_module, "train", bad_image)
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.run_task(cfg, [])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: cannot read image x.jpg")
+    assert (lines[0].startswith("checkpoints kept in") and "ckpt_path=last" in lines[0]) == checkpoint

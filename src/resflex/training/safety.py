@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from resflex.errors import ResflexError
+from resflex.errors import DataError, ResflexError
 from resflex.models.checkpoint import safe_load
 from resflex.training.run_record import FillsRunRecord
 
@@ -50,6 +51,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
+        except (OSError, RuntimeError) as exc:
+            # a full disk reaches torch's zip writer as "unexpected pos ..." (a RuntimeError): name it
+            written = tmp.stat().st_size if tmp.exists() else 0
+            tmp.unlink(missing_ok=True)
+            free = shutil.disk_usage(target.parent).free
+            if written and free < max(written, 1 << 20):
+                raise DataError(
+                    f"disk full while saving {target} ({free / 2**20:.0f} MB free, {written / 2**20:.0f} MB "
+                    "written before it stopped); the checkpoints saved before it are intact",
+                    hint=f"free space on {target.parent}, then resume with ckpt_path=last",
+                ) from None
+            raise exc
         finally:
             tmp.unlink(missing_ok=True)  # only left behind when saving failed
 
