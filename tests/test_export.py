@@ -145,3 +145,13 @@ def test_an_unwritable_output_fails_in_one_line_before_any_work(
     monkeypatch.setattr(export, "prepare_for_export", never)
     with pytest.raises(DataError, match="cannot write output="):
         export_classifier(tiny_classifier("avg"), "torchscript", output, sizes=SIZES, atol=ATOL)
+
+
+def test_an_output_named_as_another_format_is_refused() -> None:
+    from resflex.export import check_suffix
+
+    with pytest.raises(ConfigError, match="named as a format=torchscript file, but format=onnx") as info:
+        check_suffix(Path("model.pt"), "onnx")
+    assert "output=model.onnx" in str(info.value)
+    check_suffix(Path("model.onnx"), "onnx")
+    check_suffix(Path("model.bin"), "onnx")  # a name of no format: the user's choice

@@ -287,6 +287,17 @@ def default_output(run_dir: str | Path, fmt: str) -> Path:
     return Path(run_dir) / "export" / f"model{FORMATS[fmt]}"
 
 
+def check_suffix(output: Path, fmt: str) -> None:
+    """One line for an output named as another format's file (``format=onnx output=model.pt``): the file
+    would load with nothing its name promises."""
+    others = {suffix: name for name, suffix in FORMATS.items() if name != fmt}
+    if output.suffix in others:
+        raise ConfigError(
+            f"output={output} is named as a format={others[output.suffix]} file, but format={fmt}",
+            hint=f"output={output.with_suffix(FORMATS[fmt])}, or format={others[output.suffix]}",
+        )
+
+
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r} (format={fmt})", hint=f"format={'|'.join(FORMATS)}")
@@ -324,6 +335,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     run = open_run(cfg.ckpt_path, cfg.get("run_config"))
     check_options(run, check)
     output = Path(str(cfg.output)) if cfg.get("output") else default_output(run.run_dir, fmt)
+    check_suffix(output, fmt)
     atol = float(check.atol)
     if run.is_naflex:  # token sequences: resflex.export_naflex
         record = export_token_run(run, fmt, output, atol, list(check.seq_lens or []), cfg.get("opset"))
