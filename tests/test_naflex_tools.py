@@ -265,9 +265,10 @@ def test_export_refusals_are_one_line_and_write_nothing(
 ) -> None:
     """The default NaFlexVit (timm's per-image interpolated position embedding) cannot be captured with a
     dynamic sequence length: refused before any capture, with the cause and the way out."""
-    from resflex.export import run_export
+    from resflex.export import FORMATS, run_export
 
-    out = tmp_path / "out" / "model.onnx"
+    fmt = next((a.split("=", 1)[1] for a in args if a.startswith("format=")), "onnx")
+    out = tmp_path / "out" / f"model{FORMATS[fmt]}"  # named as its format's file (else that is the error)
     cfg = compose_config("export", [f"ckpt_path={trained['ckpt']}", f"output={out}", *args], tmp_path / "x")
     with pytest.raises(ConfigError) as info:
         run_export(cfg)
