@@ -71,6 +71,7 @@ from resflex.models.bn_export import describe, with_size_selected_stats
 from resflex.robust_range import robust_ranges
 from resflex.run import Run, open_run
 from resflex.types import Size
+from resflex.validation import check_writable
 
 log = logging.getLogger("resflex")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
@@ -226,8 +227,8 @@ def export_classifier(
     sizes = list(sizes or check_sizes(classifier))
     for size in sizes:
         classifier.check_size(size, "check.sizes")
+    check_writable(output)
     tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp{output.suffix or FORMATS[fmt]}")
-    check_writable(tmp, output)
     started = time.time()
     model, replaced = prepare_for_export(classifier)
     eager = classifier.float().eval()
@@ -266,21 +267,6 @@ def export_classifier(
         "bn_statistics": describe(model),
         "seconds": round(time.time() - started, 2),
     }
-
-
-def check_writable(probe: Path, output: Path) -> None:
-    """One line, before any work, when ``output`` cannot be written (a file where its folder should be,
-    no permission, a read-only file system): ``probe`` (the temporary name beside it) is created and
-    removed."""
-    try:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise DataError(
-            f"cannot write output={output}: {exc.strerror or exc}",
-            hint=f"output=<a writable folder>/model{output.suffix or '.onnx'}",
-        ) from None
 
 
 def default_output(run_dir: str | Path, fmt: str) -> Path:

@@ -66,7 +66,7 @@ from resflex.run import open_run
 from resflex.runtime import resolve_device, size_tag
 from resflex.training.robustness import RANGE_TOLERANCE
 from resflex.types import Size
-from resflex.validation import check_value
+from resflex.validation import check_value, check_writable
 
 __all__ = [
     "NAMED_SIZES",
@@ -216,21 +216,6 @@ def _auto_text(candidates: list[Size], source: str | None, note: str | None = No
     return f"{sizes} (the robust sizes of the {source} curve: within {RANGE_TOLERANCE:g} of the best)"
 
 
-def check_writable_output(output: Path) -> None:
-    """One line before any image is read when ``output`` cannot be written (its folder is a file, no
-    permission): a probe file beside it is created and removed."""
-    probe = output.with_name(f".{output.name}.probe")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise DataError(
-            f"cannot write output={output}: {exc.strerror or exc}",
-            hint=f"output=<a writable folder>/{output.name}",
-        ) from None
-
-
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """The task of ``scripts/predict.py``; returns the record (also in the ``.json`` output)."""
     from resflex.runtime import quiet_library_noise
@@ -248,7 +233,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     batch_size = check_value("predict.batch_size", settings.batch_size, int, lambda v: v >= 1, positive)
     check_value("predict.topk", settings.topk, int, lambda v: v >= 1, f"{positive} (classes per row)")
     check_value("predict.max_side", settings.max_side, int, lambda v: v >= 1, f"{positive} (pixels)")
-    check_writable_output(output)
+    check_writable(output)
     run = open_run(cfg.ckpt_path, cfg.get("run_config"))
     check_naflex_options(run, settings.size, settings.seq_len)
     decoder = OmegaConf.select(run.config, "data.source.decoder", default=None) or DEFAULT_DECODER

@@ -11,9 +11,10 @@ into Lightning, where a wrong type would surface as a deep traceback
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resflex.errors import ConfigError
+from resflex.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # omegaconf stays out of the benchmark's imports (it runs without Hydra)
     from omegaconf import DictConfig
@@ -63,3 +64,20 @@ def validate_config(cfg: DictConfig) -> None:
         if value is None or value in WORDS.get(key, ()):
             continue
         check_value(key, value, kind, ok, allowed)
+
+
+def check_writable(output: Path, key: str = "output") -> None:
+    """A one-line :class:`DataError`, before any work, when ``output`` cannot be written (a file where its
+    folder should be, no permission, a read-only file system): a probe file beside it is created and
+    removed (the folder is made). Commands that write one file at the end (predict, export) call it
+    first, so a bad path does not cost the whole run."""
+    probe = output.with_name(f".{output.name}.probe")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(
+            f"cannot write {key}={output}: {exc.strerror or exc}",
+            hint=f"{key}=<a writable folder>/{output.name}",
+        ) from None
