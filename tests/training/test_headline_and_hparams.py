@@ -283,3 +283,20 @@ def test_sweep_jobs_line_up_in_hparams_name_their_size_and_select_by_the_mean(tm
         assert scalars["val/best_epoch"][-1][1] == best_epoch
         assert scalars["val/acc_best"][-1][1] == pytest.approx(scalars["val/acc"][best_epoch][1], abs=1e-6)
         assert record["metrics"]["val/best_epoch"] == best_epoch
+
+
+def test_a_moved_checkpoint_folder_starts_the_best_afresh_as_model_checkpoint_does() -> None:
+    """Resumed in a copied run folder, Lightning's ModelCheckpoint forgets its best score; the record's
+    best epoch did not, and named epoch 5 while the best file became a worse, later one."""
+    restored = BestEpochMetrics()
+    restored.load_state_dict({"best": 0.2, "epoch": 5, "values": {"val/acc": 0.2}})
+    moved = SimpleNamespace(checkpoint_callback=SimpleNamespace(best_model_score=None))
+    restored.on_train_start(moved, None)  # type: ignore[arg-type]
+    assert restored.metrics("val/acc") == {}
+    restored.on_validation_end(_trainer({"val/acc": 0.1}, 7), None)  # type: ignore[arg-type]
+    assert restored.metrics("val/acc")["val/best_epoch"] == 7.0  # the file ModelCheckpoint keeps
+    same_folder = BestEpochMetrics()
+    same_folder.load_state_dict({"best": 0.2, "epoch": 5, "values": {"val/acc": 0.2}})
+    kept = SimpleNamespace(checkpoint_callback=SimpleNamespace(best_model_score=torch.tensor(0.2)))
+    same_folder.on_train_start(kept, None)  # type: ignore[arg-type]
+    assert same_folder.metrics("val/acc")["val/best_epoch"] == 5.0

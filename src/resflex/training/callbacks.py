@@ -26,6 +26,7 @@ The figures and text a person opens TensorBoard for
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -39,6 +40,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from resflex.compat import RefinedLearningRateMonitor
 from resflex.runtime import size_tag
 from resflex.training.run_record import FillsRunRecord
+
+_log = logging.getLogger("resflex")
 
 
 def _sync(module: pl.LightningModule) -> None:
@@ -287,6 +290,15 @@ class BestEpochMetrics(FillsRunRecord, pl.Callback):
     def _monitor(trainer: pl.Trainer) -> tuple[str | None, str]:
         ckpt = trainer.checkpoint_callback
         return getattr(ckpt, "monitor", None), str(getattr(ckpt, "mode", "max"))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A resume whose checkpoint folder moved (a copied run folder): ``ModelCheckpoint`` then
+        forgets its best score and starts the comparison afresh, so this does too; else the record
+        would name a best epoch whose file was replaced by a later, worse one."""
+        ckpt = trainer.checkpoint_callback
+        if self.best is not None and ckpt is not None and getattr(ckpt, "best_model_score", None) is None:
+            _log.info("the best epoch is tracked afresh: the checkpoint folder moved (as in ModelCheckpoint)")
+            self.best, self.epoch, self.values = None, None, {}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         monitor, mode = self._monitor(trainer)
