@@ -100,7 +100,7 @@ def meta_model(model: DictConfig) -> Any:
     weights, init_from = backbone.get("weights"), backbone.get("init_from")
     if not (weights and init_from):
         for key, value in (("weights", weights), ("init_from", init_from)):
-            if value and key == "init_from":  # a resflex checkpoint, or a run folder (its best checkpoint)
+            if value and key == "init_from":  # a resflex checkpoint (a run folder became its file above)
                 resflex_checkpoint(value, "backbone.init_from")
             elif value:
                 existing_file(value, f"backbone.{key}")
