@@ -170,6 +170,16 @@ def current_overrides() -> tuple[list[str], str | None]:
     return [str(o) for o in hc.overrides.task], hc.job.get("config_name")
 
 
+def started_with(folder: Path) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """(config, overrides) the run of ``folder`` was started with: its kept copy, else (a folder from
+    before the copy was kept) no config and its record's overrides; (None, None) when neither exists."""
+    saved, original = read_original(folder)
+    if saved is not None:
+        return saved, original or []
+    recorded = read_record(folder).get("overrides")
+    return None, ([str(o) for o in recorded] if isinstance(recorded, list) else None)
+
+
 def _source_folder(ckpt_path: str, output_dir: Path) -> Path:
     return output_dir if ckpt_path in _LIGHTNING_KEYWORDS else checkpoint_run_folder(ckpt_path)
 
@@ -185,15 +195,13 @@ def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overri
         raise ConfigError(f"resume_check must be true or false, not {cfg.get('resume_check')!r}")
     output_dir = Path(output_dir)
     source = _source_folder(ckpt_path, output_dir)
-    saved, original = read_original(source)
+    saved, original = started_with(source)
     if saved is not None:
         differences = config_differences(saved, task_config(cfg))
-    else:  # a folder from before the copy was kept: its record's overrides
-        recorded = read_record(source).get("overrides")
-        if not isinstance(recorded, list):
-            return
-        original = [str(o) for o in recorded]
+    elif original is not None:  # a folder from before the copy was kept: its record's overrides
         differences = override_differences(original, overrides)
+    else:
+        return
     refused = [(k, old, new) for k, old, new in differences if not may_change(k)]
     listed = ", ".join(f"{k} (was {_shown(old)}, now {_shown(new)})" for k, old, new in refused[:_SHOWN])
     more = f" and {len(refused) - _SHOWN} more" if len(refused) > _SHOWN else ""
@@ -237,12 +245,9 @@ def prepare_run_folder(
     if ckpt_path is not None:
         check_resume(cfg, ckpt_path, output_dir, overrides)
         if _source_folder(ckpt_path, output_dir).resolve() == output_dir.resolve():
-            saved, original = read_original(output_dir)
-            if saved is not None:
-                return original or []
-            recorded = read_record(output_dir).get("overrides")
-            if isinstance(recorded, list):  # a folder from before the copy: its record's overrides
-                return [str(o) for o in recorded]
+            saved, original = started_with(output_dir)
+            if saved is not None or original is not None:
+                return original
     if write:
         save_original(output_dir, task_config(cfg), overrides)
     return None
