@@ -23,12 +23,15 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from resflex.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # classifier -> backbone -> this module: a run-time import would be circular
+    from resflex.models.classifier import ImageClassifier
 
 log = logging.getLogger("resflex")
 
@@ -418,7 +421,7 @@ def load_backbone_weights(
 
 
 def load_head_from_checkpoint(
-    classifier: nn.Module, path: str | Path, key: str = "backbone.init_from"
+    classifier: ImageClassifier, path: str | Path, key: str = "backbone.init_from"
 ) -> LoadReport:
     """Load pooling and linear head of a resflex checkpoint into an ``ImageClassifier``.
 
@@ -441,7 +444,7 @@ def load_head_from_checkpoint(
     return report
 
 
-def init_head_from_checkpoint(classifier: nn.Module) -> LoadReport | None:
+def init_head_from_checkpoint(classifier: ImageClassifier) -> LoadReport | None:
     """Apply ``backbone.init_head`` for a classifier whose backbone came from ``backbone.init_from``.
 
     Logs one line either way, so a run's log always says where its head came from.
