@@ -14,15 +14,17 @@ resumed mid-epoch logged the mean of the steps after the resume only, not the un
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from pytorch_lightning import LightningModule
 from torchmetrics import MeanMetric
 
 from resflex.compat import attached_trainer
 from resflex.data.naflex import step_loss_scale
 from resflex.types import TokenBatch
+
+if TYPE_CHECKING:  # that module imports this one
+    from resflex.training.module import ClassificationModule
 
 #: the checkpoint key of :class:`EpochPaddingShare`'s state
 PADDING_SHARE_KEY = "naflex_padding_share"
@@ -35,6 +37,10 @@ class EpochPaddingShare(MeanMetric):
     no ``on_train_epoch_start`` for an epoch it resumes in the middle of, so the reset there
     (:meth:`start_epoch`) only clears epochs that start from their first step. Rank 0's own steps
     (``sync_on_compute=False``): the checkpoint holds rank 0's state, and rank 0 is the one that logs."""
+
+    # MeanMetric's states (add_state), which torchmetrics 1.3 (the lower bound) does not declare
+    mean_value: torch.Tensor
+    weight: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__(sync_on_compute=False)
@@ -62,7 +68,7 @@ class EpochPaddingShare(MeanMetric):
         self.reset()
 
 
-def token_training_loss(module: LightningModule, batch: TokenBatch, loss: torch.Tensor) -> torch.Tensor:
+def token_training_loss(module: ClassificationModule, batch: TokenBatch, loss: torch.Tensor) -> torch.Tensor:
     """Log the step's padding share; return ``loss`` scaled as ``resolution.loss_scale`` says."""
     # the epoch mean of the steps' shares (the per-step value is one batch's luck)
     padding = module.train_padding_share
