@@ -17,12 +17,9 @@ import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from resflex.errors import ConfigError
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
 
 CONFIG_DIR = Path(os.environ.get("RESFLEX_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 
@@ -52,19 +49,6 @@ def register_trainer_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(group="trainer", name="lightning", node=trainer_schema())
-
-
-def hydra_node() -> DictConfig:
-    """The running job's ``hydra`` node (``HydraConfig.get()``) as what it is: a ``DictConfig`` of the
-    ``HydraConf`` schema. Hydra annotates it as the schema's dataclass; OmegaConf's functions
-    (``select``, ``read_write``, ``to_container``) take the ``DictConfig``."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig
-
-    node = HydraConfig.get()
-    if not isinstance(node, DictConfig):
-        raise TypeError(f"HydraConfig.get() gave a {type(node).__name__}, not a DictConfig")
-    return node
 
 
 def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:

@@ -62,7 +62,7 @@ def check_token_format(fmt: str) -> None:
 def check_token_export(classifier: TokenClassifier, fmt: str) -> None:
     """One line (:class:`ConfigError`) for a NaFlex export that cannot work, before any capture."""
     check_token_format(fmt)
-    blocker = export_blocker(classifier.model.backbone.model)
+    blocker = export_blocker(classifier.naflex_backbone().model)
     if blocker is not None:
         raise ConfigError(
             f"cannot export format={fmt}: {blocker}",

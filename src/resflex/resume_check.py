@@ -164,7 +164,7 @@ def current_overrides() -> tuple[list[str], str | None]:
     """This run's command-line overrides and config name (Hydra's); ``([], None)`` outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
-    from resflex.config import hydra_node
+    from resflex.runtime import hydra_node
 
     if not HydraConfig.initialized():
         return [], None

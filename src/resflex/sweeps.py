@@ -122,7 +122,7 @@ def current_sweep_text_keys() -> set[str]:
 def current_swept_keys() -> set[str] | None:
     """The keys this Hydra multirun varies between its jobs (:func:`swept_keys` of :func:`_sweep_argv`);
     None outside a sweep or where they cannot be found."""
-    from resflex.config import hydra_node
+    from resflex.runtime import hydra_node
 
     argv = _sweep_argv()
     if argv is None:
@@ -135,7 +135,7 @@ def swept_dirname(override_dirname: str | None) -> str | None:
     """The job's ``override_dirname`` cut down to the swept keys, in Hydra's format; None if unknown."""
     from hydra.core.hydra_config import HydraConfig
 
-    from resflex.config import hydra_node
+    from resflex.runtime import hydra_node
 
     if not HydraConfig.initialized():
         return override_dirname

@@ -32,8 +32,6 @@ from resflex.types import TokenBatch
 if TYPE_CHECKING:
     from timm.models.naflexvit import NaFlexVit
 
-    from resflex.models.classifier import ImageClassifier
-
 
 @dataclass
 class TokenGrid:
@@ -154,19 +152,23 @@ class TokenClassifier(nn.Module):
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 
-    def __init__(self, model: ImageClassifier, mean: Any, std: Any) -> None:
+    def __init__(self, model: nn.Module, mean: Any, std: Any) -> None:
         super().__init__()
         self.model = model
         # the LightningModule's buffers: 0..255 scale, one value per channel
         self.register_buffer("pixel_mean", torch.as_tensor(mean, dtype=torch.float32).reshape(3).clone())
         self.register_buffer("pixel_std", torch.as_tensor(std, dtype=torch.float32).reshape(3).clone())
 
-    @property
-    def patch_size(self) -> int:
+    def naflex_backbone(self) -> NaFlexBackbone:
+        """The backbone of :attr:`model` (a NaFlex run's ``ImageClassifier``)."""
         backbone = self.model.backbone
         if not isinstance(backbone, NaFlexBackbone):
             raise TypeError(f"a token classifier needs a NaFlex backbone, got {type(backbone).__name__}")
-        return backbone.patch_size
+        return backbone
+
+    @property
+    def patch_size(self) -> int:
+        return self.naflex_backbone().patch_size
 
     def forward(
         self, patches: torch.Tensor, patch_coord: torch.Tensor, patch_valid: torch.Tensor

@@ -200,7 +200,7 @@ def ddp_job_scope(
     """
     from omegaconf import OmegaConf, read_write
 
-    from resflex.config import hydra_node
+    from resflex.runtime import hydra_node
 
     saved_argv = list(sys.argv)
     saved_env = {key: os.environ.get(key) for key in _DDP_ENV}

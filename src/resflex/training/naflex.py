@@ -14,17 +14,15 @@ resumed mid-epoch logged the mean of the steps after the resume only, not the un
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from pytorch_lightning import LightningModule
 from torchmetrics import MeanMetric
 
 from resflex.compat import attached_trainer
 from resflex.data.naflex import step_loss_scale
 from resflex.types import TokenBatch
-
-if TYPE_CHECKING:  # that module imports this one
-    from resflex.training.module import ClassificationModule
 
 #: the checkpoint key of :class:`EpochPaddingShare`'s state
 PADDING_SHARE_KEY = "naflex_padding_share"
@@ -68,10 +66,12 @@ class EpochPaddingShare(MeanMetric):
         self.reset()
 
 
-def token_training_loss(module: ClassificationModule, batch: TokenBatch, loss: torch.Tensor) -> torch.Tensor:
+def token_training_loss(module: LightningModule, batch: TokenBatch, loss: torch.Tensor) -> torch.Tensor:
     """Log the step's padding share; return ``loss`` scaled as ``resolution.loss_scale`` says."""
     # the epoch mean of the steps' shares (the per-step value is one batch's luck)
-    padding = module.train_padding_share
+    padding = module.train_padding_share  # the ClassificationModule's
+    if not isinstance(padding, EpochPaddingShare):
+        raise TypeError(f"{type(module).__name__} keeps no EpochPaddingShare (train_padding_share)")
     padding.update(batch.padding_share, len(batch))
     module.log("train/padding_share", padding, on_step=False, on_epoch=True)
     trainer = attached_trainer(module)
