@@ -47,6 +47,7 @@ test-min: $(STAMP_MIN)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests benchmarks experiments
 	$(VENV)/bin/ruff format --check src scripts tests benchmarks experiments
+	$(VENV)/bin/mypy
 
 # every generated table in README.md, experiments/*/README.md and docs/*.md, from the committed result files
 results: $(STAMP)

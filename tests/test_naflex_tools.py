@@ -69,7 +69,7 @@ def reference_probabilities(ckpt: Path, seq_len: int) -> dict[str, torch.Tensor]
             x, _ = module.on_after_batch_transfer((x, y), 0)
             probs = module(x).float().softmax(dim=1)
             for request, p in zip(requests, probs, strict=True):
-                out[str(files[request.index])] = p
+                out[str(files[request.sample_index])] = p
     return out
 
 

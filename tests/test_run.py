@@ -161,3 +161,28 @@ def test_the_guard_finds_a_reader(tmp_path: Path) -> None:
     )
     (tmp_path / "cfg.py").write_text("from omegaconf import OmegaConf\ncfg = OmegaConf.load('x.yaml')\n")
     assert run_file_readers(tmp_path) == {"cfg.py": ["OmegaConf.load"], "sneaky.py": ["metrics.json"]}
+
+
+def _naflex_run_without_schedule(tmp_path: Path) -> Run:
+    """A NaFlex run whose config cannot rebuild its resolution schedule (an edited or foreign config)."""
+    config = OmegaConf.create({"resolution": {"_target_": "resflex.data.naflex.NoSuchResolution"}})
+    return Run(
+        run_dir=tmp_path, config_path=tmp_path / "c.yaml", config=config, checkpoint=tmp_path / "x.ckpt"
+    )
+
+
+def test_exporting_a_naflex_run_without_its_schedule_is_one_line(tmp_path: Path) -> None:
+    """It was an AttributeError ('NoneType' object has no attribute 'max_seq_len') with a traceback."""
+    from resflex.export_naflex import export_token_run
+
+    with pytest.raises(ConfigError, match="has no resolution schedule"):
+        export_token_run(_naflex_run_without_schedule(tmp_path), "onnx", tmp_path / "out.onnx", atol=1e-4)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_loading_a_naflex_run_without_its_schedule_says_so(tmp_path: Path) -> None:
+    """It said 'predict.seq_len must be a whole number of tokens >= 1, got None': no option was given."""
+    from resflex.inference import naflex_classifier_of
+
+    with pytest.raises(ConfigError, match="has no resolution schedule"):
+        naflex_classifier_of(_naflex_run_without_schedule(tmp_path))

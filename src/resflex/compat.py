@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
@@ -35,8 +35,9 @@ CHECKED_TORCH_VERSION = "2.14.1"
 #: The base class of every BatchNorm layer (``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, the lazy ones, and
 #: subclasses such as timm's ``BatchNormAct2d``): torch's private ``nn.modules.batchnorm._BatchNorm``
 #: (torch 2.14.1). Why private: torch has no public common base; listing the public classes would miss
-#: ``SyncBatchNorm`` subclasses and any added later.
-BatchNorm: type[torch.nn.Module] = torch.nn.modules.batchnorm._BatchNorm
+#: ``SyncBatchNorm`` subclasses and any added later. A type alias: ``isinstance(m, BatchNorm)`` and
+#: ``layer: BatchNorm`` both work, with the attributes every BatchNorm has (``running_mean``, ...).
+BatchNorm: TypeAlias = torch.nn.modules.batchnorm._BatchNorm
 
 
 def _changed(what: str) -> str:
@@ -99,7 +100,11 @@ def batches_done_this_epoch(trainer: pl.Trainer) -> int:
     sampler starts there; Lightning keeps that count only in the epoch loop's progress
     tracker (``fit_loop.epoch_loop.batch_progress.current.processed``).
     """
-    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+    # a _ProcessedTracker, which Lightning annotates as its base class (without ``processed``)
+    processed = getattr(trainer.fit_loop.epoch_loop.batch_progress.current, "processed", None)
+    if processed is None:
+        raise AttributeError(_changed("fit_loop.epoch_loop.batch_progress.current has no processed"))
+    return int(processed)
 
 
 class RefinedLearningRateMonitor(LearningRateMonitor):
@@ -211,7 +216,9 @@ def size_oblivious_tracing() -> contextlib.AbstractContextManager[Any]:
     sizes still catches a size that was specialised).
     """
     import torch.fx.experimental._config as config
+    from torch.utils._config_module import ConfigModule
 
-    if not hasattr(config, "backed_size_oblivious"):
+    # torch's install_config_module turns the module into a ConfigModule, which adds patch()
+    if not isinstance(config, ConfigModule) or not hasattr(config, "backed_size_oblivious"):
         return contextlib.nullcontext()
-    return config.patch(backed_size_oblivious=True)
+    return config.patch("backed_size_oblivious", True)

@@ -85,10 +85,16 @@ def find_user_error(exc: BaseException | None) -> ResflexError | None:
     return None
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its type name when it has none."""
+def first_line(exc: BaseException | str) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none.
+
+    A str is a message already taken out of its exception (``decode_jpeg_reason``); an empty one has
+    no type name worth showing (it would read "str").
+    """
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if text:
+        return text.splitlines()[0]
+    return "no reason given" if isinstance(exc, str) else type(exc).__name__
 
 
 def describe_error(exc: BaseException) -> str:

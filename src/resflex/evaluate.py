@@ -64,6 +64,7 @@ from resflex.runtime import (
     size_tag,
 )
 from resflex.training.robustness import range_phrase, summarize_sizes
+from resflex.types import as_size
 from resflex.validation import check_value
 
 log = logging.getLogger("resflex")
@@ -138,8 +139,9 @@ def bucket_shapes(datamodule: Any, split: str, size: tuple[int, int]) -> list[tu
 @torch.inference_mode()
 def evaluate_loader(
     module: Any, loader: Any, device: torch.device, precision: Any, limit_batches: int | None = None
-) -> dict[str, float]:
-    """Micro top-1/top-5 accuracy and mean cross-entropy over every image of ``loader``."""
+) -> dict[str, float | None]:
+    """Micro top-1/top-5 accuracy and mean cross-entropy over every image of ``loader`` (``acc_top5``:
+    None with fewer than 5 classes)."""
     correct = correct5 = 0
     loss_sum = 0.0
     images = 0
@@ -201,8 +203,8 @@ def robustness_summary(
         return None
     sizes = [(r["seq_len"], r["seq_len"]) if tokens else (r["height"], r["width"]) for r in rows]
     accuracy = dict(zip(sizes, (r["acc"] for r in rows), strict=True))
-    reference = tuple(main) if main is not None else sizes[0]
-    summary = summarize_sizes(accuracy, main=reference)  # type: ignore[arg-type]
+    reference = as_size(main) if main is not None else sizes[0]
+    summary = summarize_sizes(accuracy, main=reference)
     worst = min(rows, key=lambda r: r["acc"])
     return {
         "unit": "tokens" if tokens else "px",

@@ -103,11 +103,12 @@ def prepare_for_export(classifier: ResflexClassifier) -> tuple[nn.Module, list[s
     ``classifier`` itself is left as it was.
     """
     stats = classifier.size_stats
-    model, replaced = make_exportable(classifier)
-    model.size_stats = None  # swapping buffers from Python would freeze the example's size
+    exportable, replaced = make_exportable(classifier)
+    exportable.size_stats = None  # swapping buffers from Python would freeze the example's size
+    model: nn.Module = exportable
     if stats is not None and stats.table:
         model = with_size_selected_stats(
-            model, stats.table, stats.main, classifier.stats_by_short_side, prefix="model."
+            exportable, stats.table, stats.main, classifier.stats_by_short_side, prefix="model."
         )
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     for p in model.parameters():

@@ -123,6 +123,7 @@ def export_onnx(
             external_data=False,
             **kwargs,
         )
+    assert program is not None  # dynamo=True: torch.onnx.export returns its ONNXProgram
     metadata = program.model.metadata_props
     metadata["classes"] = json.dumps(classifier.classes)
     metadata["input"] = INPUT_CONVENTION

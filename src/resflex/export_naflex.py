@@ -62,7 +62,7 @@ def check_token_format(fmt: str) -> None:
 def check_token_export(classifier: TokenClassifier, fmt: str) -> None:
     """One line (:class:`ConfigError`) for a NaFlex export that cannot work, before any capture."""
     check_token_format(fmt)
-    blocker = export_blocker(classifier.model.backbone.model)
+    blocker = export_blocker(classifier.naflex_backbone().model)
     if blocker is not None:
         raise ConfigError(
             f"cannot export format={fmt}: {blocker}",
@@ -128,6 +128,7 @@ def capture(
                 external_data=False,
                 **kwargs,
             )
+            assert program is not None  # dynamo=True: torch.onnx.export returns its ONNXProgram
             program.model.metadata_props.update(metadata)
             program.save(str(path), external_data=False)
         else:
@@ -198,7 +199,7 @@ def export_token_run(
     ``atol`` (nothing is left at ``output`` then).
     """
     check_token_format(fmt)
-    schedule = run.schedule()
+    schedule = run.required_schedule()
     seq_lens = check_seq_lens(schedule, requested)
     classifier = run.token_classifier()
     check_token_export(classifier, fmt)

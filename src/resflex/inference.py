@@ -22,16 +22,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resflex.models.bn_calibration import TrackedSizeStats, side_of
 from resflex.robust_range import RobustRange, robust_ranges
 from resflex.run import Run, open_run
-from resflex.types import Size
+from resflex.types import Size, as_size
+
+if TYPE_CHECKING:
+    from resflex.models.backbone import TimmBackbone
+    from resflex.models.naflex import TokenClassifier
 
 log = logging.getLogger("resflex")
 
@@ -44,6 +48,12 @@ class ResflexClassifier(nn.Module):
     what training and ``scripts/eval.py`` feed the network (``(x*255 - mean*255) / (std*255)``:
     ``k/255*255 == k`` exactly in float32 for every byte ``k``).
     """
+
+    # buffers: the backbone's mean/std on the 0..255 scale, (1, 3, 1, 1)
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+    #: the run's composed config (set by :func:`classifier_of`), for callers that need more
+    config: DictConfig
 
     def __init__(
         self,
@@ -75,10 +85,19 @@ class ResflexClassifier(nn.Module):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def _backbone(self) -> TimmBackbone:
+        """The backbone of :attr:`model`, an ``ImageClassifier`` here (a NaFlex classifier's is a token
+        classifier, and :class:`NaFlexImageClassifier` reads no backbone)."""
+        from resflex.models.classifier import ImageClassifier
+
+        if not isinstance(self.model, ImageClassifier):
+            raise TypeError(f"{type(self).__name__} of a {type(self.model).__name__}: no backbone to ask")
+        return self.model.backbone
+
     @property
     def min_side(self) -> int:
         """The smallest side the backbone takes (see ``TimmBackbone.check_input_size``)."""
-        backbone = self.model.backbone
+        backbone = self._backbone()
         patch_embed = getattr(backbone, "patch_embed", None)
         if patch_embed is not None and hasattr(patch_embed, "patch_size"):
             return 1 if getattr(patch_embed, "dynamic_img_pad", False) else int(max(patch_embed.patch_size))
@@ -91,7 +110,7 @@ class ResflexClassifier(nn.Module):
 
     def check_size(self, size: Size, key: str = "size") -> None:
         """One-line :class:`ConfigError` for a size the backbone cannot take (fixed-size ViT, too small)."""
-        self.model.backbone.check_input_size(tuple(size), key)
+        self._backbone().check_input_size(size, key)
 
     @property
     def stats_by_short_side(self) -> bool:
@@ -138,7 +157,13 @@ class NaFlexImageClassifier(ResflexClassifier):
     """
 
     def __init__(
-        self, tokens: nn.Module, schedule: Any, transform: Any, seq_len: int, classes: list[str], info: dict
+        self,
+        tokens: TokenClassifier,
+        schedule: Any,
+        transform: Any,
+        seq_len: int,
+        classes: list[str],
+        info: dict,
     ) -> None:
         mean = tuple(float(v) / 255.0 for v in tokens.pixel_mean)
         std = tuple(float(v) / 255.0 for v in tokens.pixel_std)
@@ -166,6 +191,7 @@ def naflex_classifier_of(run: Run, device: str | torch.device = "cpu") -> NaFlex
     from resflex.naflex_framing import parse_seq_len
 
     transform, geometry, schedule = run.eval_framing()
+    schedule = run.required_schedule(schedule)
     seq_len = parse_seq_len(None, schedule)
     cfg = run.config
     info = {
@@ -208,7 +234,7 @@ def classifier_of(run: Run, device: str | torch.device = "cpu") -> ResflexClassi
     if schedule is not None:
         try:
             train_sizes = sorted(set(schedule.train_sizes()))
-            eval_size = tuple(schedule.eval_size)  # type: ignore[assignment]
+            eval_size = as_size(schedule.eval_size)
         except Exception as exc:
             log.warning("could not read the run's training sizes: %s", exc)
     backbone = model.backbone

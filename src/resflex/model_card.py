@@ -159,7 +159,7 @@ def _pooling_text(cfg: DictConfig) -> str:
     pooling = OmegaConf.to_container(cfg.get("pooling") or {}, resolve=True) or {}
     assert isinstance(pooling, dict)
     name = str(pooling.pop("_target_", "")).rsplit(".", 1)[-1] or "?"
-    args = ", ".join(f"{k}={v}" for k, v in pooling.items())
+    args = ", ".join(f"{k!s}={v}" for k, v in pooling.items())  # keys: str (a config's)
     return f"{name}({args})"
 
 
@@ -176,7 +176,8 @@ def _accuracy_rows(metrics: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             if metrics.get(f"{split}/acc") is not None:
                 rows.append((split, "eval size", metrics[f"{split}/acc"], metrics.get(f"{split}/loss")))
 
-    def order(row: tuple[str, str, Any, Any]) -> tuple[str, int, str]:
+    def order(row: tuple[str, str, Any, Any]) -> tuple[bool, int, str]:
+        """val before test, then by size."""
         digits = re.match(r"\d+", row[1])
         return row[0] != "val", int(digits.group()) if digits else 0, row[1]
 
@@ -222,7 +223,7 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         f"| training sequence lengths | {schedule!r} (tokens per image, each image at its own aspect) |"
         if schedule is not None
         else f"| training sizes | {schedule_name}: "
-        + ", ".join(f"{k}={v}" for k, v in resolution.items() if v is not None)
+        + ", ".join(f"{k!s}={v}" for k, v in resolution.items() if v is not None)
         + " |"
     )
     lines = [

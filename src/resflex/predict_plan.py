@@ -219,8 +219,9 @@ def plan_batches(
     readable = [i for i in range(len(files)) if i not in plan.unreadable]
     groups: dict[tuple[Size, int | None], list[int]] = defaultdict(list)
     if not need_sizes:
-        groups[(size, None)] = readable  # type: ignore[index]
-        plan.sizes = dict.fromkeys(readable, size)  # type: ignore[arg-type]
+        assert not isinstance(size, str)  # a named size (NAMED_SIZES) needs the images' sizes
+        groups[(size, None)] = readable
+        plan.sizes = dict.fromkeys(readable, size)
     else:
         ratios = aspect_ratios or [1.0]
         buckets = assign_buckets([sizes[i] for i in readable], ratios)
@@ -241,12 +242,15 @@ def plan_batches(
                 plan.sizes[i] = nearest_size(math.sqrt(width * height), candidates or [], framed)
                 shape = framed(plan.sizes[i])
             else:
-                shape = framed(size)  # type: ignore[arg-type]
-                plan.sizes[i] = size  # type: ignore[assignment]
+                assert not isinstance(size, str)  # neither name: a fixed (h, w)
+                shape = framed(size)
+                plan.sizes[i] = size
             # auto buckets only where the framing does (keep_aspect); native always does
             bucketed = size != "auto" or geometry == "keep_aspect"
-            groups[(tuple(shape), bucket if bucketed else None)].append(i)
-    for (shape, bucket), members in sorted(groups.items(), key=lambda item: (item[0][1] or 0, item[0][0])):
+            groups[(shape, bucket if bucketed else None)].append(i)
+    for (batch_shape, batch_bucket), members in sorted(
+        groups.items(), key=lambda item: (item[0][1] or 0, item[0][0])
+    ):
         for start in range(0, len(members), batch_size):
-            plan.batches.append((shape, members[start : start + batch_size], bucket))
+            plan.batches.append((batch_shape, members[start : start + batch_size], batch_bucket))
     return plan

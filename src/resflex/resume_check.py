@@ -103,7 +103,7 @@ def task_config(cfg: DictConfig) -> dict[str, Any]:
     """``cfg`` unresolved, without the ``hydra`` node: what Hydra saves as ``.hydra/config.yaml``."""
     container = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(container, dict)
-    return {k: v for k, v in container.items() if k != "hydra"}
+    return {str(k): v for k, v in container.items() if k != "hydra"}
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -164,9 +164,11 @@ def current_overrides() -> tuple[list[str], str | None]:
     """This run's command-line overrides and config name (Hydra's); ``([], None)`` outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
+    from resflex.runtime import hydra_node
+
     if not HydraConfig.initialized():
         return [], None
-    hc = HydraConfig.get()
+    hc = hydra_node()
     return [str(o) for o in hc.overrides.task], hc.job.get("config_name")
 
 

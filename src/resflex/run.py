@@ -213,6 +213,18 @@ class Run:
             log.warning("could not rebuild the run's resolution schedule: %s", first_line(exc))
             return None
 
+    def required_schedule(self, schedule: Any | None = None) -> Any:
+        """``schedule`` (default :meth:`schedule`), else a one-line :class:`ConfigError`: a NaFlex run's
+        sequence lengths and patch size are its schedule's, with no fallback."""
+        schedule = schedule if schedule is not None else self.schedule()
+        if schedule is None:  # schedule() logged why
+            raise ConfigError(
+                f"the run {self.checkpoint or self.run_dir} has no resolution schedule: its config could not "
+                "rebuild it",
+                hint="pass the config of the run that wrote the checkpoint (run_config=...)",
+            )
+        return schedule
+
     def main_size(self, schedule: Any | None = None) -> Size | None:
         """The run's main (eval) size as its schedule defines it; None when that cannot be rebuilt."""
         schedule = schedule if schedule is not None else self.schedule()

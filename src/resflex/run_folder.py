@@ -69,11 +69,11 @@ def read_original(run_dir: str | Path) -> tuple[dict[str, Any] | None, list[str]
     overrides: list[str] | None = None
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(original_file(run_dir)), resolve=False)
-        config = loaded if isinstance(loaded, dict) else None  # type: ignore[assignment]
+        config = {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else None
     except Exception:
         config = None
     try:
-        overrides = [str(o) for o in OmegaConf.load(original_file(run_dir, OVERRIDES_FILE)) or []]  # type: ignore[union-attr]
+        overrides = [str(o) for o in OmegaConf.load(original_file(run_dir, OVERRIDES_FILE)) or []]
     except Exception:
         overrides = None
     return config, overrides
@@ -142,7 +142,7 @@ def read_overrides(run_dir: str | Path) -> list[str] | None:
     if not path.is_file():
         return None
     try:
-        return [str(o) for o in OmegaConf.load(path) or []]  # type: ignore[union-attr]
+        return [str(o) for o in OmegaConf.load(path) or []]
     except Exception:
         return None
 

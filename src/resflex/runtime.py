@@ -14,9 +14,12 @@ import logging
 import os
 import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def resolve_precision(precision: Any, device: torch.device | str | None = None) -> Any:
@@ -133,3 +136,17 @@ def retain_freed_host_memory() -> bool:
 def size_tag(h: int, w: int) -> str:
     """How a size is written in metric names and folders: ``64`` for a square, ``48x80`` otherwise."""
     return str(w) if h == w else f"{h}x{w}"
+
+
+def hydra_node() -> DictConfig:
+    """The running job's ``hydra`` node (``HydraConfig.get()``) as what it is: a ``DictConfig`` of the
+    ``HydraConf`` schema. Hydra annotates it as the schema's dataclass; OmegaConf's functions
+    (``select``, ``read_write``, ``to_container``) take the ``DictConfig``. Hydra is imported on the
+    call: this module stays Hydra-free for the benchmark."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    node = HydraConfig.get()
+    if not isinstance(node, DictConfig):
+        raise TypeError(f"HydraConfig.get() gave a {type(node).__name__}, not a DictConfig")
+    return node

@@ -152,12 +152,13 @@ def varying_overrides(jobs: Sequence[Job]) -> tuple[list[str], dict[str, str]]:
         keys += [k for k in job.overrides if k not in keys]
     if len(jobs) == 1:
         return keys, {}
-    common = {}
+    common: dict[str, str] = {}
     varying = []
     for key in keys:
-        values = {job.overrides.get(key) for job in jobs}
-        if len(values) == 1:
-            common[key] = next(iter(values))  # type: ignore[assignment]
+        values = {job.overrides.get(key) for job in jobs}  # None: a job without the key
+        shared = next(iter(values)) if len(values) == 1 else None
+        if shared is not None:
+            common[key] = shared
         else:
             varying.append(key)
     return varying, common

@@ -122,12 +122,12 @@ def current_sweep_text_keys() -> set[str]:
 def current_swept_keys() -> set[str] | None:
     """The keys this Hydra multirun varies between its jobs (:func:`swept_keys` of :func:`_sweep_argv`);
     None outside a sweep or where they cannot be found."""
-    from hydra.core.hydra_config import HydraConfig
+    from resflex.runtime import hydra_node
 
     argv = _sweep_argv()
     if argv is None:
         return None
-    params = OmegaConf.select(HydraConfig.get(), "sweeper.params", default=None) or {}
+    params = OmegaConf.select(hydra_node(), "sweeper.params", default=None) or {}
     return swept_keys(argv, params.keys()) or None
 
 
@@ -135,9 +135,11 @@ def swept_dirname(override_dirname: str | None) -> str | None:
     """The job's ``override_dirname`` cut down to the swept keys, in Hydra's format; None if unknown."""
     from hydra.core.hydra_config import HydraConfig
 
+    from resflex.runtime import hydra_node
+
     if not HydraConfig.initialized():
         return override_dirname
-    hc = HydraConfig.get()
+    hc = hydra_node()
     params = OmegaConf.select(hc, "sweeper.params", default=None) or {}
     keys = swept_keys(sys.argv[1:], params.keys())
     if not keys:

@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -85,7 +86,10 @@ def check_finite(metrics: Mapping[str, Any]) -> None:
 
 def is_global_zero(trainer: pl.Trainer | None) -> bool:
     """Rank 0 of a distributed run (or a single process); before the trainer exists, from the environment."""
-    return trainer.is_global_zero if trainer is not None else rank_zero_only.rank == 0
+    if trainer is not None:
+        return trainer.is_global_zero
+    # Lightning sets rank_zero_only.rank (from the environment) at import; the function does not declare it
+    return rank_zero_only.rank == 0  # type: ignore[attr-defined]
 
 
 def is_interruption(exc: BaseException) -> bool:
@@ -191,7 +195,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         record.wall_time_s = round(time.time() - started, 2)
         ckpt = trainer.checkpoint_callback if trainer is not None else None
-        if ckpt is not None and getattr(ckpt, "best_model_score", None) is not None:
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_score is not None:
             # {monitor: value, "monitor", "epoch" (BestEpochMetrics), "checkpoint"}
             record.best = {
                 str(ckpt.monitor): float(ckpt.best_model_score),
@@ -205,7 +209,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_metrics_json(output_dir / METRICS_FILE, record.as_dict())
             write_model_card_quietly(output_dir)  # <run>/model_card.md + classes.json (resflex.model_card)
         if trainer is not None and trainer.is_global_zero and record.status == "completed":
-            sizes = getattr(trainer.datamodule, "eval_sizes", None) or []
+            sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None) or []
             hparams, varied = run_hparams(
                 cfg,
                 record.choices or {},

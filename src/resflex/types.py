@@ -9,12 +9,19 @@ backbone (``models/naflex.py``) reads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 #: an image or input size, ``(height, width)`` in pixels
 Size = tuple[int, int]
+
+
+def as_size(value: Sequence[int]) -> Size:
+    """An (h, w) pair as configs and tensors give it (a list, a tuple) as a :data:`Size`, e.g. a dict key."""
+    h, w = value
+    return int(h), int(w)
 
 
 @dataclass
@@ -48,8 +55,12 @@ class TokenBatch:
         return coord.amax(dim=1) + 1
 
     def pin_memory(self) -> TokenBatch:
-        pinned = (t.pin_memory() for t in (self.patches, self.patch_coord, self.patch_valid))
-        return TokenBatch(*pinned, self.seq_len)
+        return TokenBatch(
+            self.patches.pin_memory(),
+            self.patch_coord.pin_memory(),
+            self.patch_valid.pin_memory(),
+            self.seq_len,
+        )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """The keyword arguments of timm's ``NaFlexVit.forward_features``."""

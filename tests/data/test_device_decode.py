@@ -281,3 +281,10 @@ def test_nvjpeg_on_cuda_is_close_to_the_cpu_path(mixed_folder: Path) -> None:
                 assert torch.equal(decoded_labels.cpu(), labels)
                 diff = _mean_abs(images.cpu(), reference)
                 assert diff < 1.5, (size, diff)
+
+
+def test_a_decode_error_without_a_reason_is_not_named_str() -> None:
+    """``decode_jpeg_reason`` gives a str; an empty one made the message 'cannot read image x.jpg: str'."""
+    assert BadImageError("x.jpg", "").message == "cannot read image x.jpg: no reason given"
+    assert BadImageError("x.jpg", "bad marker\nmore").message == "cannot read image x.jpg: bad marker"
+    assert BadImageError("x.jpg", OSError()).message == "cannot read image x.jpg: OSError"

@@ -63,7 +63,7 @@ def test_sequence_length_and_batch_are_a_function_of_seed_epoch_step() -> None:
                 assert len(a) == len(b) == 512 // seq_len
             for r in a:
                 assert (r.h // 8) * (r.w // 8) <= seq_len
-        seen = [r.index for plan in plans for batch in plan for r in batch]
+        seen = [r.sample_index for plan in plans for batch in plan for r in batch]
         assert set(seen) == set(range(203))  # every sample, sharded over the two ranks
     lengths = [[schedule.size_at(e, t)[0] for t in range(20)] for e in (0, 1)]
     assert lengths[0] != lengths[1]  # a new draw each epoch
@@ -87,7 +87,7 @@ def test_evaluation_at_one_sequence_length_covers_the_split_in_order() -> None:
     schedule = NaFlexResolution(seq_lens=[16, 64], max_seq_len=32, patch_size=8, tokens_per_batch=256)
     s = sampler(schedule, shuffle=False, training=False, fixed_size=(32, 32))
     batches = list(s)
-    assert [r.index for b in batches for r in b] == list(range(203))
+    assert [r.sample_index for b in batches for r in b] == list(range(203))
     assert {len(b) for b in batches[:-1]} == {256 // 32}
     requests = [r for b in batches for r in b]
     assert {r.seq_len for r in requests} == {32} and all(r.epoch is None for r in requests)

@@ -249,3 +249,13 @@ def test_training_never_gives_batchnorm_a_batch_of_one_in_keep_aspect() -> None:
     assert sorted(len(b.indices) for b in evaluation.plan(0)) == sorted(
         [64, 1, 11] if buckets[65] == 2 else [64, 2, 10]
     )
+
+
+def test_a_sample_request_is_a_tuple_whose_index_method_works() -> None:
+    """A field named ``index`` hid ``tuple.index`` (``request.index(64)``: 'int' object is not callable)."""
+    from resflex.data.naflex import TokenRequest
+    from resflex.data.sampler import SampleRequest
+
+    assert SampleRequest(7, 64, 48).index(64) == 1
+    assert TokenRequest(7, 64, 48, None, 0, 96).index(96) == 5
+    assert SampleRequest(7, 64, 48).sample_index == 7

@@ -47,16 +47,18 @@ def finish_source(
     (``data.root=DIR``), one place for every source that reads files, while ``data.source.*``
     holds what differs between sources.
     """
-    built = not callable(source) or hasattr(source, "splits")
-    target = type(source) if built else getattr(source, "func", source)
-    if not built and "root" in inspect.signature(target).parameters:
-        return source(root=root)
+    if isinstance(source, ImageSource):
+        target: Any = type(source)
+    else:
+        target = getattr(source, "func", source)  # a partial's class
+        if "root" in inspect.signature(target).parameters:
+            return source(root=root)
     if root is not None:
         raise ConfigError(
             f"data.root is not used by data={name or getattr(target, '__name__', target)}",
             hint="data=imagefolder data.root=DIR reads a folder",
         )
-    return source if built else source()
+    return source if isinstance(source, ImageSource) else source()
 
 
 def check_data_arguments(

@@ -13,11 +13,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from resflex.data.images import SWAPPING_ORIENTATIONS, exif_orientation
+
+if TYPE_CHECKING:
+    from resflex.data.datasets import Split
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +34,13 @@ def file_image_size(path: str) -> tuple[int, int]:
     return (height, width) if orientation in SWAPPING_ORIENTATIONS else (width, height)
 
 
-def image_sizes(dataset: Dataset) -> list[tuple[int, int]]:
+def image_sizes(dataset: Split) -> list[tuple[int, int]]:
     """(width, height) of every item of ``dataset``, as cheaply as the dataset allows."""
     lookup = image_sizes_lookup(dataset)
-    return [lookup(i) for i in range(len(dataset))]  # type: ignore[arg-type]
+    return [lookup(i) for i in range(len(dataset))]
 
 
-def image_sizes_lookup(dataset: Dataset) -> Callable[[int], tuple[int, int]]:
+def image_sizes_lookup(dataset: Split | Dataset) -> Callable[[int], tuple[int, int]]:
     """``index -> (width, height)``, as cheaply as ``dataset`` allows (a ``Subset`` maps to its base)."""
     if isinstance(dataset, Subset):
         base, indices = image_sizes_lookup(dataset.dataset), dataset.indices

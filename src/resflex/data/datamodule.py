@@ -28,7 +28,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from resflex.compat import batches_done_this_epoch, uses_distributed_sampler
 from resflex.data.arguments import check_data_arguments, finish_source, worker_augment
@@ -39,7 +39,7 @@ from resflex.data.eval_sizes import is_auto
 from resflex.data.images import DEVICE_DECODER
 from resflex.data.naflex import is_token_schedule, token_loader_parts
 from resflex.data.profile import DatasetProfile, sample_indices
-from resflex.data.sampler import ResolutionBatchSampler
+from resflex.data.sampler import ResolutionBatchSampler, SamplerArgs
 from resflex.data.schedule import ResolutionSchedule
 from resflex.data.sized_dataset import SizedDataset, Transform, mean_color
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
@@ -133,11 +133,11 @@ class ResflexDataModule(pl.LightningDataModule):
         """Profile the training split from its headers; resolve ``geometry=auto``; say what was chosen."""
         train = self.source.splits["train"]
         lookup = image_sizes_lookup(train)
-        indices = sample_indices(len(train), max_images, self.seed)  # type: ignore[arg-type]
+        indices = sample_indices(len(train), max_images, self.seed)
         profile = DatasetProfile.from_sizes(
             [lookup(i) for i in indices],
             self.schedule.aspect_ratios,
-            total=len(train),  # type: ignore[arg-type]
+            total=len(train),
         )
         if self.schedule.geometry == "auto":
             geometry, reason = profile.choose_geometry()
@@ -203,17 +203,21 @@ class ResflexDataModule(pl.LightningDataModule):
         key = f"{split}@{size}" + ("-eval" if eval_framing else "")
         training = split == "train" and not eval_framing
         if key not in self._loaders:
-            transform: Transform = self.train_transform if training else self.eval_transform
-            phases: Mapping[str, Transform] = self.phase_transforms if training else {}
+            framing: TrainTransform | EvalTransform = (
+                self.train_transform if training else self.eval_transform
+            )
+            phase_framings: Mapping[str, TrainTransform] = self.phase_transforms if training else {}
+            transform: Transform = framing
+            phases: Mapping[str, Transform] = phase_framings
             bad_images = getattr(self.source, "bad_images", None)
-            collate = None  # torch's default
+            collate: Callable[[Any], Any] | None = None  # torch's default
             if self.device_decode:  # workers read bytes and draw framings; the device decodes
-                transform = DeviceFraming(transform)
-                phases = {name: DeviceFraming(t) for name, t in phases.items()}
+                transform = DeviceFraming(framing)
+                phases = {name: DeviceFraming(t) for name, t in phase_framings.items()}
                 collate = partial(collate_encoded, bad_images=bad_images)
             dataset = SizedDataset(self.source.splits[split], transform, phases, bad_images, self.seed)
             rank, world = (0, 1) if eval_framing else self._rank_and_world()
-            sampler_args = dict(
+            sampler_args = SamplerArgs(
                 num_samples=len(dataset),
                 batch_size=self.batch_size if split == "train" else self.eval_batch_size,
                 schedule=self.schedule,
@@ -225,11 +229,13 @@ class ResflexDataModule(pl.LightningDataModule):
                 world_size=world,
                 fixed_size=size,
             )
+            loader_dataset: Dataset = dataset
+            sampler: ResolutionBatchSampler
             if is_token_schedule(self.schedule):  # resolution=naflex: token batches (resflex.data.naflex)
                 # the token budget's reference; every image once per epoch (no BatchNorm over one image)
-                sampler_args.update(batch_size=self.batch_size, drop_last=False)
+                sampler_args["batch_size"], sampler_args["drop_last"] = self.batch_size, False
                 sizes = self._image_sizes(split)
-                dataset, sampler, collate = token_loader_parts(dataset, sizes, **sampler_args)
+                loader_dataset, sampler, collate = token_loader_parts(dataset, sizes, **sampler_args)
             else:
                 sampler = ResolutionBatchSampler(**sampler_args, buckets=self._buckets(split))
             workers = self.num_workers
@@ -237,7 +243,7 @@ class ResflexDataModule(pl.LightningDataModule):
                 log.info("data loader: %d worker(s) (data.num_workers=%s)", workers, self.requested_workers)
                 self._workers_said = True
             self._loaders[key] = DataLoader(
-                dataset,
+                loader_dataset,
                 batch_sampler=sampler,
                 num_workers=workers,
                 pin_memory=self.pin_memory,
@@ -256,7 +262,7 @@ class ResflexDataModule(pl.LightningDataModule):
             dataset = self.source.splits[split]
             profiled = self.profile.sizes if split == "train" else []
             # the profile already read every training header when it did not sample: reuse them
-            sizes = profiled if len(profiled) == len(dataset) else image_sizes(dataset)  # type: ignore[arg-type]
+            sizes = profiled if len(profiled) == len(dataset) else image_sizes(dataset)
             self._size_cache[split] = list(sizes)
         return self._size_cache[split]
 
@@ -279,7 +285,8 @@ class ResflexDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # overfit_batches: the same first batches every epoch (Lightning would swap in a
         # SequentialSampler, but it cannot see inside this batch sampler)
-        overfit = self.trainer is not None and bool(self.trainer.overfit_batches)
+        # trainer.overfit_batches: set by Lightning's trainer setup; the Trainer class does not declare it
+        overfit = self.trainer is not None and bool(self.trainer.overfit_batches)  # type: ignore[attr-defined]
         loader = self._loader("train", shuffle=not overfit, size=None)
         sampler = loader.batch_sampler
         assert isinstance(sampler, ResolutionBatchSampler)
@@ -290,7 +297,8 @@ class ResflexDataModule(pl.LightningDataModule):
     def train_sampler(self) -> ResolutionBatchSampler | None:
         """The training loader's batch sampler, once the loader exists."""
         loader = self._loaders.get("train@None")
-        return loader.batch_sampler if loader is not None else None  # type: ignore[return-value]
+        sampler = loader.batch_sampler if loader is not None else None
+        return sampler if isinstance(sampler, ResolutionBatchSampler) else None
 
     def _start_where_resumed(self, sampler: ResolutionBatchSampler) -> None:
         """Start the sampler where a resumed run stopped.

@@ -16,15 +16,18 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from torch.utils.data import Dataset, Subset
+from PIL import Image
+from torch.utils.data import Subset
 from torchvision.datasets import DatasetFolder
 
 from resflex.data.bad_images import BadImagePolicy
 from resflex.data.images import (
     DEFAULT_DECODER,
     IMAGE_EXTENSIONS,
+    ImageFile,
     check_decoder,
     header_is_readable,
     open_image,
@@ -36,11 +39,21 @@ from resflex.errors import DataError
 log = logging.getLogger(__name__)
 
 
+class Split(Protocol):
+    """A split of an :class:`ImageSource`: a map-style dataset, ``len(split)`` items, ``split[i]`` ->
+    ``(image, label)``. What torch's ``Dataset`` does not say: it declares no ``__len__`` (an
+    iterable dataset has none), and every resflex split has one."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> tuple[Image.Image | ImageFile, int]: ...
+
+
 class ImageSource:
     """What the data module needs from a dataset: class names and named splits."""
 
     classes: Sequence[str]
-    splits: dict[str, Dataset]
+    splits: dict[str, Split]
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +79,8 @@ class SyntheticSource(ImageSource):
         distractors: int = 1,
         noise: float = 10.0,
     ) -> None:
-        common = dict(
+        shapes = partial(
+            SyntheticShapes,
             min_side=min_side,
             max_side=max_side,
             object_scale=object_scale,
@@ -75,11 +89,11 @@ class SyntheticSource(ImageSource):
         )
         # distinct seeds per split: the splits share no image
         self.splits = {
-            "train": SyntheticShapes(num_train, seed=seed * 3 + 0, **common),
-            "val": SyntheticShapes(num_val, seed=seed * 3 + 1, **common),
+            "train": shapes(num_train, seed=seed * 3 + 0),
+            "val": shapes(num_val, seed=seed * 3 + 1),
         }
         if num_test > 0:
-            self.splits["test"] = SyntheticShapes(num_test, seed=seed * 3 + 2, **common)
+            self.splits["test"] = shapes(num_test, seed=seed * 3 + 2)
         self.classes = SyntheticShapes.classes
 
 
@@ -173,7 +187,7 @@ class ImageFolderSource(ImageSource):
         train_dir = base / "train"
         train = _scan_folder(train_dir, "data.root", self.bad_images, decoder)
         self.classes = list(train.classes)
-        self.splits: dict[str, Dataset] = {}
+        self.splits: dict[str, Split] = {}
         val_dir = base / "val"
         if val_dir.is_dir():
             val = _scan_folder(val_dir, "data.root (val/)", self.bad_images, decoder)

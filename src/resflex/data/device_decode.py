@@ -52,8 +52,9 @@ Checked on the CPU only: the nvJPEG path has not been run or measured on a GPU y
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -147,12 +148,12 @@ class DeviceFraming:
             return EncodedImage(self.transform(image, size))
         assert isinstance(image, ImageFile)
         width, height = image.size
-        where = dict(orientation=image.orientation, path=image.path)
+        framing = partial(Framing, size, orientation=image.orientation, path=image.path)
         if isinstance(self.transform, TrainTransform):
             box = self.transform.square_box(width, height, size)
-            return EncodedImage(data, Framing(size, box=box, flip=self.transform.draw_flip(), **where))
+            return EncodedImage(data, framing(box=box, flip=self.transform.draw_flip()))
         cover = self.transform.cover_size(width, height, size)
-        return EncodedImage(data, Framing(size, cover=(cover[0], cover[1]), **where))
+        return EncodedImage(data, framing(cover=(cover[0], cover[1])))
 
 
 class EncodedBatch:
@@ -216,14 +217,15 @@ class EncodedBatch:
         (the batch keeps its shape, as in the workers).
         """
         jpegs = iter(self._decode_jpegs())
-        framed = iter(self.pixels if self.pixels is not None else [])
+        framed: Iterator[torch.Tensor] = iter(self.pixels if self.pixels is not None else [])
         images = [next(framed) if f is None else _apply(f, next(jpegs)) for f in self.framings]
-        good = [k for k, image in enumerate(images) if image is not None]
+        readable = {k: image for k, image in enumerate(images) if image is not None}
+        good = list(readable)
         if not good:
             raise DataError(f"no image of a batch of {len(images)} could be decoded", hint="check the files")
         # a failed image's place goes to the next good one (wrapping around)
         order = [k if k in good else next((g for g in good if g > k), good[0]) for k in range(len(images))]
-        batch = torch.stack([images[k] for k in order])  # type: ignore[misc]
+        batch = torch.stack([readable[k] for k in order])
         if len(good) < len(images):
             labels = labels[torch.tensor(order, device=labels.device)]
         return batch, labels

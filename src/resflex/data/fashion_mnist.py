@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from torch.utils.data import Dataset
 
-from resflex.data.datasets import ImageSource
+from resflex.data.datasets import ImageSource, Split
 from resflex.errors import ConfigError, DataError
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -46,7 +47,14 @@ HOW_TO_GET = (
     "apt-get install dataset-fashion-mnist (files land in /usr/share/datasets/fashion-mnist), "
     "or data.root=data/fashion_mnist data.source.download=true when online"
 )
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, npt.DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -95,7 +103,9 @@ def _download(root: Path) -> None:
 class ArrayImages(Dataset):
     """``(N, H, W)`` uint8 images + labels -> ``(RGB PIL image, int label)``; ``indices`` selects a subset."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, indices: Sequence[int] | np.ndarray | None = None
+    ) -> None:
         self.images = images
         self.labels = labels
         self.indices = np.arange(len(labels)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -167,7 +177,7 @@ class FashionMNISTSource(ImageSource):
         val_idx, train_idx = np.sort(order[:n_val]), order[n_val:]
         train_idx = np.sort(train_idx[: _limit(num_train, len(train_idx), "data.source.num_train")])
         self.classes = list(CLASSES)
-        self.splits: dict[str, Dataset] = {
+        self.splits: dict[str, Split] = {
             "train": ArrayImages(train_images, train_labels, train_idx),
             "val": ArrayImages(train_images, train_labels, val_idx),
         }

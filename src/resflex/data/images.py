@@ -54,6 +54,7 @@ import functools
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -220,7 +221,7 @@ class ImageFile:
         """What ``decode_jpeg`` and simplejpeg convert to RGB as PIL does (CMYK is left to PIL)."""
         return self._image.format == "JPEG" and self._image.mode in _TORCHVISION_MODES
 
-    def _reducible(self, min_size: tuple[int, int] | None) -> bool:
+    def _reducible(self, min_size: tuple[int, int] | None) -> TypeGuard[tuple[int, int]]:
         """A JPEG at least twice ``min_size`` (width, height) in both sides: PIL can decode it reduced."""
         if min_size is None or self._image.format != "JPEG":
             return False
@@ -232,10 +233,11 @@ class ImageFile:
         With ``min_size`` (width, height), a JPEG may be decoded reduced, but never
         below ``min_size`` in either dimension; other formats always decode in full.
         """
-        image, scale = self._image, 1.0
+        image: Image.Image = self._image  # exif_transpose gives a plain Image, no longer the file's
+        scale = 1.0
         try:
             if self._reducible(min_size):
-                width, height = min_size  # type: ignore[misc]
+                width, height = min_size
                 width, height = (height, width) if self._swapped else (width, height)
                 drafted = image.draft(None, (max(1, width), max(1, height)))
                 if drafted is not None:
@@ -291,7 +293,7 @@ class ImageFile:
         raw_size = self._image.size  # as stored, before EXIF orientation
         k = 1
         if self._reducible(min_size):
-            width, height = min_size  # type: ignore[misc]
+            width, height = min_size
             k = reduction(raw_size, (height, width) if self._swapped else (width, height))
         try:
             with open(self.path, "rb") as f:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 import torch
 from timm.data.naflex_transforms import get_image_size_for_seq, patchify_image
@@ -43,6 +43,9 @@ from resflex.data.sampler import ResolutionBatchSampler
 from resflex.data.schedule import check_int
 from resflex.errors import ConfigError
 from resflex.types import Size, TokenBatch
+
+if TYPE_CHECKING:  # the data module's dataset, which imports this module's neighbours
+    from resflex.data.sized_dataset import SizedDataset
 
 LOSS_SCALES = ("none", "linear", "sqrt")
 
@@ -84,7 +87,7 @@ def collate_tokens(
 class TokenRequest(NamedTuple):
     """A :class:`SampleRequest` plus the step's sequence length, which the collate needs."""
 
-    index: int
+    sample_index: int
     h: int
     w: int
     phase: str | None
@@ -96,14 +99,16 @@ class TokenDataset(Dataset):
     """Wraps a :class:`~resflex.data.datamodule.SizedDataset`: ``dataset[TokenRequest]`` -> (uint8 image,
     label, seq_len); the image framed at the request's own (h, w) as any sized request is."""
 
-    def __init__(self, sized: Dataset) -> None:
+    def __init__(self, sized: SizedDataset) -> None:
         self.sized = sized
 
     def __len__(self) -> int:
-        return len(self.sized)  # type: ignore[arg-type]
+        return len(self.sized)
 
     def __getitem__(self, item: TokenRequest) -> tuple[torch.Tensor, int, int]:
         image, label = self.sized[tuple(item[:5])]
+        if not isinstance(image, torch.Tensor):  # decoder=device frames square crops only, never squash's
+            raise TypeError(f"a token batch takes framed images, got {type(image).__name__}")
         return image, label, int(item[5])
 
 
@@ -229,7 +234,7 @@ class NaFlexResolution(RandomResolution):
         )
 
 
-def is_token_schedule(schedule: object) -> bool:
+def is_token_schedule(schedule: object) -> TypeGuard[NaFlexResolution]:
     return isinstance(schedule, NaFlexResolution)
 
 
@@ -247,9 +252,10 @@ def step_loss_scale(datamodule: object, images: int) -> float:
     """timm's loss scale (``resolution.loss_scale``) of a training step of ``images`` images under
     ``datamodule``'s token budget; 1.0 for anything that is not a NaFlex data module."""
     schedule = token_schedule_of(datamodule)
-    if schedule is None:
+    batch_size = getattr(datamodule, "batch_size", None)  # the token budget's reference
+    if schedule is None or batch_size is None:
         return 1.0
-    return schedule.loss_scale_for(images, int(datamodule.batch_size))  # type: ignore[attr-defined]
+    return schedule.loss_scale_for(images, int(batch_size))
 
 
 class NaFlexBatchSampler(ResolutionBatchSampler):
@@ -257,6 +263,8 @@ class NaFlexBatchSampler(ResolutionBatchSampler):
     sequence length. The plan (which samples, which sequence length, how many per step) is the base
     class's: a pure function of (seed, epoch), sharded by rank, resumable at a step; only the
     per-image sizes are added here, from the images' (width, height) read once from their headers."""
+
+    schedule: NaFlexResolution  # __init__ refuses any other
 
     def __init__(self, *args: Any, image_sizes: Sequence[tuple[int, int]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -272,11 +280,11 @@ class NaFlexBatchSampler(ResolutionBatchSampler):
 
     def step_batch_size(self, epoch: int, step: int) -> int:
         if self.fixed_size is not None:  # evaluation at one sequence length: the token budget's batch
-            return self.schedule.batch_for(self.fixed_size[0], self.batch_size)  # type: ignore[attr-defined]
+            return self.schedule.batch_for(self.fixed_size[0], self.batch_size)
         return super().step_batch_size(epoch, step)
 
     def requests(self, indices: Sequence[int], seq_len: int, epoch: int | None) -> list[TokenRequest]:
-        schedule: NaFlexResolution = self.schedule  # type: ignore[assignment]
+        schedule = self.schedule
         out = []
         for index in indices:
             width, height = self.image_sizes[index]
@@ -284,6 +292,8 @@ class NaFlexBatchSampler(ResolutionBatchSampler):
             out.append(TokenRequest(index, h, w, None, epoch, seq_len))
         return out
 
+    # token requests (a SampleRequest and the sequence length) where the base yields SampleRequests:
+    # by design, for the token dataset of the same loader (TokenDataset)
     def __iter__(self) -> Iterator[list[TokenRequest]]:  # type: ignore[override]
         start, self.start_step = self.start_step, 0
         epoch = self.epoch if self.training else None
@@ -292,8 +302,8 @@ class NaFlexBatchSampler(ResolutionBatchSampler):
 
 
 def token_loader_parts(
-    dataset: Dataset, image_sizes: Sequence[tuple[int, int]], **sampler_args: Any
+    dataset: SizedDataset, image_sizes: Sequence[tuple[int, int]], **sampler_args: Any
 ) -> tuple[TokenDataset, NaFlexBatchSampler, TokenCollate]:
     """The data module's hook: dataset, batch sampler and collate of a token loader."""
     sampler = NaFlexBatchSampler(image_sizes=image_sizes, **sampler_args)
-    return TokenDataset(dataset), sampler, TokenCollate(sampler.schedule.patch_size)  # type: ignore[attr-defined]
+    return TokenDataset(dataset), sampler, TokenCollate(sampler.schedule.patch_size)

@@ -33,7 +33,7 @@ import numpy as np
 from resflex.data.schedule import ResolutionSchedule, check_int
 from resflex.data.sizes import parse_size, round_to
 from resflex.errors import ConfigError
-from resflex.types import Size
+from resflex.types import Size, as_size
 
 
 class FixedResolution(ResolutionSchedule):
@@ -103,7 +103,7 @@ class ProgressiveResolution(ResolutionSchedule):
             return self.end_size
         t = (epoch - start) / (end - start)
         pairs = zip(self.start_size, self.end_size, strict=True)
-        return tuple(round_to(a + t * (b - a), self.multiple) for a, b in pairs)  # type: ignore[return-value]
+        return as_size([round_to(a + t * (b - a), self.multiple) for a, b in pairs])
 
     def train_sizes(self) -> list[Size]:
         if self.max_epochs is None:
@@ -210,7 +210,7 @@ class MultigridResolution(ResolutionSchedule):
         self.final_epochs = check_int(final_epochs, "resolution.final_epochs")
 
     def _scaled(self, factor: float) -> Size:
-        return tuple(round_to(v * factor, self.multiple) for v in self.size)  # type: ignore[return-value]
+        return as_size([round_to(v * factor, self.multiple) for v in self.size])
 
     def long_factor(self, epoch: int) -> float | None:
         """The long-cycle factor for ``epoch``; None in the final phase."""
@@ -334,10 +334,7 @@ class MultiScaleResolution(RandomResolution):
         if any(not math.isfinite(f) or not 0 < f <= 4 for f in factors):
             raise ConfigError(f"resolution.scales must be side factors in (0, 4], got {list(scales)}")
         multiple = common.get("multiple") or self.default_multiple
-        sides = [
-            tuple(round_to(v * f, int(multiple)) for v in target)  # type: ignore[arg-type]
-            for f in factors
-        ]
+        sides = [tuple(round_to(v * f, int(multiple)) for v in target) for f in factors]
         common.setdefault("eval_size", None)
         super().__init__(sizes=sides, probs=probs, seed=seed, **common)
         self.size = target

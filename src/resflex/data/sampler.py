@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 import pytorch_lightning as pl
@@ -70,14 +70,15 @@ from resflex.types import Size
 
 
 class SampleRequest(NamedTuple):
-    """What the sampler asks the dataset for: sample ``index`` framed into (``h``, ``w``).
+    """What the sampler asks the dataset for: sample ``sample_index`` framed into (``h``, ``w``).
 
     ``phase`` selects a variant of the train transform (FixRes' final phase); ``epoch`` is
-    set for training only and, with the run's seed and ``index``, seeds the sample's random
-    augmentation, so a resumed or DDP run draws exactly the same crops.
+    set for training only and, with the run's seed and ``sample_index``, seeds the sample's random
+    augmentation, so a resumed or DDP run draws exactly the same crops. (Not ``index``: a field of
+    that name would hide ``tuple.index``, which a request, being a tuple, must keep.)
     """
 
-    index: int
+    sample_index: int
     h: int
     w: int
     phase: str | None = None
@@ -106,6 +107,22 @@ class _EpochHook:
 
     def set_epoch(self, epoch: int) -> None:
         self.owner.set_epoch(epoch)
+
+
+class SamplerArgs(TypedDict):
+    """The arguments of :class:`ResolutionBatchSampler` (and a NaFlex one) but ``buckets``: what the
+    data module builds once per loader."""
+
+    num_samples: int
+    batch_size: int
+    schedule: ResolutionSchedule
+    shuffle: bool
+    training: bool
+    drop_last: bool
+    seed: int
+    rank: int
+    world_size: int
+    fixed_size: tuple[int, int] | None
 
 
 class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
@@ -186,7 +203,8 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
 
     def _square_layout(self, epoch: int) -> list[int]:
         """Per-rank batch sizes for every step of ``epoch``."""
-        remaining, step, layout = self._per_rank(), 0, []
+        remaining, step = self._per_rank(), 0
+        layout: list[int] = []
         while remaining > 0:
             bs = self.step_batch_size(epoch, step)
             if remaining < bs and self.drop_last and layout:

@@ -1,6 +1,6 @@
 """The dataset the loaders read: a source's ``(image, label)`` framed on request at the batch's size.
 
-:class:`SizedDataset` is indexed by :class:`~resflex.data.sampler.SampleRequest` (index, h, w, and the
+:class:`SizedDataset` is indexed by :class:`~resflex.data.sampler.SampleRequest` (sample, h, w, and the
 augmentation phase and epoch), so the batch sampler, not the dataset, decides every image's size;
 :func:`mean_color` is the ``pad`` geometry's fill. Split from :mod:`resflex.data.datamodule`, which
 wires these into loaders.
@@ -9,6 +9,7 @@ wires these into loaders.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from resflex.data.images import ImageFile
 from resflex.data.sampler import SampleRequest
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
 from resflex.errors import DataError
+
+if TYPE_CHECKING:
+    from resflex.data.datasets import Split
 
 #: what frames a sample: the CPU transforms, or the device decoder's worker side
 Transform = TrainTransform | EvalTransform | DeviceFraming
@@ -37,7 +41,7 @@ class SizedDataset(Dataset):
 
     def __init__(
         self,
-        base: Dataset,
+        base: Split,
         transform: Transform,
         phase_transforms: Mapping[str, Transform] | None = None,
         bad_images: BadImagePolicy | None = None,
@@ -50,7 +54,7 @@ class SizedDataset(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        return len(self.base)
 
     def __getitem__(self, item: SampleRequest | tuple) -> tuple[torch.Tensor | EncodedImage, int]:
         index, h, w, phase, epoch = SampleRequest(*item)
@@ -83,7 +87,7 @@ class SizedDataset(Dataset):
         raise DataError(f"no readable image near index {index} (64 tried)", hint="check the dataset files")
 
 
-def mean_color(dataset: Dataset, indices: Sequence[int]) -> tuple[int, int, int]:
+def mean_color(dataset: Split, indices: Sequence[int]) -> tuple[int, int, int]:
     """Mean RGB of a few images (decoded small): the ``pad`` geometry's fill colour.
 
     Padding with the data's own mean keeps the border close to what the network sees

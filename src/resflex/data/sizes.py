@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeGuard
 
 from resflex.errors import ConfigError
 from resflex.types import Size
@@ -19,17 +20,26 @@ from resflex.types import Size
 DEFAULT_ASPECTS = (0.5, 0.75, 1.0, 1.333, 2.0)
 
 
-def parse_size(value: int | Sequence[int], key: str = "resolution.size") -> Size:
-    """``64`` -> (64, 64); ``[48, 80]`` -> (48, 80) as (height, width). Rejects non-positive sizes."""
+def _positive_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def parse_size(value: object, key: str = "resolution.size") -> Size:
+    """``64`` -> (64, 64); ``[48, 80]`` -> (48, 80) as (height, width). Rejects non-positive sizes.
+
+    ``value``: a config or command-line value, of any type: anything but an int or a pair of them
+    is refused with a one-line :class:`ConfigError`.
+    """
     if isinstance(value, bool):
-        value = None  # type: ignore[assignment]
+        value = None  # True is an int to Python, not a size
     if isinstance(value, int):
-        h = w = value
+        h: object = value
+        w: object = value
     elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
         h, w = value
     else:
         raise ConfigError(f"{key} must be an int or [height, width], got {value!r}", hint=f"e.g. {key}=64")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+    if not (_positive_int(h) and _positive_int(w)):
         raise ConfigError(f"{key} must be positive integers, got {value!r}", hint=f"e.g. {key}=64")
     return int(h), int(w)
 

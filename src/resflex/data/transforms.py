@@ -314,9 +314,8 @@ class EvalTransform:
         resized_hw = self.cover_size(width, height, size)
         if isinstance(image, ImageFile):  # a JPEG may decode reduced, never below the resize target
             image, _ = image.decode_pixels((resized_hw[1], resized_hw[0]))
-        image = TF.resize(image, resized_hw, antialias=True)
-        image = TF.center_crop(image, [h, w])
-        return as_tensor(image)
+        resized = TF.resize(image, resized_hw, antialias=True)
+        return as_tensor(TF.center_crop(resized, [h, w]))
 
     def cover_size(self, width: int, height: int, size: Size) -> list[int]:
         """``square``: the [height, width] a ``width`` x ``height`` image is resized to before the centre
@@ -328,7 +327,7 @@ class EvalTransform:
 
 
 def resized_crop(
-    image: Image.Image | ImageFile, box: tuple[int, int, int, int], size: Size
+    image: Image.Image | ImageFile | torch.Tensor, box: tuple[int, int, int, int], size: Size
 ) -> Image.Image | torch.Tensor:
     """The (top, left, height, width) ``box`` of ``image`` resized to ``size`` = (h, w), in one resample.
 
@@ -360,7 +359,11 @@ def resized_box(image: torch.Tensor, box: tuple[float, float, float, float], siz
 
 
 def letterbox(
-    image: Image.Image | ImageFile, content: Size, offset: Size, size: Size, fill: Sequence[int]
+    image: Image.Image | ImageFile | torch.Tensor,
+    content: Size,
+    offset: Size,
+    size: Size,
+    fill: Sequence[int],
 ) -> Image.Image | torch.Tensor:
     """``image`` resized to ``content`` (h, w) and pasted at ``offset`` (top, left) on an (h, w) canvas."""
     if isinstance(image, ImageFile):
@@ -370,6 +373,6 @@ def letterbox(
         canvas = torch.tensor(fill, dtype=torch.uint8).view(3, 1, 1).repeat(1, *size)
         canvas[:, offset[0] : offset[0] + content[0], offset[1] : offset[1] + content[1]] = resized
         return canvas
-    canvas = Image.new("RGB", (size[1], size[0]), tuple(fill))
-    canvas.paste(resized, (offset[1], offset[0]))
-    return canvas
+    padded = Image.new("RGB", (size[1], size[0]), tuple(fill))
+    padded.paste(resized, (offset[1], offset[0]))
+    return padded

@@ -34,9 +34,9 @@ larger than the grid, non-square).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -44,23 +44,26 @@ from torch import nn
 
 MODES = ("avg", "max", "avgmax", "catavgmax")
 
+M = TypeVar("M", bound=nn.Module)
 
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+
+def _pair(size: int | Sequence[int | None] | None) -> tuple[int, int]:
+    """An output size as (h, w). torch's pools also take None for a side (keep the input's), which
+    needs the input size: refused here."""
     if isinstance(size, int):
         return size, size
-    h, w = size
+    h, w = size if size is not None else (None, None)
     if h is None or w is None:
         raise ValueError("adaptive pooling with a None output side (keep the input size) is not supported")
     return int(h), int(w)
 
 
-def bin_mask(
-    n: int | torch.SymInt, length: int, device: torch.device | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def bin_mask(n: int, length: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean ``(length, n)``: row ``i`` marks the inputs of output cell ``i``; and each bin's length.
 
-    ``n`` may be symbolic (a traced or exported size). Built from one flat ``arange``
-    of ``length * n`` with integer divide, modulo and comparisons, then reshaped: no
+    ``n`` may be symbolic (a traced or exported size: a ``SymInt``, which torch's hints call ``int``,
+    as they do ``Tensor.shape``'s sides, and its ops accept where they name ``int``). Built from one
+    flat ``arange`` of ``length * n`` with integer divide, modulo and comparisons, then reshaped: no
     broadcasting of a size-1 dimension against a symbolic one, which torch.export
     would otherwise guard on (``n != 1``), refusing inputs whose feature map is 1 wide.
     """
@@ -124,7 +127,7 @@ def adaptive_pool2d(
 class ExportableAdaptivePool2d(nn.Module):
     """Drop-in for ``nn.AdaptiveAvgPool2d``/``nn.AdaptiveMaxPool2d`` and timm's avg+max pools."""
 
-    def __init__(self, output_size: int | tuple[int, int], mode: str = "avg") -> None:
+    def __init__(self, output_size: int | Sequence[int | None] | None, mode: str = "avg") -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -155,7 +158,7 @@ def _replacement(module: nn.Module) -> ExportableAdaptivePool2d | None:
     return None
 
 
-def make_exportable(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, list[str]]:
+def make_exportable(model: M, inplace: bool = False) -> tuple[M, list[str]]:
     """A copy of ``model`` (or ``model`` itself with ``inplace``) whose adaptive pool modules are exportable.
 
     Only the pooling operators are replaced (a pyramid head's levels, timm's

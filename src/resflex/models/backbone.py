@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import timm
 import torch
@@ -21,6 +21,17 @@ from resflex.errors import ConfigError, first_line
 from resflex.models.checkpoint import LoadReport, load_backbone_weights
 from resflex.models.hub import hub_or_cache
 from resflex.validation import check_value
+
+if TYPE_CHECKING:
+
+    class TimmModel(nn.Module):
+        """What resflex reads of a ``timm.create_model(..., num_classes=0)`` model, which timm annotates
+        as a plain ``nn.Module``: every timm architecture has these (a type for the checker only)."""
+
+        num_features: int
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,7 +50,7 @@ def check_model_name(name: str) -> None:
     raise ConfigError(f"unknown backbone {name!r} (backbone.name)", hint=hint)
 
 
-def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> TimmModel:
     """``timm.create_model`` without a classifier; hub download failures become one-line errors.
 
     Local weight files are *not* passed to timm here: resflex reads them itself
@@ -47,10 +58,10 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     always ``weights_only``/safetensors and reports missing keys in one line.
     """
     if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        return cast("TimmModel", timm.create_model(name, pretrained=False, num_classes=0, **kwargs))
     with hub_or_cache(f"backbone.pretrained=true ({name})") as online:
         try:
-            return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+            return cast("TimmModel", timm.create_model(name, pretrained=True, num_classes=0, **kwargs))
         except (OSError, RuntimeError, ValueError) as exc:
             first = first_line(exc) if online else "the hub is not reachable, and they are not cached"
             raise ConfigError(
@@ -185,13 +196,13 @@ class TimmBackbone(nn.Module):
             return features.permute(0, 3, 1, 2)
         return features
 
-    def _grid_size(self, image_size: torch.Size) -> tuple[Any, Any]:
+    def _grid_size(self, patch_embed: Any, image_size: torch.Size) -> tuple[Any, Any]:
         """The patch grid of an (H, W) input: timm's ``dynamic_feat_size`` in integer arithmetic only,
         so that a traced or exported graph keeps H and W symbolic (``int()``/``math.ceil`` would
-        freeze them to the example's size)."""
-        ph, pw = self.patch_embed.patch_size
+        freeze them to the example's size). ``patch_embed``: the model's (timm's ``PatchEmbed``)."""
+        ph, pw = patch_embed.patch_size
         h, w = image_size[0], image_size[1]
-        if getattr(self.patch_embed, "dynamic_img_pad", False):
+        if getattr(patch_embed, "dynamic_img_pad", False):
             return (h + ph - 1) // ph, (w + pw - 1) // pw
         return h // ph, w // pw
 
@@ -199,7 +210,7 @@ class TimmBackbone(nn.Module):
         """(B, prefix + h*w, C) tokens -> (B, C, h, w), using the patch grid of this input."""
         patch_tokens = tokens[:, self.num_prefix_tokens :]
         if self.patch_embed is not None and hasattr(self.patch_embed, "dynamic_feat_size"):
-            h, w = self._grid_size(image_size)
+            h, w = self._grid_size(self.patch_embed, image_size)
         else:
             h = w = math.isqrt(patch_tokens.shape[1])
         if not _is_capturing() and h * w != patch_tokens.shape[1]:

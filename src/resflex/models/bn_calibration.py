@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from resflex.compat import BatchNorm
-from resflex.types import Size
+from resflex.types import Size, as_size
 
 #: the state of one size: every BatchNorm's running mean and variance, by buffer name
 SizeStats = dict[str, torch.Tensor]
@@ -92,9 +92,9 @@ def calibrate_sizes(
 ) -> dict[Size, SizeStats]:
     """Statistics for each of ``sizes`` from ``batches_at(size)``; the model's own are restored after."""
     original = read_stats(model)
-    table = {tuple(size): calibrate(model, batches_at(size), max_batches) for size in sizes}
+    table = {as_size(size): calibrate(model, batches_at(size), max_batches) for size in sizes}
     write_stats(model, original)
-    return table  # type: ignore[return-value]
+    return table
 
 
 class TrackedSizeStats:

@@ -42,23 +42,34 @@ class _IndexHolder:
 
 
 def _selected(table_name: str) -> property:
-    def get(self: nn.Module) -> torch.Tensor:
-        holder: _IndexHolder = self.size_index_holder  # type: ignore[assignment]
+    def get(self: SizeSelected) -> torch.Tensor:
+        holder = self.size_index_holder
         table: torch.Tensor = getattr(self, table_name)
-        if holder.index is None:  # outside SizeChoice's forward (e.g. a state_dict walk): the main size
-            return table[int(self.size_main_row)]  # type: ignore[arg-type]
+        if holder is None or holder.index is None:  # outside SizeChoice's forward (a state_dict walk)
+            return table[self.size_main_row]  # the main size
         return torch.index_select(table, 0, holder.index).reshape(table.shape[1:])
 
     return property(get)
 
 
+class SizeSelected:
+    """What a BatchNorm layer becomes in :func:`with_size_selected_stats`: mixed in before its own
+    class (:func:`_size_selected_class`), so ``running_mean`` / ``running_var`` are table rows."""
+
+    #: (sizes, channels): a row per tracked side (buffers)
+    size_mean_table: torch.Tensor
+    size_var_table: torch.Tensor
+    #: the row outside a forward
+    size_main_row: int
+    #: :class:`SizeChoice`'s holder of the current forward's row
+    size_index_holder: _IndexHolder | None
+    running_mean = _selected("size_mean_table")
+    running_var = _selected("size_var_table")
+
+
 def _size_selected_class(cls: type) -> type:
     """A subclass of the layer's class whose running statistics are table rows (one per class)."""
-    return type(
-        f"SizeSelected{cls.__name__}",
-        (cls,),
-        {"running_mean": _selected("size_mean_table"), "running_var": _selected("size_var_table")},
-    )
+    return type(f"SizeSelected{cls.__name__}", (SizeSelected, cls), {})
 
 
 class SizeChoice(nn.Module):
@@ -67,6 +78,8 @@ class SizeChoice(nn.Module):
     ``sides``: the tracked sides (any order); ``short_side``: key by ``min(h, w)`` (keep_aspect
     buckets of the short-side kind) instead of ``round(sqrt(h * w))``.
     """
+
+    bounds: torch.Tensor  # buffer: the products of neighbouring sides, where the choice changes
 
     def __init__(self, model: nn.Module, sides: list[int], short_side: bool) -> None:
         super().__init__()
@@ -77,7 +90,7 @@ class SizeChoice(nn.Module):
         self.register_buffer("bounds", torch.tensor(bounds, dtype=torch.float64))
         self.holder = _IndexHolder()
         for layer in model.modules():
-            if hasattr(layer, "size_index_holder"):
+            if isinstance(layer, SizeSelected):
                 layer.size_index_holder = self.holder
 
     def size_index(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,6 +139,7 @@ def with_size_selected_stats(
         delattr(layer, "running_var")
         cls = type(layer)
         layer.__class__ = classes.setdefault(cls, _size_selected_class(cls))
+        assert isinstance(layer, SizeSelected)  # the class just set
         layer.register_buffer("size_mean_table", means)
         layer.register_buffer("size_var_table", variances)
         layer.size_main_row = main_row

@@ -23,12 +23,25 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from resflex.errors import ConfigError, DataError
+
+
+class HeadedClassifier(Protocol):
+    """What loading a head reads of an :class:`~resflex.models.classifier.ImageClassifier` (that
+    module imports this one's importers, so it is named by what it has)."""
+
+    @property
+    def backbone(self) -> nn.Module: ...
+    @property
+    def pooling(self) -> nn.Module: ...
+    @property
+    def head(self) -> nn.Linear: ...
+
 
 log = logging.getLogger("resflex")
 
@@ -418,7 +431,7 @@ def load_backbone_weights(
 
 
 def load_head_from_checkpoint(
-    classifier: nn.Module, path: str | Path, key: str = "backbone.init_from"
+    classifier: HeadedClassifier, path: str | Path, key: str = "backbone.init_from"
 ) -> LoadReport:
     """Load pooling and linear head of a resflex checkpoint into an ``ImageClassifier``.
 
@@ -441,7 +454,7 @@ def load_head_from_checkpoint(
     return report
 
 
-def init_head_from_checkpoint(classifier: nn.Module) -> LoadReport | None:
+def init_head_from_checkpoint(classifier: HeadedClassifier) -> LoadReport | None:
     """Apply ``backbone.init_head`` for a classifier whose backbone came from ``backbone.init_from``.
 
     Logs one line either way, so a run's log always says where its head came from.

@@ -18,7 +18,7 @@ it against a per-image loop).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import timm
 import torch
@@ -28,6 +28,9 @@ from resflex.errors import ConfigError, find_user_error
 from resflex.models.backbone import TimmBackbone
 from resflex.models.pooling import AvgMaxPool, AvgPool, GeMPool, MaxPool, PoolingHead, PyramidPool
 from resflex.types import TokenBatch
+
+if TYPE_CHECKING:
+    from timm.models.naflexvit import NaFlexVit
 
 
 @dataclass
@@ -99,10 +102,15 @@ class NaFlexBackbone(TimmBackbone):
     def check_input_size(self, size: tuple[int, int], key: str = "resolution.size") -> None:
         """Token batches: sizes are sequence lengths (s, s), any s >= 1 works."""
 
+    # token batches in, a token grid out, where TimmBackbone takes and gives images: by design (the
+    # classifier hands each backbone what its own loader makes), refused below for anything else
     def forward(self, x: TokenBatch) -> TokenGrid:  # type: ignore[override]
         if not isinstance(x, TokenBatch):
             raise TypeError(f"{self.name} (NaFlex) takes token batches (resolution=naflex), got {type(x)}")
-        out = self.model.forward_features(**x.model_inputs())
+        model = cast("NaFlexVit", self.model)  # __init__ refuses any other model (model_patch_size)
+        out = model.forward_features(**x.model_inputs())
+        if not isinstance(out, dict):  # timm's NaFlex mode (patch_coord given) returns a dict
+            raise TypeError(f"{self.name}: forward_features gave {type(out).__name__}, not a dict of tokens")
         tokens = out["patches"][:, self.num_prefix_tokens :]
         return TokenGrid(tokens, x.patch_coord, out["patch_valid"])
 
@@ -140,6 +148,10 @@ class TokenClassifier(nn.Module):
     training and evaluation fed it, and [0, 1] input ``k/255`` gives it too (``k/255*255 == k`` in float32).
     """
 
+    # buffers: the LightningModule's pixel mean/std
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: Any, std: Any) -> None:
         super().__init__()
         self.model = model
@@ -147,9 +159,16 @@ class TokenClassifier(nn.Module):
         self.register_buffer("pixel_mean", torch.as_tensor(mean, dtype=torch.float32).reshape(3).clone())
         self.register_buffer("pixel_std", torch.as_tensor(std, dtype=torch.float32).reshape(3).clone())
 
+    def naflex_backbone(self) -> NaFlexBackbone:
+        """The backbone of :attr:`model` (a NaFlex run's ``ImageClassifier``)."""
+        backbone = self.model.backbone
+        if not isinstance(backbone, NaFlexBackbone):
+            raise TypeError(f"a token classifier needs a NaFlex backbone, got {type(backbone).__name__}")
+        return backbone
+
     @property
     def patch_size(self) -> int:
-        return int(self.model.backbone.patch_size)
+        return self.naflex_backbone().patch_size
 
     def forward(
         self, patches: torch.Tensor, patch_coord: torch.Tensor, patch_valid: torch.Tensor
@@ -321,7 +340,10 @@ def check_naflex_config(cfg: Any) -> None:
             raise
         raise user_error from None
     model_kwargs = backbone.get("model_kwargs")
-    kwargs = dict(OmegaConf.to_container(model_kwargs, resolve=True)) if model_kwargs else {}  # type: ignore[arg-type]
+    container = OmegaConf.to_container(model_kwargs, resolve=True) if model_kwargs else {}
+    if not isinstance(container, dict):
+        raise ConfigError(f"backbone.model_kwargs must be a mapping, got {model_kwargs!r}")
+    kwargs = {str(k): v for k, v in container.items()}
     if not name.startswith("naflexvit"):
         kwargs.setdefault("use_naflex", True)
     try:

@@ -194,7 +194,7 @@ def validate_levels(levels: Sequence[int] | int) -> tuple[int, ...]:
     if isinstance(levels, int) and not isinstance(levels, bool):
         levels = [levels]
     try:
-        values = list(levels)
+        values = None if isinstance(levels, bool) else list(levels)  # not a list, as list(True) says
     except TypeError:
         values = None
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):

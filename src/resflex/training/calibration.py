@@ -34,6 +34,7 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 
 from resflex.models.bn_calibration import BN_STATS_KEY, calibrate_sizes, has_batchnorm, read_stats, side_of
 from resflex.models.checkpoint import safe_load
+from resflex.types import as_size
 from resflex.validation import check_value
 
 log = logging.getLogger("resflex")
@@ -73,15 +74,15 @@ def calibrate_checkpoint(
     else:
         module.load_state_dict(checkpoint["state_dict"])
         # a schedule's one training size keeps the statistics it was trained with (they are that size's)
-        trained = [tuple(s) for s in datamodule.schedule.train_sizes()]
-        kept = {tuple(s): read_stats(module.model) for s in sizes if trained == [tuple(s)]}
+        trained = [as_size(s) for s in datamodule.schedule.train_sizes()]
+        kept = {as_size(s): read_stats(module.model) for s in sizes if trained == [as_size(s)]}
         table = calibrate_sizes(
             module.model,
-            [s for s in sizes if tuple(s) not in kept],
+            [s for s in sizes if as_size(s) not in kept],
             lambda size: normalised_batches(module, datamodule.calibration_loader(size), module.device),
             batches,
         )
-        table = {tuple(s): kept.get(tuple(s)) or table[tuple(s)] for s in sizes}
+        table = {as_size(s): kept.get(as_size(s)) or table[as_size(s)] for s in sizes}
     checkpoint[BN_STATS_KEY] = {
         str(side_of(size)): {k: v.detach().cpu() for k, v in stats.items()} for size, stats in table.items()
     }
@@ -116,7 +117,9 @@ def calibrate_run_checkpoints(trainer: pl.Trainer, module: Any, datamodule: Any,
         if done is not None:
             module.load_state_dict(done[0])  # the last weights, as after fit (with their own statistics)
     trainer.strategy.barrier("bn_calibration")
-    for callback in trainer.callbacks:  # the record's measured_on: numbers from here on are calibrated
+    # the record's measured_on: numbers from here on are calibrated (trainer.callbacks: set by
+    # Lightning's callback connector; the Trainer class does not declare it)
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
         if hasattr(callback, "note_calibrated"):
             callback.note_calibrated([p.name for p in paths])
     names = ", ".join(f"{h}x{w}" if h != w else str(h) for h, w in sizes)

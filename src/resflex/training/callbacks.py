@@ -90,7 +90,8 @@ class ThroughputLogger(FillsRunRecord, pl.Callback):
             self.run_record.throughput.update(metrics)
 
     def _interval(self, trainer: pl.Trainer) -> int:
-        return max(1, self.log_every_n_steps or trainer.log_every_n_steps)
+        # set by Lightning's logger connector; the Trainer class does not declare it
+        return max(1, self.log_every_n_steps or trainer.log_every_n_steps)  # type: ignore[attr-defined]
 
     def _reset_train(self) -> None:
         self._start = time.perf_counter()
@@ -249,7 +250,7 @@ class DistinctLearningRateMonitor(RefinedLearningRateMonitor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.classes: dict[str, Hashable] = {}
+        self.classes: Mapping[str, Hashable] = {}
 
     def _start_key(self, trainer: pl.Trainer, tag: str) -> Hashable:
         prefix, name = _group_tail(tag)
@@ -304,10 +305,10 @@ class BestEpochMetrics(FillsRunRecord, pl.Callback):
         monitor, mode = self._monitor(trainer)
         if trainer.sanity_checking or trainer.state.fn != "fit" or monitor is None:
             return
-        value = trainer.callback_metrics.get(monitor)
-        if value is None or not math.isfinite(float(value)):
+        metric = trainer.callback_metrics.get(monitor)
+        if metric is None or not math.isfinite(float(metric)):
             return
-        value = float(value)
+        value = float(metric)
         if self.best is None or (value > self.best if mode == "max" else value < self.best):
             self.best, self.epoch = value, int(trainer.current_epoch)
             self.values = {

@@ -198,13 +198,16 @@ def ddp_job_scope(
       failed job does not end the sweep and the next job starts its own ranks
       on a fresh port.
     """
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, read_write
+
+    from resflex.runtime import hydra_node
 
     saved_argv = list(sys.argv)
     saved_env = {key: os.environ.get(key) for key in _DDP_ENV}
-    hydra_run = HydraConfig.get().run
-    saved_run_dir = OmegaConf.to_container(hydra_run, resolve=False)["dir"]  # keep ${now:...} unresolved
+    hydra_run = hydra_node().run
+    saved = OmegaConf.to_container(hydra_run, resolve=False)  # keep ${now:...} unresolved
+    assert isinstance(saved, dict)  # hydra.run: a mapping
+    saved_run_dir = saved["dir"]
     argv = [sys.argv[0]]
     if config_name:
         argv.append(f"--config-name={config_name}")

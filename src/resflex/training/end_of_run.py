@@ -44,7 +44,7 @@ from typing import Any
 from resflex.data.eval_sizes import loader_sizes
 from resflex.training.resolution_eval import parse_sized_tag
 from resflex.training.robustness import range_phrase
-from resflex.types import Size
+from resflex.types import Size, as_size
 
 log = logging.getLogger("resflex")
 
@@ -108,7 +108,7 @@ def size_rows(metrics: Mapping[str, Any], main: Size | None = None) -> list[Size
             found.setdefault(size, {})[f"{stage}/{metric}"] = number
     if not found:
         return []
-    main = tuple(main) if main is not None else _infer_main(metrics, list(found))  # type: ignore[assignment]
+    main = as_size(main) if main is not None else _infer_main(metrics, list(found))
     main_area = math.sqrt(main[0] * main[1]) if main else 0.0
     rows = [
         SizeRow(size, math.sqrt(size[0] * size[1]) / main_area if main_area else math.nan, values)

@@ -37,6 +37,7 @@ from torch import nn
 
 from resflex.compat import BatchNorm
 from resflex.errors import ConfigError
+from resflex.models.classifier import ImageClassifier
 from resflex.training.param_groups import FinetuneSpec, unfreeze_epochs
 from resflex.training.run_record import FillsRunRecord
 
@@ -55,6 +56,14 @@ def format_count(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n)
+
+
+def classifier_of(pl_module: pl.LightningModule) -> ImageClassifier:
+    """The :class:`ImageClassifier` a resflex ``ClassificationModule`` trains (its ``model``)."""
+    model = pl_module.model
+    if not isinstance(model, ImageClassifier):
+        raise TypeError(f"a resflex ClassificationModule was expected, got {type(pl_module).__name__}")
+    return model
 
 
 # ---- the callback ---------------------------------------------------------------------------
@@ -110,12 +119,12 @@ class Finetuning(FillsRunRecord, BaseFinetuning):
         super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        self.schedule = unfreeze_epochs(pl_module.model.backbone.model, self.spec)
+        self.schedule = unfreeze_epochs(classifier_of(pl_module).backbone.model, self.spec)
         self._apply(pl_module, epoch=0)
 
     def _apply(self, pl_module: pl.LightningModule, epoch: int) -> int:
         """Set ``requires_grad`` for ``epoch``; returns how many parameters were unfrozen now."""
-        backbone = pl_module.model.backbone.model
+        backbone = classifier_of(pl_module).backbone.model
         unfrozen = 0
         for name, param in backbone.named_parameters():
             first = self.schedule.get(name, 0)
@@ -147,14 +156,15 @@ class Finetuning(FillsRunRecord, BaseFinetuning):
             module.eval()
 
     def finetune_function(
-        self, pl_module: pl.LightningModule, epoch: int, optimizer: torch.optim.Optimizer
+        self, pl_module: pl.LightningModule, epoch: int, optimizer: torch.optim.Optimizer | None
     ) -> None:
+        """``optimizer``: unused (no group is added mid-run); None when the trainer has none."""
         if epoch == self._epoch:  # called once per optimizer; apply once per epoch
             return
         self._epoch = epoch
         unfrozen = self._apply(pl_module, epoch)
         if unfrozen:
-            counts = count_parameters(pl_module.model)
+            counts = count_parameters(classifier_of(pl_module))
             log.info(
                 "epoch %d: unfroze %s backbone parameters; trainable now %s, frozen %s",
                 epoch,
@@ -168,7 +178,7 @@ class Finetuning(FillsRunRecord, BaseFinetuning):
         # Not BaseFinetuning's version: that one records param groups added mid-run so that a resume
         # can re-add them; here no group is ever added (see the module docstring), so nothing to record.
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        self.finetune_function(pl_module, trainer.current_epoch, optimizer)  # type: ignore[arg-type]
+        self.finetune_function(pl_module, trainer.current_epoch, optimizer)
         self._set_bn_eval()
 
     def state_dict(self) -> dict[str, Any]:
@@ -184,7 +194,7 @@ class Finetuning(FillsRunRecord, BaseFinetuning):
 
     # -- reporting ----------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        counts = count_parameters(pl_module.model)
+        counts = count_parameters(classifier_of(pl_module))
         self.param_counts = counts
         if self.run_record is not None:
             self.run_record.params = dict(counts)
@@ -223,7 +233,7 @@ class Finetuning(FillsRunRecord, BaseFinetuning):
             if changes:
                 logger.log_metrics(metrics, step=trainer.global_step)
             experiment = getattr(logger, "experiment", None)
-            if text and hasattr(experiment, "add_text"):
+            if text and experiment is not None and hasattr(experiment, "add_text"):
                 experiment.add_text("params", text, global_step=trainer.global_step)
 
 

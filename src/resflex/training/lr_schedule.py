@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, SupportsFloat
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.types import LRSchedulerConfigType
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from resflex.errors import ConfigError
@@ -182,7 +183,7 @@ class WarmupSchedule:
         steps_per_epoch = total_steps / max(1, epochs)
         warmup_steps = round(self.warmup_epochs * steps_per_epoch)
         ramp_steps = round(unfreeze_warmup_epochs * steps_per_epoch)
-        factors = [
+        factors: list[Callable[[int], float]] = [
             self.make_factor(
                 total_steps,
                 warmup_steps,
@@ -199,7 +200,7 @@ class WarmupSchedule:
         total_steps: int,
         epochs: int,
         unfreeze_warmup_epochs: float = 1.0,
-    ) -> dict[str, Any]:
+    ) -> LRSchedulerConfigType:
         """The ``lr_scheduler`` entry of ``configure_optimizers``: the per-step ``LambdaLR``."""
         scheduler = self.build(optimizer, total_steps, epochs, unfreeze_warmup_epochs)
         return {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
@@ -280,6 +281,13 @@ class WarmupStep(WarmupSchedule):
         return StepFactor(total_steps, warmup_steps, steps, self.gamma, start_step, ramp_steps)
 
 
+def _warmup_factor(factor: Callable[[int], float]) -> WarmupFactor:
+    """``factor`` as the :class:`WarmupFactor` it must be: a plateau rule scales only those."""
+    if not isinstance(factor, WarmupFactor):
+        raise TypeError(f"scheduler=plateau needs WarmupSchedule's LambdaLR factors, got {factor!r}")
+    return factor
+
+
 class PlateauScale(ReduceLROnPlateau):
     """torch's ``ReduceLROnPlateau`` rule, applied to the ``scale`` of each group's factor of a ``LambdaLR``.
 
@@ -294,26 +302,28 @@ class PlateauScale(ReduceLROnPlateau):
     def __init__(
         self,
         schedule: LambdaLR,
-        mode: str = "max",
+        mode: Literal["min", "max"] = "max",
         factor: float = 0.1,
         patience: int = 2,
         threshold: float = 1e-4,
         min_scale: float = 0.0,
     ) -> None:
-        self._factors = schedule.lr_lambdas
+        # the factors of WarmupSchedule.build: the rule lowers their ``scale``
+        self._factors = [_warmup_factor(f) for f in schedule.lr_lambdas]
         super().__init__(
             schedule.optimizer,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             factor=factor,
             patience=patience,
             threshold=threshold,
             min_lr=min_scale,
         )
 
-    def step(self, metrics: Any, epoch: int | None = None) -> None:  # type: ignore[override]
+    # torch's ReduceLROnPlateau.step(metrics) already breaks LRScheduler.step(epoch) (torch ignores it)
+    def step(self, metrics: SupportsFloat, epoch: int | None = None) -> None:  # type: ignore[override]
         groups = self.optimizer.param_groups
         lrs = [group["lr"] for group in groups]
-        scales = [getattr(factor, "scale", 1.0) for factor in self._factors]
+        scales = [factor.scale for factor in self._factors]
         for group, scale in zip(groups, scales, strict=True):
             group["lr"] = scale
         try:
@@ -357,7 +367,7 @@ class WarmupPlateau(WarmupSchedule):
                 f"scheduler.mode must be max or min, got {mode!r}", hint="max for val/acc, min for val/loss"
             )
         self.monitor = monitor
-        self.mode = mode
+        self.mode: Literal["min", "max"] = "max" if mode == "max" else "min"
         self.factor = check_value(
             "scheduler.factor", factor, float, lambda v: 0 < v < 1, "a number in (0, 1)"
         )
@@ -413,6 +423,8 @@ class PlateauStep(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After ``configure_optimizers``: the rule over the run's ``LambdaLR`` (resumed state applied)."""
         (config,) = trainer.lr_scheduler_configs
+        if not isinstance(config.scheduler, LambdaLR):  # configure_optimizers: lightning_config's
+            raise TypeError(f"scheduler=plateau needs the run's LambdaLR, got {config.scheduler!r}")
         self.rule = self.schedule.rule(config.scheduler)
         if self._pending:
             self.rule.load_state_dict(self._pending)

@@ -16,12 +16,14 @@ import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from functools import partial
+from typing import Any, TypedDict
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
@@ -80,6 +82,13 @@ def _probability(value: float) -> bool:
     return 0 <= value <= 1
 
 
+class EmaArgs(TypedDict):
+    """The :class:`ModelEma` arguments of ``model.ema=true``."""
+
+    decay: float
+    warmup: bool
+
+
 class ClassificationModule(pl.LightningModule):
     """Trains an :class:`ImageClassifier` on uint8 batches of any (h, w).
 
@@ -95,6 +104,10 @@ class ClassificationModule(pl.LightningModule):
     ``mix_switch_prob`` of the mixed ones use CutMix. ``random_erasing``: the
     probability that an image gets a rectangle of noise. ``seed`` keys their draws.
     """
+
+    # buffers (register_buffer): the backbone's mean/std on the 0..255 scale, (1, 3, 1, 1)
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
 
     def __init__(
         self,
@@ -128,7 +141,9 @@ class ClassificationModule(pl.LightningModule):
         super().__init__()
         lr_schedule = lr_schedule or WarmupCosine()
         # the finetune group's callback carries the spec the parameter groups need
-        finetune = FinetuneSpec.from_config(getattr(finetune, "spec", finetune)).as_dict()
+        finetune = FinetuneSpec.from_config(
+            finetune.spec if isinstance(finetune, Finetuning) else finetune
+        ).as_dict()
         label_smoothing = check_value(
             "model.label_smoothing", label_smoothing, float, lambda v: 0 <= v < 1, "a number in [0, 1)"
         )
@@ -193,7 +208,7 @@ class ClassificationModule(pl.LightningModule):
         # The EMA is a Lightning callback (it swaps weights around validation and checkpoints) that
         # this module hands to each fit, so the one `model` node says how the model trains. Built per
         # fit, not kept here: the averaged copy deep-copies the module, and would copy it too.
-        self.ema_args = {"decay": ema_decay, "warmup": ema_warmup} if ema else None
+        self.ema_args: EmaArgs | None = {"decay": ema_decay, "warmup": ema_warmup} if ema else None
         if self.ema_args is not None:
             ModelEma(**self.ema_args)  # bad values fail now, not when the fit starts
         if not isinstance(bn_stats_per_size, bool):
@@ -546,16 +561,18 @@ class ClassificationModule(pl.LightningModule):
         # under DDP the per-size numbers and the loss come from exact sums at the epoch's end
         per_batch = trainer is None or trainer.world_size == 1
         if per_batch:
-            per_size = dict(on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False)
-            self.log(f"{stage}/acc@{tag}", hits.float().mean(), **per_size)
-            self.log(f"{stage}/loss@{tag}", loss, **per_size)
+            log_per_size = partial(
+                self.log, on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False
+            )
+            log_per_size(f"{stage}/acc@{tag}", hits.float().mean())
+            log_per_size(f"{stage}/loss@{tag}", loss)
         if dataloader_idx != 0:
             return preds
         acc = getattr(self, f"{stage}_acc")
         if n:  # torchmetrics cannot take an empty batch
             acc(logits, labels)
         if per_batch:
-            self.log(f"{stage}/loss", loss, **per_size)
+            log_per_size(f"{stage}/loss", loss)
         self.log(
             f"{stage}/acc",
             acc,
@@ -582,7 +599,7 @@ class ClassificationModule(pl.LightningModule):
         return self._eval_step(batch, "test", dataloader_idx, batch_idx)
 
     # ---- optimisation ----------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         # head vs backbone LR, layer decay, no weight decay on biases/norms, frozen parameters left
         # out or (gradual) given an LR of 0 until their unfreeze epoch: see resflex.training.param_groups
         groups = build_param_groups(self.model, self.optimizer_factory.weight_decay, self.finetune)

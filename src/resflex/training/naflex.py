@@ -36,6 +36,10 @@ class EpochPaddingShare(MeanMetric):
     (:meth:`start_epoch`) only clears epochs that start from their first step. Rank 0's own steps
     (``sync_on_compute=False``): the checkpoint holds rank 0's state, and rank 0 is the one that logs."""
 
+    # MeanMetric's states (add_state), which torchmetrics 1.3 (the lower bound) does not declare
+    mean_value: torch.Tensor
+    weight: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__(sync_on_compute=False)
         self._resumed: dict[str, Any] | None = None
@@ -65,7 +69,9 @@ class EpochPaddingShare(MeanMetric):
 def token_training_loss(module: LightningModule, batch: TokenBatch, loss: torch.Tensor) -> torch.Tensor:
     """Log the step's padding share; return ``loss`` scaled as ``resolution.loss_scale`` says."""
     # the epoch mean of the steps' shares (the per-step value is one batch's luck)
-    padding = module.train_padding_share
+    padding = module.train_padding_share  # the ClassificationModule's
+    if not isinstance(padding, EpochPaddingShare):
+        raise TypeError(f"{type(module).__name__} keeps no EpochPaddingShare (train_padding_share)")
     padding.update(batch.padding_share, len(batch))
     module.log("train/padding_share", padding, on_step=False, on_epoch=True)
     trainer = attached_trainer(module)

@@ -36,7 +36,7 @@ class OptimizerFactory:
         scale_lr_with_world_size: bool = False,
         **options: Any,
     ) -> None:
-        known = list_optimizers()
+        known = [n for n in list_optimizers() if isinstance(n, str)]  # names (no descriptions asked)
         if name not in known:
             close = [n for n in known if n.startswith(str(name)[:3])][:8] or ["adamw", "sgd", "lamb", "lion"]
             raise ConfigError(f"unknown optimizer.name {name!r}", hint=f"e.g. one of: {', '.join(close)}")

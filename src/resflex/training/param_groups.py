@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.models import group_parameters
@@ -29,6 +29,9 @@ from torch import nn
 
 from resflex.compat import BatchNorm
 from resflex.errors import ConfigError
+
+if TYPE_CHECKING:
+    from resflex.models.classifier import ImageClassifier
 
 STRATEGIES = ("full", "linear_probe", "gradual")
 
@@ -107,8 +110,9 @@ class FinetuneSpec:
 def backbone_stages(model: nn.Module) -> list[list[str]]:
     """Parameter names of the backbone's stages, input to output (timm's coarse ``group_matcher``)."""
     names = [n for n, _ in model.named_parameters()]
-    if hasattr(model, "group_matcher"):
-        layer_of = group_parameters(model, model.group_matcher(coarse=True), reverse=True)
+    group_matcher = getattr(model, "group_matcher", None)  # timm models have one
+    if group_matcher is not None:
+        layer_of = group_parameters(model, group_matcher(coarse=True), reverse=True)
         ids = sorted({layer_of.get(n, math.inf) for n in names})
         return [[n for n in names if layer_of.get(n, math.inf) == i] for i in ids]
     # no matcher: one stage per top-level child that owns parameters
@@ -163,7 +167,9 @@ def _all_trainable(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def build_param_groups(model: nn.Module, weight_decay: float, spec: FinetuneSpec) -> list[dict[str, Any]]:
+def build_param_groups(
+    model: ImageClassifier, weight_decay: float, spec: FinetuneSpec
+) -> list[dict[str, Any]]:
     """Optimizer groups for an ``ImageClassifier``: head at LR×1, backbone at LR×``backbone_lr_mult``
     (×layer decay), split by weight decay (none on biases/norms) and by unfreeze epoch.
 

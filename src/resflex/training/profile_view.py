@@ -71,7 +71,7 @@ class DataProfileFigure(pl.Callback):
         self.shared_dir = shared_dir
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        profile = getattr(trainer.datamodule, "profile", None)
+        profile = getattr(getattr(trainer, "datamodule", None), "profile", None)
         if profile is None or not trainer.is_global_zero or trainer.global_step > 0:
             return
         if self.shared_dir:  # a sweep's folder: train.py sets it (resflex.sweeps.sweep_dir)

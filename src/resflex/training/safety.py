@@ -72,7 +72,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Through :func:`~resflex.models.checkpoint.safe_load`: tensors only, and a file that is cut
         short or not a checkpoint is one line naming it (remote ``s3://``-style paths: Lightning's reader)."""
         if "://" in str(path):
-            return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+            location = map_location or "cpu"  # torch.load's; Lightning annotates the argument as a callable
+            return super().load_checkpoint(path, map_location=location, weights_only=True)  # type: ignore[arg-type]
         return safe_load(path, what="checkpoint", map_location=map_location or "cpu")
 
 
@@ -133,7 +134,8 @@ class NonFiniteLossGuard(pl.Callback):
             self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad_now = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
         self._first_bad = torch.where(bad_now, step, self._first_bad)
-        every = self.check_every_n_steps or trainer.log_every_n_steps
+        # set by Lightning's logger connector; the Trainer class does not declare it
+        every = self.check_every_n_steps or trainer.log_every_n_steps  # type: ignore[attr-defined]
         if loss.device.type == "cpu" or trainer.global_step % max(1, every) == 0:
             self._raise_if_bad()
 
@@ -164,6 +166,7 @@ class RngStateCheckpoint(pl.Callback):
         import random
 
         np_state = np.random.get_state()
+        assert isinstance(np_state, tuple)  # legacy=True (the default): the tuple form, not the dict
         return {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -193,7 +196,7 @@ class BadImageCounter(pl.Callback):
         self.count = 0
 
     def _update(self, trainer: pl.Trainer) -> None:
-        source = getattr(trainer.datamodule, "source", None)
+        source = getattr(getattr(trainer, "datamodule", None), "source", None)
         policy = getattr(source, "bad_images", None)
         if policy is None:
             return

@@ -107,7 +107,7 @@ def frozen_bn_stats(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, momentum, count in zip(layers, momenta, tracked, strict=True):
             m.momentum = momentum
-            if count is not None:
+            if count is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(count)
 
 

@@ -298,9 +298,9 @@ class RunText(pl.Callback):
 
         from resflex.training.loggers import log_text
 
-        items = OmegaConf.load(overrides) if overrides.is_file() else []
+        command = [str(o) for o in OmegaConf.load(overrides)] if overrides.is_file() else []
         sizes = loader_sizes(trainer) or []
-        log_text(trainer, "run/command", command_markdown([str(o) for o in items], folder.parent, sizes))
+        log_text(trainer, "run/command", command_markdown(command, folder.parent, sizes))
         log_text(trainer, "run/config", config_markdown(config.read_text(), config, sizes))
 
 
