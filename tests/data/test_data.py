@@ -220,3 +220,21 @@ def test_a_folder_of_one_class_is_refused_in_one_line_before_training(tmp_path: 
     with pytest.raises(DataError, match="the data has 1 class under .*: a classifier needs at least") as info:
         build_module(cfg, num_classes=datamodule.num_classes)
     assert "\n" not in str(info.value)
+
+
+def test_a_source_that_does_not_subclass_image_source_is_used_as_built() -> None:
+    """A user's ``data.source._target_`` returns any object with classes and splits: the data module
+    uses it as it is, neither calling it nor asking its signature for a root."""
+    from resflex.data.arguments import finish_source
+
+    class DuckSource:
+        classes = ("a", "b")
+        splits = {"train": [(Image.new("RGB", (8, 8)), 0)]}
+
+        def __call__(self) -> None:
+            raise AssertionError("a built source is not called")
+
+    duck = DuckSource()
+    assert finish_source(duck, None, "mine") is duck  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="data.root is not used by data=mine"):
+        finish_source(duck, "/some/dir", "mine")  # type: ignore[arg-type]

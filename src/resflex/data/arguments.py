@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from resflex.data.datasets import ImageSource
 from resflex.data.eval_sizes import parse_eval_sizes, resolve_eval_resolutions
@@ -47,18 +47,29 @@ def finish_source(
     (``data.root=DIR``), one place for every source that reads files, while ``data.source.*``
     holds what differs between sources.
     """
-    if isinstance(source, ImageSource):
-        target: Any = type(source)
-    else:
-        target = getattr(source, "func", source)  # a partial's class
-        if "root" in inspect.signature(target).parameters:
-            return source(root=root)
+    if _is_built(source):
+        _refuse_root(root, name, type(source))
+        return source
+    factory = cast("Callable[..., ImageSource]", source)  # not built: the node's partial or class
+    target = getattr(factory, "func", factory)  # a partial's class
+    if "root" in inspect.signature(target).parameters:
+        return factory(root=root)
+    _refuse_root(root, name, target)
+    return factory()
+
+
+def _refuse_root(root: str | None, name: str, target: Any) -> None:
     if root is not None:
         raise ConfigError(
             f"data.root is not used by data={name or getattr(target, '__name__', target)}",
             hint="data=imagefolder data.root=DIR reads a folder",
         )
-    return source if isinstance(source, ImageSource) else source()
+
+
+def _is_built(source: ImageSource | Callable[..., ImageSource]) -> TypeGuard[ImageSource]:
+    """A source object rather than its factory: an :class:`ImageSource`, or any object with the
+    ``splits`` the data module reads (a user's ``_target_`` need not subclass it)."""
+    return isinstance(source, ImageSource) or hasattr(source, "splits") or not callable(source)
 
 
 def check_data_arguments(
