@@ -32,6 +32,10 @@ def fabricated_run(root: Path, metrics: dict) -> dict:
 def test_candidates_are_the_robust_sizes_of_the_val_curve(tmp_path: Path) -> None:
     metrics = fabricated_run(tmp_path, {f"val/acc@{t}": a for t, a in CURVE.items()} | {"val/acc": 0.82})
     assert auto_sizes(metrics, (64, 64)) == (ROBUST, "val")
+    # a tested run too: still the val curve's sizes (the test split is not for choosing)
+    narrow = {"test/acc@48": 0.6, "test/acc@64": 0.8, "test/acc@96": 0.6}
+    both = fabricated_run(tmp_path / "both", {**metrics, **narrow})
+    assert auto_sizes(both, (64, 64)) == (ROBUST, "val")
 
 
 def test_candidates_fall_back_to_the_test_curve_then_to_the_eval_size(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from resflex.summarize import main, summarize
+from resflex.sweep_jobs import add_robustness
 from resflex.training.robustness import summarize_sizes
 from tests.conftest import REPO, run_cli
 
@@ -222,3 +223,13 @@ def test_a_sort_key_no_job_has_is_refused_with_the_closest_names(tmp_path: Path,
     running = tmp_path / "running"
     write_job(running, "a", ["pooling=avg"], None)
     assert main([str(running), "--no-write"]) == 0
+
+
+def test_a_run_that_logged_part_of_the_summary_gets_the_rest_from_its_curve() -> None:
+    """What was logged stays as logged; only the missing columns are computed from ``acc@<size>``."""
+    metrics = {"val/acc@32": 0.79, "val/acc@64": 0.80, "val/acc@128": 0.5, "val/acc_worst": 0.123}
+    filled = add_robustness(dict(metrics))
+    assert filled["val/acc_worst"] == 0.123
+    assert filled["val/acc_mean_sizes"] == (0.79 + 0.80 + 0.5) / 3
+    assert filled["val/acc_range"] == 2.0  # 32 and 64 px within 0.03 of the best
+    assert "test/acc_worst" not in filled  # no test curve

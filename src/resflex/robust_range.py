@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from resflex.training.robustness import RANGE_TOLERANCE, SizeRobustness, scale_of, summarize_sizes
+from resflex.training.robustness import RANGE_TOLERANCE, SizeRobustness, holds_up, scale_of, summarize_sizes
 from resflex.types import Size
 
 
@@ -89,11 +89,10 @@ class RobustRange:
     def sizes(self) -> list[Size]:
         """The robust sizes, smallest first (the curve's sizes between the range's ends)."""
         low, high = self.summary.range_low, self.summary.range_high
-        floor = self.summary.best - RANGE_TOLERANCE
         inside = [
             size
             for size, acc in self.accuracy.items()
-            if low - 1e-9 <= self.scale(size) <= high + 1e-9 and acc >= floor
+            if low - 1e-9 <= self.scale(size) <= high + 1e-9 and holds_up(acc, self.summary.best)
         ]
         return sorted(inside, key=self.scale)
 

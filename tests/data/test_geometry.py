@@ -131,7 +131,7 @@ def test_squash_stretches_by_the_canvas_aspect(canvas: tuple[int, int]) -> None:
     assert aspect == pytest.approx(canvas[1] / canvas[0], rel=0.06)
 
 
-@pytest.mark.parametrize("geometry", ["pad", "squash"])
+@pytest.mark.parametrize("geometry", ["pad", "squash", "keep_aspect"])
 def test_whole_image_geometries_never_cut_an_edge_object_out(geometry: str) -> None:
     """A disc touching the right edge of a 2:1 canvas stays (almost) whole in every training draw;
     a square random-resized crop loses it in a good share of draws."""
@@ -155,6 +155,30 @@ def test_pad_fills_with_the_given_colour_and_centres_in_eval() -> None:
     assert out[:, :10].reshape(3, -1).T.unique(dim=0).tolist() == [[1, 2, 3]]  # top band
     assert out[:, 30:].reshape(3, -1).T.unique(dim=0).tolist() == [[1, 2, 3]]  # bottom band
     assert out[0, 10:30].min() > 200 and out[1, 10:30].max() < 30  # the red image, whole width
+
+
+def test_train_pad_shrinks_the_fitted_image_to_whole_scale_of_its_area() -> None:
+    """whole_scale is a share of the *area*: at 0.64 each side of the fitted image keeps 0.8."""
+    image = Image.new("RGB", (100, 50), (255, 0, 0))
+    pad = TrainTransform(geometry="pad", whole_scale=(0.64, 0.64), fill=(0, 0, 255), hflip=False)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        red = pad(image, (60, 60))[0] > 127  # fitted 60 x 30, then 0.8 of each side: 48 x 24
+        rows, cols = red.any(dim=1).nonzero(), red.any(dim=0).nonzero()
+        assert (len(rows), len(cols)) == (24, 48), seed
+        assert int(red.sum()) == 24 * 48
+
+
+def test_eval_square_covers_the_size_over_crop_pct_before_the_centre_crop() -> None:
+    """crop_pct=0.875 (timm's): resize so the crop is 87.5 % of the resized image, then crop the centre."""
+    square = EvalTransform(crop_pct=0.875)
+    assert square.cover_size(100, 100, (64, 64)) == [74, 74]  # 64 / 0.875 = 73.1, rounded up
+    assert square.cover_size(200, 100, (64, 64)) == [74, 147]  # the short side covers, aspect kept
+    assert EvalTransform(crop_pct=1.0).cover_size(200, 100, (64, 64)) == [64, 128]
+    image = Image.new("RGB", (100, 100), (0, 0, 0))
+    ImageDraw.Draw(image).rectangle([0, 0, 5, 99], fill=(255, 255, 255))  # a white band at the left edge
+    assert EvalTransform(crop_pct=1.0)(image, (64, 64))[:, :, 0].float().mean() > 200
+    assert square(image, (64, 64))[:, :, 0].float().mean() < 30  # cropped away with the border
 
 
 def test_square_geometry_is_torchvision_random_resized_crop_relative_to_the_target() -> None:

@@ -44,6 +44,9 @@ def test_progressive_ramps_ffcv_style_with_rounding_and_final_phase() -> None:
     assert [final.size_at(e, 0)[0] for e in range(6)] == [32, 40, 56, 64, 96, 96]
     assert final.eval_size == (96, 96)
     assert final.train_sizes() == [(32, 32), (40, 40), (56, 56), (64, 64), (96, 96)]
+    # a start size off the multiple is kept as given up to start_epoch, itself included; the ramp rounds
+    odd = ProgressiveResolution(start_size=40, end_size=64, start_epoch=1, end_epoch=3, multiple=16).bind(5)
+    assert [odd.size_at(e, 0)[0] for e in range(5)] == [40, 40, 48, 64, 64]
 
 
 def test_progressive_needs_max_epochs_and_checks_the_epoch_order() -> None:
@@ -60,6 +63,7 @@ def test_random_is_a_pure_function_of_seed_epoch_step_and_follows_probs() -> Non
     other = RandomResolution(sizes=[32, 48, 64], probs=[0.5, 0.25, 0.25], seed=4)
     assert draws == [same.size_at(e, t) for e in range(4) for t in range(500)]
     assert draws != [other.size_at(e, t) for e in range(4) for t in range(500)]
+    assert draws[:500] != draws[500:1000]  # a new draw each epoch, not the same sizes step for step
     share = draws.count((32, 32)) / len(draws)
     assert 0.45 < share < 0.55
     assert s.eval_size == (64, 64)
@@ -119,6 +123,15 @@ def test_batch_scaling_grows_the_batch_at_small_sizes_up_to_the_cap() -> None:
     assert sizes == {(64, 64): 8, (32, 32): 24}  # 32 would get 8 * 4 = 32, capped at 24
     assert s.varies_batch_size
     assert not FixedResolution(32, batch_scaling=True).varies_batch_size
+    # above the reference size the batch shrinks, but never below one image (2 * 32² / 64² = 0.5)
+    small_ref = RandomResolution(sizes=[32, 64], batch_scaling=True, reference_size=32)
+    assert {small_ref.size_at(0, t): small_ref.batch_size_at(0, t, 2) for t in range(20)} == {
+        (32, 32): 2,
+        (64, 64): 1,
+    }
+    # a non-square reference counts its h x w pixels: 8 * (32 * 64) / 32² = 16
+    wide_ref = FixedResolution(32, batch_scaling=True, reference_size=[32, 64])
+    assert wide_ref.batch_size_at(0, 0, 8) == 16
 
 
 def test_keep_aspect_bucket_shapes_keep_the_short_side_or_the_area() -> None:
@@ -151,6 +164,18 @@ def test_multiscale_draws_around_the_target_size_at_a_fixed_runs_pixel_cost() ->
     assert forty.train_sizes() == [(24, 24), (40, 40), (64, 64)]
     assert MultiScaleResolution(size=[32, 64], scales=[0.5, 1.0]).train_sizes() == [(16, 32), (32, 64)]
     assert MultiScaleResolution(size=64, eval_size=96).eval_size == (96, 96)
+    # resolution.multiple rounds the drawn sides: 0.6 x 64 = 38.4 is 32 at multiple 16 (40 at 8)
+    sixteen = MultiScaleResolution(size=64, scales=[0.6, 1.0], multiple=16)
+    assert sixteen.train_sizes() == [(32, 32), (64, 64)] and sixteen.multiple == 16
+
+
+def test_multiscale_final_epochs_run_at_the_target_size() -> None:
+    s = MultiScaleResolution(size=64, seed=1, final_epochs=2).bind(5)
+    assert s.needs_max_epochs
+    assert {s.size_at(e, t) for e in (3, 4) for t in range(50)} == {(64, 64)}
+    assert len({s.size_at(2, t) for t in range(50)}) > 1  # epoch 2 still draws around the size
+    with pytest.raises(RuntimeError, match="bind"):
+        MultiScaleResolution(size=64, final_epochs=1).size_at(0, 0)
 
 
 @pytest.mark.parametrize(("scales", "match"), [([], "non-empty"), ([0.5, -1.0], r"\(0, 4\]"), (2.0, "list")])

@@ -74,6 +74,46 @@ def test_variable_batch_sizes_cover_each_sample_once_and_len_follows_the_epoch()
         assert [len(b) for b in full] == [schedule.batch_size_at(epoch, t, 8) for t in range(len(full))]
 
 
+def test_each_epoch_has_a_new_order_the_same_for_the_same_seed_and_epoch() -> None:
+    schedule = FixedResolution(32)
+    sampler = ResolutionBatchSampler(64, 8, schedule, seed=4)
+    orders = [[i for b in sampler.plan(e) for i in b.indices] for e in range(3)]
+    assert all(sorted(order) == list(range(64)) for order in orders)
+    assert orders[0] != orders[1] and orders[1] != orders[2]  # reshuffled every epoch
+    fresh = ResolutionBatchSampler(64, 8, schedule, seed=4)  # another rank, or a resumed process
+    assert [i for b in fresh.plan(1) for i in b.indices] == orders[1]
+    unshuffled = ResolutionBatchSampler(64, 8, schedule, shuffle=False)
+    assert [i for b in unshuffled.plan(2) for i in b.indices] == list(range(64))
+
+
+def test_drop_last_drops_the_short_last_batch_but_never_the_whole_epoch() -> None:
+    schedule = FixedResolution(32)
+
+    def lengths(num_samples: int, drop_last: bool) -> list[int]:
+        plan = ResolutionBatchSampler(num_samples, 8, schedule, drop_last=drop_last).plan(0)
+        return [len(b.indices) for b in plan]
+
+    assert lengths(20, drop_last=True) == [8, 8]
+    assert lengths(20, drop_last=False) == [8, 8, 4]
+    # a split smaller than one batch still trains: its one short batch is kept
+    assert lengths(5, drop_last=True) == [5]
+
+
+def test_keep_aspect_bucket_order_changes_each_epoch_and_spreads_small_buckets_over_it() -> None:
+    """Each step draws a bucket weighted by what it has left, seeded by (seed, epoch): the aspects are
+    mixed over the whole epoch (not a small bucket used up first) and differ from epoch to epoch."""
+    schedule = FixedResolution(32, geometry="keep_aspect", aspect_ratios=[0.5, 2.0])
+    buckets = [0] * 80 + [1] * 8
+    positions, shapes = [], []
+    for epoch in range(40):
+        plan = ResolutionBatchSampler(88, 4, schedule, buckets=buckets, seed=0).plan(epoch)
+        assert sorted(i for b in plan for i in b.indices) == list(range(88))
+        shapes.append([b.size for b in plan])
+        positions += [k / (len(plan) - 1) for k, b in enumerate(plan) if b.indices[0] >= 80]
+    assert len(set(map(tuple, shapes))) > 10
+    assert 0.35 < sum(positions) / len(positions) < 0.65  # drawn uniformly: about 0.1
+
+
 def test_resume_mid_epoch_continues_with_the_same_sizes_and_samples() -> None:
     schedule = RandomResolution(sizes=[32, 48, 64], seed=2)
     full = ResolutionBatchSampler(64, 4, schedule, seed=9, training=True)
@@ -155,6 +195,14 @@ def test_keep_aspect_under_ddp_gives_every_rank_the_same_shapes() -> None:
         [(b.size, len(b.indices)) for b in plans[0]]
     ] * 2
     assert set(range(90)) == {i for p in plans for b in p for i in b.indices}
+
+
+def test_keep_aspect_under_ddp_gives_each_rank_a_full_batch_per_step() -> None:
+    """data.batch_size is per rank, as for square: a step takes batch_size x world_size of a bucket."""
+    schedule = FixedResolution(32, geometry="keep_aspect", aspect_ratios=[1.0])
+    for rank in range(2):
+        sampler = ResolutionBatchSampler(40, 4, schedule, rank=rank, world_size=2, buckets=[0] * 40)
+        assert [len(b.indices) for b in sampler.plan(0)] == [4] * 5
 
 
 def test_image_folder_sizes_come_from_headers_with_exif_rotation(tmp_path) -> None:

@@ -10,6 +10,7 @@ from resflex.models.bn_calibration import (
     calibrate,
     calibrate_sizes,
     read_stats,
+    side_of,
     write_stats,
 )
 
@@ -61,6 +62,9 @@ def test_per_size_stats_load_the_nearest_calibrated_size() -> None:
     assert swapper.use(128) == 64
     assert torch.equal(net[1].running_var, torch.full((4,), 2.0))
     assert swapper.nearest(46) == 64  # log scale: the midpoint is 45.3
+    swapper.load_state({"32": small, "128": large})
+    assert swapper.nearest(64) == 128  # exactly between 32 and 128 in log scale: the larger size
+    assert swapper.nearest(63.9) == 32
     write_stats(net, small)
     assert torch.equal(net[1].running_mean, torch.ones(4))
 
@@ -69,3 +73,9 @@ def test_batches_of_one_image_are_skipped() -> None:
     net = _net()
     stats = calibrate(net, [torch.randn(1, 3, 8, 8), torch.randn(4, 3, 8, 8)])
     assert torch.isfinite(stats["1.running_var"]).all()
+
+
+def test_a_size_is_keyed_by_its_side_or_the_side_of_the_square_of_equal_area() -> None:
+    assert side_of((48, 48)) == 48
+    assert side_of((32, 128)) == 64  # sqrt(32 * 128), not the short side
+    assert side_of([40, 56]) == 47  # sqrt(2240) = 47.3

@@ -19,7 +19,9 @@ from resflex.models.checkpoint import (
     UnsafeCheckpointError,
     check_checkpoint,
     is_readable_checkpoint,
+    load_head_from_checkpoint,
     safe_load,
+    state_dict_of,
 )
 from resflex.run_folder import resolve_checkpoint_path, resolve_resume_checkpoint
 from resflex.training.safety import AtomicCheckpointIO
@@ -369,3 +371,38 @@ def test_last_with_nothing_to_resume_in_a_slurm_job_is_its_first_start(
     with caplog.at_level(logging.INFO, logger="resflex"):
         assert resolve_resume_checkpoint("last", tmp_path / "new") is None
     assert warnings_of(caplog) == []
+
+
+# --- what a weights file holds --------------------------------------------------------------------
+
+
+def test_a_wrapper_prefix_is_stripped_only_when_every_key_has_it() -> None:
+    """DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefix every key; a model whose own names
+    start so (a submodule called ``module``) keeps them."""
+    t = torch.zeros(1)
+    assert set(state_dict_of({"module.a": t, "module.b.c": t}, "f")) == {"a", "b.c"}
+    assert set(state_dict_of({"state_dict": {"_orig_mod.a": t}}, "f")) == {"a"}
+    assert set(state_dict_of({"module.a": t, "head.b": t}, "f")) == {"module.a", "head.b"}
+
+
+def test_a_head_of_another_class_count_is_reinitialised_and_the_report_says_so(tmp_path: Path) -> None:
+    from resflex.models.backbone import TimmBackbone
+    from resflex.models.classifier import ImageClassifier
+    from resflex.models.pooling import AvgPool
+
+    def classifier(classes: int) -> ImageClassifier:
+        return ImageClassifier(TimmBackbone("test_resnet"), AvgPool(), num_classes=classes)
+
+    torch.manual_seed(0)
+    source = classifier(10)
+    ckpt = tmp_path / "source.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, ckpt)
+    same = classifier(10)
+    report = load_head_from_checkpoint(same, ckpt)
+    assert report.clean and report.note == ""
+    assert torch.equal(same.head.weight, source.head.weight)
+    other = classifier(3)
+    fresh = other.head.weight.clone()
+    report = load_head_from_checkpoint(other, ckpt)
+    assert report.note == "classifier re-initialised: the checkpoint has 10 classes, this run has 3"
+    assert torch.equal(other.head.weight, fresh) and len(report.mismatched) == 2

@@ -160,6 +160,17 @@ def test_gem_p1_is_average_and_large_p_approaches_max() -> None:
     assert (GeMPool(p=200.0)(x) - x.amax(dim=(2, 3))).abs().max() < 0.05
 
 
+def test_gem_clamps_negative_activations_to_eps_before_the_power() -> None:
+    """Features of a backbone without a final ReLU are partly negative: GeM clamps them to ``eps`` first,
+    so the output stays finite (a negative mean under the 1/p root would be NaN)."""
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(3)) - 0.5
+    assert (x < 0).any() and ((x.clamp(min=0) ** 3).mean(dim=(2, 3)) > 0).all()
+    out = GeMPool(p=3.0, eps=1e-6)(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, x.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3))
+    torch.testing.assert_close(GeMPool(p=2.5)(-x.abs()), torch.full((2, 3), 1e-6))  # all negative: eps
+
+
 def test_gem_p_is_learned() -> None:
     head = GeMPool(p=3.0)
     head(torch.rand(1, 2, 3, 3)).sum().backward()

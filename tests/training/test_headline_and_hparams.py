@@ -22,9 +22,14 @@ from resflex.sweeps import swept_text_keys
 from resflex.training.callbacks import BestEpochMetrics
 from resflex.training.loggers import TensorBoardLogger
 from resflex.training.profile_view import claim_profile, profile_digest
-from resflex.training.results import EVAL_SIZE_COLUMN, hparam_metric_tags, run_hparams
+from resflex.training.results import EVAL_SIZE_COLUMN, collect_metrics, hparam_metric_tags, run_hparams
 from resflex.training.selection import apply_monitor, check_monitor, monitor_needs_every_size
-from resflex.training.views import command_markdown, custom_scalars_layout, headline_titles
+from resflex.training.views import (
+    command_markdown,
+    custom_scalars_layout,
+    draw_confusion_matrix,
+    headline_titles,
+)
 from tests.conftest import TINY, run_cli, scalar_tags
 from tests.training.test_logging_ui import read_events
 
@@ -191,6 +196,17 @@ def test_best_epoch_metrics_are_columns_beside_the_final_ones() -> None:
     tags = hparam_metric_tags({**metrics, "test/acc": 0.55})
     assert tags[:4] == ["val/acc", "test/acc", "val/acc_best", "val/best_epoch"]
     assert "val/acc_mean_sizes_best" in tags
+    # a flag is no metric column (a bool is an int to Python), nor is text or a missing value
+    odd = {"val/acc": 0.5, "test/acc": True, "val/loss": "nan", "val/acc_worst": None}
+    assert hparam_metric_tags(odd) == ["val/acc"]
+
+
+def test_metrics_json_holds_no_infinity_or_nan() -> None:
+    """JSON has neither: a diverged loss is recorded as null, which every reader (and a sort) takes."""
+    metrics = collect_metrics(None, {"train/loss": float("inf"), "val/loss": float("nan"), "val/acc": 0.5})
+    assert metrics == {"train/loss": None, "val/acc": 0.5, "val/loss": None}
+    tensors = {"x": torch.tensor(float("-inf")), "y": torch.tensor(2.0)}
+    assert collect_metrics(None, tensors) == {"x": None, "y": 2.0}
 
 
 # ---- the schedule chart, the data profile once per sweep --------------------------------------------------
@@ -300,3 +316,15 @@ def test_a_moved_checkpoint_folder_starts_the_best_afresh_as_model_checkpoint_do
     kept = SimpleNamespace(checkpoint_callback=SimpleNamespace(best_model_score=torch.tensor(0.2)))
     same_folder.on_train_start(kept, None)  # type: ignore[arg-type]
     assert same_folder.metrics("val/acc")["val/best_epoch"] == 5.0
+
+
+def test_the_confusion_matrix_colours_each_cell_by_its_share_of_the_true_class() -> None:
+    """Rows are true classes: a cell's colour is its count over its row's (a class never seen: zeros)."""
+    counts = torch.tensor([[8, 2, 0], [1, 1, 0], [0, 0, 0]])
+    figure = draw_confusion_matrix(counts, ["cat", "dog", "fox"], "val")
+    (ax, _colorbar) = figure.axes
+    shown = torch.as_tensor(ax.images[0].get_array(), dtype=torch.float64)
+    expected = torch.tensor([[0.8, 0.2, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(shown, expected)
+    assert sorted(text.get_text() for text in ax.texts) == ["1", "1", "2", "8"]  # counts, zeros left out
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["cat", "dog", "fox"]

@@ -19,12 +19,13 @@ import pytest
 from resflex.errors import find_user_error
 from resflex.resume_check import (
     ResumeRefused,
+    check_resume,
     config_differences,
     may_change,
     override_differences,
     resume_command,
 )
-from resflex.run_folder import original_file, read_original
+from resflex.run_folder import original_file, read_original, save_original
 from tests.conftest import REPO, RESUME_RUN, TRAIN_SCRIPT, run_cli, train_run
 from tests.faults import sigterm_at
 
@@ -53,6 +54,24 @@ def test_only_the_documented_keys_may_change_on_resume() -> None:
     # a folder from before the original config was kept: its record's overrides
     legacy = override_differences(["a=1", "+b=2"], ["a=1", "ckpt_path=last"])
     assert [k for k, *_ in legacy] == ["ckpt_path", "b"]
+
+
+@pytest.mark.parametrize("keyword", ["hpc", "registry"])
+def test_a_lightning_keyword_ckpt_path_is_checked_against_this_run_folder(
+    keyword: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ckpt_path=hpc`` (SLURM's requeue) names no file: the checkpoint is this run folder's, so its kept
+    config is what the resume is compared with (not the folder of a file named ``hpc`` in the cwd)."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    save_original(run, {"seed": 1, "data": {"batch_size": 8}}, ["data.batch_size=8"])
+    monkeypatch.chdir(tmp_path)
+    same = OmegaConf.create({"seed": 1, "data": {"batch_size": 8}, "ckpt_path": keyword})
+    check_resume(same, keyword, run, [])  # the same experiment: resumes
+    other = OmegaConf.create({"seed": 1, "data": {"batch_size": 16}, "ckpt_path": keyword})
+    with pytest.raises(ResumeRefused, match=r"data\.batch_size \(was 8, now 16\)"):
+        check_resume(other, keyword, run, [])
 
 
 def _hint_overrides(stderr: str) -> list[str]:

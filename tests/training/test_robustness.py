@@ -60,3 +60,19 @@ def test_of_tied_runs_of_equal_width_the_one_nearest_the_trained_size_wins() -> 
     accuracy = {(32, 32): 0.5, (48, 48): 0.3, (64, 64): 0.5, (96, 96): 0.3, (128, 128): 0.5}
     summary = summarize_sizes(accuracy, main=(64, 64))
     assert (summary.best_scale, summary.range_low, summary.range_high) == (1.0, 1.0, 1.0)
+
+
+def test_the_worst_size_need_not_be_the_smallest() -> None:
+    accuracy = {(32, 32): 0.70, (48, 48): 0.85, (64, 64): 0.90, (96, 96): 0.62}
+    summary = summarize_sizes(accuracy, main=(64, 64))
+    assert summary.worst == 0.62 and summary.metrics("test")["test/acc_worst"] == 0.62
+
+
+@pytest.mark.parametrize(("best", "other"), [(0.32, 0.29), (0.9, 0.87), (0.45, 0.42), (0.07, 0.04)])
+def test_a_size_exactly_the_tolerance_below_the_best_holds_up(best: float, other: float) -> None:
+    """3 images in 100 below the best is within 0.03, whatever the float rounding of best - 0.03
+    (0.32 - 0.03 = 0.29000000000000004 > 0.29)."""
+    summary = summarize_sizes({(32, 32): other, (64, 64): best, (96, 96): other}, main=(64, 64))
+    assert (summary.range_low, summary.range_high) == (0.5, 1.5)
+    below = summarize_sizes({(32, 32): other - 0.001, (64, 64): best}, main=(64, 64))
+    assert (below.range_low, below.range_high) == (1.0, 1.0)

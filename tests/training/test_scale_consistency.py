@@ -187,9 +187,10 @@ def test_the_main_view_is_detached_and_the_small_view_gets_the_gradient() -> Non
     images.requires_grad_(True)
     logits = module(images)
     term = module.scale_view.term(module.model, images, logits, 0, 0)
-    (grad,) = torch.autograd.grad(term, images)
-    assert grad.abs().sum() > 0  # through the small view only: the teacher's logits are detached
+    grad, logits_grad = torch.autograd.grad(term, (images, logits), allow_unused=True)
+    assert grad.abs().sum() > 0  # through the small view
     assert term.grad_fn is not None and logits.requires_grad
+    assert logits_grad is None  # the teacher's logits are detached: no path from the term to them
 
 
 def test_channels_last_batches_give_channels_last_views() -> None:
@@ -227,6 +228,18 @@ def test_small_sizes_are_multiples_of_8_and_at_least_the_backbones_minimum() -> 
     assert module.scale_view.minimum == 16  # test_resnet: total stride 32, sides >= 16
     images, _ = _batch(module, 2, 16, 16)  # no view smaller than the batch: no term
     assert module.scale_view.term(module.model, images, module(images), 0, 0) is None
+
+
+def test_a_side_at_the_minimum_stays_and_the_other_side_still_shrinks() -> None:
+    """16 x 64 at 0.6x: the height cannot go below the backbone's 16, the width goes to 40; the view is
+    smaller all the same, so the step gets its term."""
+    module = _module(scale_consistency=1.0, scale_consistency_factors=[0.6])
+    images, _ = _batch(module, 2, 16, 64)
+    seen: list[torch.Size] = []
+    module.model.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    term = module.scale_view.term(module.model, images, module(images), 0, 0)
+    assert term is not None and torch.isfinite(term)
+    assert seen[-1][-2:] == (16, 40)
 
 
 def test_the_small_view_leaves_batchnorm_running_statistics_alone() -> None:
