@@ -99,6 +99,29 @@ def test_image_modes_become_rgb(tmp_path: Path) -> None:
     assert np.asarray(load_rgb(tmp_path / "deep.png")).min() == 255  # scaled, not clipped at 255 of 65535
 
 
+@pytest.mark.parametrize(
+    ("image", "rgb"),
+    [
+        (Image.new("L", (5, 4), 128), (128, 128, 128)),
+        (Image.new("RGBA", (5, 4), (1, 2, 3, 255)), (1, 2, 3)),
+        # transparent pixels on black (the module's rule): alpha 128 of 255 keeps ~half of each channel
+        (Image.new("RGBA", (5, 4), (200, 100, 50, 128)), (100, 50, 25)),
+        (Image.new("RGBA", (5, 4), (200, 100, 50, 0)), (0, 0, 0)),
+        # 16 bit: 32768 / 65535 * 255 = 127.5019, rounded (not truncated) to 128
+        (Image.fromarray(np.full((4, 5), 32768, dtype=np.uint16)), (128, 128, 128)),
+        # 32-bit integers holding 8-bit values (max <= 255) stay on the 0..255 scale
+        (Image.fromarray(np.full((4, 5), 200, dtype=np.int32)), (200, 200, 200)),
+    ],
+    ids=["L", "RGBA-opaque", "RGBA-half", "RGBA-clear", "I16", "I32-8bit"],
+)
+def test_image_modes_become_these_rgb_values(image: Image.Image, rgb: tuple[int, int, int]) -> None:
+    from resflex.data.images import to_rgb
+
+    out = to_rgb(image)
+    assert out.mode == "RGB" and out.size == (5, 4)
+    assert (np.asarray(out) == np.array(rgb, np.uint8)).all()
+
+
 def test_image_folder_with_val_and_test(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "d", splits=("train", "val", "test"))
     source = ImageFolderSource(str(root))

@@ -23,6 +23,12 @@ def test_auto_eval_sizes_are_around_the_main_size_rounded_to_the_multiple() -> N
     assert resolve_eval_resolutions("auto", Schedule()) == [32, 48, 64, 96, 128]
     assert resolve_eval_resolutions([40], Schedule()) == [40]
 
+    class Wide:
+        eval_size, multiple = (48, 80), 8
+
+    # a non-square run: [h, w] entries, as eval.resolutions reads them (parse_size: [h, w])
+    assert resolve_eval_resolutions("auto", Wide()) == [[24, 40], [40, 64], [48, 80], [72, 120], [96, 160]]
+
     def fits(size: tuple[int, int]) -> None:
         if size[0] < 40:
             raise ConfigError("too small")

@@ -102,6 +102,15 @@ def test_image_sizes_are_read_without_building_images(
     assert "no cheap image_size" not in caplog.text
 
 
+def test_image_size_is_width_then_height_as_the_built_image() -> None:
+    """Any IDX array of (n, h, w) is read (not only 28x28): the cheap size must be PIL's (width, height)."""
+    from resflex.data.fashion_mnist import ArrayImages
+
+    images = np.zeros((2, 20, 28), np.uint8)  # 20 rows, 28 columns
+    split = ArrayImages(images, np.array([3, 4], np.uint8), np.array([1, 0]))
+    assert split.image_size(0) == split[0][0].size == (28, 20)
+
+
 def test_read_idx_wider_types_and_bad_files(tmp_path: Path) -> None:
     ints = np.array([[1, -2], [70000, 3]], dtype=">i4")
     path = tmp_path / "ints.idx"
@@ -115,6 +124,11 @@ def test_read_idx_wider_types_and_bad_files(tmp_path: Path) -> None:
     truncated.write_bytes(idx_bytes(np.zeros((4, 28, 28), np.uint8))[:-10])
     with pytest.raises(DataError, match="truncated"):
         read_idx(truncated)
+    # a 4-byte type counts bytes, not values: 3 of the 4 int32s (12 bytes, more than 4) is truncated too
+    short_ints = tmp_path / "short_ints.idx"
+    short_ints.write_bytes(bytes([0, 0, 0x0C, 2]) + struct.pack(">2I", 2, 2) + ints.tobytes()[:-4])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(short_ints)
 
 
 def test_missing_files_say_how_to_get_them(tmp_path: Path) -> None:

@@ -70,6 +70,15 @@ def test_sequence_length_and_batch_are_a_function_of_seed_epoch_step() -> None:
     assert set(lengths[0]) == {16, 32, 64}
 
 
+def test_a_step_never_takes_more_tokens_than_the_budget() -> None:
+    """tokens_per_batch // s images per step, rounded down: 1000 tokens are 10 images of 96, not 11."""
+    schedule = NaFlexResolution(seq_lens=[48, 96], max_seq_len=96, patch_size=8, tokens_per_batch=1000)
+    assert schedule.batch_for(96, 8) == 10 and schedule.batch_for(48, 8) == 20
+    assert schedule.batch_for(1000, 8) == 1 and schedule.batch_for(2000, 8) == 1  # at least one image
+    for seq_len in (48, 96):
+        assert schedule.batch_for(seq_len, 8) * seq_len <= 1000
+
+
 def test_a_resumed_sampler_continues_with_the_same_batches() -> None:
     schedule = NaFlexResolution(
         seq_lens=[16, 32, 64], max_seq_len=32, patch_size=8, tokens_per_batch=None, seed=5
@@ -108,6 +117,9 @@ def test_collation_pads_to_the_longest_sequence_and_masks() -> None:
     normalized = batch.normalized(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0]))
     first = normalized.patches[0, 0].view(-1, 3)  # channels last within a patch: (value - mean) / std
     assert first[0].tolist() == [-0.5, -1.0, -1.5]
+    # one patch over the step's length is refused, not silently batched past the token budget
+    with pytest.raises(RuntimeError, match="10 patches, more than the step's 9"):
+        collate_tokens([(torch.zeros((3, 16, 40), dtype=torch.uint8), 0)], 8, seq_len=9)
 
 
 @pytest.mark.parametrize(

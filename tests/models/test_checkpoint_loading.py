@@ -166,7 +166,10 @@ class _RunsCode:
         return (os.system, ("touch HACKED",))
 
 
-def test_explicit_resume_from_a_file_that_runs_code_is_refused(tmp_path: Path) -> None:
+def test_explicit_resume_from_a_file_that_runs_code_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the payload touches HACKED in the working folder: look for it there
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": _RunsCode()}, evil)
     with pytest.raises(UnsafeCheckpointError, match="refusing to resume from") as info:
@@ -213,6 +216,14 @@ def test_an_unreadable_file_is_one_line_naming_it(kind: str, tmp_path: Path) -> 
         assert "\n" not in line and str(path) in line and "hint:" in line, line
         assert not isinstance(info.value, UnsafeCheckpointError)
     assert not is_readable_checkpoint(path)
+
+
+def test_a_file_that_is_neither_zip_nor_pickle_is_named_as_such(tmp_path: Path) -> None:
+    """Read from its first bytes, before torch.load: not torch's "invalid load key" about a pickle."""
+    path = tmp_path / "model.ckpt"
+    BROKEN["text"](path)
+    with pytest.raises(DataError, match="not a PyTorch file \\(it starts with b'this'"):
+        safe_load(path)
 
 
 @pytest.mark.parametrize("legacy", [False, True])

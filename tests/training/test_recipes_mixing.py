@@ -113,6 +113,20 @@ def test_random_erasing_replaces_rectangles_in_training_batches_only() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_without_mixing_the_loss_is_the_hard_label_cross_entropy_with_label_smoothing() -> None:
+    """model.label_smoothing reaches the loss of an unmixed batch (mixed ones carry it in their targets)."""
+    module = _module(label_smoothing=0.2, scale_consistency=0.0)
+    images, labels = _batch(6, 32, 32)
+    batch = module.on_after_batch_transfer((images, labels), 0)
+    module.eval()  # BatchNorm in eval: the same logits in both calls
+    loss = module.training_step(batch, 0)
+    log_p = module(batch[0]).log_softmax(dim=1)
+    # by hand: 0.8 x the label's -log p + 0.2 x the mean over the classes of -log p
+    expected = (0.8 * -log_p.gather(1, labels[:, None])[:, 0] + 0.2 * -log_p.mean(dim=1)).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_uses_soft_targets_and_counts_the_dominant_class() -> None:
     module = _module(label_smoothing=0.1, mixup=0.4, cutmix=1.0)
     images, labels = _batch(8, 32, 32)

@@ -117,6 +117,25 @@ def test_bad_images_are_skipped_counted_and_listed(tmp_path: Path, caplog: pytes
     assert said and all(any(path in m for path in bad) for m in said)
 
 
+def test_a_file_skipped_again_is_said_and_listed_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every epoch meets a truncated file again: bad_images.txt and the console name it once, and only the
+    first max_printed files are said."""
+    from resflex.data.bad_images import BadImageError, BadImagePolicy
+
+    listing = tmp_path / "bad_images.txt"
+    policy = BadImagePolicy("skip", log_file=listing, max_printed=1)
+    a, b = str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")
+    with caplog.at_level(logging.WARNING, logger="resflex"):
+        for path in (a, a, b, a, b):
+            policy.handle(BadImageError(path, "image file is truncated"))
+    assert listing.read_text().splitlines() == [a, b]
+    assert policy.skipped() == [a, b]
+    said = [m for m in caplog.messages if "cannot read image" in m]
+    assert len(said) == 1 and a in said[0]
+
+
 def test_bad_images_raise_names_the_file(tmp_path: Path) -> None:
     bad = make_broken_folder(tmp_path / "images")
     result = run_cli(
