@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from resflex.build import build_datamodule
-from resflex.errors import DataError
+from resflex.errors import ConfigError, DataError
 from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
 from tests.test_configs import compose_train
 
@@ -141,6 +141,14 @@ def test_keys_that_exist_or_are_new_on_purpose_pass_the_key_check() -> None:
     check_override_keys(["experiment=small_data_finetune", "model.ema_decay=0.99"], "train")
     check_override_keys(["data=imagefolder", "data.source.val_fraction=0.2", "hydra.run.dir=x"], "train")
     check_override_keys(["--config-name", "other", "anything.at.all=1"], "train")  # another config
+
+
+def test_a_mistyped_top_level_key_gets_the_nearest_top_level_key() -> None:
+    from resflex.config import check_override_keys
+
+    with pytest.raises(ConfigError, match="unknown config key seeed") as info:
+        check_override_keys(["seeed=1"], "train")
+    assert "did you mean seed?" in info.value.one_line()
 
 
 def test_unknown_pooling_is_one_line_with_choices(tmp_path: Path) -> None:

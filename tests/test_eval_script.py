@@ -251,3 +251,48 @@ def test_eval_logs_the_size_curve_under_the_training_runs_tags(tmp_path: Path) -
         32: {"eval/test_acc_vs_size"},
         62: {"eval/test_acc_vs_size"},
     }
+
+
+def test_evaluate_loader_counts_top1_top5_and_the_mean_loss_over_images() -> None:
+    """Known logits: the label ranks 1st, 5th and 6th of 6 classes (top-1 1/3, top-5 2/3); the loss is
+    the mean over images, not over batches; limit_batches stops after that many batches."""
+    import torch.nn.functional as F
+
+    from resflex.evaluate import evaluate_loader
+
+    class Fixed(torch.nn.Module):
+        def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+            return batch
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    ranked = torch.tensor([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])  # class 0 first ... class 5 last
+    logits = torch.stack([ranked, ranked, ranked])
+    labels = torch.tensor([0, 4, 5])
+    loader = [(logits[:1], labels[:1]), (logits[1:], labels[1:]), (logits, labels)]
+    result = evaluate_loader(Fixed(), loader, torch.device("cpu"), "32-true", limit_batches=2)
+    assert result["images"] == 3
+    assert result["acc"] == pytest.approx(1 / 3) and result["acc_top5"] == pytest.approx(2 / 3)
+    assert result["loss"] == pytest.approx(float(F.cross_entropy(logits, labels)))
+    four = evaluate_loader(Fixed(), [(logits[:, :4], labels[:1].expand(3))], torch.device("cpu"), "32-true")
+    assert four["acc_top5"] is None  # fewer than 5 classes: no top-5
+
+
+def test_the_robustness_summary_names_the_worst_size_and_scales_by_the_runs_eval_size() -> None:
+    """Rows in eval.resolutions' order (not by size, the run's eval size not first): the worst is named
+    by its own size and the range is in x of the eval size, as training reports it."""
+    from resflex.evaluate import robustness_summary
+
+    rows = [
+        {"resolution": "16x16", "height": 16, "width": 16, "acc": 0.2},
+        {"resolution": "32x32", "height": 32, "width": 32, "acc": 0.9},
+        {"resolution": "48x48", "height": 48, "width": 48, "acc": 0.88},
+        {"resolution": "64x64", "height": 64, "width": 64, "acc": 0.5},
+    ]
+    summary = robustness_summary(rows, tokens=False, main=(32, 32))
+    assert summary is not None
+    assert summary["worst"] == 0.2 and summary["worst_at"] == "16x16"
+    assert (summary["range_low"], summary["range_high"]) == (1.0, 1.5)  # 32 and 48 px: 1x to 1.5x of 32
+    assert summary["reference"] == [32, 32] and summary["over"] == 4
+    assert robustness_summary(rows[:1], tokens=False, main=(32, 32)) is None

@@ -52,13 +52,18 @@ def assert_export_matches(classifier: ResflexClassifier, fmt: str, tmp_path: Pat
     record = export_classifier(classifier, fmt, out, sizes=SIZES, atol=ATOL)
     assert out.is_file() and [c["size"] for c in record["checks"]] == ["32x32", "48x80", "96x64"]
     assert record["max_abs_diff"] <= 1e-4, record["checks"]
+    assert record["max_abs_diff"] == max(c["max_abs_diff"] for c in record["checks"])  # the worst
+    assert [c["batch"] for c in record["checks"]] == [2, 1, 3]  # dynamic in the batch too, 1 included
+    assert [c["trained"] for c in record["checks"]] == [s in classifier.train_sizes for s in SIZES]
     assert not list(tmp_path.glob(".*tmp*")), "temporary export left behind"
     return record
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", pytest.param("exported", marks=pytest.mark.slow)])
 def test_pyramid_exports_equal_eager(fmt: str, tmp_path: Path) -> None:
-    assert_export_matches(tiny_classifier("pyramid"), fmt, tmp_path)
+    classifier = tiny_classifier("pyramid")
+    classifier.train_sizes.append(SIZES[1])  # the check's "seen in training" column
+    assert_export_matches(classifier, fmt, tmp_path)
 
 
 @pytest.mark.slow
@@ -85,6 +90,10 @@ def test_check_sizes_cover_non_square_and_unseen() -> None:
     assert len(sizes) >= 3 and sizes[0] == (64, 64) and (40, 72) in sizes
     assert any(h != w for h, w in sizes)
     assert any(s not in classifier.train_sizes for s in sizes)
+    unseen = check_sizes(classifier)[2]  # the square-ish size between and below the training sizes
+    assert unseen not in classifier.train_sizes
+    classifier.train_sizes.append(unseen)  # a run that trained there too: the next candidate instead
+    assert check_sizes(classifier)[2] not in classifier.train_sizes
 
 
 def test_fixed_size_vit_cannot_be_exported_dynamic(tmp_path: Path) -> None:
@@ -108,6 +117,17 @@ def test_an_export_that_disagrees_is_not_written(tmp_path: Path, monkeypatch: py
     with pytest.raises(ConfigError, match="differs from the eager model by 1 .*not valid at every size"):
         export_classifier(tiny_classifier("avg"), "torchscript", tmp_path / "m.pt", sizes=SIZES, atol=ATOL)
     assert not list(tmp_path.iterdir())
+
+    def off_by_batch(path: Path, fmt: str):  # within check.atol, a different difference at each size
+        run = real(path, fmt)
+        return lambda x: run(x) + ATOL / 8 * x.shape[0]
+
+    monkeypatch.setattr(export, "load_runner", off_by_batch)
+    record = export_classifier(
+        tiny_classifier("avg"), "torchscript", tmp_path / "m.pt", sizes=SIZES, atol=ATOL
+    )
+    assert record["max_abs_diff"] == max(c["max_abs_diff"] for c in record["checks"])
+    assert record["max_abs_diff"] == pytest.approx(ATOL / 8 * 3, rel=0.01)  # the batch of 3: the worst
 
 
 def test_torchscript_carries_the_robust_range(tmp_path: Path) -> None:

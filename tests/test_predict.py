@@ -118,6 +118,23 @@ def test_predict_accuracy_equals_eval(trained: dict, tmp_path: Path) -> None:
     assert {min(int(r["height"]), int(r["width"])) for r in rows} == {48}
     assert sum(int(r["correct"]) for r in rows) / 24 == pytest.approx(record["accuracy"])
     assert all(r["top1"] in ("cats", "dogs", "owls") and 0 <= float(r["prob1"]) <= 1 for r in rows)
+    # predict.topk=5 of 3 classes: every class, once, their probabilities summing to 1
+    assert "top4" not in rows[0] and all(
+        {r["top1"], r["top2"], r["top3"]} == {"cats", "dogs", "owls"} for r in rows
+    )
+    assert all(sum(float(r[f"prob{j}"]) for j in (1, 2, 3)) == pytest.approx(1, abs=1e-5) for r in rows)
+
+
+def test_the_printed_table_shows_print_rows_rows_and_counts_the_rest(tmp_path: Path) -> None:
+    from resflex.predict import format_table
+
+    rows = [
+        {"path": str(tmp_path / f"{i}.png"), "height": 32, "width": 48, "top": [], "correct": None}
+        for i in range(5)
+    ]
+    lines = format_table(rows, tmp_path, 2).splitlines()
+    assert [line.split()[0] for line in lines] == ["0.png", "1.png", "..."] and "3 more" in lines[-1]
+    assert len(format_table(rows, tmp_path, -1).splitlines()) == 5  # a negative limit: every row
 
 
 def test_predict_native_batches_by_bucket_and_covers_every_file_once(trained: dict, tmp_path: Path) -> None:
@@ -135,7 +152,7 @@ def test_predict_native_batches_by_bucket_and_covers_every_file_once(trained: di
     )
     saved = json.loads(out.read_text())
     files = sorted(str(p) for p in tree.rglob("*") if p.suffix in (".png", ".jpg"))
-    assert sorted(r["path"] for r in saved["predictions"]) == files  # every file, once
+    assert [r["path"] for r in saved["predictions"]] == files  # every file, once, in the input's order
     assert record["accuracy"] is None and record["ignored_non_image_files"] == 1
     ratios = [0.5, 0.75, 1.0, 1.333, 2.0]
     batches: dict[int, set] = {}

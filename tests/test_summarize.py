@@ -113,6 +113,19 @@ def test_sort_by_other_metric_and_ascending(tmp_path: Path) -> None:
     assert not (sweep / "summary.csv").exists()
 
 
+def test_sort_puts_numbers_then_text_then_jobs_without_the_key() -> None:
+    """A key whose values are words in some jobs (an override such as optimizer.name): numbers first,
+    then the words, then the jobs that do not have it, by status."""
+    from resflex.summarize import sort_jobs
+    from resflex.sweep_jobs import Job
+
+    def job(name: str, status: str, value: str | None) -> Job:
+        return Job(name, Path(name), status, overrides={} if value is None else {"k": value})
+
+    jobs = [job("none", "failed", None), job("word", "completed", "lion"), job("num", "completed", "0.5")]
+    assert [j.name for j in sort_jobs(jobs, "k")] == ["num", "word", "none"]
+
+
 def test_single_run_folder_and_bar_plot(tmp_path: Path) -> None:
     record = {"status": "completed", "wall_time_s": 10.0, "metrics": {"val/acc": 0.5}}
     run = write_job(tmp_path, "run", ["data=fashion_mnist"], record)

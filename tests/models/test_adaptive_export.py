@@ -69,3 +69,21 @@ def test_make_exportable_swaps_only_the_pools(name: str) -> None:
             got = swapped(x)
         torch.testing.assert_close(got, head(x), rtol=0, atol=1e-5)
     assert F.adaptive_avg_pool2d.__module__ == "torch.nn.functional"  # restored after the context
+
+
+def test_make_exportable_swaps_each_kind_of_pool_module_for_its_equal() -> None:
+    """The pool modules a backbone may hold (torch's, timm's avg+max and concatenated avg,max): each
+    replacement gives the original's output, channels included."""
+    from timm.layers.adaptive_avgmax_pool import AdaptiveAvgMaxPool2d, AdaptiveCatAvgMaxPool2d
+
+    for pool in (
+        torch.nn.AdaptiveAvgPool2d((2, 3)),
+        torch.nn.AdaptiveMaxPool2d(2),
+        AdaptiveAvgMaxPool2d(2),
+        AdaptiveCatAvgMaxPool2d(2),
+    ):
+        model = torch.nn.Sequential(torch.nn.Identity(), pool)
+        swapped, replaced = make_exportable(model)
+        assert replaced == ["1"] and isinstance(swapped[1], ExportableAdaptivePool2d), pool
+        x = torch.randn(2, 4, 5, 7)
+        torch.testing.assert_close(swapped(x), model(x), rtol=0, atol=1e-6, msg=repr(pool))

@@ -63,6 +63,10 @@ def test_without_a_forward_the_layers_hold_the_main_sizes_statistics() -> None:
     layer = choice.model.model.backbone.model.bn1
     assert torch.equal(layer.running_mean, table[64]["backbone.model.bn1.running_mean"])
     assert "running_mean" not in dict(layer.named_buffers())  # the table replaces the buffer
+    sides = sorted(table)
+    with torch.no_grad():  # a forward at another size picks that size's row for itself only
+        choice.eval()(torch.rand(1, 3, sides[0], sides[0]))
+    assert sides[0] != 64 and torch.equal(layer.running_mean, table[64]["backbone.model.bn1.running_mean"])
 
 
 @pytest.mark.parametrize(

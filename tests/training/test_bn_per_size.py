@@ -165,3 +165,72 @@ def test_calibration_lifts_accuracy_away_from_the_training_size(tmp_path: Path) 
     assert abs(calibrated["test/acc@32"] - plain["test/acc@32"]) <= 0.02  # the trained size: as it was
     gain = sum(calibrated[f"test/acc@{s}"] - plain[f"test/acc@{s}"] for s in away) / len(away)
     assert gain >= 0.03, {s: (plain[f"test/acc@{s}"], calibrated[f"test/acc@{s}"]) for s in away}
+
+
+def _calibration_setup(tmp_path: Path, resolutions: str) -> tuple:
+    """A multi-size schedule (16, 32, 48 px) evaluated at ``resolutions``; its module's running
+    statistics set to a blend (0.5 everywhere), saved as ``last.ckpt``."""
+    overrides = [a for a in _overrides() if a not in ("model.bn_stats_per_size=true",)]
+    cfg = compose_train([*overrides, f"eval.resolutions={resolutions}"], tmp_path)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    assert {(16, 16), (32, 32), (48, 48)} <= set(dm.schedule.train_sizes())
+    module = build_module(cfg, num_classes=dm.num_classes)
+    stats = read_stats(module.model)
+    blend = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in stats.items()}
+    write_stats(module.model, blend)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    torch.save({"state_dict": module.state_dict()}, path)
+    return dm, module, blend, path
+
+
+def test_calibration_re_estimates_every_size_of_a_multi_size_schedule(tmp_path: Path) -> None:
+    """Only a schedule's one training size keeps the statistics it was trained with: the running
+    statistics of a multi-size schedule are a blend of its sizes, so each size, trained or not, gets
+    its own re-estimate; a table is reused for a file of equal weights only."""
+    from resflex.training.calibration import calibrate_checkpoint
+
+    dm, module, blend, path = _calibration_setup(tmp_path, "[16,48]")
+    original, table = calibrate_checkpoint(path, module, dm, list(dm.eval_sizes), batches=1)
+    assert set(table) == {(32, 32), (16, 16), (48, 48)}
+    bn1 = "backbone.model.bn1.running_mean"
+    for size, stats in table.items():
+        assert not torch.equal(stats[bn1], blend[bn1]), size
+    assert torch.equal(read_stats(module.model)[bn1], blend[bn1])  # the weights' own stay as trained
+
+    same = tmp_path / "same.ckpt"
+    torch.save({"state_dict": original}, same)
+    assert calibrate_checkpoint(same, module, dm, list(dm.eval_sizes), 1, reuse=(original, table))[1] is table
+    other = tmp_path / "other.ckpt"  # another epoch's weights: the stem's output, and its statistics, double
+    torch.save(
+        {
+            "state_dict": {
+                **original,
+                "model.backbone.model.conv1.0.weight": 2 * original["model.backbone.model.conv1.0.weight"],
+            }
+        },
+        other,
+    )
+    _, own = calibrate_checkpoint(other, module, dm, list(dm.eval_sizes), 1, reuse=(original, table))
+    first = "backbone.model.conv1.1.running_mean"
+    assert not torch.allclose(own[(32, 32)][first], table[(32, 32)][first])
+
+
+def test_a_multi_size_schedule_evaluated_at_one_size_is_calibrated(tmp_path: Path) -> None:
+    """One evaluation size skips calibration only when it is the one size trained at."""
+    from types import SimpleNamespace
+
+    from resflex.training.calibration import calibrate_run_checkpoints
+
+    dm, module, _, path = _calibration_setup(tmp_path, "[]")
+    assert list(dm.eval_sizes) == [(32, 32)]
+    trainer = SimpleNamespace(
+        checkpoint_callback=None,
+        default_root_dir=str(tmp_path),
+        is_global_zero=True,
+        strategy=SimpleNamespace(barrier=lambda name: None),
+        callbacks=[],
+    )
+    assert calibrate_run_checkpoints(trainer, module, dm, batches=1) == [path]  # type: ignore[arg-type]
+    assert set(torch.load(path, weights_only=True)[BN_STATS_KEY]) == {"32"}

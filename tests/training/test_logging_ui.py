@@ -223,3 +223,49 @@ def test_logger_none_writes_no_events_but_still_the_metrics_file(tmp_path: Path)
     assert written["status"] == "completed" and written["choices"]["logger"] == "none"
     assert written["metrics"] == pytest.approx(record["metrics"])
     assert {"val/acc", "val/loss", "test/acc", "train/loss"} <= set(written["metrics"])
+
+
+def test_throughput_is_images_per_second_of_training_and_of_validation(monkeypatch) -> None:
+    """The numbers themselves, on a clock the test sets: train 8 images in 2 s at 16 px, validation
+    6 images in 3 s; the validation pause is not charged to training."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from resflex.training import callbacks
+    from resflex.training.callbacks import ThroughputLogger
+
+    now = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
+    trainer = SimpleNamespace(
+        global_step=0,
+        log_every_n_steps=2,
+        loggers=[],
+        is_global_zero=True,
+        sanity_checking=False,
+        train_dataloader=None,
+    )
+    module = SimpleNamespace(device=torch.device("cpu"), log=lambda *args, **kwargs: None)
+    monitor = ThroughputLogger()
+    monitor.on_train_epoch_start(trainer, module)
+    images = (torch.zeros(4, 3, 16, 16), torch.zeros(4))
+    for step in (1, 2):
+        now[0] += 1.0
+        trainer.global_step = step
+        monitor.on_train_batch_end(trainer, module, None, images, step - 1)
+    assert monitor.last == {
+        "train/resolution": 16.0,
+        "train/images_per_sec": 8 / 2,
+        "train/images_per_sec@16": 8 / 2,
+    }
+    monitor.on_validation_epoch_start(trainer, module)
+    for batch_idx in range(2):
+        monitor.on_validation_batch_end(trainer, module, None, (torch.zeros(3, 3, 16, 16),), batch_idx)
+    now[0] += 3.0
+    monitor.on_validation_epoch_end(trainer, module)
+    assert monitor.last["val/images_per_sec"] == 6 / 3
+    now[0] += 1.0  # one more training batch after validation: 4 images in the 1 s since it ended
+    trainer.global_step = 4
+    monitor.on_train_batch_end(trainer, module, None, images, 2)
+    assert monitor.last["train/images_per_sec"] == 4 / 1
+    assert monitor.last["train/images_per_sec@16"] == 4 / 1

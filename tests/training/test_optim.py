@@ -60,6 +60,7 @@ def test_sgd_config_is_nesterov_momentum(tmp_path: Path) -> None:
         ({"lr": "fast"}, "optimizer.lr='fast' is invalid"),
         ({"weight_decay": -0.1}, "optimizer.weight_decay=-0.1 is invalid"),
         ({"momentum": 1.5}, "optimizer.momentum=1.5 is invalid"),
+        ({"momentum": 1.0}, "optimizer.momentum=1.0 is invalid"),  # [0, 1): 1 never forgets a step
     ],
 )
 def test_bad_optimizer_values_are_one_line(kwargs: dict, message: str) -> None:

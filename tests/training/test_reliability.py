@@ -43,6 +43,8 @@ BASE = ["backbone.name=test_resnet", "trainer.accelerator=cpu", "data.num_worker
         (["data.num_workers=-1"], "data.num_workers"),
         (["data.num_workers=many"], "data.num_workers"),
         (["trainer.max_epochs=0"], "trainer.max_epochs"),
+        (["trainer.max_epochs=true"], "trainer.max_epochs"),  # a bool is not a number
+        (["seed=-1"], "seed"),
         (["model.net.dropout=1.5"], "model.net.dropout"),
         (["model.label_smoothing=abc"], "model.label_smoothing"),
         (["model.ema=true", "model.ema_decay=1"], "model.ema_decay"),
@@ -275,6 +277,25 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(
     got = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     for key in ("val/loss", "val/acc", "train/loss", "train/megapixels"):  # the pixel count resumes too
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+
+
+def test_nan_guard_on_cpu_stops_at_the_bad_step_itself_even_the_first() -> None:
+    """On the CPU reading the flag costs no device sync: the guard raises at the batch that went bad
+    (not at the next logging interval or validation), and a NaN at the very first step counts."""
+    from types import SimpleNamespace
+
+    from resflex.training.safety import NonFiniteLossError, NonFiniteLossGuard
+
+    guard = NonFiniteLossGuard()
+    trainer = SimpleNamespace(global_step=1, log_every_n_steps=50)  # the first batch has run: step 0
+    guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.5)}, None, 0)  # type: ignore[arg-type]
+    with pytest.raises(NonFiniteLossError, match="NaN/inf at step 0"):
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("nan"))}, None, 0)  # type: ignore[arg-type]
+    later = NonFiniteLossGuard()
+    trainer.global_step = 3  # not a logging step: still raised at once, naming the batch's step
+    later.on_train_batch_end(trainer, None, torch.tensor(1.0), None, 1)  # type: ignore[arg-type]
+    with pytest.raises(NonFiniteLossError, match="NaN/inf at step 2"):
+        later.on_train_batch_end(trainer, None, torch.tensor(float("inf")), None, 2)  # type: ignore[arg-type]
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

@@ -25,7 +25,13 @@ from resflex.training.finetune import Finetuning
 from resflex.training.lr_schedule import LrFactor, WarmupCosine
 from resflex.training.module import ClassificationModule
 from resflex.training.optim import OptimizerFactory
-from resflex.training.param_groups import FinetuneSpec, apply_lr_mults, build_param_groups, unfreeze_epochs
+from resflex.training.param_groups import (
+    FinetuneSpec,
+    apply_lr_mults,
+    backbone_stages,
+    build_param_groups,
+    unfreeze_epochs,
+)
 from tests.conftest import REPO
 
 TINY_NET = "test_resnet"
@@ -266,6 +272,17 @@ def test_finetune_spec_validation_names_the_key() -> None:
         FinetuneSpec.from_config({"name": "gradual", "unfreeze_at_epochs": []})
     with pytest.raises(ConfigError, match="unknown finetune key"):
         FinetuneSpec.from_config({"name": "full", "backbone_lr": 0.1})
+
+
+def test_gradual_with_more_epochs_than_stages_is_refused() -> None:
+    """Every entry of unfreeze_at_epochs unfreezes a chunk: one more than there are stages would be empty."""
+    backbone = make_module().model.backbone.model
+    stages = len(backbone_stages(backbone))
+    spec = FinetuneSpec.from_config({"name": "gradual", "unfreeze_at_epochs": list(range(1, stages + 1))})
+    assert set(unfreeze_epochs(backbone, spec).values()) == set(range(1, stages + 1))  # one stage each
+    too_many = FinetuneSpec.from_config({"name": "gradual", "unfreeze_at_epochs": list(range(1, stages + 2))})
+    with pytest.raises(ConfigError, match=f"backbone has only {stages} stages"):
+        unfreeze_epochs(backbone, too_many)
 
 
 def test_lr_groups_have_the_configured_rates() -> None:
