@@ -201,6 +201,14 @@ def test_best_epoch_metrics_are_columns_beside_the_final_ones() -> None:
     assert hparam_metric_tags(odd) == ["val/acc"]
 
 
+def test_a_per_size_monitors_best_score_is_one_column_not_two() -> None:
+    """With ``callbacks.model_checkpoint.monitor=val/acc@32`` the run logs ``val/acc@32_best``: it is a
+    best-score column (once), and the per-size columns stay the sizes, smallest first."""
+    metrics = {"val/acc": 0.5, "val/acc@96": 0.4, "val/acc@32_best": 0.7, "val/acc@32": 0.6}
+    tags = hparam_metric_tags(metrics)
+    assert tags == ["val/acc", "val/acc@32_best", "val/acc@32", "val/acc@96"]
+
+
 def test_metrics_json_holds_no_infinity_or_nan() -> None:
     """JSON has neither: a diverged loss is recorded as null, which every reader (and a sort) takes."""
     metrics = collect_metrics(None, {"train/loss": float("inf"), "val/loss": float("nan"), "val/acc": 0.5})

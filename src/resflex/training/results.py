@@ -252,8 +252,9 @@ def run_hparams(
 
 def hparam_metric_tags(metrics: Mapping[str, Any]) -> list[str]:
     """The final metrics shown after the hyperparameters: the real tags, read as their last value."""
-    sized = sorted((k for k in metrics if k.startswith("val/acc@")), key=_size_key)
-    best = sorted(k for k in metrics if k.endswith("_best") and k not in HPARAM_METRICS)  # <monitor>_best
+    # <monitor>_best, a per-size monitor's (val/acc@32_best) included: listed once, with the best scores
+    best = sorted(k for k in metrics if k.endswith("_best") and k not in HPARAM_METRICS)
+    sized = sorted((k for k in metrics if k.startswith("val/acc@") and k not in best), key=_size_key)
     tags = [*HPARAM_METRICS, *best, *sized]
     return [t for t in tags if isinstance(metrics.get(t), int | float) and metrics.get(t) is not True]
 
