@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import DictConfig
 
 from resflex.errors import ConfigError
 from resflex.summarize import summarize
-from resflex.sweeps import MAX_NAME, job_dir_name, swept_keys
+from resflex.sweeps import (
+    MAX_NAME,
+    current_sweep_text_keys,
+    current_swept_keys,
+    job_dir_name,
+    job_folder,
+    sweep_dir,
+    swept_keys,
+    swept_text_keys,
+)
 from resflex.train import check_finite
 from tests.conftest import TINY, run_cli, scalar_tags
 
@@ -87,6 +99,97 @@ def test_swept_keys_are_what_differs() -> None:
     ]
     assert swept_keys(argv) == {"backbone", "optimizer.lr", "x"}
     assert swept_keys(["trainer.max_epochs=3"], ["pooling", "optimizer.lr"]) == {"pooling", "optimizer.lr"}
+
+
+def test_job_dir_names_stay_inside_the_sweep_folder_and_within_the_limit() -> None:
+    """A name of dots would be the sweep folder or its parent; a backslash is a separator on Windows; a
+    name of exactly the limit is kept whole; a cut through a multi-byte character still gives a name."""
+    assert job_dir_name("..", 4) == "job4"
+    assert job_dir_name("a=x\\y", 0) == "a=x_y"
+    exact = "x=" + "a" * (MAX_NAME - 2)
+    assert job_dir_name(exact) == exact
+    accented = job_dir_name("x=" + "\u00e9" * 200)  # 2 bytes each: the cut falls inside one
+    assert len(accented.encode()) <= MAX_NAME and accented.startswith("x=\u00e9\u00e9")
+    assert accented[-9] == "-" and int(accented[-8:], 16) >= 0  # the hash that keeps cut names distinct
+
+
+def test_a_value_fixed_on_the_command_line_pins_a_searched_parameter() -> None:
+    """``hparams_search=optuna pooling=avg``: Optuna no longer varies pooling, so it is not swept."""
+    assert swept_keys(["pooling=avg"], ["pooling", "optimizer.lr"]) == {"optimizer.lr"}
+
+
+def test_swept_text_keys_are_the_sweeps_that_are_not_all_numbers() -> None:
+    """Floats and ints are numbers (a numeric HPARAMS column); true/false and words are text."""
+    argv = ["optimizer.lr=0.1,0.01", "seed=1,2", "flag=true,false", "pooling=avg,max", "trainer.max_epochs=3"]
+    assert swept_text_keys(argv) == {"flag", "pooling"}
+
+
+@pytest.fixture
+def hydra_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., DictConfig]]:
+    """Make a composed job the running Hydra job, with the process's ``sys.argv``, as a launcher does;
+    the Hydra config that was there before is put back afterwards."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from tests.test_configs import compose_train
+
+    saved = HydraConfig.instance().cfg
+
+    def start(overrides: list[str], argv: list[str], multirun: bool = True) -> DictConfig:
+        monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+        mode = ["hydra.mode=MULTIRUN"] if multirun else []
+        return compose_train([*overrides, *mode, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path / "out")
+
+    yield start
+    HydraConfig.instance().cfg = saved
+
+
+def test_job_folder_names_the_swept_keys_in_hydras_order_and_keeps_duplicates_apart(
+    hydra_job: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """The folder lists what the sweep varies (a ``+`` key too), sorted as Hydra sorts, without the
+    overrides every job shares or an excluded key; a second job drawing the same values gets its own
+    folder, while the same job (another rank, a requeue) lands in its own."""
+    argv = ["-m", "pooling=avg,max", "+x=choice(1,2)", "trainer.max_epochs=2", "data.root=/a,/b"]
+    cfg = hydra_job(["pooling=max", "+x=2", "trainer.max_epochs=2", "data.root=/b"], argv)
+    dirname = cfg.hydra.job.override_dirname
+    assert dirname == "+x=2,pooling=max,trainer.max_epochs=2"
+    assert job_folder(dirname, 1) == "+x=2,pooling=max"
+    folder = tmp_path / "sweep" / "+x=2,pooling=max"
+    (folder / ".hydra").mkdir(parents=True)  # job 1's rank 0 is writing it
+    assert job_folder(dirname, 1) == "+x=2,pooling=max"
+    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    num: 1\n")
+    assert job_folder(dirname, 1) == "+x=2,pooling=max"
+    assert job_folder(dirname, 2) == "+x=2,pooling=max-job2"
+
+
+def test_an_optuna_jobs_folder_names_the_searched_parameters_it_drew(
+    hydra_job: Callable[..., DictConfig],
+) -> None:
+    """The searched parameters come from ``hydra.sweeper.params``, not the command line; one the
+    command line fixes (``pooling=avg``) is left out of the name."""
+    argv = ["hparams_search=optuna", "pooling=avg", "trainer.max_epochs=2"]
+    drawn = ["optimizer.lr=0.001", "optimizer.weight_decay=0.01", "resolution.size=32"]
+    cfg = hydra_job([*argv, *drawn], argv)
+    assert job_folder(cfg.hydra.job.override_dirname, 0) == ",".join(drawn)
+    assert current_swept_keys() == {"optimizer.lr", "optimizer.weight_decay", "resolution.size"}
+
+
+def test_a_jobs_swept_keys_come_from_the_sweeps_saved_command_line(
+    hydra_job: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """A DDP rank (or another launcher's process) sees only its job's overrides in ``sys.argv``: what the
+    sweep varies is read from ``<sweep>/multirun.yaml``. A single run is no sweep."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    task = ["pooling=avg,max", "data.augment.color_jitter=null,0.4", "seed=1,2", "trainer.max_epochs=2"]
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    job = ["pooling=max", "data.augment.color_jitter=0.4", "seed=2", "trainer.max_epochs=2"]
+    hydra_job(job, job)
+    assert sweep_dir() == sweep
+    assert current_swept_keys() == {"pooling", "data.augment.color_jitter", "seed"}
+    assert current_sweep_text_keys() == {"pooling", "data.augment.color_jitter"}
+    hydra_job(job, job, multirun=False)
+    assert sweep_dir() is None and current_swept_keys() is None and current_sweep_text_keys() == set()
 
 
 def test_check_finite_names_the_diverged_metric() -> None:
