@@ -115,6 +115,18 @@ def test_the_evaluation_framing_is_the_one_the_run_trained_with(tmp_path: Path) 
     assert square.startswith("Evaluation preprocessing: geometry `square`, crop_pct 1.0 (resize to cover")
 
 
+def test_an_auto_geometry_the_record_never_resolved_is_said_so_not_left_blank(tmp_path: Path) -> None:
+    """A record without a data profile (an older run, or one stopped before its data was read): the
+    card says how auto will be resolved and leaves no empty parenthesis."""
+    auto = fabricated_run(tmp_path / "auto", {"val/acc": 0.5}, extra=("resolution.geometry=auto",))
+    line = _line(build_model_card(auto), "Evaluation preprocessing:")
+    assert line == (
+        "Evaluation preprocessing: geometry `auto` (not in the run's record: resolved from the training "
+        "images when the run is evaluated, `square` if they are gone), crop_pct 1.0 "
+        "(`scripts/predict.py` applies it)."
+    )
+
+
 def test_a_backbone_timm_does_not_know_gets_imagenets_normalisation(tmp_path: Path) -> None:
     """The fallback when timm has no pretrained config for the name (a renamed or custom backbone)."""
     run_dir = fabricated_run(tmp_path, {"val/acc": 0.5})

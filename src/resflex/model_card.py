@@ -215,7 +215,17 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
     )
     overrides = _overrides(run)
     configured_geometry = str(resolution.get("geometry", "square"))
-    trained_geometry = (run.trained_framing() or (configured_geometry,))[0]
+    framing = run.trained_framing()
+    trained_geometry = framing[0] if framing else configured_geometry
+    geometry_origin = ""
+    if configured_geometry == "auto":  # auto names no framing: say what it chose, or how it will choose
+        geometry_origin = (
+            " (chosen by auto from the training images)"
+            if framing
+            else " (not in the run's record: resolved from the training images when the run is evaluated, "
+            "`square` if they are gone)"
+        )
+    framing_text = GEOMETRY_EVAL.get(trained_geometry)
     command = " ".join(["python scripts/train.py", *(shlex.quote(o) for o in overrides)])
     naflex = run.is_naflex
     schedule = run.schedule() if naflex else None
@@ -283,10 +293,9 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
             "",
             f"{INPUT_CONVENTION}.",
             f"Normalisation: mean {tuple(round(v, 4) for v in mean)}, std {tuple(round(v, 4) for v in std)}.",
-            f"Evaluation preprocessing: geometry `{trained_geometry}`"
-            f"{' (chosen by auto from the training images)' if configured_geometry == 'auto' else ''}, "
+            f"Evaluation preprocessing: geometry `{trained_geometry}`{geometry_origin}, "
             f"crop_pct {OmegaConf.select(cfg, 'data.eval_crop_pct', default=1.0)} "
-            f"({GEOMETRY_EVAL.get(trained_geometry, '')}; `scripts/predict.py` applies it).",
+            f"({f'{framing_text}; ' if framing_text else ''}`scripts/predict.py` applies it).",
             "",
         ]
     lines += [
