@@ -261,3 +261,109 @@ def test_a_source_that_does_not_subclass_image_source_is_used_as_built() -> None
     assert finish_source(duck, None, "mine") is duck  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="data.root is not used by data=mine"):
         finish_source(duck, "/some/dir", "mine")  # type: ignore[arg-type]
+
+
+def test_synthetic_test_split_is_its_own_images_and_num_test_zero_has_none() -> None:
+    """Each split draws from its own seed: a test split equal to validation would grade the model twice
+    on the images it was selected on. ``num_test=0`` leaves the test split out."""
+    source = SyntheticSource(num_train=4, num_val=6, num_test=6)
+    val, test = source.splits["val"], source.splits["test"]
+    assert all(not np.array_equal(np.asarray(val[i][0]), np.asarray(test[i][0])) for i in range(6))
+    assert [val.image_size(i) for i in range(6)] != [test.image_size(i) for i in range(6)]
+    assert set(SyntheticSource(num_train=4, num_val=2, num_test=0).splits) == {"train", "val"}
+
+
+def test_a_folder_of_one_image_cannot_split_off_a_validation_set(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "root", classes=("cats",), per_class=1)
+    with pytest.raises(DataError, match="too few images in .* to split off a validation set"):
+        ImageFolderSource(str(root), val_fraction=0.5)
+
+
+def test_an_unreadable_file_is_left_out_of_its_split(tmp_path: Path) -> None:
+    """``on_bad_image=skip`` (the default): a file whose header does not parse is not a sample."""
+    root = make_image_folder(tmp_path / "root", splits=("train", "val"))
+    (root / "train" / "cats" / "broken.png").write_bytes(b"not a png")
+    source = ImageFolderSource(str(root))
+    assert len(source.splits["train"]) == 18
+    assert not any(path.endswith("broken.png") for path, _ in source.splits["train"].samples)
+
+
+class _Solid:
+    """A split of solid-colour images; an index in ``bad`` is an unreadable file."""
+
+    def __init__(self, colours: list[tuple[int, int, int]], bad: tuple[int, ...] = ()) -> None:
+        self.colours, self.bad = colours, bad
+
+    def __len__(self) -> int:
+        return len(self.colours)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        if index in self.bad:
+            from resflex.data.bad_images import BadImageError
+
+            raise BadImageError(f"img{index}.jpg", "truncated")
+        return Image.new("RGB", (6, 4), self.colours[index]), 0
+
+
+def test_pad_fill_is_the_mean_rgb_of_the_readable_images_in_channel_order() -> None:
+    """The ``pad`` canvas is filled with the data's mean colour, red first; an unreadable image among
+    those sampled is passed over, not the end of the sample."""
+    from resflex.data.sized_dataset import mean_color
+
+    colours = [(200, 100, 10), (0, 0, 0), (100, 50, 30)]
+    assert mean_color(_Solid(colours), [0, 2]) == (150, 75, 20)
+    assert mean_color(_Solid(colours, bad=(1,)), [1, 0, 2]) == (150, 75, 20)
+    assert mean_color(_Solid(colours, bad=(0, 1, 2)), [0, 1, 2]) == (124, 116, 104)  # DEFAULT_FILL
+
+
+def test_data_arguments_that_need_no_image_are_checked_before_any_is_read() -> None:
+    """What preflight runs before a folder is scanned: a bad key fails there in one line, not in the
+    data module after the scan (the FixRes phase's augment overrides included)."""
+    from resflex.data.arguments import check_data_arguments
+    from resflex.data.resolution import FixResResolution
+
+    def check(schedule=None, augment=None, eval_crop_pct=1.0, every_epoch=True) -> object:
+        schedule = schedule or FixedResolution(32)
+        return check_data_arguments(schedule, 8, 0, augment, eval_crop_pct, None, every_epoch)
+
+    assert check() == [(32, 32)]
+    assert check(eval_crop_pct=1) == [(32, 32)]
+    bad_phase = FixResResolution(24, 32, final_epochs=1, final_augment={"scale": [0.9, 0.2]}).bind(3)
+    with pytest.raises(ConfigError, match="scale must satisfy"):
+        check(bad_phase)
+    with pytest.raises(ConfigError, match="data.eval_crop_pct=0 is invalid"):
+        check(eval_crop_pct=0)
+    with pytest.raises(ConfigError, match="eval.sizes_every_epoch must be true or false, got 'yes'"):
+        check(every_epoch="yes")
+    # the device's augment keys are the LightningModule's: the workers' transform never sees them
+    assert check(augment={"random_erasing": 0.25, "hflip": False}) == [(32, 32)]
+
+
+def test_sized_dataset_frames_a_phase_request_with_that_phase_transform() -> None:
+    """A request that names a phase (FixRes' final epochs) gets that phase's framing, not the default."""
+    base = SyntheticShapes(3)
+    ds = SizedDataset(base, EvalTransform(crop_pct=0.5), {"fixres": EvalTransform(crop_pct=1.0)})
+    phase = ds[(1, 16, 16, "fixres", None)][0]
+    assert torch.equal(phase, EvalTransform(crop_pct=1.0)(base[1][0], (16, 16)))
+    assert not torch.equal(phase, ds[(1, 16, 16)][0])
+
+
+def test_sized_dataset_augmentation_is_a_function_of_seed_epoch_and_index() -> None:
+    """The same (seed, epoch, index) draws the same crop (a resumed run sees the same batches); the
+    next epoch draws another."""
+    base = SyntheticShapes(3)
+    ds = SizedDataset(base, TrainTransform(), seed=1)
+    first = ds[(2, 24, 24, None, 0)][0]
+    assert torch.equal(first, SizedDataset(base, TrainTransform(), seed=1)[(2, 24, 24, None, 0)][0])
+    assert not torch.equal(first, ds[(2, 24, 24, None, 1)][0])
+    assert not torch.equal(first, SizedDataset(base, TrainTransform(), seed=2)[(2, 24, 24, None, 0)][0])
+
+
+def test_an_unreadable_image_is_replaced_by_the_next_one_with_skip_and_stops_with_raise() -> None:
+    from resflex.data.bad_images import BadImageError, BadImagePolicy
+
+    base = _Solid([(10, 10, 10), (0, 0, 0), (200, 30, 60)], bad=(1,))
+    image, _ = SizedDataset(base, EvalTransform(), bad_images=BadImagePolicy("skip"))[(1, 4, 6)]
+    assert image[:, 0, 0].tolist() == [200, 30, 60]
+    with pytest.raises(BadImageError, match="img1.jpg"):
+        SizedDataset(base, EvalTransform(), bad_images=BadImagePolicy("raise"))[(1, 4, 6)]
