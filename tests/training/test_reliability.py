@@ -49,6 +49,12 @@ BASE = ["backbone.name=test_resnet", "trainer.accelerator=cpu", "data.num_worker
         (["model.label_smoothing=abc"], "model.label_smoothing"),
         (["model.ema=true", "model.ema_decay=1"], "model.ema_decay"),
         (["data.augment.scale=abc"], "data.augment.scale"),
+        # a FixRes phase's own augmentation is named where it was set, not as data.augment
+        (["resolution=fixres", "resolution.final_augment.scale=[1.5,2.0]"], "resolution.final_augment.scale"),
+        (
+            ["resolution=fixres", "+resolution.final_augment.color_jitter=2"],
+            "resolution.final_augment.color_jitter",
+        ),
         (["data.eval_crop_pct=0"], "data.eval_crop_pct"),
         (["eval.sizes_every_epoch=maybe"], "eval.sizes_every_epoch"),
         (["backbone.weights=/no/such/weights.pth"], "backbone.weights"),

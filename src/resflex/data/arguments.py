@@ -98,8 +98,11 @@ def check_data_arguments(
         )
     geometry = "square" if schedule.geometry == "auto" else schedule.geometry
     worker_keys = worker_augment(augment)
-    for overrides in [{}, *(dict(o) for o in schedule.augment_phases.values())]:
-        TrainTransform(**{**worker_keys, **overrides}, geometry=geometry)
+    TrainTransform(**worker_keys, geometry=geometry)
+    for overrides in schedule.augment_phases.values():
+        TrainTransform(
+            **{**worker_keys, **overrides}, geometry=geometry, config_key=schedule.augment_phases_key
+        )
     check_value("data.eval_crop_pct", eval_crop_pct, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
     if is_token_schedule(schedule):  # resolution=naflex: sequence lengths (eval.seq_lens), not sides
         return parse_eval_sizes(schedule.eval_size, to_plain(schedule.extra_eval_sizes()))

@@ -106,7 +106,12 @@ class ResflexDataModule(pl.LightningDataModule):
         augment = worker_augment(augment)
         self.train_transform = TrainTransform(**augment, geometry=geometry, fill=fill)
         self.phase_transforms = {
-            name: TrainTransform(**{**augment, **dict(overrides)}, geometry=geometry, fill=fill)
+            name: TrainTransform(
+                **{**augment, **dict(overrides)},
+                geometry=geometry,
+                fill=fill,
+                config_key=schedule.augment_phases_key,
+            )
             for name, overrides in schedule.augment_phases.items()
         }
         # data.source.decoder=device: JPEGs are decoded and framed on the batch's device

@@ -257,6 +257,7 @@ class FixResResolution(ResolutionSchedule):
 
     needs_max_epochs = True
     PHASE = "fixres"
+    augment_phases_key = "resolution.final_augment"
 
     def __init__(
         self,

@@ -123,6 +123,9 @@ class ResolutionSchedule:
         """Per phase, the overrides for the train transform's arguments (e.g. ``scale``)."""
         return {}
 
+    #: the config key the phases' overrides are set under, which their errors name
+    augment_phases_key = "resolution"
+
     @property
     def reference_size(self) -> Size:
         """The size at which the configured ``data.batch_size`` applies under batch scaling."""

@@ -96,7 +96,10 @@ MAGNITUDES = {"rand": (0, 30, 9), "augmix": (1, 10, 3)}
 
 
 def build_policy(
-    auto: str | None, magnitude: int | None = None, fill: Sequence[int] = DEFAULT_FILL
+    auto: str | None,
+    magnitude: int | None = None,
+    fill: Sequence[int] = DEFAULT_FILL,
+    config_key: str = "data.augment",
 ) -> v2.Transform | None:
     """``data.augment.auto``: torchvision v2's ``RandAugment`` (``rand``), ``TrivialAugmentWide``
     (``trivial``) or ``AugMix`` (``augmix``), or None.
@@ -110,11 +113,11 @@ def build_policy(
         return None
     if auto not in POLICIES:
         raise ConfigError(
-            f"data.augment.auto must be one of {', '.join(POLICIES)} (or null), got {auto!r}",
-            hint="data.augment.auto=trivial",
+            f"{config_key}.auto must be one of {', '.join(POLICIES)} (or null), got {auto!r}",
+            hint=f"{config_key}.auto=trivial",
         )
     if magnitude is not None:
-        check_value("data.augment.magnitude", magnitude, int, lambda v: v >= 0, "an integer >= 0 or null")
+        check_value(f"{config_key}.magnitude", magnitude, int, lambda v: v >= 0, "an integer >= 0 or null")
     bilinear = v2.InterpolationMode.BILINEAR
     fill_list = [int(v) for v in fill]
     if auto == "trivial":
@@ -122,7 +125,7 @@ def build_policy(
     low, high, default = MAGNITUDES[auto]
     value = default if magnitude is None else magnitude
     check_value(
-        "data.augment.magnitude",
+        f"{config_key}.magnitude",
         value,
         int,
         lambda v: low <= v <= high,
@@ -135,13 +138,13 @@ def build_policy(
     return v2.AugMix(severity=value, interpolation=bilinear, fill=fill_list)
 
 
-def build_color_jitter(strength: float | None) -> v2.Transform | None:
+def build_color_jitter(strength: float | None, config_key: str = "data.augment") -> v2.Transform | None:
     """``data.augment.color_jitter=s``: brightness, contrast and saturation each scaled by a factor
     in [1 - s, 1 + s] (timm's ``color_jitter`` float; hue untouched); null or 0: off."""
     if strength is None:
         return None
     s = check_value(
-        "data.augment.color_jitter", strength, float, lambda v: 0 <= v <= 1, "a number in [0, 1] or null"
+        f"{config_key}.color_jitter", strength, float, lambda v: 0 <= v <= 1, "a number in [0, 1] or null"
     )
     return v2.ColorJitter(brightness=s, contrast=s, saturation=s) if s > 0 else None
 
@@ -150,17 +153,19 @@ def build_color_jitter(strength: float | None) -> v2.Transform | None:
 RANGE_EXAMPLES = {"scale": "[0.5,1.0]", "ratio": "[0.75,1.3333]", "whole_scale": "[0.8,1.0]"}
 
 
-def _check_range(value: Sequence[float], key: str, upper: float | None) -> tuple[float, float]:
+def _check_range(
+    value: Sequence[float], key: str, upper: float | None, config_key: str = "data.augment"
+) -> tuple[float, float]:
     bound = f"0 < low <= high <= {upper:g}" if upper is not None else "0 < low <= high"
     pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
     if pair is None or len(pair) != 2 or not all(_typed_number(v) for v in pair):
         raise ConfigError(
-            f"data.augment.{key} must be two numbers [low, high] with {bound}, got {value!r}",
-            hint=f"e.g. data.augment.{key}={RANGE_EXAMPLES.get(key, '[0.5,1.0]')}",
+            f"{config_key}.{key} must be two numbers [low, high] with {bound}, got {value!r}",
+            hint=f"e.g. {config_key}.{key}={RANGE_EXAMPLES.get(key, '[0.5,1.0]')}",
         )
     lo, hi = (float(v) for v in pair)
     if not 0 < lo <= hi or (upper is not None and hi > upper):
-        raise ConfigError(f"data.augment.{key} must satisfy {bound}, got {pair}")
+        raise ConfigError(f"{config_key}.{key} must satisfy {bound}, got {pair}")
     return lo, hi
 
 
@@ -195,17 +200,20 @@ class TrainTransform:
         auto: str | None = None,
         magnitude: int | None = None,
         color_jitter: float | None = None,
+        config_key: str = "data.augment",
     ) -> None:
-        self.scale = _check_range(scale, "scale", 1.0)
-        self.ratio = _check_range(ratio, "ratio", None)
-        self.whole_scale = _check_range(whole_scale, "whole_scale", 1.0)
+        # config_key: where the arguments were set, for the errors (a FixRes phase's overrides are
+        # resolution.final_augment, not data.augment)
+        self.scale = _check_range(scale, "scale", 1.0, config_key)
+        self.ratio = _check_range(ratio, "ratio", None, config_key)
+        self.whole_scale = _check_range(whole_scale, "whole_scale", 1.0, config_key)
         self.hflip = hflip
         self.geometry = _check_geometry(geometry)
         self.fill = tuple(int(v) for v in fill)
         self._crops: dict[tuple[float, tuple[float, float]], v2.RandomResizedCrop] = {}
         self.auto, self.magnitude = auto, magnitude
-        self.policy = build_policy(auto, magnitude, self.fill)
-        self.color_jitter = build_color_jitter(color_jitter)
+        self.policy = build_policy(auto, magnitude, self.fill, config_key)
+        self.color_jitter = build_color_jitter(color_jitter, config_key)
 
     def _crop_params(self, width: int, height: int, aspect: float, scale: tuple[float, float]) -> dict:
         """RandomResizedCrop's box on a (height, width) image, with the aspect range times ``aspect``."""
