@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -52,3 +53,20 @@ def test_a_run_logs_the_pixels_it_trained_on_second_views_included(tmp_path: Pat
     assert metrics["train/megapixels"] == pytest.approx(expected, rel=1e-6)
     _, value = scalar_tags(run)["train/megapixels"][-1]
     assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_logged_count_sums_every_ranks_pixels() -> None:
+    """Under DDP each rank counts its own shard; ``train/megapixels`` is their sum (two ranks here, the
+    reduction faked as the other rank having counted as much), a single process its own count."""
+    counter = PixelCounter()
+    counter.add(torch.zeros(2, 3, 500, 1000))
+    reduced: list[str] = []
+
+    def reduce(total: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        reduced.append(reduce_op)
+        return total * 2
+
+    for world_size, expected in ((1, 1.0), (2, 2.0), (8, 2.0)):
+        trainer = SimpleNamespace(world_size=world_size, strategy=SimpleNamespace(reduce=reduce))
+        assert counter.megapixels(trainer, torch.device("cpu")) == pytest.approx(expected)  # type: ignore[arg-type]
+    assert reduced == ["sum", "sum"]

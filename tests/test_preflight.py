@@ -1,0 +1,37 @@
+"""Sizes the backbone cannot take are refused before any data is read (resflex.preflight.check_before_work),
+each error naming the key to change: the training size, the main evaluation size under
+``eval.resolutions=auto`` (the run drops the other auto sizes itself), every size asked for by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resflex.errors import ConfigError
+from resflex.preflight import check_before_work
+from tests.conftest import TINY, TINY_SYNTHETIC
+from tests.test_configs import compose_train
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["resolution.size=8"], "resolution.size=8x8 is too small for test_resnet"),
+        (["resolution.size=32", "resolution.eval_size=8"], "eval.resolutions=8x8 is too small"),  # auto
+        (["resolution.size=32", "eval.resolutions=[32,8]"], "eval.resolutions=8x8 is too small"),
+    ],
+)
+def test_a_size_the_backbone_cannot_take_is_a_one_line_error_naming_its_key(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    cfg = compose_train([*TINY, *TINY_SYNTHETIC, *overrides], tmp_path)
+    with pytest.raises(ConfigError, match=message) as info:
+        check_before_work(cfg)
+    assert "\n" not in info.value.one_line() and "each side must be at least 16" in str(info.value)
+
+
+def test_auto_evaluation_sizes_are_checked_by_their_main_size_only(tmp_path: Path) -> None:
+    """``auto`` adds sizes around the main one; those the backbone cannot take are the run's to drop."""
+    cfg = compose_train([*TINY, *TINY_SYNTHETIC, "resolution.size=16", "eval.resolutions=auto"], tmp_path)
+    assert check_before_work(cfg) is None  # nothing to resume: a fresh run

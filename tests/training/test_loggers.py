@@ -1,0 +1,60 @@
+"""Where resflex's loggers put scalars, text and figures (resflex.training.loggers), checked directly on
+each logger without a run: the TensorBoard logger's dropped ``epoch`` chart, the CSV logger's text and
+image files, and the MLflow logger's run name, tags and metric names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import CSVLogger
+
+from resflex.training.loggers import MLFlowLogger, TensorBoardLogger, log_figure, log_text, mlflow_key
+from tests.conftest import scalar_tags
+
+
+def test_tensorboard_gets_every_scalar_but_the_epoch_counter(tmp_path: Path) -> None:
+    """A chart of the epoch against the step was the first thing SCALARS showed, ahead of the curves."""
+    logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="")
+    logger.log_metrics({"epoch": 3.0, "train/loss": 0.5, "val/acc@64": 0.25}, step=7)
+    logger.experiment.flush()
+    tags = scalar_tags(Path(logger.log_dir))
+    assert set(tags) == {"train/loss", "val/acc@64"}
+    assert tags["train/loss"] == [(7, 0.5)]
+
+
+def test_csv_runs_get_text_and_figures_as_files_named_by_the_tag(tmp_path: Path) -> None:
+    """A tag's ``/`` must not open sub-folders: ``summary/results`` is ``text/summary_results.md``."""
+    logger = CSVLogger(save_dir=str(tmp_path), name="", version="")
+    trainer = SimpleNamespace(loggers=[logger], global_step=12)
+    log_text(trainer, "summary/results", "| size | acc |")  # type: ignore[arg-type]
+    log_figure(trainer, "figures/acc_vs_resolution", Figure())  # type: ignore[arg-type]
+    log_dir = Path(logger.log_dir)
+    assert (log_dir / "text" / "summary_results.md").read_text() == "| size | acc |"
+    assert [p.name for p in (log_dir / "images").iterdir()] == ["figures_acc_vs_resolution_step_12.png"]
+
+
+def test_mlflow_metric_names_keep_the_size_readable() -> None:
+    """MLflow refuses ``@``; Lightning would delete it (``val/acc64``), resflex spells it ``_at_``."""
+    assert mlflow_key("val/acc@64") == "val/acc_at_64"
+    assert mlflow_key("test/loss@48x80") == "test/loss_at_48x80"
+    assert mlflow_key("train/lr-AdamW/pg1") == "train/lr-AdamW/pg1"
+
+
+def test_an_mlflow_run_is_named_after_its_folder_unless_named_and_tagged_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    run_dir = str(tmp_path / "2026-12-07_08-00-00")
+    named_by_folder = MLFlowLogger(run_dir=run_dir, tracking_uri=uri, tags={"team": "vision"})
+    assert named_by_folder._run_name == "2026-12-07_08-00-00"
+    assert named_by_folder.tags == {"resflex.run_dir": run_dir, "team": "vision"}
+    assert (tmp_path / "store").is_dir()  # SQLite creates the file, resflex its folder
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # a real database: no file store
+    named = MLFlowLogger(run_dir=run_dir, tracking_uri=uri, run_name="baseline")
+    assert named._run_name == "baseline"
