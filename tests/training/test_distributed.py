@@ -31,6 +31,7 @@ from resflex.data.sampler import ResolutionBatchSampler, batch_padding
 from resflex.errors import ConfigError
 from resflex.sweeps import _same_job
 from resflex.training.distributed import (
+    _planned_indices,
     check_rank_logs,
     check_shared_run_dir,
     child_rank_grace,
@@ -598,3 +599,17 @@ def test_ddp_inside_a_multirun_launches_each_jobs_ranks_into_its_folder(tmp_path
         e = check_rank_logs(sweep / job, num_samples=24)["epochs"][0]
         assert e["steps"] == {0: 3, 1: 3}  # 24 samples / 2 ranks / batch 4
         assert e["sizes_agree"] and e["weights_agree"] and e["missing"] == 0
+
+
+def test_a_batch_of_another_length_than_planned_gets_no_indices() -> None:
+    steps = [
+        SimpleNamespace(size=(32, 32), indices=[4, 5, 6, 7]),
+        SimpleNamespace(size=(32, 32), indices=[0, 1]),
+    ]
+    trainer = SimpleNamespace(
+        train_dataloader=SimpleNamespace(batch_sampler=SimpleNamespace(plan=lambda: steps))
+    )
+    assert _planned_indices(trainer, 0, (32, 32), 4) == [4, 5, 6, 7]  # type: ignore[arg-type]
+    assert _planned_indices(trainer, 1, (32, 32), 3) is None  # type: ignore[arg-type]
+    assert _planned_indices(trainer, 1, (48, 48), 2) is None  # type: ignore[arg-type]
+    assert _planned_indices(trainer, 2, (32, 32), 2) is None  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,11 @@ import torch
 from resflex.build import build_datamodule, build_module
 from resflex.errors import ConfigError
 from resflex.train import train
-from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution
+from resflex.training.resolution_eval import (
+    AccuracyVsResolution,
+    curve_from_metrics,
+    draw_accuracy_vs_resolution,
+)
 from resflex.training.robustness import summarize_sizes
 from tests.conftest import TINY, TINY_SYNTHETIC, load_script, run_cli, scalar_tags
 from tests.test_configs import compose_train
@@ -181,3 +186,17 @@ def test_multigrid_run_follows_the_changing_epoch_length(tmp_path: Path) -> None
     lrs = [v for _, v in sorted(tags[lr_tag])]
     assert len(lrs) == 10
     assert lrs[-1] < 0.2 * max(lrs)  # the LR schedule spans the real 10 steps, not 2 epochs x 2
+
+
+def test_the_val_curve_waits_for_the_validation_after_fit_when_one_follows() -> None:
+    """After calibration of a BatchNorm model, or with sizes deferred to after fit, the last epoch's
+    numbers are not the run's: the val curve is drawn (and its scalars logged) once, by that validation."""
+    with_bn = SimpleNamespace(model=torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
+    no_bn = SimpleNamespace(model=torch.nn.Linear(3, 4))
+    plain = SimpleNamespace(datamodule=SimpleNamespace(extra_sizes_after_fit=False))
+    deferred = SimpleNamespace(datamodule=SimpleNamespace(extra_sizes_after_fit=True))
+    calibrated = AccuracyVsResolution(calibrated=True)
+    assert calibrated._after_fit(plain, with_bn)  # type: ignore[arg-type]
+    assert not calibrated._after_fit(plain, no_bn)  # type: ignore[arg-type]
+    assert AccuracyVsResolution(calibrated=False)._after_fit(deferred, no_bn)  # type: ignore[arg-type]
+    assert not AccuracyVsResolution(calibrated=False)._after_fit(plain, with_bn)  # type: ignore[arg-type]
