@@ -65,7 +65,8 @@ def test_a_run_folder_without_a_config_and_a_config_of_something_else(tmp_path: 
         read_config(other)
 
 
-def test_weights_that_do_not_fit_the_rebuilt_model_are_one_error(tmp_path: Path) -> None:
+def _run_with_weights(tmp_path: Path, state: dict[str, torch.Tensor]) -> tuple[Run, torch.nn.Module]:
+    """A run whose checkpoint holds ``state``, and a model with one ``head`` (weight and bias)."""
     module = torch.nn.Module()
     module.head = torch.nn.Linear(4, 3)
     run = Run(
@@ -73,11 +74,23 @@ def test_weights_that_do_not_fit_the_rebuilt_model_are_one_error(tmp_path: Path)
         config_path=tmp_path / "config.yaml",
         config=OmegaConf.create({}),
         checkpoint=tmp_path / "last.ckpt",
-        state={"head.weight": torch.zeros(3, 4), "tail.bias": torch.zeros(3)},
+        state=state,
     )
+    return run, module
+
+
+def test_weights_that_do_not_fit_the_rebuilt_model_are_one_error(tmp_path: Path) -> None:
+    run, module = _run_with_weights(tmp_path, {"head.weight": torch.zeros(3, 4), "tail.bias": torch.zeros(3)})
     with pytest.raises(
         ConfigError, match=r"does not fit .* missing \['head.bias'\], unexpected \['tail.bias'\]"
     ):
+        run.load_weights(module)  # type: ignore[arg-type]
+
+
+def test_weights_missing_a_key_are_refused_even_with_nothing_unexpected(tmp_path: Path) -> None:
+    """Loading is strict about missing keys alone: a half-loaded model would predict with random layers."""
+    run, module = _run_with_weights(tmp_path, {"head.weight": torch.zeros(3, 4)})
+    with pytest.raises(ConfigError, match=r"missing \['head.bias'\], unexpected \[\]"):
         run.load_weights(module)  # type: ignore[arg-type]
 
 
