@@ -174,6 +174,12 @@ def test_uses_distributed_sampler_reads_the_trainer_argument(flag: bool) -> None
     assert compat.uses_distributed_sampler(trainer) is flag
 
 
+def test_uses_distributed_sampler_is_false_without_the_connector() -> None:
+    """A Lightning without the private connector: the data module's multi-rank check is skipped, not
+    made to refuse every run."""
+    assert compat.uses_distributed_sampler(object()) is False  # type: ignore[arg-type]
+
+
 # --- child_process_observers / release_child_processes: _ChildProcessObserver._child_processes ---
 
 
@@ -333,6 +339,17 @@ def test_compiled_graph_count_counts_dynamo_graphs() -> None:
     double(torch.ones(2))
     double(torch.ones(3))  # another shape, dynamic=False: another graph
     assert compat.compiled_graph_count() >= before + 2, UPDATE + "torch._dynamo's unique_graphs counter"
+
+
+def test_compiled_graph_count_counts_graphs_not_the_calls_in_them() -> None:
+    """The benchmark's recompilation count: a graph of three ops is one; a call reusing it adds none."""
+    affine = torch.compile(lambda x: torch.relu(x * 2 + 1), backend="eager", dynamic=False)
+    affine(torch.ones(4))
+    before = compat.compiled_graph_count()
+    affine(torch.ones(5))  # a new shape: one new graph
+    assert compat.compiled_graph_count() == before + 1, UPDATE + "torch._dynamo's unique_graphs counter"
+    affine(torch.ones(5))  # the same shape: the cached graph
+    assert compat.compiled_graph_count() == before + 1
 
 
 # --- nothing outside compat.py touches a private attribute -----------------------------------------
