@@ -58,3 +58,31 @@ def test_an_mlflow_run_is_named_after_its_folder_unless_named_and_tagged_with_it
     assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # a real database: no file store
     named = MLFlowLogger(run_dir=run_dir, tracking_uri=uri, run_name="baseline")
     assert named._run_name == "baseline"
+
+
+def test_an_mlflow_store_leaves_no_empty_mlruns_folder_where_the_run_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow < 3.9 makes ``./mlruns`` on opening a database store (checked for real under ``make test-min``)."""
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    MLFlowLogger(run_dir=str(tmp_path / "run"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("before", ["absent", "empty", "in use"])
+def test_only_an_mlruns_folder_the_store_made_and_left_empty_is_removed(
+    before: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the installed MLflow does, a user's own ``mlruns/`` (empty or not) is never touched."""
+    from pytorch_lightning.loggers import MLFlowLogger as LightningMLFlowLogger
+
+    monkeypatch.chdir(tmp_path)
+    if before != "absent":
+        (tmp_path / "mlruns").mkdir()
+    if before == "in use":
+        (tmp_path / "mlruns" / "0").mkdir()
+    monkeypatch.setattr(LightningMLFlowLogger, "__init__", lambda self, *a, **k: Path("mlruns").mkdir(exist_ok=True))
+    MLFlowLogger(run_dir=str(tmp_path / "run"), tracking_uri="http://localhost:5000")
+    assert (tmp_path / "mlruns").is_dir() == (before != "absent")
+    assert (tmp_path / "mlruns" / "0").is_dir() == (before == "in use")

@@ -28,9 +28,10 @@ Two thin subclasses adapt Lightning's loggers to resflex's tags:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,25 @@ def mlflow_key(tag: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_/. \-]+", "_", tag.replace("@", "_at_"))
 
 
+@contextlib.contextmanager
+def _no_stray_mlruns_folder() -> Iterator[None]:
+    """Remove the empty ``./mlruns`` that MLflow < 3.9 makes when it opens a database store.
+
+    Those versions create the store's default artifact root, ``./mlruns`` in the working
+    directory, even when every experiment has its own ``artifact_location`` (resflex's: in
+    the run folder), and the client gives no way to pass another root. So a run with
+    ``logger=mlflow`` left an empty ``mlruns/`` wherever it was started. Only a folder
+    that was not there before and is still empty is removed.
+    """
+    stray = Path("mlruns")
+    existed = stray.exists()
+    try:
+        yield
+    finally:
+        if not existed and stray.is_dir() and not any(stray.iterdir()):
+            stray.rmdir()
+
+
 class MLFlowLogger(_MLFlowLogger):
     """Lightning's MLflow logger with resflex's tag names mapped and MLflow 3's ``file:`` store allowed."""
 
@@ -117,7 +137,8 @@ class MLFlowLogger(_MLFlowLogger):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
             Path(uri[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(*args, **kwargs)
+        with _no_stray_mlruns_folder():
+            super().__init__(*args, **kwargs)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
