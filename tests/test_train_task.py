@@ -8,8 +8,11 @@ which exit code follows, and what a sweep job records before the sweep goes on.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +134,27 @@ def test_an_empty_checkpoints_folder_is_nothing_to_resume(
     assert capsys.readouterr().err.strip() == "interrupted before training began: nothing saved"
 
 
+def test_a_stop_that_left_only_a_best_checkpoint_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ckpt_path=last`` falls back to the newest readable checkpoint when ``last.ckpt`` is missing, so a
+    ``best-*.ckpt`` alone is a checkpoint saved: the stop prints the resume command, not "nothing saved"."""
+    run_dir = tmp_path / "run"
+    cfg = compose_train([], run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "best-epoch000-acc0.5000.ckpt").write_bytes(b"saved")
+
+    def stop(cfg: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", stop)
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.run_task(cfg, [])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted: checkpoint saved in" in err and "ckpt_path=last" in err
+
+
 def test_a_crash_that_is_no_user_error_keeps_its_traceback_without_a_resume_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -189,11 +213,14 @@ def test_top5_accuracy_can_select_the_best_checkpoint(tmp_path: Path) -> None:
 
 def test_a_nan_validation_loss_fails_the_run_as_diverged(tmp_path: Path) -> None:
     """Training's NaN guard watches the training loss; a NaN validation loss at the end of fit must still
-    fail the run in one line (lower the learning rate), not record it as completed with a NaN result."""
+    fail the run in one line (lower the learning rate), not record it as completed with a NaN result, nor
+    put it in TensorBoard's HPARAMS table of finished runs."""
     with pytest.raises(ConfigError, match=r"training diverged: val/loss is nan"):
         train_module.train(compose_train([*ONE_EPOCH, *_fault("NanWeightsAtValidation")], tmp_path))
     record = _record(tmp_path)
     assert record["status"] == "failed" and "diverged" in record["error"]
+    # HPARAMS compares finished runs: a failed one adds no row with its NaN
+    assert hparams_plugin_data(tmp_path) == {"tags": set(), "hparams": {}}
 
 
 def test_an_hpc_checkpoint_that_runs_code_is_refused_in_one_line(
@@ -253,25 +280,27 @@ def test_a_sweep_shares_the_data_profile_figure_unless_a_folder_is_given() -> No
     assert shared({"shared_dir": None}, None) is None
 
 
+@pytest.mark.parametrize(("failures", "code"), [(3, 3), (130, 125)])
 def test_the_exit_code_counts_the_failed_jobs(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    failures: int, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """After a sweep, ``main`` exits with the number of failed jobs (capped at 125) and names them."""
+    """After a sweep, ``main`` exits with the number of failed jobs and names them; capped at 125, since
+    126 and up mean "cannot run" and 128+N "killed by signal N" to a shell."""
     import hydra
 
-    def sweep_of_three(**kwargs: object) -> Any:
-        return lambda task: lambda: [task(None) for _ in range(3)]
+    def sweep_of(**kwargs: object) -> Any:
+        return lambda task: lambda: [task(None) for _ in range(failures)]
 
     def fails(cfg: object, failed_jobs: list[str]) -> None:
         failed_jobs.append(f"job{len(failed_jobs)}")
 
     monkeypatch.setattr(train_module, "prepare_cli", lambda argv, name: None)
-    monkeypatch.setattr(hydra, "main", sweep_of_three)
+    monkeypatch.setattr(hydra, "main", sweep_of)
     monkeypatch.setattr(train_module, "run_task", fails)
     with pytest.raises(SystemExit) as exit_info:
         train_module.main()
-    assert exit_info.value.code == 3
-    assert capsys.readouterr().err.strip().endswith("3 job(s) failed: job0, job1, job2")
+    assert exit_info.value.code == code
+    assert capsys.readouterr().err.strip().startswith(f"{failures} job(s) failed: job0, job1, job2")
 
 
 def test_a_run_refused_before_any_work_records_why_and_how_long(tmp_path: Path) -> None:
@@ -280,6 +309,128 @@ def test_a_run_refused_before_any_work_records_why_and_how_long(tmp_path: Path) 
     with pytest.raises(ConfigError):
         train_module.train(compose_train([*ONE_EPOCH, "backbone.name=resnet19"], tmp_path))
     record = _record(tmp_path)
-    assert record["status"] == "failed" and "unknown backbone 'resnet19'" in record["error"]
-    assert "\n" not in record["error"]
+    assert record["status"] == "failed" and "\n" not in record["error"]
+    assert record["error"].startswith("unknown backbone 'resnet19' (backbone.name) (hint: did you mean")
     assert isinstance(record["wall_time_s"], float) and record["wall_time_s"] >= 0
+
+
+def test_automatic_evaluation_sizes_too_small_for_the_backbone_are_dropped(tmp_path: Path) -> None:
+    """``eval.resolutions=auto`` at 16 px would evaluate at 8 px, below test_resnet's smallest side (16):
+    nobody asked for that size by name, so the run drops it and evaluates at the others."""
+    overrides = [
+        *ONE_EPOCH,
+        "resolution.size=16",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+    ]
+    record = train_module.train(compose_train(overrides, tmp_path))
+    assert record["status"] == "completed"
+    sides = {int(key.split("@")[1].split("x")[0]) for key in record["metrics"] if key.startswith("val/acc@")}
+    assert sides == {16, 24, 32}
+
+
+def test_a_run_validated_at_every_size_during_fit_still_reports_its_calibrated_best_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A monitor over sizes validates every size every epoch, so no size is left for after fit; the
+    BatchNorm calibration still changes the checkpoints, so the best one is validated again and the
+    record's val numbers are of that calibrated file."""
+    overrides = [*ONE_EPOCH, "callbacks.model_checkpoint.monitor=val/acc_mean_sizes"]
+    record = train_module.train(compose_train(overrides, tmp_path))
+    assert record["status"] == "completed"
+    best = Path(record["best"]["checkpoint"]).name
+    assert record["measured_on"]["val"] == {"checkpoint": best, "bn_calibration": True}
+
+
+def test_a_sweep_job_points_tensorboard_at_the_sweep_and_claims_the_data_profile_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job of a sweep outside the logs folder says ``tensorboard --logdir <sweep>``: all its jobs on one
+    chart, not only this job's folder. Its data profile is claimed in the sweep's folder, where the other
+    jobs with the same data find it and do not draw it again."""
+    sweep = tmp_path / "sweep"
+    monkeypatch.setattr(train_module, "sweep_dir", lambda: sweep)
+    with caplog.at_level(logging.INFO, logger="resflex"):
+        record = train_module.train(compose_train([*ONE_EPOCH, *QUICK], sweep / "job"))
+    assert record["status"] == "completed"
+    assert f"compare runs: tensorboard --logdir {sweep}\n" in caplog.text + "\n"
+    assert len(list((sweep / ".data_profiles").iterdir())) == 1
+
+
+@contextmanager
+def _as_sweep_job(cfg: Any) -> Iterator[None]:
+    """The composed config as Hydra's launcher sets it for one job of ``-m``, for the block."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield
+    finally:
+        with read_write(cfg.hydra):
+            cfg.hydra.mode = RunMode.RUN
+        HydraConfig.instance().set_config(cfg)
+
+
+def test_a_sweep_job_returns_val_acc_to_the_sweeper_and_a_failed_one_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Optuna maximises what the job returns: val/acc, not another metric. A job that fails (any error,
+    not only a config mistake) returns nothing, is named by its folder in ``failed_jobs`` and on stderr,
+    and the sweep goes on."""
+    job = tmp_path / "sweep" / "pooling=avg"
+    cfg = compose_train(["pooling=avg"], job)
+    monkeypatch.setattr(train_module, "train", lambda cfg: {"metrics": {"val/acc": 0.75, "val/loss": 1.5}})
+    failed: list[str] = []
+    with _as_sweep_job(cfg):
+        assert train_module.run_task(cfg, failed) == 0.75 and failed == []
+
+    def crash(cfg: object) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(train_module, "train", crash)
+    with _as_sweep_job(cfg):
+        assert train_module.run_task(cfg, failed) is None
+    assert failed == ["pooling=avg"]
+    assert "error: job pooling=avg failed: RuntimeError: CUDA out of memory" in capsys.readouterr().err
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the traceback asked for: the error stops the sweep
+    with _as_sweep_job(cfg), pytest.raises(RuntimeError, match="CUDA out of memory"):
+        train_module.run_task(cfg, failed)
+    assert failed == ["pooling=avg"]
+
+
+def test_hydra_full_error_shows_a_ctrl_c_as_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``HYDRA_FULL_ERROR=1`` a stopped run raises its ``KeyboardInterrupt`` (where it stopped) instead
+    of the one-line "interrupted" and exit 130."""
+    cfg = compose_train([], tmp_path / "run")
+
+    def stop(cfg: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", stop)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run_task(cfg, [])
+
+
+def test_a_crash_before_training_is_recorded_by_its_type_and_first_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that is no user mistake (here from building the trainer) is recorded as its type and the
+    first line of its message: one line in metrics.json, as the sweep summary shows it."""
+
+    def broken_trainer(cfg: object, record: object) -> None:
+        raise RuntimeError("the accelerator went away\nsecond line of detail")
+
+    monkeypatch.setattr(train_module, "build_trainer", broken_trainer)
+    with pytest.raises(RuntimeError):
+        train_module.train(compose_train([*ONE_EPOCH], tmp_path))
+    record = _record(tmp_path)
+    assert record["status"] == "failed"
+    assert record["error"] == "RuntimeError: the accelerator went away"
