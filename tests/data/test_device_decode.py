@@ -26,11 +26,11 @@ from resflex.build import build_datamodule
 from resflex.data.bad_images import BadImageError, BadImagePolicy
 from resflex.data.datamodule import ResflexDataModule, SizedDataset
 from resflex.data.datasets import ImageFolderSource
-from resflex.data.device_decode import DeviceFraming, EncodedBatch, collate_encoded
-from resflex.data.images import orient
+from resflex.data.device_decode import DeviceFraming, EncodedBatch, EncodedImage, collate_encoded
+from resflex.data.images import DEVICE_DECODER, ImageFile, orient
 from resflex.data.resolution import FixedResolution, FixResResolution
-from resflex.data.transforms import TrainTransform
-from resflex.errors import ConfigError
+from resflex.data.transforms import EvalTransform, TrainTransform
+from resflex.errors import ConfigError, DataError
 from tests.conftest import TINY, make_image_folder, train_run
 from tests.data.test_loader_decoders import folder_with_a_truncated_jpeg
 from tests.test_configs import compose_train
@@ -171,6 +171,88 @@ def test_a_corrupt_jpeg_goes_through_the_bad_image_policy_on_the_device(tmp_path
     strict, labels = collate_encoded(samples, BadImagePolicy("raise"))
     with pytest.raises(BadImageError, match="1.jpg"):
         strict.decode(labels)
+
+
+def _encoded(paths: list[Path], size: int = 32) -> list[tuple[EncodedImage, int]]:
+    """(EncodedImage, label) samples as a worker leaves them: eval framing, label = position."""
+    framing = DeviceFraming(EvalTransform())
+    return [(framing(ImageFile(path, DEVICE_DECODER), (size, size)), k) for k, path in enumerate(paths)]
+
+
+def test_a_batch_of_only_worker_framed_images_decodes(mixed_folder: Path) -> None:
+    """PNGs and CMYK JPEGs only: no bytes for ``decode_jpeg`` (which refuses an empty list), the batch is
+    the worker-framed pixels as they are; ``len`` counts samples, mixed or not (the loader benchmark's
+    images/s)."""
+    paths = [mixed_folder / "train" / f"c{c}" / name for c in range(2) for name in ("png.png", "cmyk.jpg")]
+    samples = _encoded(paths)
+    assert all(encoded.framing is None for encoded, _ in samples)
+    batch, labels = collate_encoded(samples, BadImagePolicy("raise"))
+    assert len(batch) == 4
+    images, kept = batch.to("cpu").decode(labels)
+    assert torch.equal(images, torch.stack([encoded.data for encoded, _ in samples]))
+    assert kept.tolist() == [0, 1, 2, 3]
+    mixed, _ = collate_encoded(_encoded([*paths[:2], mixed_folder / "train" / "c0" / "wide.jpg"]))
+    assert len(mixed) == 3 and len(mixed.lengths) == 1
+
+
+@pytest.fixture
+def corrupt_folder(tmp_path: Path) -> tuple[list[Path], Path]:
+    """Four JPEGs of two classes, ``c0/1.jpg`` cut short (its header reads), and one PNG: (the PNG and
+    the good JPEGs, the cut one)."""
+    root = tmp_path / "images"
+    bad = folder_with_a_truncated_jpeg(root, per_class=2, size=(120, 90), keep_bytes=2000)
+    png = root / "train" / "c1" / "2.png"
+    photo_like(90, 120, seed=5).save(png)
+    good = sorted(p for p in (root / "train").rglob("*.*") if p != bad and p != png)
+    return [png, *good], bad
+
+
+def test_the_bad_image_policy_survives_the_transfer_and_pinning(
+    corrupt_folder: tuple[list[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning pins (``pin_memory``) and moves (``to``) the batch before ``decode``: both keep the
+    source's ``skip`` policy (the corrupt file is replaced and listed, not raised) and ``to`` records the
+    device the JPEGs are decoded on."""
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self.clone())  # no CUDA here
+    (png, *good), bad = corrupt_folder
+    log_file = tmp_path / "bad.txt"
+    batch, labels = collate_encoded(_encoded([png, bad, *good]), BadImagePolicy("skip", log_file))
+    moved = batch.pin_memory().to("cpu")
+    images, kept = moved.decode(labels)
+    assert images.shape == (5, 3, 32, 32) and torch.equal(images[1], images[2])  # the next good one
+    assert kept.tolist()[:3] == [0, 2, 2]
+    assert log_file.read_text().split() == [str(bad)]
+    assert batch.to("meta").device == torch.device("meta") and batch.to("meta").pixels.device.type == "meta"
+
+
+def test_a_failed_last_image_takes_the_batchs_first_good_one(
+    corrupt_folder: tuple[list[Path], Path], tmp_path: Path
+) -> None:
+    """The replacement wraps around: the last image's place goes to the first good image, label too."""
+    (png, *good), bad = corrupt_folder
+    batch, labels = collate_encoded(_encoded([*good, png, bad]), BadImagePolicy("skip"))
+    images, kept = batch.decode(labels)
+    assert torch.equal(images[-1], images[0]) and kept.tolist() == [0, 1, 2, 3, 0]
+
+
+def test_a_corrupt_jpeg_after_a_worker_framed_image_is_named(corrupt_folder: tuple[list[Path], Path]) -> None:
+    """The file named is the corrupt one even when framed images precede it in the batch (paths follow
+    the JPEGs, not the samples); without a policy (``bad_images=None``) it raises."""
+    (png, *good), bad = corrupt_folder
+    samples = _encoded([png, good[0], bad, good[1]])
+    for policy in (BadImagePolicy("raise"), None):
+        batch, labels = collate_encoded(samples, policy)
+        with pytest.raises(BadImageError) as error:
+            batch.decode(labels)
+        assert error.value.path == str(bad)
+
+
+def test_a_batch_with_no_decodable_image_is_one_line(corrupt_folder: tuple[list[Path], Path]) -> None:
+    """Every JPEG of the batch corrupt under ``skip``: nothing to put in their places, a DataError."""
+    _, bad = corrupt_folder
+    batch, labels = collate_encoded(_encoded([bad, bad]), BadImagePolicy("skip"))
+    with pytest.raises(DataError, match="no image of a batch of 2 could be decoded"):
+        batch.decode(labels)
 
 
 def test_a_short_fit_with_the_device_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
