@@ -114,47 +114,6 @@ def test_ctrl_c_during_fit_is_recorded_interrupted_saves_and_exits_130(
     assert saved["global_step"] == 3
 
 
-def test_an_empty_checkpoints_folder_is_nothing_to_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A stop before the first save can leave ``checkpoints/`` made but empty: a resume hint then would name
-    a ``ckpt_path=last`` that does not exist. Only a ``*.ckpt`` in it is a checkpoint saved."""
-    run_dir = tmp_path / "run"
-    cfg = compose_train([], run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "notes.txt").write_text("not a checkpoint")
-
-    def stop(cfg: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "train", stop)
-    with pytest.raises(SystemExit) as exit_info:
-        train_module.run_task(cfg, [])
-    assert exit_info.value.code == 130
-    assert capsys.readouterr().err.strip() == "interrupted before training began: nothing saved"
-
-
-def test_a_stop_that_left_only_a_best_checkpoint_says_how_to_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """``ckpt_path=last`` falls back to the newest readable checkpoint when ``last.ckpt`` is missing, so a
-    ``best-*.ckpt`` alone is a checkpoint saved: the stop prints the resume command, not "nothing saved"."""
-    run_dir = tmp_path / "run"
-    cfg = compose_train([], run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "best-epoch000-acc0.5000.ckpt").write_bytes(b"saved")
-
-    def stop(cfg: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "train", stop)
-    with pytest.raises(SystemExit) as exit_info:
-        train_module.run_task(cfg, [])
-    assert exit_info.value.code == 130
-    err = capsys.readouterr().err
-    assert "interrupted: checkpoint saved in" in err and "ckpt_path=last" in err
-
-
 def test_a_crash_that_is_no_user_error_keeps_its_traceback_without_a_resume_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

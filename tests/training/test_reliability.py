@@ -374,20 +374,30 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line(tmp_path: Path) 
         assert "\n" not in error.one_line()
 
 
-@pytest.mark.parametrize("checkpoint", [False, True])
+@pytest.mark.parametrize(
+    ("saved_file", "checkpoint"),
+    [(None, False), ("last.ckpt", True), ("notes.txt", False), ("best-epoch000-acc0.5000.ckpt", True)],
+)
 def test_what_a_stopped_run_says_depends_on_what_it_saved(
-    checkpoint: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    saved_file: str | None,
+    checkpoint: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Ctrl-C before training began claimed "checkpoint saved" with no checkpoints folder; a failure after
-    a checkpoint was written (a bad image with on_bad_image=raise) said nothing of resuming."""
+    a checkpoint was written (a bad image with on_bad_image=raise) said nothing of resuming. Only a
+    ``*.ckpt`` is a checkpoint saved: a ``checkpoints/`` made but holding none would get a hint naming a
+    ``ckpt_path=last`` that does not exist, while ``ckpt_path=last`` falls back to the newest readable
+    checkpoint, so a ``best-*.ckpt`` alone is one."""
     import resflex.train as train_module
     from resflex.errors import DataError
     from tests.test_configs import compose_train
 
     cfg = compose_train([], tmp_path / "run")
-    if checkpoint:
+    if saved_file:
         (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-        (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"saved")
+        (tmp_path / "run" / "checkpoints" / saved_file).write_bytes(b"saved")
 
     def stop(cfg: object) -> None:
         raise KeyboardInterrupt
