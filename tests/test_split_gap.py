@@ -31,3 +31,17 @@ def test_each_run_gives_its_val_gap_its_test_gap_and_their_difference(tmp_path: 
     assert out[2] == "| a | 2 | 0.035 ± 0.007 | 0.070 ± 0.014 | +0.035 ± 0.007 |", out
     assert out[3] == "| b | 1 | 0.000 | -0.050 | -0.050 |", out
     assert len(out) == 4
+
+
+def test_without_cells_the_rows_follow_the_file(tmp_path: Path) -> None:
+    """With no ``--cells`` the cells come in the order the file first lists them (the order the runs
+    were made), not sorted by name."""
+    lines = ["cell,seed,status," + ",".join(KEYS)]
+    lines += [f"{cell},0,completed,0.8,0.75,0.8,0.7" for cell in ("zeta", "alpha")]
+    path = tmp_path / "results.csv"
+    path.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments/robustness/split_gap.py"), str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert [line.split(" | ")[0] for line in out[2:]] == ["| zeta", "| alpha"], out

@@ -38,3 +38,16 @@ def test_a_pass_without_its_colon_is_a_one_line_error(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 2 and "BASELINE:CELL" in done.stderr.splitlines()[-1], done.stderr
+
+
+def test_each_pair_is_listed_in_pair_index_order_past_nine(tmp_path: Path) -> None:
+    """Pair indices are numbers: pair 10 comes after pair 2 in "each pair", not before it as text."""
+    rows = [("fixed_a", str(s), "completed", 100) for s in (2, 10)]
+    rows += [("up_a", "2", "completed", 120), ("up_a", "10", "completed", 150)]
+    path = tmp_path / "timing.csv"
+    path.write_text("cell,seed,status,wall_time_s\n" + "".join(f"{c},{s},{st},{w}\n" for c, s, st, w in rows))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments/robustness/wall_passes.py"), str(path), "fixed_a:up_a"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert out[2].startswith("| fixed_a : up_a | 2 | 1.20, 1.50 |"), out

@@ -119,3 +119,51 @@ def test_other_candidates_are_judged_by_the_same_targets() -> None:
     assert [(r["cell"], r["met"]) for r in table] == [("today", 2), ("more_small", 2)]
     chosen = next(line for line in rule.markdown(table).splitlines() if line.endswith("| yes |"))
     assert chosen.startswith("| today | today |")
+
+
+def test_a_value_on_a_targets_bound_meets_it() -> None:
+    """The rule says "no more than 0.010 below", "at least 0.30 above" and "within 0.05": a cell exactly
+    on each bound meets all three, though 0.870 − 0.880 is -0.010000000000000009 in floats."""
+    folder = {"sc_up_075": {"val_acc@40": 0.87, "val_acc_worst": 0.575, "val_acc_mean_sizes": 0.75}}
+    shapes = {"sc_up_075": {"val_cal_acc@64": 0.81, "val_cal_acc@96": 0.76, "val_cal_acc_mean_sizes": 0.66}}
+    rule = _rule()
+    peer = _runs({"timm_sizes": {"val_acc_worst": 0.275}})
+    fmnist = _runs({"fixed": {"val_acc_mean_sizes": 0.5}, "sc_up_075": {"val_acc_mean_sizes": 0.6}})
+    folder_runs = _runs({"fixed": {**FOLDER_FIXED, "val_acc@40": 0.88}, **folder})
+    shapes_runs = _runs({"fixed": SHAPES_FIXED, **shapes})
+    table = rule.rows(folder_runs, peer, shapes_runs, fmnist, {0.75: "sc_up_075"})
+    assert table[0]["met"] == 3, table
+    assert "| -0.010 | 0.300 | 0.050 | 3 of 3 |" in rule.markdown(table)
+
+
+def test_target_c_is_how_far_96_px_falls_below_64_px_not_either_way() -> None:
+    """(c) reads 64 px minus 96 px: a cell whose 96 px is above its 64 px meets it, however far above."""
+    folder = {"sc_up_075": {"val_acc@40": 0.88, "val_acc_worst": 0.59, "val_acc_mean_sizes": 0.75}}
+    shapes = {"sc_up_075": {"val_cal_acc@64": 0.70, "val_cal_acc@96": 0.78, "val_cal_acc_mean_sizes": 0.66}}
+    table = _tables(folder, shapes, {"sc_up_075": 0.1})
+    row = next(r for r in table if r["cell"] == "sc_up_075")
+    assert abs(row["c"] - (-0.08)) < 1e-9 and row["met"] == 3, row
+
+
+def test_the_seeds_column_counts_the_data_set_with_the_fewest_runs() -> None:
+    """A candidate is judged on means over different numbers of seeds per data set; its row says the
+    smallest, so a reader sees when one data set has fewer runs than the others."""
+    rule = _rule()
+    values = {"val_acc@40": 0.88, "val_acc_worst": 0.59, "val_acc_mean_sizes": 0.75}
+    shape_values = {"val_cal_acc@64": 0.81, "val_cal_acc@96": 0.78, "val_cal_acc_mean_sizes": 0.66}
+    folder = _runs({"fixed": FOLDER_FIXED, "sc_up_075": values}, seeds=6)
+    shapes = _runs({"fixed": SHAPES_FIXED, "sc_up_075": shape_values}, seeds=3)
+    fmnist = _runs({c: {"val_acc_mean_sizes": 0.5} for c in ("fixed", "sc_up_075")}, seeds=6)
+    peer = _runs({"timm_sizes": {"val_acc_worst": 0.275}})
+    table = rule.rows(folder, peer, shapes, fmnist, {0.75: "sc_up_075"})
+    assert table[0]["seeds"] == 3
+
+
+def test_a_run_that_did_not_complete_is_no_part_of_the_rule(tmp_path: Path) -> None:
+    """A failed run among the rule's seeds has no result: the means come from the completed runs."""
+    rule = _rule()
+    path = tmp_path / "folder.csv"
+    rows = "".join(f"sc_up_075,{seed},completed,0.58\n" for seed in range(5))
+    path.write_text("cell,seed,status,val_acc_worst\n" + rows + "sc_up_075,5,failed,0.10\n")
+    runs = rule.load(path)
+    assert len(runs["sc_up_075"]) == 5 and rule.mean(runs, "sc_up_075", "val_acc_worst") == 0.58

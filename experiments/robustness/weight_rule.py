@@ -33,6 +33,9 @@ PEER = "timm_sizes"
 #: the seeds the rule was run on (0-5, each cell alike); seeds added later to read a test-split gap
 #: (seeds 6-8 of the default and of timm on the shapes folder) do not change what it chose
 RULE_SEEDS = frozenset(str(seed) for seed in range(6))
+#: slack on each target's bound: a value on the bound (a paired 0.870 − 0.880 is -0.010000000000000009
+#: in floats; the files hold float32 accuracies) meets it, as the rule's "no more than"/"at least" say
+TIE = 1e-6
 
 Runs = dict[str, dict[str, dict[str, str]]]  # cell -> seed -> row
 
@@ -68,7 +71,7 @@ def rows(
         at_40 = paired(folder, cell, "val_acc@40")
         over_peer = mean(folder, cell, "val_acc_worst") - mean(peer, PEER, "val_acc_worst")
         gap_96 = mean(shapes, cell, "val_cal_acc@64") - mean(shapes, cell, "val_cal_acc@96")
-        met = (at_40 >= -0.010) + (over_peer >= 0.30) + (gap_96 <= 0.05)
+        met = (at_40 >= -0.010 - TIE) + (over_peer >= 0.30 - TIE) + (gap_96 <= 0.05 + TIE)
         gain = statistics.mean([
             paired(folder, cell, "val_acc_mean_sizes"),
             paired(shapes, cell, "val_cal_acc_mean_sizes"),
