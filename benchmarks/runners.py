@@ -138,6 +138,12 @@ class _Clock:
         self.start = 0.0
         self.windows: list[Window] = []
 
+    def step_start(self) -> None:
+        """Before each step: with no warm-up, the first window opens at the first step (no warm-up step's end
+        opens it; it would otherwise count from ``perf_counter``'s arbitrary zero, a rate near 0)."""
+        if self.warmup == 0 and self.seen == 0:
+            self._open()
+
     def step_done(self, images: torch.Tensor) -> None:
         self.seen += 1
         if self.seen <= self.warmup:
@@ -174,6 +180,11 @@ class InMemoryLoader:
 class WindowTimer(pl.Callback):
     def __init__(self, device: torch.device, warmup: int, steps: int) -> None:
         self.clock = _Clock(device, warmup, steps)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.clock.step_start()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -257,6 +268,7 @@ def plain_windows(
     for i, (images, labels) in enumerate(batches):
         if i >= total:
             break
+        clock.step_start()
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         x = ((images.float() - mean) / std).contiguous(memory_format=memory_format)
