@@ -10,6 +10,7 @@ import ast
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -55,6 +56,16 @@ def _imports(module: str, seen: set[str]) -> set[str]:
             else:
                 found.add(name)
     return found
+
+
+def report_head() -> dict[str, Any]:
+    """The machine and config a report to render starts with (what the table's header reads), fresh for
+    each test: a test may change them."""
+    return {
+        "machine": {"cpu_model": "X", "cpu_cores": 2, "torch": "t", "timm": "m", "pytorch_lightning": "l"},
+        "config": {"backbone": "b", "batch_size": 8, "precision": "32-true", "channels_last": True,
+                   "compile": False},
+    }  # fmt: skip
 
 
 def test_benchmark_needs_neither_hydra_nor_omegaconf() -> None:
@@ -126,9 +137,7 @@ def test_plain_loop_reports_one_figure_per_window_and_trains() -> None:
 
 def test_table_renders_every_section_and_verdict() -> None:
     report = {
-        "machine": {"cpu_model": "X", "cpu_cores": 2, "torch": "t", "timm": "m", "pytorch_lightning": "l"},
-        "config": {"backbone": "b", "batch_size": 8, "precision": "32-true", "channels_last": True,
-                   "compile": False},
+        **report_head(),
         "overhead": {"size": 64, "resflex_images_per_sec": 96.0, "plain_images_per_sec": 100.0,
                      "ratio": 0.96, "target": 0.95},
         "pipeline": {"size": 64, "full_images_per_sec": 80.0, "compute_only_images_per_sec": 100.0,

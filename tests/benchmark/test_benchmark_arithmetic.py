@@ -18,6 +18,7 @@ import torch
 from benchmarks import cli, loader, runners, sections, views
 from benchmarks.machine import machine_info
 from benchmarks.runners import Setup, Window, build_model, lightning_windows
+from tests.benchmark.test_benchmark import report_head
 
 
 def _setup() -> Setup:
@@ -312,9 +313,7 @@ def test_mixed_warms_up_on_every_size_and_compares_pixels_per_second(monkeypatch
 def test_the_study_row_prints_the_variants_seconds_before_the_fixed_runs() -> None:
     """Row 5: seconds to the target of the progressive variant, then the fixed run's, then their ratio."""
     report = {
-        "machine": {"cpu_model": "X", "cpu_cores": 2, "torch": "t", "timm": "m", "pytorch_lightning": "l"},
-        "config": {"backbone": "b", "batch_size": 8, "precision": "32-true", "channels_last": True,
-                   "compile": False},
+        **report_head(),
         "study": {"target_val_acc": 0.7, "fixed_seconds": 30.0, "target": 0.75,
                   "variants": [{"seconds_to_target": 12.0, "ratio": 0.4, "sizes_per_epoch": "48 64",
                                 "final_val_acc": 0.9}]},
@@ -389,9 +388,7 @@ def test_the_table_prints_a_missing_figure_as_a_dash_and_each_sizes_peak_and_gro
     and what the steps added above the start."""
     assert cli._fmt(None) == cli._fmt(float("nan")) == "-" and cli._fmt(1234.5) == "1,234.5"
     report = {
-        "machine": {"cpu_model": "X", "cpu_cores": 2, "torch": "t", "timm": "m", "pytorch_lightning": "l"},
-        "config": {"backbone": "b", "batch_size": 8, "precision": "32-true", "channels_last": True,
-                   "compile": False},
+        **report_head(),
         "memory": {"kind": "cpu_peak_rss", "batch_size": 8,
                    "per_size": {"48": {"peak_mb": 300.0, "above_start_mb": 20.0}}},
         "wall_seconds": 1.0,
