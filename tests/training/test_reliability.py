@@ -193,6 +193,23 @@ def test_unusable_class_folder_is_reported_up_front(tmp_path: Path) -> None:
         ImageFolderSource(str(root))
 
 
+@pytest.mark.parametrize("content", [[], ["notes.txt", "photo.heic"]], ids=["empty", "no image file"])
+def test_a_class_folder_without_image_files_is_named(tmp_path: Path, content: list[str]) -> None:
+    """Not torchvision's "Found no valid file for the classes ..." under "no images found under
+    train/", which read as if the other classes' images were missing too."""
+    from resflex.data.datasets import ImageFolderSource
+
+    root = make_image_folder(tmp_path / "images", splits=("train",))
+    (root / "train" / "zebras").mkdir()
+    for name in content:
+        (root / "train" / "zebras" / name).write_text("not an image")
+    with pytest.raises(DataError) as info:
+        ImageFolderSource(str(root))
+    message = info.value.one_line()
+    assert f"class folder(s) with no image file under {root / 'train'}: zebras" in message
+    assert ".png" in message and "no images found" not in message and "cats" not in message
+
+
 def test_image_modes_and_exif_orientation(tmp_path: Path) -> None:
     from tests.conftest import load_rgb
 

@@ -102,16 +102,27 @@ def _scan_folder(
 ) -> DatasetFolder:
     """Index ``path/<class>/*`` and drop files whose header does not parse (``skip``) or stop (``raise``).
 
-    A class left with no readable image is an error here, before any training.
+    A class folder with no image file, or left with no readable image, is an error here, before any
+    training: named, with what an image file is.
     """
     try:
         loader = partial(open_image, decoder=decoder)
-        folder = DatasetFolder(str(path), loader=loader, extensions=IMAGE_EXTENSIONS)
+        # allow_empty: a class folder with no image file is reported below by its name, not as
+        # torchvision's "Found no valid file for the classes ..." under "no images found"
+        folder = DatasetFolder(str(path), loader=loader, extensions=IMAGE_EXTENSIONS, allow_empty=True)
     except FileNotFoundError as exc:
         raise DataError(
             f"{key}: no images found under {path} ({str(exc).splitlines()[0]})",
             hint="expected <root>/train/<class_name>/<image files>",
         ) from None
+    with_files = {folder.classes[target] for _, target in folder.samples}
+    no_files = sorted(set(folder.classes) - with_files)
+    if no_files:
+        raise DataError(
+            f"{key}: class folder(s) with no image file under {path}: {', '.join(no_files[:5])} "
+            f"(image files end in {', '.join(IMAGE_EXTENSIONS)})",
+            hint="add images or remove the folder: each folder under it is a class",
+        )
     policy = policy or BadImagePolicy("skip")
     kept = []
     for sample in folder.samples:
