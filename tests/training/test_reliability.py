@@ -439,3 +439,15 @@ def test_what_a_stopped_run_says_depends_on_what_it_saved(
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: cannot read image x.jpg")
     assert (lines[0].startswith("checkpoints kept in") and "ckpt_path=last" in lines[0]) == checkpoint
+
+
+def test_a_split_with_other_class_folders_says_which_are_where(tmp_path: Path) -> None:
+    from resflex.data.datasets import ImageFolderSource
+
+    root = make_image_folder(tmp_path / "images", classes=("cats", "dogs", "owls"), splits=("train",))
+    make_image_folder(root, classes=("cats", "lions"), splits=("val",))
+    with pytest.raises(DataError) as info:
+        ImageFolderSource(str(root))
+    assert "val/ has different class folders than train/: lions only in val/; dogs, owls only in train/" in (
+        info.value.one_line()
+    )

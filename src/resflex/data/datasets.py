@@ -224,8 +224,14 @@ class ImageFolderSource(ImageSource):
 
     def _check_same_classes(self, split: DatasetFolder, name: str) -> None:
         if list(split.classes) != list(self.classes):
-            missing = sorted(set(self.classes) ^ set(split.classes))
+            only_here = sorted(set(split.classes) - set(self.classes))
+            only_train = sorted(set(self.classes) - set(split.classes))
+            differences = [
+                f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''} only in {where}/"
+                for names, where in ((only_here, name), (only_train, "train"))
+                if names
+            ]
             raise DataError(
-                f"{name}/ has different class folders than train/: {missing[:5]}",
+                f"{name}/ has different class folders than train/: {'; '.join(differences)}",
                 hint="use the same class folder names in every split",
             )
