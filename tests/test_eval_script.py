@@ -161,13 +161,15 @@ def test_eval_refuses_unsafe_and_missing_checkpoints(tmp_path: Path) -> None:
     [
         ("eval.split=train", "eval.split=train: evaluation reads val or test"),  # it read test
         ("eval.batch_size=0", "eval.batch_size=0 is invalid"),  # it was taken as unset
+        # it ran: a map of padding, a meaningless accuracy, where training and predict refuse
+        ("eval.resolutions=[8]", "eval.resolutions=8x8 is too small for test_resnet"),
     ],
 )
 def test_eval_settings_a_run_cannot_honour_are_refused(tmp_path: Path, override: str, message: str) -> None:
     from resflex.evaluate import evaluate
 
     run_dir = tmp_path / "run"
-    if override.startswith("eval.batch_size"):  # checked against the run's config: a run is needed
+    if not override.startswith("eval.split"):  # checked against the run: a run is needed
         train_tiny_run(run_dir, "eval.bn_calibration=false")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     cfg = compose_config("eval", [f"ckpt_path={ckpt}", override], tmp_path / "e")

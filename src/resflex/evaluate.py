@@ -54,6 +54,7 @@ from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.sizes import check_bucketed_size, parse_size
 from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
 from resflex.models.bn_calibration import side_of
+from resflex.preflight import meta_model
 from resflex.run import Run, open_run
 from resflex.runtime import (
     autocast_for,
@@ -274,13 +275,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run = open_run(cfg.get("ckpt_path"), cfg.get("run_config"))  # first: refuses unsafe files early
     run_cfg = compose_eval_config(cfg, run)
 
+    listed = cfg.eval.resolutions
+    plain = (OmegaConf.to_container(listed, resolve=True) if OmegaConf.is_config(listed) else listed) or []
+    asked = [] if run.is_naflex else [parse_size(value) for value in plain]
+    if asked:  # sizes the backbone cannot take (too small for its stride, a fixed-size ViT), before the data
+        backbone = meta_model(run_cfg.model).model.backbone
+        for size in asked:
+            backbone.check_input_size(size, "eval.resolutions")
     datamodule = build_datamodule(run_cfg)
     geometry = str(datamodule.schedule.geometry)
-    if not run.is_naflex:  # keep_aspect: one side per size; [h, w] refused, as predict.size does
-        for value in cfg.eval.resolutions or []:
-            size = parse_size(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
-            bucket_size = str(getattr(datamodule.schedule, "bucket_size", "short_side"))
-            check_bucketed_size(size, geometry, bucket_size, "eval.resolutions")
+    bucket_size = str(getattr(datamodule.schedule, "bucket_size", "short_side"))
+    for size in asked:  # keep_aspect: one side per size; [h, w] refused, as predict.size does
+        check_bucketed_size(size, geometry, bucket_size, "eval.resolutions")
     if not datamodule.has_split(split):
         raise ConfigError(f"the data has no {split!r} split (eval.split={split})", hint="eval.split=val")
     if run.num_classes != datamodule.num_classes:
