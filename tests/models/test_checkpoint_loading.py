@@ -417,3 +417,16 @@ def test_a_head_of_another_class_count_is_reinitialised_and_the_report_says_so(t
     report = load_head_from_checkpoint(other, ckpt)
     assert report.note == "classifier re-initialised: the checkpoint has 10 classes, this run has 3"
     assert torch.equal(other.head.weight, fresh) and len(report.mismatched) == 2
+
+
+def test_an_unreadable_weights_file_is_not_sent_to_a_runs_checkpoints(tmp_path: Path) -> None:
+    """backbone.weights is a timm / torchvision / safetensors file: "another checkpoint of the run"
+    is no hint for it; a resflex checkpoint's is unchanged."""
+    path = tmp_path / "resnet18.pth"
+    path.write_bytes(b"cut")
+    with pytest.raises(DataError) as weights:
+        safe_load(path, what="backbone.weights")
+    assert "download or copy it again" in weights.value.one_line() and "<run>" not in weights.value.one_line()
+    with pytest.raises(DataError) as checkpoint:
+        safe_load(path, what="backbone.init_from")
+    assert "another checkpoint of the run" in checkpoint.value.one_line()

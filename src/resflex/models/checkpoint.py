@@ -57,6 +57,11 @@ UNREADABLE_HINT = (
     "the file is cut short (a full disk, a killed copy or save?), damaged or not a checkpoint; "
     "use another checkpoint of the run (e.g. <run>/checkpoints/best-*.ckpt) or copy it again"
 )
+#: The same for ``backbone.weights``: a timm / torchvision / safetensors file, not a run's checkpoint.
+UNREADABLE_WEIGHTS_HINT = (
+    "the file is cut short (a full disk, a killed download or copy?), damaged or not a weights file; "
+    "download or copy it again (a .safetensors or .pth state dict)"
+)
 
 
 def _unsafe_globals(path: Path) -> str:
@@ -177,7 +182,8 @@ def _as_data_error(path: Path, problem: _Problem, what: str, action: str | None)
             hint="only tensors are loaded; re-save it as a state_dict (torch.save(model.state_dict(), f)) "
             "or as .safetensors",
         )
-    return DataError(f"cannot {action or 'read ' + what} {path}: {problem.reason}", hint=UNREADABLE_HINT)
+    hint = UNREADABLE_WEIGHTS_HINT if what == "backbone.weights" else UNREADABLE_HINT
+    return DataError(f"cannot {action or 'read ' + what} {path}: {problem.reason}", hint=hint)
 
 
 def safe_load(
