@@ -65,9 +65,13 @@ class Setup:
         return OptimizerFactory("adamw", lr=self.lr, weight_decay=self.weight_decay)
 
 
+#: the loggers :func:`quiet` sets to ERROR, for the rest of the process
+QUIET_LOGGERS = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "resflex")
+
+
 def quiet() -> None:
     """Lightning's info lines and advice would drown the table."""
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "resflex"):
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     quiet_library_noise()

@@ -150,7 +150,7 @@ def test_image_folder_without_val_splits_train_by_seed(tmp_path: Path) -> None:
         (lambda p: p.mkdir(), "is empty"),
         (lambda p: (p / "other").mkdir(parents=True), "no train/ folder"),
         (lambda p: (p / "train").mkdir(parents=True) or (p / "train" / "x.txt").write_text("x"), "no images"),
-        (lambda p: (p / "train" / "cats").mkdir(parents=True), "no images"),
+        (lambda p: (p / "train" / "cats").mkdir(parents=True), "no image file under .*train: cats"),
         (lambda p: p.write_text("x"), "is a file, not a folder"),
     ],
 )
