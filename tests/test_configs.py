@@ -260,3 +260,30 @@ def test_the_default_trainer_is_the_one_before_the_reorganisation(tmp_path: Path
     assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
     # set to false, not inherited (null) from an earlier job of a sweep
     assert cfg.trainer.deterministic is False and cfg.trainer.benchmark is False
+
+
+def readme_config_groups() -> dict[str, tuple[set[str], set[str]]]:
+    """The README's "Config groups" table: group -> (its options, the bold one)."""
+    import re
+
+    readme = (CONFIG_DIR.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Config groups", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, tuple[set[str], set[str]]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            options = set(re.findall(r"`([\w]+)`", cells[1]))
+            table[cells[0].strip("`")] = (options, set(re.findall(r"\*\*`(\w+)`\*\*", cells[1])))
+    return table
+
+
+def test_the_readme_lists_every_group_with_its_options_and_default() -> None:
+    """A config file added or removed, or a default changed, shows in the README's table of groups."""
+    table = readme_config_groups()
+    assert set(table) == set(GROUPS)
+    listed = OmegaConf.load(CONFIG_DIR / "train.yaml").defaults
+    chosen = [item for item in listed if isinstance(item, DictConfig)]
+    defaults = {key: value for item in chosen for key, value in item.items()}
+    for group, (options, bold) in table.items():
+        assert options == set(group_options(group)), group
+        assert bold == ({defaults[group]} if defaults.get(group) else set()), group
