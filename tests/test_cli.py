@@ -133,6 +133,39 @@ def test_a_mistyped_key_is_one_line_with_the_nearest_key(
     assert result.returncode == 2 and not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize(
+    ("arg", "fragments"),
+    [
+        ("data.root=~/images", ["Hydra's grammar has no place for '~' there", "data.root=$HOME/images"]),
+        ("pooling.levels=[1,2", ["no viable alternative at input '[1,2'", "close brackets and quotes"]),
+    ],
+)
+def test_an_override_hydra_cannot_read_is_one_line(tmp_path: Path, arg: str, fragments: list[str]) -> None:
+    """Hydra's answer is a lexer's name, a caret under the argument and a traceback hint."""
+    result = run_cli([arg], cwd=tmp_path)
+    assert_one_line_error(result, f"cannot read the override {arg!r}", *fragments)
+    assert result.returncode == 2 and "Exception" not in result.stderr and not (tmp_path / "logs").exists()
+
+
+def test_overrides_hydra_reads_pass_the_syntax_check() -> None:
+    from resflex.config import check_override_syntax
+
+    check_override_syntax(
+        [
+            "-m",
+            "--cfg",
+            "job",
+            "pooling=avg,max",
+            "optimizer.lr=interval(0.0005,0.005)",
+            "~logger",
+            "+optimizer.betas=[0.9,0.95]",
+            "data.root=/data/a b",  # one shell word with a space: Hydra takes it as typed
+            'data.root="~/images"',
+            "hydra.run.dir=logs/${now:%H}",
+        ]
+    )
+
+
 def test_keys_that_exist_or_are_new_on_purpose_pass_the_key_check() -> None:
     from resflex.config import check_override_keys
 

@@ -27,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
 from omegaconf import open_dict
 
-from resflex.config import check_group_choices, check_override_keys
+from resflex.config import check_group_choices, check_override_keys, check_override_syntax
 from resflex.preflight import check_before_work
 from tests.conftest import make_image_folder, run_cli
 from tests.test_configs import compose_train
@@ -167,6 +167,7 @@ def test_every_documented_command_names_existing_options_and_keys(command: Docum
     """What ``prepare_cli`` checks before Hydra runs, for the script's own config."""
     args = command.args
     choices = [a for a in args if not PLACEHOLDER.match(a.partition("=")[2])]
+    check_override_syntax(choices)
     check_group_choices(choices)
     check_override_keys(args, HYDRA_SCRIPTS[command.script])
 

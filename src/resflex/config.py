@@ -24,6 +24,9 @@ from resflex.errors import ConfigError
 CONFIG_DIR = Path(os.environ.get("RESFLEX_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 
 
+#: Hydra's page on the override grammar (what ``key=value`` may contain)
+OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+
 #: ``pytorch_lightning.Trainer`` arguments that are objects resflex builds from its own groups
 #: (:func:`resflex.build.build_trainer`): not trainer keys
 TRAINER_OBJECTS = ("logger", "callbacks")
@@ -79,11 +82,53 @@ def check_group_choices(argv: Sequence[str], config_dir: Path = CONFIG_DIR) -> N
                 )
 
 
+def _grammar_cause(message: str) -> str:
+    """Hydra's parse error in a few words: the character its lexer stopped at, or its parser's line."""
+    lines = [line for line in message.splitlines() if line.strip() and not line.startswith("See https")]
+    if lines and lines[0].startswith("LexerNoViableAltException") and len(lines) > 1 and "^" in lines[1]:
+        column = lines[1].index("^")
+        if column < len(lines[0]):
+            return f"Hydra's grammar has no place for {lines[0][column]!r} there"
+    lines = [line for line in lines if not line.startswith("Error parsing override")]
+    cause = "; ".join(line.strip() for line in lines) or "Hydra's grammar cannot read it"
+    return cause if len(cause) <= 120 else cause[:117] + "..."
+
+
+def check_override_syntax(argv: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` for a ``key=value`` argument Hydra's override grammar cannot read.
+
+    Hydra's own answer is several lines about a lexer (``LexerNoViableAltException: data.root=~/x``)
+    and a traceback hint; the usual cause is a value the shell passed on as typed: ``~`` (the shell
+    expands it only at the start of a word, and ``data.root=~/x`` starts with ``data``), a bracket
+    left open. Flags (``-m``, ``--cfg job``) are Hydra's to read.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as exc:
+            key, _, value = arg.partition("=")
+            if value.startswith("~"):  # the shell expands ~ only at the start of a word
+                hint = f"{key}=$HOME{value[1:]}, or quoted for Hydra: '{key}=\"{value}\"'"
+            else:
+                quoted = f"'{key}=\"...\"'"
+                hint = f"close brackets and quotes; quote special characters, {quoted}: {OVERRIDE_GRAMMAR}"
+            raise ConfigError(
+                f"cannot read the override {arg!r}: {_grammar_cause(str(exc))}", hint=hint
+            ) from None
+
+
 def exit_on_unknown_group_choice(argv: Sequence[str]) -> None:
     """For console entry points: one ``error:`` line and exit code 2 instead of Hydra's report."""
     import sys
 
     try:
+        check_override_syntax(argv)
         check_group_choices(argv)
     except ConfigError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
