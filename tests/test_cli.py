@@ -10,7 +10,8 @@ import pytest
 from resflex.build import build_datamodule
 from resflex.errors import ConfigError, DataError
 from tests.conftest import TINY, TINY_SYNTHETIC, run_cli, scalar_tags
-from tests.test_configs import compose_train
+from tests.test_configs import GROUPS, compose_train
+from tests.test_eval_script import compose_config
 
 REQUIRED_TAGS = {
     "train/loss",
@@ -255,3 +256,33 @@ def test_ctrl_c_while_a_script_starts_is_a_quiet_exit(script: str, tmp_path: Pat
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_help_lists_this_commands_groups_with_its_choices(tmp_path: Path) -> None:
+    """--help as typed: the groups with their options, this command's choice starred; not Hydra's
+    list of every folder (the internal _shared, the trainer's lightning schema)."""
+    result = run_cli(["pooling=avg", "--help"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "resflex train: python scripts/train.py [group=option ...] [key=value ...]"
+    groups = lines[
+        lines.index("== Config groups (* this command's choice) ==") + 1 : lines.index("== Config ==") - 1
+    ]
+    assert [line.split()[0] for line in groups] == sorted(GROUPS)
+    assert "pooling         avg*, avgmax, gem, max, pyramid" in groups
+    assert (
+        "backbone        convnext_atto, efficientnet_b0, naflexvit, resnet18*, resnet50, vit_small_patch16"
+        in groups
+    )
+    assert not any(word in result.stdout for word in ("_shared", "lightning*", "$CONFIG", "${resflex"))
+    assert "pooling:\n  _target_: resflex.models.pooling.AvgPool" in result.stdout  # the composed config
+
+
+def test_the_help_of_a_command_without_some_groups_lists_only_its_own(tmp_path: Path) -> None:
+    from resflex.config import config_groups_help
+
+    compose_config("eval", ["ckpt_path=x"], tmp_path)  # sets HydraConfig as @hydra.main does
+    assert config_groups_help().splitlines() == [
+        "data   fashion_mnist, imagefolder, synthetic",
+        "paths  default*",
+    ]

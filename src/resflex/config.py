@@ -224,6 +224,39 @@ def check_override_keys(argv: Sequence[str], config_name: str, config_dir: Path 
             )
 
 
+def config_groups_help(config_dir: Path = CONFIG_DIR) -> str:
+    """The ``--help`` lines of the groups this command composes, each with its options and this
+    command's choice starred (``pooling  avg, avgmax, gem, max, pyramid*``).
+
+    Why not Hydra's ``$APP_CONFIG_GROUPS``: it lists every folder of the search path, the internal
+    ``_shared`` and the trainer's ``lightning`` schema included, and says nothing of which option a
+    command picks. Read from the composition (``hydra.runtime.choices``) when there is one.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    choices: dict[str, Any] = {}
+    if HydraConfig.initialized():
+        choices = dict(HydraConfig.get().runtime.choices)
+    groups = [g for g in choices if not g.startswith(("hydra", "_"))] or [
+        p.name for p in sorted(config_dir.iterdir()) if p.is_dir() and not p.name.startswith(("hydra", "_"))
+    ]
+    width = max(len(group) for group in groups) + 2
+    lines = []
+    for group in sorted(groups):
+        chosen = choices.get(group)
+        options = [f"{o}*" if o == chosen else o for o in group_options(group, config_dir)]
+        lines.append(f"{group:<{width}}{', '.join(options)}")
+    return "\n".join(lines)
+
+
+def register_help_resolver() -> None:
+    """``${resflex.config_groups:}`` in ``configs/hydra/default.yaml``'s help template."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("resflex.config_groups"):
+        OmegaConf.register_new_resolver("resflex.config_groups", config_groups_help, use_cache=False)
+
+
 def prepare_cli(argv: Sequence[str], config_name: str | None = None) -> None:
     """What every console entry point does before Hydra runs: check group choices and, given the
     entry point's ``config_name``, the keys overridden (:func:`check_override_keys`); register
@@ -243,3 +276,4 @@ def prepare_cli(argv: Sequence[str], config_name: str | None = None) -> None:
 
 
 register_trainer_schema()  # trainer/lightning for every composition (CLIs, tests, notebooks)
+register_help_resolver()  # hydra.help.template resolves wherever the hydra node is (train(cfg) too)
