@@ -45,6 +45,9 @@ LAUNCHER = re.compile(r"^\s*(\$\s+)?(\S*/)?(python3?|srun|torchrun)\s")
 INLINE = re.compile(r"`([^`]*python scripts/\w+\.py[^`]*)`")
 #: a value the reader fills in: DIR, RUN, RUN_DIR, CKPT, S, P, <run>, <time>, a shell variable
 PLACEHOLDER = re.compile(r"^([A-Z][A-Z_]*|<[^>]*>|.*\$.*)$")
+#: Hydra's flags that take the next word as their value
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp"}
+FLAGS_WITH_VALUE |= {"--config-dir", "-cd", "--experimental-rerun"}  # --info: its value is optional
 #: keys naming a path the command reads: stood in for by a file or folder of this machine
 PATH_KEYS = ("data.root", "backbone.init_from", "backbone.weights")
 
@@ -60,10 +63,13 @@ class DocumentedCommand:
     @property
     def args(self) -> list[str]:
         """The arguments a shell would pass, with the placeholder notation resolved (see the module)."""
-        args = []
-        for token in shlex.split(self.text.replace("\\|", "|"), comments=True):
-            if token in ("-m", "--multirun", "...", "|") or token.startswith("$"):
-                continue  # flags the checks take no notice of, and "$@": the shell's own arguments
+        args: list[str] = []
+        tokens = shlex.split(self.text.replace("\\|", "|"), comments=True)
+        for index, token in enumerate(tokens):
+            if index and tokens[index - 1] in FLAGS_WITH_VALUE:
+                continue  # --cfg job: the flag's value
+            if token.startswith(("-", "$")) or token in ("...", "|"):
+                continue  # Hydra's flags (-m, --help, --cfg), and "$@": the shell's own arguments
             if token.startswith("[") and token.endswith("]") and "=" not in token:
                 continue  # [switch]: one of the page's named variants goes here
             if token.startswith("[") and token.endswith("]"):
@@ -143,7 +149,7 @@ def test_extraction_reads_continued_lines_inline_spans_and_placeholders(tmp_path
     page.write_text(
         "Run `python scripts/train.py pooling=avg\ndata.root=DIR` first.\n\n"
         "```bash\n"
-        "python scripts/train.py -m a=1,2 \\\n"
+        "python scripts/train.py -m --cfg job a=1,2 \\\n"
         "    b=3 seed=S [switch] [optimizer=lamb]   # a comment\n"
         "$ python scripts/train.py pooling=median\n"
         "error: unknown pooling\n"
