@@ -30,6 +30,7 @@ import torch
 from benchmarks import loader, sections, views
 from benchmarks.machine import machine_info
 from benchmarks.runners import Setup, build_model, quiet
+from resflex.errors import ConfigError
 from resflex.runtime import resolve_precision
 
 SECTIONS = ("overhead", "pipeline", "mixed", "memory")
@@ -51,8 +52,27 @@ DEFAULTS = {
 }  # fmt: skip
 
 
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text} is below {least}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """A count or a side: argparse's one-line error for 0, -1 or "big", not a traceback from a conv."""
+    return _whole(text, 1)
+
+
+def _count(text: str) -> int:
+    return _whole(text, 0)
+
+
 def _int_list(text: str) -> list[int]:
-    return [int(v) for v in text.replace(" ", "").split(",") if v]
+    return [_positive(v) for v in text.replace(" ", "").split(",") if v]
 
 
 def _kwarg(text: str) -> tuple[str, Any]:
@@ -73,9 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-kwarg", action="append", default=[], metavar="KEY=VALUE", type=_kwarg,
         help="timm create_model argument, e.g. dynamic_img_size=True (repeatable)",
     )  # fmt: skip
-    p.add_argument("--size", type=int, help="side of the fixed size (default 64 CPU / 224 GPU)")
+    p.add_argument("--size", type=_positive, help="side of the fixed size (default 64 CPU / 224 GPU)")
     p.add_argument("--sizes", type=_int_list, help="multi-scale sides, comma separated (mixed + memory)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(
         "--precision", default="auto",
@@ -88,21 +108,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: torch's automatic dynamic shapes (recompile once, then symbolic sizes)",
     )  # fmt: skip
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--workers", type=int, help="data loader workers for the pipeline figure")
+    p.add_argument("--workers", type=_count, help="data loader workers for the pipeline figure")
     p.add_argument("--format", default="jpeg", choices=("jpeg", "png"), help="image files of the pipeline")
-    p.add_argument("--warmup", type=int, help="warm-up steps before each timed window")
-    p.add_argument("--steps", type=int, help="steps per timed window")
-    p.add_argument("--repeats", type=int, help="runs per side, alternating with the other side")
-    p.add_argument("--windows", type=int, help="timed windows per run (median over all windows)")
+    p.add_argument("--warmup", type=_count, help="warm-up steps before each timed window")
+    p.add_argument("--steps", type=_positive, help="steps per timed window")
+    p.add_argument("--repeats", type=_positive, help="runs per side, alternating with the other side")
+    p.add_argument("--windows", type=_positive, help="timed windows per run (median over all windows)")
     p.add_argument(
         "--sections", default=",".join(SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS + EXTRA_SECTIONS)} (default: all but "
         f"{','.join(EXTRA_SECTIONS)}: the loader figure is the data path alone, no model)",
     )  # fmt: skip
-    p.add_argument("--loader-images", type=int, help="JPEG files of the loader figure (320; quick 64)")
+    p.add_argument("--loader-images", type=_positive, help="JPEG files of the loader figure (320; quick 64)")
     p.add_argument("--loader-sizes", type=_int_list, help="loader sides (128,160,192,224; quick 128,224)")
     p.add_argument("--study", action="store_true", help="also time-to-accuracy: progressive vs fixed (long)")
-    p.add_argument("--study-epochs", type=int, default=16)
+    p.add_argument("--study-epochs", type=_positive, default=16)
     p.add_argument(
         "--study-progressive", action="append", default=[], metavar="KEY=VALUE,...",
         type=sections.parse_progressive,
@@ -112,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target-acc", type=float, help="study target (default: the fixed run's final val/acc)")
     p.add_argument("--quick", action="store_true", help="tiny model and few steps: < 2 min on 2 CPU cores")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="write every figure and the machine here")
     args = p.parse_args(argv)
     unknown = {name for name in args.sections.split(",") if name} - set(SECTIONS + EXTRA_SECTIONS)
@@ -258,6 +278,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for key in (*SECTIONS, *EXTRA_SECTIONS, "study"):
         report[key] = None
     model = build_model(setup)
+    for flag, side in [("--size", args.size), *(("--sizes", side) for side in args.sizes)]:
+        try:  # below half the total stride the last feature map is padding
+            model.backbone.check_input_size((side, side), flag)
+        except ConfigError as exc:
+            raise SystemExit(f"error: {exc.one_line()}") from None
     multiple = model.backbone.reduction if model.backbone.patch_embed is not None else 8
     w, s, r = args.warmup, args.steps, args.repeats
 

@@ -5,14 +5,16 @@ Reads the per-rank batch logs that ``callbacks.rank_batch_log`` writes to
 ``<run>/ranks/rank<k>.jsonl`` (:class:`resflex.training.distributed.RankBatchLog`) and prints,
 per epoch, whether the ranks used the same size at each step, whether their shards were
 disjoint and covered the data, and whether their weights agreed (docs/scaling.md).
-Exit status 0 when every epoch passes, 1 when one does not.
+Exit status 0 when every epoch passes, 1 when one does not, 2 when there is nothing to check.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
+from resflex.errors import ResflexError
 from resflex.training.distributed import check_rank_logs
 
 
@@ -21,7 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--num-samples", type=int, default=None, help="size of the train split")
     args = parser.parse_args(argv)
-    report = check_rank_logs(args.run_dir, args.num_samples)
+    try:
+        report = check_rank_logs(args.run_dir, args.num_samples)
+    except ResflexError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 2
     ok = True
     print(f"ranks: {report['ranks']}")
     for epoch, e in report["epochs"].items():

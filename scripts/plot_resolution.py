@@ -24,6 +24,7 @@ from resflex.errors import ResflexError
 from resflex.run_folder import METRICS_FILE
 from resflex.sweep_jobs import Job, load_job, varying_overrides
 from resflex.training.resolution_eval import curve_from_metrics, draw_accuracy_vs_resolution
+from resflex.validation import check_writable
 
 
 def load_runs(paths: Sequence[Path]) -> list[Job]:
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-size", type=int, action="append", default=[], help="mark a training side")
     args = parser.parse_args(argv)
     try:
+        check_writable(args.out, "--out")  # before reading the runs, not after drawing
         jobs = load_runs(args.runs)
         curves = {}
         for label, job in zip(curve_labels(jobs), jobs, strict=True):
@@ -104,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     title = f"{args.stage} accuracy vs resolution"
     figure = draw_accuracy_vs_resolution(curves, args.train_size, title=title)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out)
     print(f"wrote {args.out} ({sum(1 for c in curves.values() if c)} curves: {', '.join(curves)})")
     return 0

@@ -112,3 +112,15 @@ def test_nothing_to_plot_is_one_line(plot: Any, tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: no run folder among the 2 path(s) given (hint:")
     assert len(err) == 3 and not out.exists()  # two 'skipped' lines, then the error
+
+
+def test_an_unwritable_out_is_one_line_before_any_run_is_read(
+    plot: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("a file where the folder should be")
+    out = tmp_path / "file" / "fig.png"
+    assert plot.main([str(tmp_path / "gone"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # no "skipped .../gone" line: no run was read
+    assert err[0].startswith(f"error: cannot write --out={out}: ")
+    assert err[0].endswith("(hint: --out=<a writable folder>/fig.png)")

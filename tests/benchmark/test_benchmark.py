@@ -92,6 +92,34 @@ def test_model_kwargs_and_sections_are_parsed() -> None:
         cli.parse_args(["--sections", "overhead,nonsense"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--size", "0"], "argument --size: 0 is below 1"),
+        (["--sizes", "32,abc"], "argument --sizes: 'abc' is not a whole number"),
+        (["--warmup", "-1"], "argument --warmup: -1 is below 0"),
+        (["--repeats", "x"], "argument --repeats: 'x' is not a whole number"),
+    ],
+)
+def test_a_bad_number_is_argparses_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a traceback from a convolution at size 0, or a loop that never runs."""
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(argv)
+    assert info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    assert cli.parse_args(["--warmup", "0"]).warmup == 0  # no warm-up is allowed
+
+
+@pytest.mark.parametrize(("argv", "flag"), [(["--size", "8"], "--size"), (["--sizes", "8,64"], "--sizes")])
+def test_a_size_the_backbone_cannot_take_stops_before_any_section(argv: list[str], flag: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.run(cli.parse_args(["--quick", "--sections", "overhead", *argv]))
+    assert str(info.value.code).startswith(
+        f"error: {flag}=8x8 is too small for test_resnet (total stride 32)"
+    )
+
+
 def test_precision_auto_is_fp32_on_cpu() -> None:
     assert cli.resolve_precision("auto", torch.device("cpu")) == "32-true"
     assert cli.resolve_precision("bf16-mixed", torch.device("cpu")) == "bf16-mixed"

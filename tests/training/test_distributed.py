@@ -241,6 +241,15 @@ def test_rank_log_check_flags_disagreeing_sizes_and_weights(
     assert "epoch 0: steps/rank {0: 2, 1: 2}, sizes agree: True" in capsys.readouterr().out
     assert check([str(bad), "--num-samples", "7"]) == 1
     assert "weights agree: False" in capsys.readouterr().out
+    # nothing to check: one line and exit 2, not a FileNotFoundError's traceback
+    (tmp_path / "single").mkdir()
+    for folder, cause in (
+        (tmp_path / "single", "no per-rank logs in"),
+        (tmp_path / "gone", "no such run folder"),
+    ):
+        assert check([str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {cause}") and "(hint: " in err[0]
 
 
 # ---- trainer presets and the LR switch ------------------------------------------------------------

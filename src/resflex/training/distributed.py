@@ -28,6 +28,8 @@ from typing import IO, Any
 import pytorch_lightning as pl
 import torch
 
+from resflex.errors import DataError
+
 # Environment variables Lightning's launcher sets in the launching process for its children.
 _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -137,9 +139,15 @@ def check_rank_logs(run_dir: str | Path, num_samples: int | None = None) -> dict
     size, read from the log unless given; with ``drop_last`` a partial last step is skipped);
     ``weights_agree``: the ranks' parameter checksums are equal at the end of the epoch.
     """
+    if not Path(run_dir).is_dir():
+        raise DataError(f"no such run folder: {run_dir}", hint="pass a run folder, logs/train/runs/<time>")
     logs = read_rank_logs(run_dir)
     if not logs:
-        raise FileNotFoundError(f"no per-rank logs in {Path(run_dir, 'ranks')} (was the run distributed?)")
+        raise DataError(
+            f"no per-rank logs in {Path(run_dir, 'ranks')}: the run was not distributed, or ran "
+            "without callbacks.rank_batch_log",
+            hint="a run with trainer=ddp (or trainer=ddp_sim on CPU) writes them",
+        )
     epochs = sorted({r["epoch"] for records in logs.values() for r in records})
     report: dict[str, Any] = {"ranks": sorted(logs), "epochs": {}}
     for epoch in epochs:
