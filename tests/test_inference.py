@@ -81,6 +81,33 @@ def test_the_classifier_normalises_as_the_training_module_does(
         torch.testing.assert_close(loaded(x.float() / 255), expected, rtol=0, atol=1e-5)
 
 
+def test_one_image_numpy_float64_and_grey_give_the_batchs_logits(multiscale: ResflexClassifier) -> None:
+    """What a notebook hands over: each the same logits as the documented (B, 3, H, W) float32 batch."""
+    batch = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        expected = multiscale(batch)
+        torch.testing.assert_close(multiscale(batch[0]), expected[:1], rtol=0, atol=1e-6)  # a batch of one
+        torch.testing.assert_close(multiscale(batch.numpy()), expected, rtol=0, atol=0)
+        torch.testing.assert_close(multiscale(batch.double()), expected, rtol=0, atol=0)
+        grey = batch[:, :1]  # one channel: the grey image replicated, as the loader converts L to RGB
+        torch.testing.assert_close(multiscale(grey), multiscale(grey.expand(-1, 3, -1, -1)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((2, 32, 48, 3), r"got shape \(2, 32, 48, 3\) \(channels last\? x.permute\(0, 3, 1, 2\)\)"),
+        ((32, 48), r"expected images \(B, 3, H, W\) or \(3, H, W\), got shape \(32, 48\)$"),
+    ],
+)
+def test_another_layout_is_refused_by_its_shape(
+    multiscale: ResflexClassifier, shape: tuple, message: str
+) -> None:
+    """Not the normalisation's broadcast error, which names no shape."""
+    with pytest.raises(ValueError, match=message):
+        multiscale(torch.rand(*shape))
+
+
 def test_the_loaded_classifier_says_how_its_run_framed_images(multiscale: ResflexClassifier) -> None:
     """predict plans native and auto sizes from these: the run's multiple, aspect buckets, crop, sizes."""
     info = multiscale.info

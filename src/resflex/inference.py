@@ -40,10 +40,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("resflex")
 
 
+def as_image_batch(x: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``x`` as a ``(B, C, H, W)`` tensor: one ``(C, H, W)`` image gets its batch axis, a numpy array
+    becomes a tensor, float input the model's float dtype (float64 would stop at the first layer);
+    uint8 stays uint8. C is 3, or 1 (grey, replicated by the normalisation, as the loader converts
+    it). Why a check: a channels-last batch, ``(B, H, W, 3)``, otherwise fails inside the
+    normalisation with a broadcast error that names no shape."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        layout = "channels last? x.permute(0, 3, 1, 2)" if x.dim() == 4 and x.shape[-1] in (1, 3) else ""
+        raise ValueError(
+            f"expected images (B, 3, H, W) or (3, H, W), got shape {tuple(x.shape)}"
+            + (f" ({layout})" if layout else "")
+        )
+    if x.is_floating_point() and x.dtype != dtype:
+        x = x.to(dtype)
+    return x
+
+
 class ResflexClassifier(nn.Module):
     """An :class:`~resflex.models.classifier.ImageClassifier` with its input normalisation inside.
 
-    ``forward(x)``: ``x`` float32 RGB in [0, 1], ``(B, 3, H, W)`` -> logits ``(B, num_classes)``.
+    ``forward(x)``: ``x`` float32 RGB in [0, 1], ``(B, 3, H, W)`` -> logits ``(B, num_classes)``
+    (one ``(3, H, W)`` image, a numpy array or float64 are taken too: :func:`as_image_batch`).
     A uint8 batch (0..255) is accepted too; both give bit-identical normalised input to
     what training and ``scripts/eval.py`` feed the network (``(x*255 - mean*255) / (std*255)``:
     ``k/255*255 == k`` exactly in float32 for every byte ``k``).
@@ -127,6 +149,7 @@ class ResflexClassifier(nn.Module):
         return min(h, w) if self.stats_by_short_side else side_of((h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = as_image_batch(x, self.pixel_mean.dtype)
         if self.size_stats is not None:  # the statistics of the trained size nearest to this input
             self.size_stats.use(self.stats_side(int(x.shape[-2]), int(x.shape[-1])))
         x = x.float() if x.dtype == torch.uint8 else x * 255.0
@@ -181,6 +204,7 @@ class NaFlexImageClassifier(ResflexClassifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from resflex.naflex_framing import frame_pixels, token_logits
 
+        x = as_image_batch(x)
         pixels = x if x.dtype == torch.uint8 else (x.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
         framed = [frame_pixels(p.cpu(), self.schedule, self.transform, self.seq_len) for p in pixels]
         return token_logits(self.model, framed, self.seq_len, x.device)
