@@ -177,6 +177,31 @@ def test_keys_that_exist_or_are_new_on_purpose_pass_the_key_check() -> None:
     check_override_keys(["--config-name", "other", "anything.at.all=1"], "train")  # another config
 
 
+@pytest.mark.parametrize(
+    "arg", ["backbone.pretrained=maybe", "eval.bn_calibration=no", "model.ema=1", "test_after_fit=yes"]
+)
+def test_a_switch_given_neither_true_nor_false_is_refused(arg: str) -> None:
+    """Python reads a non-empty string as true: eval.bn_calibration=no would have turned it on."""
+    from resflex.config import check_override_keys
+
+    key = arg.partition("=")[0]
+    with pytest.raises(ConfigError) as info:
+        check_override_keys([arg], "train")
+    assert info.value.one_line() == (
+        f"{arg} is invalid: expected true or false (hint: {key}=true or {key}=false)"
+    )
+
+
+def test_switches_take_true_false_null_a_sweep_and_lightnings_other_values() -> None:
+    from resflex.config import check_override_keys
+
+    check_override_keys(["model.ema=True", "eval.bn_calibration=false", "trainer.benchmark=null"], "train")
+    check_override_keys(["-m", "model.ema=true,false", "data.augment.hflip=false"], "train")
+    # Lightning's own non-boolean values of keys that default to a boolean
+    check_override_keys(["trainer.fast_dev_run=5", "trainer.deterministic=warn"], "train")
+    check_override_keys(["callbacks.model_checkpoint.save_last=link"], "train")
+
+
 def test_a_mistyped_top_level_key_gets_the_nearest_top_level_key() -> None:
     from resflex.config import check_override_keys
 

@@ -191,6 +191,41 @@ def _closest(cfg: Any, key: str, cutoff: float) -> str | None:
     return None
 
 
+#: keys whose default is true or false but that take more: Lightning's ``fast_dev_run=5`` (batches),
+#: ``deterministic=warn`` and ``ModelCheckpoint(save_last="link")``
+NOT_ONLY_SWITCHES = frozenset(
+    {
+        "trainer.fast_dev_run",
+        "trainer.deterministic",
+        "callbacks.model_checkpoint.save_last",
+        "callbacks.last_checkpoint.save_last",
+    }
+)
+
+
+def check_switches(argv: Sequence[str], cfg: Any) -> None:
+    """Raise :class:`ConfigError` for ``key=value`` where the key is a switch (true/false in the
+    composed config) and the value is neither: ``backbone.pretrained=maybe`` would reach Python as a
+    non-empty string, which is true, and ``eval.bn_calibration=no`` would turn calibration *on*."""
+    from omegaconf import OmegaConf
+
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if not value or arg.startswith(("-", "+", "~")) or key.startswith("hydra") or "$" in value:
+            continue
+        try:
+            default = OmegaConf.select(cfg, key, default=None)
+        except Exception:  # an interpolation that cannot resolve yet
+            continue
+        words = [word.strip().lower() for word in value.split(",")]  # a sweep: each value
+        if key in NOT_ONLY_SWITCHES or not isinstance(default, bool):
+            continue
+        if any(word not in ("true", "false", "null") for word in words):
+            raise ConfigError(
+                f"{key}={value} is invalid: expected true or false", hint=f"{key}=true or {key}=false"
+            )
+
+
 def check_override_keys(argv: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> None:
     """Raise :class:`ConfigError` for ``a.b=v`` naming a key the composed config does not have (Hydra's
     answer is a page that suggests ``+a.b=v``, which would add a key nothing reads), with the nearest
@@ -215,6 +250,7 @@ def check_override_keys(argv: Sequence[str], config_name: str, config_dir: Path 
                 f"unknown config key {key} ({key}=...)",
                 hint=f"did you mean {near}?" if near else f"the keys: --cfg job; +{key}=... adds a new one",
             )
+    check_switches(argv, cfg)
     for key in added:
         near = None if _has_key(cfg, key) else _closest(cfg, key, cutoff=0.8)
         if near is not None and near != key:
