@@ -55,7 +55,7 @@ def test_sgd_config_is_nesterov_momentum(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "adamq"}, "unknown optimizer.name 'adamq'"),
+        ({"name": "adamx"}, "unknown optimizer.name 'adamx' (hint: did you mean adamax, adam"),
         ({"lr": -1.0}, "optimizer.lr=-1.0 is invalid"),
         ({"lr": "fast"}, "optimizer.lr='fast' is invalid"),
         ({"weight_decay": -0.1}, "optimizer.weight_decay=-0.1 is invalid"),

@@ -10,6 +10,7 @@ no-decay groups intact.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,8 +39,11 @@ class OptimizerFactory:
     ) -> None:
         known = [n for n in list_optimizers() if isinstance(n, str)]  # names (no descriptions asked)
         if name not in known:
-            close = [n for n in known if n.startswith(str(name)[:3])][:8] or ["adamw", "sgd", "lamb", "lion"]
-            raise ConfigError(f"unknown optimizer.name {name!r}", hint=f"e.g. one of: {', '.join(close)}")
+            near = difflib.get_close_matches(str(name), known, n=4, cutoff=0.6)
+            hint = f"did you mean {', '.join(near)}?" if near else "e.g. adamw, sgd, lamb, lion"
+            raise ConfigError(
+                f"unknown optimizer.name {name!r}", hint=f"{hint} (every name: timm.optim.list_optimizers())"
+            )
         self.name = str(name)
         self.lr = check_value("optimizer.lr", lr, float, lambda v: v > 0, "a positive number")
         self.weight_decay = check_value(
