@@ -311,3 +311,32 @@ def test_the_help_of_a_command_without_some_groups_lists_only_its_own(tmp_path: 
         "data   fashion_mnist, imagefolder, synthetic",
         "paths  default*",
     ]
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line_before_hydra_makes_it(tmp_path: Path) -> None:
+    """Hydra makes the run folder before the task starts: a file in the way (or a read-only disk)
+    was its traceback."""
+    file = tmp_path / "file"
+    file.write_text("in the way")
+    result = run_cli([f"hydra.run.dir={file / 'run'}"], cwd=tmp_path)
+    assert_one_line_error(
+        result,
+        f"cannot create the run folder {file / 'run'}: {file}: a file, not a folder",
+        "hint: hydra.run.dir=<a writable folder>, or paths.log_dir=<a writable folder>",
+    )
+    assert result.returncode == 2
+
+
+def test_the_run_folder_check_names_the_sweep_folder_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    from resflex.config import check_output_folder
+
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(
+        ConfigError, match=r"cannot create the sweep folder .*hint: hydra.sweep.dir=<a writable"
+    ):
+        check_output_folder(["-m", "pooling=avg,max", f"paths.log_dir={tmp_path / 'file'}"], "train")
+    with pytest.raises(ConfigError, match=r"cannot create the run folder .*/file/eval/runs/"):
+        check_output_folder([f"paths.log_dir={tmp_path / 'file'}", "ckpt_path=x"], "eval")
+    check_output_folder([f"paths.log_dir={tmp_path / 'file'}", "--cfg", "job"], "train")  # prints only
+    check_output_folder([f"hydra.run.dir={tmp_path / 'a' / 'b'}"], "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe made nothing that stays

@@ -12,6 +12,7 @@ channels-last) live in :mod:`resflex.runtime`.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -35,6 +36,7 @@ from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.run_record import RunRecord, attach_run_record
 from resflex.training.safety import AtomicCheckpointIO
+from resflex.validation import check_writable_folder
 
 
 def build_node(node: DictConfig, **fill: Any) -> Any:
@@ -114,7 +116,30 @@ def check_sizes_fit_backbone(datamodule: ResflexDataModule, backbone: TimmBackbo
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    """The ``logger`` group's loggers. One that cannot start (a save_dir that cannot be made, a
+    tracking URI nothing serves) is one line naming it, not Hydra's instantiation report: the
+    logger's own error, which is all the user needs, sits two causes deep in it."""
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        try:
+            logger = instantiate(node)
+        except InstantiationException as exc:
+            if find_user_error(exc) is not None:
+                raise
+            cause = exc.__cause__ or exc
+            reason = first_line(cause)
+            raise ConfigError(
+                f"the {name} logger cannot start: {type(cause).__name__}: {reason[:160]}"
+                + ("..." if len(reason) > 160 else ""),
+                hint=f"check logger.{name}.* (a writable save_dir, a tracking URI that answers)",
+            ) from exc
+        save_dir = getattr(logger, "save_dir", None)
+        if isinstance(save_dir, str):  # Lightning makes it at fit's start: a failure then is a traceback
+            check_writable_folder(Path(save_dir), f"logger.{name}.save_dir")
+        loggers.append(logger)
+    return loggers
 
 
 def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:

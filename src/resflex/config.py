@@ -293,22 +293,102 @@ def register_help_resolver() -> None:
         OmegaConf.register_new_resolver("resflex.config_groups", config_groups_help, use_cache=False)
 
 
+#: flags after which a command only prints (its help, its config) and writes no run folder
+PRINT_ONLY_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+)
+
+
+def _first_job_overrides(argv: Sequence[str]) -> list[str] | None:
+    """The overrides of a sweep's first job (each swept key at its first value); None when a value
+    is a range only the sweeper draws from (``interval(...)``) or the arguments do not parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return None
+    first: list[str] = []
+    for arg, override in zip(args, overrides, strict=True):
+        if not override.is_sweep_override():
+            first.append(arg)
+        elif isinstance(override.value(), ChoiceSweep | RangeSweep):
+            first.append(f"{arg.partition('=')[0]}={next(iter(override.sweep_string_iterator()))}")
+        else:
+            return None
+    return first
+
+
+def check_output_folder(argv: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> None:
+    """Raise :class:`ConfigError` when the folder this command would write its run (or sweep) into
+    cannot be created: a read-only file system, a file in the way, no permission.
+
+    Why here: Hydra creates that folder itself, before the task starts, and a failure there is its
+    traceback (``FileNotFoundError: '/readonly/logs'``), with nothing of resflex's one-line report.
+    The check makes and removes a temporary folder in the nearest existing parent (a permission
+    check alone would pass for root on a read-only mount); it creates nothing that stays.
+    """
+    import tempfile
+
+    if any(arg.split("=", 1)[0] in PRINT_ONLY_FLAGS for arg in argv):
+        return
+    overrides = _first_job_overrides(argv)
+    if overrides is None:
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.types import RunMode
+
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        multirun = "-m" in argv or "--multirun" in argv or cfg.hydra.mode == RunMode.MULTIRUN
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        folder = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser()
+    except Exception:  # a problem with the config itself: the run reports it
+        return
+    parent = folder.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError("a file, not a folder")
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        what = "sweep folder" if multirun else "run folder"
+        raise ConfigError(
+            f"cannot create the {what} {folder}: {parent}: {reason}",
+            hint=f"{key}=<a writable folder>, or paths.log_dir=<a writable folder>",
+        ) from None
+
+
 def prepare_cli(argv: Sequence[str], config_name: str | None = None) -> None:
     """What every console entry point does before Hydra runs: check group choices and, given the
-    entry point's ``config_name``, the keys overridden (:func:`check_override_keys`); register
-    resolvers."""
+    entry point's ``config_name``, the keys overridden (:func:`check_override_keys`) and the run
+    folder (:func:`check_output_folder`); register resolvers."""
     import sys
 
     from resflex.sweeps import register_resolvers
 
+    register_resolvers()  # ${resflex.job_dir:...} names sweep job folders (configs/hydra/default.yaml)
     exit_on_unknown_group_choice(argv)
     if config_name is not None:
         try:
             check_override_keys(argv, config_name)
+            check_output_folder(argv, config_name)
         except ConfigError as exc:
             print(f"error: {exc.one_line()}", file=sys.stderr)
             raise SystemExit(2) from None
-    register_resolvers()  # ${resflex.job_dir:...} names sweep job folders (configs/hydra/default.yaml)
 
 
 register_trainer_schema()  # trainer/lightning for every composition (CLIs, tests, notebooks)

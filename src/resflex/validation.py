@@ -81,3 +81,13 @@ def check_writable(output: Path, key: str = "output") -> None:
             f"cannot write {key}={output}: {exc.strerror or exc}",
             hint=f"{key}=<a writable folder>/{output.name}",
         ) from None
+
+
+def check_writable_folder(folder: Path, key: str) -> None:
+    """:func:`check_writable` for a folder the caller names by ``key`` (made if missing, a probe file
+    created and removed in it), the error naming the folder itself."""
+    try:
+        check_writable(folder / ".resflex-probe", key)
+    except DataError as exc:
+        reason = exc.message.rpartition(": ")[2]
+        raise DataError(f"cannot write {key}={folder}: {reason}", hint=f"{key}=<a writable folder>") from None

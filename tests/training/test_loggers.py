@@ -90,3 +90,29 @@ def test_only_an_mlruns_folder_the_store_made_and_left_empty_is_removed(
     MLFlowLogger(run_dir=str(tmp_path / "run"), tracking_uri="http://localhost:5000")
     assert (tmp_path / "mlruns").is_dir() == (before != "absent")
     assert (tmp_path / "mlruns" / "0").is_dir() == (before == "in use")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["logger=csv", "logger.csv.save_dir={file}/csv"], "cannot write logger.csv.save_dir={file}/csv: "),
+        (["logger=mlflow", "logger.mlflow.tracking_uri=foo://bar"], "the mlflow logger cannot start: "),
+    ],
+    ids=["csv save_dir", "mlflow uri"],
+)
+def test_a_logger_that_cannot_start_is_one_line_naming_it(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    """The CSV logger makes its folder at fit's start (a traceback from inside Lightning then), and
+    Hydra wraps a logger's own error two causes deep: both are one line before any work."""
+    from resflex.build import build_loggers
+    from resflex.errors import ResflexError
+    from tests.test_configs import compose_train
+
+    file = tmp_path / "file"
+    file.write_text("in the way")
+    cfg = compose_train([o.format(file=file) for o in overrides], tmp_path / "run")
+    with pytest.raises(ResflexError) as info:
+        build_loggers(cfg)
+    line = info.value.one_line()
+    assert line.startswith(message.format(file=file)) and "(hint: " in line and "\n" not in line
