@@ -1,7 +1,12 @@
-"""Where the Hydra configs live, the trainer group's schema, and checks on group choices before Hydra runs.
+"""Where the Hydra configs live, the trainer group's schema, ``--help``, and the command line checked
+before Hydra runs (:func:`prepare_cli`, every console entry point's first step).
 
-Hydra answers ``pooling=foo`` with a multi-line "Could not find" report; resflex
-answers with one line that lists the choices, before any work starts.
+Hydra answers a mistake on the command line with a multi-line report, or a traceback from deep in
+the run: ``pooling=foo`` ("Could not find"), ``data.root=~/x`` (a lexer's exception), a mistyped
+key (a page suggesting ``+key``), ``model.ema=maybe`` (taken as true), a run folder on a read-only
+disk (Hydra's own ``mkdir``). resflex answers each with one line and a hint, before any work
+starts: :func:`check_override_syntax`, :func:`check_group_choices`, :func:`check_override_keys`
+(with :func:`check_switches`), :func:`check_output_folder`.
 
 The ``trainer`` group starts from ``trainer/lightning``: every ``pytorch_lightning.Trainer``
 argument with Lightning's own default, read from its signature (:func:`register_trainer_schema`,
