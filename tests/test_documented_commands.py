@@ -7,6 +7,8 @@ failing any other test, because the other tests write their own commands.
 - Every training command also composes and passes the checks a run makes before it reads any data
   (:func:`resflex.preflight.check_before_work`), once for each value of each swept key.
 - The README's "Errors" block, the ``$ command`` / ``error: ...`` pairs, is what the command line prints.
+- (slow) Every eval, predict and export command runs, on a tiny run of this machine (a NaFlex run
+  where it names sequence lengths), and writes the file it names.
 
 A command's placeholders are the reader's to fill: a value written as ``DIR``, ``RUN``, ``S`` or
 ``<run>`` is left out of the composed config (its key is still checked), ``[key=value]`` is an
@@ -233,3 +235,71 @@ def test_the_readme_errors_are_what_the_command_line_prints(
     result = run_cli([*command.args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode != 0
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [command.error]
+
+
+# ---- the commands that use a trained run, run end to end (slow) ------------------------------------
+
+USING_A_RUN = [c for c in RUNS if c.script != "train"]
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _alternatives(args: list[str]) -> list[list[str]]:
+    """``format=onnx|torchscript|exported`` is one command per format."""
+    for index, arg in enumerate(args):
+        key, _, value = arg.partition("=")
+        if "|" in value:
+            return [[*args[:index], f"{key}={choice}", *args[index + 1 :]] for choice in value.split("|")]
+    return [args]
+
+
+def _on_this_machine(args: list[str], run: Path, images: Path) -> list[str]:
+    """The reader's run, checkpoint and folders replaced by this test's; placeholders left out."""
+    placed = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "ckpt_path":  # a checkpoint file of the run by its name, else the run folder
+            value = str(run / "checkpoints" / Path(value).name) if value.endswith(".ckpt") else str(run)
+        elif key in ("input", "data.root"):
+            value = str(images / "val") if key == "input" else str(images)
+        elif PLACEHOLDER.match(value):
+            continue
+        placed.append(f"{key}={value}")
+    return placed
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny run on images (keep_aspect buckets, curves at ½×-2×) and a tiny NaFlex run, each with a
+    labelled val/ and test/ split: what the docs' eval, predict and export commands start from."""
+    from tests.conftest import TINY, TINY_NAFLEX_MODEL, train_run
+
+    base = tmp_path_factory.mktemp("documented")
+    images = make_image_folder(base / "images", per_class=4, splits=("train", "val", "test"))
+    common = ("trainer.enable_progress_bar=false", "logger=none", "test_after_fit=false")
+    train_run([*TINY, "data=imagefolder", f"data.root={images}", *common], base / "run", hydra_files=True)
+    naflex = (*TINY_NAFLEX_MODEL, "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0")
+    train_run([*naflex, f"data.root={images}", *common], base / "naflex", hydra_files=True)
+    return {"run": base / "run", "naflex": base / "naflex", "images": images}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", USING_A_RUN, ids=str)
+def test_every_documented_eval_predict_and_export_command_runs(
+    command: DocumentedCommand, trained_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """As a reader types it, on a run of this machine (a NaFlex run where the command names sequence
+    lengths): it finishes, and says what it wrote or measured."""
+    naflex = any("seq_len" in arg for arg in command.args)
+    run = trained_runs["naflex" if naflex else "run"]
+    for args in _alternatives(command.args):
+        result = run_cli(
+            _on_this_machine(args, run, trained_runs["images"]),
+            cwd=tmp_path,
+            script=SCRIPTS / f"{command.script}.py",
+        )
+        assert result.returncode == 0, f"{command}: {args}\n{result.stderr[-3000:]}"
+        assert "error:" not in result.stderr
+        for arg in args:  # a file the command was told to write is there
+            key, _, value = arg.partition("=")
+            if key == "output" and not PLACEHOLDER.match(value):
+                assert (tmp_path / value).is_file(), f"{command}: {value} not written"
