@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from resflex.errors import ConfigError
+from resflex.validation import unwritable_reason
 
 CONFIG_DIR = Path(os.environ.get("RESFLEX_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 
@@ -340,11 +341,9 @@ def check_output_folder(argv: Sequence[str], config_name: str, config_dir: Path 
 
     Why here: Hydra creates that folder itself, before the task starts, and a failure there is its
     traceback (``FileNotFoundError: '/readonly/logs'``), with nothing of resflex's one-line report.
-    The check makes and removes a temporary folder in the nearest existing parent (a permission
-    check alone would pass for root on a read-only mount); it creates nothing that stays.
+    The check writes and removes a probe file in the nearest existing parent
+    (:func:`resflex.validation.unwritable_reason`); it creates nothing that stays.
     """
-    import tempfile
-
     if any(arg.split("=", 1)[0] in PRINT_ONLY_FLAGS for arg in argv):
         return
     overrides = _first_job_overrides(argv)
@@ -364,12 +363,10 @@ def check_output_folder(argv: Sequence[str], config_name: str, config_dir: Path 
     parent = folder.absolute()
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    try:
-        if not parent.is_dir():
-            raise NotADirectoryError("a file, not a folder")
-        tempfile.TemporaryDirectory(dir=parent).cleanup()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+    # probed in the nearest existing parent: the run folder itself is Hydra's to make (its name has
+    # the time to the second, which this composition would not match)
+    reason = "a file, not a folder" if not parent.is_dir() else unwritable_reason(parent)
+    if reason is not None:
         what = "sweep folder" if multirun else "run folder"
         raise ConfigError(
             f"cannot create the {what} {folder}: {parent}: {reason}",

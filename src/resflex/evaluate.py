@@ -47,10 +47,11 @@ import hydra
 import torch
 import torch.nn.functional as F
 from lightning_fabric.utilities.apply_func import move_data_to_device
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from resflex.build import build_datamodule
 from resflex.config import CONFIG_DIR, prepare_cli
+from resflex.data.arguments import to_plain
 from resflex.data.sizes import check_bucketed_size, parse_size
 from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
 from resflex.models.bn_calibration import side_of
@@ -275,9 +276,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run = open_run(cfg.get("ckpt_path"), cfg.get("run_config"))  # first: refuses unsafe files early
     run_cfg = compose_eval_config(cfg, run)
 
-    listed = cfg.eval.resolutions
-    plain = (OmegaConf.to_container(listed, resolve=True) if OmegaConf.is_config(listed) else listed) or []
-    asked = [] if run.is_naflex else [parse_size(value) for value in plain]
+    asked = [] if run.is_naflex else [parse_size(value) for value in to_plain(cfg.eval.resolutions) or []]
     if asked:  # sizes the backbone cannot take (too small for its stride, a fixed-size ViT), before the data
         backbone = meta_model(run_cfg.model).model.backbone
         for size in asked:

@@ -66,28 +66,32 @@ def validate_config(cfg: DictConfig) -> None:
         check_value(key, value, kind, ok, allowed)
 
 
-def check_writable(output: Path, key: str = "output") -> None:
-    """A one-line :class:`DataError`, before any work, when ``output`` cannot be written (a file where its
-    folder should be, no permission, a read-only file system): a probe file beside it is created and
-    removed (the folder is made). Commands that write one file at the end (predict, export) call it
-    first, so a bad path does not cost the whole run."""
-    probe = output.with_name(f".{output.name}.probe")
+def unwritable_reason(folder: Path) -> str | None:
+    """Why nothing can be written in ``folder``, or None: the folder is made if missing and a probe
+    file created and removed in it (a permission check alone passes for root on a read-only mount)."""
+    probe = folder / ".resflex-probe"
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         probe.touch()
         probe.unlink()
     except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def check_writable(output: Path, key: str = "output") -> None:
+    """A one-line :class:`DataError`, before any work, when ``output`` cannot be written (a file where its
+    folder should be, no permission, a read-only file system). Commands that write one file at the end
+    (predict, export) call it first, so a bad path does not cost the whole run."""
+    reason = unwritable_reason(output.parent)
+    if reason is not None:
         raise DataError(
-            f"cannot write {key}={output}: {exc.strerror or exc}",
-            hint=f"{key}=<a writable folder>/{output.name}",
-        ) from None
+            f"cannot write {key}={output}: {reason}", hint=f"{key}=<a writable folder>/{output.name}"
+        )
 
 
 def check_writable_folder(folder: Path, key: str) -> None:
-    """:func:`check_writable` for a folder the caller names by ``key`` (made if missing, a probe file
-    created and removed in it), the error naming the folder itself."""
-    try:
-        check_writable(folder / ".resflex-probe", key)
-    except DataError as exc:
-        reason = exc.message.rpartition(": ")[2]
-        raise DataError(f"cannot write {key}={folder}: {reason}", hint=f"{key}=<a writable folder>") from None
+    """:func:`check_writable` for a folder the caller names by ``key``, the error naming the folder."""
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        raise DataError(f"cannot write {key}={folder}: {reason}", hint=f"{key}=<a writable folder>")
