@@ -19,6 +19,7 @@ from resflex.models.checkpoint import (
     UnsafeCheckpointError,
     check_checkpoint,
     is_readable_checkpoint,
+    load_backbone_weights,
     load_head_from_checkpoint,
     safe_load,
     state_dict_of,
@@ -424,9 +425,10 @@ def test_an_unreadable_weights_file_is_not_sent_to_a_runs_checkpoints(tmp_path: 
     is no hint for it; a resflex checkpoint's is unchanged."""
     path = tmp_path / "resnet18.pth"
     path.write_bytes(b"cut")
+    model = torch.nn.Identity()  # the file fails before any tensor reaches a model
     with pytest.raises(DataError) as weights:
-        safe_load(path, what="backbone.weights")
+        load_backbone_weights(model, path, "backbone.weights")
     assert "download or copy it again" in weights.value.one_line() and "<run>" not in weights.value.one_line()
     with pytest.raises(DataError) as checkpoint:
-        safe_load(path, what="backbone.init_from")
+        load_backbone_weights(model, path, "backbone.init_from", require_resflex=True)
     assert "another checkpoint of the run" in checkpoint.value.one_line()

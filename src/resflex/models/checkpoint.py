@@ -172,7 +172,9 @@ def _weights_unpickler_reason(message: str) -> str:
     return next((line for line in lines if line), "refused by torch.load(weights_only=True)")
 
 
-def _as_data_error(path: Path, problem: _Problem, what: str, action: str | None) -> DataError:
+def _as_data_error(
+    path: Path, problem: _Problem, what: str, action: str | None, unreadable_hint: str = UNREADABLE_HINT
+) -> DataError:
     if problem.kind == "missing":
         return DataError(f"{what} not found: {path}", hint="check the path (relative paths start at the cwd)")
     if problem.kind == "unsafe":
@@ -182,12 +184,16 @@ def _as_data_error(path: Path, problem: _Problem, what: str, action: str | None)
             hint="only tensors are loaded; re-save it as a state_dict (torch.save(model.state_dict(), f)) "
             "or as .safetensors",
         )
-    hint = UNREADABLE_WEIGHTS_HINT if what == "backbone.weights" else UNREADABLE_HINT
-    return DataError(f"cannot {action or 'read ' + what} {path}: {problem.reason}", hint=hint)
+    return DataError(f"cannot {action or 'read ' + what} {path}: {problem.reason}", hint=unreadable_hint)
 
 
 def safe_load(
-    path: str | Path, what: str = "checkpoint", *, action: str | None = None, map_location: Any = "cpu"
+    path: str | Path,
+    what: str = "checkpoint",
+    *,
+    action: str | None = None,
+    map_location: Any = "cpu",
+    unreadable_hint: str = UNREADABLE_HINT,
 ) -> Any:
     """Read a weights file without executing code: safetensors, or ``torch.load(weights_only=True)``.
 
@@ -197,13 +203,14 @@ def safe_load(
     (one line naming the file, with a hint) when the file is missing, empty, cut
     short, not a PyTorch/safetensors file at all, or would need arbitrary code to
     unpickle. ``action`` replaces "read <what>"/"load <what>" in the message
-    (e.g. ``action="resume from"``).
+    (e.g. ``action="resume from"``); ``unreadable_hint``: the hint of a file that cannot be read
+    (:data:`UNREADABLE_WEIGHTS_HINT` for a weights file that is not a run's checkpoint).
     """
     path = Path(str(path)).expanduser()
     try:
         return _load(path, map_location, mmap=False)
     except _Problem as problem:
-        raise _as_data_error(path, problem, what, action) from None
+        raise _as_data_error(path, problem, what, action, unreadable_hint) from None
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -413,7 +420,8 @@ def load_backbone_weights(
     wrong ``backbone.name``, never something to train through.
     """
     path = resflex_checkpoint(path, key) if require_resflex else existing_file(path, key)
-    state = state_dict_of(safe_load(path, what=key), path)
+    hint = UNREADABLE_HINT if require_resflex else UNREADABLE_WEIGHTS_HINT  # a run's checkpoint, or any file
+    state = state_dict_of(safe_load(path, what=key, unreadable_hint=hint), path)
     is_resflex = any(k.startswith(BACKBONE_PREFIX) for k in state)
     if require_resflex and not is_resflex:
         raise DataError(
