@@ -9,9 +9,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from resflex.build import build_callbacks, build_module, build_trainer, check_sizes_fit_backbone
+from resflex.data.resolution import FixedResolution
 from resflex.errors import ConfigError, DataError
 from resflex.training.finetune import Finetuning
 from resflex.training.safety import AtomicCheckpointIO
+from resflex.training.scale_consistency import ScaleConsistency
 from tests.conftest import TINY, TINY_SYNTHETIC
 from tests.test_configs import compose_train
 
@@ -60,7 +62,7 @@ class StrideBackbone:
 
 
 def sizes_of(eval_sizes: list[tuple[int, int]], auto: bool) -> SimpleNamespace:
-    schedule = SimpleNamespace(train_sizes=lambda: [(64, 64)])
+    schedule = SimpleNamespace(train_sizes=lambda: [(64, 64)], geometry="square")
     return SimpleNamespace(schedule=schedule, eval_sizes=eval_sizes, eval_sizes_auto=auto)
 
 
@@ -72,3 +74,43 @@ def test_auto_eval_sizes_that_do_not_fit_are_dropped_and_named_ones_refused() ->
     named = sizes_of([(64, 64), (48, 48)], auto=False)
     with pytest.raises(ConfigError, match="eval.resolutions: 48x48"):
         check_sizes_fit_backbone(named, StrideBackbone())  # type: ignore[arg-type]
+
+
+def keep_aspect_data(eval_sizes: list[tuple[int, int]], auto: bool, multiple: int = 8) -> SimpleNamespace:
+    schedule = FixedResolution(64, geometry="keep_aspect", aspect_ratios=[1.0, 1.5], multiple=multiple)
+    return SimpleNamespace(schedule=schedule, eval_sizes=eval_sizes, eval_sizes_auto=auto)
+
+
+def test_every_bucket_shape_is_checked_before_the_first_step() -> None:
+    """Under keep_aspect a 64 px batch of aspect 1.5 is 64x96: a backbone that takes 64x64 and not 64x96
+    fails at that bucket's first batch, so the bucket is checked and named. Rounded to 32 it is 64x96 too;
+    a 1.25 bucket (64x80 at multiple 8) is refused, and with multiple=32 it becomes 64x96 and fits."""
+    data = keep_aspect_data([(64, 64)], auto=False)
+    data.schedule.aspect_ratios = (1.0, 1.25)
+    with pytest.raises(
+        ConfigError, match=r"64x80 is not a multiple of 32, in the keep_aspect bucket of aspect 1.25"
+    ):
+        check_sizes_fit_backbone(data, StrideBackbone())  # type: ignore[arg-type]
+    data = keep_aspect_data([(64, 64)], auto=False, multiple=32)
+    data.schedule.aspect_ratios = (1.0, 1.25)
+    check_sizes_fit_backbone(data, StrideBackbone())  # type: ignore[arg-type]
+
+
+def test_an_auto_eval_size_whose_bucket_does_not_fit_is_dropped() -> None:
+    """96 px fits as a square, but its 1.5 bucket is 96x144 (144 = 4.5 x 32): auto drops the size."""
+    data = keep_aspect_data([(64, 64), (96, 96), (128, 128)], auto=True)
+    check_sizes_fit_backbone(data, StrideBackbone())  # type: ignore[arg-type]
+    assert data.eval_sizes == [(64, 64), (128, 128)]
+
+
+def test_every_scale_consistency_view_is_checked_before_the_first_step() -> None:
+    """The 0.75x view of a 64x64 batch is 48x48: refused naming the view, with the switch that turns it
+    off; the 1.5x view (96x96) fits."""
+    data = sizes_of([(64, 64)], auto=False)
+    views = ScaleConsistency(0.5, [0.75], prob=1.0, seed=0)
+    with pytest.raises(
+        ConfigError, match=r"48x48 is not a multiple of 32, in the 0.75x view of the 64x64 batch"
+    ) as info:
+        check_sizes_fit_backbone(data, StrideBackbone(), views)  # type: ignore[arg-type]
+    assert info.value.hint == "model.scale_consistency=0"
+    check_sizes_fit_backbone(data, StrideBackbone(), ScaleConsistency(0.5, [1.5], prob=1.0, seed=0))  # type: ignore[arg-type]

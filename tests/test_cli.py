@@ -94,6 +94,10 @@ def test_multirun_gives_each_job_its_own_named_folder(tmp_path: Path) -> None:
         (["ckpt_path=/missing.ckpt"], ["ckpt_path does not exist: /missing.ckpt"]),
         (["pooling.levels=abc"], ["pooling.levels", "'abc'"]),
         (["backbone.name=resnet19"], ["unknown backbone 'resnet19'", "resnet18"]),
+        # a timm model no rule describes: found by a forward on the meta device (it trained until the
+        # first batch raised a 40-line broadcast error)
+        (["backbone.name=levit_128s"], ["levit_128s cannot take a 64x64 input", "built for 224x224"]),
+        (["+backbone.model_kwargs.drop_rte=0.1"], ["takes no argument 'drop_rte'", "drop_rate"]),
         (["data=imagefolder"], ["data.root is not set"]),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) and "=" in v[0] else None,

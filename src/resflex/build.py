@@ -12,6 +12,8 @@ channels-last) live in :mod:`resflex.runtime`.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from resflex.config import TRAINER_TARGET
 from resflex.data.arguments import to_plain
 from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import drop_unfit_sizes
+from resflex.data.naflex import is_token_schedule
 from resflex.data.sampler import ScheduleLengthSync
 from resflex.errors import ConfigError, DataError, find_user_error, first_line
 from resflex.models.backbone import TimmBackbone
@@ -36,6 +39,8 @@ from resflex.training.finetune import build_finetuning
 from resflex.training.module import ClassificationModule
 from resflex.training.run_record import RunRecord, attach_run_record
 from resflex.training.safety import AtomicCheckpointIO
+from resflex.training.scale_consistency import ScaleConsistency
+from resflex.types import Size
 from resflex.validation import check_writable_folder
 
 
@@ -100,19 +105,59 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
     return module
 
 
-def check_sizes_fit_backbone(datamodule: ResflexDataModule, backbone: TimmBackbone) -> None:
-    """Every training and evaluation size must suit the backbone (patch size, total stride).
+def check_sizes_fit_backbone(
+    datamodule: ResflexDataModule, backbone: TimmBackbone, scale_view: ScaleConsistency | None = None
+) -> None:
+    """Every shape the run will feed the backbone must suit it (patch size, total stride, and a
+    forward on the meta device: :meth:`TimmBackbone.check_input_size`), before the first step.
 
-    Sizes that ``eval.resolutions=auto`` picked are dropped instead (nobody asked for them by name).
+    The shapes: each training size and, under ``keep_aspect``, each aspect bucket's shape at it;
+    the scale-consistency views of those (``scale_view``); each evaluation size and its buckets.
+    Evaluation sizes that ``eval.resolutions=auto`` picked are dropped instead of refused (nobody asked
+    for them by name). Why all of them: a model that takes 64x64 may not take the 64x128 bucket
+    or the 40x40 view (DLA and HRNet add two branches' maps that differ by a pixel unless each side
+    is a multiple of 32), and without this check the run stopped at the first such batch.
     """
-    for size in datamodule.schedule.train_sizes():
-        backbone.check_input_size(size, "resolution.size")
+    schedule = datamodule.schedule
+
+    def check_shapes(size: Size, key: str) -> list[Size]:
+        backbone.check_input_size(size, key)
+        shapes = [size]
+        if schedule.geometry == "keep_aspect" and not is_token_schedule(schedule):
+            for aspect in schedule.aspect_ratios:
+                shape = schedule.shape_for(size, aspect)
+                with context(f"the keep_aspect bucket of aspect {aspect:g} (w/h) at {key}={size[0]}"):
+                    backbone.check_input_size(shape, key)
+                shapes.append(shape)
+        return shapes
+
+    train_shapes = [
+        shape for size in schedule.train_sizes() for shape in check_shapes(size, "resolution.size")
+    ]
+    if scale_view is not None:
+        for shape in dict.fromkeys(train_shapes):
+            for factor, view in scale_view.view_shapes(shape):
+                with context(
+                    f"the {factor:g}x view of the {shape[0]}x{shape[1]} batch", "model.scale_consistency=0"
+                ):
+                    backbone.check_input_size(view, "model.scale_consistency_factors")
     if datamodule.eval_sizes_auto:
         datamodule.eval_sizes = drop_unfit_sizes(
-            datamodule.eval_sizes, lambda size: backbone.check_input_size(size, "eval.resolutions")
+            datamodule.eval_sizes, lambda size: check_shapes(size, "eval.resolutions")
         )
     for size in datamodule.eval_sizes:
-        backbone.check_input_size(size, "eval.resolutions")
+        check_shapes(size, "eval.resolutions")
+
+
+@contextmanager
+def context(where: str, hint: str | None = None) -> Iterator[None]:
+    """A :class:`ConfigError` raised inside the block says ``where`` it happened (a shape the user did
+    not type: a bucket, a view), and ``hint`` joins its own."""
+    try:
+        yield
+    except ConfigError as exc:
+        hints = [h for h in (exc.hint, hint) if h]
+        raise ConfigError(f"{exc.message}, in {where}", hint="; ".join(hints) or None) from None
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

@@ -147,7 +147,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module = build_module(cfg, datamodule.num_classes)
         # callbacks.model_checkpoint.monitor: known, and validated at every size when it needs them
         apply_monitor(cfg, datamodule, top5=bool(getattr(module, "top5", False)))
-        check_sizes_fit_backbone(datamodule, module.model.backbone)
+        check_sizes_fit_backbone(datamodule, module.model.backbone, module.scale_view)
         if isinstance(trainer.accelerator, CPUAccelerator) and retain_freed_host_memory():
             log.info(
                 "CPU run: freed host memory is kept for the next batch (glibc mallopt; "

@@ -68,7 +68,7 @@ def parse_eval_sizes(main: Size, extra: Sequence[int | Sequence[int]]) -> list[S
     return sizes
 
 
-def drop_unfit_sizes(sizes: Sequence[Size], fits: Callable[[Size], None]) -> list[Size]:
+def drop_unfit_sizes(sizes: Sequence[Size], fits: Callable[[Size], object]) -> list[Size]:
     """The sizes for which ``fits(size)`` raises no :class:`ConfigError` (the first, main one must fit)."""
     kept: list[Size] = []
     for k, size in enumerate(sizes):

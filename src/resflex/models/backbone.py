@@ -20,6 +20,15 @@ from torch import nn
 from resflex.errors import ConfigError, first_line
 from resflex.models.checkpoint import LoadReport, load_backbone_weights
 from resflex.models.hub import hub_or_cache
+from resflex.models.input_shapes import (
+    ANY_SIZE_BACKBONES,
+    SeveralFeatureMaps,
+    accepted_keywords,
+    keyword_hint,
+    meta_forward_error,
+    size_hint,
+    unexpected_keyword,
+)
 from resflex.validation import check_value
 
 if TYPE_CHECKING:
@@ -68,6 +77,10 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> Tim
                 f"could not get pretrained weights for {name} (backbone.pretrained=true): {first}",
                 hint="online: check the network/HF hub; offline: backbone.weights=/path/to/file.safetensors",
             ) from None
+
+
+#: architecture -> the backbone built on the meta device (:meth:`TimmBackbone._shape_twin`)
+_SHAPE_TWINS: dict[str, TimmBackbone] = {}
 
 
 def _is_capturing() -> bool:
@@ -120,13 +133,24 @@ class TimmBackbone(nn.Module):
             self.model = create_timm_model(
                 name, pretrained=bool(pretrained) and not (weights or init_from), **model_kwargs
             )
-        except TypeError as exc:  # a model without stochastic depth: an unexpected keyword argument
-            if drop_path_rate is None or "drop_path_rate" not in str(exc):
+        except TypeError as exc:  # an argument the model's class does not take
+            refused = unexpected_keyword(exc)
+            if refused is None:
                 raise
+            keyword, owner = refused
+            if keyword == "drop_path_rate" and drop_path_rate is not None:
+                raise ConfigError(
+                    f"{name} has no stochastic depth (backbone.drop_path_rate)",
+                    hint="backbone.drop_path_rate=null",
+                ) from None
+            accepted = accepted_keywords(name.split(".", 1)[0], owner)
             raise ConfigError(
-                f"{name} has no stochastic depth (backbone.drop_path_rate)",
-                hint="backbone.drop_path_rate=null",
+                f"{name} takes no argument {keyword!r} (backbone.model_kwargs.{keyword})",
+                hint=keyword_hint(keyword, accepted),
             ) from None
+        #: the model and the arguments that shape it: the key of the shapes it was found to take
+        self.architecture = f"{name} {sorted(model_kwargs.items())!r}"
+        self._model_kwargs = model_kwargs
         if weights:
             self.load_reports.append(load_backbone_weights(self.model, weights, key="backbone.weights"))
         if init_from:
@@ -136,7 +160,10 @@ class TimmBackbone(nn.Module):
         for report in self.load_reports:
             report.log()
         self.num_features: int = int(self.model.num_features)
-        self.num_prefix_tokens: int = int(getattr(self.model, "num_prefix_tokens", 0))
+        # timm's ViTs count their class and register tokens; VOLO has a class token and no count
+        self.num_prefix_tokens: int = int(
+            getattr(self.model, "num_prefix_tokens", getattr(self.model, "cls_token", None) is not None)
+        )
         self.patch_embed = getattr(self.model, "patch_embed", None)
         self.output_fmt: str = str(getattr(self.model, "output_fmt", "NCHW"))
         config = timm.data.resolve_data_config({}, model=self.model)
@@ -157,9 +184,10 @@ class TimmBackbone(nn.Module):
     def check_input_size(self, size: tuple[int, int], key: str = "resolution.size") -> None:
         """Reject sizes the network cannot map to a meaningful feature map, before training starts.
 
-        ViTs: a fixed-size ViT takes only its own size (hint: ``dynamic_img_size``), and
-        without ``dynamic_img_pad`` each side must be at least one patch. CNNs: each side
-        must be at least half the total stride (below that the last map is padding).
+        ViTs: a fixed-size ViT takes only its own size, and without ``dynamic_img_pad`` each
+        side must be at least one patch. CNNs: each side must be at least half the total stride
+        (below that the last map is padding). Then every model: the size must run, tried on the
+        meta device (:mod:`resflex.models.input_shapes`: the models no rule describes).
         """
         h, w = size
         patch_embed = self.patch_embed
@@ -171,25 +199,63 @@ class TimmBackbone(nn.Module):
             if not dynamic and img_size is not None and tuple(img_size) != (h, w):
                 raise ConfigError(
                     f"{key}={h}x{w} but {self.name} only accepts {img_size[0]}x{img_size[1]}",
-                    hint="set backbone.model_kwargs.dynamic_img_size=true (and dynamic_img_pad=true)",
+                    hint=self._size_hint(size),
                 )
             ph, pw = patch_embed.patch_size
             if not getattr(patch_embed, "dynamic_img_pad", False) and (h < ph or w < pw):
                 raise ConfigError(
                     f"{key}={h}x{w} is smaller than {self.name}'s {ph}x{pw} patch",
-                    hint="use a larger size or backbone.model_kwargs.dynamic_img_pad=true",
+                    hint="use a larger size or ++backbone.model_kwargs.dynamic_img_pad=true",
                 )
+        else:
+            minimum = max(1, self.reduction // 2)
+            if min(h, w) < minimum:
+                raise ConfigError(
+                    f"{key}={h}x{w} is too small for {self.name} (total stride {self.reduction}): "
+                    f"each side must be at least {minimum}",
+                    hint=f"use {key} >= {minimum}, or a backbone with a smaller stride (output_stride)",
+                )
+        self._check_runs(size, key)
+
+    def _size_hint(self, size: tuple[int, int]) -> str:
+        return size_hint(self._shape_twin(), self.model, self.name, self.reduction, self.architecture, size)
+
+    def _shape_twin(self) -> TimmBackbone:
+        """This backbone on the meta device, for shape-only forwards: itself when it is there already (the
+        preflight's model), else the same architecture built there once, outside the module tree (no
+        parameters, no state_dict entry). A twin, not this model's tensors swapped for meta ones: a
+        swap can leave meta tensors behind in a module registered under two names (``patch_embed``)."""
+        if next(self.parameters()).is_meta:
+            return self
+        if self.architecture not in _SHAPE_TWINS:  # one per architecture and process, kept out of this
+            with torch.device("meta"):  # module (not moved, saved, copied or pickled with it)
+                _SHAPE_TWINS[self.architecture] = TimmBackbone(self.name, model_kwargs=self._model_kwargs)
+        return _SHAPE_TWINS[self.architecture]
+
+    def _check_runs(self, size: tuple[int, int], key: str) -> None:
+        """Raise a one-line :class:`ConfigError` when the model fails on a ``size`` input (its own error,
+        found on the meta device, no memory and no compute)."""
+        error = meta_forward_error(self._shape_twin(), size, self.architecture)
+        if error is None:
             return
-        minimum = max(1, self.reduction // 2)
-        if min(h, w) < minimum:
+        h, w = size
+        if isinstance(error, SeveralFeatureMaps):
             raise ConfigError(
-                f"{key}={h}x{w} is too small for {self.name} (total stride {self.reduction}): "
-                f"each side must be at least {minimum}",
-                hint=f"use {key} >= {minimum}, or a backbone with a smaller stride (output_stride)",
+                f"backbone.name={self.name}: {error}, and a pooling head takes one",
+                hint=f"choose {ANY_SIZE_BACKBONES}",
             )
+        reason = first_line(error)
+        reason = reason if len(reason) <= 120 else reason[:117] + "..."
+        raise ConfigError(
+            f"{key}={h}x{w}: {self.name} cannot take a {h}x{w} input ({type(error).__name__}: {reason})",
+            hint=self._size_hint(size),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_features(x)
+        if not isinstance(features, torch.Tensor):  # CrossViT: one map per branch
+            count = len(features) if isinstance(features, list | tuple) else "several"
+            raise SeveralFeatureMaps(f"its forward_features returns {count} feature maps (one per branch)")
         if features.ndim == 3:
             return self._tokens_to_map(features, x.shape[-2:])
         if self.output_fmt == "NHWC":
@@ -206,13 +272,28 @@ class TimmBackbone(nn.Module):
             return (h + ph - 1) // ph, (w + pw - 1) // pw
         return h // ph, w // pw
 
+    def _strided_grid(self, count: int, image_size: torch.Size) -> tuple[int, int]:
+        """The (h, w) grid of ``count`` tokens of a model without timm's ``dynamic_feat_size`` (MViTv2,
+        Twins): each side the input's divided by the total stride, rounded down or up as the model's
+        convolutions round it (the rounding whose grid holds ``count`` tokens); a square grid when
+        none does (the caller then reports the mismatch)."""
+        stride = self.reduction
+        sides = [(int(image_size[0]) // stride, int(image_size[1]) // stride)]
+        sides.append((-(-int(image_size[0]) // stride), -(-int(image_size[1]) // stride)))
+        sides += [(sides[0][0], sides[1][1]), (sides[1][0], sides[0][1])]
+        for h, w in sides:
+            if h * w == count:
+                return h, w
+        side = math.isqrt(count)
+        return side, side
+
     def _tokens_to_map(self, tokens: torch.Tensor, image_size: torch.Size) -> torch.Tensor:
         """(B, prefix + h*w, C) tokens -> (B, C, h, w), using the patch grid of this input."""
         patch_tokens = tokens[:, self.num_prefix_tokens :]
         if self.patch_embed is not None and hasattr(self.patch_embed, "dynamic_feat_size"):
             h, w = self._grid_size(self.patch_embed, image_size)
         else:
-            h = w = math.isqrt(patch_tokens.shape[1])
+            h, w = self._strided_grid(patch_tokens.shape[1], image_size)
         if not _is_capturing() and h * w != patch_tokens.shape[1]:
             raise RuntimeError(
                 f"cannot reshape {patch_tokens.shape[1]} tokens of {self.name} to a {h}x{w} grid; "

@@ -70,9 +70,12 @@ class NaFlexBackbone(TimmBackbone):
             model_kwargs.setdefault("use_naflex", True)
         try:
             super().__init__(name, model_kwargs=model_kwargs, **kwargs)
-        except TypeError as exc:  # a CNN (or any model) that takes no use_naflex / NaFlex keyword
+        except (TypeError, ConfigError) as exc:  # a CNN (or any model) that takes no use_naflex keyword
+            if isinstance(exc, ConfigError) and "'use_naflex'" not in exc.message:
+                raise  # another argument the model does not take: the backbone's own one line
+            reason = exc.message if isinstance(exc, ConfigError) else str(exc)
             raise ConfigError(
-                f"backbone {name} is not a NaFlex vision transformer ({exc})",
+                f"backbone {name} is not a NaFlex vision transformer ({reason})",
                 hint="backbone=naflexvit, or a vit_* name (built with timm's use_naflex=True)",
             ) from None
         patch = model_patch_size(self.model)

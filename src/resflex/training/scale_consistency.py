@@ -113,10 +113,13 @@ def frozen_bn_stats(model: torch.nn.Module) -> Iterator[None]:
 
 def smallest_side(backbone: Any) -> int:
     """The smallest multiple of 8 the backbone takes as a side (its ``check_input_size``); 8 when it
-    cannot say. A backbone that takes no size but its own (a fixed-size ViT) cannot have this term."""
+    cannot say. A backbone that does not take the next multiple of 8 too (a fixed-size ViT, a CNN that
+    needs multiples of 32) cannot have this term: its views are rounded to 8."""
     check = getattr(backbone, "check_input_size", None)
     if check is None:
         return MULTIPLE
+    name = getattr(backbone, "name", type(backbone).__name__)
+    takes, hint = f"{name} takes no side from {MULTIPLE} to {_LARGEST_MINIMUM} px", None
     for side in range(MULTIPLE, _LARGEST_MINIMUM + 1, MULTIPLE):
         try:
             check((side, side), "model.scale_consistency")
@@ -124,13 +127,15 @@ def smallest_side(backbone: Any) -> int:
             continue
         try:  # a fixed-size model takes its own size alone
             check((side + MULTIPLE, side + MULTIPLE), "model.scale_consistency")
-        except ResflexError:
+        except ResflexError as error:
+            takes = f"{name} takes {side}x{side} but not {side + MULTIPLE}x{side + MULTIPLE}"
+            hint = error.hint if error.hint and "model_kwargs" in error.hint else None
             break
         return side
     raise ConfigError(
-        f"model.scale_consistency needs a backbone that takes several input sizes, and "
-        f"{getattr(backbone, 'name', type(backbone).__name__)} takes one",
-        hint="model.scale_consistency=0, or backbone.model_kwargs.dynamic_img_size=true",
+        f"model.scale_consistency needs a backbone that takes sides in steps of {MULTIPLE} px (its views "
+        f"are rounded to {MULTIPLE}), and {takes}",
+        hint="model.scale_consistency=0" + (f", or {hint}" if hint else ""),
     )
 
 
@@ -320,6 +325,20 @@ class ScaleConsistency:
             share=share,
         )
 
+    def view_size(self, shape: tuple[int, int], factor: float) -> tuple[int, int] | None:
+        """The (h, w) of the ``factor`` view of a ``shape`` batch; None when rounding leaves it no smaller
+        (a factor below 1), or no larger (above 1), than the batch: that step gets no view."""
+        h, w = shape
+        h2, w2 = small_size(h, w, factor, self.minimum)
+        if (h2 >= h and w2 >= w) if factor < 1 else (h2 <= h and w2 <= w):
+            return None
+        return h2, w2
+
+    def view_shapes(self, shape: tuple[int, int]) -> list[tuple[float, tuple[int, int]]]:
+        """(factor, view size) of every view a ``shape`` batch can get (the shapes to check before fit)."""
+        views = [(factor, self.view_size(shape, factor)) for factor in self.factors]
+        return [(factor, view) for factor, view in views if view is not None]
+
     def term(
         self,
         model: torch.nn.Module,
@@ -339,9 +358,10 @@ class ScaleConsistency:
         if factor is None:
             return None
         h, w = int(images.shape[-2]), int(images.shape[-1])
-        h2, w2 = small_size(h, w, factor, self.minimum)
-        if (h2 >= h and w2 >= w) if factor < 1 else (h2 <= h and w2 <= w):
+        view = self.view_size((h, w), factor)
+        if view is None:
             return None
+        h2, w2 = view
         keep = self.view_images(len(images), (h, w), (h2, w2))  # the batch's first images: a random subset
         images, logits = images[:keep], logits[:keep]
         small = F.interpolate(images, size=(h2, w2), mode="bilinear", antialias=True, align_corners=False)

@@ -1,0 +1,163 @@
+"""Which input shapes a timm model takes, found by running it on the ``meta`` device.
+
+Rules cover the common cases (a CNN needs half its total stride per side, a fixed-size ViT its
+own size), but "any timm model" includes many that no rule describes: LeViT and CoAtNet carry
+attention biases for one grid, MaxViT needs each stage's map to be a multiple of its window, DLA
+and HRNet add maps of two branches that differ by a pixel unless each side is a multiple of 32,
+EfficientFormerV2 reshapes to a fixed token count. Each such model trained until the first batch
+(or the first evaluation at another size) met a shape it could not take, and stopped there with a
+40-line trace. A forward on the meta device computes every shape and no value (no memory, a few
+milliseconds on CPU), so every shape a run will use can be tried before the data is read; the
+model's own error becomes a one-line refusal naming the size and a hint from what the model's
+class accepts. Neither timm nor torch has such a check: timm's ``pretrained_cfg`` says
+``fixed_input_size`` but not which other shapes work (Twins is marked fixed and takes any size).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import timm
+import torch
+from torch import nn
+
+#: (architecture, (h, w)) -> the error the backbone raised at that shape, or None: one forward per
+#: shape per process (preflight, the run and the scale-consistency search ask for the same shapes)
+_VERDICTS: dict[tuple[str, tuple[int, int]], BaseException | None] = {}
+
+
+class SeveralFeatureMaps(TypeError):
+    """``forward_features`` returned a list or tuple (a multi-branch model such as CrossViT)."""
+
+
+@contextmanager
+def _evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (BatchNorm in train mode refuses a batch of one image), each
+    submodule's own mode restored after (a frozen part stays frozen)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _cannot_tell(error: BaseException) -> bool:
+    """The meta device's own limits (an op without a meta kernel, a value read with ``.item()``, a
+    tensor kept outside the parameters and buffers): no verdict on the shape."""
+    return isinstance(error, NotImplementedError) or "meta" in str(error).lower()
+
+
+def meta_forward_error(backbone: nn.Module, size: tuple[int, int], architecture: str) -> BaseException | None:
+    """The error ``backbone`` (built on the meta device) raises on a ``(1, 3, h, w)`` batch; None when
+    it runs (or when the meta device cannot tell). ``architecture`` names the model and the arguments
+    it was built with (the cache's key)."""
+    key = (architecture, (int(size[0]), int(size[1])))
+    if key in _VERDICTS:
+        return _VERDICTS[key]
+    error: BaseException | None = None
+    try:
+        with torch.no_grad(), _evaluation_mode(backbone):
+            backbone(torch.empty(1, 3, *key[1], device="meta"))
+    except SeveralFeatureMaps as exc:
+        error = exc
+    except Exception as exc:  # the model's own check or shape error, whatever its type
+        error = None if _cannot_tell(exc) else exc
+    _VERDICTS[key] = error
+    return error
+
+
+def constructor_arguments(model: nn.Module) -> set[str]:
+    """The keyword arguments the model's class takes (the ``backbone.model_kwargs`` it accepts)."""
+    try:
+        parameters = inspect.signature(type(model).__init__).parameters
+    except (TypeError, ValueError):
+        return set()
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {name for name, p in parameters.items() if name != "self" and p.kind in kinds}
+
+
+ANY_SIZE_BACKBONES = "a backbone that takes any size (resnet18, convnext_atto, vit_small_patch16)"
+
+
+def size_hint(
+    backbone: nn.Module, model: nn.Module, name: str, reduction: int, architecture: str, size: tuple[int, int]
+) -> str:
+    """What to try when ``backbone`` (around the timm ``model``) refuses ``size``: the argument of the
+    model's class that frees the input size, else the size it was built for, else the smallest square
+    it takes when that is larger, else sides that are multiples of its stride when it takes those,
+    else another backbone."""
+    arguments = constructor_arguments(model)
+    if "dynamic_img_size" in arguments and not getattr(model, "dynamic_img_size", False):
+        pad = " ++backbone.model_kwargs.dynamic_img_pad=true" if "dynamic_img_pad" in arguments else ""
+        return f"++backbone.model_kwargs.dynamic_img_size=true{pad} (the input size is free)"
+    patch_embed = getattr(model, "patch_embed", None)
+    if "strict_img_size" in arguments and getattr(patch_embed, "strict_img_size", False):
+        return "++backbone.model_kwargs.strict_img_size=false (the patch grid follows the input)"
+    config = getattr(model, "pretrained_cfg", None) or {}
+    input_size = config.get("input_size")
+    if config.get("fixed_input_size") and input_size and len(input_size) == 3:
+        h, w = int(input_size[1]), int(input_size[2])
+        if meta_forward_error(backbone, (h, w), architecture) is None:
+            sizes = f"resolution.size={h} 'eval.resolutions=[{h}]'"
+            return f"{name} is built for {h}x{w} inputs: {sizes}, or {ANY_SIZE_BACKBONES}"
+    smallest = next(
+        (
+            side
+            for side in range(16, 513, 16)
+            if meta_forward_error(backbone, (side, side), architecture) is None
+        ),
+        None,
+    )
+    if smallest is not None and smallest > min(size):
+        return (
+            f"{name} takes sides from about {smallest} px: resolution.size and eval.resolutions >= {smallest}"
+        )
+    multiples = ((2 * reduction, 3 * reduction), (3 * reduction, 2 * reduction))
+    if all(meta_forward_error(backbone, shape, architecture) is None for shape in multiples):
+        return (
+            f"{name} takes sides that are multiples of its stride {reduction}: resolution.size and "
+            f"eval.resolutions in multiples of {reduction}, resolution.multiple={reduction}"
+        )
+    return f"choose {ANY_SIZE_BACKBONES}"
+
+
+_UNEXPECTED = re.compile(r"^(?:(?P<owner>[\w.]+)\(\) )?got an unexpected keyword argument '(?P<keyword>\w+)'")
+
+
+def unexpected_keyword(error: TypeError) -> tuple[str, str | None] | None:
+    """(keyword, the class or function that refused it) of Python's "got an unexpected keyword
+    argument" error, or None for any other TypeError."""
+    match = _UNEXPECTED.match(str(error))
+    if match is None:
+        return None
+    owner = match.group("owner")
+    return match.group("keyword"), owner.rsplit(".", 1)[0] if owner else None
+
+
+def accepted_keywords(architecture: str, owner: str | None) -> list[str]:
+    """The keyword arguments of ``owner`` (a class in the module of timm's ``architecture``), or []."""
+    if owner is None:
+        return []
+    try:
+        module = importlib.import_module(timm.models.model_entrypoint(architecture).__module__)
+        parameters = inspect.signature(getattr(module, owner)).parameters
+    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError):
+        return []
+    return [
+        p for p, spec in parameters.items() if spec.kind in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def keyword_hint(keyword: str, accepted: list[str]) -> str:
+    """Remove the key, or the close names the model takes."""
+    close = difflib.get_close_matches(keyword, accepted, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {', '.join(close)}? or remove it: ~backbone.model_kwargs.{keyword}"
+    return f"remove it: ~backbone.model_kwargs.{keyword}"

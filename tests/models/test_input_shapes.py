@@ -1,0 +1,164 @@
+"""Any timm model: the sizes it cannot take are refused in one line before training, found by a forward on
+the meta device (resflex.models.input_shapes); models that return tokens without timm's grid helper map a
+non-square input to its grid; arguments a model does not take are named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resflex.errors import ConfigError
+from resflex.models.backbone import TimmBackbone
+from resflex.training.scale_consistency import smallest_side
+
+
+def on_meta(name: str, **model_kwargs: object) -> TimmBackbone:
+    """The backbone built on the meta device (shapes only: the large models cost nothing here)."""
+    with torch.device("meta"):
+        return TimmBackbone(name, model_kwargs=model_kwargs)
+
+
+def test_a_model_built_for_one_grid_is_refused_elsewhere_naming_its_size() -> None:
+    """LeViT's attention biases are for the 14x14 grid of 224 px: no rule of the backbone describes it, and
+    it used to train until the first batch raised a broadcast error. Now 64x64 is refused with the model's
+    own reason and the size it was built for; 224x224 is accepted."""
+    levit = on_meta("levit_128s")
+    levit.check_input_size((224, 224))
+    with pytest.raises(ConfigError) as info:
+        levit.check_input_size((64, 64), "eval.resolutions")
+    line = info.value.one_line()
+    assert line.startswith("eval.resolutions=64x64: levit_128s cannot take a 64x64 input (RuntimeError: ")
+    assert "levit_128s is built for 224x224 inputs: resolution.size=224" in line
+    assert "\n" not in line
+
+
+def test_the_check_finds_what_the_real_model_does_and_leaves_its_tensors_alone() -> None:
+    """DLA adds the maps of two branches, which differ by a pixel unless each side is a multiple of 32:
+    the check refuses 48x80 and 40x40, where the real model fails, and accepts 64x64 and 96x64, where it
+    runs. The check runs a meta twin: the real model's tensors stay on the CPU with their values."""
+    dla = TimmBackbone("dla46_c").eval()
+    before = {k: v.clone() for k, v in dla.state_dict().items()}
+    for size in ((48, 80), (40, 40)):
+        with pytest.raises(ConfigError, match=f"dla46_c cannot take a {size[0]}x{size[1]} input") as info:
+            dla.check_input_size(size)
+        assert "multiples of its stride 32" in str(info.value)
+        with pytest.raises(RuntimeError), torch.no_grad():
+            dla(torch.zeros(1, 3, *size))
+    for size in ((64, 64), (96, 64)):
+        dla.check_input_size(size)
+        with torch.no_grad():
+            assert dla(torch.zeros(1, 3, *size)).shape[-2:] == (size[0] // 32, size[1] // 32)
+    after = dla.state_dict()
+    assert all(not t.is_meta for t in after.values())
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_vit_checked_on_the_cpu_keeps_every_tensor_there() -> None:
+    """A ViT's patch embedding is registered twice (``patch_embed`` and ``model.patch_embed``): a swap of
+    its tensors for meta ones left them on meta, and the run failed moving the model to its device."""
+    vit = TimmBackbone("test_vit", model_kwargs={"dynamic_img_size": True})
+    vit.check_input_size((48, 80))
+    assert not any(t.is_meta for t in vit.state_dict().values())
+    with torch.no_grad():
+        assert vit(torch.zeros(1, 3, 48, 80)).shape[-2:] == (3, 5)
+
+
+def test_a_model_too_small_for_its_kernels_is_told_the_smallest_side_it_takes() -> None:
+    """Inception-v3 needs about 75 px (a 3x3 kernel on its last map): the hint says where it starts."""
+    with pytest.raises(ConfigError, match="inception_v3 cannot take a 64x64 input") as info:
+        on_meta("inception_v3").check_input_size((64, 64))
+    assert "takes sides from about 80 px" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "hint", "not_in_hint"),
+    [
+        ("swin_tiny_patch4_window7_224", "++backbone.model_kwargs.dynamic_img_size=true", "dynamic_img_pad"),
+        (
+            "deit_tiny_patch16_224",
+            "++backbone.model_kwargs.dynamic_img_size=true ++backbone.model_kwargs.dynamic_img_pad=true",
+            "strict_img_size",
+        ),
+    ],
+)
+def test_a_fixed_size_model_is_told_the_arguments_its_own_class_takes(
+    name: str, hint: str, not_in_hint: str
+) -> None:
+    """Swin takes ``dynamic_img_size`` but not ``dynamic_img_pad``: the hint used to name both, and the
+    run that followed it failed on the unexpected argument. Following the hint, the model takes 48x80."""
+    with pytest.raises(ConfigError, match="only accepts 224x224") as info:
+        on_meta(name).check_input_size((64, 64))
+    assert info.value.hint is not None and hint in info.value.hint and not_in_hint not in info.value.hint
+    freed = {arg.split(".")[-1].split("=")[0]: True for arg in hint.split() if arg.startswith("++")}
+    on_meta(name, **freed).check_input_size((48, 80))
+
+
+def test_a_model_with_several_feature_maps_is_refused_in_one_line() -> None:
+    """CrossViT returns one map per branch: a pooling head takes one."""
+    with pytest.raises(ConfigError, match="crossvit_tiny_240: its forward_features returns 2 feature maps"):
+        on_meta("crossvit_tiny_240").check_input_size((240, 240))
+
+
+class StridedTokens(nn.Module):
+    """A model that returns (B, h*w, C) tokens, the average of each 32x32 cell in row-major order, and no
+    ``patch_embed`` (as MViTv2 and Twins): the grid is the input's sides over the stride, rounded up
+    (``ceil``) or down as the model's layers round them."""
+
+    feature_info = [{"reduction": 32}]
+    num_features = 3
+
+    def __init__(self, ceil: bool) -> None:
+        super().__init__()
+        self.ceil = ceil
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 32, ceil_mode=self.ceil).flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("ceil", [True, False])
+@pytest.mark.parametrize("size", [(64, 96), (48, 80), (80, 48), (96, 96)])
+def test_tokens_without_a_grid_helper_map_to_the_inputs_grid_in_row_major_order(
+    size: tuple[int, int], ceil: bool
+) -> None:
+    """The map is the cells where they lie: a non-square input was reshaped to a square grid (refused
+    when the count was not a square, scrambled rows when it was)."""
+    backbone = TimmBackbone("test_resnet")
+    backbone.model = StridedTokens(ceil)  # type: ignore[assignment]
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(backbone(x), F.avg_pool2d(x, 32, ceil_mode=ceil))
+
+
+def test_a_real_token_model_takes_a_non_square_size() -> None:
+    """MViTv2 and Twins return tokens: 48x80 is a 2x3 grid (MViTv2 rounds up) and a 1x2 one (Twins down)."""
+    for name, grid in (("mvitv2_tiny", (2, 3)), ("twins_svt_small", (1, 2))):
+        backbone = on_meta(name)
+        backbone.check_input_size((48, 80))
+        assert backbone(torch.empty(1, 3, 48, 80, device="meta")).shape[-2:] == grid
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragments"),
+    [
+        ({"drop_rte": 0.1}, ["resnet18 takes no argument 'drop_rte'", "did you mean drop_rate"]),
+        ({"foo": 1}, ["resnet18 takes no argument 'foo'", "~backbone.model_kwargs.foo"]),
+    ],
+)
+def test_an_argument_the_model_does_not_take_is_one_line_with_the_close_names(
+    kwargs: dict[str, object], fragments: list[str]
+) -> None:
+    """It was Hydra's "Error in call to target" report around timm's TypeError."""
+    with pytest.raises(ConfigError) as info:
+        on_meta("resnet18", **kwargs)
+    for fragment in fragments:
+        assert fragment in info.value.one_line()
+
+
+def test_scale_consistency_says_which_sizes_a_stride_bound_model_takes() -> None:
+    """The views are rounded to 8 px: a model that takes 32x32 but not 40x40 cannot have them, and the
+    message says so instead of calling it a one-size model."""
+    with pytest.raises(ConfigError, match="dla46_c takes 32x32 but not 40x40") as info:
+        smallest_side(on_meta("dla46_c"))
+    assert info.value.hint == "model.scale_consistency=0"
+    assert smallest_side(on_meta("test_resnet")) == 16
