@@ -385,3 +385,17 @@ def test_export_onnx_runs_in_onnxruntime_at_an_unchecked_size(trained: dict, tmp
             assert (got - model(x)).abs().max() <= 1e-4, shape
             if shape[2] == 56:  # nearest calibrated size 48 px, not the main 32 px: the table matters here
                 assert (got - main_only(x)).abs().max() > 1e-3
+
+
+def test_a_run_reopened_to_use_builds_no_training_views_and_keeps_its_config(trained: dict) -> None:
+    """Scale consistency is a training term with no state: a run opened to evaluate, predict or export
+    builds without it (its "switched off" line was printed by every predict of a model that cannot
+    have it), and the run's config still says what it trained with."""
+    from resflex.run import open_run
+
+    run = open_run(trained["ckpt"])
+    trained_with = run.config.model.scale_consistency
+    assert trained_with > 0
+    module = run.build_module()
+    assert module.scale_view is None
+    assert run.config.model.scale_consistency == trained_with

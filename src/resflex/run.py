@@ -24,6 +24,7 @@ Importing this module loads no torch and no Hydra; opening a checkpoint does.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,7 +308,10 @@ class Run:
         checkpoint's weights loaded (:meth:`load_weights`)."""
         from resflex.build import build_module
 
-        module = build_module(cfg if cfg is not None else self.config, num_classes or self.num_classes)
+        spec = copy.deepcopy(cfg if cfg is not None else self.config)
+        if OmegaConf.select(spec, "model.scale_consistency") is not None:  # a training term, no state:
+            OmegaConf.update(spec, "model.scale_consistency", 0)  # not built (nor its log line) here
+        module = build_module(spec, num_classes or self.num_classes)
         self.load_weights(module)
         return module
 

@@ -30,7 +30,7 @@ def test_a_model_built_for_one_grid_is_refused_elsewhere_naming_its_size() -> No
         levit.check_input_size((64, 64), "eval.resolutions")
     line = info.value.one_line()
     assert line.startswith("eval.resolutions=64x64: levit_128s cannot take a 64x64 input (RuntimeError: ")
-    assert "levit_128s is built for 224x224 inputs: resolution.size=224" in line
+    assert "levit_128s is built for 224x224 inputs: 'eval.resolutions=[224]'" in line
     assert "\n" not in line
 
 
@@ -162,3 +162,15 @@ def test_scale_consistency_says_which_sizes_a_stride_bound_model_takes() -> None
         smallest_side(on_meta("dla46_c"))
     assert info.value.hint == "model.scale_consistency=0"
     assert smallest_side(on_meta("test_resnet")) == 16
+
+
+def test_the_hint_speaks_of_the_key_that_asked() -> None:
+    """At prediction the fix is ``predict.size=224``, not the training keys."""
+    for name, size, fragment in (
+        ("levit_128s", (64, 64), "predict.size=224"),
+        ("dla46_c", (48, 48), "(32, 64, 96"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            on_meta(name).check_input_size(size, "predict.size")
+        assert info.value.hint is not None and fragment in info.value.hint
+        assert "resolution." not in info.value.hint and "eval.resolutions" not in info.value.hint

@@ -199,7 +199,7 @@ class TimmBackbone(nn.Module):
             if not dynamic and img_size is not None and tuple(img_size) != (h, w):
                 raise ConfigError(
                     f"{key}={h}x{w} but {self.name} only accepts {img_size[0]}x{img_size[1]}",
-                    hint=self._size_hint(size),
+                    hint=self._size_hint(size, key),
                 )
             ph, pw = patch_embed.patch_size
             if not getattr(patch_embed, "dynamic_img_pad", False) and (h < ph or w < pw):
@@ -217,8 +217,9 @@ class TimmBackbone(nn.Module):
                 )
         self._check_runs(size, key)
 
-    def _size_hint(self, size: tuple[int, int]) -> str:
-        return size_hint(self._shape_twin(), self.model, self.name, self.reduction, self.architecture, size)
+    def _size_hint(self, size: tuple[int, int], key: str) -> str:
+        twin = self._shape_twin()
+        return size_hint(twin, self.model, self.name, self.reduction, self.architecture, size, key)
 
     def _shape_twin(self) -> TimmBackbone:
         """This backbone on the meta device, for shape-only forwards: itself when it is there already (the
@@ -248,7 +249,7 @@ class TimmBackbone(nn.Module):
         reason = reason if len(reason) <= 120 else reason[:117] + "..."
         raise ConfigError(
             f"{key}={h}x{w}: {self.name} cannot take a {h}x{w} input ({type(error).__name__}: {reason})",
-            hint=self._size_hint(size),
+            hint=self._size_hint(size, key),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -87,12 +87,18 @@ ANY_SIZE_BACKBONES = "a backbone that takes any size (resnet18, convnext_atto, v
 
 
 def size_hint(
-    backbone: nn.Module, model: nn.Module, name: str, reduction: int, architecture: str, size: tuple[int, int]
+    backbone: nn.Module,
+    model: nn.Module,
+    name: str,
+    reduction: int,
+    architecture: str,
+    size: tuple[int, int],
+    key: str = "resolution.size",
 ) -> str:
-    """What to try when ``backbone`` (around the timm ``model``) refuses ``size``: the argument of the
-    model's class that frees the input size, else the size it was built for, else the smallest square
-    it takes when that is larger, else sides that are multiples of its stride when it takes those,
-    else another backbone."""
+    """What to try when ``backbone`` (around the timm ``model``) refuses ``size``, given as ``key``: the
+    argument of the model's class that frees the input size, else the size it was built for, else the
+    smallest square it takes when that is larger, else sides that are multiples of its stride when it
+    takes those, else another backbone."""
     arguments = constructor_arguments(model)
     if "dynamic_img_size" in arguments and not getattr(model, "dynamic_img_size", False):
         pad = " ++backbone.model_kwargs.dynamic_img_pad=true" if "dynamic_img_pad" in arguments else ""
@@ -100,31 +106,26 @@ def size_hint(
     patch_embed = getattr(model, "patch_embed", None)
     if "strict_img_size" in arguments and getattr(patch_embed, "strict_img_size", False):
         return "++backbone.model_kwargs.strict_img_size=false (the patch grid follows the input)"
+    training = key == "resolution.size"
     config = getattr(model, "pretrained_cfg", None) or {}
     input_size = config.get("input_size")
     if config.get("fixed_input_size") and input_size and len(input_size) == 3:
         h, w = int(input_size[1]), int(input_size[2])
         if meta_forward_error(backbone, (h, w), architecture) is None:
-            sizes = f"resolution.size={h} 'eval.resolutions=[{h}]'"
+            named = {"resolution.size": f"resolution.size={h} 'eval.resolutions=[{h}]'"}
+            sizes = named.get(key, f"'{key}=[{h}]'" if key == "eval.resolutions" else f"{key}={h}")
             return f"{name} is built for {h}x{w} inputs: {sizes}, or {ANY_SIZE_BACKBONES}"
-    smallest = next(
-        (
-            side
-            for side in range(16, 513, 16)
-            if meta_forward_error(backbone, (side, side), architecture) is None
-        ),
-        None,
-    )
+    sides = range(16, 513, 16)
+    smallest = next((s for s in sides if meta_forward_error(backbone, (s, s), architecture) is None), None)
     if smallest is not None and smallest > min(size):
-        return (
-            f"{name} takes sides from about {smallest} px: resolution.size and eval.resolutions >= {smallest}"
-        )
+        return f"{name} takes sides from about {smallest} px: {key} >= {smallest}"
     multiples = ((2 * reduction, 3 * reduction), (3 * reduction, 2 * reduction))
     if all(meta_forward_error(backbone, shape, architecture) is None for shape in multiples):
-        return (
-            f"{name} takes sides that are multiples of its stride {reduction}: resolution.size and "
-            f"eval.resolutions in multiples of {reduction}, resolution.multiple={reduction}"
+        examples = ", ".join(str(reduction * k) for k in (1, 2, 3))
+        buckets = (
+            f"; resolution.multiple={reduction} rounds the keep_aspect buckets to them" if training else ""
         )
+        return f"{name} takes sides that are multiples of its stride {reduction} ({examples}, ...){buckets}"
     return f"choose {ANY_SIZE_BACKBONES}"
 
 
