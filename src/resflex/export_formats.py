@@ -63,7 +63,9 @@ def not_dynamic(exc: BaseException, fmt: str) -> ConfigError:
         text = text[:300] + "..."
     return ConfigError(
         f"cannot export format={fmt} with dynamic batch, height and width: {type(exc).__name__}: {text}",
-        hint="a backbone must accept any input size (ViTs: backbone.model_kwargs.dynamic_img_size=true)",
+        hint="a backbone whose graph takes any input size (ViTs: backbone.model_kwargs.dynamic_img_size="
+        "true); one that runs at any size but fixes it in its own code when captured (Twins' windows) "
+        "is used eagerly: resflex.load_classifier(RUN)",
     )
 
 

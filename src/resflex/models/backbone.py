@@ -278,9 +278,11 @@ class TimmBackbone(nn.Module):
         Twins): each side the input's divided by the total stride, rounded down or up as the model's
         convolutions round it (the rounding whose grid holds ``count`` tokens); a square grid when
         none does (the caller then reports the mismatch)."""
-        stride = self.reduction
-        sides = [(int(image_size[0]) // stride, int(image_size[1]) // stride)]
-        sides.append((-(-int(image_size[0]) // stride), -(-int(image_size[1]) // stride)))
+        stride, height, width = self.reduction, image_size[0], image_size[1]  # symbolic when exported
+        sides = [
+            (height // stride, width // stride),
+            ((height + stride - 1) // stride, (width + stride - 1) // stride),
+        ]
         sides += [(sides[0][0], sides[1][1]), (sides[1][0], sides[0][1])]
         for h, w in sides:
             if h * w == count:
