@@ -192,7 +192,9 @@ def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
 
     The module adds its own for each fit (the EMA, the plateau rule): ``configure_callbacks``.
     """
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [
+        build_callback(name, node) for name, node in (cfg.get("callbacks") or {}).items() if node is not None
+    ]
     finetune = OmegaConf.select(cfg, "finetune", default=None)
     callbacks.append(instantiate(finetune) if finetune is not None else build_finetuning(None))
     callbacks.append(ScheduleLengthSync())  # multigrid / batch scaling: epochs of varying length
@@ -200,6 +202,26 @@ def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
     if not with_loggers:  # logger=none: the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks
+
+
+def build_callback(name: str, node: DictConfig) -> pl.Callback:
+    """One callback of the ``callbacks`` group; what its constructor refuses (Lightning's
+    ``ModelCheckpoint(mode=...)``, a resflex callback's check) is one line naming the node, not
+    Hydra's instantiation report."""
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        user_error = find_user_error(exc)
+        if user_error is not None:
+            raise user_error from None
+        cause = exc.__cause__ or exc
+        if not isinstance(cause, TypeError | ValueError | MisconfigurationException):
+            raise
+        target = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"callbacks.{name}: {first_line(cause)}",
+            hint=f"the callbacks.{name}.* keys are {target}'s arguments",
+        ) from None
 
 
 def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Trainer:

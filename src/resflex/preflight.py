@@ -85,6 +85,8 @@ def check_data_node(data: DictConfig) -> tuple[Any, list[tuple[int, int]]]:
         arg("eval_crop_pct"),
         arg("eval_resolutions"),
         arg("eval_sizes_every_epoch"),
+        eval_batch_size=arg("eval_batch_size"),
+        prefetch_factor=arg("prefetch_factor"),
     )
     return schedule, eval_sizes
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from resflex.errors import ConfigError
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -49,7 +51,11 @@ def resolve_channels_last(value: Any) -> bool:
     """``auto``: channels-last on a GPU (tensor cores want NHWC); on CPU the benchmark measured it slower."""
     if value == "auto":
         return torch.cuda.is_available()
-    return bool(value)
+    if not isinstance(value, bool):  # bool("no") is True
+        raise ConfigError(
+            f"model.channels_last must be auto, true or false, got {value!r}", hint="model.channels_last=auto"
+        )
+    return value
 
 
 def autocast_for(precision: Any, device: torch.device) -> contextlib.AbstractContextManager:

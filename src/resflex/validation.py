@@ -21,10 +21,28 @@ if TYPE_CHECKING:  # omegaconf stays out of the benchmark's imports (it runs wit
 
 Rule = tuple[str, type, Callable[[Any], bool], str]
 
+
+def _share_or_count(value: float) -> bool:
+    """Lightning's ``limit_*_batches``: a share in [0, 1] or a whole number of batches."""
+    return 0 <= value <= 1 or (value > 1 and value == int(value))
+
+
 RULES: tuple[Rule, ...] = (
     ("seed", int, lambda v: v >= 0, "an integer >= 0"),
     ("trainer.max_epochs", int, lambda v: v >= 1 or v == -1, "a positive integer (or -1)"),
     ("trainer.log_every_n_steps", int, lambda v: v >= 1, "a positive integer"),
+    # read after fit, by the BatchNorm calibration: a typo must not cost the training
+    ("eval.bn_calibration_batches", int, lambda v: v >= 1, "a positive integer"),
+    # Lightning takes these as given: a string fails mid-fit ('>' not supported between 'str' and 'int'),
+    # a negative accumulation or validation interval trains on without complaint
+    ("trainer.max_steps", int, lambda v: v >= 1 or v == -1, "a positive integer (or -1: no limit)"),
+    ("trainer.accumulate_grad_batches", int, lambda v: v >= 1, "a positive integer"),
+    ("trainer.check_val_every_n_epoch", int, lambda v: v >= 1, "a positive integer (or null)"),
+    ("trainer.num_sanity_val_steps", int, lambda v: v >= -1, "an integer >= 0 (or -1: all batches)"),
+    *(
+        (f"trainer.{key}", float, _share_or_count, "a share of the batches in [0, 1] or a number of batches")
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches")
+    ),
 )
 
 #: keys that also accept a word instead of a number

@@ -80,6 +80,8 @@ def check_data_arguments(
     eval_crop_pct: Any,
     eval_resolutions: Any,
     eval_sizes_every_epoch: Any,
+    eval_batch_size: Any = None,
+    prefetch_factor: Any = None,
 ) -> list[Size]:
     """The data module's checks that need no image; returns its evaluation sizes (main first).
 
@@ -91,6 +93,16 @@ def check_data_arguments(
     check_value("data.batch_size", batch_size, int, lambda v: v >= 1, "a positive integer")
     if num_workers != AUTO:
         check_value("data.num_workers", num_workers, int, lambda v: v >= 0, "an integer >= 0 or auto")
+    # the loader keys: checked here, as the loaders would meet them only at the first evaluation (a
+    # negative batch) or not at all while data.num_workers=0 (prefetch_factor)
+    if eval_batch_size is not None:
+        check_value(
+            "data.eval_batch_size", eval_batch_size, int, lambda v: v >= 1, "a positive integer or null"
+        )
+    if prefetch_factor is not None:
+        check_value(
+            "data.prefetch_factor", prefetch_factor, int, lambda v: v >= 1, "a positive integer or null"
+        )
     if not isinstance(eval_sizes_every_epoch, bool):
         raise ConfigError(
             f"eval.sizes_every_epoch must be true or false, got {eval_sizes_every_epoch!r}",

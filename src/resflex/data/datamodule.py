@@ -90,6 +90,8 @@ class ResflexDataModule(pl.LightningDataModule):
             eval_crop_pct,
             eval_resolutions,
             eval_sizes_every_epoch,
+            eval_batch_size=eval_batch_size,
+            prefetch_factor=prefetch_factor,
         )
         self.name = name
         self.source = finish_source(source, root, name)

@@ -34,7 +34,8 @@ from resflex.data.images import (
     simplejpeg_module,
 )
 from resflex.data.synthetic import SyntheticShapes
-from resflex.errors import DataError
+from resflex.errors import ConfigError, DataError
+from resflex.validation import check_value
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,26 @@ class SyntheticSource(ImageSource):
         distractors: int = 1,
         noise: float = 10.0,
     ) -> None:
+        count, positive = (
+            (int, lambda v: v >= 0, "an integer >= 0"),
+            (int, lambda v: v >= 1, "a positive integer"),
+        )
+        for key, value, rule in (
+            ("num_train", num_train, positive),
+            ("num_val", num_val, positive),
+            ("num_test", num_test, count),
+            ("seed", seed, count),
+            ("min_side", min_side, positive),
+            ("max_side", max_side, positive),
+            ("distractors", distractors, count),
+        ):
+            check_value(f"data.source.{key}", value, *rule)
+        check_value("data.source.noise", noise, float, lambda v: v >= 0, "a number >= 0 (pixel noise std)")
+        if max_side < min_side:
+            raise ConfigError(
+                f"data.source.max_side={max_side} is below data.source.min_side={min_side}",
+                hint="data.source.max_side >= data.source.min_side",
+            )
         shapes = partial(
             SyntheticShapes,
             min_side=min_side,

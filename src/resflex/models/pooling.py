@@ -19,6 +19,7 @@ from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
 from resflex.errors import ConfigError
+from resflex.validation import check_value
 
 
 class PoolingHead(nn.Module):
@@ -75,9 +76,8 @@ class GeMPool(PoolingHead):
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6, learn_p: bool = True) -> None:
         super().__init__()
-        if p <= 0:
-            raise ConfigError(f"pooling.p must be > 0, got {p}")
-        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=learn_p)
+        p = check_value("pooling.p", p, float, lambda v: v > 0, "a number > 0 (1: average; large: max)")
+        self.p = nn.Parameter(torch.tensor(p), requires_grad=learn_p)
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +136,10 @@ class PyramidPool(PoolingHead):
             raise ConfigError(
                 f"pooling.proj_channels must be a positive integer or null, got {proj_channels!r}"
             )
-        if level_scale_init is not None and not float(level_scale_init) >= 0:
-            raise ConfigError(f"pooling.level_scale_init must be >= 0 or null, got {level_scale_init!r}")
+        if level_scale_init is not None:
+            check_value(
+                "pooling.level_scale_init", level_scale_init, float, lambda v: v >= 0, "a number >= 0 or null"
+            )
         self.pool_type = pool_type
         self.proj_channels = proj_channels
         self.level_scale_init = level_scale_init

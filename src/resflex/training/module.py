@@ -208,9 +208,10 @@ class ClassificationModule(pl.LightningModule):
         # The EMA is a Lightning callback (it swaps weights around validation and checkpoints) that
         # this module hands to each fit, so the one `model` node says how the model trains. Built per
         # fit, not kept here: the averaged copy deep-copies the module, and would copy it too.
+        if not isinstance(ema, bool):
+            raise ConfigError(f"model.ema must be true or false, got {ema!r}", hint="model.ema=true")
+        ModelEma(ema_decay, ema_warmup)  # bad values fail now (with the EMA off too: a typo waits for no one)
         self.ema_args: EmaArgs | None = {"decay": ema_decay, "warmup": ema_warmup} if ema else None
-        if self.ema_args is not None:
-            ModelEma(**self.ema_args)  # bad values fail now, not when the fit starts
         if not isinstance(bn_stats_per_size, bool):
             raise ConfigError(
                 f"model.bn_stats_per_size must be true or false, got {bn_stats_per_size!r}",

@@ -56,41 +56,59 @@ def monitor_needs_every_size(monitor: str, size_tags: Sequence[str]) -> bool:
 
 
 def check_monitor(
-    monitor: str | None, mode: str | None, size_tags: Sequence[str], top5: bool = False
+    monitor: str | None,
+    mode: str | None,
+    size_tags: Sequence[str],
+    top5: bool = False,
+    key: str = "callbacks.model_checkpoint.monitor",
 ) -> None:
-    """Refuse a checkpoint monitor that no validation epoch logs, or a loss selected by its maximum."""
+    """Refuse a monitor (``key``: the checkpoint's, or ``scheduler=plateau``'s) that no validation epoch
+    logs, or a loss selected by its maximum."""
     if monitor is None:
         return
     plain = [m for m in MAIN_SIZE_METRICS if top5 or m != "val/acc_top5"] + list(SIZE_SUMMARY_METRICS)
     per_size = [f"val/{kind}@{tag}" for tag in size_tags for kind in ("acc", "loss")]
+    if not monitor.startswith(("val/", "train/")):
+        raise ConfigError(
+            f"{key}={monitor} is no metric of the run: it logs train/... and "
+            f"val/... ({', '.join(plain[:3])}, ...)",
+            hint=f"{key}=val/acc",
+        )
     if monitor.startswith("val/") and monitor not in plain + per_size:
         raise ConfigError(
-            f"callbacks.model_checkpoint.monitor={monitor} is not logged by the validation; "
+            f"{key}={monitor} is not logged by the validation; "
             f"it logs {', '.join(plain)} and per size {', '.join(per_size[::2])} (and val/loss@...)",
-            hint="callbacks.model_checkpoint.monitor=val/acc_mean_sizes (the mean over evaluation sizes)",
+            hint=f"{key}=val/acc_mean_sizes (the mean over evaluation sizes)",
         )
     if monitor.rsplit("/", 1)[-1].startswith("loss") and mode == "max":
         raise ConfigError(
-            f"callbacks.model_checkpoint.monitor={monitor} is a loss, selected by its maximum",
-            hint="callbacks.model_checkpoint.mode=min",
+            f"{key}={monitor} is a loss, selected by its maximum",
+            hint=f"{key.rsplit('.', 1)[0]}.mode=min",
         )
 
 
 def apply_monitor(cfg: DictConfig, datamodule: Any, top5: bool = False) -> str | None:
-    """Check the run's checkpoint monitor (:func:`check_monitor`) and, when it needs every evaluation
-    size, have ``datamodule`` validate at every size every epoch; returns the monitor."""
-    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
-    if monitor is None:
-        return None
-    mode = OmegaConf.select(cfg, "callbacks.model_checkpoint.mode", default="min")
+    """Check the run's checkpoint monitor and ``scheduler=plateau``'s (:func:`check_monitor`) and, when
+    one needs every evaluation size, have ``datamodule`` validate at every size every epoch; returns the
+    checkpoint's monitor."""
     tags = [size_tag(*size) for size in datamodule.eval_sizes]
-    check_monitor(str(monitor), mode, tags, top5)
-    if monitor_needs_every_size(str(monitor), tags) and not datamodule.eval_sizes_every_epoch:
-        datamodule.eval_sizes_every_epoch = True
-        log.info(
-            "checkpoint selection reads %s, which needs every evaluation size (%s): every epoch validates "
-            "at all of them (eval.sizes_every_epoch=true)",
-            monitor,
-            ", ".join(tags),
-        )
-    return str(monitor)
+    for node, reader in (
+        ("callbacks.model_checkpoint", "checkpoint selection"),
+        ("scheduler", "scheduler=plateau"),
+    ):
+        monitor = OmegaConf.select(cfg, f"{node}.monitor", default=None)
+        if monitor is None:
+            continue
+        mode = OmegaConf.select(cfg, f"{node}.mode", default="min")
+        check_monitor(str(monitor), mode, tags, top5, key=f"{node}.monitor")
+        if monitor_needs_every_size(str(monitor), tags) and not datamodule.eval_sizes_every_epoch:
+            datamodule.eval_sizes_every_epoch = True
+            log.info(
+                "%s reads %s, which needs every evaluation size (%s): every epoch validates at all of them "
+                "(eval.sizes_every_epoch=true)",
+                reader,
+                monitor,
+                ", ".join(tags),
+            )
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
+    return None if monitor is None else str(monitor)

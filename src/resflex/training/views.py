@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from resflex.data.eval_sizes import loader_sizes
 from resflex.runtime import size_tag
 from resflex.training.callbacks import scheduled_size
+from resflex.validation import check_value
 
 log = logging.getLogger("resflex")
 
@@ -117,7 +118,9 @@ class TrainingSamples(pl.Callback):
 
     def __init__(self, max_images: int = 16) -> None:
         super().__init__()
-        self.max_images = max_images
+        self.max_images = check_value(
+            "callbacks.training_samples.max_images", max_images, int, lambda v: v >= 1, "a positive integer"
+        )
         self.seen: set[tuple[int, ...]] = set()
 
     def on_train_batch_start(
