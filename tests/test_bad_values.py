@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from resflex.errors import find_user_error
 from tests.conftest import TINY, TINY_SYNTHETIC
 from tests.test_configs import compose_train
+from tests.test_eval_script import compose_config, train_tiny_run
 
 BASE = [*TINY, *TINY_SYNTHETIC, "logger=none"]
 
@@ -30,6 +31,7 @@ def base(option: str | None) -> list[str]:
 
 #: free text, or set by the run: any string is a value
 FREE_TEXT = {
+    "trainer.model_registry",
     "logger.csv.name",
     "logger.csv.version",
     "task_name",
@@ -40,8 +42,8 @@ FREE_TEXT = {
 
 
 def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, object]]:
-    """(dotted key, value) of every plain leaf: no interpolation, list, null or switch (the CLI checks
-    switches), and not Hydra's own node."""
+    """(dotted key, value) of every plain leaf: no interpolation, list or switch (the CLI checks switches),
+    and not Hydra's own node. A null leaf is a number or a word left unset: both bad values apply."""
     for key in node:
         if key == "hydra" or str(key).startswith("_"):
             continue
@@ -52,7 +54,7 @@ def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield from leaves(child, f"{prefix}{key}.")
         elif not isinstance(child, ListConfig):
             value = child._value()
-            if value is not None and not isinstance(value, bool) and value != "???":
+            if not isinstance(value, bool) and value != "???":
                 yield f"{prefix}{key}", value
 
 
@@ -80,9 +82,11 @@ def bad_values() -> list[tuple[str, str, str | None]]:
                 keyed.append((key, value, option))
     cases: list[tuple[str, str, str | None]] = []
     for key, value, option in keyed:
-        if isinstance(value, int | float):
+        if key in FREE_TEXT:
+            continue
+        if value is None or isinstance(value, int | float):
             cases += [(key, "abc", option), (key, "-7", option)]
-        elif isinstance(value, str) and key not in FREE_TEXT:
+        elif isinstance(value, str):
             cases.append((key, "zzz_bad", option))
     return cases
 
@@ -126,3 +130,85 @@ def test_a_bad_value_is_one_line_before_training(
     error = find_user_error(info.value)
     assert error is not None, f"{key}={value}: {type(info.value).__name__}: {info.value}"
     assert key.rsplit(".", 1)[0].split(".")[0] in error.one_line(), error.one_line()
+
+
+#: eval, predict and export: what each is called with, and the keys that name files (any text is a value)
+COMMANDS = {
+    "eval": [],
+    "predict": ["input=IMAGES", "output=OUT/preds.csv"],
+    "export": ["output=OUT/model.onnx"],
+}
+PATHS = {"ckpt_path", "run_config", "input", "output", "task_name"}
+
+
+def command_cases() -> list[tuple[str, str, str]]:
+    cases = []
+    for command, extra in COMMANDS.items():
+        cfg = compose_config(command, ["ckpt_path=RUN", *extra], Path("unused"))
+        for key, value in leaves(cfg):
+            if key in PATHS:
+                continue
+            if value is None or isinstance(value, int | float):
+                cases += [(command, key, "abc"), (command, key, "-7")]
+            elif isinstance(value, str):
+                cases.append((command, key, "zzz_bad"))
+        for key in ("eval.resolutions", "predict.size", "check.sizes"):  # lists and nulls: a word inside
+            if OmegaConf.select(cfg, key, default="absent") != "absent":
+                cases.append((command, key, "[abc]"))
+    return cases
+
+
+COMMAND_CASES = command_cases()
+
+
+def test_the_command_sweep_covers_their_configs() -> None:
+    keys = {key for _, key, _ in COMMAND_CASES}
+    assert {
+        "predict.device",
+        "predict.print_rows",
+        "eval.limit_batches",
+        "eval.precision",
+        "check.atol",
+    } <= keys
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("bad_values") / "run"
+    assert train_tiny_run(run_dir)["status"] == "completed"
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "value"), COMMAND_CASES, ids=[f"{c} {k}={v}" for c, k, v in COMMAND_CASES]
+)
+def test_a_bad_value_of_eval_predict_or_export_is_one_line_and_writes_nothing(
+    command: str, key: str, value: str, tiny_run: Path, tmp_path: Path
+) -> None:
+    """Each was a traceback (``predict.device=zzz``, ``eval.limit_batches=abc``, ``opset=-7``), an
+    unrelated error (``check.atol=-7``: "differs from the eager model"), or silently used
+    (``predict.progress=zzz``, ``eval.precision=zzz``)."""
+    from resflex.evaluate import evaluate
+    from resflex.export import run_export
+    from resflex.predict import predict
+
+    task = {"eval": evaluate, "predict": predict, "export": run_export}[command]
+    images = tiny_run.parent / "images"
+    if not images.exists():
+        from tests.conftest import make_image_folder
+
+        make_image_folder(images, splits=("val",), per_class=2)
+    extra = [
+        arg.replace("IMAGES", str(images / "val")).replace("OUT", str(tmp_path)) for arg in COMMANDS[command]
+    ]
+    cfg = compose_config(command, [f"ckpt_path={tiny_run}", *extra, f"{key}={value}"], tmp_path / "job")
+    logging.disable(logging.CRITICAL)
+    try:
+        with pytest.raises(BaseException) as info:
+            task(cfg)
+    finally:
+        logging.disable(logging.NOTSET)
+    error = find_user_error(info.value)
+    assert error is not None, f"{command} {key}={value}: {type(info.value).__name__}: {info.value}"
+    assert key.split(".")[-1] in error.one_line(), error.one_line()
+    assert not list(tmp_path.glob("preds.csv")) and not list(tmp_path.glob("model.onnx"))

@@ -425,3 +425,12 @@ def test_the_private_access_check_lets_own_attributes_and_docstrings_pass() -> N
         'def f(self):\n    """uses torch._dynamo.config"""\n    return self._cache, cls._x, x.__class__\n'
     )
     assert private_accesses(source) == []
+
+
+def test_lightning_precisions_are_the_values_its_trainer_takes() -> None:
+    """The list ``scripts/eval.py`` checks ``eval.precision`` against: each builds a Trainer."""
+    from resflex.compat import lightning_precisions
+
+    names = lightning_precisions()
+    assert {"32-true", "bf16-mixed", "16-mixed", "32", "16", "bf16"} <= set(names)
+    pl.Trainer(precision="bf16-mixed", accelerator="cpu", logger=False, enable_checkpointing=False)

@@ -237,7 +237,7 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Traine
     spec = to_plain(cfg.trainer)
     spec.setdefault("_target_", TRAINER_TARGET)  # run folders saved before the trainer node had one
     objects: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
-    objects["precision"] = resolve_precision(spec.pop("precision", "auto"))
+    objects["precision"] = resolve_precision(spec.pop("precision", "auto"), key="trainer.precision")
     if "fsdp" not in str(spec.get("strategy", "auto")) and not spec.get("plugins"):
         objects["plugins"] = [AtomicCheckpointIO()]  # temp file + rename; weights_only loads
         spec.pop("plugins", None)
@@ -245,8 +245,7 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Traine
         return instantiate(spec, **objects)
     except InstantiationException as exc:  # Lightning's checks of trainer.* (its message, one line)
         cause = exc.__cause__ or exc
-        if not isinstance(cause, TypeError | ValueError | MisconfigurationException):
-            raise
-        raise ConfigError(
-            f"trainer: {first_line(cause)}", hint="the trainer.* keys are pytorch_lightning.Trainer arguments"
+        raise ConfigError(  # a Trainer that cannot be built is always its keys' doing
+            f"trainer: {type(cause).__name__}: {first_line(cause)}",
+            hint="the trainer.* keys are pytorch_lightning.Trainer arguments",
         ) from exc

@@ -179,6 +179,18 @@ def tensorboard_file_writer(experiment: Any) -> Any:
     return get_writer()
 
 
+def lightning_precisions() -> tuple[str, ...]:
+    """Every ``precision`` Lightning's Trainer takes, as strings (``32-true``, ``bf16-mixed``, ``16``):
+    the arguments of lightning_fabric's private ``connector._PRECISION_INPUT_STR`` and
+    ``_PRECISION_INPUT_STR_ALIAS`` Literal types (lightning-fabric 2.6.6). Why: ``scripts/eval.py`` runs
+    outside a Trainer, which alone checks the value, and Lightning has no public list of them."""
+    from typing import get_args
+
+    from lightning_fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    return (*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS))
+
+
 def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
     """The trainer ``module`` is attached to, or None: ``LightningModule.trainer`` raises when detached
     (a module built for evaluation, a unit test), and Lightning has no public "is attached" check.

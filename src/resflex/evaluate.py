@@ -59,6 +59,7 @@ from resflex.preflight import meta_model
 from resflex.run import Run, open_run
 from resflex.runtime import (
     autocast_for,
+    check_precision,
     quiet_library_noise,
     resolve_device,
     resolve_precision,
@@ -98,6 +99,7 @@ def compose_eval_config(cfg: DictConfig, run: Run) -> DictConfig:
         if "eval_batch_size" in merged.data:
             merged.data.eval_batch_size = int(cfg.eval.batch_size)
     if cfg.eval.get("num_workers") is not None:
+        check_value("eval.num_workers", cfg.eval.num_workers, int, lambda v: v >= 0, "a whole number >= 0")
         merged.data.num_workers = int(cfg.eval.num_workers)
     return merged
 
@@ -273,10 +275,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = str(cfg.eval.get("split", "val"))
     if split not in EVAL_SPLITS:  # the training split has no evaluation loader (and no held-out meaning)
         raise ConfigError(f"eval.split={split}: evaluation reads val or test", hint="eval.split=val|test")
+    device = resolve_device(cfg.eval.get("device", "auto"), "eval.device")  # the keys read after the data:
+    precision = check_precision(cfg.eval.get("precision", "auto"), "eval.precision")  # checked before it
+    limit = cfg.eval.get("limit_batches")
+    if limit is not None:
+        check_value("eval.limit_batches", limit, int, lambda v: v >= 1, "a whole number >= 1 or null")
     run = open_run(cfg.get("ckpt_path"), cfg.get("run_config"))  # first: refuses unsafe files early
     run_cfg = compose_eval_config(cfg, run)
 
-    asked = [] if run.is_naflex else [parse_size(value) for value in to_plain(cfg.eval.resolutions) or []]
+    asked = (
+        []
+        if run.is_naflex
+        else [parse_size(value, "eval.resolutions") for value in to_plain(cfg.eval.resolutions) or []]
+    )
     if asked:  # sizes the backbone cannot take (too small for its stride, a fixed-size ViT), before the data
         backbone = meta_model(run_cfg.model).model.backbone
         for size in asked:
@@ -296,15 +307,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # strict load; per-size BatchNorm statistics (eval.bn_calibration): the nearest size's at each size
     module = run.build_module(run_cfg)
 
-    device = resolve_device(cfg.eval.get("device", "auto"))
-    precision = resolve_precision(cfg.eval.get("precision", "auto")) if device.type == "cuda" else "32-true"
+    precision = resolve_precision(precision) if device.type == "cuda" else "32-true"
     if device.type == "cpu":
         retain_freed_host_memory()  # large evaluation batches: see the function
     module.to(device).eval()
 
     loaders = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
-    limit = cfg.eval.get("limit_batches")
     rows = []
     for (h, w), loader in zip(datamodule.eval_sizes, loaders, strict=True):
         tag = size_tag(h, w)

@@ -71,7 +71,7 @@ from resflex.models.bn_export import describe, with_size_selected_stats
 from resflex.robust_range import robust_ranges
 from resflex.run import Run, open_run
 from resflex.types import Size
-from resflex.validation import check_writable
+from resflex.validation import check_value, check_writable
 
 log = logging.getLogger("resflex")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
@@ -319,20 +319,23 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     quiet_library_noise()
     fmt, check = str(cfg.format), cfg.check
     check_format(fmt)
+    atol = check_value("check.atol", check.atol, float, lambda v: v > 0, "a tolerance > 0 (e.g. 1e-3)")
+    opset = cfg.get("opset")
+    if opset is not None:
+        check_value("opset", opset, int, lambda v: v >= 7, "an ONNX opset number (e.g. 18) or null")
     run = open_run(cfg.ckpt_path, cfg.get("run_config"))
     check_options(run, check)
     output = Path(str(cfg.output)) if cfg.get("output") else default_output(run.run_dir, fmt)
     check_suffix(output, fmt)
-    atol = float(check.atol)
     if run.is_naflex:  # token sequences: resflex.export_naflex
-        record = export_token_run(run, fmt, output, atol, list(check.seq_lens or []), cfg.get("opset"))
+        record = export_token_run(run, fmt, output, atol, list(check.seq_lens or []), opset)
         dynamic, convention = "dynamic batch/sequence length", TOKEN_INPUT
         robust = robust_ranges(run.metrics, run.main_size())
         ranges = [f"{r.stage}: {r.span_text(tokens_text)}" for r in robust]
     else:
         classifier = classifier_of(run)
         sizes = check_sizes(classifier, list(check.sizes or []))
-        record = export_classifier(classifier, fmt, output, sizes=sizes, atol=atol, opset=cfg.get("opset"))
+        record = export_classifier(classifier, fmt, output, sizes=sizes, atol=atol, opset=opset)
         dynamic, convention = "dynamic batch/height/width", INPUT_CONVENTION
         ranges = [f"{r.stage}: {r.span_text()}" for r in classifier.robust_ranges()]
     card = None

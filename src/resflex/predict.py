@@ -223,7 +223,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     quiet_library_noise()
     started = time.time()
     settings = cfg.predict  # every default is in configs/predict.yaml
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, "predict.device")
     output = (
         Path(str(cfg.output)) if cfg.get("output") else Path(str(cfg.paths.output_dir)) / "predictions.csv"
     )
@@ -233,6 +233,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     batch_size = check_value("predict.batch_size", settings.batch_size, int, lambda v: v >= 1, positive)
     check_value("predict.topk", settings.topk, int, lambda v: v >= 1, f"{positive} (classes per row)")
     check_value("predict.max_side", settings.max_side, int, lambda v: v >= 1, f"{positive} (pixels)")
+    check_value("predict.print_rows", settings.print_rows, int, lambda v: v >= 0, "a whole number >= 0")
+    if settings.progress not in ("auto", True, False):
+        raise ConfigError(
+            f"predict.progress must be auto, true or false, got {settings.progress!r}",
+            hint="predict.progress=auto",
+        )
     check_writable(output)
     run = open_run(cfg.ckpt_path, cfg.get("run_config"))
     check_naflex_options(run, settings.size, settings.seq_len)

@@ -24,27 +24,53 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
-def resolve_precision(precision: Any, device: torch.device | str | None = None) -> Any:
+def check_precision(precision: Any, key: str = "precision") -> Any:
+    """``precision`` when Lightning knows it (``32-true``, ``bf16-mixed``, ``16``, ...), else a one-line
+    :class:`ConfigError` (evaluation runs outside a Trainer, which would have checked it)."""
+    from resflex.compat import lightning_precisions
+
+    known = ("auto", *lightning_precisions())
+    if str(precision) not in known:
+        raise ConfigError(
+            f"{key}={precision!r} is not a precision", hint=f"{key}=auto, 32-true or bf16-mixed"
+        )
+    return precision
+
+
+def resolve_precision(
+    precision: Any, device: torch.device | str | None = None, key: str = "precision"
+) -> Any:
     """``auto``: bf16 mixed precision on a GPU that supports it (fp16 mixed on older ones), fp32 elsewhere.
 
     ``device`` defaults to "a GPU if one is visible", which is where Lightning puts a run
     with ``trainer.accelerator=auto``.
     """
     if precision != "auto":
-        return precision
+        return check_precision(precision, key)
     on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
 
-def resolve_device(device: Any = "auto") -> torch.device:
+def resolve_device(device: Any = "auto", key: str = "device") -> torch.device:
     """``auto``: the GPU if one is visible, else the CPU (where evaluation and prediction run by
-    default); any other value is a torch device name (``cpu``, ``cuda:1``)."""
+    default); any other value is a torch device name (``cpu``, ``cuda:1``). A name torch does not know,
+    or a GPU this machine does not have, is a one-line :class:`ConfigError` naming ``key``."""
     name = str(device)
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"{key}={device!r} is not a device", hint=f"{key}=auto, cpu, cuda or cuda:1"
+        ) from None
+    if resolved.type == "cuda" and (
+        not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ConfigError(f"{key}={device}: this machine has no such CUDA device", hint=f"{key}=auto")
+    return resolved
 
 
 def resolve_channels_last(value: Any) -> bool:

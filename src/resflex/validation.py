@@ -10,7 +10,7 @@ into Lightning, where a wrong type would surface as a deep traceback
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,9 @@ RULES: tuple[Rule, ...] = (
     # a negative accumulation or validation interval trains on without complaint
     ("trainer.max_steps", int, lambda v: v >= 1 or v == -1, "a positive integer (or -1: no limit)"),
     ("trainer.accumulate_grad_batches", int, lambda v: v >= 1, "a positive integer"),
+    ("trainer.min_epochs", int, lambda v: v >= 0, "an integer >= 0 (or null)"),
+    ("trainer.min_steps", int, lambda v: v >= 0, "an integer >= 0 (or null)"),
+    ("trainer.gradient_clip_val", float, lambda v: v >= 0, "a number >= 0 (or null: no clipping)"),
     ("trainer.check_val_every_n_epoch", int, lambda v: v >= 1, "a positive integer (or null)"),
     ("trainer.num_sanity_val_steps", int, lambda v: v >= -1, "an integer >= 0 (or -1: all batches)"),
     *(
@@ -47,6 +50,21 @@ RULES: tuple[Rule, ...] = (
 
 #: keys that also accept a word instead of a number
 WORDS: dict[str, tuple[str, ...]] = {}
+
+#: Lightning's true/false/null keys whose default is null (the command line's switch check sees only
+#: keys whose default is true or false); a word there is read as true by Lightning
+NULLABLE_SWITCHES = (
+    "trainer.enable_checkpointing",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.benchmark",
+    "trainer.inference_mode",
+    "trainer.detect_anomaly",
+    "trainer.barebones",
+    "trainer.sync_batchnorm",
+)
+#: Lightning's profiler names (or null)
+PROFILERS = ("simple", "advanced", "pytorch", "xla")
 
 
 def _typed(value: Any, kind: type) -> Any:
@@ -82,6 +100,21 @@ def validate_config(cfg: DictConfig) -> None:
         if value is None or value in WORDS.get(key, ()):
             continue
         check_value(key, value, kind, ok, allowed)
+    for key in NULLABLE_SWITCHES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true, false or null, got {value!r}", hint=f"{key}=true")
+    profiler = OmegaConf.select(cfg, "trainer.profiler", default=None)
+    if profiler is not None and profiler not in PROFILERS:
+        raise ConfigError(
+            f"trainer.profiler={profiler!r} is not one of Lightning's profilers ({', '.join(PROFILERS)})",
+            hint="trainer.profiler=simple",
+        )
+    seq_lens = OmegaConf.select(cfg, "eval.seq_lens", default=None)
+    if seq_lens is not None:  # NaFlex runs read them; a typo in another run's config waits for no one
+        lengths = seq_lens if isinstance(seq_lens, Sequence) and not isinstance(seq_lens, str) else [seq_lens]
+        for length in lengths:
+            check_value("eval.seq_lens", length, int, lambda v: v >= 1, "token counts >= 1 (a list, or null)")
 
 
 def unwritable_reason(folder: Path) -> str | None:

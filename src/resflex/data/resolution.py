@@ -34,6 +34,7 @@ from resflex.data.schedule import ResolutionSchedule, check_int
 from resflex.data.sizes import parse_size, round_to
 from resflex.errors import ConfigError
 from resflex.types import Size, as_size
+from resflex.validation import check_value
 
 
 class FixedResolution(ResolutionSchedule):
@@ -150,7 +151,15 @@ class RandomResolution(ResolutionSchedule):
         if probs is None:
             self.probs = np.full(len(self.size_choices), 1.0 / len(self.size_choices))
         else:
-            p = np.asarray(list(probs), dtype=np.float64)
+            if isinstance(probs, str) or not isinstance(probs, Sequence):
+                raise ConfigError(
+                    f"resolution.probs must be a list of probabilities, got {probs!r}",
+                    hint="e.g. resolution.probs=[0.25,0.25,0.5], or null for uniform",
+                )
+            probs = [
+                check_value("resolution.probs", v, float, lambda v: v >= 0, "numbers >= 0") for v in probs
+            ]
+            p = np.asarray(probs, dtype=np.float64)
             if p.shape != (len(self.size_choices),):
                 raise ConfigError(
                     f"resolution.probs has {p.size} entries, resolution.sizes has {len(self.size_choices)}",

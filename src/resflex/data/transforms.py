@@ -109,6 +109,8 @@ def build_policy(
     ``trivial`` draws a strength per image and ignores it. Geometric ops fill with ``fill``
     (the dataset's mean colour when known) and resample bilinearly.
     """
+    if magnitude is not None:  # checked with the policy off too: a typo waits for no switch
+        check_value(f"{config_key}.magnitude", magnitude, int, lambda v: v >= 0, "an integer >= 0 or null")
     if auto is None:
         return None
     if auto not in POLICIES:
@@ -116,8 +118,6 @@ def build_policy(
             f"{config_key}.auto must be one of {', '.join(POLICIES)} (or null), got {auto!r}",
             hint=f"{config_key}.auto=trivial",
         )
-    if magnitude is not None:
-        check_value(f"{config_key}.magnitude", magnitude, int, lambda v: v >= 0, "an integer >= 0 or null")
     bilinear = v2.InterpolationMode.BILINEAR
     fill_list = [int(v) for v in fill]
     if auto == "trivial":

@@ -82,6 +82,10 @@ def _probability(value: float) -> bool:
     return 0 <= value <= 1
 
 
+#: torch.compile's modes (None: its default)
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class EmaArgs(TypedDict):
     """The :class:`ModelEma` arguments of ``model.ema=true``."""
 
@@ -174,7 +178,16 @@ class ClassificationModule(pl.LightningModule):
         self.register_buffer("pixel_std", std, persistent=False)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.compile_model = bool(compile)
+        if not isinstance(compile, bool):
+            raise ConfigError(
+                f"model.compile must be true or false, got {compile!r}", hint="model.compile=true"
+            )
+        if compile_mode not in COMPILE_MODES:
+            modes = ", ".join(str(m) for m in COMPILE_MODES)
+            raise ConfigError(f"model.compile_mode={compile_mode!r} is not a torch.compile mode ({modes})")
+        if compile_dynamic not in (None, True, False):
+            raise ConfigError(f"model.compile_dynamic must be true, false or null, got {compile_dynamic!r}")
+        self.compile_model = compile
         self.compile_mode = compile_mode
         self.compile_dynamic = compile_dynamic
         num_classes = net.num_classes

@@ -94,6 +94,7 @@ def apply_monitor(cfg: DictConfig, datamodule: Any, top5: bool = False) -> str |
     tags = [size_tag(*size) for size in datamodule.eval_sizes]
     for node, reader in (
         ("callbacks.model_checkpoint", "checkpoint selection"),
+        ("callbacks.last_checkpoint", "the last checkpoint"),
         ("scheduler", "scheduler=plateau"),
     ):
         monitor = OmegaConf.select(cfg, f"{node}.monitor", default=None)
