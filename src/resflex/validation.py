@@ -63,7 +63,7 @@ NULLABLE_SWITCHES = (
     "trainer.barebones",
     "trainer.sync_batchnorm",
 )
-#: Lightning's profiler names (or null)
+#: Lightning's profiler names (or null; a ``_target_`` node builds any other profiler)
 PROFILERS = ("simple", "advanced", "pytorch", "xla")
 
 
@@ -105,7 +105,7 @@ def validate_config(cfg: DictConfig) -> None:
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key} must be true, false or null, got {value!r}", hint=f"{key}=true")
     profiler = OmegaConf.select(cfg, "trainer.profiler", default=None)
-    if profiler is not None and profiler not in PROFILERS:
+    if profiler is not None and not OmegaConf.is_config(profiler) and profiler not in PROFILERS:
         raise ConfigError(
             f"trainer.profiler={profiler!r} is not one of Lightning's profilers ({', '.join(PROFILERS)})",
             hint="trainer.profiler=simple",

@@ -69,6 +69,8 @@ def meta_forward_error(backbone: nn.Module, size: tuple[int, int], architecture:
         error = exc
     except Exception as exc:  # the model's own check or shape error, whatever its type
         error = None if _cannot_tell(exc) else exc
+    if error is not None:  # kept for the process: not its traceback's frames (and their meta tensors)
+        error = error.with_traceback(None)
     _VERDICTS[key] = error
     return error
 
