@@ -6,14 +6,14 @@ here (a traceback from deep inside, or a run that trains on a nonsense value).""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from resflex.errors import find_user_error
+from resflex.errors import ResflexError, find_user_error
 from tests.conftest import TINY, TINY_SYNTHETIC
 from tests.test_configs import compose_train
 from tests.test_eval_script import compose_config, train_tiny_run
@@ -103,6 +103,19 @@ def test_the_sweep_covers_the_config() -> None:
     assert {"optimizer.momentum", "resolution.end_size", "finetune.unfreeze_warmup_epochs"} <= keys
 
 
+def user_error_of(call: Callable[[], object], what: str) -> ResflexError:
+    """The one-line error ``call`` (quiet) must raise, found through the exception chain as the CLI does."""
+    logging.disable(logging.CRITICAL)
+    try:
+        with pytest.raises(BaseException) as info:
+            call()
+    finally:
+        logging.disable(logging.NOTSET)
+    error = find_user_error(info.value)
+    assert error is not None, f"{what}: {type(info.value).__name__}: {info.value}"
+    return error
+
+
 class FitStarted(Exception):
     """Training would have started: the bad value got through every check."""
 
@@ -121,14 +134,7 @@ def test_a_bad_value_is_one_line_before_training(
     monkeypatch.setattr(pl.Trainer, "fit", refuse_to_fit)
     cfg = compose_train([*base(option), f"{key}={value}"], tmp_path)
     saved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    logging.disable(logging.CRITICAL)
-    try:
-        with pytest.raises(BaseException) as info:
-            train(saved)
-    finally:
-        logging.disable(logging.NOTSET)
-    error = find_user_error(info.value)
-    assert error is not None, f"{key}={value}: {type(info.value).__name__}: {info.value}"
+    error = user_error_of(lambda: train(saved), f"{key}={value}")
     assert key.rsplit(".", 1)[0].split(".")[0] in error.one_line(), error.one_line()
 
 
@@ -202,13 +208,6 @@ def test_a_bad_value_of_eval_predict_or_export_is_one_line_and_writes_nothing(
         arg.replace("IMAGES", str(images / "val")).replace("OUT", str(tmp_path)) for arg in COMMANDS[command]
     ]
     cfg = compose_config(command, [f"ckpt_path={tiny_run}", *extra, f"{key}={value}"], tmp_path / "job")
-    logging.disable(logging.CRITICAL)
-    try:
-        with pytest.raises(BaseException) as info:
-            task(cfg)
-    finally:
-        logging.disable(logging.NOTSET)
-    error = find_user_error(info.value)
-    assert error is not None, f"{command} {key}={value}: {type(info.value).__name__}: {info.value}"
+    error = user_error_of(lambda: task(cfg), f"{command} {key}={value}")
     assert key.split(".")[-1] in error.one_line(), error.one_line()
     assert not list(tmp_path.glob("preds.csv")) and not list(tmp_path.glob("model.onnx"))

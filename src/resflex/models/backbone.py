@@ -177,8 +177,9 @@ class TimmBackbone(nn.Module):
         if info:
             last = info[-1] if isinstance(info, list) else info.info[-1]
             return int(last.get("reduction", 32))
-        if self.patch_embed is not None:
-            return int(max(self.patch_embed.patch_size))
+        patch_size = getattr(self.patch_embed, "patch_size", None)  # CrossViT: a list of patch embeddings
+        if patch_size is not None:
+            return int(max(patch_size))
         return 32
 
     def check_input_size(self, size: tuple[int, int], key: str = "resolution.size") -> None:
