@@ -22,7 +22,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from resflex.config import TRAINER_TARGET
 from resflex.data.arguments import to_plain
@@ -168,18 +167,11 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     for name, node in (cfg.get("logger") or {}).items():
         if node is None:
             continue
-        try:
-            logger = instantiate(node)
-        except InstantiationException as exc:
-            if find_user_error(exc) is not None:
-                raise
-            cause = exc.__cause__ or exc
-            reason = first_line(cause)
-            raise ConfigError(
-                f"the {name} logger cannot start: {type(cause).__name__}: {reason[:160]}"
-                + ("..." if len(reason) > 160 else ""),
-                hint=f"check logger.{name}.* (a writable save_dir, a tracking URI that answers)",
-            ) from exc
+        logger = instantiate_in_one_line(
+            node,
+            f"the {name} logger cannot start",
+            hint=f"check logger.{name}.* (a writable save_dir, a tracking URI that answers)",
+        )
         save_dir = getattr(logger, "save_dir", None)
         if isinstance(save_dir, str):  # Lightning makes it at fit's start: a failure then is a traceback
             check_writable_folder(Path(save_dir), f"logger.{name}.save_dir")
@@ -206,22 +198,28 @@ def build_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
 
 def build_callback(name: str, node: DictConfig) -> pl.Callback:
     """One callback of the ``callbacks`` group; what its constructor refuses (Lightning's
-    ``ModelCheckpoint(mode=...)``, a resflex callback's check) is one line naming the node, not
-    Hydra's instantiation report."""
+    ``ModelCheckpoint(mode=...)``, a resflex callback's check) is one line naming the node."""
+    target = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+    return instantiate_in_one_line(
+        node, f"callbacks.{name}", hint=f"the callbacks.{name}.* keys are {target}'s arguments"
+    )
+
+
+def instantiate_in_one_line(node: Any, what: str, hint: str, **objects: Any) -> Any:
+    """``instantiate(node, **objects)`` for the nodes whose constructor checks the user's keys (a logger,
+    a callback, the Trainer): its refusal is one line, not Hydra's instantiation report, where the
+    constructor's own error sits a cause or two deep. A resflex error comes out as itself; any other as
+    ``what: Type: its first line`` with ``hint``."""
     try:
-        return instantiate(node)
+        return instantiate(node, **objects)
     except InstantiationException as exc:
         user_error = find_user_error(exc)
         if user_error is not None:
             raise user_error from None
         cause = exc.__cause__ or exc
-        if not isinstance(cause, TypeError | ValueError | MisconfigurationException):
-            raise
-        target = str(node.get("_target_", "")).rsplit(".", 1)[-1]
-        raise ConfigError(
-            f"callbacks.{name}: {first_line(cause)}",
-            hint=f"the callbacks.{name}.* keys are {target}'s arguments",
-        ) from None
+        reason = first_line(cause)
+        reason = reason if len(reason) <= 160 else reason[:160] + "..."
+        raise ConfigError(f"{what}: {type(cause).__name__}: {reason}", hint=hint) from exc
 
 
 def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Trainer:
@@ -241,11 +239,7 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Traine
     if "fsdp" not in str(spec.get("strategy", "auto")) and not spec.get("plugins"):
         objects["plugins"] = [AtomicCheckpointIO()]  # temp file + rename; weights_only loads
         spec.pop("plugins", None)
-    try:
-        return instantiate(spec, **objects)
-    except InstantiationException as exc:  # Lightning's checks of trainer.* (its message, one line)
-        cause = exc.__cause__ or exc
-        raise ConfigError(  # a Trainer that cannot be built is always its keys' doing
-            f"trainer: {type(cause).__name__}: {first_line(cause)}",
-            hint="the trainer.* keys are pytorch_lightning.Trainer arguments",
-        ) from exc
+    # Lightning's checks of trainer.*: a Trainer that cannot be built is always its keys' doing
+    return instantiate_in_one_line(
+        spec, "trainer", hint="the trainer.* keys are pytorch_lightning.Trainer arguments", **objects
+    )

@@ -75,14 +75,20 @@ def meta_forward_error(backbone: nn.Module, size: tuple[int, int], architecture:
     return error
 
 
-def constructor_arguments(model: nn.Module) -> set[str]:
-    """The keyword arguments the model's class takes (the ``backbone.model_kwargs`` it accepts)."""
+def keyword_arguments(cls: type) -> set[str]:
+    """The arguments ``cls(...)`` takes by name (what ``backbone.model_kwargs`` may set), or none when
+    its signature cannot be read."""
     try:
-        parameters = inspect.signature(type(model).__init__).parameters
+        parameters = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return set()
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return {name for name, p in parameters.items() if name != "self" and p.kind in kinds}
+    return {name for name, p in parameters.items() if p.kind in kinds}
+
+
+def constructor_arguments(model: nn.Module) -> set[str]:
+    """The keyword arguments the model's class takes (the ``backbone.model_kwargs`` it accepts)."""
+    return keyword_arguments(type(model))
 
 
 ANY_SIZE_BACKBONES = "a backbone that takes any size (resnet18, convnext_atto, vit_small_patch16)"
@@ -150,12 +156,9 @@ def accepted_keywords(architecture: str, owner: str | None) -> list[str]:
         return []
     try:
         module = importlib.import_module(timm.models.model_entrypoint(architecture).__module__)
-        parameters = inspect.signature(getattr(module, owner)).parameters
-    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError):
+        return sorted(keyword_arguments(getattr(module, owner)))
+    except (AttributeError, ImportError, RuntimeError):
         return []
-    return [
-        p for p, spec in parameters.items() if spec.kind in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD)
-    ]
 
 
 def keyword_hint(keyword: str, accepted: list[str]) -> str:
