@@ -56,7 +56,7 @@ def test_the_finetune_node_is_the_fine_tuning_callback(tmp_path: Path) -> None:
 class StrideBackbone:
     """A backbone whose sizes must be multiples of 32 (a CNN's total stride)."""
 
-    def check_input_size(self, size: tuple[int, int], key: str) -> None:
+    def check_input_size(self, size: tuple[int, int], key: str, largest_side: int | None = None) -> None:
         if size[0] % 32 or size[1] % 32:
             raise ConfigError(f"{key}: {size[0]}x{size[1]} is not a multiple of 32")
 

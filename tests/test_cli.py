@@ -97,6 +97,11 @@ def test_multirun_gives_each_job_its_own_named_folder(tmp_path: Path) -> None:
         # a timm model no rule describes: found by a forward on the meta device (it trained until the
         # first batch raised a 40-line broadcast error)
         (["backbone.name=levit_128s"], ["levit_128s cannot take a 64x64 input", "built for 224x224"]),
+        # an index past MViTv2's relative-position table: the meta device cannot see it, a real forward does
+        (
+            ["backbone.name=mvitv2_tiny", "resolution.size=256"],
+            ["mvitv2_tiny cannot take a 256x256 input (IndexError", "++backbone.model_kwargs.img_size=512"],
+        ),
         (["+backbone.model_kwargs.drop_rte=0.1"], ["takes no argument 'drop_rte'", "drop_rate"]),
         (["data=imagefolder"], ["data.root is not set"]),
     ],

@@ -32,6 +32,7 @@ from resflex.data.sampler import ScheduleLengthSync
 from resflex.errors import ConfigError, DataError, find_user_error, first_line
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
+from resflex.models.input_shapes import forget_real_twins
 from resflex.runtime import resolve_precision
 from resflex.training.callbacks import MeasuredOn
 from resflex.training.finetune import build_finetuning
@@ -118,34 +119,47 @@ def check_sizes_fit_backbone(
     is a multiple of 32), and without this check the run stopped at the first such batch.
     """
     schedule = datamodule.schedule
+    bucketed = schedule.geometry == "keep_aspect" and not is_token_schedule(schedule)
 
-    def check_shapes(size: Size, key: str) -> list[Size]:
-        backbone.check_input_size(size, key)
-        shapes = [size]
-        if schedule.geometry == "keep_aspect" and not is_token_schedule(schedule):
-            for aspect in schedule.aspect_ratios:
-                shape = schedule.shape_for(size, aspect)
-                with context(f"the keep_aspect bucket of aspect {aspect:g} (w/h) at {key}={size[0]}"):
-                    backbone.check_input_size(shape, key)
-                shapes.append(shape)
-        return shapes
+    def with_buckets(size: Size) -> list[tuple[Size, float | None]]:
+        """The size, then (under keep_aspect) each aspect bucket's shape at it, with its aspect."""
+        buckets = [(schedule.shape_for(size, a), a) for a in schedule.aspect_ratios] if bucketed else []
+        return [(size, None), *buckets]
 
-    train_shapes = [
-        shape for size in schedule.train_sizes() for shape in check_shapes(size, "resolution.size")
+    train_shapes = [shape for size in schedule.train_sizes() for shape, _ in with_buckets(size)]
+    views = [
+        (factor, shape, view)
+        for shape in dict.fromkeys(train_shapes)
+        for factor, view in (scale_view.view_shapes(shape) if scale_view is not None else [])
     ]
-    if scale_view is not None:
-        for shape in dict.fromkeys(train_shapes):
-            for factor, view in scale_view.view_shapes(shape):
-                with context(
-                    f"the {factor:g}x view of the {shape[0]}x{shape[1]} batch", "model.scale_consistency=0"
-                ):
-                    backbone.check_input_size(view, "model.scale_consistency_factors")
-    if datamodule.eval_sizes_auto:
-        datamodule.eval_sizes = drop_unfit_sizes(
-            datamodule.eval_sizes, lambda size: check_shapes(size, "eval.resolutions")
-        )
-    for size in datamodule.eval_sizes:
-        check_shapes(size, "eval.resolutions")
+    eval_shapes = [shape for size in datamodule.eval_sizes for shape, _ in with_buckets(size)]
+    # a hint that frees the input size names one that covers every shape of the run, not the first
+    largest = max(max(shape) for shape in [*train_shapes, *(v for _, _, v in views), *eval_shapes])
+
+    def check_shapes(size: Size, key: str) -> None:
+        for shape, aspect in with_buckets(size):
+            if aspect is None:
+                backbone.check_input_size(shape, key, largest)
+                continue
+            with context(f"the keep_aspect bucket of aspect {aspect:g} (w/h) at {key}={size[0]}"):
+                backbone.check_input_size(shape, key, largest)
+
+    try:
+        for size in schedule.train_sizes():
+            check_shapes(size, "resolution.size")
+        for factor, shape, view in views:
+            with context(
+                f"the {factor:g}x view of the {shape[0]}x{shape[1]} batch", "model.scale_consistency=0"
+            ):
+                backbone.check_input_size(view, "model.scale_consistency_factors", largest)
+        if datamodule.eval_sizes_auto:
+            datamodule.eval_sizes = drop_unfit_sizes(
+                datamodule.eval_sizes, lambda size: check_shapes(size, "eval.resolutions")
+            )
+        for size in datamodule.eval_sizes:
+            check_shapes(size, "eval.resolutions")
+    finally:
+        forget_real_twins()  # the run's shapes are known: a real twin's memory is the run's again
 
 
 @contextmanager

@@ -52,12 +52,13 @@ def check_before_work(cfg: DictConfig) -> str | None:
     ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
     schedule, eval_sizes = check_data_node(cfg.data)
     backbone = meta_model(cfg.model).model.backbone
+    largest = max(max(size) for size in [*schedule.train_sizes(), *eval_sizes])
     for size in schedule.train_sizes():
-        backbone.check_input_size(size, "resolution.size")
+        backbone.check_input_size(size, "resolution.size", largest)
     # eval.resolutions=auto drops the sizes the backbone cannot take (the run says which); the main
     # size and sizes asked for by name must fit
     for size in eval_sizes[:1] if is_auto(OmegaConf.select(cfg, "eval.resolutions")) else eval_sizes:
-        backbone.check_input_size(size, "eval.resolutions")
+        backbone.check_input_size(size, "eval.resolutions", largest)
     return ckpt_path
 
 

@@ -4,11 +4,15 @@ non-square input to its grid; arguments a model does not take are named."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resflex.build import check_sizes_fit_backbone
+from resflex.data.resolution import FixedResolution
 from resflex.errors import ConfigError
 from resflex.models.backbone import TimmBackbone
 from resflex.models.input_shapes import constructor_arguments
@@ -45,8 +49,9 @@ def test_the_check_finds_what_the_real_model_does_and_leaves_its_tensors_alone()
         with pytest.raises(ConfigError, match=f"dla46_c cannot take a {size[0]}x{size[1]} input") as info:
             dla.check_input_size(size)
         assert "multiples of its stride 32" in str(info.value)
-        with pytest.raises(RuntimeError), torch.no_grad():
+        with pytest.raises(ConfigError, match="at its first") as failed, torch.no_grad():
             dla(torch.zeros(1, 3, *size))
+        assert isinstance(failed.value.__cause__, RuntimeError)  # the model's own error, underneath
     for size in ((64, 64), (96, 64)):
         dla.check_input_size(size)
         with torch.no_grad():
@@ -171,3 +176,76 @@ def test_the_hint_speaks_of_the_key_that_asked() -> None:
             on_meta(name).check_input_size(size, "predict.size")
         assert info.value.hint is not None and fragment in info.value.hint
         assert "resolution." not in info.value.hint and "eval.resolutions" not in info.value.hint
+
+
+def test_an_index_past_a_table_built_for_one_size_is_refused_though_the_meta_device_runs_it() -> None:
+    """MViTv2's relative-position tables are sized for its ``img_size`` (224): at 256 px the index runs
+    past them, which the meta device (shapes, not values) cannot see; the run used to train until its
+    first such batch. A fixed-size model away from its size is also run on real tensors: 256x256 is
+    refused with the model's IndexError, 160 and 224 are taken, and the hint (``img_size`` covering
+    the run's largest side, rounded up to the stride) is one a real model then runs."""
+    mvit = on_meta("mvitv2_tiny")
+    for size in ((224, 224), (160, 160)):
+        mvit.check_input_size(size)
+    with pytest.raises(ConfigError) as info:
+        mvit.check_input_size((256, 256), "resolution.size", largest_side=300)
+    line = info.value.one_line()
+    assert line.startswith("resolution.size=256x256: mvitv2_tiny cannot take a 256x256 input (IndexError: ")
+    assert (
+        info.value.hint == "++backbone.model_kwargs.img_size=320 (then mvitv2_tiny takes sides up to 320 px)"
+    )
+    on_meta("mvitv2_tiny", img_size=320).check_input_size((256, 256))
+    real = TimmBackbone("mvitv2_tiny", model_kwargs={"img_size": 320}).eval()
+    with torch.no_grad():
+        assert real(torch.zeros(1, 3, 300, 96)).shape[-2:] == (10, 3)
+
+
+def test_the_real_check_leaves_the_runs_random_draws_alone() -> None:
+    """The real twin's random init happens after the run is seeded (the data module is built first): it
+    must not move the run's random stream, or the check would change what the run draws."""
+    mvit = on_meta("mvitv2_tiny", drop_rate=0.0123)  # arguments no other test builds: a twin is built here
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    mvit.check_input_size((160, 160))
+    torch.testing.assert_close(torch.rand(4), expected)
+
+
+def test_the_first_batch_of_a_shape_no_check_saw_is_refused_in_one_line() -> None:
+    """A shape nobody checked (a user's own loop, a size the run was not asked about) fails at its first
+    batch as a one-line refusal with the hint, the model's error as its cause; the model's failure for
+    another reason than the size (four channels) stays the model's own error."""
+    mvit = TimmBackbone("mvitv2_tiny").eval()
+    with torch.no_grad():
+        assert mvit(torch.zeros(2, 3, 64, 64)).shape[-2:] == (2, 2)
+        with pytest.raises(ConfigError) as info:
+            mvit(torch.zeros(2, 3, 256, 256))
+    assert "mvitv2_tiny cannot take a 256x256 input (IndexError: " in info.value.message
+    assert info.value.message.endswith("at its first 256x256 batch")
+    assert "img_size=256" in (info.value.hint or "")
+    assert isinstance(info.value.__cause__, IndexError)
+    cnn = TimmBackbone("test_resnet").eval()
+    with torch.no_grad():
+        cnn(torch.zeros(1, 3, 32, 32))
+        with pytest.raises(RuntimeError, match="channels") as own:
+            cnn(torch.zeros(1, 4, 32, 32))
+    assert not isinstance(own.value, ConfigError)
+
+
+def test_a_bucket_past_the_table_is_refused_and_auto_sizes_past_it_are_dropped() -> None:
+    """Under keep_aspect the 0.5 bucket of 160 px is 320x160: refused before the first step, naming the
+    bucket, with an ``img_size`` that covers every shape of the run (the 240 px eval size's 480x240
+    bucket too). Training at 96 px (buckets up to 192), the auto eval sizes past 224 are dropped."""
+    schedule = FixedResolution(160, geometry="keep_aspect", aspect_ratios=[1.0, 0.5])
+    data = SimpleNamespace(schedule=schedule, eval_sizes=[(160, 160), (240, 240)], eval_sizes_auto=True)
+    with pytest.raises(ConfigError) as info:
+        check_sizes_fit_backbone(data, on_meta("mvitv2_tiny"))  # type: ignore[arg-type]
+    assert "mvitv2_tiny cannot take a 320x160 input" in info.value.message
+    assert "in the keep_aspect bucket of aspect 0.5 (w/h) at resolution.size=160" in info.value.message
+    assert "++backbone.model_kwargs.img_size=480 " in (info.value.hint or "")
+    schedule = FixedResolution(96, geometry="keep_aspect", aspect_ratios=[1.0, 0.5])
+    data = SimpleNamespace(
+        schedule=schedule, eval_sizes=[(96, 96), (112, 112), (144, 144)], eval_sizes_auto=True
+    )
+    check_sizes_fit_backbone(data, on_meta("mvitv2_tiny"))  # type: ignore[arg-type]
+    assert data.eval_sizes == [(96, 96), (112, 112)]  # 144's bucket is 288x144

@@ -24,8 +24,11 @@ from resflex.models.input_shapes import (
     ANY_SIZE_BACKBONES,
     SeveralFeatureMaps,
     accepted_keywords,
+    constructor_arguments,
     keyword_hint,
     meta_forward_error,
+    meta_may_miss,
+    real_forward_error,
     size_hint,
     unexpected_keyword,
 )
@@ -169,6 +172,10 @@ class TimmBackbone(nn.Module):
         config = timm.data.resolve_data_config({}, model=self.model)
         self.mean: tuple[float, ...] = tuple(config.get("mean", IMAGENET_MEAN))
         self.std: tuple[float, ...] = tuple(config.get("std", IMAGENET_STD))
+        #: the (h, w) inputs this module has run: the first batch of any other shape is guarded (forward);
+        #: the twins that the guard and the checks run are not (their failures are the answer)
+        self._shapes_run: set[tuple[int, int]] = set()
+        self.guard_new_shapes = True
 
     @property
     def reduction(self) -> int:
@@ -182,13 +189,17 @@ class TimmBackbone(nn.Module):
             return int(max(patch_size))
         return 32
 
-    def check_input_size(self, size: tuple[int, int], key: str = "resolution.size") -> None:
+    def check_input_size(
+        self, size: tuple[int, int], key: str = "resolution.size", largest_side: int | None = None
+    ) -> None:
         """Reject sizes the network cannot map to a meaningful feature map, before training starts.
 
         ViTs: a fixed-size ViT takes only its own size, and without ``dynamic_img_pad`` each
         side must be at least one patch. CNNs: each side must be at least half the total stride
         (below that the last map is padding). Then every model: the size must run, tried on the
-        meta device (:mod:`resflex.models.input_shapes`: the models no rule describes).
+        meta device (:mod:`resflex.models.input_shapes`: the models no rule describes), and for a
+        fixed-size model away from its size, on real tensors too (:func:`meta_may_miss`).
+        ``largest_side``: the longest side the run will feed it, for a hint that covers them all.
         """
         h, w = size
         patch_embed = self.patch_embed
@@ -216,7 +227,7 @@ class TimmBackbone(nn.Module):
                     f"each side must be at least {minimum}",
                     hint=f"use {key} >= {minimum}, or a backbone with a smaller stride (output_stride)",
                 )
-        self._check_runs(size, key)
+        self._check_runs(size, key, largest_side)
 
     def _size_hint(self, size: tuple[int, int], key: str) -> str:
         twin = self._shape_twin()
@@ -234,10 +245,27 @@ class TimmBackbone(nn.Module):
                 _SHAPE_TWINS[self.architecture] = TimmBackbone(self.name, model_kwargs=self._model_kwargs)
         return _SHAPE_TWINS[self.architecture]
 
-    def _check_runs(self, size: tuple[int, int], key: str) -> None:
-        """Raise a one-line :class:`ConfigError` when the model fails on a ``size`` input (its own error,
-        found on the meta device, no memory and no compute)."""
+    def _real_twin(self, **model_kwargs: Any) -> TimmBackbone:
+        """This architecture with real tensors (random init, no weights read), ``model_kwargs`` on top."""
+        twin = TimmBackbone(self.name, model_kwargs={**self._model_kwargs, **model_kwargs})
+        twin.guard_new_shapes = False
+        return twin
+
+    def _forward_error(self, size: tuple[int, int], real: bool) -> tuple[BaseException | None, bool]:
+        """(the error the model raises at ``size``, whether only real tensors showed it): the meta
+        forward, then a real one when ``real`` is set or the meta device may miss it."""
         error = meta_forward_error(self._shape_twin(), size, self.architecture)
+        if error is not None or not (real or meta_may_miss(self.model, size)):
+            return error, False
+        error = real_forward_error(self._real_twin, size, self.architecture)
+        return error, error is not None
+
+    def _check_runs(
+        self, size: tuple[int, int], key: str, largest_side: int | None = None, real: bool = False
+    ) -> None:
+        """Raise a one-line :class:`ConfigError` when the model fails on a ``size`` input (its own error,
+        found on the meta device, no memory and no compute, or on real tensors: ``_forward_error``)."""
+        error, value_dependent = self._forward_error(size, real)
         if error is None:
             return
         h, w = size
@@ -248,12 +276,63 @@ class TimmBackbone(nn.Module):
             )
         reason = first_line(error)
         reason = reason if len(reason) <= 120 else reason[:117] + "..."
+        hint = self._built_size_hint(size, largest_side) if value_dependent else None
         raise ConfigError(
             f"{key}={h}x{w}: {self.name} cannot take a {h}x{w} input ({type(error).__name__}: {reason})",
-            hint=self._size_hint(size, key),
+            hint=hint or self._size_hint(size, key),
         )
 
+    def _built_size_hint(self, size: tuple[int, int], largest_side: int | None) -> str | None:
+        """``++backbone.model_kwargs.img_size=N`` when the model's class takes ``img_size`` and, built with
+        it, runs ``size`` (MViTv2's relative-position tables then span sides up to N: timm resizes
+        pretrained ones to it); N covers ``largest_side``, rounded up to the stride. None otherwise."""
+        if "img_size" not in constructor_arguments(self.model):
+            return None
+        side = max(*size, largest_side or 0)
+        side = -(-side // self.reduction) * self.reduction
+        built = f"{self.architecture} img_size={side}"
+        if real_forward_error(lambda: self._real_twin(img_size=side), size, built) is not None:
+            return None
+        return f"++backbone.model_kwargs.img_size={side} (then {self.name} takes sides up to {side} px)"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map of ``x``; the first batch of each new shape is guarded: a failure the checks
+        before training could not see (on the meta device, or a shape they were not asked about) is a
+        one-line refusal naming the size when the model fails at that size alone (``_guard``)."""
+        if not self.guard_new_shapes or x.is_meta or _is_capturing():  # a twin; a traced graph
+            return self._feature_map(x)
+        shape = (int(x.shape[-2]), int(x.shape[-1]))
+        if shape in self._shapes_run:
+            return self._feature_map(x)
+        try:
+            features = self._feature_map(x)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            self._guard(shape, exc)
+            raise
+        self._shapes_run.add(shape)
+        return features
+
+    def _guard(self, shape: tuple[int, int], error: Exception) -> None:
+        """Raise a one-line :class:`ConfigError` in place of ``error`` (the model's failure at its first
+        ``shape`` batch) when a real twin fails at ``shape`` too and runs at a shape this module has
+        run (or the size it was built for): the size is the cause. Otherwise return (the caller
+        re-raises the model's own error: a bug, not a size)."""
+        key = "resolution.size" if self.training else "eval.resolutions"
+        config = getattr(self.model, "pretrained_cfg", None) or {}
+        built = tuple(int(s) for s in (config.get("input_size") or (3, 224, 224))[-2:])
+        reference = min(self._shapes_run, default=(built[0], built[1]))
+        if self._forward_error(reference, real=True)[0] is not None:
+            return
+        try:
+            self._check_runs(shape, key, real=True)
+        except ConfigError as refusal:
+            raise ConfigError(
+                f"{refusal.message}, at its first {shape[0]}x{shape[1]} batch", hint=refusal.hint
+            ) from error
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_features(x)
         if not isinstance(features, torch.Tensor):  # CrossViT: one map per branch
             count = len(features) if isinstance(features, list | tuple) else "several"

@@ -19,7 +19,7 @@ import difflib
 import importlib
 import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import timm
@@ -29,6 +29,13 @@ from torch import nn
 #: (architecture, (h, w)) -> the error the backbone raised at that shape, or None: one forward per
 #: shape per process (preflight, the run and the scale-consistency search ask for the same shapes)
 _VERDICTS: dict[tuple[str, tuple[int, int]], BaseException | None] = {}
+
+
+#: (architecture, (h, w)) -> the error a real forward raised at that shape, or None (the models whose
+#: shapes the meta device cannot vouch for: :func:`meta_may_miss`)
+_REAL_VERDICTS: dict[tuple[str, tuple[int, int]], BaseException | None] = {}
+#: architecture -> its twin with real tensors: one at most (its weights take real memory)
+_REAL_TWINS: dict[str, nn.Module] = {}
 
 
 class SeveralFeatureMaps(TypeError):
@@ -73,6 +80,52 @@ def meta_forward_error(backbone: nn.Module, size: tuple[int, int], architecture:
         error = error.with_traceback(None)
     _VERDICTS[key] = error
     return error
+
+
+def meta_may_miss(model: nn.Module, size: tuple[int, int]) -> bool:
+    """Whether ``size``, accepted by the meta forward, may still fail on real tensors: the model is one
+    timm marks ``fixed_input_size`` (not freed by ``dynamic_img_size``) and ``size`` is not its own.
+
+    The meta device computes shapes, not values. MViTv2 indexes relative-position tables sized for the
+    ``img_size`` it was built with: at sides above it the index runs past the table, which the meta
+    device cannot see (256x256 passes there and raises an IndexError on real tensors). A probe of one
+    model of each timm family at 64x64, 64x128, 256x256 and 320x192 found MViTv2 the only model whose
+    meta verdict a real forward contradicts, and every model that does so is marked fixed-size; a
+    model that takes any size, or a fixed one at its own size, costs no real forward.
+    """
+    config = getattr(model, "pretrained_cfg", None) or {}
+    if not config.get("fixed_input_size") or getattr(model, "dynamic_img_size", False):
+        return False
+    input_size = config.get("input_size")
+    return not (input_size and tuple(int(s) for s in input_size[-2:]) == tuple(size))
+
+
+def real_forward_error(
+    build: Callable[[], nn.Module], size: tuple[int, int], architecture: str
+) -> BaseException | None:
+    """The error a real twin of the backbone (``build()``, on the CPU, its random init outside the run's
+    random stream) raises on a ``(1, 3, h, w)`` batch of zeros; None when it runs. One twin is kept, for
+    the last ``architecture`` asked (:func:`forget_real_twins` frees it); each verdict is cached."""
+    key = (architecture, (int(size[0]), int(size[1])))
+    if key in _REAL_VERDICTS:
+        return _REAL_VERDICTS[key]
+    if architecture not in _REAL_TWINS:
+        _REAL_TWINS.clear()
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            _REAL_TWINS[architecture] = build().eval()
+    error: BaseException | None = None
+    try:  # on the CPU whatever the caller's default device (the preflight builds under "meta")
+        with torch.no_grad(), torch.device("cpu"):
+            _REAL_TWINS[architecture](torch.zeros(1, 3, *key[1]))
+    except Exception as exc:  # the model's own error at that shape, whatever its type
+        error = exc.with_traceback(None)
+    _REAL_VERDICTS[key] = error
+    return error
+
+
+def forget_real_twins() -> None:
+    """Free the real twin once a run's shapes are checked (its verdicts stay cached)."""
+    _REAL_TWINS.clear()
 
 
 def keyword_arguments(cls: type) -> set[str]:

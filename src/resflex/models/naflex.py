@@ -102,7 +102,9 @@ class NaFlexBackbone(TimmBackbone):
     def reduction(self) -> int:
         return self.patch_size
 
-    def check_input_size(self, size: tuple[int, int], key: str = "resolution.size") -> None:
+    def check_input_size(
+        self, size: tuple[int, int], key: str = "resolution.size", largest_side: int | None = None
+    ) -> None:
         """Token batches: sizes are sequence lengths (s, s), any s >= 1 works."""
 
     # token batches in, a token grid out, where TimmBackbone takes and gives images: by design (the
