@@ -61,6 +61,7 @@ from resflex.training.distributed import (
     finish_child_ranks,
 )
 from resflex.training.end_of_run import report_end_of_run, tensorboard_logdir
+from resflex.training.out_of_memory import out_of_memory_error, run_hint
 from resflex.training.results import (
     collect_metrics,
     log_hparams_with_metrics,
@@ -140,6 +141,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_metrics_json(output_dir / METRICS_FILE, record.as_dict())
         raise
     fit_metrics: dict[str, Any] = {}
+    module: Any = None
     try:
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
@@ -190,7 +192,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
     except BaseException as exc:
         record.status = "interrupted" if is_interruption(exc) else "failed"
-        record.error = describe_error(exc)
+        batch = getattr(module, "last_batch", None)
+        precision = None if isinstance(trainer.accelerator, CPUAccelerator) else str(trainer.precision)
+        memory = out_of_memory_error(exc, batch, run_hint(cfg, batch, precision))
+        record.error = describe_error(memory or exc)
+        if memory is not None:  # the batch it was at and the keys that lower it, not the allocator's page
+            raise memory from exc
         raise
     finally:
         record.wall_time_s = round(time.time() - started, 2)

@@ -44,6 +44,7 @@ from resflex.training.finetune import Finetuning
 from resflex.training.lr_schedule import WarmupCosine, WarmupSchedule
 from resflex.training.naflex import EpochPaddingShare, token_training_loss
 from resflex.training.optim import OptimizerFactory
+from resflex.training.out_of_memory import BatchSeen
 from resflex.training.param_groups import FinetuneSpec, build_param_groups
 from resflex.training.pixels import PixelCounter
 from resflex.training.robustness import summarize_sizes
@@ -143,6 +144,7 @@ class ClassificationModule(pl.LightningModule):
         scale_consistency_share: float = 1.0,
     ) -> None:
         super().__init__()
+        self.last_batch: BatchSeen | None = None  # on_after_batch_transfer
         lr_schedule = lr_schedule or WarmupCosine()
         # the finetune group's callback carries the spec the parameter groups need
         finetune = FinetuneSpec.from_config(
@@ -285,6 +287,8 @@ class ClassificationModule(pl.LightningModule):
             images, labels = images.decode(labels)
         if images.dtype == torch.uint8:
             images = self.normalize(images)
+        # what an out-of-memory failure names (resflex/training/out_of_memory.py): a shape, not the batch
+        self.last_batch = BatchSeen(tuple(images.shape), self.training)
         return images, labels
 
     def configure_model(self) -> None:

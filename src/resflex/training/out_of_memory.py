@@ -1,0 +1,133 @@
+"""A run that runs out of memory says so in one line: the batch it was at, and the keys that lower it.
+
+Why: an out-of-memory failure reached the user as a 60-line trace through Lightning, ending in
+torch's paragraph on its caching allocator (``PYTORCH_CUDA_ALLOC_CONF``), while the fix is nearly
+always one of the run's own keys: a smaller batch (gradient accumulation keeps the images per
+step), mixed precision, no second scale-consistency view, smaller or fewer sizes. Evaluation meets
+it first more often than training here: ``eval.resolutions=auto`` reaches 2x the training size,
+four times the pixels per image. Neither torch nor Lightning maps the failure to such keys
+(Lightning's ``BatchSizeFinder`` searches a batch size before a run; it does not explain a failure).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from resflex.errors import ConfigError, first_line
+
+#: the first words of the allocators' failures that are not ``torch.OutOfMemoryError``
+ALLOCATION_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "MPS backend out of memory")
+
+
+@dataclass(frozen=True)
+class BatchSeen:
+    """The last batch a module was handed: its (B, C, H, W) shape, and whether it was a training one."""
+
+    shape: tuple[int, ...]
+    training: bool
+
+    def describe(self) -> str:
+        kind = "a training" if self.training else "an evaluation"
+        if len(self.shape) != 4:
+            return f"{kind} batch of {self.shape[0]}"
+        return f"{kind} batch of {self.shape[0]} images at {self.shape[2]}x{self.shape[3]}"
+
+
+def out_of_memory_cause(error: BaseException | None) -> BaseException | None:
+    """The allocator's failure in ``error``'s chain (``__cause__``/``__context__``), or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, torch.OutOfMemoryError) or (
+            isinstance(error, RuntimeError) and any(words in str(error) for words in ALLOCATION_FAILURES)
+        ):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def out_of_memory_error(error: BaseException, batch: BatchSeen | None, hint: str) -> ConfigError | None:
+    """``error`` as a one-line :class:`ConfigError` when it is an out-of-memory failure (else None): the
+    batch it happened at, the allocator's reason and ``hint`` (:func:`run_hint`, or a command's own)."""
+    cause = out_of_memory_cause(error)
+    if cause is None:
+        return None
+    where = f" at {batch.describe()}" if batch is not None else ""
+    return ConfigError(f"out of memory{where} ({allocator_reason(cause)})", hint=hint)
+
+
+def _key(cfg: Mapping[str, Any], dotted: str) -> Any:
+    """``cfg``'s value at ``dotted`` (a.b.c), or None: read as a mapping, so that the benchmark, which runs
+    where Hydra and OmegaConf are not installed, can import the training module that imports this."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def run_hint(cfg: Mapping[str, Any], batch: BatchSeen | None, precision: str | None) -> str:
+    """A training run's hint for ``batch``: :func:`training_hint`, or for an evaluation batch
+    :func:`evaluation_hint` with the run's evaluation batch size. ``precision``: the trainer's on a
+    GPU, as it resolved ``trainer.precision=auto`` (None on the CPU, where mixed precision saves
+    little memory)."""
+    if batch is None or batch.training:
+        return training_hint(cfg, precision)
+    size = _key(cfg, "data.eval_batch_size")
+    size = size if isinstance(size, int) else _key(cfg, "data.batch_size")
+    return evaluation_hint("data.eval_batch_size", size if isinstance(size, int) else None)
+
+
+#: where torch's CUDA message turns from what failed to advice on its allocator
+_ADVICE = (
+    "Including non-PyTorch memory",
+    "Of the allocated memory",
+    "If reserved",
+    "See documentation",
+    "Use PYTORCH",
+)
+
+
+def allocator_reason(cause: BaseException) -> str:
+    """What failed, in the allocator's words, without its source location or allocator advice: "CUDA out
+    of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.06 GiB is
+    free."; "DefaultCPUAllocator: can't allocate memory: you tried to allocate 12.0 GiB."."""
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", " ".join(str(cause).split()))
+    text = re.sub(r"(\d+) bytes", lambda m: f"{int(m.group(1)) / 2**30:.1f} GiB", text)
+    sentences: list[str] = []
+    for sentence in re.split(r"(?<=\.)\s+", text):
+        if sentence.startswith(_ADVICE) or sentence.startswith("Error code") or len(sentences) == 3:
+            break
+        sentences.append(sentence)
+    reason = " ".join(sentences) or first_line(cause)
+    return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def training_hint(cfg: Mapping[str, Any], precision: str | None) -> str:
+    """Half the batch with twice the accumulation (the same images per optimizer step), mixed precision
+    when the run computes on a GPU in full precision, the scale-consistency view off when it is on, a
+    smaller size."""
+    batch_size = _key(cfg, "data.batch_size")
+    accumulate = _key(cfg, "trainer.accumulate_grad_batches") or 1
+    steps = []
+    if isinstance(batch_size, int) and batch_size > 1:
+        steps.append(
+            f"data.batch_size={batch_size // 2} trainer.accumulate_grad_batches={2 * int(accumulate)} "
+            "(the same images per step)"
+        )
+    if precision in ("32", "32-true", "64", "64-true"):
+        steps.append("trainer.precision=bf16-mixed (16-mixed on a GPU without bf16)")
+    if _key(cfg, "model.scale_consistency"):
+        steps.append("model.scale_consistency=0 (its second view of each batch)")
+    steps.append("a smaller resolution.size")
+    return ", ".join(steps[:-1]) + f", or {steps[-1]}" if len(steps) > 1 else steps[0]
+
+
+def evaluation_hint(batch_key: str, batch_size: int | None) -> str:
+    """Half the evaluation batch (``batch_key``: the command's key for it), or fewer, smaller sizes."""
+    smaller = f"{batch_key}={batch_size // 2}, or " if batch_size is not None and batch_size > 1 else ""
+    return f"{smaller}smaller evaluation sizes ('eval.resolutions=[...]': auto reaches 2x the eval size)"

@@ -1,0 +1,139 @@
+"""An out-of-memory failure is one line: the batch it happened at and the run's keys that lower it
+(resflex/training/out_of_memory.py); the run's checkpoints and record survive it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from resflex.errors import ConfigError, find_user_error
+from resflex.models.classifier import ImageClassifier
+from resflex.train import train
+from resflex.training.out_of_memory import BatchSeen, out_of_memory_cause, out_of_memory_error, run_hint
+from tests.conftest import TINY, TINY_SYNTHETIC
+from tests.test_configs import compose_train
+
+CUDA_MESSAGE = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which "
+    "1.06 GiB is free.\nIf reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF"
+)
+
+#: the one line of a failure at a 64 px evaluation batch (a keep_aspect bucket: 64 is its short side)
+AT_64_PX = r"out of memory at an evaluation batch of \d+ images at (64x\d+|\d+x64) \(DefaultCPU"
+
+
+def a_real_cpu_allocation_failure() -> RuntimeError:
+    """What torch's CPU allocator raises for a tensor larger than the machine (not a made-up message)."""
+    try:
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("a 4 EiB tensor was allocated")
+
+
+def test_the_allocators_failures_are_recognised_through_the_chain_and_nothing_else_is() -> None:
+    cpu = a_real_cpu_allocation_failure()
+    assert out_of_memory_cause(cpu) is cpu
+    wrapped = RuntimeError("the step failed")
+    wrapped.__cause__ = torch.OutOfMemoryError(CUDA_MESSAGE)
+    assert out_of_memory_cause(wrapped) is wrapped.__cause__
+    assert out_of_memory_cause(RuntimeError("Given groups=1, weight of size [64, 3, 7, 7]")) is None
+    assert out_of_memory_cause(ValueError("out of memory")) is None
+
+
+def test_a_training_batch_is_told_half_the_batch_with_twice_the_accumulation(tmp_path: Path) -> None:
+    """The images per optimizer step stay the same; mixed precision only where the GPU ran in full
+    precision; the second scale-consistency view only where it is on."""
+    cfg = compose_train(["data.batch_size=64", "model.scale_consistency=0.5"], tmp_path)
+    batch = BatchSeen((64, 3, 96, 96), training=True)
+    error = out_of_memory_error(torch.OutOfMemoryError(CUDA_MESSAGE), batch, run_hint(cfg, batch, "32-true"))
+    assert error is not None
+    assert error.message == (
+        "out of memory at a training batch of 64 images at 96x96 (CUDA out of memory. Tried to allocate "
+        "2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.06 GiB is free.)"
+    )
+    assert error.hint == (
+        "data.batch_size=32 trainer.accumulate_grad_batches=2 (the same images per step), "
+        "trainer.precision=bf16-mixed (16-mixed on a GPU without bf16), "
+        "model.scale_consistency=0 (its second view of each batch), or a smaller resolution.size"
+    )
+    cfg = compose_train(
+        ["data.batch_size=64", "model.scale_consistency=0", "trainer.accumulate_grad_batches=2"], tmp_path
+    )
+    error = out_of_memory_error(
+        torch.OutOfMemoryError(CUDA_MESSAGE), batch, run_hint(cfg, batch, "bf16-mixed")
+    )
+    assert error is not None and error.hint == (
+        "data.batch_size=32 trainer.accumulate_grad_batches=4 (the same images per step), "
+        "or a smaller resolution.size"
+    )
+
+
+def test_an_evaluation_batch_is_told_the_evaluation_batch_and_sizes(tmp_path: Path) -> None:
+    cfg = compose_train(["data.batch_size=64", "data.eval_batch_size=256"], tmp_path)
+    batch = BatchSeen((256, 3, 128, 64), training=False)
+    error = out_of_memory_error(a_real_cpu_allocation_failure(), batch, run_hint(cfg, batch, None))
+    assert error is not None
+    assert error.message == (
+        "out of memory at an evaluation batch of 256 images at 128x64 (DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 4294967296.0 GiB.)"
+    )
+    assert error.hint == (
+        "data.eval_batch_size=128, or smaller evaluation sizes ('eval.resolutions=[...]': auto reaches 2x "
+        "the eval size)"
+    )
+
+
+@pytest.fixture
+def hungry_at_64_px(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classifier asks the allocator for more than the machine has at inputs of 64 px and more, as
+    a large model would on a GPU (torch's CPU allocator raises its own error: nothing is made up)."""
+    forward = ImageClassifier.forward
+
+    def hungry(self: ImageClassifier, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) >= 64:
+            torch.empty(2**62, dtype=torch.uint8)
+        return forward(self, x)
+
+    monkeypatch.setattr(ImageClassifier, "forward", hungry)
+
+
+@pytest.mark.usefixtures("hungry_at_64_px")
+def test_a_run_that_runs_out_of_memory_at_its_largest_evaluation_size_says_so_and_keeps_its_work(
+    tmp_path: Path,
+) -> None:
+    """At the 2x evaluation size (64 px) the run fails with one line naming that batch and the evaluation
+    keys, its record says the same, and the checkpoints written before are there."""
+    cfg = compose_train([*TINY, *TINY_SYNTHETIC, "logger=none", "eval.bn_calibration=false"], tmp_path)
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    error = find_user_error(info.value)
+    assert error is not None
+    assert re.match(AT_64_PX, error.message)
+    assert (error.hint or "").startswith("data.eval_batch_size=4, or smaller evaluation sizes")
+    assert isinstance(info.value.__cause__, RuntimeError)  # the allocator's own error, underneath
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"] == error.one_line()
+    assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.usefixtures("hungry_at_64_px")
+def test_eval_out_of_memory_at_a_large_size_names_its_own_batch_key(tmp_path: Path) -> None:
+    """``scripts/eval.py`` at a size the device cannot hold: one line with ``eval.batch_size``, its key
+    for the batch (the training run's keys do not apply there), and nothing written."""
+    from resflex.evaluate import evaluate
+    from tests.test_eval_script import compose_config, train_tiny_run
+
+    run_dir = tmp_path / "run"
+    train_tiny_run(run_dir, "eval.bn_calibration=false")
+    out = tmp_path / "eval"
+    overrides = [f"ckpt_path={run_dir}", "eval.resolutions=[32,64]", "eval.device=cpu", "eval.batch_size=6"]
+    with pytest.raises(ConfigError) as info:
+        evaluate(compose_config("eval", overrides, out))
+    assert re.match(AT_64_PX, info.value.message)
+    assert (info.value.hint or "").startswith("eval.batch_size=3, or smaller evaluation sizes")
+    assert not (out / "eval.json").exists()
