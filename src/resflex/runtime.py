@@ -119,6 +119,24 @@ def quiet_library_noise() -> None:
     )
 
 
+#: the first words of the allocators' failures that are not ``torch.OutOfMemoryError``
+ALLOCATION_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "MPS backend out of memory")
+
+
+def out_of_memory_cause(error: BaseException | None) -> BaseException | None:
+    """The allocator's failure in ``error``'s chain (``__cause__``/``__context__``), or None: CUDA's
+    ``torch.OutOfMemoryError``, or the CPU's and MPS's RuntimeError."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, torch.OutOfMemoryError) or (
+            isinstance(error, RuntimeError) and any(words in str(error) for words in ALLOCATION_FAILURES)
+        ):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def release_memory() -> None:
     """Give back what a finished (or failed) job held, before the next job of a sweep starts."""
     gc.collect()

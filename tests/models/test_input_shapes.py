@@ -249,3 +249,22 @@ def test_a_bucket_past_the_table_is_refused_and_auto_sizes_past_it_are_dropped()
     )
     check_sizes_fit_backbone(data, on_meta("mvitv2_tiny"))  # type: ignore[arg-type]
     assert data.eval_sizes == [(96, 96), (112, 112)]  # 144's bucket is 288x144
+
+
+def test_out_of_memory_at_a_new_shape_builds_no_twin_and_stays_the_allocators_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Memory is what ran out: the guard builds no second model then (the run reports it in one line:
+    resflex/training/out_of_memory.py)."""
+    cnn = TimmBackbone("test_resnet").eval()
+
+    def no_twin(*args: object, **kwargs: object) -> TimmBackbone:
+        raise AssertionError("a twin was built while out of memory")
+
+    def out_of_memory(x: torch.Tensor) -> torch.Tensor:  # the CPU allocator's own failure
+        return torch.empty(2**62, dtype=torch.uint8)
+
+    monkeypatch.setattr(TimmBackbone, "_real_twin", no_twin)
+    monkeypatch.setattr(cnn.model, "forward_features", out_of_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"), torch.no_grad():
+        cnn(torch.zeros(1, 3, 48, 48))

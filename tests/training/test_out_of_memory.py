@@ -12,8 +12,9 @@ import torch
 
 from resflex.errors import ConfigError, find_user_error
 from resflex.models.classifier import ImageClassifier
+from resflex.runtime import out_of_memory_cause
 from resflex.train import train
-from resflex.training.out_of_memory import BatchSeen, out_of_memory_cause, out_of_memory_error, run_hint
+from resflex.training.out_of_memory import BatchSeen, out_of_memory_error, run_hint
 from tests.conftest import TINY, TINY_SYNTHETIC
 from tests.test_configs import compose_train
 

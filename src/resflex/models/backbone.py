@@ -32,6 +32,7 @@ from resflex.models.input_shapes import (
     size_hint,
     unexpected_keyword,
 )
+from resflex.runtime import out_of_memory_cause
 from resflex.validation import check_value
 
 if TYPE_CHECKING:
@@ -306,10 +307,9 @@ class TimmBackbone(nn.Module):
             return self._feature_map(x)
         try:
             features = self._feature_map(x)
-        except torch.OutOfMemoryError:
-            raise
         except Exception as exc:
-            self._guard(shape, exc)
+            if out_of_memory_cause(exc) is None:  # out of memory: no twin built now (the run says it)
+                self._guard(shape, exc)
             raise
         self._shapes_run.add(shape)
         return features

@@ -16,12 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from resflex.errors import ConfigError, first_line
-
-#: the first words of the allocators' failures that are not ``torch.OutOfMemoryError``
-ALLOCATION_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "MPS backend out of memory")
+from resflex.runtime import out_of_memory_cause
 
 
 @dataclass(frozen=True)
@@ -36,19 +32,6 @@ class BatchSeen:
         if len(self.shape) != 4:
             return f"{kind} batch of {self.shape[0]}"
         return f"{kind} batch of {self.shape[0]} images at {self.shape[2]}x{self.shape[3]}"
-
-
-def out_of_memory_cause(error: BaseException | None) -> BaseException | None:
-    """The allocator's failure in ``error``'s chain (``__cause__``/``__context__``), or None."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, torch.OutOfMemoryError) or (
-            isinstance(error, RuntimeError) and any(words in str(error) for words in ALLOCATION_FAILURES)
-        ):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def out_of_memory_error(error: BaseException, batch: BatchSeen | None, hint: str) -> ConfigError | None:
