@@ -220,6 +220,22 @@ def pooling_from_config(name: str, **overrides: object) -> torch.nn.Module:
     )
 
 
+def run_out_of_memory_from(monkeypatch: pytest.MonkeyPatch, side: int) -> None:
+    """From inputs whose sides are both ``side`` px or more, the classifier asks torch's CPU allocator
+    for more than any machine has, as a large model would on a GPU: the allocator's own failure,
+    nothing made up (resflex/training/out_of_memory.py names it)."""
+    from resflex.models.classifier import ImageClassifier
+
+    forward = ImageClassifier.forward
+
+    def hungry(self: ImageClassifier, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) >= side:
+            torch.empty(2**62, dtype=torch.uint8)
+        return forward(self, x)
+
+    monkeypatch.setattr(ImageClassifier, "forward", hungry)
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """A whole file decoded to RGB the plain way (EXIF applied): the reference for the reduced decode."""
     from PIL import ImageOps

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 
 from resflex.data.buckets import assign_buckets, file_image_size
 from resflex.errors import ConfigError, DataError
-from tests.conftest import TINY, make_image_folder, run_cli
+from tests.conftest import TINY, make_image_folder, run_cli, run_out_of_memory_from
 from tests.test_eval_script import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -399,3 +400,33 @@ def test_a_run_reopened_to_use_builds_no_training_views_and_keeps_its_config(tra
     module = run.build_module()
     assert module.scale_view is None
     assert run.config.model.scale_consistency == trained_with
+
+
+def test_predict_out_of_memory_is_one_line_naming_its_own_keys(
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a size the device cannot hold: the batch, the allocator's reason, and predict's keys (not the
+    training run's); nothing written."""
+    from resflex.predict import predict
+
+    run_out_of_memory_from(monkeypatch, 96)
+    out = tmp_path / "preds.csv"
+    cfg = predict_cfg(
+        trained,
+        tmp_path,
+        f"input={trained['data'] / 'val'}",
+        f"output={out}",
+        "predict.size=96",
+        "predict.batch_size=6",
+    )
+    with pytest.raises(ConfigError) as info:
+        predict(cfg)
+    shape = r"(96x\d+|\d+x96)"
+    assert re.match(
+        rf"out of memory at an evaluation batch of \d+ images at {shape} \(DefaultCPU", info.value.message
+    )
+    assert (
+        info.value.hint
+        == "predict.batch_size=3, or a smaller predict.size (predict.max_side for predict.size=native)"
+    )
+    assert not out.exists()

@@ -64,6 +64,7 @@ from resflex.predict_plan import (
 )
 from resflex.run import open_run
 from resflex.runtime import resolve_device, size_tag
+from resflex.training.out_of_memory import PREDICTION_SIZES, BatchSeen, evaluation_hint, out_of_memory_error
 from resflex.training.robustness import RANGE_TOLERANCE
 from resflex.types import Size
 from resflex.validation import check_value, check_writable
@@ -112,6 +113,7 @@ def run_predictions(
     unreadable = dict(plan.unreadable)
     k = min(topk, classifier.num_classes)
     bar = _progress(sum(len(members) for _, members, _ in plan.batches), progress)
+    batch_size = max((len(members) for _, members, _ in plan.batches), default=1)  # predict.batch_size
     try:
         for batch_index, (shape, members, bucket) in enumerate(plan.batches):
             pixels, kept = [], []
@@ -124,7 +126,15 @@ def run_predictions(
             bar.update(len(members))
             if not kept:
                 continue
-            probs = classifier(torch.stack(pixels).to(device)).float().softmax(dim=1).cpu()
+            images = torch.stack(pixels).to(device)
+            try:
+                probs = classifier(images).float().softmax(dim=1).cpu()
+            except Exception as exc:  # out of memory: the batch and the keys that lower it, in one line
+                hint = evaluation_hint("predict.batch_size", batch_size, PREDICTION_SIZES)
+                memory = out_of_memory_error(exc, BatchSeen(tuple(images.shape), training=False), hint)
+                if memory is None:
+                    raise
+                raise memory from exc
             top = probs.topk(k, dim=1)
             for row_index, i in enumerate(kept):
                 label = inputs.labels[i]

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from resflex.errors import ConfigError, find_user_error
-from resflex.models.classifier import ImageClassifier
 from resflex.runtime import out_of_memory_cause
 from resflex.train import train
 from resflex.training.out_of_memory import BatchSeen, out_of_memory_error, run_hint
-from tests.conftest import TINY, TINY_SYNTHETIC
+from tests.conftest import TINY, TINY_SYNTHETIC, run_out_of_memory_from
 from tests.test_configs import compose_train
 
 CUDA_MESSAGE = (
@@ -91,16 +90,7 @@ def test_an_evaluation_batch_is_told_the_evaluation_batch_and_sizes(tmp_path: Pa
 
 @pytest.fixture
 def hungry_at_64_px(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The classifier asks the allocator for more than the machine has at inputs of 64 px and more, as
-    a large model would on a GPU (torch's CPU allocator raises its own error: nothing is made up)."""
-    forward = ImageClassifier.forward
-
-    def hungry(self: ImageClassifier, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2:]) >= 64:
-            torch.empty(2**62, dtype=torch.uint8)
-        return forward(self, x)
-
-    monkeypatch.setattr(ImageClassifier, "forward", hungry)
+    run_out_of_memory_from(monkeypatch, 64)
 
 
 @pytest.mark.usefixtures("hungry_at_64_px")

@@ -110,7 +110,12 @@ def training_hint(cfg: Mapping[str, Any], precision: str | None) -> str:
     return ", ".join(steps[:-1]) + f", or {steps[-1]}" if len(steps) > 1 else steps[0]
 
 
-def evaluation_hint(batch_key: str, batch_size: int | None) -> str:
-    """Half the evaluation batch (``batch_key``: the command's key for it), or fewer, smaller sizes."""
+EVALUATION_SIZES = "smaller evaluation sizes ('eval.resolutions=[...]': auto reaches 2x the eval size)"
+PREDICTION_SIZES = "a smaller predict.size (predict.max_side for predict.size=native)"
+
+
+def evaluation_hint(batch_key: str, batch_size: int | None, sizes: str = EVALUATION_SIZES) -> str:
+    """Half the evaluation batch (``batch_key``: the command's key for it), or ``sizes``: what makes
+    the command's sizes fewer or smaller."""
     smaller = f"{batch_key}={batch_size // 2}, or " if batch_size is not None and batch_size > 1 else ""
-    return f"{smaller}smaller evaluation sizes ('eval.resolutions=[...]': auto reaches 2x the eval size)"
+    return f"{smaller}{sizes}"
