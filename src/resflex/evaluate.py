@@ -55,6 +55,7 @@ from resflex.data.arguments import to_plain
 from resflex.data.sizes import check_bucketed_size, parse_size
 from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
 from resflex.models.bn_calibration import side_of
+from resflex.models.input_shapes import forget_real_twins
 from resflex.preflight import meta_model
 from resflex.run import Run, open_run
 from resflex.runtime import (
@@ -293,6 +294,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         backbone = meta_model(run_cfg.model).model.backbone
         for size in asked:
             backbone.check_input_size(size, "eval.resolutions")
+        forget_real_twins()  # a fixed-size model's real twin (input_shapes): its memory is the run's again
     datamodule = build_datamodule(run_cfg)
     geometry = str(datamodule.schedule.geometry)
     bucket_size = str(getattr(datamodule.schedule, "bucket_size", "short_side"))

@@ -49,6 +49,7 @@ from resflex.data.images import DEFAULT_DECODER, open_image
 from resflex.data.sizes import DEFAULT_ASPECTS
 from resflex.errors import ConfigError, DataError, interruption_as_one_line, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, classifier_of
+from resflex.models.input_shapes import forget_real_twins
 from resflex.naflex_framing import parse_seq_len
 from resflex.predict_naflex import check_naflex_options, run_token_predictions
 from resflex.predict_plan import (
@@ -276,6 +277,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     else:
         classifier = classifier_of(run, device)
         size = parse_predict_size(settings.size, classifier)
+        forget_real_twins()  # a fixed-size model's real twin (input_shapes): its memory is the run's again
         inputs = collect_inputs(cfg.get("input"), classifier.classes)
         transform, geometry, schedule = run.eval_framing()
         info = classifier.info
