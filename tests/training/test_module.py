@@ -22,6 +22,8 @@ from resflex.models.pooling import AvgPool
 from resflex.training import module as module_file
 from resflex.training.module import ClassificationModule
 from resflex.training.optim import OptimizerFactory
+from resflex.training.out_of_memory import BatchSeen
+from resflex.types import TokenBatch
 
 NUM_CLASSES = 5
 
@@ -65,6 +67,21 @@ def test_uint8_batches_are_normalised_with_the_backbones_mean_and_std(channels_l
     assert out.is_contiguous(memory_format=layout)
     if channels_last:
         assert not out.is_contiguous()
+
+
+def test_the_module_remembers_the_shape_of_the_last_batch_it_was_handed() -> None:
+    """What an out-of-memory failure names (resflex/training/out_of_memory.py): an image batch's shape,
+    a NaFlex token batch's images and sequence length, and whether the module was training."""
+    module = _module()
+    images, labels = _batch(3, 8, 12)
+    module.on_after_batch_transfer((images, labels), 0)
+    assert module.last_batch == BatchSeen((3, 3, 8, 12), training=True)
+    module.eval()
+    tokens = TokenBatch(
+        torch.zeros(2, 4, 48, dtype=torch.uint8), torch.zeros(2, 4, 2), torch.ones(2, 4, dtype=torch.bool), 4
+    )
+    module.on_after_batch_transfer((tokens, labels[:2]), 0)
+    assert module.last_batch == BatchSeen((2, 4), training=False)
 
 
 def test_the_draws_of_a_batch_change_with_the_epoch_and_the_rank() -> None:

@@ -14,7 +14,7 @@ from resflex.errors import ConfigError, find_user_error
 from resflex.runtime import out_of_memory_cause
 from resflex.train import train
 from resflex.training.out_of_memory import BatchSeen, out_of_memory_error, run_hint
-from tests.conftest import TINY, TINY_SYNTHETIC, run_out_of_memory_from
+from tests.conftest import TINY, TINY_NAFLEX_MODEL, TINY_SYNTHETIC, run_out_of_memory_from
 from tests.test_configs import compose_train
 
 CUDA_MESSAGE = (
@@ -128,3 +128,24 @@ def test_eval_out_of_memory_at_a_large_size_names_its_own_batch_key(tmp_path: Pa
     assert re.match(AT_64_PX, info.value.message)
     assert (info.value.hint or "").startswith("eval.batch_size=3, or smaller evaluation sizes")
     assert not (out / "eval.json").exists()
+
+
+def test_a_naflex_batch_is_told_its_token_budget_and_sequence_lengths(tmp_path: Path) -> None:
+    """A NaFlex step's batch is its token budget: halved with twice the accumulation; its size is the
+    longest sequence; it has no second scale-consistency view to turn off."""
+    cfg = compose_train([*TINY_NAFLEX_MODEL, "resolution.tokens_per_batch=3072"], tmp_path)
+    batch = BatchSeen((48, 64), training=True)
+    error = out_of_memory_error(
+        torch.OutOfMemoryError(CUDA_MESSAGE), batch, run_hint(cfg, batch, "bf16-mixed")
+    )
+    assert error is not None
+    assert error.message.startswith(
+        "out of memory at a training batch of 48 images as up to 64 tokens each ("
+    )
+    assert error.hint == (
+        "resolution.tokens_per_batch=1536 trainer.accumulate_grad_batches=2 (the same images per step), "
+        "or a smaller resolution.max_seq_len"
+    )
+    batch = BatchSeen((16, 32), training=False)
+    hint = run_hint(compose_train([*TINY_NAFLEX_MODEL, "data.eval_batch_size=16"], tmp_path), batch, None)
+    assert hint == "data.eval_batch_size=8, or fewer or shorter eval.seq_lens"

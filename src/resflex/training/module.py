@@ -282,6 +282,7 @@ class ClassificationModule(pl.LightningModule):
         """Device-side batch work: decode and frame (``data.source.decoder=device``), then normalise."""
         images, labels = batch
         if isinstance(images, TokenBatch):  # resolution=naflex: uint8 patches (resflex.data.naflex)
+            self.last_batch = BatchSeen((len(images), images.seq_len), self.training)
             return images.normalized(self.pixel_mean, self.pixel_std), labels
         if isinstance(images, EncodedBatch):  # JPEG bytes + framings: resflex.data.device_decode
             images, labels = images.decode(labels)

@@ -22,13 +22,20 @@ from resflex.runtime import out_of_memory_cause
 
 @dataclass(frozen=True)
 class BatchSeen:
-    """The last batch a module was handed: its (B, C, H, W) shape, and whether it was a training one."""
+    """The last batch a module was handed: its shape, (B, C, H, W) for images or (B, seq_len) for
+    NaFlex token sequences, and whether it was a training one."""
 
     shape: tuple[int, ...]
     training: bool
 
+    @property
+    def tokens(self) -> bool:
+        return len(self.shape) == 2
+
     def describe(self) -> str:
         kind = "a training" if self.training else "an evaluation"
+        if self.tokens:
+            return f"{kind} batch of {self.shape[0]} images as up to {self.shape[1]} tokens each"
         if len(self.shape) != 4:
             return f"{kind} batch of {self.shape[0]}"
         return f"{kind} batch of {self.shape[0]} images at {self.shape[2]}x{self.shape[3]}"
@@ -58,11 +65,13 @@ def run_hint(cfg: Mapping[str, Any], batch: BatchSeen | None, precision: str | N
     :func:`evaluation_hint` with the run's evaluation batch size. ``precision``: the trainer's on a
     GPU, as it resolved ``trainer.precision=auto`` (None on the CPU, where mixed precision saves
     little memory)."""
+    tokens = batch is not None and batch.tokens
     if batch is None or batch.training:
-        return training_hint(cfg, precision)
+        return training_hint(cfg, precision, tokens)
     size = _key(cfg, "data.eval_batch_size")
     size = size if isinstance(size, int) else _key(cfg, "data.batch_size")
-    return evaluation_hint("data.eval_batch_size", size if isinstance(size, int) else None)
+    sizes = "fewer or shorter eval.seq_lens" if tokens else EVALUATION_SIZES
+    return evaluation_hint("data.eval_batch_size", size if isinstance(size, int) else None, sizes)
 
 
 #: where torch's CUDA message turns from what failed to advice on its allocator
@@ -90,23 +99,29 @@ def allocator_reason(cause: BaseException) -> str:
     return reason if len(reason) <= 200 else reason[:197] + "..."
 
 
-def training_hint(cfg: Mapping[str, Any], precision: str | None) -> str:
-    """Half the batch with twice the accumulation (the same images per optimizer step), mixed precision
-    when the run computes on a GPU in full precision, the scale-consistency view off when it is on, a
-    smaller size."""
-    batch_size = _key(cfg, "data.batch_size")
+def training_hint(cfg: Mapping[str, Any], precision: str | None, tokens: bool = False) -> str:
+    """Half the batch with twice the accumulation (the same images per optimizer step; a NaFlex run's
+    batch is its token budget, ``resolution.tokens_per_batch``, when set), mixed precision when the run
+    computes on a GPU in full precision, the scale-consistency view off when it is on, a smaller size
+    (a shorter longest sequence for NaFlex)."""
+    budget = _key(cfg, "resolution.tokens_per_batch") if tokens else None
+    key, batch_size = (
+        ("resolution.tokens_per_batch", budget)
+        if isinstance(budget, int)
+        else ("data.batch_size", _key(cfg, "data.batch_size"))
+    )
     accumulate = _key(cfg, "trainer.accumulate_grad_batches") or 1
     steps = []
     if isinstance(batch_size, int) and batch_size > 1:
         steps.append(
-            f"data.batch_size={batch_size // 2} trainer.accumulate_grad_batches={2 * int(accumulate)} "
+            f"{key}={batch_size // 2} trainer.accumulate_grad_batches={2 * int(accumulate)} "
             "(the same images per step)"
         )
     if precision in ("32", "32-true", "64", "64-true"):
         steps.append("trainer.precision=bf16-mixed (16-mixed on a GPU without bf16)")
-    if _key(cfg, "model.scale_consistency"):
+    if _key(cfg, "model.scale_consistency") and not tokens:  # NaFlex runs have no second view
         steps.append("model.scale_consistency=0 (its second view of each batch)")
-    steps.append("a smaller resolution.size")
+    steps.append("a smaller resolution.max_seq_len" if tokens else "a smaller resolution.size")
     return ", ".join(steps[:-1]) + f", or {steps[-1]}" if len(steps) > 1 else steps[0]
 
 
