@@ -13,7 +13,7 @@ import torch
 from resflex.errors import ConfigError, find_user_error
 from resflex.runtime import out_of_memory_cause
 from resflex.train import train
-from resflex.training.out_of_memory import BatchSeen, out_of_memory_error, run_hint
+from resflex.training.out_of_memory import BatchSeen, allocator_reason, out_of_memory_error, run_hint
 from tests.conftest import TINY, TINY_NAFLEX_MODEL, TINY_SYNTHETIC, run_out_of_memory_from
 from tests.test_configs import compose_train
 
@@ -80,7 +80,7 @@ def test_an_evaluation_batch_is_told_the_evaluation_batch_and_sizes(tmp_path: Pa
     assert error is not None
     assert error.message == (
         "out of memory at an evaluation batch of 256 images at 128x64 (DefaultCPUAllocator: can't allocate "
-        "memory: you tried to allocate 4294967296.0 GiB.)"
+        "memory: you tried to allocate 4294967296.00 GiB.)"
     )
     assert error.hint == (
         "data.eval_batch_size=128, or smaller evaluation sizes ('eval.resolutions=[...]': auto reaches 2x "
@@ -149,3 +149,25 @@ def test_a_naflex_batch_is_told_its_token_budget_and_sequence_lengths(tmp_path: 
     batch = BatchSeen((16, 32), training=False)
     hint = run_hint(compose_train([*TINY_NAFLEX_MODEL, "data.eval_batch_size=16"], tmp_path), batch, None)
     assert hint == "data.eval_batch_size=8, or fewer or shorter eval.seq_lens"
+
+
+def test_the_allocators_reason_keeps_what_failed_and_drops_its_advice() -> None:
+    """torch's CUDA message goes on about its allocator for three more sentences, and the CPU's starts
+    with a source location and gives bytes: the line keeps what failed, in binary units."""
+    cuda = (
+        "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.11 GiB of which "
+        "3.19 MiB is free. Including non-PyTorch memory, this process has 79.10 GiB memory in use. Of the "
+        "allocated memory 78.25 GiB is allocated by PyTorch. If reserved but unallocated memory is large try "
+        "setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+    )
+    assert allocator_reason(torch.OutOfMemoryError(cuda)) == (
+        "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.11 GiB of which "
+        "3.19 MiB is free."
+    )
+    cpu = (
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+        "tried to allocate 1048576 bytes. Error code 12 (Cannot allocate memory)"
+    )
+    assert allocator_reason(RuntimeError(cpu)) == (
+        "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1.00 MiB."
+    )

@@ -19,6 +19,20 @@ from typing import Any
 from resflex.errors import ConfigError, first_line
 from resflex.runtime import out_of_memory_cause
 
+#: where torch's CUDA message turns from what failed to advice on its allocator
+_ADVICE = (
+    "Including non-PyTorch memory",
+    "Of the allocated memory",
+    "If reserved",
+    "See documentation",
+    "Use PYTORCH",
+)
+
+
+#: what makes the sizes of an evaluation, or of a prediction, fewer or smaller
+EVALUATION_SIZES = "smaller evaluation sizes ('eval.resolutions=[...]': auto reaches 2x the eval size)"
+PREDICTION_SIZES = "a smaller predict.size (predict.max_side for predict.size=native)"
+
 
 @dataclass(frozen=True)
 class BatchSeen:
@@ -74,22 +88,12 @@ def run_hint(cfg: Mapping[str, Any], batch: BatchSeen | None, precision: str | N
     return evaluation_hint("data.eval_batch_size", size if isinstance(size, int) else None, sizes)
 
 
-#: where torch's CUDA message turns from what failed to advice on its allocator
-_ADVICE = (
-    "Including non-PyTorch memory",
-    "Of the allocated memory",
-    "If reserved",
-    "See documentation",
-    "Use PYTORCH",
-)
-
-
 def allocator_reason(cause: BaseException) -> str:
     """What failed, in the allocator's words, without its source location or allocator advice: "CUDA out
     of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.06 GiB is
     free."; "DefaultCPUAllocator: can't allocate memory: you tried to allocate 12.0 GiB."."""
     text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", " ".join(str(cause).split()))
-    text = re.sub(r"(\d+) bytes", lambda m: f"{int(m.group(1)) / 2**30:.1f} GiB", text)
+    text = re.sub(r"(\d+) bytes", lambda m: _in_binary_units(int(m.group(1))), text)
     sentences: list[str] = []
     for sentence in re.split(r"(?<=\.)\s+", text):
         if sentence.startswith(_ADVICE) or sentence.startswith("Error code") or len(sentences) == 3:
@@ -97,6 +101,11 @@ def allocator_reason(cause: BaseException) -> str:
         sentences.append(sentence)
     reason = " ".join(sentences) or first_line(cause)
     return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def _in_binary_units(count: int) -> str:
+    """A byte count as torch's CUDA message writes sizes: in GiB from 1 GiB, else in MiB."""
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.2f} MiB"
 
 
 def training_hint(cfg: Mapping[str, Any], precision: str | None, tokens: bool = False) -> str:
@@ -123,10 +132,6 @@ def training_hint(cfg: Mapping[str, Any], precision: str | None, tokens: bool = 
         steps.append("model.scale_consistency=0 (its second view of each batch)")
     steps.append("a smaller resolution.max_seq_len" if tokens else "a smaller resolution.size")
     return ", ".join(steps[:-1]) + f", or {steps[-1]}" if len(steps) > 1 else steps[0]
-
-
-EVALUATION_SIZES = "smaller evaluation sizes ('eval.resolutions=[...]': auto reaches 2x the eval size)"
-PREDICTION_SIZES = "a smaller predict.size (predict.max_side for predict.size=native)"
 
 
 def evaluation_hint(batch_key: str, batch_size: int | None, sizes: str = EVALUATION_SIZES) -> str:
