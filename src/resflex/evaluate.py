@@ -67,7 +67,7 @@ from resflex.runtime import (
     retain_freed_host_memory,
     size_tag,
 )
-from resflex.training.out_of_memory import evaluation_hint, out_of_memory_error
+from resflex.training.out_of_memory import evaluation_hint, out_of_memory_as_one_line
 from resflex.training.robustness import range_phrase, summarize_sizes
 from resflex.types import as_size
 from resflex.validation import check_value
@@ -322,14 +322,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         tag = size_tag(h, w)
         if module.size_stats is not None:
             module.size_stats.use(side_of((h, w)))
-        try:
+        with out_of_memory_as_one_line(
+            lambda: getattr(module, "last_batch", None),
+            lambda _: evaluation_hint("eval.batch_size", datamodule.eval_batch_size),
+        ):
             metrics = evaluate_loader(module, loader, device, precision, limit)
-        except Exception as exc:  # out of memory: the batch and the keys that lower it, in one line
-            hint = evaluation_hint("eval.batch_size", datamodule.eval_batch_size)
-            memory = out_of_memory_error(exc, getattr(module, "last_batch", None), hint)
-            if memory is None:
-                raise
-            raise memory from exc
         if run.is_naflex:  # a NaFlex run's 'size' (s, s) is a sequence length: s tokens per image
             place = {"resolution": f"{h} tokens", "height": None, "width": None, "seq_len": h}
         else:  # keep_aspect: each image at its aspect bucket's shape for this size (what ran is said)

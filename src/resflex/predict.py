@@ -65,7 +65,12 @@ from resflex.predict_plan import (
 )
 from resflex.run import open_run
 from resflex.runtime import resolve_device, size_tag
-from resflex.training.out_of_memory import PREDICTION_SIZES, BatchSeen, evaluation_hint, out_of_memory_error
+from resflex.training.out_of_memory import (
+    PREDICTION_SIZES,
+    BatchSeen,
+    evaluation_hint,
+    out_of_memory_as_one_line,
+)
 from resflex.training.robustness import RANGE_TOLERANCE
 from resflex.types import Size
 from resflex.validation import check_value, check_writable
@@ -128,14 +133,11 @@ def run_predictions(
             if not kept:
                 continue
             images = torch.stack(pixels).to(device)
-            try:
+            with out_of_memory_as_one_line(
+                BatchSeen(tuple(images.shape), training=False),
+                lambda _: evaluation_hint("predict.batch_size", batch_size, PREDICTION_SIZES),
+            ):
                 probs = classifier(images).float().softmax(dim=1).cpu()
-            except Exception as exc:  # out of memory: the batch and the keys that lower it, in one line
-                hint = evaluation_hint("predict.batch_size", batch_size, PREDICTION_SIZES)
-                memory = out_of_memory_error(exc, BatchSeen(tuple(images.shape), training=False), hint)
-                if memory is None:
-                    raise
-                raise memory from exc
             top = probs.topk(k, dim=1)
             for row_index, i in enumerate(kept):
                 label = inputs.labels[i]

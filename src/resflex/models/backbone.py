@@ -24,6 +24,7 @@ from resflex.models.input_shapes import (
     ANY_SIZE_BACKBONES,
     SeveralFeatureMaps,
     accepted_keywords,
+    built_size,
     constructor_arguments,
     keyword_hint,
     meta_forward_error,
@@ -320,9 +321,7 @@ class TimmBackbone(nn.Module):
         run (or the size it was built for): the size is the cause. Otherwise return (the caller
         re-raises the model's own error: a bug, not a size)."""
         key = "resolution.size" if self.training else "eval.resolutions"
-        config = getattr(self.model, "pretrained_cfg", None) or {}
-        built = tuple(int(s) for s in (config.get("input_size") or (3, 224, 224))[-2:])
-        reference = min(self._shapes_run, default=(built[0], built[1]))
+        reference = min(self._shapes_run, default=built_size(self.model) or (224, 224))
         if self._forward_error(reference, real=True)[0] is not None:
             return
         try:

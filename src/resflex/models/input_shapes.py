@@ -96,8 +96,13 @@ def meta_may_miss(model: nn.Module, size: tuple[int, int]) -> bool:
     config = getattr(model, "pretrained_cfg", None) or {}
     if not config.get("fixed_input_size") or getattr(model, "dynamic_img_size", False):
         return False
-    input_size = config.get("input_size")
-    return not (input_size and tuple(int(s) for s in input_size[-2:]) == tuple(size))
+    return built_size(model) != tuple(size)
+
+
+def built_size(model: nn.Module) -> tuple[int, int] | None:
+    """The (h, w) timm's pretrained config gives for the model (its ``input_size``), or None."""
+    input_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    return (int(input_size[-2]), int(input_size[-1])) if input_size and len(input_size) >= 2 else None
 
 
 def real_forward_error(
@@ -169,9 +174,9 @@ def size_hint(
         return "++backbone.model_kwargs.strict_img_size=false (the patch grid follows the input)"
     training = key == "resolution.size"
     config = getattr(model, "pretrained_cfg", None) or {}
-    input_size = config.get("input_size")
-    if config.get("fixed_input_size") and input_size and len(input_size) == 3:
-        h, w = int(input_size[1]), int(input_size[2])
+    built = built_size(model)
+    if config.get("fixed_input_size") and built is not None:
+        h, w = built
         if meta_forward_error(backbone, (h, w), architecture) is None:
             named = {"resolution.size": f"resolution.size={h} 'eval.resolutions=[{h}]'"}
             sizes = named.get(key, f"'{key}=[{h}]'" if key == "eval.resolutions" else f"{key}={h}")

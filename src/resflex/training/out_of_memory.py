@@ -12,7 +12,8 @@ four times the pixels per image. Neither torch nor Lightning maps the failure to
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,23 @@ def out_of_memory_error(error: BaseException, batch: BatchSeen | None, hint: str
         return None
     where = f" at {batch.describe()}" if batch is not None else ""
     return ConfigError(f"out of memory{where} ({allocator_reason(cause)})", hint=hint)
+
+
+@contextmanager
+def out_of_memory_as_one_line(
+    batch: BatchSeen | Callable[[], BatchSeen | None], hint: Callable[[BatchSeen | None], str]
+) -> Iterator[None]:
+    """An out-of-memory failure inside the block becomes :func:`out_of_memory_error`'s one line, the
+    allocator's error as its cause; any other error passes as it is. ``batch``: the batch it was at
+    (or a function that reads it after the failure); ``hint``: the command's keys for that batch."""
+    try:
+        yield
+    except Exception as exc:
+        seen = batch if isinstance(batch, BatchSeen) else batch()
+        memory = out_of_memory_error(exc, seen, hint(seen)) if out_of_memory_cause(exc) else None
+        if memory is None:
+            raise
+        raise memory from exc
 
 
 def _key(cfg: Mapping[str, Any], dotted: str) -> Any:
