@@ -1,7 +1,9 @@
-"""Faults injected into real CLI runs (``+callbacks.fault._target_=tests.faults.X``)."""
+"""Faults injected into real CLI runs (``+callbacks.fault._target_=tests.faults.X``), and a probe."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import time
@@ -54,3 +56,36 @@ class MarkerAtStep(pl.Callback):
                 handle.write(str(os.getpid()))
         elif trainer.global_step > self.step:
             time.sleep(self.pause_s)
+
+
+class TrainingImages(pl.Callback):
+    """Appends each training batch to ``path`` as a JSON line: the epoch, the optimizer step it counts
+    toward and a digest of each image as the model gets it, to compare what two runs trained on."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args: Any
+    ) -> None:
+        images = batch[0].detach().cpu().contiguous()
+        digests = [hashlib.sha1(image.numpy().tobytes()).hexdigest()[:16] for image in images]
+        line = {"epoch": trainer.current_epoch, "step": trainer.global_step, "images": digests}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+
+class OutOfMemoryAbove(pl.Callback):
+    """From epoch ``from_epoch`` on, a training batch of more than ``images`` images asks torch's CPU
+    allocator for more than any machine has, as a too-large batch does on a GPU (the allocator's own
+    failure, nothing made up)."""
+
+    def __init__(self, images: int, from_epoch: int = 1) -> None:
+        self.images = images
+        self.from_epoch = from_epoch
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args: Any
+    ) -> None:
+        if trainer.current_epoch >= self.from_epoch and len(batch[0]) > self.images:
+            torch.empty(2**62, dtype=torch.uint8)

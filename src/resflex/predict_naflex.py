@@ -4,7 +4,7 @@ A NaFlex run (``resolution=naflex``) takes token sequences, not (B, 3, H, W) bat
 not planned by size (:mod:`resflex.predict_plan`) but each one framed exactly as its evaluation frames
 it: the image's header size (EXIF applied) -> the largest size of its aspect whose patch grid holds at
 most ``seq_len`` patches (:meth:`NaFlexResolution.image_size`, timm's ``get_image_size_for_seq``) ->
-the run's evaluation transform at that size (``squash``: the whole image, the run's ``data.decoder``
+the run's evaluation transform at that size (``squash``: the whole image, the run's ``data.source.decoder``
 and reduced-scale decode) -> timm's ``patchify_image`` -> padded and masked batches
 (:func:`resflex.data.naflex.collate_tokens`). The classifier is the run's own module
 (:meth:`resflex.run.Run.token_classifier`), fed uint8 patches normalised as evaluation normalises them;

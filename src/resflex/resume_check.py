@@ -17,6 +17,10 @@ the run folder's ``.hydra/overrides.yaml`` with ``[ckpt_path=last]``. Hence:
   the folder's ``.hydra/`` files and record stay the original run's. ``resume_check=false``
   resumes anyway (the differences are logged). A folder from before the copy was kept is
   compared by the overrides of its record (``metrics.json``).
+- A smaller ``data.batch_size`` with more ``trainer.accumulate_grad_batches``, the same images per
+  optimizer step, is the same experiment (:func:`same_images_per_step`): what a run that ran out of
+  memory is told to resume with. It is logged, not refused; the sampler finishes an interrupted
+  epoch on the plan it started (:func:`resflex.data.sampler.resume_position`).
 - The record of a continued run keeps the overrides it was started with (``overrides``) and
   lists each resume's own (``resumes``).
 """
@@ -80,6 +84,8 @@ MAY_CHANGE_ON_RESUME = (
 )
 #: changes the run is told about: the LR schedule (and a progressive resolution schedule) follow the length
 LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+#: a batch split differently over accumulation steps: may change together when their product does not
+BATCH_KEYS = ("data.batch_size", "trainer.accumulate_grad_batches")
 #: Lightning's own ``ckpt_path`` keywords: a checkpoint of this run folder
 _LIGHTNING_KEYWORDS = ("best", "hpc", "registry")
 _UNSET = object()
@@ -131,6 +137,27 @@ def override_differences(saved: Iterable[str], new: Iterable[str]) -> list[tuple
         return {override_key(o): (str(o).split("=", 1)[1] if "=" in str(o) else None) for o in items}
 
     return config_differences(as_dict(saved), as_dict(new))
+
+
+def same_images_per_step(
+    saved: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[int, int, int, int] | None:
+    """``(batch, accumulation)`` before and after when ``data.batch_size`` and
+    ``trainer.accumulate_grad_batches`` differ with the same images per optimizer step (their
+    product); None otherwise (either unchanged, not plain integers, or another product)."""
+    old, now = _flatten(saved), _flatten(new)
+    values = [
+        old.get(BATCH_KEYS[0]),
+        old.get(BATCH_KEYS[1], 1),
+        now.get(BATCH_KEYS[0]),
+        now.get(BATCH_KEYS[1], 1),
+    ]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        return None
+    batch, accumulate, new_batch, new_accumulate = values
+    if (batch, accumulate) == (new_batch, new_accumulate) or batch * accumulate != new_batch * new_accumulate:
+        return None
+    return batch, accumulate, new_batch, new_accumulate
 
 
 def _shown(value: Any) -> str:
@@ -188,7 +215,8 @@ def _source_folder(ckpt_path: str, output_dir: Path) -> Path:
 
 def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overrides: Sequence[str]) -> None:
     """Refuse (:class:`ResumeRefused`) a resume whose config differs from that of the run that wrote the
-    checkpoint in anything but :data:`MAY_CHANGE_ON_RESUME`; log the length keys that changed.
+    checkpoint in anything but :data:`MAY_CHANGE_ON_RESUME` and a batch split over more or fewer
+    accumulation steps (:func:`same_images_per_step`); log the length and batch keys that changed.
 
     Nothing to compare with (a checkpoint outside a run folder, a folder without the copy or a
     record): nothing is checked.
@@ -198,8 +226,13 @@ def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overri
     output_dir = Path(output_dir)
     source = _source_folder(ckpt_path, output_dir)
     saved, original = started_with(source)
+    split = None
     if saved is not None:
-        differences = config_differences(saved, task_config(cfg))
+        new = task_config(cfg)
+        differences = config_differences(saved, new)
+        split = same_images_per_step(saved, new)
+        if split is not None:
+            differences = [d for d in differences if d[0] not in BATCH_KEYS]
     elif original is not None:  # a folder from before the copy was kept: its record's overrides
         differences = override_differences(original, overrides)
     else:
@@ -210,6 +243,18 @@ def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overri
     if not refused or not cfg.get("resume_check", True):
         if refused:
             log.warning("resume_check=false: resuming %s with another config: %s%s", ckpt_path, listed, more)
+        if split is not None:
+            batch, accumulate, new_batch, new_accumulate = split
+            log.warning(
+                "resuming with data.batch_size=%d trainer.accumulate_grad_batches=%d (the run was started "
+                "with %d and %d): the same %d images per optimizer step; BatchNorm sees %d at a time",
+                new_batch,
+                new_accumulate,
+                batch,
+                accumulate,
+                batch * accumulate,
+                new_batch,
+            )
         for key, old, new in differences:
             if key in LENGTH_KEYS:
                 log.warning(

@@ -7,8 +7,8 @@ Used raw, that name breaks in three cases this module handles:
   would write into the sweep folder itself -> ``job<N>`` instead;
 * a ``/`` in a value (``backbone.name=hf-hub:timm/resnet18``) would nest folders
   -> replaced by ``_``, as are whitespace and control characters;
-* longer than a file name may be (255 bytes) -> cut, with a short hash that
-  keeps the names distinct.
+* longer than 160 bytes (a file name may have 255) -> cut, with a short hash
+  that keeps the names distinct; two jobs that still share a name get ``-job<N>``.
 
 Hydra's ``override_dirname`` also lists the overrides every job shares
 (``data=fashion_mnist trainer=gpu ...`` typed once on the command line), which

@@ -307,3 +307,89 @@ def test_a_sample_request_is_a_tuple_whose_index_method_works() -> None:
     assert SampleRequest(7, 64, 48).index(64) == 1
     assert TokenRequest(7, 64, 48, None, 0, 96).index(96) == 5
     assert SampleRequest(7, 64, 48).sample_index == 7
+
+
+def _requests(batches: list[list[tuple]]) -> list[tuple]:
+    return [request for batch in batches for request in batch]
+
+
+@pytest.mark.parametrize("geometry", ["square", "keep_aspect"])
+def test_a_mid_epoch_resume_with_half_the_batch_finishes_the_epoch_on_its_plan(geometry: str) -> None:
+    """Half ``data.batch_size`` (twice the accumulation) from a checkpoint at step 3: the rest of the
+    epoch is the planned batches cut in two, the same images at the same sizes in the same order, and
+    the steps before the cut keep their place (Lightning counts from the saved step); a second stop in
+    that epoch resumes on the cut plan; the next epoch is planned with the new batch."""
+    from resflex.data.sampler import resume_position, sampler_position
+
+    aspects = [0.5, 1.0, 2.0]
+    schedule = RandomResolution(sizes=[16, 24, 32], seed=3, geometry=geometry, aspect_ratios=aspects)
+    buckets = [i % 3 for i in range(70)] if geometry == "keep_aspect" else None
+    started = ResolutionBatchSampler(70, 8, schedule, seed=1, training=True, buckets=buckets)
+    started.set_epoch(2)
+    planned = _epoch(started)
+    saved = sampler_position(started, done=3)
+
+    resumed = ResolutionBatchSampler(70, 4, schedule, seed=1, training=True, buckets=buckets)
+    resume_position(resumed, saved)
+    rest = _epoch(resumed)
+    assert _requests(rest) == _requests(planned[3:])  # same images, sizes, augmentation epoch, order
+    pieces = iter(rest)
+    for batch in planned[3:]:  # each planned batch is two near-equal pieces (one when under 4 images)
+        cut = [next(pieces)]
+        while sum(map(len, cut)) < len(batch):
+            cut.append(next(pieces))
+        assert len(cut) == max(1, min(2, len(batch) // 2)) and len(cut[0]) - len(cut[-1]) in (0, 1)
+    assert len(resumed) == 3 + len(rest)  # Lightning's count goes on from the saved step to the end
+
+    again = ResolutionBatchSampler(70, 4, schedule, seed=1, training=True, buckets=buckets)
+    resume_position(again, sampler_position(resumed, done=3 + 5))  # stopped again, 5 pieces later
+    assert _epoch(again) == rest[5:]
+
+    resumed.set_epoch(3)
+    planned_with_4 = ResolutionBatchSampler(70, 4, schedule, seed=1, training=True, buckets=buckets)
+    planned_with_4.set_epoch(3)
+    assert _epoch(resumed) == _epoch(planned_with_4)
+
+
+def test_an_epochs_end_stays_one_when_the_resume_has_another_batch_size() -> None:
+    """A checkpoint at the end of epoch 1 (``last.ckpt``, what a run that ran out of memory leaves)
+    resumed with half the batch starts epoch 2: the new batch's longer epoch 1 must not be finished."""
+    from resflex.data.sampler import resume_position, sampler_position
+
+    schedule = RandomResolution(sizes=[16, 32], seed=0)
+    started = ResolutionBatchSampler(48, 8, schedule, seed=2, training=True)
+    started.set_epoch(1)
+    saved = sampler_position(started, done=started.num_batches(1))
+    resumed = ResolutionBatchSampler(48, 4, schedule, seed=2, training=True)
+    resume_position(resumed, saved)
+    assert (resumed.epoch, resumed.start_step) == (2, 0)
+    reference = ResolutionBatchSampler(48, 4, schedule, seed=2, training=True)
+    reference.set_epoch(2)
+    assert _epoch(resumed) == _epoch(reference)
+
+
+def test_cut_pieces_keep_the_ddp_padding_last_and_every_rank_the_same_steps() -> None:
+    from resflex.data.sampler import PlannedBatch, cut_batch
+
+    batch = PlannedBatch((16, 32), (24, 24), list(range(9)), None, padding=2)
+    pieces = cut_batch(batch, 2)
+    assert [p.indices for p in pieces] == [list(range(4)), list(range(4, 9))]  # near-equal halves
+    assert [p.padding for p in pieces] == [0, 2] and {p.size for p in pieces} == {(16, 32)}
+    assert [p.padding for p in cut_batch(batch, 3)] == [0, 0, 2]
+    assert [len(p.indices) for p in cut_batch(batch._replace(indices=[0, 1, 2], padding=0), 4)] == [3]
+
+    from resflex.data.sampler import resume_position, sampler_position
+
+    schedule = RandomResolution(sizes=[16, 24], seed=1, geometry="keep_aspect", aspect_ratios=[0.5, 1.0, 2.0])
+    buckets = [i % 3 for i in range(61)]
+    plans = []
+    for rank in range(2):
+        args = {"seed": 0, "training": True, "buckets": buckets, "rank": rank, "world_size": 2}
+        started = ResolutionBatchSampler(61, 6, schedule, **args)
+        resumed = ResolutionBatchSampler(61, 3, schedule, **args)
+        resume_position(resumed, sampler_position(started, done=2))
+        plans.append(resumed.plan())
+        assert [r.indices for r in resumed.plan()[2:]] == [
+            p.indices for b in started.plan()[2:] for p in cut_batch(b, 2)
+        ]
+    assert [(b.size, len(b.indices)) for b in plans[0]] == [(b.size, len(b.indices)) for b in plans[1]]

@@ -171,3 +171,41 @@ def test_the_allocators_reason_keeps_what_failed_and_drops_its_advice() -> None:
     assert allocator_reason(RuntimeError(cpu)) == (
         "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1.00 MiB."
     )
+
+
+@pytest.mark.slow
+def test_the_printed_resume_command_with_the_hints_batch_finishes_the_run(tmp_path: Path) -> None:
+    """A user's journey: the run runs out of memory in its second epoch; the line above the error is the
+    command that resumes it, the error's hint the batch to add; that command with the hint's batch keys
+    resumes from the first epoch's checkpoint and finishes the run."""
+    import shlex
+
+    from tests.conftest import run_cli
+
+    args = [
+        *(a for a in TINY if not a.startswith(("trainer.max_epochs", "trainer.limit_train"))),
+        *TINY_SYNTHETIC,
+        "trainer.max_epochs=2",
+        "logger=none",
+        "eval.resolutions=[]",
+        "eval.bn_calibration=false",
+        "+callbacks.fault._target_=tests.faults.OutOfMemoryAbove",
+        "+callbacks.fault.images=6",  # half the batch is 4 images, 5 where a bucket folds its last in
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    failed = run_cli(args, cwd=tmp_path)
+    assert failed.returncode == 2, failed.stderr[-3000:]  # a user error
+    lines = failed.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: out of memory at a training batch of 8 images")
+    hint = re.search(r"hint: (data\.batch_size=4 trainer\.accumulate_grad_batches=2) \(the same", lines[-1])
+    assert hint is not None, lines[-1]
+    assert lines[-2].startswith("checkpoints kept in ")
+    command = shlex.split(lines[-2].split("once fixed: ", 1)[1])
+    assert command[-2:] == ["ckpt_path=last", f"hydra.run.dir={tmp_path / 'run'}"]
+
+    resumed = run_cli([*command[2:], *hint.group(1).split()], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "the same 8 images per optimizer step" in resumed.stdout + resumed.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "completed"
+    assert record["resumes"] == [[*args[:-1], "ckpt_path=last", *hint.group(1).split()]]

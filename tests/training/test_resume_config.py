@@ -24,6 +24,7 @@ from resflex.resume_check import (
     may_change,
     override_differences,
     resume_command,
+    same_images_per_step,
 )
 from resflex.run_folder import original_file, read_original, save_original
 from tests.conftest import REPO, RESUME_RUN, TRAIN_SCRIPT, run_cli, train_run
@@ -72,6 +73,105 @@ def test_a_lightning_keyword_ckpt_path_is_checked_against_this_run_folder(
     other = OmegaConf.create({"seed": 1, "data": {"batch_size": 16}, "ckpt_path": keyword})
     with pytest.raises(ResumeRefused, match=r"data\.batch_size \(was 8, now 16\)"):
         check_resume(other, keyword, run, [])
+
+
+def test_half_the_batch_with_twice_the_accumulation_resumes_and_other_batch_changes_are_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the out-of-memory hint proposes (the same images per optimizer step) is the same experiment;
+    a smaller batch alone, or more accumulation alone, is not."""
+    from omegaconf import OmegaConf
+
+    caplog.set_level(logging.INFO, logger="resflex")
+    run = tmp_path / "run"
+    save_original(run, {"data": {"batch_size": 32}, "trainer": {"accumulate_grad_batches": 1}}, [])
+
+    def resume(batch: int, accumulate: int) -> None:
+        cfg = {"data": {"batch_size": batch}, "trainer": {"accumulate_grad_batches": accumulate}}
+        check_resume(
+            OmegaConf.create({**cfg, "ckpt_path": "last"}), str(run / "checkpoints" / "last.ckpt"), run, []
+        )
+
+    resume(16, 2)
+    resume(8, 4)
+    assert any(
+        "the same 32 images per optimizer step; BatchNorm sees 16 at a time" in m for m in caplog.messages
+    )
+    with pytest.raises(ResumeRefused, match=r"data\.batch_size \(was 32, now 16\)"):
+        resume(16, 1)
+    with pytest.raises(ResumeRefused, match=r"trainer\.accumulate_grad_batches \(was 1, now 2\)"):
+        resume(32, 2)
+    assert same_images_per_step({"data": {"batch_size": 32}}, {"data": {"batch_size": 32}}) is None
+    assert same_images_per_step(
+        {"data": {"batch_size": 16}, "trainer": {"accumulate_grad_batches": 2}}, {"data": {"batch_size": 32}}
+    ) == (16, 2, 32, 1)  # the way back, once memory allows
+
+
+def _training_images(path: Path) -> dict[tuple[int, int], list[str]]:
+    """(epoch, optimizer step) -> the digests of the images that step trained on, in order."""
+    steps: dict[tuple[int, int], list[str]] = {}
+    for line in path.read_text().splitlines():
+        batch = json.loads(line)
+        steps.setdefault((batch["epoch"], batch["step"]), []).extend(batch["images"])
+    return steps
+
+
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
+def test_a_run_stopped_mid_epoch_resumes_with_half_the_batch_on_the_same_images_per_step(
+    tmp_path: Path,
+) -> None:
+    """A run stopped mid-epoch (SIGTERM at step 8 of 6-step epochs), resumed with half the batch and twice
+    the accumulation: every optimizer step of the interrupted epoch trains on the images, at the sizes, an
+    uninterrupted run trained on; the next epoch takes every image once, and the run ends at the same step.
+    (Before, the resume was refused; with ``resume_check=false`` it trained half an epoch again and skipped
+    the last epoch.)"""
+    run = [
+        *(o for o in RESUME_RUN if not o.startswith(("trainer.limit_train_batches", "resolution.size"))),
+        *QUICK,
+        "trainer.max_epochs=3",
+        "resolution=random",
+        "resolution.sizes=[24,32]",
+        "resolution.geometry=square",  # 6 steps of 8 every epoch: epoch 1 is steps 6-11
+        "+callbacks.probe._target_=tests.faults.TrainingImages",
+    ]
+    whole = train_run([*run, f"+callbacks.probe.path={tmp_path / 'whole.jsonl'}"], tmp_path / "whole")
+    assert whole["status"] == "completed"
+
+    run_dir = tmp_path / "killed"
+    killed = run_cli(
+        [
+            *run,
+            *sigterm_at(8),
+            f"+callbacks.probe.path={tmp_path / 'killed.jsonl'}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert killed.returncode == 143, killed.stderr[-3000:]
+    halved = [
+        *(o for o in run if not o.startswith("data.batch_size=")),
+        "data.batch_size=4",
+        "trainer.accumulate_grad_batches=2",
+        f"+callbacks.probe.path={tmp_path / 'resumed.jsonl'}",
+        "ckpt_path=last",
+    ]
+    assert train_run(halved, run_dir)["status"] == "completed"
+
+    expected, resumed = (
+        _training_images(tmp_path / "whole.jsonl"),
+        _training_images(tmp_path / "resumed.jsonl"),
+    )
+    interrupted = [key for key in resumed if key[0] == 1]
+    assert interrupted == [(1, step) for step in range(8, 12)]  # steps 8-11 finish epoch 1
+    assert all(resumed[key] == expected[key] for key in interrupted)
+    # the next epoch is the one a run started with the new batch trains (its own sizes, every image once)
+    fresh = [*halved[:-2], f"+callbacks.probe.path={tmp_path / 'fresh.jsonl'}"]
+    assert train_run(fresh, tmp_path / "fresh")["status"] == "completed"
+    started_halved = _training_images(tmp_path / "fresh.jsonl")
+    last_epoch = {key: images for key, images in resumed.items() if key[0] == 2}
+    assert last_epoch == {key: images for key, images in started_halved.items() if key[0] == 2}
+    assert len(last_epoch) == 6 and all(len(images) == 8 for images in last_epoch.values())
+    assert max(resumed) == max(expected) == (2, 17)
 
 
 def _hint_overrides(stderr: str) -> list[str]:

@@ -39,7 +39,7 @@ from resflex.data.eval_sizes import is_auto
 from resflex.data.images import DEVICE_DECODER
 from resflex.data.naflex import is_token_schedule, token_loader_parts
 from resflex.data.profile import DatasetProfile, sample_indices
-from resflex.data.sampler import ResolutionBatchSampler, SamplerArgs
+from resflex.data.sampler import ResolutionBatchSampler, SamplerArgs, resume_position, sampler_position
 from resflex.data.schedule import ResolutionSchedule
 from resflex.data.sized_dataset import SizedDataset, Transform, mean_color
 from resflex.data.transforms import DEFAULT_FILL, EvalTransform, TrainTransform
@@ -316,20 +316,15 @@ class ResflexDataModule(pl.LightningDataModule):
         sampler has not started the epoch yet.
         """
         if self._resume is not None:
-            epoch, step = int(self._resume.get("epoch", 0)), int(self._resume.get("step", 0))
-            if step >= sampler.num_batches(epoch):  # saved at the end of an epoch: the next one
-                epoch, step = epoch + 1, 0
-            sampler.set_epoch(epoch)
-            sampler.set_start_step(step)
-            log.info("train sampler resumes at epoch %d, step %d", epoch, step)
+            resume_position(sampler, self._resume)
             self._resume = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints: the sampler's epoch and the batches the trainer finished in it."""
+        """Saved in checkpoints: where the training sampler is (:func:`sampler_position`)."""
         trainer, sampler = self.trainer, self.train_sampler
         if trainer is None or sampler is None:
             return {}
-        return {"epoch": sampler.epoch, "step": batches_done_this_epoch(trainer)}
+        return sampler_position(sampler, batches_done_this_epoch(trainer))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning calls this before it builds the train loader of a resumed run."""

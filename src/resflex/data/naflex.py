@@ -274,10 +274,6 @@ class NaFlexBatchSampler(ResolutionBatchSampler):
             raise ValueError(f"image_sizes has {len(image_sizes)} entries for {self.num_samples} samples")
         self.image_sizes = list(image_sizes)
 
-    @property
-    def varies_per_epoch(self) -> bool:
-        return self.fixed_size is None and self.schedule.varies_batch_size
-
     def step_batch_size(self, epoch: int, step: int) -> int:
         if self.fixed_size is not None:  # evaluation at one sequence length: the token budget's batch
             return self.schedule.batch_for(self.fixed_size[0], self.batch_size)

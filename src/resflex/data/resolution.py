@@ -1,4 +1,5 @@
-"""The schedules the ``resolution`` config group names: one class per ``configs/resolution/*.yaml``.
+"""The schedules the ``resolution`` config group names: one class per ``configs/resolution/*.yaml``
+(``naflex``'s token schedule lives with its loader, :mod:`resflex.data.naflex`).
 
 Each answers "which (h, w) and batch size for this training step?" as a pure function of
 (epoch, step) — plus its own seed where it is random — through the contract of
@@ -9,7 +10,8 @@ length of training: the data module calls :meth:`ResolutionSchedule.bind` with
 ``trainer.max_epochs`` in ``setup()``; tests call it directly.
 
 =============  ===========================================================
-fixed          one size (the baseline)
+fixed          one size (the default, with the scale-consistency view of
+               ``model.scale_consistency`` for robustness across sizes)
 progressive    FFCV-style low -> high ramp over epochs, rounded to ``multiple``,
                optional final phase at ``final_size``
 random         a random size per batch from ``sizes`` (optional ``probs``)
@@ -17,8 +19,8 @@ multigrid      Wu et al.: long cycles over epochs and/or short cycles over
                steps of (size, batch size) with pixels per batch ~constant
 fixres         Touvron et al.: train at ``size``, then the last
                ``final_epochs`` at ``test_size`` with weaker crop augmentation
-multiscale     the default: a size per batch drawn around ``size``, at a fixed
-               run's cost per epoch
+multiscale     size-robust training: a size per batch drawn around ``size``, at
+               a fixed run's cost per epoch
 =============  ===========================================================
 """
 
@@ -307,7 +309,7 @@ class FixResResolution(ResolutionSchedule):
 
 
 class MultiScaleResolution(RandomResolution):
-    """Size-robust training (the default): each step a size drawn around ``size``, at the same cost.
+    """Size-robust training: each step a size drawn around ``size``, at the same cost.
 
     A net trained at one size is good at that size only: random-resized crops
     enlarge objects at train time (FixRes), BatchNorm statistics and the

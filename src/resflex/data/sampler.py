@@ -35,7 +35,13 @@ an unsharded loader (:meth:`ResflexDataModule.calibration_loader`): no padding t
 Resume: :meth:`ResolutionBatchSampler.set_start_step` skips the first steps of
 the (reproducible) epoch plan without loading them; Lightning restarts a
 non-stateful epoch from its first batch while counting from the saved batch
-index, so the data module sets it from the restored loop state.
+index, so the data module sets it from the restored loop state. A run resumed
+mid-epoch with a smaller batch (half ``data.batch_size``, twice the gradient
+accumulation: what the out-of-memory hint proposes) finishes that epoch on the
+plan it started, each remaining batch cut into pieces
+(:meth:`ResolutionBatchSampler.cut_epoch`): the same images at the same sizes,
+and the steps before the cut keep their place, so Lightning's batch count and
+the saved position stay right. The next epochs are planned with the new batch.
 
 Why not ``timm.data.ScheduledBatchSampler`` (timm 1.0.31)? It fits one case —
 random sizes with per-choice batch sizes (its "sample budget" mode) — but
@@ -55,8 +61,11 @@ timm's (same seed and epoch -> same schedule on every rank).
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import pairwise
 from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
@@ -67,6 +76,8 @@ from torch.utils.data import Sampler
 from resflex.compat import set_epoch_length
 from resflex.data.schedule import ResolutionSchedule
 from resflex.types import Size
+
+log = logging.getLogger(__name__)
 
 
 class SampleRequest(NamedTuple):
@@ -165,6 +176,8 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
         # epoch length, so that Lightning's estimated_stepping_batches (LR schedule) is right.
         self._epoch_was_set = False
         self._plans: dict[int, list[PlannedBatch]] = {}
+        # (epoch, the batch size its plan was made with, [(step, pieces), ...]): see cut_epoch
+        self._cut: tuple[int, int, tuple[tuple[int, int], ...]] | None = None
         # Lightning's _set_sampler_epoch looks at dataloader.sampler and dataloader.batch_sampler.sampler
         self.sampler = _EpochHook(self)
 
@@ -178,6 +191,35 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
         """Skip the first ``step`` batches of the next iteration (resume mid-epoch); applies once."""
         self.start_step = max(0, int(step))
 
+    def cut_epoch(self, epoch: int, planned_with: int, cuts: Sequence[tuple[int, int]]) -> None:
+        """Plan ``epoch`` with batch size ``planned_with``, then cut every batch from each ``(step, pieces)``
+        of ``cuts`` on into ``pieces`` near-equal parts (in order; never a part below two images).
+
+        A run resumed mid-epoch with a smaller batch finishes the epoch it started: the plan a new
+        batch size would make draws other sizes and, in aspect buckets, other images, so the
+        interrupted epoch would repeat some images and skip others. Cutting keeps the images, their
+        sizes and their order, and keeps the steps before the cut where Lightning counts them.
+        """
+        self._cut = (int(epoch), int(planned_with), tuple((int(s), int(p)) for s, p in cuts))
+        self._plans = {}
+
+    def planning_with(self, batch_size: int) -> ResolutionBatchSampler:
+        """A copy of this sampler that plans with ``batch_size``, no epoch cut."""
+        other = copy.copy(self)
+        other.batch_size = batch_size
+        other.forget_cut()
+        return other
+
+    def forget_cut(self) -> None:
+        """Plan every epoch with this batch size again (undo :meth:`cut_epoch`)."""
+        self._cut, self._plans = None, {}
+
+    def planned_with(self, epoch: int) -> tuple[int, list[tuple[int, int]]]:
+        """The batch size ``epoch`` was planned with and its cuts (:meth:`cut_epoch`; none: this batch)."""
+        if self._cut is not None and self._cut[0] == epoch:
+            return self._cut[1], list(self._cut[2])
+        return self.batch_size, []
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "start_step": self.start_step}
 
@@ -188,7 +230,8 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
     # ---- planning -----------------------------------------------------------
     @property
     def varies_per_epoch(self) -> bool:
-        return self.fixed_size is None and self.schedule.varies_batch_size
+        """Epochs of different lengths: a schedule that varies the batch size, or a cut epoch."""
+        return self.fixed_size is None and (self.schedule.varies_batch_size or self._cut is not None)
 
     def step_batch_size(self, epoch: int, step: int) -> int:
         if self.fixed_size is not None:
@@ -248,6 +291,15 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
         return self._plans[epoch]
 
     def _build_plan(self, epoch: int) -> list[PlannedBatch]:
+        if self._cut is None or self._cut[0] != epoch:
+            return self._plan_epoch(epoch)
+        _, planned_with, cuts = self._cut
+        plan = self.planning_with(planned_with).plan(epoch)
+        for step, pieces in cuts:
+            plan = plan[:step] + [part for batch in plan[step:] for part in cut_batch(batch, pieces)]
+        return plan
+
+    def _plan_epoch(self, epoch: int) -> list[PlannedBatch]:
         generator = torch.Generator().manual_seed(self.seed + epoch)
         plan = []
         if self.buckets is None:
@@ -288,9 +340,9 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
         return plan
 
     def num_batches(self, epoch: int) -> int:
-        """Steps in ``epoch`` for this rank (counts only, no index lists)."""
-        if epoch in self._plans:
-            return len(self._plans[epoch])
+        """Steps in ``epoch`` for this rank (counts only, no index lists, unless the epoch is cut)."""
+        if epoch in self._plans or (self._cut is not None and self._cut[0] == epoch):
+            return len(self.plan(epoch))
         if self.buckets is None:
             return len(self._square_layout(epoch))
         return len(self._bucket_layout(epoch))
@@ -311,6 +363,71 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
             h, w = batch.size
             epoch = self.epoch if self.training else None
             yield [SampleRequest(index, h, w, batch.phase, epoch) for index in batch.indices]
+
+
+def sampler_position(sampler: ResolutionBatchSampler, done: int) -> dict[str, Any]:
+    """What a checkpoint keeps of the training sampler, ``done`` batches into its epoch: the epoch, the
+    step, the epoch's length (an epoch's end stays one when a resume plans with another batch size),
+    the batch size, and the batch size the epoch was planned with and its cuts (:meth:`cut_epoch`)."""
+    planned_with, cuts = sampler.planned_with(sampler.epoch)
+    return {
+        "epoch": sampler.epoch,
+        "step": done,
+        "batches": sampler.num_batches(sampler.epoch),
+        "batch_size": sampler.batch_size,
+        "planned_with": planned_with,
+        "cuts": [list(cut) for cut in cuts],
+    }
+
+
+def resume_position(sampler: ResolutionBatchSampler, state: Mapping[str, Any]) -> None:
+    """Start ``sampler`` where :func:`sampler_position` left a run: the next epoch after an epoch's end,
+    else the saved step of its epoch, cut into pieces when the batch is now smaller.
+
+    A checkpoint from before the epoch's length and batch size were kept (``batches``,
+    ``batch_size``) is read as one of this batch size.
+    """
+    epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+    batch_size = int(state.get("batch_size", sampler.batch_size))
+    planned_with = int(state.get("planned_with", batch_size))
+    cuts = [(int(s), int(p)) for s, p in state.get("cuts", [])]
+    if step >= int(state["batches"] if "batches" in state else sampler.num_batches(epoch)):
+        epoch, step = epoch + 1, 0  # saved at an epoch's end: the next one, planned with this batch size
+    else:
+        pieces = -(-batch_size // sampler.batch_size)
+        if pieces > 1:
+            cuts.append((step, pieces))
+        if cuts or planned_with != sampler.batch_size:
+            sampler.cut_epoch(epoch, planned_with, cuts)
+        if batch_size != sampler.batch_size:
+            log.warning(
+                "resumed mid-epoch with data.batch_size=%d (the checkpoint's: %d): the rest of epoch %d %s; "
+                "the next epochs are planned with %d",
+                sampler.batch_size,
+                batch_size,
+                epoch,
+                f"keeps its images and sizes, each batch in {pieces}" if pieces > 1 else "keeps its batches",
+                sampler.batch_size,
+            )
+    sampler.set_epoch(epoch)
+    sampler.set_start_step(step)
+    log.info("train sampler resumes at epoch %d, step %d", epoch, step)
+
+
+def cut_batch(batch: PlannedBatch, pieces: int) -> list[PlannedBatch]:
+    """``batch`` as ``pieces`` consecutive near-equal batches of the same size and phase (fewer when it
+    has fewer than two images a piece: a training batch of one would reach BatchNorm alone); the
+    DDP padding repeats, always last, stay counted in the pieces that hold them."""
+    count = len(batch.indices)
+    parts = max(1, min(int(pieces), count // 2))
+    bounds = [round(k * count / parts) for k in range(parts + 1)]
+    real = count - batch.padding
+    return [
+        PlannedBatch(
+            batch.size, batch.scheduled, batch.indices[start:end], batch.phase, max(0, end - max(start, real))
+        )
+        for start, end in pairwise(bounds)
+    ]
 
 
 def batch_padding(loader: Any, batch_idx: int, batch_len: int) -> int:

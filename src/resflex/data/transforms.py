@@ -47,7 +47,7 @@ crops cut objects at the edges and whole-image framings learned faster, as
 From an image folder the transforms receive an :class:`~resflex.data.images.ImageFile`
 (header read, pixels not): they draw the box first, then ask for a decode just
 large enough for it, so a JPEG several times larger than needed is decoded at
-1/2, 1/4 or 1/8 scale (see :mod:`resflex.data.images`). With ``data.decoder=auto``
+1/2, 1/4 or 1/8 scale (see :mod:`resflex.data.images`). With ``data.source.decoder=auto``
 (the default) or ``torchvision`` the decode is a uint8 tensor and the same v2
 functionals resample it in torch, several times faster than PIL on uint8 images.
 With ``data.source.decoder=device`` the ``square`` framing is drawn by these transforms'

@@ -1,4 +1,4 @@
-"""``optimizer=adamw|sgd`` (configs/optimizer/): any optimizer timm's factory knows, by name.
+"""``optimizer=adamw|lamb|lion|sgd`` (configs/optimizer/): any optimizer timm's factory knows, by name.
 
 The LightningModule hands :class:`OptimizerFactory` the fine-tuning parameter
 groups (:mod:`resflex.training.param_groups`, each with its own weight decay and
