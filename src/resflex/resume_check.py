@@ -17,10 +17,11 @@ the run folder's ``.hydra/overrides.yaml`` with ``[ckpt_path=last]``. Hence:
   the folder's ``.hydra/`` files and record stay the original run's. ``resume_check=false``
   resumes anyway (the differences are logged). A folder from before the copy was kept is
   compared by the overrides of its record (``metrics.json``).
-- A smaller ``data.batch_size`` with more ``trainer.accumulate_grad_batches``, the same images per
-  optimizer step, is the same experiment (:func:`same_images_per_step`): what a run that ran out of
-  memory is told to resume with. It is logged, not refused; the sampler finishes an interrupted
-  epoch on the plan it started (:func:`resflex.data.sampler.resume_position`).
+- A smaller ``data.batch_size`` (a NaFlex run's ``resolution.tokens_per_batch``) with more
+  ``trainer.accumulate_grad_batches``, the same images (tokens) per optimizer step, is the same
+  experiment (:func:`same_work_per_step`): what a run that ran out of memory is told to resume with.
+  It is logged, not refused; the sampler finishes an interrupted epoch on the plan it started
+  (:func:`resflex.data.sampler.resume_position`).
 - The record of a continued run keeps the overrides it was started with (``overrides``) and
   lists each resume's own (``resumes``).
 """
@@ -32,7 +33,7 @@ import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -84,8 +85,10 @@ MAY_CHANGE_ON_RESUME = (
 )
 #: changes the run is told about: the LR schedule (and a progressive resolution schedule) follow the length
 LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
-#: a batch split differently over accumulation steps: may change together when their product does not
-BATCH_KEYS = ("data.batch_size", "trainer.accumulate_grad_batches")
+#: a step's batch budget (images; a NaFlex run's tokens) and its accumulation: may change together
+#: when their product does not (:func:`same_work_per_step`)
+BUDGET_KEYS = {"data.batch_size": "images", "resolution.tokens_per_batch": "tokens"}
+ACCUMULATION_KEY = "trainer.accumulate_grad_batches"
 #: Lightning's own ``ckpt_path`` keywords: a checkpoint of this run folder
 _LIGHTNING_KEYWORDS = ("best", "hpc", "registry")
 _UNSET = object()
@@ -139,25 +142,46 @@ def override_differences(saved: Iterable[str], new: Iterable[str]) -> list[tuple
     return config_differences(as_dict(saved), as_dict(new))
 
 
-def same_images_per_step(
-    saved: Mapping[str, Any], new: Mapping[str, Any]
-) -> tuple[int, int, int, int] | None:
-    """``(batch, accumulation)`` before and after when ``data.batch_size`` and
-    ``trainer.accumulate_grad_batches`` differ with the same images per optimizer step (their
-    product); None otherwise (either unchanged, not plain integers, or another product)."""
+class BatchSplit(NamedTuple):
+    """A step's batch budget split over other accumulation steps: ``key`` from ``budget`` x ``accumulate``
+    to ``new_budget`` x ``new_accumulate``."""
+
+    key: str
+    budget: int
+    accumulate: int
+    new_budget: int
+    new_accumulate: int
+
+    def describe(self) -> str:
+        unit = BUDGET_KEYS[self.key]
+        per_step = self.budget * self.accumulate
+        return (
+            f"resuming with {self.key}={self.new_budget} {ACCUMULATION_KEY}={self.new_accumulate} (the run "
+            f"was started with {self.budget} and {self.accumulate}): the same {per_step} {unit} per "
+            f"optimizer step, in batches of {self.new_budget}"
+        )
+
+
+def same_work_per_step(saved: Mapping[str, Any], new: Mapping[str, Any]) -> BatchSplit | None:
+    """How the batch budget was split over other accumulation steps, when one budget key
+    (:data:`BUDGET_KEYS`) and the accumulation differ with the same product; None otherwise (no
+    change, two budgets changed, values that are not plain integers, or another product). A NaFlex
+    run with a token budget ignores ``data.batch_size`` for its batches: that key does not count there."""
     old, now = _flatten(saved), _flatten(new)
-    values = [
-        old.get(BATCH_KEYS[0]),
-        old.get(BATCH_KEYS[1], 1),
-        now.get(BATCH_KEYS[0]),
-        now.get(BATCH_KEYS[1], 1),
-    ]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+    changed = [key for key in BUDGET_KEYS if old.get(key) != now.get(key)]
+    if len(changed) != 1:
         return None
-    batch, accumulate, new_batch, new_accumulate = values
-    if (batch, accumulate) == (new_batch, new_accumulate) or batch * accumulate != new_batch * new_accumulate:
+    key = changed[0]
+    if key == "data.batch_size" and now.get("resolution.tokens_per_batch") is not None:
         return None
-    return batch, accumulate, new_batch, new_accumulate
+    values = [old.get(key), old.get(ACCUMULATION_KEY, 1), now.get(key), now.get(ACCUMULATION_KEY, 1)]
+    counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    if len(counts) != len(values):
+        return None
+    split = BatchSplit(key, *counts)
+    if split.budget * split.accumulate != split.new_budget * split.new_accumulate:
+        return None
+    return split
 
 
 def _shown(value: Any) -> str:
@@ -216,7 +240,7 @@ def _source_folder(ckpt_path: str, output_dir: Path) -> Path:
 def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overrides: Sequence[str]) -> None:
     """Refuse (:class:`ResumeRefused`) a resume whose config differs from that of the run that wrote the
     checkpoint in anything but :data:`MAY_CHANGE_ON_RESUME` and a batch split over more or fewer
-    accumulation steps (:func:`same_images_per_step`); log the length and batch keys that changed.
+    accumulation steps (:func:`same_work_per_step`); log the length and batch keys that changed.
 
     Nothing to compare with (a checkpoint outside a run folder, a folder without the copy or a
     record): nothing is checked.
@@ -230,9 +254,9 @@ def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overri
     if saved is not None:
         new = task_config(cfg)
         differences = config_differences(saved, new)
-        split = same_images_per_step(saved, new)
+        split = same_work_per_step(saved, new)
         if split is not None:
-            differences = [d for d in differences if d[0] not in BATCH_KEYS]
+            differences = [d for d in differences if d[0] not in (split.key, ACCUMULATION_KEY)]
     elif original is not None:  # a folder from before the copy was kept: its record's overrides
         differences = override_differences(original, overrides)
     else:
@@ -244,17 +268,7 @@ def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overri
         if refused:
             log.warning("resume_check=false: resuming %s with another config: %s%s", ckpt_path, listed, more)
         if split is not None:
-            batch, accumulate, new_batch, new_accumulate = split
-            log.warning(
-                "resuming with data.batch_size=%d trainer.accumulate_grad_batches=%d (the run was started "
-                "with %d and %d): the same %d images per optimizer step; BatchNorm sees %d at a time",
-                new_batch,
-                new_accumulate,
-                batch,
-                accumulate,
-                batch * accumulate,
-                new_batch,
-            )
+            log.warning(split.describe())
         for key, old, new in differences:
             if key in LENGTH_KEYS:
                 log.warning(

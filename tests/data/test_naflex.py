@@ -92,6 +92,32 @@ def test_a_resumed_sampler_continues_with_the_same_batches() -> None:
     assert list(resumed) == batches  # the skip applies once
 
 
+def test_a_resume_with_half_the_token_budget_finishes_the_epoch_on_its_plan() -> None:
+    """The out-of-memory hint's half ``resolution.tokens_per_batch`` from a checkpoint at step 4: the
+    rest of the epoch is its planned token batches, each cut in two (the same images at the same
+    sequence lengths); the next epoch is planned with the new budget."""
+    from resflex.data.sampler import resume_position, sampler_position
+
+    def schedule(tokens: int) -> NaFlexResolution:
+        return NaFlexResolution(
+            seq_lens=[16, 32], max_seq_len=32, patch_size=8, tokens_per_batch=tokens, seed=5
+        )
+
+    started = sampler(schedule(512))
+    started.set_epoch(1)
+    planned = list(started)
+    resumed = sampler(schedule(256))
+    resume_position(resumed, sampler_position(started, done=4))
+    rest = list(resumed)
+    assert [r for b in rest for r in b] == [r for b in planned[4:] for r in b]
+    assert len(rest) == 2 * len(planned[4:]) and len(resumed) == 4 + len(rest)
+    assert max(sum(r.seq_len for r in b) for b in rest) <= 256  # each piece within the new budget
+    resumed.set_epoch(2)
+    fresh = sampler(schedule(256))
+    fresh.set_epoch(2)
+    assert list(resumed) == list(fresh)
+
+
 def test_evaluation_at_one_sequence_length_covers_the_split_in_order() -> None:
     schedule = NaFlexResolution(seq_lens=[16, 64], max_seq_len=32, patch_size=8, tokens_per_batch=256)
     s = sampler(schedule, shuffle=False, training=False, fixed_size=(32, 32))

@@ -24,7 +24,7 @@ from resflex.resume_check import (
     may_change,
     override_differences,
     resume_command,
-    same_images_per_step,
+    same_work_per_step,
 )
 from resflex.run_folder import original_file, read_original, save_original
 from tests.conftest import REPO, RESUME_RUN, TRAIN_SCRIPT, run_cli, train_run
@@ -94,17 +94,33 @@ def test_half_the_batch_with_twice_the_accumulation_resumes_and_other_batch_chan
 
     resume(16, 2)
     resume(8, 4)
-    assert any(
-        "the same 32 images per optimizer step; BatchNorm sees 16 at a time" in m for m in caplog.messages
-    )
+    assert any("the same 32 images per optimizer step, in batches of 16" in m for m in caplog.messages)
     with pytest.raises(ResumeRefused, match=r"data\.batch_size \(was 32, now 16\)"):
         resume(16, 1)
     with pytest.raises(ResumeRefused, match=r"trainer\.accumulate_grad_batches \(was 1, now 2\)"):
         resume(32, 2)
-    assert same_images_per_step({"data": {"batch_size": 32}}, {"data": {"batch_size": 32}}) is None
-    assert same_images_per_step(
+    assert same_work_per_step({"data": {"batch_size": 32}}, {"data": {"batch_size": 32}}) is None
+    back = same_work_per_step(
         {"data": {"batch_size": 16}, "trainer": {"accumulate_grad_batches": 2}}, {"data": {"batch_size": 32}}
-    ) == (16, 2, 32, 1)  # the way back, once memory allows
+    )
+    assert back is not None and back[1:] == (16, 2, 32, 1)  # the way back, once memory allows
+
+
+def test_a_naflex_runs_token_budget_splits_over_accumulation_and_its_unused_batch_size_does_not() -> None:
+    """A NaFlex run with a token budget is told half ``resolution.tokens_per_batch`` when memory runs out;
+    its ``data.batch_size`` does not size its batches, so halving that with more accumulation would
+    double the tokens per step."""
+    started = {"data": {"batch_size": 32}, "resolution": {"tokens_per_batch": 8192}}
+    halved = {"resolution": {"tokens_per_batch": 4096}, "trainer": {"accumulate_grad_batches": 2}}
+    split = same_work_per_step(started, {**started, **halved})
+    assert split is not None and split.describe() == (
+        "resuming with resolution.tokens_per_batch=4096 trainer.accumulate_grad_batches=2 (the run was "
+        "started with 8192 and 1): the same 8192 tokens per optimizer step, in batches of 4096"
+    )
+    unused = {**started, "data": {"batch_size": 16}, "trainer": {"accumulate_grad_batches": 2}}
+    assert same_work_per_step(started, unused) is None
+    both = {**halved, "data": {"batch_size": 16}}
+    assert same_work_per_step(started, both) is None
 
 
 def _training_images(path: Path) -> dict[tuple[int, int], list[str]]:

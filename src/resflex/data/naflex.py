@@ -29,6 +29,7 @@ image for a NaFlex run.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -273,6 +274,23 @@ class NaFlexBatchSampler(ResolutionBatchSampler):
         if len(image_sizes) != self.num_samples:
             raise ValueError(f"image_sizes has {len(image_sizes)} entries for {self.num_samples} samples")
         self.image_sizes = list(image_sizes)
+
+    @property
+    def budget_key(self) -> str:
+        return "resolution.tokens_per_batch" if self.schedule.tokens_per_batch else "data.batch_size"
+
+    @property
+    def batch_budget(self) -> int:
+        return self.schedule.tokens_per_batch or self.batch_size
+
+    def planning_with(self, budget: int) -> NaFlexBatchSampler:
+        other = super().planning_with(budget)
+        assert isinstance(other, NaFlexBatchSampler)
+        if self.schedule.tokens_per_batch:  # the token budget is the schedule's: a copy of it
+            other.batch_size = self.batch_size
+            other.schedule = copy.copy(self.schedule)
+            other.schedule.tokens_per_batch = budget
+        return other
 
     def step_batch_size(self, epoch: int, step: int) -> int:
         if self.fixed_size is not None:  # evaluation at one sequence length: the token budget's batch

@@ -191,9 +191,27 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
         """Skip the first ``step`` batches of the next iteration (resume mid-epoch); applies once."""
         self.start_step = max(0, int(step))
 
+    @property
+    def budget_key(self) -> str:
+        """The config key of :attr:`batch_budget`."""
+        return "data.batch_size"
+
+    @property
+    def batch_budget(self) -> int:
+        """What a step's batch is planned from: ``data.batch_size`` images (a NaFlex run: its tokens)."""
+        return self.batch_size
+
+    def planning_with(self, budget: int) -> ResolutionBatchSampler:
+        """A copy of this sampler that plans with the batch budget ``budget``, no epoch cut."""
+        other = copy.copy(self)
+        other.batch_size = budget
+        other.forget_cut()
+        return other
+
     def cut_epoch(self, epoch: int, planned_with: int, cuts: Sequence[tuple[int, int]]) -> None:
-        """Plan ``epoch`` with batch size ``planned_with``, then cut every batch from each ``(step, pieces)``
-        of ``cuts`` on into ``pieces`` near-equal parts (in order; never a part below two images).
+        """Plan ``epoch`` with the batch budget ``planned_with``, then cut every batch from each
+        ``(step, pieces)`` of ``cuts`` on into ``pieces`` near-equal parts (in order; never a part below
+        two images).
 
         A run resumed mid-epoch with a smaller batch finishes the epoch it started: the plan a new
         batch size would make draws other sizes and, in aspect buckets, other images, so the
@@ -203,22 +221,15 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
         self._cut = (int(epoch), int(planned_with), tuple((int(s), int(p)) for s, p in cuts))
         self._plans = {}
 
-    def planning_with(self, batch_size: int) -> ResolutionBatchSampler:
-        """A copy of this sampler that plans with ``batch_size``, no epoch cut."""
-        other = copy.copy(self)
-        other.batch_size = batch_size
-        other.forget_cut()
-        return other
-
     def forget_cut(self) -> None:
-        """Plan every epoch with this batch size again (undo :meth:`cut_epoch`)."""
+        """Plan every epoch with this batch budget again (undo :meth:`cut_epoch`)."""
         self._cut, self._plans = None, {}
 
     def planned_with(self, epoch: int) -> tuple[int, list[tuple[int, int]]]:
-        """The batch size ``epoch`` was planned with and its cuts (:meth:`cut_epoch`; none: this batch)."""
+        """The batch budget ``epoch`` was planned with and its cuts (:meth:`cut_epoch`; none: this one)."""
         if self._cut is not None and self._cut[0] == epoch:
             return self._cut[1], list(self._cut[2])
-        return self.batch_size, []
+        return self.batch_budget, []
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "start_step": self.start_step}
@@ -368,13 +379,14 @@ class ResolutionBatchSampler(Sampler[list[SampleRequest]]):
 def sampler_position(sampler: ResolutionBatchSampler, done: int) -> dict[str, Any]:
     """What a checkpoint keeps of the training sampler, ``done`` batches into its epoch: the epoch, the
     step, the epoch's length (an epoch's end stays one when a resume plans with another batch size),
-    the batch size, and the batch size the epoch was planned with and its cuts (:meth:`cut_epoch`)."""
+    the batch budget (:attr:`~ResolutionBatchSampler.batch_budget`), and the budget the epoch was
+    planned with and its cuts (:meth:`~ResolutionBatchSampler.cut_epoch`)."""
     planned_with, cuts = sampler.planned_with(sampler.epoch)
     return {
         "epoch": sampler.epoch,
         "step": done,
         "batches": sampler.num_batches(sampler.epoch),
-        "batch_size": sampler.batch_size,
+        "batch_budget": sampler.batch_budget,
         "planned_with": planned_with,
         "cuts": [list(cut) for cut in cuts],
     }
@@ -384,30 +396,31 @@ def resume_position(sampler: ResolutionBatchSampler, state: Mapping[str, Any]) -
     """Start ``sampler`` where :func:`sampler_position` left a run: the next epoch after an epoch's end,
     else the saved step of its epoch, cut into pieces when the batch is now smaller.
 
-    A checkpoint from before the epoch's length and batch size were kept (``batches``,
-    ``batch_size``) is read as one of this batch size.
+    A checkpoint from before the epoch's length and batch budget were kept (``batches``,
+    ``batch_budget``) is read as one of this budget.
     """
     epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
-    batch_size = int(state.get("batch_size", sampler.batch_size))
-    planned_with = int(state.get("planned_with", batch_size))
+    budget, now = int(state.get("batch_budget", sampler.batch_budget)), sampler.batch_budget
+    planned_with = int(state.get("planned_with", budget))
     cuts = [(int(s), int(p)) for s, p in state.get("cuts", [])]
     if step >= int(state["batches"] if "batches" in state else sampler.num_batches(epoch)):
         epoch, step = epoch + 1, 0  # saved at an epoch's end: the next one, planned with this batch size
     else:
-        pieces = -(-batch_size // sampler.batch_size)
+        pieces = -(-budget // now)
         if pieces > 1:
             cuts.append((step, pieces))
-        if cuts or planned_with != sampler.batch_size:
+        if cuts or planned_with != now:
             sampler.cut_epoch(epoch, planned_with, cuts)
-        if batch_size != sampler.batch_size:
+        if budget != now:
             log.warning(
-                "resumed mid-epoch with data.batch_size=%d (the checkpoint's: %d): the rest of epoch %d %s; "
+                "resumed mid-epoch with %s=%d (the checkpoint's: %d): the rest of epoch %d %s; "
                 "the next epochs are planned with %d",
-                sampler.batch_size,
-                batch_size,
+                sampler.budget_key,
+                now,
+                budget,
                 epoch,
                 f"keeps its images and sizes, each batch in {pieces}" if pieces > 1 else "keeps its batches",
-                sampler.batch_size,
+                now,
             )
     sampler.set_epoch(epoch)
     sampler.set_start_step(step)
