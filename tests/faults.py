@@ -60,7 +60,8 @@ class MarkerAtStep(pl.Callback):
 
 class TrainingImages(pl.Callback):
     """Appends each training batch to ``path`` as a JSON line: the epoch, the optimizer step it counts
-    toward and a digest of each image as the model gets it, to compare what two runs trained on."""
+    toward, its learning rate and a digest of each image as the model gets it, to compare what two runs
+    trained on."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -70,7 +71,8 @@ class TrainingImages(pl.Callback):
     ) -> None:
         images = batch[0].detach().cpu().contiguous()
         digests = [hashlib.sha1(image.numpy().tobytes()).hexdigest()[:16] for image in images]
-        line = {"epoch": trainer.current_epoch, "step": trainer.global_step, "images": digests}
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        line = {"epoch": trainer.current_epoch, "step": trainer.global_step, "lr": lr, "images": digests}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(line) + "\n")
 

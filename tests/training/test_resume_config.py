@@ -132,6 +132,11 @@ def _training_images(path: Path) -> dict[tuple[int, int], list[str]]:
     return steps
 
 
+def _learning_rates(path: Path) -> dict[int, float]:
+    """optimizer step -> its learning rate (the first parameter group's)."""
+    return {batch["step"]: batch["lr"] for batch in map(json.loads, path.read_text().splitlines())}
+
+
 @pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
 def test_a_run_stopped_mid_epoch_resumes_with_half_the_batch_on_the_same_images_per_step(
     tmp_path: Path,
@@ -188,6 +193,12 @@ def test_a_run_stopped_mid_epoch_resumes_with_half_the_batch_on_the_same_images_
     assert last_epoch == {key: images for key, images in started_halved.items() if key[0] == 2}
     assert len(last_epoch) == 6 and all(len(images) == 8 for images in last_epoch.values())
     assert max(resumed) == max(expected) == (2, 17)
+    # the LR schedule is the run's: its length in optimizer steps is the same with the new batch
+    whole_lr, resumed_lr = (
+        _learning_rates(tmp_path / "whole.jsonl"),
+        _learning_rates(tmp_path / "resumed.jsonl"),
+    )
+    assert resumed_lr == pytest.approx({step: whole_lr[step] for step in resumed_lr}, rel=1e-6)
 
 
 def _hint_overrides(stderr: str) -> list[str]:
