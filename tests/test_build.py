@@ -36,6 +36,24 @@ def test_a_mistyped_trainer_argument_is_one_config_error_line(tmp_path: Path) ->
     assert line.startswith("trainer: ") and "max_epoch" in line and "pytorch_lightning.Trainer" in line
 
 
+def test_a_gpu_asked_for_on_a_machine_without_one_is_one_line_with_the_switch_that_runs_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning says "No supported gpu backend found!", which names no way out; the hint names one."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_train(
+        [*(a for a in TINY if "accelerator" not in a), *TINY_SYNTHETIC, "trainer=gpu"], tmp_path
+    )
+    with pytest.raises(ConfigError) as info:
+        build_trainer(cfg)
+    assert info.value.one_line() == (
+        "trainer.accelerator=gpu: torch sees no CUDA GPU on this machine (hint: trainer=cpu (or "
+        "trainer.accelerator=auto: a GPU where there is one))"
+    )
+
+
 def test_the_users_own_trainer_plugins_are_kept(tmp_path: Path) -> None:
     """``trainer.plugins`` given: resflex's atomic checkpoint IO does not replace what the user chose."""
     cfg = compose_train([*TINY, *TINY_SYNTHETIC, "logger=none"], tmp_path)

@@ -163,13 +163,18 @@ def test_eval_refuses_unsafe_and_missing_checkpoints(tmp_path: Path) -> None:
         ("eval.batch_size=0", "eval.batch_size=0 is invalid"),  # it was taken as unset
         # it ran: a map of padding, a meaningless accuracy, where training and predict refuse
         ("eval.resolutions=[8]", "eval.resolutions=8x8 is too small for test_resnet"),
+        # they crashed with a trace (an int is not iterable), or read text a letter at a time ('6', 'a')
+        ("eval.resolutions=8", "eval.resolutions=8x8 is too small for test_resnet"),
+        ("eval.resolutions=64x", "eval.resolutions must be a list of sizes, got '64x'"),
+        ("eval.resolutions=auto", "eval.resolutions=auto is for training runs"),
     ],
 )
 def test_eval_settings_a_run_cannot_honour_are_refused(tmp_path: Path, override: str, message: str) -> None:
     from resflex.evaluate import evaluate
 
     run_dir = tmp_path / "run"
-    if not override.startswith("eval.split"):  # checked against the run: a run is needed
+    refused_before_the_run = ("eval.split", "eval.resolutions=64x", "eval.resolutions=auto")
+    if not override.startswith(refused_before_the_run):  # checked against the run: a run is needed
         train_tiny_run(run_dir, "eval.bn_calibration=false")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     cfg = compose_config("eval", [f"ckpt_path={ckpt}", override], tmp_path / "e")

@@ -96,6 +96,19 @@ def test_check_sizes_cover_non_square_and_unseen() -> None:
     assert check_sizes(classifier)[2] not in classifier.train_sizes
 
 
+def test_check_sizes_take_one_size_alone_and_refuse_text_in_one_line() -> None:
+    """``check.sizes=64`` crashed (an int is not iterable); ``check.sizes=64x`` was read a letter at a
+    time; the hint of a refused entry is a list, which the key takes."""
+    classifier = tiny_classifier("avg")
+    assert (56, 56) in check_sizes(classifier, 56)
+    with pytest.raises(ConfigError, match=r"check\.sizes must be a list of sizes, got '64x'") as info:
+        check_sizes(classifier, "64x")
+    assert info.value.hint == "e.g. check.sizes=[32,64]"
+    with pytest.raises(ConfigError, match="must be positive integers") as info:
+        check_sizes(classifier, [0])
+    assert info.value.hint == "e.g. check.sizes=[32,64]"
+
+
 def test_fixed_size_vit_cannot_be_exported_dynamic(tmp_path: Path) -> None:
     classifier = tiny_classifier("avg", "vit_small_patch16_224", {"depth": 1})
     with pytest.raises(ConfigError, match="only accepts 224x224") as info:

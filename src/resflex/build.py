@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -236,6 +237,21 @@ def instantiate_in_one_line(node: Any, what: str, hint: str, **objects: Any) -> 
         raise ConfigError(f"{what}: {type(cause).__name__}: {reason}", hint=hint) from exc
 
 
+def check_accelerator_present(accelerator: str) -> None:
+    """A GPU (or Apple MPS) accelerator asked for on a machine without one, in one line with the switch
+    that runs here: Lightning's own words ("No supported gpu backend found!") name no way out."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: torch sees no CUDA GPU on this machine",
+            hint="trainer=cpu (or trainer.accelerator=auto: a GPU where there is one)",
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.accelerator=mps: this machine has no Apple MPS device",
+            hint="trainer=cpu (or trainer.accelerator=auto)",
+        )
+
+
 def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Trainer:
     """The Trainer of ``cfg.trainer`` (a ``_target_`` node, built by ``instantiate`` like every group)
     with resflex's callbacks, loggers and atomic checkpoint IO.
@@ -253,6 +269,7 @@ def build_trainer(cfg: DictConfig, record: RunRecord | None = None) -> pl.Traine
     if "fsdp" not in str(spec.get("strategy", "auto")) and not spec.get("plugins"):
         objects["plugins"] = [AtomicCheckpointIO()]  # temp file + rename; weights_only loads
         spec.pop("plugins", None)
+    check_accelerator_present(str(spec.get("accelerator", "auto")))
     # Lightning's checks of trainer.*: a Trainer that cannot be built is always its keys' doing
     return instantiate_in_one_line(
         spec, "trainer", hint="the trainer.* keys are pytorch_lightning.Trainer arguments", **objects

@@ -52,7 +52,8 @@ from omegaconf import DictConfig
 from resflex.build import build_datamodule
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.data.arguments import to_plain
-from resflex.data.sizes import check_bucketed_size, parse_size
+from resflex.data.eval_sizes import is_auto
+from resflex.data.sizes import check_bucketed_size, parse_size_list
 from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
 from resflex.models.bn_calibration import side_of
 from resflex.models.input_shapes import forget_real_twins
@@ -69,7 +70,7 @@ from resflex.runtime import (
 )
 from resflex.training.out_of_memory import evaluation_hint, out_of_memory_as_one_line
 from resflex.training.robustness import range_phrase, summarize_sizes
-from resflex.types import as_size
+from resflex.types import Size, as_size
 from resflex.validation import check_value
 
 log = logging.getLogger("resflex")
@@ -108,6 +109,19 @@ def compose_eval_config(cfg: DictConfig, run: Run) -> DictConfig:
 
 #: the splits scripts/eval.py evaluates (the data module's evaluation loaders)
 EVAL_SPLITS = ("val", "test")
+
+
+def requested_sizes(cfg: DictConfig) -> list[Size]:
+    """``eval.resolutions`` as sizes: a list, or one size alone. ``auto`` is a training run's choice:
+    here the run's own sizes are what an empty list gives."""
+    value = to_plain(cfg.eval.resolutions)
+    if is_auto(value):
+        raise ConfigError(
+            "eval.resolutions=auto is for training runs",
+            hint="leave eval.resolutions empty to evaluate at the sizes the run evaluated at (auto's, when "
+            "it used auto), or list sizes: eval.resolutions=[32,64]",
+        )
+    return parse_size_list(value, "eval.resolutions")
 
 
 def eval_seq_lens(cfg: DictConfig, run: Run) -> list[int]:
@@ -282,14 +296,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     limit = cfg.eval.get("limit_batches")
     if limit is not None:
         check_value("eval.limit_batches", limit, int, lambda v: v >= 1, "a whole number >= 1 or null")
+    asked = requested_sizes(cfg)
+    cfg.eval.resolutions = [h if h == w else [h, w] for h, w in asked]  # one size alone: a list of one
     run = open_run(cfg.get("ckpt_path"), cfg.get("run_config"))  # first: refuses unsafe files early
     run_cfg = compose_eval_config(cfg, run)
-
-    asked = (
-        []
-        if run.is_naflex
-        else [parse_size(value, "eval.resolutions") for value in to_plain(cfg.eval.resolutions) or []]
-    )
+    if run.is_naflex:
+        asked = []
     if asked:  # sizes the backbone cannot take (too small for its stride, a fixed-size ViT), before the data
         backbone = meta_model(run_cfg.model).model.backbone
         for size in asked:

@@ -53,7 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resflex.config import CONFIG_DIR, prepare_cli
-from resflex.data.sizes import round_to
+from resflex.data.sizes import parse_size_list, round_to
 from resflex.errors import ConfigError, DataError, interruption_as_one_line, user_errors_as_one_line
 from resflex.export_formats import (
     INPUT_CONVENTION,
@@ -116,15 +116,13 @@ def prepare_for_export(classifier: ResflexClassifier) -> tuple[nn.Module, list[s
     return model, replaced
 
 
-def check_sizes(classifier: ResflexClassifier, requested: Sequence[Any] | None = None) -> list[Size]:
+def check_sizes(classifier: ResflexClassifier, requested: object = None) -> list[Size]:
     """The sizes an export is checked at: ≥ 3, one non-square, one not among the training sizes.
 
     Default: the run's eval size, a 2:3 non-square size and a size between the training
     sizes and below the smallest (sides rounded to the run's ``multiple``, never below
-    what the backbone takes). ``requested`` adds sizes (``64`` or ``[h, w]``).
+    what the backbone takes). ``requested`` adds sizes (a list of ``64`` or ``[h, w]``, or one alone).
     """
-    from resflex.data.sizes import parse_size
-
     multiple = int(classifier.info.get("multiple", 8) or 8)
     trained = set(classifier.train_sizes)
     base_h, base_w = classifier.eval_size or (max(trained) if trained else (64, 64))
@@ -139,10 +137,8 @@ def check_sizes(classifier: ResflexClassifier, requested: Sequence[Any] | None =
         if candidate not in trained and candidate not in sizes:
             sizes.append(candidate)
             break
-    for value in requested or []:
-        size = parse_size(
-            OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, "check.sizes"
-        )
+    plain = OmegaConf.to_container(requested) if OmegaConf.is_config(requested) else requested
+    for size in parse_size_list(plain, "check.sizes"):
         if size not in sizes:
             sizes.append(size)
     if all(h == w for h, w in sizes):

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from resflex.data.sizes import parse_size, round_to
+from resflex.data.sizes import parse_size_list, round_to
 from resflex.errors import ConfigError
 from resflex.types import Size
 
@@ -51,18 +51,11 @@ def resolve_eval_resolutions(value: Any, schedule: Any) -> Any:
     return [h if h == w else [h, w] for h, w in sizes]
 
 
-def parse_eval_sizes(main: Size, extra: Sequence[int | Sequence[int]]) -> list[Size]:
-    """Loader sizes: the main eval size first (``val/acc``), then each extra size once."""
-    if isinstance(extra, int | str):
-        raise ConfigError(
-            f"eval.resolutions must be a list of sizes, got {extra!r}", hint="eval.resolutions=[32,64]"
-        )
+def parse_eval_sizes(main: Size, extra: object) -> list[Size]:
+    """Loader sizes: the main eval size first (``val/acc``), then each extra size once (``extra``: a list of
+    sizes, or one size alone)."""
     sizes = [main]
-    for value in extra:
-        try:
-            size = parse_size(value, "eval.resolutions")
-        except ConfigError as exc:
-            raise ConfigError(exc.message, hint="e.g. eval.resolutions=[32,48,64]") from None
+    for size in parse_size_list(extra, "eval.resolutions"):
         if size not in sizes:
             sizes.append(size)
     return sizes

@@ -44,6 +44,25 @@ def parse_size(value: object, key: str = "resolution.size") -> Size:
     return int(h), int(w)
 
 
+def parse_size_list(value: object, key: str) -> list[Size]:
+    """The sizes a list key holds (``[48, [32, 64]]``: 48x48 and 32x64); one size given alone
+    (``key=64``) is a list of one. Text, or an entry that is no size, is refused in one line with a
+    list for its hint (a single-size hint would be refused in turn)."""
+    if value is None:
+        return []
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(f"{key} must be a list of sizes, got {value!r}", hint=f"e.g. {key}=[32,64]")
+    sizes = []
+    for entry in value:
+        try:
+            sizes.append(parse_size(entry, key))
+        except ConfigError as exc:
+            raise ConfigError(exc.message, hint=f"e.g. {key}=[32,64]") from None
+    return sizes
+
+
 def round_to(value: float, multiple: int) -> int:
     """Nearest multiple of ``multiple`` (never below ``multiple`` itself)."""
     return max(multiple, math.floor(value / multiple + 0.5) * multiple)
