@@ -35,3 +35,49 @@ def test_auto_evaluation_sizes_are_checked_by_their_main_size_only(tmp_path: Pat
     """``auto`` adds sizes around the main one; those the backbone cannot take are the run's to drop."""
     cfg = compose_train([*TINY, *TINY_SYNTHETIC, "resolution.size=16", "eval.resolutions=auto"], tmp_path)
     assert check_before_work(cfg) is None  # nothing to resume: a fresh run
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.source.on_bad_image=ignore"],
+            "data.source.on_bad_image must be one of skip, raise, got 'ignore'",
+        ),
+        (["data.source.decoder=foo"], "data.source.decoder must be one of pil, torchvision"),
+    ],
+)
+def test_an_image_folders_own_keys_are_refused_before_its_images_are_listed(
+    overrides: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """These used to be refused by the source as it scanned, after the run had started its folder,
+    logger and model card: a card pointing at a checkpoint that was never written."""
+    from resflex.data import datasets
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "images", splits=("train", "val"))
+
+    def listed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the folder was scanned")
+
+    monkeypatch.setattr(datasets, "_scan_folder", listed)
+    cfg = compose_train([*TINY, "data=imagefolder", f"data.root={root}", *overrides], tmp_path / "run")
+    with pytest.raises(ConfigError, match=message):
+        check_before_work(cfg)
+
+
+def test_fashion_mnist_files_missing_are_refused_before_work_unless_they_will_be_downloaded(
+    tmp_path: Path,
+) -> None:
+    from resflex.errors import DataError
+
+    missing = compose_train([*TINY, "data=fashion_mnist", f"data.root={tmp_path / 'none'}"], tmp_path / "run")
+    with pytest.raises(
+        DataError, match=r"Fashion-MNIST files not found under .*none \(hint: apt-get install"
+    ):
+        check_before_work(missing)
+    download = compose_train(
+        [*TINY, "data=fashion_mnist", f"data.root={tmp_path / 'none'}", "data.source.download=true"],
+        tmp_path / "r2",
+    )
+    assert check_before_work(download) is None  # the run downloads them (online), or says why it could not

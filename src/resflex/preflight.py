@@ -9,7 +9,8 @@ the run will, without touching the data:
 
 - the plain keys no class owns (:func:`resflex.validation.validate_config`);
 - ``ckpt_path``, resolved once (the run resumes from what this returns);
-- the data node: the source's decoder and root (the folder only, no image listed), the
+- the data node: the source's keys and root (``check_source``: a folder's decoder, bad-image
+  policy and folder, no image listed; Fashion-MNIST's four files, none read), the
   resolution schedule, and the data module's other arguments
   (:func:`resflex.data.arguments.check_data_arguments`);
 - the model node (backbone, pooling, optimizer, LR schedule, fine-tuning, the module's
@@ -67,9 +68,11 @@ def check_data_node(data: DictConfig) -> tuple[Any, list[tuple[int, int]]]:
     check_source_decoder(data)
     source = data.get("source")
     if isinstance(source, DictConfig) and "_target_" in source:
-        check_root = getattr(get_class(str(source["_target_"])), "check_root", None)
-        if check_root is not None:  # a source that reads a folder: data.root exists, train/ inside
-            check_root(OmegaConf.select(data, "root"))
+        check_source = getattr(get_class(str(source["_target_"])), "check_source", None)
+        if check_source is not None:  # a source that reads files: its keys, and its root's folder or files
+            args = OmegaConf.to_container(source, resolve=True)
+            assert isinstance(args, dict)
+            check_source(OmegaConf.select(data, "root"), args)
     schedule = build_node(data.schedule)
     defaults = inspect.signature(ResflexDataModule.__init__).parameters
     args = OmegaConf.to_container(data, resolve=True)

@@ -34,16 +34,21 @@ class BadImageError(DataError):
         self.path = str(path)
 
 
+def check_policy(mode: object) -> str:
+    """``data.source.on_bad_image``, one of :data:`POLICIES`, or a one-line :class:`ConfigError`."""
+    if mode not in POLICIES:
+        raise ConfigError(
+            f"data.source.on_bad_image must be one of {', '.join(POLICIES)}, got {mode!r}",
+            hint="skip (leave unreadable files out, listed in bad_images.txt) or raise (stop at one)",
+        )
+    return str(mode)
+
+
 class BadImagePolicy:
     """Applies ``skip``/``raise`` and keeps the record of skipped files."""
 
     def __init__(self, mode: str = "skip", log_file: str | Path | None = None, max_printed: int = 5) -> None:
-        if mode not in POLICIES:
-            raise ConfigError(
-                f"data.source.on_bad_image must be one of {', '.join(POLICIES)}, got {mode!r}",
-                hint="skip (leave unreadable files out, listed in bad_images.txt) or raise (stop at one)",
-            )
-        self.mode = mode
+        self.mode = check_policy(mode)
         self.log_file = Path(log_file) if log_file else None
         self.max_printed = max_printed
         self._seen: set[str] = set()

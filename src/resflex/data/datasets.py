@@ -13,17 +13,17 @@ what is added here is the one-line errors and the seeded train/val split.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 from torch.utils.data import Subset
 from torchvision.datasets import DatasetFolder
 
-from resflex.data.bad_images import BadImagePolicy
+from resflex.data.bad_images import BadImagePolicy, check_policy
 from resflex.data.images import (
     DEFAULT_DECODER,
     IMAGE_EXTENSIONS,
@@ -170,6 +170,14 @@ class ImageFolderSource(ImageSource):
     Class names come from ``train/``; ``val/`` and ``test/`` must use the same ones.
     ``decoder``: ``data.source.decoder``, who decodes JPEGs (:mod:`resflex.data.images`).
     """
+
+    @classmethod
+    def check_source(cls, root: str | None, args: Mapping[str, Any]) -> None:
+        """The source's keys and root before any work (:mod:`resflex.preflight`): the decoder, the
+        bad-image policy and the folder (no image listed or read)."""
+        check_decoder(args.get("decoder", DEFAULT_DECODER))
+        check_policy(args.get("on_bad_image", "skip"))
+        cls.check_root(root)
 
     @staticmethod
     def check_root(root: str | None) -> Path:

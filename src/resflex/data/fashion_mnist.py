@@ -15,8 +15,9 @@ become RGB PIL images per item, as every :class:`ImageSource` returns.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+ALL_FILES = tuple(stem for pair in FILES.values() for stem in pair)
 HOW_TO_GET = (
     "apt-get install dataset-fashion-mnist (files land in /usr/share/datasets/fashion-mnist), "
     "or data.root=data/fashion_mnist data.source.download=true when online"
@@ -76,6 +78,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) - header < count * dtype.itemsize:
         raise DataError(f"IDX file is truncated: {path} (expected shape {shape})", hint=HOW_TO_GET)
     return np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(shape)
+
+
+def missing_files(base: Path, missing: Sequence[str]) -> NoReturn:
+    """The one-line refusal for Fashion-MNIST files not under ``base``."""
+    what = "files" if len(missing) == len(ALL_FILES) else ", ".join(m + "[.gz]" for m in missing)
+    raise DataError(f"Fashion-MNIST {what} not found under {base}", hint=HOW_TO_GET)
 
 
 def find_idx_file(root: Path, stem: str) -> Path | None:
@@ -138,6 +146,16 @@ class FashionMNISTSource(ImageSource):
     splits for quick runs (``null`` = all, ``num_test=0`` = no test split).
     """
 
+    @staticmethod
+    def check_source(root: str | None, args: Mapping[str, Any]) -> None:
+        """Before any work (:mod:`resflex.preflight`): the four files are under ``data.root``, unless
+        ``download`` will fetch them. Looks for the files only; nothing is read."""
+        if not root:
+            raise DataError("data.root is not set", hint=HOW_TO_GET)
+        base = Path(root).expanduser()
+        if not args.get("download", False) and any(find_idx_file(base, stem) is None for stem in ALL_FILES):
+            missing_files(base, [stem for stem in ALL_FILES if find_idx_file(base, stem) is None])
+
     def __init__(
         self,
         root: str | None = DEBIAN_ROOT,
@@ -156,8 +174,7 @@ class FashionMNISTSource(ImageSource):
             paths = {stem: find_idx_file(base, stem) for stem in paths}
         missing = [stem for stem, p in paths.items() if p is None]
         if missing:
-            what = "files" if len(missing) == len(paths) else ", ".join(m + "[.gz]" for m in missing)
-            raise DataError(f"Fashion-MNIST {what} not found under {base}", hint=HOW_TO_GET)
+            missing_files(base, missing)
         arrays = {stem: read_idx(p) for stem, p in paths.items() if p is not None}
         train_images, train_labels = (arrays[s] for s in FILES["train"])
         test_images, test_labels = (arrays[s] for s in FILES["test"])
