@@ -23,7 +23,7 @@ import torch
 import resflex.train as train_module
 from resflex.errors import ConfigError, DataError
 from resflex.training.results import EVAL_SIZE_COLUMN
-from tests.conftest import RESUME_RUN, scalar_tags, train_run
+from tests.conftest import RESUME_RUN, TINY, scalar_tags, train_run
 from tests.test_configs import compose_train
 from tests.test_sweeps import hparams_plugin_data
 from tests.training.test_reliability import _RunsCode
@@ -143,6 +143,22 @@ def test_the_record_names_the_config_groups_chosen_and_the_model_card_is_written
     assert choices["pooling"] == "avg" and choices["backbone"]
     assert not [key for key in choices if key.startswith("hydra")], choices
     assert "pooling" in (tmp_path / "model_card.md").read_text()
+
+
+def test_a_run_that_fails_before_saving_weights_writes_no_model_card(tmp_path: Path) -> None:
+    """A folder whose class folders hold no image fails as its images are listed, after the run started
+    its folder: its record says why, and no card describes (and shows how to load) a checkpoint that was
+    never written."""
+    from resflex.errors import DataError
+
+    root = tmp_path / "images"
+    for split in ("train", "val"):
+        for name in ("cats", "dogs"):
+            (root / split / name).mkdir(parents=True)
+    with pytest.raises(DataError):
+        train_run([*TINY, "data=imagefolder", f"data.root={root}"], tmp_path / "run", hydra_files=True)
+    assert _record(tmp_path / "run")["status"] == "failed"
+    assert not (tmp_path / "run" / "model_card.md").exists()
 
 
 def test_the_seed_decides_the_initial_weights(tmp_path: Path) -> None:
