@@ -17,7 +17,8 @@ the run will, without touching the data:
   keys), built on the ``meta`` device: no memory, no random draw, no weights read
   (``backbone.weights`` / ``init_from`` must exist; they are loaded once, by the run);
 - the training and evaluation sizes against that backbone (with ``eval.resolutions=auto``
-  the main size only: the run drops the other sizes the backbone cannot take).
+  the main size only: the run drops the other sizes the backbone cannot take), and the largest
+  batch of each against the memory of the device (:mod:`resflex.models.batch_memory`).
 
 The trainer's keys are Lightning's to check: :func:`resflex.train.train` builds the
 trainer before the data module.
@@ -36,9 +37,13 @@ from resflex.build import build_node, check_source_decoder
 from resflex.data.arguments import check_data_arguments
 from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import is_auto
+from resflex.data.naflex import is_token_schedule
+from resflex.models.batch_memory import check_batch_fits, device_memory
 from resflex.models.checkpoint import existing_file, resflex_checkpoint
 from resflex.models.naflex import check_naflex_config
 from resflex.run_folder import resolve_checkpoint_path, resolve_resume_checkpoint
+from resflex.runtime import resolve_precision
+from resflex.types import Size
 from resflex.validation import validate_config
 
 
@@ -52,7 +57,8 @@ def check_before_work(cfg: DictConfig) -> str | None:
         cfg.backbone.init_from = str(resolve_checkpoint_path(init_from, "backbone.init_from"))
     ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
     schedule, eval_sizes = check_data_node(cfg.data)
-    backbone = meta_model(cfg.model).model.backbone
+    module = meta_model(cfg.model)
+    backbone = module.model.backbone
     largest = max(max(size) for size in [*schedule.train_sizes(), *eval_sizes])
     for size in schedule.train_sizes():
         backbone.check_input_size(size, "resolution.size", largest)
@@ -60,7 +66,26 @@ def check_before_work(cfg: DictConfig) -> str | None:
     # size and sizes asked for by name must fit
     for size in eval_sizes[:1] if is_auto(OmegaConf.select(cfg, "eval.resolutions")) else eval_sizes:
         backbone.check_input_size(size, "eval.resolutions", largest)
+    if not is_token_schedule(schedule):
+        check_batches_fit(cfg, module.model, schedule.train_sizes(), eval_sizes)
     return ckpt_path
+
+
+def check_batches_fit(cfg: DictConfig, model: Any, train_sizes: list[Size], eval_sizes: list[Size]) -> None:
+    """The largest training batch and the largest evaluation batch against the memory the run computes in
+    (:mod:`resflex.models.batch_memory`: a lower bound, so only a batch that cannot fit is refused)."""
+    memory = device_memory(str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")))
+    precision = str(resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="auto")))
+    element_bytes = 2 if "16" in precision else 4
+    batch = int(cfg.data.batch_size)
+    eval_batch = int(OmegaConf.select(cfg, "data.eval_batch_size", default=None) or batch)
+    for sizes, key, count, count_key in (
+        (train_sizes, "resolution.size", batch, "data.batch_size"),
+        (eval_sizes, "eval.resolutions", eval_batch, "data.eval_batch_size"),
+    ):
+        if sizes:
+            size = max(sizes, key=lambda s: s[0] * s[1])
+            check_batch_fits(model, size, count, key, count_key, memory, element_bytes)
 
 
 def check_data_node(data: DictConfig) -> tuple[Any, list[tuple[int, int]]]:

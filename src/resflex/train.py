@@ -215,7 +215,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if is_global_zero(trainer):  # metrics are synced across ranks; one writer per run folder
             write_metrics_json(output_dir / METRICS_FILE, record.as_dict())
             if any((output_dir / "checkpoints").glob("*.ckpt")):  # a run that never saved weights: no card
-                write_model_card_quietly(output_dir)  # <run>/model_card.md + classes.json (resflex.model_card)
+                write_model_card_quietly(
+                    output_dir
+                )  # <run>/model_card.md + classes.json (resflex.model_card)
         if trainer is not None and trainer.is_global_zero and record.status == "completed":
             sizes = getattr(getattr(trainer, "datamodule", None), "eval_sizes", None) or []
             hparams, varied = run_hparams(
