@@ -182,6 +182,28 @@ def test_eval_settings_a_run_cannot_honour_are_refused(tmp_path: Path, override:
         evaluate(cfg)
 
 
+def test_an_evaluation_size_whose_batch_cannot_fit_is_refused_before_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval.resolutions=[10000]`` resized images in loader workers until the kernel killed one; eval.py
+    then printed two traces and hung. The batch's lower bound is checked against the memory first."""
+    from resflex import evaluate as evaluate_module
+
+    train_tiny_run(tmp_path / "run", "eval.bn_calibration=false")
+    monkeypatch.setattr(evaluate_module, "device_memory", lambda accelerator: (2**30, "a 1.0 GiB machine"))
+    monkeypatch.setattr(evaluate_module, "build_datamodule", lambda cfg: pytest.fail("the data was read"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = compose_config(
+        "eval", [f"ckpt_path={ckpt}", "eval.resolutions=4096", "eval.batch_size=8"], tmp_path / "e"
+    )
+    with pytest.raises(ConfigError) as info:
+        evaluate_module.evaluate(cfg)
+    assert info.value.one_line().startswith("eval.resolutions=4096x4096: a batch of 8 images needs at least")
+    assert info.value.one_line().endswith(
+        "more than a 1.0 GiB machine (hint: a smaller eval.resolutions, or a smaller eval.batch_size)"
+    )
+
+
 def test_eval_cli_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
     result = run_cli([f"ckpt_path={tmp_path / 'nope.ckpt'}"], cwd=tmp_path, script=EVAL_SCRIPT)
     assert result.returncode == 2

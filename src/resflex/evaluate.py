@@ -55,6 +55,7 @@ from resflex.data.arguments import to_plain
 from resflex.data.eval_sizes import is_auto
 from resflex.data.sizes import check_bucketed_size, parse_size_list
 from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
+from resflex.models.batch_memory import check_batch_fits, device_memory
 from resflex.models.bn_calibration import side_of
 from resflex.models.input_shapes import forget_real_twins
 from resflex.preflight import meta_model
@@ -303,10 +304,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if run.is_naflex:
         asked = []
     if asked:  # sizes the backbone cannot take (too small for its stride, a fixed-size ViT), before the data
-        backbone = meta_model(run_cfg.model).model.backbone
+        model = meta_model(run_cfg.model).model
         for size in asked:
-            backbone.check_input_size(size, "eval.resolutions")
+            model.backbone.check_input_size(size, "eval.resolutions")
         forget_real_twins()  # a fixed-size model's real twin (input_shapes): its memory is the run's again
+        batch = int(run_cfg.data.get("eval_batch_size") or run_cfg.data.batch_size)
+        half = device.type == "cuda" and "16" in str(resolve_precision(precision, device))
+        memory = device_memory("cuda" if device.type == "cuda" else "cpu")  # a batch that cannot fit: now
+        largest = max(asked, key=lambda s: s[0] * s[1])
+        check_batch_fits(
+            model, largest, batch, "eval.resolutions", "eval.batch_size", memory, 2 if half else 4
+        )
     datamodule = build_datamodule(run_cfg)
     geometry = str(datamodule.schedule.geometry)
     bucket_size = str(getattr(datamodule.schedule, "bucket_size", "short_side"))

@@ -79,13 +79,13 @@ def check_batches_fit(cfg: DictConfig, model: Any, train_sizes: list[Size], eval
     element_bytes = 2 if "16" in precision else 4
     batch = int(cfg.data.batch_size)
     eval_batch = int(OmegaConf.select(cfg, "data.eval_batch_size", default=None) or batch)
-    for sizes, key, count, count_key in (
-        (train_sizes, "resolution.size", batch, "data.batch_size"),
-        (eval_sizes, "eval.resolutions", eval_batch, "data.eval_batch_size"),
+    for sizes, key, count, count_key, training in (
+        (train_sizes, "resolution.size", batch, "data.batch_size", True),
+        (eval_sizes, "eval.resolutions", eval_batch, "data.eval_batch_size", False),
     ):
         if sizes:
             size = max(sizes, key=lambda s: s[0] * s[1])
-            check_batch_fits(model, size, count, key, count_key, memory, element_bytes)
+            check_batch_fits(model, size, count, key, count_key, memory, element_bytes, training)
 
 
 def check_data_node(data: DictConfig) -> tuple[Any, list[tuple[int, int]]]:
