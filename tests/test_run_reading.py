@@ -61,6 +61,24 @@ def test_the_config_read_alone_has_its_run_folder_as_output_dir(tmp_path: Path) 
     assert open_run(run_dir).config.paths.output_dir == str(run_dir)
 
 
+def test_a_relative_data_root_is_read_from_the_folder_the_run_was_started_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained from ``project/`` with ``data.root=images``, evaluated from elsewhere: the run's images."""
+    run_dir = run_folder(tmp_path / "project" / "logs")
+    (tmp_path / "project" / "images").mkdir()
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    config.data = {"_target_": "resflex.data.datamodule.ResflexDataModule", "root": "images"}
+    OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
+    hydra = {"hydra": {"runtime": {"cwd": str(tmp_path / "project")}}}
+    OmegaConf.save(OmegaConf.create(hydra), run_dir / ".hydra" / "hydra.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert open_run(run_dir).config.data.root == str(tmp_path / "project" / "images")
+    config.data.root = "gone"  # nothing there: left as it was, for the data's own error to name
+    OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
+    assert open_run(run_dir).config.data.root == "gone"
+
+
 def test_the_main_size_is_height_by_width_and_an_epoch_schedule_is_bound_to_the_runs_epochs(
     tmp_path: Path,
 ) -> None:

@@ -43,6 +43,7 @@ from resflex.run_folder import (
     read_classes,
     read_record,
     resolve_checkpoint_path,
+    run_cwd,
 )
 
 if TYPE_CHECKING:
@@ -74,9 +75,26 @@ def read_config(path: str | Path, run_dir: str | Path | None = None) -> DictConf
         )
     OmegaConf.set_struct(cfg, False)
     migrate(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else path.parent.parent
     if "paths" in cfg:
-        cfg.paths.output_dir = str(Path(run_dir) if run_dir is not None else path.parent.parent)
+        cfg.paths.output_dir = str(run_dir)
+    anchor_data_root(cfg, run_dir)
     return cfg
+
+
+def anchor_data_root(cfg: DictConfig, run_dir: Path) -> None:
+    """A relative ``data.root`` made absolute from the folder the run was started in: ``eval.py`` (and
+    anything that reads the run's data) from another folder reads the run's images, not a path that
+    means nothing there. A root that resolves to nothing yet is left as it is."""
+    try:
+        root = OmegaConf.select(cfg, "data.root", default=None)
+    except Exception:  # an interpolation only a Hydra app can resolve: left to it
+        return
+    if not isinstance(root, str) or not root or Path(root).expanduser().is_absolute():
+        return
+    cwd = run_cwd(run_dir)
+    if cwd is not None and (cwd / root).exists():
+        cfg.data.root = str(cwd / root)
 
 
 # ---- a run, opened -------------------------------------------------------------------------------

@@ -168,6 +168,17 @@ def read_classes(run_dir: str | Path | None) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
+def run_cwd(folder: str | Path) -> Path | None:
+    """The folder the run was started in (``.hydra/hydra.yaml``'s ``hydra.runtime.cwd``); None when
+    not recorded."""
+    path = hydra_file(folder, HYDRA_FILE)
+    try:
+        cwd = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.cwd", default=None)
+    except Exception:  # no file, or one that does not parse: nothing recorded
+        return None
+    return Path(str(cwd)) if cwd else None
+
+
 def hydra_job_num(folder: str | Path) -> str | None:
     """The Hydra job number a sweep folder was written by (``.hydra/hydra.yaml``); None when not yet."""
     path = hydra_file(folder, HYDRA_FILE)
