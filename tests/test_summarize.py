@@ -102,6 +102,21 @@ def test_summary_table_rows_order_and_files(tmp_path: Path) -> None:
     assert (sweep / "summary.png").stat().st_size > 5000
 
 
+def test_the_folders_of_eval_predict_and_export_under_logs_are_no_training_jobs(tmp_path: Path) -> None:
+    """``summarize.py logs`` listed every eval.py, predict.py and export.py folder as a job "running"."""
+    logs = tmp_path / "logs"
+    make_sweep(logs / "multirun")
+    for task in ("eval", "predict", "export"):
+        folder = logs / task / "runs" / "2026-12-07_10-00-00" / ".hydra"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("ckpt_path: run\neval: {}\n")
+    trained = logs / "train" / "runs" / "one"
+    write_job(trained.parent, "one", [], completed(0.5, 0.5, 0.4, 0.5, 100.0, 10.0))
+    (trained / ".hydra" / "config.yaml").write_text("backbone: {}\nmodel: {}\n")
+    text = summarize(logs, sort="val/acc")
+    assert "6 job(s), 3 completed, 1 failed, 1 missing, 1 running" in text
+
+
 def test_sort_by_other_metric_and_ascending(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path)
     by_32 = summarize(sweep, sort="val/acc@32", write=False).splitlines()

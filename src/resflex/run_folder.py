@@ -24,7 +24,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from resflex.errors import ConfigError, DataError
 
@@ -100,10 +100,24 @@ def is_run_folder(folder: str | Path) -> bool:
 
 
 def find_run_folders(root: str | Path) -> list[Path]:
-    """Every run folder under ``root`` (``.hydra/`` ones first, then those with only a record)."""
+    """Every training run folder under ``root`` (``.hydra/`` ones first, then those with only a
+    record); the folders of ``eval.py``, ``predict.py`` and ``export.py`` (under ``logs/`` too) are
+    not training runs (:func:`is_other_task`)."""
     root = Path(root)
-    folders = sorted(p.parent for p in root.rglob(HYDRA_DIR) if p.is_dir())
-    return folders + sorted(p.parent for p in root.rglob(METRICS_FILE) if p.parent not in folders)
+    found = sorted(p.parent for p in root.rglob(HYDRA_DIR) if p.is_dir())
+    folders = [folder for folder in found if not is_other_task(folder)]
+    return folders + sorted(p.parent for p in root.rglob(METRICS_FILE) if p.parent not in found)
+
+
+def is_other_task(folder: Path) -> bool:
+    """A Hydra folder whose config has neither a ``model`` nor a ``backbone`` node: written by
+    ``eval.py``, ``predict.py`` or ``export.py``, not by training (a config that cannot be read
+    counts as training's)."""
+    try:
+        config = OmegaConf.load(hydra_file(folder))
+    except Exception:
+        return False
+    return isinstance(config, DictConfig) and "model" not in config and "backbone" not in config
 
 
 def find_run_config(ckpt: str | Path) -> Path | None:
