@@ -11,7 +11,7 @@ from PIL import Image
 
 from resflex.data.datamodule import ResflexDataModule, SizedDataset
 from resflex.data.datasets import ImageFolderSource, SyntheticSource
-from resflex.data.resolution import FixedResolution
+from resflex.data.resolution import FixedResolution, RandomResolution
 from resflex.data.sampler import ResolutionBatchSampler
 from resflex.data.sizes import parse_size
 from resflex.data.synthetic import SyntheticShapes
@@ -171,6 +171,24 @@ def test_unset_root_is_explained() -> None:
 def test_bad_sizes_are_rejected(bad: object) -> None:
     with pytest.raises(ConfigError, match="resolution.size"):
         parse_size(bad)  # type: ignore[arg-type]
+
+
+def test_a_refused_size_names_the_value_given_and_a_list_keys_hint_is_a_list() -> None:
+    """``resolution.size=true`` was reported as ``got None``; a bad entry of ``resolution.sizes`` was told
+    ``e.g. resolution.sizes=64``, a value that key refuses in turn."""
+    from resflex.data.sizes import parse_size_list
+
+    with pytest.raises(ConfigError, match=r"got True \(hint"):
+        parse_size(True)
+    with pytest.raises(ConfigError) as info:
+        RandomResolution(sizes=[32, -1])
+    assert info.value.one_line() == (
+        "resolution.sizes must be positive integers, got -1 (hint: e.g. resolution.sizes=[32,64])"
+    )
+    assert parse_size_list([48, [32, 64]], "k") == [(48, 48), (32, 64)] and parse_size_list(40, "k") == [
+        (40, 40)
+    ]
+    assert parse_size_list(None, "k") == []
 
 
 def test_sampler_covers_every_sample_once_per_epoch_and_reshuffles() -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from resflex.data.schedule import ResolutionSchedule, check_int
-from resflex.data.sizes import parse_size, round_to
+from resflex.data.sizes import parse_size, parse_size_list, round_to
 from resflex.errors import ConfigError
 from resflex.types import Size, as_size
 from resflex.validation import check_value
@@ -149,7 +149,7 @@ class RandomResolution(ResolutionSchedule):
                 f"resolution.sizes must be a non-empty list, got {sizes!r}",
                 hint="resolution.sizes=[32,48,64]",
             )
-        self.size_choices = [parse_size(s, "resolution.sizes") for s in sizes]
+        self.size_choices = parse_size_list(sizes, "resolution.sizes")
         if probs is None:
             self.probs = np.full(len(self.size_choices), 1.0 / len(self.size_choices))
         else:

@@ -30,9 +30,7 @@ def parse_size(value: object, key: str = "resolution.size") -> Size:
     ``value``: a config or command-line value, of any type: anything but an int or a pair of them
     is refused with a one-line :class:`ConfigError`.
     """
-    if isinstance(value, bool):
-        value = None  # True is an int to Python, not a size
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):  # True is an int to Python, not a size
         h: object = value
         w: object = value
     elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
