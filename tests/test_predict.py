@@ -295,6 +295,27 @@ def test_predict_skips_unreadable_files(trained: dict, tmp_path: Path) -> None:
     ]
 
 
+def test_a_folder_of_unreadable_files_names_the_first_and_a_single_file_is_named_itself(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder with no readable image said only how many; one image printed its parent folder as the
+    input, with "1 images"."""
+    from resflex.predict import predict
+
+    folder = tmp_path / "only_broken"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "b.jpg").write_bytes(b"")
+    with pytest.raises(DataError) as info:
+        predict(predict_cfg(trained, tmp_path, f"input={folder}", f"output={tmp_path / 'p.csv'}"))
+    line = info.value.one_line()
+    assert line.startswith(f"no readable image under {folder} (2 unreadable; the first, a.png: ")
+    assert line.endswith("(hint: pass files whose bytes decode as images (PNG, JPEG, WebP, ...))")
+    image = next((trained["data"] / "val").rglob("*.png"))
+    predict(predict_cfg(trained, tmp_path, f"input={image}", f"output={tmp_path / 'one.csv'}"))
+    assert f"input: {image} (1 image, size " in capsys.readouterr().out
+
+
 def test_predict_bad_inputs_fail_in_one_line_and_write_nothing(trained: dict, tmp_path: Path) -> None:
     from resflex.predict import predict
 

@@ -306,9 +306,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         batches = len(plan.batches)
         checkpoint = info["checkpoint"]
     if len(inputs.files) == 1 and unreadable:
-        raise DataError(next(iter(unreadable.values())), hint="pass an image file (PNG, JPEG, ...)")
+        raise DataError(
+            next(iter(unreadable.values())),
+            hint="its bytes do not decode as an image (cut short, or another format under an image's "
+            "name): open it in an image viewer, or save it again",
+        )
     if not rows:
-        raise DataError(f"no readable image under {inputs.root} ({len(unreadable)} unreadable)")
+        first = inputs.files[min(unreadable)]
+        raise DataError(
+            f"no readable image under {inputs.root} ({len(unreadable)} unreadable; the first, {first.name}: "
+            f"{unreadable[min(unreadable)]})",
+            hint="pass files whose bytes decode as images (PNG, JPEG, WebP, ...)",
+        )
     labelled = [r for r in rows if r["correct"] is not None]
     accuracy = sum(r["correct"] for r in labelled) / len(labelled) if inputs.labelled and labelled else None
     record = {
@@ -331,9 +340,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     size_text = size if isinstance(size, str) else f"{size[0]}x{size[1]}"
     if run.is_naflex:
         size_text = f"{size[0]} tokens per image, each at its own aspect"
-    print(
-        f"input: {inputs.root} ({len(rows)} images, size {size_text}, geometry {geometry}, {batches} batches)"
-    )
+    where = inputs.files[0] if len(inputs.files) == 1 else inputs.root
+    count = "1 image" if len(rows) == 1 else f"{len(rows)} images"
+    batch_count = "1 batch" if batches == 1 else f"{batches} batches"
+    print(f"input: {where} ({count}, size {size_text}, geometry {geometry}, {batch_count})")
     if candidates:
         print(f"size auto: {_auto_text(candidates, candidates_from, info.get('metrics_note'))}")
     print(format_table(rows, inputs.root, int(settings.print_rows)))
