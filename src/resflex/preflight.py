@@ -75,7 +75,9 @@ def check_batches_fit(cfg: DictConfig, model: Any, train_sizes: list[Size], eval
     """The largest training batch and the largest evaluation batch against the memory the run computes in
     (:mod:`resflex.models.batch_memory`: a lower bound, so only a batch that cannot fit is refused)."""
     memory = device_memory(str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")))
-    precision = str(resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="auto")))
+    precision = str(
+        resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="auto"), key="trainer.precision")
+    )
     element_bytes = 2 if "16" in precision else 4
     batch = int(cfg.data.batch_size)
     eval_batch = int(OmegaConf.select(cfg, "data.eval_batch_size", default=None) or batch)

@@ -66,15 +66,17 @@ def test_plot_across_runs_writes_a_png(tmp_path: Path) -> None:
     assert labels == ["x", "train size"]
 
 
-def test_eval_resolutions_give_one_loader_per_size_and_reject_a_scalar(tmp_path: Path) -> None:
+def test_eval_resolutions_give_one_loader_per_size_one_size_alone_and_refuse_text(tmp_path: Path) -> None:
     square = "resolution.geometry=square"  # one shape per size (auto would bucket these images by aspect)
     cfg = _compose([*TINY, *TINY_SYNTHETIC, square, "eval.resolutions=[16,32,48,16]"], tmp_path)
     dm = build_datamodule(cfg)
     assert dm.eval_sizes == [(32, 32), (16, 16), (48, 48)]  # main size first, each size once
     loaders = dm.val_dataloader()
     assert [tuple(next(iter(dl))[0].shape[-2:]) for dl in loaders] == dm.eval_sizes
-    with pytest.raises(ConfigError, match=r"eval\.resolutions"):
-        build_datamodule(_compose([*TINY, *TINY_SYNTHETIC, "eval.resolutions=64"], tmp_path))
+    one = build_datamodule(_compose([*TINY, *TINY_SYNTHETIC, square, "eval.resolutions=64"], tmp_path))
+    assert one.eval_sizes == [(32, 32), (64, 64)]  # one size alone: a list of one, as eval.py reads it
+    with pytest.raises(ConfigError, match=r"eval\.resolutions must be a list of sizes, got '64x'"):
+        build_datamodule(_compose([*TINY, *TINY_SYNTHETIC, "eval.resolutions=64x"], tmp_path))
 
 
 def test_fit_logs_per_size_metrics_and_writes_the_plot(tmp_path: Path) -> None:
