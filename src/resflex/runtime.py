@@ -120,12 +120,20 @@ def quiet_library_noise() -> None:
 
 
 #: the first words of the allocators' failures that are not ``torch.OutOfMemoryError``
-ALLOCATION_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "MPS backend out of memory")
+#: a data-loader worker killed by SIGKILL: on Linux the kernel's out-of-memory killer, almost always
+#: (torch's words, from its SIGCHLD handler)
+WORKER_KILLED = "is killed by signal: Killed"
+ALLOCATION_FAILURES = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "MPS backend out of memory",
+    WORKER_KILLED,
+)
 
 
 def out_of_memory_cause(error: BaseException | None) -> BaseException | None:
     """The allocator's failure in ``error``'s chain (``__cause__``/``__context__``), or None: CUDA's
-    ``torch.OutOfMemoryError``, or the CPU's and MPS's RuntimeError."""
+    ``torch.OutOfMemoryError``, the CPU's and MPS's RuntimeError, or a loader worker the system killed
+    (``... exited unexpectedly``, raised from ``... is killed by signal: Killed``)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, torch.OutOfMemoryError) or (

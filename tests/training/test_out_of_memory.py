@@ -45,6 +45,39 @@ def test_the_allocators_failures_are_recognised_through_the_chain_and_nothing_el
     assert out_of_memory_cause(ValueError("out of memory")) is None
 
 
+class KilledBySystem(torch.utils.data.Dataset):
+    """A loader worker the system kills (SIGKILL, as the kernel's out-of-memory killer does)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("killed")
+
+
+def test_a_loader_worker_the_system_killed_is_an_out_of_memory_failure_in_one_line(tmp_path: Path) -> None:
+    """eval.py at a size too large for the machine printed two chained traces ("... is killed by signal:
+    Killed", "... exited unexpectedly"): torch's own errors here, from a real killed worker."""
+    with pytest.raises(RuntimeError, match="exited unexpectedly") as info:
+        list(torch.utils.data.DataLoader(KilledBySystem(), num_workers=1))
+    cause = out_of_memory_cause(info.value)
+    assert cause is not None and "is killed by signal: Killed" in str(cause)
+    cfg = compose_train(["data.eval_batch_size=64"], tmp_path)
+    batch = BatchSeen((64, 3, 512, 512), training=False)
+    error = out_of_memory_error(info.value, batch, run_hint(cfg, batch, None))
+    assert error is not None
+    assert re.fullmatch(
+        r"out of memory at an evaluation batch of 64 images at 512x512 \(DataLoader worker \(pid \d+\) is "
+        r"killed by signal: Killed: the system's out-of-memory killer, most likely\)",
+        error.message,
+    )
+    assert (error.hint or "").startswith("data.eval_batch_size=32")
+
+
 def test_a_training_batch_is_told_half_the_batch_with_twice_the_accumulation(tmp_path: Path) -> None:
     """The images per optimizer step stay the same; mixed precision only where the GPU ran in full
     precision; the second scale-consistency view only where it is on."""

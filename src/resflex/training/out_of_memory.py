@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resflex.errors import ConfigError, first_line
-from resflex.runtime import out_of_memory_cause
+from resflex.runtime import WORKER_KILLED, out_of_memory_cause
 
 #: where torch's CUDA message turns from what failed to advice on its allocator
 _ADVICE = (
@@ -111,6 +111,8 @@ def allocator_reason(cause: BaseException) -> str:
     of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.06 GiB is
     free."; "DefaultCPUAllocator: can't allocate memory: you tried to allocate 12.0 GiB."."""
     text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", " ".join(str(cause).split()))
+    if WORKER_KILLED in text:  # the kernel's out-of-memory killer took a loader worker
+        return f"{text.rstrip('. ')}: the system's out-of-memory killer, most likely"
     text = re.sub(r"(\d+) bytes", lambda m: _in_binary_units(int(m.group(1))), text)
     sentences: list[str] = []
     for sentence in re.split(r"(?<=\.)\s+", text):
