@@ -316,6 +316,20 @@ def test_a_folder_of_unreadable_files_names_the_first_and_a_single_file_is_named
     assert f"input: {image} (1 image, size " in capsys.readouterr().out
 
 
+def test_an_unset_or_missing_input_is_refused_before_the_checkpoint_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predict.py ckpt_path=RUN`` without ``input=`` loaded the checkpoint (seconds) before saying so."""
+    from resflex import predict as predict_module
+
+    monkeypatch.setattr(predict_module, "open_run", lambda *args: pytest.fail("the checkpoint was read"))
+    base = [f"ckpt_path={tmp_path / 'run'}", f"output={tmp_path / 'p.csv'}"]
+    with pytest.raises(ConfigError, match="input is not set"):
+        predict_module.predict(compose_config("predict", base, tmp_path / "p"))
+    with pytest.raises(DataError, match="input not found"):
+        predict_module.predict(compose_config("predict", [*base, f"input={tmp_path / 'x'}"], tmp_path / "p"))
+
+
 def test_predict_bad_inputs_fail_in_one_line_and_write_nothing(trained: dict, tmp_path: Path) -> None:
     from resflex.predict import predict
 

@@ -59,6 +59,7 @@ from resflex.predict_plan import (
     auto_sizes,
     collect_inputs,
     framed_shape,
+    input_path,
     nearest_size,
     parse_predict_size,
     plan_batches,
@@ -253,6 +254,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             hint="predict.progress=auto",
         )
     check_writable(output)
+    input_path(cfg.get("input"))  # before the checkpoint is read (seconds for a large model)
     run = open_run(cfg.ckpt_path, cfg.get("run_config"))
     check_naflex_options(run, settings.size, settings.seq_len)
     decoder = OmegaConf.select(run.config, "data.source.decoder", default=None) or DEFAULT_DECODER

@@ -65,17 +65,23 @@ class Inputs:
         return bool(self.files) and all(label is not None for label in self.labels)
 
 
+def input_path(path: object) -> Path:
+    """``input``, set and existing, or a one-line error (checked before the checkpoint is loaded)."""
+    if path is None or str(path) in ("", "None", "???"):
+        raise ConfigError("input is not set", hint="pass input=/path/to/image_or_folder")
+    root = Path(str(path)).expanduser()
+    if not root.exists():
+        raise DataError(f"input not found: {root}", hint="pass an image file or a folder of images")
+    return root
+
+
 def collect_inputs(path: str | Path, classes: list[str]) -> Inputs:
     """An image file, or every image under a folder (recursive, sorted like ``DatasetFolder``).
 
     The folder is *labelled* when every image lies in ``<input>/<class>/...`` with a
     class name of the model: the layout of a training/validation split.
     """
-    if path is None or str(path) in ("", "None", "???"):
-        raise ConfigError("input is not set", hint="pass input=/path/to/image_or_folder")
-    root = Path(str(path)).expanduser()
-    if not root.exists():
-        raise DataError(f"input not found: {root}", hint="pass an image file or a folder of images")
+    root = input_path(path)
     if root.is_file():
         return Inputs(root=root.parent, files=[root], labels=[None])
     files: list[Path] = []
