@@ -138,6 +138,19 @@ def test_the_printed_table_shows_print_rows_rows_and_counts_the_rest(tmp_path: P
     assert len(format_table(rows, tmp_path, -1).splitlines()) == 5  # a negative limit: every row
 
 
+def test_the_printed_tables_columns_line_up_when_sizes_and_names_differ_in_width(tmp_path: Path) -> None:
+    """``[64x64]`` and ``[64x128]`` used to push the class column of their lines apart."""
+    from resflex.predict import format_table
+
+    top = [{"class": "cats", "prob": 0.5}]
+    rows = [
+        {"path": str(tmp_path / "a" / "red_8.jpg"), "height": 64, "width": 64, "top": top, "correct": True},
+        {"path": str(tmp_path / "b" / "red_10.png"), "height": 64, "width": 128, "top": top, "correct": None},
+    ]
+    lines = format_table(rows, tmp_path, -1).splitlines()
+    assert lines == ["a/red_8.jpg   [64x64]   cats 0.500  ✓", "b/red_10.png  [64x128]  cats 0.500"]
+
+
 def test_predict_native_batches_by_bucket_and_covers_every_file_once(trained: dict, tmp_path: Path) -> None:
     from resflex.predict import predict
 

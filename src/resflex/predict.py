@@ -199,8 +199,10 @@ def write_predictions(path: Path, rows: list[dict[str, Any]], record: dict[str, 
 
 
 def format_table(rows: list[dict[str, Any]], root: Path, limit: int) -> str:
-    lines = []
+    """One line per image: its path under ``root``, the size it ran at, the top classes and, for a
+    labelled folder, whether the first is right; the columns aligned across the lines shown."""
     shown = rows if limit is None or limit < 0 else rows[:limit]
+    cells = []
     for r in shown:
         try:
             name = str(Path(r["path"]).relative_to(root))
@@ -208,15 +210,13 @@ def format_table(rows: list[dict[str, Any]], root: Path, limit: int) -> str:
             name = r["path"]
         top = "  ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
         mark = "" if r["correct"] is None else ("  ✓" if r["correct"] else f"  ✗ ({r['label']})")
-        lines.append(f"{name}  [{r['height']}x{r['width']}]  {top}{mark}")
+        cells.append((name, f"[{r['height']}x{r['width']}]", f"{top}{mark}"))
+    name_width = max((len(name) for name, _, _ in cells), default=0)
+    size_width = max((len(size) for _, size, _ in cells), default=0)
+    lines = [f"{name:<{name_width}}  {size:<{size_width}}  {rest}" for name, size, rest in cells]
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more in the output file")
-    width = max((len(line.split("  [")[0]) for line in lines), default=0)
-    aligned = []
-    for line in lines:
-        head, sep, tail = line.partition("  [")
-        aligned.append(f"{head:<{width}}{sep}{tail}" if sep else line)
-    return "\n".join(aligned)
+    return "\n".join(lines)
 
 
 def _auto_text(candidates: list[Size], source: str | None, note: str | None = None) -> str:
