@@ -153,8 +153,9 @@ class FashionMNISTSource(ImageSource):
         if not root:
             raise DataError("data.root is not set", hint=HOW_TO_GET)
         base = Path(root).expanduser()
-        if not args.get("download", False) and any(find_idx_file(base, stem) is None for stem in ALL_FILES):
-            missing_files(base, [stem for stem in ALL_FILES if find_idx_file(base, stem) is None])
+        missing = [stem for stem in ALL_FILES if find_idx_file(base, stem) is None]
+        if missing and not args.get("download", False):
+            missing_files(base, missing)
 
     def __init__(
         self,
