@@ -55,7 +55,7 @@ from resflex.data.arguments import to_plain
 from resflex.data.eval_sizes import is_auto
 from resflex.data.sizes import check_bucketed_size, parse_size_list
 from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
-from resflex.models.batch_memory import check_batch_fits, device_memory
+from resflex.models.batch_memory import check_batch_fits, device_memory, element_bytes
 from resflex.models.bn_calibration import side_of
 from resflex.models.input_shapes import forget_real_twins
 from resflex.preflight import meta_model
@@ -294,6 +294,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"eval.split={split}: evaluation reads val or test", hint="eval.split=val|test")
     device = resolve_device(cfg.eval.get("device", "auto"), "eval.device")  # the keys read after the data:
     precision = check_precision(cfg.eval.get("precision", "auto"), "eval.precision")  # checked before it
+    precision = resolve_precision(precision) if device.type == "cuda" else "32-true"
     limit = cfg.eval.get("limit_batches")
     if limit is not None:
         check_value("eval.limit_batches", limit, int, lambda v: v >= 1, "a whole number >= 1 or null")
@@ -309,12 +310,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             model.backbone.check_input_size(size, "eval.resolutions")
         forget_real_twins()  # a fixed-size model's real twin (input_shapes): its memory is the run's again
         batch = int(run_cfg.data.get("eval_batch_size") or run_cfg.data.batch_size)
-        half = device.type == "cuda" and "16" in str(resolve_precision(precision, device))
         memory = device_memory("cuda" if device.type == "cuda" else "cpu")  # a batch that cannot fit: now
         largest = max(asked, key=lambda s: s[0] * s[1])
-        check_batch_fits(
-            model, largest, batch, "eval.resolutions", "eval.batch_size", memory, 2 if half else 4
-        )
+        bytes_each = element_bytes(precision)
+        check_batch_fits(model, largest, batch, "eval.resolutions", "eval.batch_size", memory, bytes_each)
     datamodule = build_datamodule(run_cfg)
     geometry = str(datamodule.schedule.geometry)
     bucket_size = str(getattr(datamodule.schedule, "bucket_size", "short_side"))
@@ -330,7 +329,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # strict load; per-size BatchNorm statistics (eval.bn_calibration): the nearest size's at each size
     module = run.build_module(run_cfg)
 
-    precision = resolve_precision(precision) if device.type == "cuda" else "32-true"
     if device.type == "cpu":
         retain_freed_host_memory()  # large evaluation batches: see the function
     module.to(device).eval()

@@ -38,7 +38,7 @@ from resflex.data.arguments import check_data_arguments
 from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import is_auto
 from resflex.data.naflex import is_token_schedule
-from resflex.models.batch_memory import check_batch_fits, device_memory
+from resflex.models.batch_memory import check_batch_fits, device_memory, element_bytes
 from resflex.models.checkpoint import existing_file, resflex_checkpoint
 from resflex.models.naflex import check_naflex_config
 from resflex.run_folder import resolve_checkpoint_path, resolve_resume_checkpoint
@@ -75,10 +75,8 @@ def check_batches_fit(cfg: DictConfig, model: Any, train_sizes: list[Size], eval
     """The largest training batch and the largest evaluation batch against the memory the run computes in
     (:mod:`resflex.models.batch_memory`: a lower bound, so only a batch that cannot fit is refused)."""
     memory = device_memory(str(OmegaConf.select(cfg, "trainer.accelerator", default="auto")))
-    precision = str(
-        resolve_precision(OmegaConf.select(cfg, "trainer.precision", default="auto"), key="trainer.precision")
-    )
-    element_bytes = 2 if "16" in precision else 4
+    precision = OmegaConf.select(cfg, "trainer.precision", default="auto")
+    bytes_each = element_bytes(resolve_precision(precision, key="trainer.precision"))
     batch = int(cfg.data.batch_size)
     eval_batch = int(OmegaConf.select(cfg, "data.eval_batch_size", default=None) or batch)
     for sizes, key, count, count_key, training in (
@@ -87,7 +85,7 @@ def check_batches_fit(cfg: DictConfig, model: Any, train_sizes: list[Size], eval
     ):
         if sizes:
             size = max(sizes, key=lambda s: s[0] * s[1])
-            check_batch_fits(model, size, count, key, count_key, memory, element_bytes, training)
+            check_batch_fits(model, size, count, key, count_key, memory, bytes_each, training)
 
 
 def check_data_node(data: DictConfig) -> tuple[Any, list[tuple[int, int]]]:

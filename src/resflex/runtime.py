@@ -130,6 +130,11 @@ ALLOCATION_FAILURES = (
 )
 
 
+def format_bytes(count: float, decimals: int = 2) -> str:
+    """A byte count as torch's CUDA message writes sizes: in GiB from 1 GiB, else in MiB."""
+    return f"{count / 2**30:.{decimals}f} GiB" if count >= 2**30 else f"{count / 2**20:.{decimals}f} MiB"
+
+
 def out_of_memory_cause(error: BaseException | None) -> BaseException | None:
     """The allocator's failure in ``error``'s chain (``__cause__``/``__context__``), or None: CUDA's
     ``torch.OutOfMemoryError``, the CPU's and MPS's RuntimeError, or a loader worker the system killed

@@ -44,7 +44,7 @@ def test_a_batch_over_the_memory_is_refused_at_its_bound_and_not_below_it(
     assert info.value.one_line() == (
         "resolution.size=10x10: a batch of 4 images needs at least 17 MiB at its largest layer alone, more "
         "than the test's memory (hint: a smaller resolution.size, or a smaller data.batch_size)"
-    ).replace("17 MiB", f"{need / 2**20:.0f} MiB")
+    ).replace("17 MiB", f"{need / 2**20:.1f} MiB")
     check_batch_fits(model, (10, 10), 4, "k", "b", (need - 1, "half"), element_bytes=2)  # bf16: fits
     assert not caplog.records
 

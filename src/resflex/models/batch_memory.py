@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from resflex.errors import ConfigError
+from resflex.runtime import format_bytes
 from resflex.types import Size
 
 log = logging.getLogger(__name__)
@@ -72,16 +73,18 @@ def device_memory(accelerator: str) -> tuple[int, str] | None:
         if not torch.cuda.is_available():
             return None
         total = torch.cuda.get_device_properties(0).total_memory
-        return total, f"the GPU's {format_bytes(total)}"
+        return total, f"the GPU's {format_bytes(total, 1)}"
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not a POSIX system
         return None
-    return total, f"this machine's {format_bytes(total)} of memory"
+    return total, f"this machine's {format_bytes(total, 1)} of memory"
 
 
-def format_bytes(count: float) -> str:
-    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+def element_bytes(precision: object) -> int:
+    """Bytes per activation at a Lightning ``precision``: 2 for (b)f16 mixed or true, else 4. Mixed
+    precision keeps some activations in float32: 2 keeps the bound a lower one."""
+    return 2 if "16" in str(precision) else 4
 
 
 def check_batch_fits(
@@ -106,7 +109,7 @@ def check_batch_fits(
     hint = f"a smaller {key}, or a smaller {batch_key}"
     if need > available:
         raise ConfigError(
-            f"{key}={h}x{w}: a batch of {batch} images needs at least {format_bytes(need)} at its largest "
+            f"{key}={h}x{w}: a batch of {batch} images needs at least {format_bytes(need, 1)} at its largest "
             f"layer alone, more than {where}",
             hint=hint,
         )
@@ -119,7 +122,7 @@ def check_batch_fits(
             h,
             w,
             batch,
-            format_bytes(kept),
+            format_bytes(kept, 1),
             where,
             hint,
         )

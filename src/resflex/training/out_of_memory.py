@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resflex.errors import ConfigError, first_line
-from resflex.runtime import WORKER_KILLED, out_of_memory_cause
+from resflex.runtime import WORKER_KILLED, format_bytes, out_of_memory_cause
 
 #: where torch's CUDA message turns from what failed to advice on its allocator
 _ADVICE = (
@@ -113,7 +113,7 @@ def allocator_reason(cause: BaseException) -> str:
     text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", " ".join(str(cause).split()))
     if WORKER_KILLED in text:  # the kernel's out-of-memory killer took a loader worker
         return f"{text.rstrip('. ')}: the system's out-of-memory killer, most likely"
-    text = re.sub(r"(\d+) bytes", lambda m: _in_binary_units(int(m.group(1))), text)
+    text = re.sub(r"(\d+) bytes", lambda m: format_bytes(int(m.group(1))), text)
     sentences: list[str] = []
     for sentence in re.split(r"(?<=\.)\s+", text):
         if sentence.startswith(_ADVICE) or sentence.startswith("Error code") or len(sentences) == 3:
@@ -121,11 +121,6 @@ def allocator_reason(cause: BaseException) -> str:
         sentences.append(sentence)
     reason = " ".join(sentences) or first_line(cause)
     return reason if len(reason) <= 200 else reason[:197] + "..."
-
-
-def _in_binary_units(count: int) -> str:
-    """A byte count as torch's CUDA message writes sizes: in GiB from 1 GiB, else in MiB."""
-    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.2f} MiB"
 
 
 def training_hint(cfg: Mapping[str, Any], precision: str | None, tokens: bool = False) -> str:
