@@ -6,6 +6,9 @@
 #   bash experiments/robustness/timing.sh [RUNS_DIR] [PAIRS]                       # before, after
 #   CELLS="fixed default" bash experiments/robustness/timing.sh /tmp/rt_sc 3       # the term's cost
 #
+# TAG names a pass's rows apart from earlier passes of the same cells (TAG=_j: rows `before_j`,
+# `small2_j`), so a new pass adds pairs instead of replacing the old rows.
+#
 # Cells: `before` is the default run at the commit before the robustness study (BASE, default
 # 7277a2b: fixed, eval at 32/48/64/96 px every epoch, no calibration; run from a git worktree with its
 # own src/ first on PYTHONPATH); `after` is the default run after the calibration (no term), `default`
@@ -23,6 +26,7 @@ RUNS=${1:-/tmp/robustness_timing}
 PAIRS=${2:-1}
 BASE=${BASE:-7277a2b}
 CELLS=${CELLS:-before after}
+TAG=${TAG:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
@@ -41,7 +45,7 @@ fi
 args=()
 for pair in $(seq 0 $((PAIRS - 1))); do
   for cell in $CELLS; do
-    name="$cell-s$pair"
+    name="$cell$TAG-s$pair"
     [ -f "$RUNS/$name/metrics.json" ] && { args+=("$name=$RUNS/$name"); continue; }
     command="python scripts/train.py trainer.enable_progress_bar=false ${SWITCHES[$cell]}"
     if [ "$cell" = before ]; then
