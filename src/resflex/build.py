@@ -30,6 +30,7 @@ from resflex.data.datamodule import ResflexDataModule
 from resflex.data.eval_sizes import drop_unfit_sizes
 from resflex.data.naflex import is_token_schedule
 from resflex.data.sampler import ScheduleLengthSync
+from resflex.data.sizes import check_bucketed_size, check_training_sizes_bucketed
 from resflex.errors import ConfigError, DataError, find_user_error, first_line
 from resflex.models.backbone import TimmBackbone
 from resflex.models.checkpoint import init_head_from_checkpoint
@@ -104,6 +105,23 @@ def build_module(cfg: DictConfig, num_classes: int) -> ClassificationModule:
     module = build_node(cfg.model, **{"net.num_classes": num_classes})
     init_head_from_checkpoint(module.model)  # backbone.init_from + backbone.init_head=true: pooling, head
     return module
+
+
+def check_sizes_bucketed(cfg: DictConfig, datamodule: ResflexDataModule) -> None:
+    """A ``keep_aspect`` run uses one side of each size it is given: a non-square training size
+    (:func:`~resflex.data.sizes.check_training_sizes_bucketed`) or evaluation size is refused in one
+    line, after ``geometry=auto`` has chosen, instead of training at the buckets of one side under a
+    ``h x w`` label."""
+    schedule = datamodule.schedule
+    if schedule.geometry != "keep_aspect" or is_token_schedule(schedule):
+        return
+    resolution = to_plain(cfg.resolution)
+    bucket_size = str(getattr(schedule, "bucket_size", "short_side"))
+    chosen = str(resolution.get("geometry")) == "auto"
+    check_training_sizes_bucketed(resolution, schedule.sizes(), schedule.geometry, bucket_size, chosen)
+    if not datamodule.eval_sizes_auto:
+        for size in datamodule.eval_sizes:
+            check_bucketed_size(size, schedule.geometry, bucket_size, "eval.resolutions")
 
 
 def check_sizes_fit_backbone(

@@ -292,6 +292,43 @@ def check_resume(cfg: DictConfig, ckpt_path: str, output_dir: str | Path, overri
     )
 
 
+#: a record's statuses whose folder holds results (a run refused before saving anything holds none:
+#: the fix-and-rerun loop may start again in its folder)
+HELD_STATUSES = ("completed", "interrupted")
+
+
+def held_run(output_dir: str | Path) -> str | None:
+    """What ``output_dir`` holds that a new run there would mix with or overwrite (``completed run``,
+    ``run with checkpoints``...), or None when it holds nothing to lose."""
+    output_dir = Path(output_dir)
+    status = read_record(output_dir).get("status")
+    checkpoints = output_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+        return f"{status} run with checkpoints" if status else "run's checkpoints"
+    return f"{status} run" if status in HELD_STATUSES else None
+
+
+def refuse_new_run_in_held_folder(cfg: DictConfig, output_dir: str | Path, restore: bool = True) -> None:
+    """A new run (``ckpt_path`` unset) in a folder that holds another run (:func:`held_run`: a
+    ``hydra.run.dir`` typed again, a sweep run again into its ``hydra.sweep.dir``) is refused in one
+    line, before anything is written: its events, checkpoints and record would have been mixed with
+    that run's, and a refusal later would have replaced its record. Hydra has already rewritten
+    ``.hydra/``: the kept copy goes back (``restore``: rank 0)."""
+    if str(cfg.get("ckpt_path")) not in ("None", "", "null"):
+        return
+    held = held_run(output_dir)
+    if held is None:
+        return
+    if restore:
+        restore_hydra_files(output_dir)
+    raise ResumeRefused(
+        f"{output_dir} already holds a {held}: a new run there would mix its checkpoints, logs and "
+        "record with that run's",
+        hint="a new folder (leave hydra.run.dir or hydra.sweep.dir out), or ckpt_path=last to continue "
+        "that run (a completed run is kept as it is)",
+    )
+
+
 def prepare_run_folder(
     cfg: DictConfig, ckpt_path: str | None, output_dir: str | Path, write: bool = True
 ) -> list[str] | None:

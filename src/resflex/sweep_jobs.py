@@ -48,12 +48,18 @@ class Job:
         return self.metrics.get(column)
 
 
+#: overrides that say how a job was launched, not what it trained: never a column ("ckpt_path=last" on
+#: the jobs a continued sweep started, the folders), as Hydra leaves them out of job folder names
+LAUNCH_KEYS = ("ckpt_path", "hydra.", "paths.")
+
+
 def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
     parsed = {}
     for item in items:
         key, sep, value = str(item).partition("=")
-        if sep:
-            parsed[key.lstrip("+~")] = value
+        key = key.lstrip("+~")
+        if sep and not key.startswith(LAUNCH_KEYS):
+            parsed[key] = value
     return parsed
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -111,6 +112,27 @@ def _sweep_argv() -> list[str] | None:
         return None
     saved = read_sweep_overrides(folder)
     return saved if saved is not None else sys.argv[1:]  # not written (yet): this process's own
+
+
+def sweep_resume_command() -> str | None:
+    """The shell command that continues the running sweep: its overrides (any ``ckpt_path`` and
+    ``hydra.sweep.dir`` dropped) plus ``ckpt_path=last hydra.sweep.dir=<sweep>``. Each job then keeps a
+    completed run as it is, resumes an interrupted one and starts one that never ran
+    (:func:`resflex.train.completed_record`); None outside a sweep."""
+    from resflex.resume_check import launch_command, override_key
+    from resflex.runtime import hydra_node
+
+    argv, folder = _sweep_argv(), sweep_dir()
+    if argv is None or folder is None:
+        return None
+    flags = ("-m", "--multirun")
+    kept = [a for a in argv if a not in flags and override_key(a) not in ("ckpt_path", "hydra.sweep.dir")]
+    head = [*launch_command(), "-m"]
+    config_name = OmegaConf.select(hydra_node(), "job.config_name", default=None)
+    if config_name and config_name != "train" and not any(a.startswith("--config-name") for a in kept):
+        head.append(f"--config-name={config_name}")
+    tail = [*kept, "ckpt_path=last", f"hydra.sweep.dir={folder}"]
+    return " ".join([*head, *(shlex.quote(a) for a in tail)])
 
 
 def current_sweep_text_keys() -> set[str]:

@@ -30,7 +30,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from resflex.build import build_datamodule, build_module, build_trainer, check_sizes_fit_backbone
+from resflex.build import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    check_sizes_bucketed,
+    check_sizes_fit_backbone,
+)
 from resflex.config import CONFIG_DIR, prepare_cli
 from resflex.errors import (
     ConfigError,
@@ -41,18 +47,20 @@ from resflex.errors import (
     user_errors_as_one_line,
 )
 from resflex.model_card import write_model_card_quietly
-from resflex.models.checkpoint import check_resumable
+from resflex.models.checkpoint import check_resumable, training_progress
 from resflex.preflight import check_before_work
 from resflex.resume_check import (
     ResumeRefused,
     current_overrides,
+    held_run,
     prepare_run_folder,
+    refuse_new_run_in_held_folder,
     resume_command,
     resumes_so_far,
 )
-from resflex.run_folder import METRICS_FILE
+from resflex.run_folder import METRICS_FILE, read_record, restore_hydra_files
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory, size_tag
-from resflex.sweeps import current_sweep_text_keys, current_swept_keys, sweep_dir
+from resflex.sweeps import current_sweep_text_keys, current_swept_keys, sweep_dir, sweep_resume_command
 from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (
     check_shared_run_dir,
@@ -93,6 +101,10 @@ def is_global_zero(trainer: pl.Trainer | None) -> bool:
     return rank_zero_only.rank == 0  # type: ignore[attr-defined]
 
 
+#: a run or sweep stopped by SIGTERM (143) or Ctrl-C (130), as a shell reports a process killed by them
+INTERRUPTED_EXIT_CODES = (130, 143)
+
+
 def is_interruption(exc: BaseException) -> bool:
     """SIGTERM (Lightning's ``SIGTERMException``) or Ctrl-C (``KeyboardInterrupt``, which Lightning turns
     into ``SystemExit(1)`` after its graceful shutdown)."""
@@ -110,6 +122,39 @@ def share_data_profile(cfg: DictConfig, sweep: Path | None) -> None:
             node.shared_dir = str(sweep)
 
 
+def completed_record(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> dict[str, Any] | None:
+    """The record of this folder's completed run when ``ckpt_path=last`` finds nothing left to train
+    (its checkpoint at ``trainer.max_epochs`` or ``max_steps``), else None.
+
+    Why: a sweep run again with ``ckpt_path=last`` (to finish its interrupted and unstarted jobs) also
+    "resumes" its completed jobs; Lightning then trains nothing, and the validation and test after it
+    replaced their records with a re-test's (no val/* metrics, a wall time of seconds). A larger
+    ``trainer.max_epochs`` still trains on. The command's ``.hydra`` files give way to the run's own.
+    """
+    if str(cfg.get("ckpt_path")) != "last" or ckpt_path is None or not Path(ckpt_path).is_file():
+        return None
+    record = read_record(output_dir)
+    if record.get("status") != "completed":
+        return None
+    epoch, step = training_progress(ckpt_path)
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    steps_done = max_steps is not None and int(max_steps) > 0 and step >= int(max_steps)
+    epochs_done = max_epochs is not None and int(max_epochs) >= 0 and epoch + 1 >= int(max_epochs)
+    if not (steps_done or epochs_done):
+        return None
+    if is_global_zero(None):
+        restore_hydra_files(output_dir)
+    log.info(
+        "%s: the run completed (epoch %d of trainer.max_epochs=%s): nothing left to train, its record and "
+        "files are kept as they are (a larger trainer.max_epochs trains on)",
+        output_dir,
+        epoch + 1,
+        max_epochs,
+    )
+    return record
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns the record also written to ``metrics.json``."""
     output_dir = Path(cfg.paths.output_dir)
@@ -122,14 +167,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_library_noise()
     trainer: pl.Trainer | None = None
     try:
+        # a new run in a folder that holds another: refused before anything is written there
+        refuse_new_run_in_held_folder(cfg, output_dir, restore=is_global_zero(None))
         # every key and path, before any data is read (resflex/preflight.py): a mistake costs one line
         ckpt_path = check_before_work(cfg)
+        completed = completed_record(cfg, ckpt_path, output_dir)
+        if completed is not None:  # ckpt_path=last on a finished run (a sweep run again): kept as it is
+            return completed
         # a resume continues the run's own experiment (or is refused in one line); a run that starts
         # here keeps the config it was started with (resflex/resume_check.py)
         original = prepare_run_folder(cfg, ckpt_path, output_dir, write=is_global_zero(None))
         if original is not None:  # this folder's run, continued: the record keeps how it was started
             record.resumes = [*resumes_so_far(output_dir), record.overrides or []]
             record.overrides = original
+            earlier = read_record(output_dir).get("wall_time_s")  # the run's time so far, resumes included
+            started -= float(earlier) if isinstance(earlier, int | float) else 0.0
         share_data_profile(cfg, sweep_dir())  # in a sweep: the data profile figure once
         trainer = build_trainer(cfg, record)  # Lightning checks the trainer.* keys
     except BaseException as exc:
@@ -137,7 +189,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise  # the run folder stays the original run's: its record and its .hydra files
         record.status, record.error = "failed", describe_error(exc)
         record.wall_time_s = round(time.time() - started, 2)
-        if is_global_zero(None):  # nothing ran: the record says why, no end-of-run report
+        if is_global_zero(None) and held_run(output_dir) is not None:
+            restore_hydra_files(output_dir)  # a resume refused before work: the run's record stays its own
+        elif is_global_zero(None):  # nothing ran: the record says why, no end-of-run report
             write_metrics_json(output_dir / METRICS_FILE, record.as_dict())
         raise
     fit_metrics: dict[str, Any] = {}
@@ -146,6 +200,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
         record.data_profile = datamodule.profile.as_dict()  # incl. the geometry auto resolved to
+        check_sizes_bucketed(cfg, datamodule)  # keep_aspect: a non-square size would train by one side
         module = build_module(cfg, datamodule.num_classes)
         # callbacks.model_checkpoint.monitor: known, and validated at every size when it needs them
         apply_monitor(cfg, datamodule, top5=bool(getattr(module, "top5", False)))
@@ -196,6 +251,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         precision = None if isinstance(trainer.accelerator, CPUAccelerator) else str(trainer.precision)
         memory = out_of_memory_error(exc, batch, run_hint(cfg, batch, precision))
         record.error = describe_error(memory or exc)
+        if is_interruption(exc):  # not Lightning's exception names: what stopped it
+            record.error = "stopped by SIGTERM" if isinstance(exc, SIGTERMException) else "stopped by Ctrl-C"
         if memory is not None:  # the batch it was at and the keys that lower it, not the allocator's page
             raise memory from exc
         raise
@@ -258,7 +315,8 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
                     overrides, config_name = current_overrides()
                     command = resume_command(overrides, cfg.paths.output_dir, "last", config_name)
                 if not is_interruption(exc):
-                    if saved and find_user_error(exc) is not None:  # the one-line error follows
+                    cause = find_user_error(exc)  # refused resume: the folder's checkpoints are another run's
+                    if saved and cause is not None and not isinstance(cause, ResumeRefused):
                         print(f"checkpoints kept in {checkpoints}; once fixed: {command}", file=sys.stderr)
                     raise
                 if saved:
@@ -276,10 +334,22 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
         with ddp_job_scope(hc.runtime.output_dir, list(hc.overrides.task), hc.job.config_name):
             record = train(cfg)
         return record["metrics"].get("val/acc")
-    except Exception as exc:
+    except BaseException as exc:
         if full_error_requested():
             raise
         job = Path(hc.runtime.output_dir).name  # the job's folder: named by what differs
+        if is_interruption(exc):  # SIGTERM / Ctrl-C stops the sweep, not just this job: say how to go on
+            checkpoints = Path(hc.runtime.output_dir) / "checkpoints"
+            saved = checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))
+            what = f"checkpoint saved in {checkpoints}" if saved else "nothing saved"
+            print(
+                f"interrupted: job {job} ({what}); the jobs after it did not run. Continue the sweep "
+                f"(completed jobs are kept, this one resumes, the rest start) with: {sweep_resume_command()}",
+                file=sys.stderr,
+            )
+            raise SystemExit(143 if isinstance(exc, SIGTERMException) else 130) from None
+        if not isinstance(exc, Exception):
+            raise
         failed_jobs.append(job)
         release_memory()  # an OOM job must not take the next job's memory with it
         cause = describe_error(exc)
@@ -304,7 +374,7 @@ def main() -> None:
     except SystemExit as exc:
         # the sweeper itself gave up after failed jobs (Optuna with no completed trial):
         # Hydra has printed why; the exit code still counts the failed jobs
-        if not failed_jobs or exc.code in (None, 0):
+        if not failed_jobs or exc.code in (None, 0, *INTERRUPTED_EXIT_CODES):
             raise
     if failed_jobs:
         print(f"{len(failed_jobs)} job(s) failed: {', '.join(failed_jobs)}", file=sys.stderr)

@@ -9,7 +9,7 @@ in the lowest layer that reads sizes, so no caller imports a schedule module for
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeGuard
 
 from resflex.errors import ConfigError
@@ -66,6 +66,52 @@ def round_to(value: float, multiple: int) -> int:
     return max(multiple, math.floor(value / multiple + 0.5) * multiple)
 
 
+def non_square_key(resolution: Mapping[str, object], size: Size) -> str:
+    """The ``resolution.*`` key a non-square training ``size`` came from: the key that holds it (``size``,
+    ``start_size``, an entry of ``sizes``), else the key of any non-square pair, else ``resolution.size``
+    (a size a schedule derived from its ``size``: multigrid's factors, multiscale's scales)."""
+    pair = list(size)
+    for key, value in resolution.items():
+        if value == pair or (isinstance(value, Sequence) and not isinstance(value, str) and pair in value):
+            return f"resolution.{key}"
+    for key, value in resolution.items():
+        pair_of_ints = isinstance(value, Sequence) and len(value) == 2 and all(map(_positive_int, value))
+        if pair_of_ints and value[0] != value[1] and not key.endswith("sizes"):  # sizes: two square ones
+            return f"resolution.{key}"
+    return "resolution.size"
+
+
+def check_training_sizes_bucketed(
+    resolution: Mapping[str, object], sizes: Sequence[Size], geometry: str, bucket_size: str, chosen: bool
+) -> None:
+    """Training's form of :func:`check_bucketed_size`: a ``keep_aspect`` run (set, or ``chosen`` by
+    ``geometry=auto``) trains each image at its bucket's shape for one side, so a non-square training
+    size would be used by one side alone while every report named it ``h x w`` (``scripts/eval.py``
+    and ``predict.py`` refuse it too). The hint also offers the geometry that runs ``[h, w]`` itself."""
+    if geometry != "keep_aspect":
+        return
+    for h, w in sizes:
+        if h != w:
+            key = non_square_key(resolution, (h, w))
+            side, what = bucket_side((h, w), bucket_size)
+            by_auto = " (resolution.geometry=auto chose it for these images)" if chosen else ""
+            raise ConfigError(
+                f"{key}: [{h}, {w}] is not square, and this keep_aspect run{by_auto} frames each image "
+                f"at its aspect bucket's shape for one side ({what}: [{h}, {w}] would train as {side} px)",
+                hint=f"a square size ({side} for [{h}, {w}]), or resolution.geometry=squash to frame "
+                f"every image at [{h}, {w}]",
+            )
+
+
+def bucket_side(size: Size, bucket_size: str) -> tuple[int, str]:
+    """The one side a ``keep_aspect`` run uses of ``size`` (``bucket_size``: ``short_side`` or
+    ``area``), and what it is in words."""
+    h, w = size
+    if bucket_size == "area":
+        return round(math.sqrt(h * w)), "the side of the same area"
+    return min(h, w), "the short side"
+
+
 def check_bucketed_size(size: Size, geometry: str, bucket_size: str, key: str) -> None:
     """One-line :class:`ConfigError` for a non-square ``size`` asked of a ``keep_aspect`` run.
 
@@ -78,9 +124,7 @@ def check_bucketed_size(size: Size, geometry: str, bucket_size: str, key: str) -
     h, w = size
     if geometry != "keep_aspect" or h == w:
         return
-    by_area = bucket_size == "area"
-    side = round(math.sqrt(h * w)) if by_area else min(h, w)
-    what = "the side of the same area" if by_area else "the short side"
+    side, what = bucket_side(size, bucket_size)
     raise ConfigError(
         f"{key}: [{h}, {w}] is not square, and this keep_aspect run frames each image at its aspect "
         f"bucket's shape for one side ({what}: [{h}, {w}] would run as {side} px)",
