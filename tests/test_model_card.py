@@ -54,6 +54,16 @@ def test_the_cards_table_is_the_runs_config_and_record(tmp_path: Path) -> None:
     assert sizes.endswith(", size=64 |") and "None" not in sizes
 
 
+def test_the_training_sizes_are_the_values_the_run_used(tmp_path: Path) -> None:
+    """A schedule's interpolations are resolved (``seed=${seed}`` is the seed) and ``geometry=auto``
+    names what it chose for the run's images (found by a ViT audit: the raw ``${seed}`` was shown)."""
+    run_dir = fabricated_run(tmp_path, {"val/acc": 0.5}, extra=("resolution=multiscale", "seed=7"))
+    _record(run_dir, data_profile={"geometry": "keep_aspect"})
+    sizes = _line(build_model_card(run_dir), "| training sizes |")
+    assert sizes.startswith("| training sizes | MultiScaleResolution: geometry=auto (chose keep_aspect), ")
+    assert "seed=7" in sizes and "${" not in sizes
+
+
 def test_the_command_is_the_runs_overrides_quoted_for_the_shell(tmp_path: Path) -> None:
     """The "How it was trained" command pastes into a shell (an override with a space stays one
     word), and comes from the record's copy of the overrides when ``.hydra/overrides.yaml`` is gone."""

@@ -450,6 +450,24 @@ def test_a_run_reopened_to_use_builds_no_training_views_and_keeps_its_config(tra
     assert run.config.model.scale_consistency == trained_with
 
 
+def test_a_prediction_size_that_cannot_fit_is_refused_before_any_image_is_resized(
+    trained: dict, tmp_path: Path
+) -> None:
+    """``predict.size=100000``: one line naming the key and the batch (never more images than the
+    input has), where the resize to 100000x100000 raised the allocator's trace (found by an audit)."""
+    from resflex.predict import predict
+
+    image = trained["data"] / "val" / sorted(p.name for p in (trained["data"] / "val").iterdir())[0]
+    one = next(p for p in image.iterdir() if p.is_file())
+    out = tmp_path / "preds.csv"
+    cfg = predict_cfg(trained, tmp_path, f"input={one}", f"output={out}", "predict.size=100000")
+    with pytest.raises(ConfigError) as info:
+        predict(cfg)
+    assert info.value.message.startswith("predict.size=100000x100000: a batch of 1 image needs at least")
+    assert info.value.hint == "a smaller predict.size, or a smaller predict.batch_size"
+    assert not out.exists()
+
+
 def test_predict_out_of_memory_is_one_line_naming_its_own_keys(
     trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

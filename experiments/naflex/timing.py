@@ -201,7 +201,10 @@ def main() -> None:
         print(f"| {side} | {r['steps']} | {r['s_per_step']:.3f} | {at} | {100 * r['padding_share']:.1f} % "
               f"| {r['slots_per_step']:.0f} |")  # fmt: skip
     at = ", ".join(f"{n}: {v:.3f}" for n, v in result["ratio_at"].items())
-    print(f"resflex / timm, seconds per step at equal tokens: {result['ratio']:.3f} (per length: {at})")
+    if result["ratio"] is None:  # a short run: no sequence length drawn on both sides
+        print("resflex / timm: no sequence length was drawn on both sides (more --steps compare them)")
+    else:
+        print(f"resflex / timm, seconds per step at equal tokens: {result['ratio']:.3f} (per length: {at})")
     if args.csv:
         write_csv(args.csv, result, args)
 
@@ -225,7 +228,9 @@ def write_csv(path: Path, result: dict[str, Any], args: argparse.Namespace) -> N
             row[f"s_per_step@{n}"] = round(r["s_per_step_at"][n], 4) if n in r["s_per_step_at"] else ""
         row["padding_share"] = round(r["padding_share"], 4)
         row["slots_per_step"] = round(r["slots_per_step"], 1)
-        row["ratio_vs_timm"] = round(result["ratio"], 4) if side == "resflex" else 1.0
+        row["ratio_vs_timm"] = (
+            (round(result["ratio"], 4) if result["ratio"] is not None else "") if side == "resflex" else 1.0
+        )
         row["command"] = command
         rows.append(row)
     new = not path.is_file()

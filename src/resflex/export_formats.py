@@ -93,8 +93,8 @@ def quiet_exporters() -> Any:
     loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
     levels = [logger.level for logger in loggers]
     try:
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)
+        for logger in loggers:  # ERROR: a failed opset conversion is a WARNING with a traceback; said below
+            logger.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
             yield
@@ -126,6 +126,13 @@ def export_onnx(
             **kwargs,
         )
     assert program is not None  # dynamo=True: torch.onnx.export returns its ONNXProgram
+    written = program.model.opset_imports.get("")
+    if opset and written != opset:  # the version converter gave up (it logs why) and left the model as it was
+        raise ConfigError(
+            f"opset={opset} cannot be written: torch's ONNX exporter made opset {written} and could not "
+            f"convert it down",
+            hint=f"opset=null (the exporter's default, {written}), or opset >= {written}",
+        )
     metadata = program.model.metadata_props
     metadata["classes"] = json.dumps(classifier.classes)
     metadata["input"] = INPUT_CONVENTION

@@ -198,7 +198,10 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
     metrics, other = metrics_of_checkpoint(record, checkpoint)
     backbone = cfg.backbone
     mean, std = _mean_std(str(backbone.name))
-    resolution = OmegaConf.to_container(cfg.get("resolution") or {}, resolve=False) or {}
+    try:  # the values the run used (seed=${seed} is the seed); a dangling interpolation: as written
+        resolution = OmegaConf.to_container(cfg.get("resolution") or {}, resolve=True) or {}
+    except Exception:
+        resolution = OmegaConf.to_container(cfg.get("resolution") or {}, resolve=False) or {}
     assert isinstance(resolution, dict)
     schedule_name = str(resolution.pop("_target_", "?")).rsplit(".", 1)[-1]
     resolution.pop("_convert_", None)
@@ -233,7 +236,12 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         f"| training sequence lengths | {schedule!r} (tokens per image, each image at its own aspect) |"
         if schedule is not None
         else f"| training sizes | {schedule_name}: "
-        + ", ".join(f"{k!s}={v}" for k, v in resolution.items() if v is not None)
+        + ", ".join(
+            f"{k!s}={v}"
+            + (f" (chose {trained_geometry})" if k == "geometry" and v != trained_geometry else "")
+            for k, v in resolution.items()
+            if v is not None
+        )
         + " |"
     )
     lines = [

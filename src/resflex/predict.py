@@ -49,6 +49,7 @@ from resflex.data.images import DEFAULT_DECODER, open_image
 from resflex.data.sizes import DEFAULT_ASPECTS
 from resflex.errors import ConfigError, DataError, interruption_as_one_line, user_errors_as_one_line
 from resflex.inference import ResflexClassifier, classifier_of
+from resflex.models.batch_memory import check_batch_fits, device_memory
 from resflex.models.input_shapes import forget_real_twins
 from resflex.naflex_framing import parse_seq_len
 from resflex.predict_naflex import check_naflex_options, run_token_predictions
@@ -64,6 +65,7 @@ from resflex.predict_plan import (
     parse_predict_size,
     plan_batches,
 )
+from resflex.preflight import meta_model
 from resflex.run import open_run
 from resflex.runtime import resolve_device, size_tag
 from resflex.training.out_of_memory import (
@@ -281,8 +283,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     else:
         classifier = classifier_of(run, device)
         size = parse_predict_size(settings.size, classifier)
-        forget_real_twins()  # a fixed-size model's real twin (input_shapes): its memory is the run's again
         inputs = collect_inputs(cfg.get("input"), classifier.classes)
+        if not isinstance(size, str):  # a batch that cannot fit: one line now, not the allocator's trace
+            memory = device_memory("cuda" if device.type == "cuda" else "cpu")
+            model, batch = meta_model(run.config.model).model, min(batch_size, len(inputs.files))
+            check_batch_fits(model, size, batch, "predict.size", "predict.batch_size", memory)
+        forget_real_twins()  # a fixed-size model's real twin (input_shapes): its memory is the run's again
         transform, geometry, schedule = run.eval_framing()
         info = classifier.info
         candidates, candidates_from = (

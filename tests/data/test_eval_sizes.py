@@ -16,6 +16,8 @@ def test_auto_eval_sizes_are_around_the_main_size_rounded_to_the_multiple() -> N
     assert auto_eval_sizes((224, 224), 32) == [(128, 128), (160, 160), (224, 224), (352, 352), (448, 448)]
     assert auto_eval_sizes((48, 80), 8) == [(24, 40), (40, 64), (48, 80), (72, 120), (96, 160)]
     assert auto_eval_sizes((8, 8), 8) == [(8, 8), (16, 16)]  # never below the multiple, each size once
+    # an odd main size is itself at 1x, with no rounded near-twin (32) beside it
+    assert auto_eval_sizes((33, 33), 8) == [(16, 16), (24, 24), (33, 33), (48, 48), (64, 64)]
 
     class Schedule:
         eval_size, multiple = (64, 64), 8

@@ -33,11 +33,12 @@ def is_auto(value: Any) -> bool:
 def auto_eval_sizes(
     main: Sequence[int], multiple: int, factors: Sequence[float] = AUTO_FACTORS
 ) -> list[Size]:
-    """``main`` (h, w) times each factor, sides rounded to ``multiple``, duplicates dropped, in order."""
+    """``main`` (h, w) times each factor, sides rounded to ``multiple``, duplicates dropped, in order.
+    At 1x the main size itself: rounded, an odd main size (33) would add a near-twin (32) beside it."""
     h, w = int(main[0]), int(main[1])
     sizes: list[Size] = []
     for factor in factors:
-        size = (round_to(h * factor, multiple), round_to(w * factor, multiple))
+        size = (h, w) if factor == 1.0 else (round_to(h * factor, multiple), round_to(w * factor, multiple))
         if size not in sizes:
             sizes.append(size)
     return sizes

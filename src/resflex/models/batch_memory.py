@@ -108,8 +108,9 @@ def check_batch_fits(
     need = batch * (found.largest + 3 * h * w) * element_bytes
     hint = f"a smaller {key}, or a smaller {batch_key}"
     if need > available:
+        images = f"{batch} image{'s' if batch != 1 else ''}"
         raise ConfigError(
-            f"{key}={h}x{w}: a batch of {batch} images needs at least {format_bytes(need, 1)} at its largest "
+            f"{key}={h}x{w}: a batch of {images} needs at least {format_bytes(need, 1)} at its largest "
             f"layer alone, more than {where}",
             hint=hint,
         )
