@@ -141,6 +141,29 @@ def test_sort_puts_numbers_then_text_then_jobs_without_the_key() -> None:
     assert [j.name for j in sort_jobs(jobs, "k")] == ["num", "word", "none"]
 
 
+def test_words_follow_the_direction_asked_and_the_sort_key_is_a_column(tmp_path: Path) -> None:
+    """``--sort pooling --ascending`` and ``--sort pooling`` gave the same order (words were always
+    a-z), and a key that is no column (val/loss) sorted the table by numbers nobody could see (found by a
+    sweep audit)."""
+    from resflex.summarize import sort_jobs
+    from resflex.sweep_jobs import Job
+
+    jobs = [Job(n, Path(n), "completed", overrides={"k": n}) for n in ("max", "avg", "pyramid")]
+    assert [j.name for j in sort_jobs(jobs, "k", ascending=True)] == ["avg", "max", "pyramid"]
+    assert [j.name for j in sort_jobs(jobs, "k")] == ["pyramid", "max", "avg"]
+    for name, loss in (("pooling=avg", 0.9), ("pooling=max", 0.7)):
+        record = completed(0.5, 0.5, 0.4, 0.5, 100.0, 10.0)
+        record["metrics"]["val/loss"] = loss
+        write_job(tmp_path, name, [name], record)
+    lines = summarize(tmp_path, sort="val/loss", ascending=True, write=False).splitlines()
+    header = next(line.split() for line in lines if "img/s" in line)
+    assert header.index("val/loss") == header.index("img/s") - 1
+    assert [line.split()[0] for line in lines if line.startswith("pooling=")] == [
+        "pooling=max",
+        "pooling=avg",
+    ]
+
+
 def test_single_run_folder_and_bar_plot(tmp_path: Path) -> None:
     record = {"status": "completed", "wall_time_s": 10.0, "metrics": {"val/acc": 0.5}}
     run = write_job(tmp_path, "run", ["data=fashion_mnist"], record)

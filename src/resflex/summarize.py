@@ -125,7 +125,11 @@ def sort_jobs(jobs: Sequence[Job], metric: str, ascending: bool = False) -> list
             return (0, value if ascending else -value)
         return (2, STATUS_ORDER.get(job.status, len(STATUS_ORDER)))
 
-    return sorted(jobs, key=key)
+    ordered = sorted(jobs, key=key)
+    numbers = [job for job in ordered if key(job)[0] == 0]
+    # text (a group choice: pooling=avg) cannot be negated: its own order, in the direction asked
+    texts = sorted((job for job in ordered if key(job)[0] == 1), key=key, reverse=not ascending)
+    return [*numbers, *texts, *(job for job in ordered if key(job)[0] == 2)]
 
 
 def _format(column: str, value: Any) -> str:
@@ -278,6 +282,8 @@ def summarize(root: str | Path, sort: str = "val/acc", ascending: bool = False, 
     check_sort_key(jobs, sort)
     jobs = sort_jobs(jobs, sort, ascending)
     columns = columns_for(jobs)
+    if sort not in columns:  # the order's key is shown (val/loss, a shared override), before speed
+        columns.insert(columns.index("img/s"), sort)
     rows = table_rows(jobs, columns)
     _, common = varying_overrides(jobs)
     counts: dict[str, int] = {}

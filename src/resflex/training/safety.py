@@ -33,7 +33,7 @@ log = logging.getLogger("resflex")
 
 
 class NonFiniteLossError(ResflexError, FloatingPointError):
-    """Training produced a NaN/inf loss; the run is marked failed, the last good checkpoint kept."""
+    """Training produced a NaN/inf loss; the run is marked failed, no checkpoint written after it."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -151,7 +151,7 @@ class NonFiniteLossGuard(pl.Callback):
         step = int(self._first_bad)
         if step >= 0:
             raise NonFiniteLossError(
-                f"training loss became NaN/inf at step {step}; the last good checkpoint is kept",
+                f"training loss became NaN/inf at step {step}; no checkpoint was written after it",
                 hint="lower optimizer.lr, set trainer.gradient_clip_val, or check the data",
             )
 
