@@ -496,3 +496,37 @@ def test_predict_out_of_memory_is_one_line_naming_its_own_keys(
         == "predict.batch_size=3, or a smaller predict.size (predict.max_side for predict.size=native)"
     )
     assert not out.exists()
+
+
+def test_a_run_config_whose_model_has_other_shapes_is_one_line_not_torchs_page(
+    trained: dict, tmp_path: Path
+) -> None:
+    """A checkpoint with the config of a model of other shapes (another run's, an edited one): torch's
+    "size mismatch" page became one line naming the first tensor (found by a transfer audit)."""
+    from resflex.run import open_run
+
+    config = OmegaConf.load(trained["run"] / ".hydra" / "config.yaml")
+    config.pooling.proj_channels = 64  # the checkpoint's pyramid projects to 128
+    other = tmp_path / "config.yaml"
+    OmegaConf.save(config, other)
+    with pytest.raises(ConfigError) as info:
+        open_run(trained["ckpt"], other).build_module()
+    line = info.value.one_line()
+    assert "does not fit the model built from its run config: size mismatch for model.pooling" in line, line
+    assert "\n" not in line and "pass run_config=" in line
+
+
+def test_class_names_for_another_class_count_are_named_as_such(
+    trained: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run config of another run (3 class names, a 10-class checkpoint) warned "class names of the
+    run not found", when they were found and did not fit (found by a transfer audit)."""
+    import resflex.run as run_module
+
+    run = run_module.open_run(trained["ckpt"])
+    monkeypatch.setattr(run_module, "read_classes", lambda run_dir: ["a", "b", "c"])
+    monkeypatch.setattr(run, "classes_from_data", lambda: None)
+    with caplog.at_level("WARNING", logger="resflex"):
+        names = run.classes(10)
+    assert names == [str(i) for i in range(10)]
+    assert "the run's files name 3 classes but the checkpoint classifies 10" in caplog.text

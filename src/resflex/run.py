@@ -189,11 +189,22 @@ class Run:
         """Class names in label order: ``classes.json``, else the run's data (an image folder's class
         folders, no image opened; a source's own ``classes``), else ``0..N-1`` with a warning."""
         count = self.num_classes if num_classes is None else num_classes
+        other = None  # names for another class count: the run config is another run's
         for read in (lambda: read_classes(self.run_dir), self.classes_from_data):  # the data only if needed
             names = read()
             if names is not None and len(names) == count:
                 return names
-        log.warning("class names of the run not found; using 0..%d", count - 1)
+            other = other or names
+        if other is not None:
+            log.warning(
+                "the run's files name %d classes but the checkpoint classifies %d (is run_config another "
+                "run's?); using 0..%d",
+                len(other),
+                count,
+                count - 1,
+            )
+        else:
+            log.warning("class names of the run not found; using 0..%d", count - 1)
         return [str(i) for i in range(count)]
 
     def classes_from_data(self) -> list[str] | None:
@@ -309,12 +320,22 @@ class Run:
         missing must fail, not print a number), and its per-size BatchNorm statistics."""
         from resflex.models.bn_calibration import BN_STATS_KEY
 
-        result = module.load_state_dict(self.state or {}, strict=False)
+        hint = "was the run config edited after training? pass run_config=... of the right run"
+        try:
+            result = module.load_state_dict(self.state or {}, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape (another backbone): torch's page, in a line
+            mismatch = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
+            if mismatch is None:
+                raise
+            raise ConfigError(
+                f"checkpoint {self.checkpoint} does not fit the model built from its run config: {mismatch}",
+                hint=hint,
+            ) from None
         if result.missing_keys or result.unexpected_keys:
             raise ConfigError(
                 f"checkpoint {self.checkpoint} does not fit the model built from its run config: "
                 f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}",
-                hint="was the run config edited after training? pass run_config=... of the right run",
+                hint=hint,
             )
         if self.bn_stats:  # the nearest size's statistics at each evaluation size
             module.on_load_checkpoint({BN_STATS_KEY: self.bn_stats})
