@@ -151,3 +151,18 @@ def test_a_model_without_pretrained_weights_is_a_one_line_config_error(
     with pytest.raises(ConfigError, match="could not get pretrained weights for test_resnet") as info:
         TimmBackbone("test_resnet", pretrained=True)
     assert "No pretrained weights exist for test_resnet" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_weight_sources_say_which_wins_or_refuse_what_cannot_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``init_head=true`` without ``init_from`` loaded nothing, without a word; ``pretrained=true`` with a
+    weights file was silently not downloaded (found by a transfer audit; both sources at once is
+    refused already)."""
+    with pytest.raises(ConfigError, match="backbone.init_head=true loads the pooling and head of"):
+        TimmBackbone("test_resnet", init_head=True)
+    weights = tmp_path / "w.pth"
+    torch.save(TimmBackbone("test_resnet").model.state_dict(), weights)
+    with caplog.at_level("INFO", logger="resflex"):
+        TimmBackbone("test_resnet", pretrained=True, weights=str(weights))
+    assert "the hub's weights are not downloaded, backbone.weights replaces them" in caplog.text

@@ -10,6 +10,7 @@ from timm's registry and pretrained configs.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from typing import TYPE_CHECKING, Any, cast
 
@@ -35,6 +36,8 @@ from resflex.models.input_shapes import (
 )
 from resflex.runtime import out_of_memory_cause
 from resflex.validation import check_value
+
+log = logging.getLogger("resflex")
 
 if TYPE_CHECKING:
 
@@ -127,6 +130,17 @@ class TimmBackbone(nn.Module):
             raise ConfigError(
                 "backbone.weights and backbone.init_from both set: they are two sources for the same tensors",
                 hint="keep one (init_from for a resflex checkpoint, weights for a timm/torch weights file)",
+            )
+        if init_head and not init_from:
+            raise ConfigError(
+                "backbone.init_head=true loads the pooling and head of backbone.init_from's run, and "
+                "backbone.init_from is not set",
+                hint="backbone.init_from=<run folder or checkpoint>, or backbone.init_head=false",
+            )
+        if pretrained and (weights or init_from):
+            log.info(
+                "backbone.pretrained=true: the hub's weights are not downloaded, %s replaces them",
+                "backbone.weights" if weights else "backbone.init_from",
             )
         self.name = name
         # init_head is applied by the classifier builder (the head lives outside the backbone);
