@@ -223,8 +223,11 @@ def test_a_file_that_is_neither_zip_nor_pickle_is_named_as_such(tmp_path: Path) 
     """Read from its first bytes, before torch.load: not torch's "invalid load key" about a pickle."""
     path = tmp_path / "model.ckpt"
     BROKEN["text"](path)
-    with pytest.raises(DataError, match="not a PyTorch file \\(it starts with b'this'"):
+    with pytest.raises(DataError, match="not a PyTorch file \\(it starts with b'this'") as info:
         safe_load(path)
+    # not "cut short (a full disk?)": a text file is no damaged checkpoint (found by a transfer audit)
+    assert info.value.hint is not None and info.value.hint.startswith("this file is no checkpoint or weights")
+    assert "cut short" not in info.value.hint
 
 
 @pytest.mark.parametrize("legacy", [False, True])

@@ -184,6 +184,12 @@ def _as_data_error(
             hint="only tensors are loaded; re-save it as a state_dict (torch.save(model.state_dict(), f)) "
             "or as .safetensors",
         )
+    if problem.reason.startswith("not a PyTorch file"):  # text, an image...: not a damaged checkpoint
+        unreadable_hint = "this file is no checkpoint or weights file at all; check the path " + (
+            "(a run's: <run>/checkpoints/last.ckpt, or the run folder itself)"
+            if unreadable_hint == UNREADABLE_HINT
+            else "(a .safetensors or .pth state dict)"
+        )
     return DataError(f"cannot {action or 'read ' + what} {path}: {problem.reason}", hint=unreadable_hint)
 
 
