@@ -174,6 +174,22 @@ def test_an_optuna_jobs_folder_names_the_searched_parameters_it_drew(
     assert current_swept_keys() == {"optimizer.lr", "optimizer.weight_decay", "resolution.size"}
 
 
+def test_an_optuna_trial_that_sees_only_its_own_overrides_still_knows_what_the_search_varies(
+    hydra_job: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Optuna sweep writes no multirun.yaml and its trials see ``sys.argv`` as their own overrides,
+    every searched key pinned: HPARAMS marked every command-line key as differing (found by a sweep
+    audit). The command line the entry point received is kept for them."""
+    import resflex.sweeps as sweeps
+
+    drawn = ["optimizer.lr=0.001", "optimizer.weight_decay=0.01", "pooling=avg", "resolution.size=32"]
+    hydra_job(["hparams_search=optuna", *drawn, "trainer.max_epochs=2"], [*drawn, "trainer.max_epochs=2"])
+    monkeypatch.setattr(sweeps, "_LAUNCH_ARGV", None)
+    assert current_swept_keys() is None  # the trial's own argv pins everything: what the audit saw
+    sweeps.remember_launch_argv(["-m", "hparams_search=optuna", "trainer.max_epochs=2"])
+    assert current_swept_keys() == {"optimizer.lr", "optimizer.weight_decay", "pooling", "resolution.size"}
+
+
 def test_a_jobs_swept_keys_come_from_the_sweeps_saved_command_line(
     hydra_job: Callable[..., DictConfig], tmp_path: Path
 ) -> None:

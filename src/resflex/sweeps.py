@@ -103,15 +103,30 @@ def sweep_dir() -> Path | None:
     return Path(str(HydraConfig.get().sweep.dir))
 
 
+#: the command line this process was started with, kept by :func:`remember_launch_argv` before Hydra
+#: runs: an Optuna sweep writes no ``multirun.yaml``, and its jobs see ``sys.argv`` as their own
+#: overrides (each searched key pinned to its value), so the sweep's own command is only here
+_LAUNCH_ARGV: list[str] | None = None
+
+
+def remember_launch_argv(argv: Sequence[str]) -> None:
+    """Keep the command line (``sys.argv[1:]``) for :func:`_sweep_argv`; the entry point calls it once."""
+    global _LAUNCH_ARGV
+    _LAUNCH_ARGV = [str(a) for a in argv]
+
+
 def _sweep_argv() -> list[str] | None:
-    """The sweep's command-line overrides as Hydra saved them (``<sweep>/multirun.yaml``), else this
-    process's; None outside a Hydra multirun. A job's own ``sys.argv`` may be its overrides alone
-    (a DDP job's ranks, another launcher's process)."""
+    """The sweep's command-line overrides as Hydra saved them (``<sweep>/multirun.yaml``), else as the
+    entry point received them (:func:`remember_launch_argv`), else this process's; None outside a Hydra
+    multirun. A job's own ``sys.argv`` may be its overrides alone (a DDP job's ranks, another
+    launcher's process, an Optuna trial)."""
     folder = sweep_dir()
     if folder is None:
         return None
     saved = read_sweep_overrides(folder)
-    return saved if saved is not None else sys.argv[1:]  # not written (yet): this process's own
+    if saved is not None:
+        return saved
+    return _LAUNCH_ARGV if _LAUNCH_ARGV is not None else sys.argv[1:]  # not written (yet)
 
 
 def sweep_resume_command() -> str | None:

@@ -60,7 +60,13 @@ from resflex.resume_check import (
 )
 from resflex.run_folder import METRICS_FILE, read_record, restore_hydra_files
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory, size_tag
-from resflex.sweeps import current_sweep_text_keys, current_swept_keys, sweep_dir, sweep_resume_command
+from resflex.sweeps import (
+    current_sweep_text_keys,
+    current_swept_keys,
+    remember_launch_argv,
+    sweep_dir,
+    sweep_resume_command,
+)
 from resflex.training.calibration import calibrate_run_checkpoints
 from resflex.training.distributed import (
     check_shared_run_dir,
@@ -361,6 +367,7 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
 def main() -> None:
     """Console entry point: validates group choices, runs Hydra, exits with the number of failed jobs."""
     prepare_cli(sys.argv[1:], "train")
+    remember_launch_argv(sys.argv[1:])  # an Optuna sweep's jobs see only their own overrides
     quiet_library_noise()
     failed_jobs: list[str] = []
 
