@@ -162,6 +162,17 @@ def test_job_folder_names_the_swept_keys_in_hydras_order_and_keeps_duplicates_ap
     assert job_folder(dirname, 2) == "+x=2,pooling=max-job2"
 
 
+def test_a_one_job_sweep_is_job0_not_every_override_cut_to_a_hash(
+    hydra_job: Callable[..., DictConfig],
+) -> None:
+    """``-m pooling=avg trainer.max_epochs=2`` varies nothing: its folder was every override, cut to
+    160 bytes and a hash (found by a sweep audit); the docs say ``job<N>``."""
+    argv = ["-m", "pooling=avg", "trainer.max_epochs=2", "data.source.num_train=64"]
+    cfg = hydra_job(argv[1:], argv)
+    assert cfg.hydra.job.override_dirname.startswith("data.source.num_train=64,pooling=avg")
+    assert job_folder(cfg.hydra.job.override_dirname, 0) == "job0"
+
+
 def test_an_optuna_jobs_folder_names_the_searched_parameters_it_drew(
     hydra_job: Callable[..., DictConfig],
 ) -> None:

@@ -178,9 +178,10 @@ def swept_dirname(override_dirname: str | None) -> str | None:
         return override_dirname
     hc = hydra_node()
     params = OmegaConf.select(hc, "sweeper.params", default=None) or {}
-    keys = swept_keys(sys.argv[1:], params.keys())
-    if not keys:
-        return override_dirname
+    argv = _sweep_argv()
+    keys = swept_keys(argv if argv is not None else sys.argv[1:], params.keys())
+    if not keys:  # a one-job sweep (-m pooling=avg): nothing differs, the folder is job<N>
+        return "" if argv is not None else override_dirname
     conf = hc.job.config.override_dirname
     excluded = set(conf.exclude_keys)
     items = []
