@@ -38,6 +38,9 @@ SMALL_MODEL = (
         ([*NAFLEX, "backbone.name=resnet18", "~backbone.model_kwargs"], "not a NaFlex vision transformer"),
         ([*NAFLEX, "model.mixup=0.2"], "model.mixup=0.2"),
         ([*NAFLEX, "data.augment.random_erasing=0.25"], "model.random_erasing=0.25"),
+        # ignored without a word before, where scripts/eval.py refused it (found by a ViT audit)
+        ([*NAFLEX, "eval.resolutions=[32,48]"], "eval.resolutions=[32, 48] sizes images, and this NaFlex run"),
+        ([*NAFLEX, "resolution.batch_scaling=true"], "a NaFlex batch is already sized by its tokens"),
     ],
 )
 def test_bad_combinations_are_refused_from_the_config(

@@ -370,6 +370,20 @@ def check_naflex_config(cfg: Any) -> None:
             f"resolution.patch_size={schedule.patch_size} but {name} takes {patch}x{patch} patches",
             hint=f"resolution.patch_size={patch}, or backbone.model_kwargs.patch_size={schedule.patch_size}",
         )
+    resolutions = OmegaConf.select(cfg, "eval.resolutions", default=None)
+    if resolutions not in (None, "auto") and resolutions:  # as scripts/eval.py refuses it, not ignored
+        shown = OmegaConf.to_container(resolutions) if OmegaConf.is_config(resolutions) else resolutions
+        raise ConfigError(
+            f"eval.resolutions={shown} sizes images, and this NaFlex run is evaluated at sequence lengths "
+            "(tokens per image, each image at its own aspect)",
+            hint="eval.seq_lens=[32,64,96] (the first one is val/acc's)",
+        )
+    if OmegaConf.select(cfg, "resolution.batch_scaling", default=False):  # the token budget is the batch
+        raise ConfigError(
+            "resolution.batch_scaling=true scales an image batch by its pixels; a NaFlex batch is already "
+            "sized by its tokens (resolution.tokens_per_batch)",
+            hint="resolution.batch_scaling=false with resolution=naflex",
+        )
     for key in ("mixup", "cutmix", "random_erasing"):  # scale_consistency switches itself off
         value = OmegaConf.select(cfg, f"model.{key}", default=0)
         if value:
