@@ -268,3 +268,19 @@ def test_out_of_memory_at_a_new_shape_builds_no_twin_and_stays_the_allocators_er
     monkeypatch.setattr(cnn.model, "forward_features", out_of_memory)
     with pytest.raises(RuntimeError, match="can't allocate memory"), torch.no_grad():
         cnn(torch.zeros(1, 3, 48, 48))
+
+
+def test_a_vit_with_free_sizes_but_no_padding_is_told_the_next_multiple_of_its_patch() -> None:
+    """``dynamic_img_size=true`` without ``dynamic_img_pad``: any multiple of the patch runs. The hint
+    said "built for 224x224 inputs" and named dynamic_img_size, already set (found by a ViT audit)."""
+    vit = on_meta("vit_tiny_patch16_224", dynamic_img_size=True, depth=1)
+    vit.check_input_size((48, 48))
+    with pytest.raises(ConfigError) as info:
+        vit.check_input_size((40, 40))
+    assert info.value.hint == (
+        "vit_tiny_patch16_224 takes multiples of its 16x16 patch: resolution.size=48, or "
+        "++backbone.model_kwargs.dynamic_img_pad=true (pads each side up to one)"
+    )
+    on_meta("vit_tiny_patch16_224", dynamic_img_size=True, dynamic_img_pad=True, depth=1).check_input_size(
+        (40, 40)
+    )

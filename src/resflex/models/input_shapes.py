@@ -170,6 +170,17 @@ def size_hint(
         pad = " ++backbone.model_kwargs.dynamic_img_pad=true" if "dynamic_img_pad" in arguments else ""
         return f"++backbone.model_kwargs.dynamic_img_size=true{pad} (the input size is free)"
     patch_embed = getattr(model, "patch_embed", None)
+    patch = getattr(patch_embed, "patch_size", None)
+    padded = getattr(patch_embed, "dynamic_img_pad", False)
+    if getattr(model, "dynamic_img_size", False) and "dynamic_img_pad" in arguments and not padded and patch:
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        if size[0] % ph or size[1] % pw:  # any multiple of the patch runs; padding frees the rest
+            side = -(-max(size) // max(ph, pw)) * max(ph, pw)
+            resize = "" if key.startswith("model.") else f" {key}={side}, or"  # a size key: the next one up
+            return (
+                f"{name} takes multiples of its {ph}x{pw} patch:{resize} "
+                "++backbone.model_kwargs.dynamic_img_pad=true (pads each side up to one)"
+            )
     if "strict_img_size" in arguments and getattr(patch_embed, "strict_img_size", False):
         return "++backbone.model_kwargs.strict_img_size=false (the patch grid follows the input)"
     training = key == "resolution.size"
