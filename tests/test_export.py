@@ -206,3 +206,14 @@ def test_an_onnx_file_has_the_opset_asked_for_or_is_refused_with_none_left(tmp_p
         assert not list(tmp_path.iterdir())
     else:
         assert {o.domain: o.version for o in onnx.load(out).opset_import}[""] == 17
+
+
+def test_a_vit_check_size_one_patch_high_is_named_as_such_in_torch_export(tmp_path: Path) -> None:
+    """torch.export specialises a dimension of size 1: a patch-16 ViT's 16x40 check fails its guard. The
+    hint said to set dynamic_img_size, already set (found by a ViT audit)."""
+    name, kwargs = VIT
+    classifier = tiny_classifier("avg", name, kwargs)
+    with pytest.raises(ConfigError) as info:
+        export_classifier(classifier, "exported", tmp_path / "m.pt2", sizes=[(16, 40)], atol=ATOL)
+    assert info.value.message.startswith("cannot export format=exported at a check size one patch high")
+    assert "dynamic_img_size" not in str(info.value.hint) and not list(tmp_path.iterdir())

@@ -61,6 +61,13 @@ def not_dynamic(exc: BaseException, fmt: str) -> ConfigError:
     text = " ".join(str(exc).split())
     if len(text) > 300:
         text = text[:300] + "..."
+    if fmt == "exported" and "Guard failed" in text and "!= 1" in text:  # a one-patch row or column
+        return ConfigError(
+            f"cannot export format=exported at a check size one patch high or wide: torch.export "
+            f"specialises a dimension of size 1 ({text[:160]}...)",
+            hint="check.sizes of at least two patches a side (32 px for a patch-16 ViT), or format=onnx / "
+            "torchscript, which take one-patch inputs",
+        )
     return ConfigError(
         f"cannot export format={fmt} with dynamic batch, height and width: {type(exc).__name__}: {text}",
         hint="a backbone whose graph takes any input size (ViTs: backbone.model_kwargs.dynamic_img_size="
