@@ -409,3 +409,22 @@ def test_a_crash_before_training_is_recorded_by_its_type_and_first_line(
     record = _record(tmp_path)
     assert record["status"] == "failed"
     assert record["error"] == "RuntimeError: the accelerator went away"
+
+
+def test_one_evaluation_size_and_an_earlier_best_epoch_report_the_best_checkpoints_val_too(
+    tmp_path: Path,
+) -> None:
+    """With one evaluation size nothing is calibrated or validated after fit: the table's val column was
+    the last epoch's beside the best checkpoint's test column (found by a transfer audit). The best
+    checkpoint is now validated when it is not the last epoch's (here the first of two, by mode=min)."""
+    overrides = [
+        *RESUME_RUN,
+        "eval.resolutions=[]",
+        "callbacks.model_checkpoint.mode=min",
+        "test_after_fit=true",
+    ]
+    record = train_run(overrides, tmp_path)
+    best = Path(record["best"]["checkpoint"]).name
+    assert record["best"]["epoch"] == 0 and best.startswith("best-epoch000")
+    assert record["measured_on"]["val"]["checkpoint"] == best == record["measured_on"]["test"]["checkpoint"]
+    assert record["metrics"]["val/acc"] == record["best"]["val/acc"]

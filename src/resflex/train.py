@@ -74,7 +74,7 @@ from resflex.training.distributed import (
     ddp_job_scope,
     finish_child_ranks,
 )
-from resflex.training.end_of_run import report_end_of_run, tensorboard_logdir
+from resflex.training.end_of_run import best_epoch, report_end_of_run, tensorboard_logdir
 from resflex.training.out_of_memory import out_of_memory_error, run_hint
 from resflex.training.results import (
     collect_metrics,
@@ -239,10 +239,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             calibrated = bool(cfg.eval.bn_calibration) and bool(
                 calibrate_run_checkpoints(trainer, module, datamodule, cfg.eval.bn_calibration_batches)
             )  # BatchNorm statistics per evaluation size, written into the checkpoints
-            if calibrated or datamodule.extra_sizes_after_fit:
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+            # val/* of the last epoch are another checkpoint's than test/*'s when the best is earlier
+            earlier = best is not None and best_epoch(best) != trainer.current_epoch - 1
+            if calibrated or datamodule.extra_sizes_after_fit or earlier:
                 # the best checkpoint at every evaluation size (with its per-size statistics): val/* of
                 # metrics.json, the model card's robust range and the val size curve are these
-                best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
                 trainer.validate(
                     module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
                 )
