@@ -160,7 +160,9 @@ def check_sizes_fit_backbone(
             if aspect is None:
                 backbone.check_input_size(shape, key, largest)
                 continue
-            with context(f"the keep_aspect bucket of aspect {aspect:g} (w/h) at {key}={size[0]}"):
+            # the size itself passed: one shape for every image runs where the buckets cannot
+            square = f"resolution.geometry=square (every image at {size[0]}x{size[1]}, no buckets)"
+            with context(f"the keep_aspect bucket of aspect {aspect:g} (w/h) at {key}={size[0]}", square):
                 backbone.check_input_size(shape, key, largest)
 
     try:
