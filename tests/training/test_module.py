@@ -305,3 +305,15 @@ def test_after_an_evaluation_at_every_size_the_model_holds_the_main_sizes_statis
         assert all(bool((m.running_mean == 2.0).all()) for m in batchnorm_layers(module.model).values())
         (module.on_validation_epoch_end if stage == "val" else module.on_test_epoch_end)()
     assert all(bool((m.running_mean == 1.0).all()) for m in batchnorm_layers(module.model).values())
+
+
+def test_bn_stats_per_size_on_a_model_without_batchnorm_says_it_keeps_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ViT with ``pooling=avg`` has no BatchNorm: the switch was accepted without a word (found by a
+    ViT audit)."""
+    backbone = TimmBackbone("vit_tiny_patch16_224", model_kwargs={"dynamic_img_size": True, "depth": 1})
+    net = ImageClassifier(backbone, AvgPool(), num_classes=3)
+    with caplog.at_level("WARNING", logger="resflex"):
+        ClassificationModule(net, optimizer=OptimizerFactory(), scale_consistency=0.0, bn_stats_per_size=True)
+    assert "model.bn_stats_per_size=true: the model has no BatchNorm, nothing is kept per size" in caplog.text

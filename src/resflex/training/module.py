@@ -12,6 +12,7 @@ every other random stream alone.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +51,8 @@ from resflex.training.pixels import PixelCounter
 from resflex.training.robustness import summarize_sizes
 from resflex.training.scale_consistency import ScaleConsistency
 from resflex.validation import check_value
+
+log = logging.getLogger("resflex")
 
 
 @contextmanager
@@ -242,6 +245,8 @@ class ClassificationModule(pl.LightningModule):
         # training size when bn_stats_per_size, or calibrated per evaluation size after fit and read back
         # from the checkpoint (resflex.training.calibration); empty: one set, as trained
         self.size_stats = TrackedSizeStats(net) if has_batchnorm(net) else None
+        if bn_stats_per_size and self.size_stats is None:  # a ViT or ConvNeXt with pooling=avg/max
+            log.warning("model.bn_stats_per_size=true: the model has no BatchNorm, nothing is kept per size")
         self.track_bn_per_size = bn_stats_per_size
         # per evaluation loader: (size, [correct, seen]) for the robustness summary of the epoch
         self._size_counts: dict[str, dict[int, tuple[tuple[int, int], torch.Tensor]]] = {}
