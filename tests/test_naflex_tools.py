@@ -351,3 +351,9 @@ def test_the_model_card_of_a_naflex_run_is_in_tokens(trained: dict, tmp_path: Pa
     assert "predict.seq_len" in card and "token_classifier()" in card
     assert main([str(tmp_path)]) == 2  # not a run folder: one line
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_a_naflex_run_records_no_pixel_count(trained: dict) -> None:
+    """Token batches are no pixels: the record said ``train/megapixels: 0.0`` (found by a ViT audit)."""
+    metrics = trained["record"]["metrics"]
+    assert "train/megapixels" not in metrics and metrics["train/padding_share"] >= 0

@@ -234,3 +234,17 @@ def test_lr_groups_with_one_curve_share_one_chart_and_split_when_they_differ() -
     classes = refine_lr_classes(classes, lrs)
     assert sorted(lr_chart_names(classes).values()) == [*tags[:2], "train/lr/head"]
     assert lr_chart_names({"train/lr": 0}) == {"train/lr": "train/lr"}  # one group, no group names
+
+
+def test_a_naflex_runs_sizes_are_sequence_lengths_in_tokens_not_pixels() -> None:
+    """The table, the robustness line and the status said "32 px" for a NaFlex run's 32-token sequences
+    (found by a ViT audit)."""
+    record = {
+        "status": "completed",
+        "choices": {"resolution": "naflex"},
+        "metrics": {"val/acc": 0.5, "val/acc@64": 0.5, "val/acc@32": 0.25, "val/acc_worst": 0.25},
+    }
+    text = end_of_run_text(record, Path("run"))
+    assert "32 tokens" in text and "64 tokens" in text and " px" not in text, text
+    image_run = {**record, "choices": {"resolution": "fixed"}}
+    assert "32 px" in end_of_run_text(image_run, Path("run"))

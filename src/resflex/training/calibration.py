@@ -32,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
 
+from resflex.data.naflex import is_token_schedule
 from resflex.models.bn_calibration import BN_STATS_KEY, calibrate_sizes, has_batchnorm, read_stats, side_of
 from resflex.models.checkpoint import safe_load
 from resflex.types import as_size
@@ -123,9 +124,11 @@ def calibrate_run_checkpoints(trainer: pl.Trainer, module: Any, datamodule: Any,
         if hasattr(callback, "note_calibrated"):
             callback.note_calibrated([p.name for p in paths])
     names = ", ".join(f"{h}x{w}" if h != w else str(h) for h, w in sizes)
+    unit = "tokens" if is_token_schedule(datamodule.schedule) else "px"  # NaFlex: sequence lengths
     log.info(
-        "BatchNorm statistics calibrated at %s px (%d batches of training images each) in %s: %.0f s",
+        "BatchNorm statistics calibrated at %s %s (%d batches of training images each) in %s: %.0f s",
         names,
+        unit,
         batches,
         ", ".join(p.name for p in paths),
         time.perf_counter() - started,

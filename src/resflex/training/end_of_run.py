@@ -60,11 +60,13 @@ class SizeRow:
     size: Size
     scale: float
     values: dict[str, float]
+    #: ``px``, or ``tokens`` for a NaFlex run (its sizes are sequence lengths)
+    unit: str = "px"
 
     @property
     def label(self) -> str:
         h, w = self.size
-        return f"{w} px" if h == w else f"{h}x{w} px"
+        return f"{w} {self.unit}" if h == w else f"{h}x{w} {self.unit}"
 
 
 def _number(value: Any) -> float | None:
@@ -94,7 +96,13 @@ def _infer_main(metrics: Mapping[str, Any], sizes: Sequence[Size]) -> Size | Non
     return None
 
 
-def size_rows(metrics: Mapping[str, Any], main: Size | None = None) -> list[SizeRow]:
+def size_unit(record: Mapping[str, Any]) -> str:
+    """``tokens`` for a NaFlex run (``resolution=naflex``: its evaluation sizes are sequence lengths),
+    else ``px``."""
+    return "tokens" if (record.get("choices") or {}).get("resolution") == "naflex" else "px"
+
+
+def size_rows(metrics: Mapping[str, Any], main: Size | None = None, unit: str = "px") -> list[SizeRow]:
     """The per-size metrics (``val/acc@64``, ``test/loss@48x80``) as rows, smallest size first.
 
     ``main``: the main evaluation size (the datamodule's ``eval_sizes[0]``); without it, the size
@@ -111,7 +119,7 @@ def size_rows(metrics: Mapping[str, Any], main: Size | None = None) -> list[Size
     main = as_size(main) if main is not None else _infer_main(metrics, list(found))
     main_area = math.sqrt(main[0] * main[1]) if main else 0.0
     rows = [
-        SizeRow(size, math.sqrt(size[0] * size[1]) / main_area if main_area else math.nan, values)
+        SizeRow(size, math.sqrt(size[0] * size[1]) / main_area if main_area else math.nan, values, unit)
         for size, values in found.items()
     ]
     return sorted(rows, key=lambda row: (row.size[0] * row.size[1], row.size))
@@ -299,7 +307,7 @@ def end_of_run_text(
 ) -> str:
     """The console summary of a run from its ``metrics.json`` record (see the module docstring)."""
     metrics = record.get("metrics") or {}
-    rows = size_rows(metrics, main)
+    rows = size_rows(metrics, main, size_unit(record))
     lines = [_status_line(record, rows)]
     if rows:
         lines += _align(*table(rows))
@@ -318,7 +326,7 @@ def end_of_run_markdown(
 ) -> str:
     """The same as :func:`end_of_run_text` as Markdown, for TensorBoard's TEXT tab."""
     metrics = record.get("metrics") or {}
-    rows = size_rows(metrics, main)
+    rows = size_rows(metrics, main, size_unit(record))
     parts = [f"**{_status_line(record, rows)}**", ""]
     if rows:
         header, cells = table(rows)

@@ -443,7 +443,9 @@ class ClassificationModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # cumulative, so the last value is the run's: the compute a schedule spent (resflex.training.pixels)
-        self.log("train/megapixels", self.train_pixels.megapixels(attached_trainer(self), self.device))
+        megapixels = self.train_pixels.megapixels(attached_trainer(self), self.device)  # every rank: a sum
+        if megapixels > 0:  # token batches (NaFlex) are no pixels: no 0.0 in the record
+            self.log("train/megapixels", megapixels)
 
     def _eval_size(self, dataloader_idx: int, images: torch.Tensor) -> tuple[int, int]:
         """The (h, w) of evaluation loader ``dataloader_idx`` (from the data module; else the batch's)."""
