@@ -55,7 +55,9 @@ def check_token_format(fmt: str) -> None:
     if fmt not in TOKEN_FORMATS:
         raise ConfigError(
             f"format={fmt} cannot carry a NaFlex run: a trace fixes every image's patch grid",
-            hint="format=onnx or format=exported (dynamic batch and sequence length)",
+            hint="format=onnx or format=exported (dynamic batch and sequence length), for a run trained "
+            "with +backbone.model_kwargs.pos_embed_use_grid_sample=true (the default position embedding "
+            "exports in no format: scripts/predict.py or resflex.run.open_run(CKPT).token_classifier())",
         )
 
 
