@@ -39,7 +39,7 @@ SMALL_MODEL = (
         ([*NAFLEX, "model.mixup=0.2"], "model.mixup=0.2"),
         ([*NAFLEX, "data.augment.random_erasing=0.25"], "model.random_erasing=0.25"),
         # ignored without a word before, where scripts/eval.py refused it (found by a ViT audit)
-        ([*NAFLEX, "eval.resolutions=[32,48]"], "eval.resolutions=[32, 48] sizes images, and this NaFlex run"),
+        ([*NAFLEX, "eval.resolutions=[32,48]"], "[32, 48] sizes images, and this NaFlex run"),
         ([*NAFLEX, "resolution.batch_scaling=true"], "a NaFlex batch is already sized by its tokens"),
     ],
 )
