@@ -323,8 +323,8 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
                     overrides, config_name = current_overrides()
                     command = resume_command(overrides, cfg.paths.output_dir, "last", config_name)
                 if not is_interruption(exc):
-                    cause = find_user_error(exc)  # refused resume: the folder's checkpoints are another run's
-                    if saved and cause is not None and not isinstance(cause, ResumeRefused):
+                    user_error = find_user_error(exc)  # refused resume: the checkpoints are another run's
+                    if saved and user_error is not None and not isinstance(user_error, ResumeRefused):
                         print(f"checkpoints kept in {checkpoints}; once fixed: {command}", file=sys.stderr)
                     raise
                 if saved:

@@ -75,8 +75,9 @@ def non_square_key(resolution: Mapping[str, object], size: Size) -> str:
         if value == pair or (isinstance(value, Sequence) and not isinstance(value, str) and pair in value):
             return f"resolution.{key}"
     for key, value in resolution.items():
-        pair_of_ints = isinstance(value, Sequence) and len(value) == 2 and all(map(_positive_int, value))
-        if pair_of_ints and value[0] != value[1] and not key.endswith("sizes"):  # sizes: two square ones
+        if key.endswith("sizes") or not isinstance(value, Sequence) or isinstance(value, str):
+            continue  # sizes: [40, 72] is two square sizes
+        if len(value) == 2 and all(map(_positive_int, value)) and value[0] != value[1]:
             return f"resolution.{key}"
     return "resolution.size"
 
