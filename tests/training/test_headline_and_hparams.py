@@ -268,6 +268,7 @@ def test_sweep_jobs_line_up_in_hparams_name_their_size_and_select_by_the_mean(tm
         "data.source.num_test=16",
         "eval.resolutions=[16,32,48]",
         "resolution.size=32,[24,32]",
+        "resolution.geometry=squash",  # 24x32 itself (keep_aspect would use one side: refused)
         "callbacks.model_checkpoint.monitor=val/acc_mean_sizes",
         f"hydra.sweep.dir={sweep}",
     ]
