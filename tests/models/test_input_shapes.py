@@ -284,3 +284,18 @@ def test_a_vit_with_free_sizes_but_no_padding_is_told_the_next_multiple_of_its_p
     on_meta("vit_tiny_patch16_224", dynamic_img_size=True, dynamic_img_pad=True, depth=1).check_input_size(
         (40, 40)
     )
+
+
+def test_a_trained_fixed_size_vit_is_told_its_size_not_a_model_argument_it_cannot_change_now() -> None:
+    """At prediction or export the model is trained: ``++backbone.model_kwargs.dynamic_img_size=true``
+    there was ignored and the same hint came back (found by a ViT audit)."""
+    vit = on_meta("vit_tiny_patch16_224", depth=1, img_size=96)
+    for key in ("predict.size", "check.sizes"):
+        with pytest.raises(ConfigError) as info:
+            vit.check_input_size((64, 64), key)
+        assert str(info.value.hint).startswith(
+            f"vit_tiny_patch16_224 was trained for 96x96 only: {key}=96, or "
+        )
+    with pytest.raises(ConfigError) as info:
+        vit.check_input_size((64, 64), "resolution.size")
+    assert str(info.value.hint).startswith("++backbone.model_kwargs.dynamic_img_size=true")

@@ -150,6 +150,8 @@ def constructor_arguments(model: nn.Module) -> set[str]:
 
 
 ANY_SIZE_BACKBONES = "a backbone that takes any size (resnet18, convnext_atto, vit_small_patch16)"
+#: the keys that size a trained model's inputs (prediction, export): a model argument is fixed there
+TRAINED_MODEL_KEYS = ("predict.size", "check.sizes")
 
 
 def size_hint(
@@ -168,7 +170,13 @@ def size_hint(
     arguments = constructor_arguments(model)
     if "dynamic_img_size" in arguments and not getattr(model, "dynamic_img_size", False):
         pad = " ++backbone.model_kwargs.dynamic_img_pad=true" if "dynamic_img_pad" in arguments else ""
-        return f"++backbone.model_kwargs.dynamic_img_size=true{pad} (the input size is free)"
+        free = f"++backbone.model_kwargs.dynamic_img_size=true{pad} (the input size is free)"
+        grid = getattr(getattr(model, "patch_embed", None), "img_size", None)  # the size it was built at
+        built = tuple(grid) if grid is not None else built_size(model)
+        if key in TRAINED_MODEL_KEYS and built is not None:  # a trained model: its size, or train again
+            h, w = built
+            return f"{name} was trained for {h}x{w} only: {key}={h}, or train again with {free}"
+        return free
     patch_embed = getattr(model, "patch_embed", None)
     patch = getattr(patch_embed, "patch_size", None)
     padded = getattr(patch_embed, "dynamic_img_pad", False)
