@@ -272,6 +272,7 @@ def test_the_exit_code_counts_the_failed_jobs(
     monkeypatch.setattr(train_module, "prepare_cli", lambda argv, name: None)
     monkeypatch.setattr(hydra, "main", sweep_of)
     monkeypatch.setattr(train_module, "run_task", fails)
+    monkeypatch.setattr("resflex.sweeps._LAUNCH_ARGV", None)  # main() keeps pytest's argv: put back after
     with pytest.raises(SystemExit) as exit_info:
         train_module.main()
     assert exit_info.value.code == code

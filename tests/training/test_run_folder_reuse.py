@@ -125,6 +125,7 @@ def test_ctrl_c_during_a_sweep_exits_130_with_the_command_that_continues_it(
     with read_write(cfg.hydra):
         cfg.hydra.sweep.dir = str(sweep)
     monkeypatch.setattr("sys.argv", ["scripts/train.py", "-m", "pooling=avg,max", "trainer.max_epochs=1"])
+    monkeypatch.setattr("resflex.sweeps._LAUNCH_ARGV", None)  # another test's main() may have kept its own
     sigint = signal.getsignal(signal.SIGINT)
     failed: list[str] = []
     try:
@@ -158,6 +159,7 @@ def test_sigterm_during_a_sweep_job_exits_143_however_many_jobs_failed_before(
     monkeypatch.setattr(train_module, "prepare_cli", lambda argv, name: None)
     monkeypatch.setattr(hydra, "main", sweep_of)
     monkeypatch.setattr(train_module, "run_task", job)
+    monkeypatch.setattr("resflex.sweeps._LAUNCH_ARGV", None)  # main() keeps pytest's argv: put back after
     with pytest.raises(SystemExit) as exit_info:
         train_module.main()
     assert exit_info.value.code == 143
