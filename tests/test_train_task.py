@@ -255,27 +255,34 @@ def test_a_sweep_shares_the_data_profile_figure_unless_a_folder_is_given() -> No
     assert shared({"shared_dir": None}, None) is None
 
 
+def sweep_exit_code(monkeypatch: pytest.MonkeyPatch, job: Any, jobs: int) -> Any:
+    """The exit code of ``train.main()`` for a sweep of ``jobs`` jobs, each run by ``job(cfg, failed_jobs)``
+    in place of ``run_task`` (no Hydra, no config)."""
+    import hydra
+
+    def sweep_of(**kwargs: object) -> Any:
+        return lambda task: lambda: [task(None) for _ in range(jobs)]
+
+    monkeypatch.setattr(train_module, "prepare_cli", lambda argv, name: None)
+    monkeypatch.setattr(hydra, "main", sweep_of)
+    monkeypatch.setattr(train_module, "run_task", job)
+    monkeypatch.setattr("resflex.sweeps._LAUNCH_ARGV", None)  # main() keeps pytest's argv: put back after
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.main()
+    return exit_info.value.code
+
+
 @pytest.mark.parametrize(("failures", "code"), [(3, 3), (130, 125)])
 def test_the_exit_code_counts_the_failed_jobs(
     failures: int, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """After a sweep, ``main`` exits with the number of failed jobs and names them; capped at 125, since
     126 and up mean "cannot run" and 128+N "killed by signal N" to a shell."""
-    import hydra
-
-    def sweep_of(**kwargs: object) -> Any:
-        return lambda task: lambda: [task(None) for _ in range(failures)]
 
     def fails(cfg: object, failed_jobs: list[str]) -> None:
         failed_jobs.append(f"job{len(failed_jobs)}")
 
-    monkeypatch.setattr(train_module, "prepare_cli", lambda argv, name: None)
-    monkeypatch.setattr(hydra, "main", sweep_of)
-    monkeypatch.setattr(train_module, "run_task", fails)
-    monkeypatch.setattr("resflex.sweeps._LAUNCH_ARGV", None)  # main() keeps pytest's argv: put back after
-    with pytest.raises(SystemExit) as exit_info:
-        train_module.main()
-    assert exit_info.value.code == code
+    assert sweep_exit_code(monkeypatch, fails, failures) == code
     assert capsys.readouterr().err.strip().startswith(f"{failures} job(s) failed: job0, job1, job2")
 
 

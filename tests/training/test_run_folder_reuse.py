@@ -27,7 +27,7 @@ from resflex.resume_check import ResumeRefused
 from resflex.sweep_jobs import load_job
 from tests.conftest import RESUME_RUN
 from tests.test_configs import compose_train
-from tests.test_train_task import _as_sweep_job, _fault
+from tests.test_train_task import _as_sweep_job, _fault, sweep_exit_code
 
 #: one epoch, one batch each: the least of a run that saves checkpoints and a record
 QUICK = (*RESUME_RUN, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "eval.resolutions=[]")
@@ -146,23 +146,13 @@ def test_ctrl_c_during_a_sweep_exits_130_with_the_command_that_continues_it(
 def test_sigterm_during_a_sweep_job_exits_143_however_many_jobs_failed_before(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hydra
-
-    def sweep_of(**kwargs: object) -> Any:
-        return lambda task: lambda: [task(None) for _ in range(3)]
 
     def job(cfg: object, failed_jobs: list[str]) -> None:
         if failed_jobs:
             raise SystemExit(143)  # what run_task raises for SIGTERM in the second job
         failed_jobs.append("job0")
 
-    monkeypatch.setattr(train_module, "prepare_cli", lambda argv, name: None)
-    monkeypatch.setattr(hydra, "main", sweep_of)
-    monkeypatch.setattr(train_module, "run_task", job)
-    monkeypatch.setattr("resflex.sweeps._LAUNCH_ARGV", None)  # main() keeps pytest's argv: put back after
-    with pytest.raises(SystemExit) as exit_info:
-        train_module.main()
-    assert exit_info.value.code == 143
+    assert sweep_exit_code(monkeypatch, job, 3) == 143
 
 
 def test_a_sigterm_is_recorded_as_what_stopped_the_run() -> None:
