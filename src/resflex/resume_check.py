@@ -40,6 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from resflex.errors import ConfigError
 from resflex.run_folder import (
     checkpoint_run_folder,
+    has_checkpoints,
+    is_unset,
     read_original,
     read_record,
     restore_hydra_files,
@@ -199,15 +201,25 @@ def launch_command() -> list[str]:
 
 
 def resume_command(
-    overrides: Sequence[str], run_dir: str | Path, ckpt: str = "last", config_name: str | None = None
+    overrides: Sequence[str],
+    run_dir: str | Path,
+    ckpt: str = "last",
+    config_name: str | None = None,
+    sweep: bool = False,
 ) -> str:
-    """The shell command that resumes a run: its overrides (any ``ckpt_path``/``hydra.run.dir`` dropped)
-    plus ``ckpt_path=<ckpt> hydra.run.dir=<run_dir>``, each quoted for the shell."""
-    kept = [str(o) for o in overrides if override_key(o) not in ("ckpt_path", "hydra.run.dir")]
-    head = launch_command()
-    if config_name and config_name != "train":
+    """The shell command that resumes a run: its overrides (any ``ckpt_path`` and run folder dropped)
+    plus ``ckpt_path=<ckpt> hydra.run.dir=<run_dir>``, each quoted for the shell. ``sweep``: a sweep's
+    (``-m``, ``hydra.sweep.dir=<run_dir>``; the ``-m`` flags and ``--config-name`` of ``overrides``
+    given once)."""
+    folder_key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    flags = ("-m", "--multirun")
+    kept = [
+        str(o) for o in overrides if str(o) not in flags and override_key(o) not in ("ckpt_path", folder_key)
+    ]
+    head = [*launch_command(), *(["-m"] if sweep else [])]
+    if config_name and config_name != "train" and not any(o.startswith("--config-name") for o in kept):
         head.append(f"--config-name={config_name}")
-    tail = [*kept, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}"]
+    tail = [*kept, f"ckpt_path={ckpt}", f"{folder_key}={run_dir}"]
     return " ".join([*head, *(shlex.quote(o) for o in tail)])
 
 
@@ -300,10 +312,8 @@ HELD_STATUSES = ("completed", "interrupted")
 def held_run(output_dir: str | Path) -> str | None:
     """What ``output_dir`` holds that a new run there would mix with or overwrite (``completed run``,
     ``run with checkpoints``...), or None when it holds nothing to lose."""
-    output_dir = Path(output_dir)
     status = read_record(output_dir).get("status")
-    checkpoints = output_dir / "checkpoints"
-    if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+    if has_checkpoints(output_dir):
         return f"{status} run with checkpoints" if status else "run's checkpoints"
     return f"{status} run" if status in HELD_STATUSES else None
 
@@ -314,7 +324,7 @@ def refuse_new_run_in_held_folder(cfg: DictConfig, output_dir: str | Path, resto
     line, before anything is written: its events, checkpoints and record would have been mixed with
     that run's, and a refusal later would have replaced its record. Hydra has already rewritten
     ``.hydra/``: the kept copy goes back (``restore``: rank 0)."""
-    if str(cfg.get("ckpt_path")) not in ("None", "", "null"):
+    if not is_unset(cfg.get("ckpt_path")):
         return
     held = held_run(output_dir)
     if held is None:

@@ -88,6 +88,22 @@ def restore_hydra_files(run_dir: str | Path) -> None:
             shutil.copyfile(source, target)
 
 
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    """``<run>/checkpoints``: where a run's ``best-*.ckpt`` and ``last.ckpt`` are."""
+    return Path(run_dir) / "checkpoints"
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """The run folder holds a checkpoint (any ``*.ckpt``, readable or not)."""
+    folder = checkpoints_dir(run_dir)
+    return folder.is_dir() and any(folder.glob("*.ckpt"))
+
+
+def is_unset(ckpt_path: Any) -> bool:
+    """``ckpt_path`` left out (``None``, ``""``, ``null``): the run starts from scratch."""
+    return ckpt_path is None or str(ckpt_path) in ("", "None", "null")
+
+
 def checkpoint_run_folder(ckpt: str | Path) -> Path:
     """The run folder a checkpoint belongs to: ``<run>`` for ``<run>/checkpoints/x.ckpt``, else its folder."""
     parent = Path(str(ckpt)).expanduser().resolve().parent
@@ -332,7 +348,7 @@ def resolve_resume_checkpoint(ckpt_path: Any, run_dir: str | Path) -> str | None
     - a path: it must exist (else :class:`ConfigError`) and be a readable, tensors-only
       checkpoint (else a one-line :class:`DataError` naming it).
     """
-    if ckpt_path is None or str(ckpt_path) in ("", "None", "null"):
+    if is_unset(ckpt_path):
         return None
     text = str(ckpt_path)
     if text == "best":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -134,20 +133,14 @@ def sweep_resume_command() -> str | None:
     ``hydra.sweep.dir`` dropped) plus ``ckpt_path=last hydra.sweep.dir=<sweep>``. Each job then keeps a
     completed run as it is, resumes an interrupted one and starts one that never ran
     (:func:`resflex.train.completed_record`); None outside a sweep."""
-    from resflex.resume_check import launch_command, override_key
+    from resflex.resume_check import resume_command
     from resflex.runtime import hydra_node
 
     argv, folder = _sweep_argv(), sweep_dir()
     if argv is None or folder is None:
         return None
-    flags = ("-m", "--multirun")
-    kept = [a for a in argv if a not in flags and override_key(a) not in ("ckpt_path", "hydra.sweep.dir")]
-    head = [*launch_command(), "-m"]
     config_name = OmegaConf.select(hydra_node(), "job.config_name", default=None)
-    if config_name and config_name != "train" and not any(a.startswith("--config-name") for a in kept):
-        head.append(f"--config-name={config_name}")
-    tail = [*kept, "ckpt_path=last", f"hydra.sweep.dir={folder}"]
-    return " ".join([*head, *(shlex.quote(a) for a in tail)])
+    return resume_command(argv, folder, "last", config_name, sweep=True)
 
 
 def current_sweep_text_keys() -> set[str]:

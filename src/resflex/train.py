@@ -58,7 +58,13 @@ from resflex.resume_check import (
     resume_command,
     resumes_so_far,
 )
-from resflex.run_folder import METRICS_FILE, read_record, restore_hydra_files
+from resflex.run_folder import (
+    METRICS_FILE,
+    checkpoints_dir,
+    has_checkpoints,
+    read_record,
+    restore_hydra_files,
+)
 from resflex.runtime import quiet_library_noise, release_memory, retain_freed_host_memory, size_tag
 from resflex.sweeps import (
     current_sweep_text_keys,
@@ -279,7 +285,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         record.metrics = {**fit_metrics, **collect_metrics(trainer, extra)}
         if is_global_zero(trainer):  # metrics are synced across ranks; one writer per run folder
             write_metrics_json(output_dir / METRICS_FILE, record.as_dict())
-            if any((output_dir / "checkpoints").glob("*.ckpt")):  # a run that never saved weights: no card
+            if has_checkpoints(output_dir):  # a run that never saved weights: no card
                 write_model_card_quietly(
                     output_dir
                 )  # <run>/model_card.md + classes.json (resflex.model_card)
@@ -317,8 +323,8 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
                 # SIGTERM / Ctrl-C: the checkpoint is saved (SaveOnInterrupt); say how to resume: the
                 # run's own overrides, or the resume would be refused (resflex/resume_check.py). A
                 # failure after a checkpoint was written (a bad image, a full disk) can resume too.
-                checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
-                saved = checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))
+                checkpoints = checkpoints_dir(cfg.paths.output_dir)
+                saved = has_checkpoints(cfg.paths.output_dir)
                 if saved:
                     overrides, config_name = current_overrides()
                     command = resume_command(overrides, cfg.paths.output_dir, "last", config_name)
@@ -347,9 +353,10 @@ def run_task(cfg: DictConfig, failed_jobs: list[str]) -> float | None:
             raise
         job = Path(hc.runtime.output_dir).name  # the job's folder: named by what differs
         if is_interruption(exc):  # SIGTERM / Ctrl-C stops the sweep, not just this job: say how to go on
-            checkpoints = Path(hc.runtime.output_dir) / "checkpoints"
-            saved = checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))
-            what = f"checkpoint saved in {checkpoints}" if saved else "nothing saved"
+            saved = has_checkpoints(hc.runtime.output_dir)
+            what = (
+                f"checkpoint saved in {checkpoints_dir(hc.runtime.output_dir)}" if saved else "nothing saved"
+            )
             print(
                 f"interrupted: job {job} ({what}); the jobs after it did not run. Continue the sweep "
                 f"(completed jobs are kept, this one resumes, the rest start) with: {sweep_resume_command()}",
