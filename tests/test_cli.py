@@ -157,6 +157,35 @@ def test_an_override_hydra_cannot_read_is_one_line(tmp_path: Path, arg: str, fra
     assert result.returncode == 2 and "Exception" not in result.stderr and not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["pooling="], ["pooling= has no value", "choose one of: avg,"]),
+        (["pooling=avg,max"], ["pooling=avg,max is a sweep", "runs once", "hint: add -m to sweep)"]),
+        (["seed=range(3)"], ["seed=range(3) is a sweep", "hint: add -m to sweep)"]),
+        (["data.name=a,b"], ["data.name=a,b is a sweep", "a list is data.name=[a,b]", "'data.name=\"a,b\"'"]),
+        (["~pooling"], ["model.net.pooling reads 'pooling', which this config does not have", "with ~"]),
+    ],
+)
+def test_a_sweep_without_m_or_a_missing_group_is_one_line(tmp_path: Path, args: list[str], fragments) -> None:
+    """Hydra's answers: "Could not find 'pooling/'" with the search path, "Ambiguous value for
+    argument" with a traceback hint, an interpolation traceback from deep in the run."""
+    result = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+def test_a_sweep_in_a_command_that_sweeps_is_no_error(tmp_path: Path) -> None:
+    """``-m``, or a config that sets ``hydra.mode: MULTIRUN`` (the Optuna search), is a sweep's command."""
+    from resflex.config import check_sweep_has_multirun
+
+    check_sweep_has_multirun(["-m", "pooling=avg,max"], "train")
+    check_sweep_has_multirun(["hparams_search=optuna", "seed=1,2"], "train")
+    check_sweep_has_multirun(["pooling=avg", "optimizer.lr=0.1"], "train")
+    with pytest.raises(ConfigError, match="is a sweep"):
+        check_sweep_has_multirun(["pooling=avg", "seed=1,2"], "train")
+
+
 def test_overrides_hydra_reads_pass_the_syntax_check() -> None:
     from resflex.config import check_override_syntax
 

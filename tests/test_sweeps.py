@@ -271,6 +271,22 @@ def test_optuna_config_composes(tmp_path: Path) -> None:
     assert cfg.hydra.mode.name == "MULTIRUN"
 
 
+def test_an_optuna_search_in_which_no_trial_completes_ends_in_one_line_per_trial(tmp_path: Path) -> None:
+    """Optuna's sweeper asks for the best trial after the last one; with none completed, Optuna's
+    ``ValueError: No trials are completed yet`` was Hydra's 20-line traceback after the trials' own
+    ``error:`` lines (src/hydra_plugins/resflex_optuna_sweeper)."""
+    sweep = tmp_path / "optuna"
+    root = tmp_path / "none"
+    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", "data=imagefolder", f"data.root={root}"]
+    result = run_cli([*args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    printed = result.stdout + result.stderr
+    assert "Traceback" not in printed and "No trials are completed" not in printed, printed[-3000:]
+    assert result.returncode == 2, printed[-3000:]  # the failed trials' count
+    assert "no trial completed: the search has no best parameters" in printed
+    assert result.stderr.count("data.root does not exist") == 2 and "2 job(s) failed" in result.stderr
+    assert not (sweep / "optimization_results.yaml").exists()
+
+
 @pytest.mark.slow
 def test_optuna_survives_failed_trials(tmp_path: Path) -> None:
     sweep = tmp_path / "optuna"

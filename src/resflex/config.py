@@ -6,7 +6,7 @@ the run: ``pooling=foo`` ("Could not find"), ``data.root=~/x`` (a lexer's except
 key (a page suggesting ``+key``), ``model.ema=maybe`` (taken as true), a run folder on a read-only
 disk (Hydra's own ``mkdir``). resflex answers each with one line and a hint, before any work
 starts: :func:`check_override_syntax`, :func:`check_group_choices`, :func:`check_override_keys`
-(with :func:`check_switches`), :func:`check_output_folder`.
+(with :func:`check_switches`), :func:`check_sweep_has_multirun`, :func:`check_output_folder`.
 
 The ``trainer`` group starts from ``trainer/lightning``: every ``pytorch_lightning.Trainer``
 argument with Lightning's own default, read from its signature (:func:`register_trainer_schema`,
@@ -74,9 +74,11 @@ def check_group_choices(argv: Sequence[str], config_dir: Path = CONFIG_DIR) -> N
         key = key.lstrip("+~")
         if "." in key or "/" in key or key.startswith("hydra") or not (config_dir / key).is_dir():
             continue
-        if value in ("", "null") or "(" in value or "*" in value:  # sweeps like range(...)/glob(...)
-            continue
         options = group_options(key, config_dir)
+        if value == "" and not arg.startswith("~"):  # Hydra: "Could not find 'pooling/'", and a page
+            raise ConfigError(f"{key}= has no value", hint=f"choose one of: {', '.join(options)}")
+        if value == "null" or "(" in value or "*" in value:  # sweeps like range(...)/glob(...)
+            continue
         if value.startswith("[") and value.endswith("]"):  # several options of one group: logger=[a,b]
             value = value[1:-1]
         for choice in value.split(","):
@@ -139,6 +141,44 @@ def exit_on_unknown_group_choice(argv: Sequence[str]) -> None:
     except ConfigError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_sweep_has_multirun(argv: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> None:
+    """Raise :class:`ConfigError` for a sweep (``pooling=avg,max``, ``seed=range(3)``) in a command
+    that runs once: no ``-m`` and no config that sets ``hydra.mode: MULTIRUN`` (``hparams_search``).
+
+    Hydra's answer is a five-line page ("Ambiguous value for argument") ending in a traceback hint;
+    the usual cause is a forgotten ``-m``. The composition that reads ``hydra.mode`` runs only when
+    an override is a sweep, so a plain run pays nothing for it.
+    """
+    if "-m" in argv or "--multirun" in argv or any(arg.split("=", 1)[0] in PRINT_ONLY_FLAGS for arg in argv):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except Exception:  # check_override_syntax has said why
+        return
+    sweeps = [arg for arg, override in zip(args, overrides, strict=True) if override.is_sweep_override()]
+    if not sweeps:
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.types import RunMode
+
+    plain = [arg for arg in args if arg not in sweeps]
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=plain, return_hydra_config=True)
+        if cfg.hydra.mode == RunMode.MULTIRUN:
+            return
+    except Exception:  # a problem with the config itself: the run reports it
+        return
+    key, _, value = sweeps[0].partition("=")
+    hint = "add -m to sweep"
+    if "(" not in value and not (config_dir / key.lstrip("+")).is_dir():  # a value list, not a group's
+        hint += f"; a list is {key}=[{value}], a text with commas is quoted: '{key}=\"{value}\"'"
+    raise ConfigError(f"{sweeps[0]} is a sweep (one job per value), and this command runs once", hint=hint)
 
 
 def _split_overrides(argv: Sequence[str], config_dir: Path) -> tuple[list[str], list[str], list[str]] | None:
@@ -387,6 +427,7 @@ def prepare_cli(argv: Sequence[str], config_name: str | None = None) -> None:
     if config_name is not None:
         try:
             check_override_keys(argv, config_name)
+            check_sweep_has_multirun(argv, config_name)
             check_output_folder(argv, config_name)
         except ConfigError as exc:
             print(f"error: {exc.one_line()}", file=sys.stderr)

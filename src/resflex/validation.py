@@ -91,10 +91,34 @@ def check_value(key: str, value: Any, kind: type, ok: Callable[[Any], bool], all
     return typed
 
 
+def check_references(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a ``${key}`` whose key the config does not have.
+
+    The usual cause is a group removed on the command line (``~pooling``) that another node reads
+    (``model.net.pooling: ${pooling}``); OmegaConf's answer comes from wherever the node is first
+    resolved, deep in the run, as a traceback. Other resolution errors (``${hydra:...}`` outside a
+    Hydra job) are left to the code that reads the node.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as exc:
+        if not isinstance(exc, InterpolationKeyError):
+            return
+        reference = str(exc).splitlines()[0].replace("Interpolation key ", "").replace(" not found", "")
+        raise ConfigError(
+            f"{exc.full_key} reads {reference}, which this config does not have",
+            hint="a group removed with ~ may be one the run needs: choose one of its options instead",
+        ) from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first key whose value has the wrong type or range."""
     from omegaconf import OmegaConf
 
+    check_references(cfg)
     for key, kind, ok, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=None)
         if value is None or value in WORDS.get(key, ()):
