@@ -283,6 +283,7 @@ def test_an_optuna_search_in_which_no_trial_completes_ends_in_one_line_per_trial
     assert "Traceback" not in printed and "No trials are completed" not in printed, printed[-3000:]
     assert result.returncode == 2, printed[-3000:]  # the failed trials' count
     assert "no trial completed: the search has no best parameters" in printed
+    assert "float-castable" not in printed  # the sweeper's word on a failed trial's missing value
     assert result.stderr.count("data.root does not exist") == 2 and "2 job(s) failed" in result.stderr
     assert not (sweep / "optimization_results.yaml").exists()
 

@@ -28,9 +28,23 @@ except ImportError:  # the sweep extra is not installed: nothing to extend
     pass
 else:
 
+    class FailedTrialNoise(logging.Filter):
+        """Drops the sweeper's "Failed experiment: Return value must be float-castable. Got 'None'."
+        A failed trial returns no value by design (resflex.train.run_task), its cause is on the line
+        before; the sweeper's words read as a fault of the return value."""
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "must be float-castable. Got 'None'" not in record.getMessage()
+
     class ResflexOptunaSweeper(OptunaSweeper):
         """:class:`OptunaSweeper` whose search, when no trial completed, ends without a best trial:
         the entry point then reports the failed trials and exits with their count."""
+
+        def setup(self, **kwargs: Any) -> None:
+            super().setup(**kwargs)
+            impl_log = logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl")
+            if not any(isinstance(f, FailedTrialNoise) for f in impl_log.filters):
+                impl_log.addFilter(FailedTrialNoise())
 
         def sweep(self, arguments: list[str]) -> Any:
             try:
