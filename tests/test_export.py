@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from resflex.config import CONFIG_DIR
 from resflex.errors import ConfigError
-from resflex.export import FORMATS, check_sizes, export_classifier
+from resflex.export import FORMATS, check_sizes, export_classifier, load_runner
 from resflex.inference import ResflexClassifier
 from resflex.models.backbone import TimmBackbone
 from resflex.models.classifier import ImageClassifier
@@ -110,12 +110,39 @@ def test_check_sizes_take_one_size_alone_and_refuse_text_in_one_line() -> None:
     assert info.value.hint == "e.g. check.sizes=[32,64]"
 
 
-def test_fixed_size_vit_cannot_be_exported_dynamic(tmp_path: Path) -> None:
+def test_fixed_size_vit_is_not_checked_at_sizes_it_cannot_take(tmp_path: Path) -> None:
     classifier = tiny_classifier("avg", "vit_small_patch16_224", {"depth": 1})
     with pytest.raises(ConfigError, match="only accepts 224x224") as info:
         export_classifier(classifier, "torchscript", tmp_path / "m.pt", sizes=SIZES, atol=ATOL)
-    assert "\n" not in str(info.value) and "dynamic_img_size" in str(info.value)
+    assert "\n" not in str(info.value) and "check.sizes=224" in str(info.value)
     assert not list(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="check.sizes=48x80 but vit_small_patch16_224 only accepts 224x224"):
+        export_classifier(
+            classifier, "torchscript", tmp_path / "m.pt", check_sizes(classifier, [[48, 80]]), atol=ATOL
+        )
+
+
+#: a ViT that takes one size, non-square so that height and width cannot swap unseen
+FIXED_VIT = ("test_vit", {"img_size": (32, 48), "dynamic_img_size": False})
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow), "exported"])
+def test_fixed_size_vit_exports_with_a_dynamic_batch_at_its_size(fmt: str, tmp_path: Path) -> None:
+    """A ViT built without dynamic_img_size (a hub ViT fine-tuned at its own size) was refused in every
+    format: the capture asked for a dynamic height and width. It is exported at its one size."""
+    classifier = tiny_classifier("pyramid", *FIXED_VIT)
+    assert classifier.fixed_size == (32, 48) and check_sizes(classifier) == [(32, 48)] * 3
+    out = tmp_path / f"model{FORMATS[fmt]}"
+    record = export_classifier(classifier, fmt, out, atol=ATOL)
+    assert [(c["size"], c["batch"]) for c in record["checks"]] == [("32x48", 2), ("32x48", 1), ("32x48", 3)]
+    assert record["max_abs_diff"] <= 1e-4, record["checks"]
+    x = torch.rand(5, 3, 32, 48)  # a batch the check did not use
+    got = load_runner(out, fmt)(x)
+    assert torch.allclose(got, classifier(x), atol=1e-4)
+    if fmt == "torchscript":
+        files = {"input.txt": ""}
+        torch.jit.load(str(out), _extra_files=files)
+        assert "(B, 3, 32, 48) (the model's one size)" in files["input.txt"].decode()
 
 
 def test_an_export_that_disagrees_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,9 @@ adaptive pool operators are swapped for an exportable formulation
 An export is only written once it has been checked: the file is loaded back
 (onnxruntime for ONNX, ``torch.jit.load``, ``torch.export.load``) and run at no
 fewer than three sizes — the run's eval size, a non-square one and one not seen in
-training, with different batch sizes — against the eager model; the max abs
+training, with different batch sizes — against the eager model (a ViT built without
+``dynamic_img_size`` takes one size: it is exported with a dynamic batch at that size, and
+checked there); the max abs
 difference at each is printed, and above ``check.atol`` the export fails. It is
 written to a temporary name beside ``output`` and renamed only then, so a failed
 export leaves nothing behind. A model that cannot be exported with dynamic sizes
@@ -61,6 +63,7 @@ from resflex.export_formats import (
     export_onnx,
     export_program,
     export_torchscript,
+    input_convention,
     not_dynamic,
     quiet_exporters,
     robustness_records,
@@ -122,7 +125,14 @@ def check_sizes(classifier: ResflexClassifier, requested: object = None) -> list
     Default: the run's eval size, a 2:3 non-square size and a size between the training
     sizes and below the smallest (sides rounded to the run's ``multiple``, never below
     what the backbone takes). ``requested`` adds sizes (a list of ``64`` or ``[h, w]``, or one alone).
+    A model that takes one size (:attr:`ResflexClassifier.fixed_size`) is checked there three times,
+    at batches of 2, 1 and 3.
     """
+    plain = OmegaConf.to_container(requested) if OmegaConf.is_config(requested) else requested
+    if classifier.fixed_size is not None:
+        return [classifier.fixed_size] * 3 + [
+            s for s in parse_size_list(plain, "check.sizes") if s != classifier.fixed_size
+        ]
     multiple = int(classifier.info.get("multiple", 8) or 8)
     trained = set(classifier.train_sizes)
     base_h, base_w = classifier.eval_size or (max(trained) if trained else (64, 64))
@@ -137,7 +147,6 @@ def check_sizes(classifier: ResflexClassifier, requested: object = None) -> list
         if candidate not in trained and candidate not in sizes:
             sizes.append(candidate)
             break
-    plain = OmegaConf.to_container(requested) if OmegaConf.is_config(requested) else requested
     for size in parse_size_list(plain, "check.sizes"):
         if size not in sizes:
             sizes.append(size)
@@ -172,8 +181,10 @@ def compare(
     sizes: Sequence[Size],
     fmt: str = "export",
     seed: int = 0,
+    fixed_size: Size | None = None,
 ) -> list[dict[str, Any]]:
-    """Max abs difference of logits, export vs eager, at each size (batch 2, 1, 3, ... in turn)."""
+    """Max abs difference of logits, export vs eager, at each size (batch 2, 1, 3, ... in turn);
+    ``fixed_size``: the one size the model takes, for the message of a failure."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for i, (h, w) in enumerate(sizes):
@@ -184,11 +195,11 @@ def compare(
             with quiet_exporters():
                 got = runner(x)
         except Exception as exc:
-            raise not_dynamic(exc, fmt) from None
+            raise not_dynamic(exc, fmt, fixed_size) from None
         if tuple(got.shape) != tuple(expected.shape):
             raise ConfigError(
                 f"the export gives shape {tuple(got.shape)} at {h}x{w}, eager {tuple(expected.shape)}: "
-                "it is not dynamic in batch/height/width"
+                f"it is not dynamic in {'the batch' if fixed_size else 'batch/height/width'}"
             )
         rows.append(
             {
@@ -229,9 +240,11 @@ def export_classifier(
     started = time.time()
     model, replaced = prepare_for_export(classifier)
     eager = classifier.float().eval()
-    # the example for capture: a 3x4 feature map, so no traced size is 1 (or equal to another)
+    # the example for capture: a 3x4 feature map, so no traced size is 1 (or equal to another); a
+    # model that takes one size is captured at it
     stride = max(8, int(classifier.info.get("reduction", 32) or 32))
-    example = torch.rand(2, 3, 3 * stride, 4 * stride, generator=torch.Generator().manual_seed(1))
+    h, w = classifier.fixed_size or (3 * stride, 4 * stride)
+    example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(1))
     try:
         try:
             if fmt == "onnx":
@@ -245,8 +258,8 @@ def export_classifier(
         except OSError as exc:
             raise DataError(f"cannot write output={output}: {exc.strerror or exc}") from None
         except Exception as exc:
-            raise not_dynamic(exc, fmt) from None
-        rows = compare(eager, load_runner(tmp, fmt), sizes, fmt)
+            raise not_dynamic(exc, fmt, classifier.fixed_size) from None
+        rows = compare(eager, load_runner(tmp, fmt), sizes, fmt, fixed_size=classifier.fixed_size)
         trained = set(classifier.train_sizes)
         for row, size in zip(rows, sizes, strict=True):
             row["trained"] = size in trained
@@ -332,7 +345,9 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         classifier = classifier_of(run)
         sizes = check_sizes(classifier, list(check.sizes or []))
         record = export_classifier(classifier, fmt, output, sizes=sizes, atol=atol, opset=opset)
-        dynamic, convention = "dynamic batch/height/width", INPUT_CONVENTION
+        dynamic, convention = "dynamic batch/height/width", input_convention(classifier.fixed_size)
+        if classifier.fixed_size is not None:
+            dynamic = "dynamic batch, height and width fixed at {}x{}".format(*classifier.fixed_size)
         ranges = [f"{r.stage}: {r.span_text()}" for r in classifier.robust_ranges()]
     card = None
     try:

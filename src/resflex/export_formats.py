@@ -1,5 +1,6 @@
 """The three export formats' writers: ONNX, TorchScript and ``torch.export`` (``.pt2``), each capturing
-the model with dynamic batch, height and width, and what each file carries beside the model.
+the model with dynamic batch, height and width (batch only for a model that takes one size, a ViT built
+without ``dynamic_img_size``), and what each file carries beside the model.
 
 Apart from :mod:`resflex.export` (the command: which sizes to check, the check against the eager model,
 the atomic write, the model card) because how each exporter is driven — symbolic dims, size-oblivious
@@ -26,11 +27,21 @@ from resflex.compat import size_oblivious_tracing
 from resflex.errors import ConfigError
 from resflex.inference import ResflexClassifier
 from resflex.models.adaptive_export import exportable_functional_pools
+from resflex.types import Size
 
 log = logging.getLogger("resflex")
 INPUT_CONVENTION = (
     "float32 RGB in [0, 1], shape (B, 3, H, W), normalisation inside; output: logits (B, classes)"
 )
+
+
+def input_convention(fixed_size: Size | None = None) -> str:
+    """What the file takes and gives: :data:`INPUT_CONVENTION`, with the height and width of a model that
+    takes one size (:attr:`ResflexClassifier.fixed_size`)."""
+    if fixed_size is None:
+        return INPUT_CONVENTION
+    h, w = fixed_size
+    return INPUT_CONVENTION.replace("(B, 3, H, W)", f"(B, 3, {h}, {w}) (the model's one size)")
 
 
 def robustness_records(classifier: ResflexClassifier) -> list[dict[str, Any]]:
@@ -39,13 +50,16 @@ def robustness_records(classifier: ResflexClassifier) -> list[dict[str, Any]]:
     return [r.as_dict() for r in classifier.robust_ranges()]
 
 
-def _dims() -> dict[int, Any]:
-    """Batch, height and width symbolic. ``Dim.DYNAMIC`` rather than named ranges: a backbone's
-    size arithmetic yields guards that hold for every size but that the solver cannot prove
-    (ceil-mode pooling), which named ranges reject; a size that *does* get specialised is
-    still an error, and the check at several sizes catches anything else."""
+def _dims(classifier: ResflexClassifier) -> dict[int, Any]:
+    """Batch, height and width symbolic (the batch only, for a model that takes one size).
+    ``Dim.DYNAMIC`` rather than named ranges: a backbone's size arithmetic yields guards that hold
+    for every size but that the solver cannot prove (ceil-mode pooling), which named ranges reject;
+    a size that *does* get specialised is still an error, and the check at several sizes catches
+    anything else."""
     from torch.export import Dim
 
+    if classifier.fixed_size is not None:
+        return {0: Dim.DYNAMIC}
     return {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
 
 
@@ -57,7 +71,7 @@ def _capture() -> Any:
         yield
 
 
-def not_dynamic(exc: BaseException, fmt: str) -> ConfigError:
+def not_dynamic(exc: BaseException, fmt: str, fixed_size: Size | None = None) -> ConfigError:
     text = " ".join(str(exc).split())
     if len(text) > 300:
         text = text[:300] + "..."
@@ -67,6 +81,12 @@ def not_dynamic(exc: BaseException, fmt: str) -> ConfigError:
             f"specialises a dimension of size 1 ({text[:160]}...)",
             hint="check.sizes of at least two patches a side (32 px for a patch-16 ViT), or format=onnx / "
             "torchscript, which take one-patch inputs",
+        )
+    if fixed_size is not None:
+        return ConfigError(
+            f"cannot export format={fmt} with a dynamic batch at {fixed_size[0]}x{fixed_size[1]}: "
+            f"{type(exc).__name__}: {text}",
+            hint="another format=; the model runs eagerly: resflex.load_classifier(RUN)",
         )
     return ConfigError(
         f"cannot export format={fmt} with dynamic batch, height and width: {type(exc).__name__}: {text}",
@@ -127,7 +147,7 @@ def export_onnx(
             (example,),
             input_names=["image"],
             output_names=["logits"],
-            dynamic_shapes=(_dims(),),  # positional: torch 2.6 reads dict keys as input_names
+            dynamic_shapes=(_dims(classifier),),  # positional: torch 2.6 reads dict keys as input_names
             dynamo=True,
             external_data=False,
             **kwargs,
@@ -142,7 +162,7 @@ def export_onnx(
         )
     metadata = program.model.metadata_props
     metadata["classes"] = json.dumps(classifier.classes)
-    metadata["input"] = INPUT_CONVENTION
+    metadata["input"] = input_convention(classifier.fixed_size)
     metadata["train_sizes"] = json.dumps(classifier.train_sizes)
     metadata["backbone"] = str(classifier.info.get("backbone", ""))
     metadata["robustness"] = json.dumps(robustness_records(classifier))
@@ -165,7 +185,7 @@ def _extra_files(classifier: ResflexClassifier) -> dict[str, str]:
     robust range."""
     return {
         "classes.json": json.dumps(classifier.classes),
-        "input.txt": INPUT_CONVENTION,
+        "input.txt": input_convention(classifier.fixed_size),
         "robustness.json": json.dumps(robustness_records(classifier)),
     }
 
@@ -204,10 +224,10 @@ def export_program(
     # non-strict (the default in recent torch; 2.7 defaulted to strict): the per-size BatchNorm choice
     # reaches its layers through a Python holder (resflex.models.bn_export), which dynamo would freeze
     with _capture():
-        program = torch.export.export(model, (example,), dynamic_shapes={"x": _dims()}, strict=False)
+        dims = {"x": _dims(classifier)}
+        program = torch.export.export(model, (example,), dynamic_shapes=dims, strict=False)
         if _min_batch(program) > 1:
-            program = torch.export.export(
-                _BatchOfTwoOrMore(model), (example,), dynamic_shapes={"x": _dims()}, strict=False
-            )
+            wrapped = _BatchOfTwoOrMore(model)
+            program = torch.export.export(wrapped, (example,), dynamic_shapes=dims, strict=False)
     extra = _extra_files(classifier)
     torch.export.save(program, str(path), extra_files=extra)

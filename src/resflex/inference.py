@@ -125,6 +125,11 @@ class ResflexClassifier(nn.Module):
             return 1 if getattr(patch_embed, "dynamic_img_pad", False) else int(max(patch_embed.patch_size))
         return max(1, int(backbone.reduction) // 2)
 
+    @property
+    def fixed_size(self) -> Size | None:
+        """The one (h, w) the backbone takes (a ViT built without ``dynamic_img_size``), else None."""
+        return self._backbone().fixed_input_size
+
     def robust_ranges(self) -> list[RobustRange]:
         """The sizes the run holds up at, per split with a per-size curve (val, then test; see
         :class:`resflex.robust_range.RobustRange`); ``[]`` when the run recorded none."""
@@ -197,6 +202,10 @@ class NaFlexImageClassifier(ResflexClassifier):
     @property
     def min_side(self) -> int:
         return 1  # any image is resized to its patch grid
+
+    @property
+    def fixed_size(self) -> Size | None:
+        return None  # any image is resized to its patch grid
 
     def check_size(self, size: Size, key: str = "size") -> None:
         """Any (h, w): each image is framed to at most ``seq_len`` patches."""

@@ -205,6 +205,19 @@ class TimmBackbone(nn.Module):
             return int(max(patch_size))
         return 32
 
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """The one (h, w) a fixed-size ViT takes (``dynamic_img_size`` off, a strict patch embedding);
+        None for a backbone that takes many sizes."""
+        patch_embed = self.patch_embed
+        if patch_embed is None or not hasattr(patch_embed, "patch_size"):
+            return None
+        img_size = getattr(patch_embed, "img_size", None)
+        dynamic = not getattr(patch_embed, "strict_img_size", True) or getattr(
+            self.model, "dynamic_img_size", False
+        )
+        return None if dynamic or img_size is None else (int(img_size[0]), int(img_size[1]))
+
     def check_input_size(
         self, size: tuple[int, int], key: str = "resolution.size", largest_side: int | None = None
     ) -> None:
@@ -220,13 +233,10 @@ class TimmBackbone(nn.Module):
         h, w = size
         patch_embed = self.patch_embed
         if patch_embed is not None and hasattr(patch_embed, "patch_size"):
-            img_size = getattr(patch_embed, "img_size", None)
-            dynamic = not getattr(patch_embed, "strict_img_size", True) or getattr(
-                self.model, "dynamic_img_size", False
-            )
-            if not dynamic and img_size is not None and tuple(img_size) != (h, w):
+            fixed = self.fixed_input_size
+            if fixed is not None and fixed != (h, w):
                 raise ConfigError(
-                    f"{key}={h}x{w} but {self.name} only accepts {img_size[0]}x{img_size[1]}",
+                    f"{key}={h}x{w} but {self.name} only accepts {fixed[0]}x{fixed[1]}",
                     hint=self._size_hint(size, key),
                 )
             ph, pw = patch_embed.patch_size
