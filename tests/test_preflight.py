@@ -81,3 +81,17 @@ def test_fashion_mnist_files_missing_are_refused_before_work_unless_they_will_be
         tmp_path / "r2",
     )
     assert check_before_work(download) is None  # the run downloads them (online), or says why it could not
+
+
+def test_init_head_with_init_from_passes_the_check_before_work(tmp_path: Path) -> None:
+    """The check builds the model without the source's tensors (init_from left out): init_head=true
+    beside it was then "init_head without init_from", and every init_head run was refused."""
+    from tests.conftest import train_run
+
+    source = tmp_path / "source"
+    train_run([*TINY, *TINY_SYNTHETIC, "test_after_fit=false", "eval.resolutions=[32]"], source, hydra_files=True)
+    cfg = compose_train(
+        [*TINY, *TINY_SYNTHETIC, f"backbone.init_from={source}", "backbone.init_head=true"], tmp_path / "run"
+    )
+    assert check_before_work(cfg) is None
+    assert str(cfg.backbone.init_from).startswith(str(source / "checkpoints"))

@@ -136,5 +136,7 @@ def meta_model(model: DictConfig) -> Any:
             elif value:
                 existing_file(value, f"backbone.{key}")
             fill[f"net.backbone.{key}"] = None
+        if "init_head" in backbone:  # it reads init_from's run, left out here
+            fill["net.backbone.init_head"] = False
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         return build_node(model, **fill)
