@@ -325,3 +325,39 @@ def test_the_robustness_summary_names_the_worst_size_and_scales_by_the_runs_eval
     assert (summary["range_low"], summary["range_high"]) == (1.0, 1.5)  # 32 and 48 px: 1x to 1.5x of 32
     assert summary["reference"] == [32, 32] and summary["over"] == 4
     assert robustness_summary(rows[:1], tokens=False, main=(32, 32)) is None
+
+
+def test_an_image_folder_of_the_runs_classes_in_another_order_is_scored_by_class_name(tmp_path: Path) -> None:
+    """The run's val split written as class folders: the folder's labels are its sorted class names, the
+    run's the synthetic order (circle, ring, ...). eval.py scored them by label index (0.07 where the
+    same images read 0.13); now it gives the run's own data's numbers, and other names are refused."""
+    from resflex.data.datasets import SyntheticSource
+    from resflex.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    train_tiny_run(run_dir)
+    source = SyntheticSource(num_train=48, num_val=16, num_test=16)  # TINY_SYNTHETIC's images
+    assert list(source.classes) != sorted(source.classes)
+    root = tmp_path / "images"
+    for split in ("train", "val"):
+        for name in source.classes:
+            (root / split / name).mkdir(parents=True)
+    for i in range(len(source.splits["val"])):
+        image, label = source.splits["val"][i]
+        for split in ("train", "val"):
+            image.save(root / split / source.classes[label] / f"{i}.png")
+
+    def accuracy(overrides: list[str], out: str) -> float:
+        cfg = compose_config(
+            "eval", [f"ckpt_path={run_dir}", "eval.resolutions=[32]", *overrides], tmp_path / out
+        )
+        return evaluate(cfg)["results"][0]["acc"]
+
+    own = accuracy([], "own")
+    assert accuracy(["data=imagefolder", f"data.root={root}"], "folder") == pytest.approx(own, abs=1e-6)
+    (root / "train" / "circle").rename(root / "train" / "disc")
+    (root / "val" / "circle").rename(root / "val" / "disc")
+    with pytest.raises(
+        ConfigError, match="the data's classes are not the checkpoint's: the run has 'circle', "
+    ):
+        accuracy(["data=imagefolder", f"data.root={root}"], "renamed")

@@ -89,7 +89,8 @@ def test_init_head_with_init_from_passes_the_check_before_work(tmp_path: Path) -
     from tests.conftest import train_run
 
     source = tmp_path / "source"
-    train_run([*TINY, *TINY_SYNTHETIC, "test_after_fit=false", "eval.resolutions=[32]"], source, hydra_files=True)
+    overrides = [*TINY, *TINY_SYNTHETIC, "test_after_fit=false", "eval.resolutions=[32]"]
+    train_run(overrides, source, hydra_files=True)
     cfg = compose_train(
         [*TINY, *TINY_SYNTHETIC, f"backbone.init_from={source}", "backbone.init_head=true"], tmp_path / "run"
     )

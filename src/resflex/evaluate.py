@@ -285,6 +285,27 @@ def log_tensorboard(output_dir: Path, split: str, rows: list[dict[str, Any]], ta
         writer.close()
 
 
+def class_order(run_classes: list[str] | None, data_classes: list[str]) -> list[int] | None:
+    """For each of the data's labels, the checkpoint's label of the same class name; None when the two
+    orders agree or the run's names are unknown. Raises :class:`ConfigError` for other names.
+
+    Why: an image folder's labels are its class folders in sorted order, while a run trained on
+    another source keeps that source's order (the synthetic shapes: circle, ring, square, ...); scored
+    by label index, the same images read 0.07 where they are 0.13.
+    """
+    if run_classes is None or run_classes == data_classes:
+        return None
+    if sorted(run_classes) != sorted(data_classes):
+        missing = [c for c in run_classes if c not in data_classes][:3]
+        extra = [c for c in data_classes if c not in run_classes][:3]
+        raise ConfigError(
+            f"the data's classes are not the checkpoint's: the run has {', '.join(map(repr, missing))}, "
+            f"the data {', '.join(map(repr, extra))} instead",
+            hint="evaluate on data with the checkpoint's class names (the run's classes.json)",
+        )
+    return [run_classes.index(name) for name in data_classes]
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` at each of ``cfg.eval.resolutions``; returns the record in eval.json."""
     quiet_library_noise()
@@ -326,8 +347,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"the checkpoint classifies {run.num_classes} classes but the data has {datamodule.num_classes}",
             hint="evaluate on data with the label set the checkpoint was trained on",
         )
+    order = class_order(run.known_classes(), list(datamodule.classes))
     # strict load; per-size BatchNorm statistics (eval.bn_calibration): the nearest size's at each size
     module = run.build_module(run_cfg)
+    if order is not None:  # the head's rows in the data's label order: every number is by class name
+        head = module.model.head
+        with torch.no_grad():
+            head.weight.copy_(head.weight[order])
+            head.bias.copy_(head.bias[order])
+        log.info("the data lists the run's classes in another order: its labels are matched by class name")
 
     if device.type == "cpu":
         retain_freed_host_memory()  # large evaluation batches: see the function

@@ -189,12 +189,9 @@ class Run:
         """Class names in label order: ``classes.json``, else the run's data (an image folder's class
         folders, no image opened; a source's own ``classes``), else ``0..N-1`` with a warning."""
         count = self.num_classes if num_classes is None else num_classes
-        other = None  # names for another class count: the run config is another run's
-        for read in (lambda: read_classes(self.run_dir), self.classes_from_data):  # the data only if needed
-            names = read()
-            if names is not None and len(names) == count:
-                return names
-            other = other or names
+        names, other = self._named_classes(count)
+        if names is not None:
+            return names
         if other is not None:
             log.warning(
                 "the run's files name %d classes but the checkpoint classifies %d (is run_config another "
@@ -206,6 +203,21 @@ class Run:
         else:
             log.warning("class names of the run not found; using 0..%d", count - 1)
         return [str(i) for i in range(count)]
+
+    def known_classes(self) -> list[str] | None:
+        """The checkpoint's class names in label order when the run's files name them (``classes.json``,
+        the run's data), else None (no ``0..N-1`` stand-ins), without a warning."""
+        return self._named_classes(self.num_classes)[0]
+
+    def _named_classes(self, count: int) -> tuple[list[str] | None, list[str] | None]:
+        """(names of ``count`` classes, or None; names found for another count, or None)."""
+        other = None  # names for another class count: the run config is another run's
+        for read in (lambda: read_classes(self.run_dir), self.classes_from_data):  # the data only if needed
+            names = read()
+            if names is not None and len(names) == count:
+                return names, None
+            other = other or names
+        return None, other
 
     def classes_from_data(self) -> list[str] | None:
         """The class names the run's data gives, or None when the data is not there any more."""
