@@ -76,3 +76,14 @@ def test_a_size_exactly_the_tolerance_below_the_best_holds_up(best: float, other
     assert (summary.range_low, summary.range_high) == (0.5, 1.5)
     below = summarize_sizes({(32, 32): other - 0.001, (64, 64): best}, main=(64, 64))
     assert (below.range_low, below.range_high) == (1.0, 1.0)
+
+
+def test_the_boundary_holds_after_a_float32_round_trip() -> None:
+    """Accuracies reach metrics.json through the loggers as float32: 0.17 and 0.14 read back
+    0.0300000012 apart, and the model card, the export and predict.size=auto said "only at 48 px"
+    where eval.py (float64) said 1.5x-2x."""
+    import numpy as np
+
+    best, other = float(np.float32(0.17)), float(np.float32(0.14))
+    summary = summarize_sizes({(48, 48): best, (64, 64): other}, main=(32, 32))
+    assert (summary.range_low, summary.range_high) == (1.5, 2.0)

@@ -511,7 +511,9 @@ class ClassificationModule(pl.LightningModule):
         if sizes and len(counts) < len(sizes):
             return
         accuracy = {
-            counts[k][0]: float(totals[i, 0] / totals[i, 1]) for i, k in enumerate(order) if totals[i, 1] > 0
+            counts[k][0]: float(totals[i, 0]) / float(totals[i, 1])
+            for i, k in enumerate(order)
+            if totals[i, 1] > 0
         }
         summary = summarize_sizes(accuracy, main=counts[0][0])
         for tag, value in summary.metrics(stage).items():
