@@ -234,3 +234,28 @@ def test_a_multi_size_schedule_evaluated_at_one_size_is_calibrated(tmp_path: Pat
     )
     assert calibrate_run_checkpoints(trainer, module, dm, batches=1) == [path]  # type: ignore[arg-type]
     assert set(torch.load(path, weights_only=True)[BN_STATS_KEY]) == {"32"}
+
+
+def test_sizes_of_equal_area_share_one_set_estimated_on_both(tmp_path: Path) -> None:
+    """24x40 and 40x24 are one key of the table (31, the side of the square of equal area). Calibrated
+    one after the other, the last replaced the first: 40x24's statistics served 24x40 too. Now the key
+    holds the estimate over batches of both (update_bn's cumulative mean of the batch means)."""
+    from resflex.models.bn_calibration import calibrate
+    from resflex.training.calibration import calibrate_checkpoint, normalised_batches
+
+    dm, module, blend, path = _calibration_setup(tmp_path, "[[24,40],[40,24]]")
+    assert {(24, 40), (40, 24)} <= set(dm.eval_sizes)
+    _, table = calibrate_checkpoint(path, module, dm, list(dm.eval_sizes), batches=2)
+    assert (40, 24) not in table and (24, 40) in table
+    saved = torch.load(path, weights_only=True)[BN_STATS_KEY]
+    assert set(saved) == {"32", "31"}
+
+    def alone(size: tuple[int, int]) -> torch.Tensor:
+        write_stats(module.model, blend)
+        batches = normalised_batches(module, dm.calibration_loader(size), module.device)
+        return calibrate(module.model, batches, max_batches=1)["backbone.model.bn1.running_mean"]
+
+    wide, tall = alone((24, 40)), alone((40, 24))
+    shared = table[(24, 40)]["backbone.model.bn1.running_mean"]
+    assert not torch.allclose(wide, tall)
+    torch.testing.assert_close(shared, (wide + tall) / 2)

@@ -48,6 +48,37 @@ def normalised_batches(module: Any, loader: Any, device: torch.device) -> Iterat
         yield images
 
 
+def interleaved(iterables: Sequence[Any]) -> Iterator[Any]:
+    """One item of each iterable in turn, until all are spent."""
+    iterators = [iter(it) for it in iterables]
+    while iterators:
+        for it in list(iterators):
+            try:
+                yield next(it)
+            except StopIteration:
+                iterators.remove(it)
+
+
+def sizes_by_key(sizes: Sequence[Any]) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """The evaluation sizes grouped by the key of their statistics (:func:`side_of`), each group under
+    its first size. Why: the table holds one set per key, so sizes of equal area (24x40 and 40x24,
+    both 31) get one set estimated on all of them: calibrated one after the other, the last would
+    replace the others' and serve sizes it was not estimated at."""
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for size in sizes:
+        groups.setdefault(side_of(as_size(size)), []).append(as_size(size))
+    shared = [group for group in groups.values() if len(group) > 1]
+    for group in shared:
+        names = " and ".join(f"{h}x{w}" if h != w else str(h) for h, w in group)
+        log.info(
+            "BatchNorm statistics: %s share one set (the table is keyed by the side of the square of "
+            "equal area, %d px), estimated on all of them",
+            names,
+            side_of(group[0]),
+        )
+    return {group[0]: group for group in groups.values()}
+
+
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """True when two state dicts hold equal tensors (the best checkpoint is often the last epoch's)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -76,14 +107,15 @@ def calibrate_checkpoint(
         module.load_state_dict(checkpoint["state_dict"])
         # a schedule's one training size keeps the statistics it was trained with (they are that size's)
         trained = [as_size(s) for s in datamodule.schedule.train_sizes()]
-        kept = {as_size(s): read_stats(module.model) for s in sizes if trained == [as_size(s)]}
-        table = calibrate_sizes(
-            module.model,
-            [s for s in sizes if as_size(s) not in kept],
-            lambda size: normalised_batches(module, datamodule.calibration_loader(size), module.device),
-            batches,
-        )
-        table = {as_size(s): kept.get(as_size(s)) or table[as_size(s)] for s in sizes}
+        groups = sizes_by_key(sizes)
+        kept = {key: read_stats(module.model) for key, group in groups.items() if trained == group}
+
+        def batches_at(key: tuple[int, int]) -> Iterator[torch.Tensor]:
+            loaders = [datamodule.calibration_loader(size) for size in groups[key]]
+            return normalised_batches(module, interleaved(loaders), module.device)
+
+        table = calibrate_sizes(module.model, [k for k in groups if k not in kept], batches_at, batches)
+        table = {key: kept.get(key) or table[key] for key in groups}
     checkpoint[BN_STATS_KEY] = {
         str(side_of(size)): {k: v.detach().cpu() for k, v in stats.items()} for size, stats in table.items()
     }
