@@ -206,3 +206,27 @@ def test_the_script_exits_2_with_one_line_for_a_folder_that_is_not_a_run(
     run_dir = fabricated_run(tmp_path, {"val/acc": 0.5})
     assert main([str(run_dir)]) == 0
     assert capsys.readouterr().out == f"written: {run_dir / 'model_card.md'}\n"
+
+
+def test_printed_commands_name_a_sweep_jobs_folder_as_hydra_reads_it() -> None:
+    """A sweep job's folder has an ``=`` (``pooling=avg``), which Hydra's grammar refuses unquoted: the
+    card's "use it" commands and the resume command failed when pasted. Each path is read back as is."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from resflex.model_card import _image_usage
+    from resflex.resume_check import resume_command
+
+    folder = Path("/runs/sweep/pooling=avg,resolution.size=32")
+    checkpoint = folder / "checkpoints" / "best-epoch001-acc0.5000.ckpt"
+    commands = [line for line in _image_usage(checkpoint) if line.startswith("python ")]
+    commands.append(resume_command(["pooling=avg", "resolution.size=32"], folder))
+    parser = OverridesParser.create()
+    read: dict[str, list[object]] = {}
+    for command in commands:
+        words = [w for w in shlex.split(command)[2:] if "=" in w]
+        for override in parser.parse_overrides(words):
+            read.setdefault(override.key_or_group, []).append(override.value())
+    assert read["ckpt_path"] == [str(checkpoint), str(checkpoint), "last"]
+    assert read["hydra.run.dir"] == [str(folder)] and read["pooling"] == ["avg"]

@@ -55,6 +55,7 @@ from resflex.run_folder import (
     read_overrides,
     run_checkpoint,
 )
+from resflex.validation import override_arg
 
 __all__ = [
     "CARD_FILE",
@@ -358,14 +359,14 @@ def _image_usage(checkpoint: Path) -> list[str]:
         "```",
         "",
         "```bash",
-        f"python scripts/predict.py ckpt_path={checkpoint} input=PATH output=preds.csv",
-        f"python scripts/export.py ckpt_path={checkpoint} format=onnx output=model.onnx",
+        f"python scripts/predict.py {override_arg('ckpt_path', checkpoint)} input=PATH output=preds.csv",
+        f"python scripts/export.py {override_arg('ckpt_path', checkpoint)} format=onnx output=model.onnx",
         "```",
     ]
 
 
 def _token_usage(checkpoint: Path) -> list[str]:
-    ckpt = str(checkpoint)
+    ckpt, arg = str(checkpoint), override_arg("ckpt_path", checkpoint)
     return [
         "```python",
         "from resflex import load_classifier",
@@ -378,9 +379,9 @@ def _token_usage(checkpoint: Path) -> list[str]:
         "```",
         "",
         "```bash",
-        f"python scripts/predict.py ckpt_path={ckpt} input=PATH output=preds.csv [predict.seq_len=N]",
-        f"python scripts/eval.py ckpt_path={ckpt} 'eval.seq_lens=[64,32,128]'",
-        f"python scripts/export.py ckpt_path={ckpt} format=onnx output=model.onnx"
+        f"python scripts/predict.py {arg} input=PATH output=preds.csv [predict.seq_len=N]",
+        f"python scripts/eval.py {arg} 'eval.seq_lens=[64,32,128]'",
+        f"python scripts/export.py {arg} format=onnx output=model.onnx"
         "   # runs trained with +backbone.model_kwargs.pos_embed_use_grid_sample=true",
         "```",
     ]

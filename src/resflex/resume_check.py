@@ -47,6 +47,7 @@ from resflex.run_folder import (
     restore_hydra_files,
     save_original,
 )
+from resflex.validation import override_arg
 
 log = logging.getLogger("resflex")
 
@@ -219,8 +220,12 @@ def resume_command(
     head = [*launch_command(), *(["-m"] if sweep else [])]
     if config_name and config_name != "train" and not any(o.startswith("--config-name") for o in kept):
         head.append(f"--config-name={config_name}")
-    tail = [*kept, f"ckpt_path={ckpt}", f"{folder_key}={run_dir}"]
-    return " ".join([*head, *(shlex.quote(o) for o in tail)])
+    tail = [
+        *(shlex.quote(o) for o in kept),
+        override_arg("ckpt_path", ckpt),
+        override_arg(folder_key, run_dir),
+    ]
+    return " ".join([*head, *tail])
 
 
 def current_overrides() -> tuple[list[str], str | None]:

@@ -10,6 +10,8 @@ into Lightning, where a wrong type would surface as a deep traceback
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +91,20 @@ def check_value(key: str, value: Any, kind: type, ok: Callable[[Any], bool], all
             f"{key}={value!r} is invalid: expected {allowed}", hint=f"e.g. fix {key} on the command line"
         )
     return typed
+
+
+#: characters Hydra's grammar reads in an unquoted value (its UNQUOTED_CHAR, ID and ':'), no '$' or '*'
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_/\-+.%@?|:]+")
+
+
+def override_arg(key: str, value: object) -> str:
+    """``key=value`` as one shell word that Hydra reads back as ``value``, for commands printed to be
+    copied: a sweep job's folder (``.../pooling=avg/checkpoints``) has an ``=`` Hydra's grammar
+    refuses unquoted, a ``,`` would make a sweep of it, a space would split the word."""
+    text = str(value)
+    if not _PLAIN_VALUE.fullmatch(text):
+        text = '"' + text.replace('"', '\\"') + '"'
+    return shlex.quote(f"{key}={text}")
 
 
 def check_references(cfg: DictConfig) -> None:

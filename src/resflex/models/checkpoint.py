@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from resflex.errors import ConfigError, DataError
+from resflex.validation import override_arg
 
 
 class HeadedClassifier(Protocol):
@@ -264,7 +265,9 @@ def check_resumable(path: str | Path, module: nn.Module) -> None:
         loaded = _load(path, "cpu", mmap=True)
     except _Problem as problem:
         raise _as_data_error(path, problem, "ckpt_path", "resume from") from None
-    hint = f"ckpt_path resumes the same run; to start another from these weights: backbone.init_from={path}"
+    hint = "ckpt_path resumes the same run; to start another from these weights: " + override_arg(
+        "backbone.init_from", path
+    )
     if not (isinstance(loaded, Mapping) and {"pytorch-lightning_version", "state_dict"} <= set(loaded)):
         raise DataError(f"ckpt_path={path} is a weights file, not a training checkpoint", hint=hint)
     saved = {k: tuple(v.shape) for k, v in loaded["state_dict"].items() if isinstance(v, torch.Tensor)}
