@@ -33,6 +33,11 @@ def test_a_checkpoint_without_its_run_config_is_one_line_with_a_hint(tmp_path: P
         open_run(tmp_path / "run")  # a run folder: its checkpoints/last.ckpt
     assert info.value.hint.startswith("pass run_config=") and "\n" not in info.value.one_line()
     assert find_run_config(ckpt) is None
+    # a run_config given that is not there: said as such, not "looked for .hydra/config.yaml next to..."
+    with pytest.raises(ConfigError, match=r"run_config=\S*nowhere.yaml does not exist \(hint"):
+        open_run(tmp_path / "run", run_config=tmp_path / "nowhere.yaml")
+    with pytest.raises(ConfigError, match="is a folder"):
+        open_run(tmp_path / "run", run_config=tmp_path)
 
 
 def test_a_file_that_is_not_a_resflex_checkpoint_is_refused(tmp_path: Path) -> None:

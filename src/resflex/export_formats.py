@@ -158,7 +158,7 @@ def export_onnx(
         raise ConfigError(
             f"opset={opset} cannot be written: torch's ONNX exporter made opset {written} and could not "
             f"convert it down",
-            hint=f"opset=null (the exporter's default, {written}), or opset >= {written}",
+            hint=f"opset=null (the exporter's default), or opset >= {written}",
         )
     metadata = program.model.metadata_props
     metadata["classes"] = json.dumps(classifier.classes)

@@ -429,6 +429,12 @@ def open_run(path: str | Path, run_config: str | Path | None = None) -> Run:
             "to training as backbone.weights=PATH",
         )
     config_path = Path(str(run_config)).expanduser() if run_config else find_run_config(ckpt)
+    if run_config and config_path is not None and not config_path.is_file():
+        raise ConfigError(
+            f"run_config={config_path} {'is a folder' if config_path.is_dir() else 'does not exist'}",
+            hint=f"run_config=/path/to/run/{HYDRA_DIR}/{CONFIG_FILE}, or leave it out to use the one beside "
+            "the checkpoint's run folder",
+        )
     if config_path is None or not config_path.is_file():
         raise ConfigError(
             f"no run config found for {ckpt} (looked for {HYDRA_DIR}/{CONFIG_FILE} next to its checkpoints/ "
