@@ -365,6 +365,8 @@ def test_predict_bad_inputs_fail_in_one_line_and_write_nothing(trained: dict, tm
         (["predict.size=4"], ConfigError, "too small"),
         (["predict.topk=0"], ConfigError, "predict.topk=0 is invalid"),  # rows with no class before
         (["predict.max_side=0"], ConfigError, "predict.max_side=0 is invalid"),  # a traceback with native
+        # native ran every image at 8x8, below what predict.size=8 is refused at, and reported accuracy
+        (["predict.size=native", "predict.max_side=8"], ConfigError, "predict.max_side=8 is below the 16 px"),
         (["predict.batch_size=0"], ConfigError, "predict.batch_size=0 is invalid"),
     ]
     for overrides, error, message in cases:

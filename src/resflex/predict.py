@@ -291,6 +291,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         forget_real_twins()  # a fixed-size model's real twin (input_shapes): its memory is the run's again
         transform, geometry, schedule = run.eval_framing()
         info = classifier.info
+        min_side = max(classifier.min_side, int(info.get("multiple", 8)))
+        if size == "native" and int(settings.max_side) < min_side:  # each image would run below it
+            raise ConfigError(
+                f"predict.max_side={settings.max_side} is below the {min_side} px the model takes a side at",
+                hint=f"predict.max_side >= {min_side}",
+            )
         candidates, candidates_from = (
             auto_sizes(info.get("metrics") or {}, classifier.eval_size or (64, 64))
             if size == "auto"
@@ -304,7 +310,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             schedule,
             info.get("aspect_ratios") or list(DEFAULT_ASPECTS),
             int(info.get("multiple", 8)),
-            max(classifier.min_side, int(info.get("multiple", 8))),
+            min_side,
             int(settings.max_side),
             candidates,
         )
