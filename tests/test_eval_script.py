@@ -361,3 +361,19 @@ def test_an_image_folder_of_the_runs_classes_in_another_order_is_scored_by_class
         ConfigError, match="the data's classes are not the checkpoint's: the run has 'circle', "
     ):
         accuracy(["data=imagefolder", f"data.root={root}"], "renamed")
+
+
+def test_a_mixed_precision_asked_for_on_the_cpu_is_said_to_be_replaced(tmp_path: Path, caplog) -> None:
+    """eval.json said 32-true, and nothing on the console said the request was not honoured."""
+    import logging
+
+    from resflex.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    train_tiny_run(run_dir)
+    cfg = compose_config(
+        "eval", [f"ckpt_path={run_dir}", "eval.resolutions=[32]", "eval.precision=bf16-mixed"], tmp_path / "e"
+    )
+    with caplog.at_level(logging.WARNING, logger="resflex"):
+        assert evaluate(cfg)["precision"] == "32-true"
+    assert "eval.precision=bf16-mixed: evaluating on the CPU in 32-true" in caplog.text

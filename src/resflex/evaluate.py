@@ -315,6 +315,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"eval.split={split}: evaluation reads val or test", hint="eval.split=val|test")
     device = resolve_device(cfg.eval.get("device", "auto"), "eval.device")  # the keys read after the data:
     precision = check_precision(cfg.eval.get("precision", "auto"), "eval.precision")  # checked before it
+    if device.type != "cuda" and str(precision) not in ("auto", "32", "32-true"):
+        log.warning("eval.precision=%s: evaluating on the CPU in 32-true (mixed precision: CUDA)", precision)
     precision = resolve_precision(precision) if device.type == "cuda" else "32-true"
     limit = cfg.eval.get("limit_batches")
     if limit is not None:
