@@ -201,3 +201,26 @@ def test_a_naflex_classifier_rounds_float_pixels_to_the_nearest_byte() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model((k.float() + 0.6) / 255), model(k + 1), rtol=0, atol=1e-6)
         torch.testing.assert_close(model((k.float() + 0.4) / 255), model(k), rtol=0, atol=1e-6)
+
+
+def test_float_input_outside_zero_one_is_warned_once() -> None:
+    """0..255 floats gave logits 349 away from the right ones without a word."""
+    import warnings
+
+    from tests.test_export import tiny_classifier
+
+    x = torch.rand(2, 3, 32, 32)
+    quiet = tiny_classifier("avg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet(x)
+        quiet(x * 255)  # checked on the first float batch only
+        tiny_classifier("avg")((x * 255).to(torch.uint8))  # uint8 is 0..255 by definition
+    model = tiny_classifier("avg")
+    with pytest.warns(UserWarning, match=r"float input from \S+ to 25\d: the model takes RGB in \[0, 1\]"):
+        model(x * 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x * 255)  # once per model
+    with pytest.warns(UserWarning, match="normalised images"):
+        tiny_classifier("avg")((x - 0.45) / 0.225)

@@ -108,6 +108,7 @@ def prepare_for_export(classifier: ResflexClassifier) -> tuple[nn.Module, list[s
     stats = classifier.size_stats
     exportable, replaced = make_exportable(classifier)
     exportable.size_stats = None  # swapping buffers from Python would freeze the example's size
+    exportable.check_input_range = False  # a look at values: no place in a graph
     model: nn.Module = exportable
     if stats is not None and stats.table:
         model = with_size_selected_stats(

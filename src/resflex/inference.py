@@ -21,6 +21,7 @@ each image at its own aspect, as ``scripts/predict.py`` does, before its token c
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,8 +154,31 @@ class ResflexClassifier(nn.Module):
         (its scheduled size, as in training), else the side of the square of equal area."""
         return min(h, w) if self.stats_by_short_side else side_of((h, w))
 
+    #: whether the first float batch's range is looked at (:meth:`check_range_once`); off in exports
+    check_input_range = True
+
+    def check_range_once(self, x: torch.Tensor) -> None:
+        """Warn when the first float batch is not in [0, 1]: 0..255 floats or already-normalised images
+        give confident logits of nothing, without an error. Once per model (a reduction over one batch),
+        never while a graph is captured (the value would be frozen into it)."""
+        if not self.check_input_range or not x.is_floating_point() or x.numel() == 0:
+            return
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        self.check_input_range = False
+        low, high = float(x.amin()), float(x.amax())
+        if high > 1.5 or low < -0.5:
+            warnings.warn(
+                f"float input from {low:.3g} to {high:.3g}: the model takes RGB in [0, 1] and normalises "
+                "it itself (0..255 floats: divide by 255, or pass uint8; normalised images: pass them "
+                "before the normalisation)",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = as_image_batch(x, self.pixel_mean.dtype)
+        self.check_range_once(x)
         if self.size_stats is not None:  # the statistics of the trained size nearest to this input
             self.size_stats.use(self.stats_side(int(x.shape[-2]), int(x.shape[-1])))
         x = x.float() if x.dtype == torch.uint8 else x * 255.0
@@ -214,6 +238,7 @@ class NaFlexImageClassifier(ResflexClassifier):
         from resflex.naflex_framing import frame_pixels, token_logits
 
         x = as_image_batch(x)
+        self.check_range_once(x)
         pixels = x if x.dtype == torch.uint8 else (x.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
         framed = [frame_pixels(p.cpu(), self.schedule, self.transform, self.seq_len) for p in pixels]
         return token_logits(self.model, framed, self.seq_len, x.device)
