@@ -337,3 +337,44 @@ def test_the_confusion_matrix_colours_each_cell_by_its_share_of_the_true_class()
     torch.testing.assert_close(shown, expected)
     assert sorted(text.get_text() for text in ax.texts) == ["1", "1", "2", "8"]  # counts, zeros left out
     assert [label.get_text() for label in ax.get_yticklabels()] == ["cat", "dog", "fox"]
+
+
+def test_a_resume_in_a_moved_run_folder_keeps_its_best_checkpoint(tmp_path) -> None:
+    """A copied run folder resumed: ModelCheckpoint dropped its best score (the folder differs from the
+    saved one), a later, worse epoch became "best" and the card and ckpt_path=RUN used it, beside the
+    better file. With that file in the new folder, its state is restored from BestEpochMetrics' score."""
+    import warnings
+    from types import SimpleNamespace
+
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    old, new = tmp_path / "run" / "checkpoints", tmp_path / "copy" / "checkpoints"
+    new.mkdir(parents=True)
+    name = "best-epoch000-acc0.1300.ckpt"
+    (new / name).write_bytes(b"")
+    saved = ModelCheckpoint(dirpath=old, monitor="val/acc", mode="max")
+    saved.best_model_path, saved.best_model_score = str(old / name), torch.tensor(0.13)
+    saved.best_k_models = {str(old / name): torch.tensor(0.13)}
+    ckpt = ModelCheckpoint(dirpath=new, monitor="val/acc", mode="max")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's "The dirpath has changed"
+        ckpt.load_state_dict(saved.state_dict())
+    assert ckpt.best_model_score is None  # what Lightning leaves
+    best = BestEpochMetrics()
+    best.load_state_dict({"best": 0.13, "epoch": 0, "values": {"val/acc": 0.13}})
+    one_process = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
+    trainer = SimpleNamespace(checkpoint_callback=ckpt, strategy=one_process)
+    best.on_train_start(trainer, None)  # type: ignore[arg-type]
+    assert ckpt.best_model_path == str(new / name) and float(ckpt.best_model_score) == pytest.approx(0.13)
+    assert not ckpt.check_monitor_top_k(trainer, torch.tensor(0.06))  # a worse epoch is no new best
+    assert best.metrics("val/acc") == {"val/best_epoch": 0.0, "val/acc_best": 0.13}
+
+    (new / name).unlink()  # the best file is not there: both start afresh, with a warning
+    ckpt = ModelCheckpoint(dirpath=new, monitor="val/acc", mode="max")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt.load_state_dict(saved.state_dict())
+    best.load_state_dict({"best": 0.13, "epoch": 0, "values": {"val/acc": 0.13}})
+    best.on_train_start(SimpleNamespace(checkpoint_callback=ckpt), None)  # type: ignore[arg-type]
+    assert best.metrics("val/acc") == {}

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from resflex.compat import RefinedLearningRateMonitor
@@ -293,13 +294,34 @@ class BestEpochMetrics(FillsRunRecord, pl.Callback):
         return getattr(ckpt, "monitor", None), str(getattr(ckpt, "mode", "max"))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """A resume whose checkpoint folder moved (a copied run folder): ``ModelCheckpoint`` then
-        forgets its best score and starts the comparison afresh, so this does too; else the record
-        would name a best epoch whose file was replaced by a later, worse one."""
+        """A resume whose checkpoint folder moved (a copied or moved run folder): ``ModelCheckpoint``
+        then forgets its best score (it keeps only the old absolute ``best_model_path``) and a later,
+        worse epoch became "best" beside the better file. With one best file kept (``save_top_k=1``,
+        the default) and that file in the new folder, its state is restored there from this
+        callback's score; otherwise both start the comparison afresh, said in a warning."""
         ckpt = trainer.checkpoint_callback
-        if self.best is not None and ckpt is not None and getattr(ckpt, "best_model_score", None) is None:
-            _log.info("the best epoch is tracked afresh: the checkpoint folder moved (as in ModelCheckpoint)")
-            self.best, self.epoch, self.values = None, None, {}
+        if self.best is None or ckpt is None or getattr(ckpt, "best_model_score", None) is not None:
+            return
+        old = str(getattr(ckpt, "best_model_path", "") or "")
+        folder = getattr(ckpt, "dirpath", None)
+        moved = Path(str(folder)) / Path(old).name if old and folder else None
+        if (
+            isinstance(ckpt, ModelCheckpoint)
+            and ckpt.save_top_k == 1
+            and moved is not None
+            and moved.is_file()
+        ):
+            score = torch.tensor(self.best)
+            ckpt.best_model_path = ckpt.kth_best_model_path = str(moved)
+            ckpt.best_model_score = ckpt.kth_value = score
+            ckpt.best_k_models = {str(moved): score}
+            _log.info("the checkpoint folder moved; its best: %s (epoch %s)", moved.name, self.epoch)
+            return
+        _log.warning(
+            "the checkpoint folder moved and its best checkpoint is not in it: the best epoch is tracked "
+            "afresh from here (as in ModelCheckpoint)"
+        )
+        self.best, self.epoch, self.values = None, None, {}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         monitor, mode = self._monitor(trainer)
