@@ -40,7 +40,7 @@ def test_resume_command_keeps_the_overrides_quoted_and_replaces_ckpt_path_and_ru
         ["data.source.num_train=600", "+tag=a b", "ckpt_path=other.ckpt", "hydra.run.dir=old"], "/r u/n"
     )
     words = shlex.split(command)
-    assert words[-4:] == ["data.source.num_train=600", "+tag=a b", "ckpt_path=last", "hydra.run.dir=/r u/n"]
+    assert words[-4:] == ["data.source.num_train=600", "+tag=a b", "ckpt_path=last", 'hydra.run.dir="/r u/n"']
     assert words[0] == "python" and words[1].endswith(".py")
 
 
