@@ -208,6 +208,18 @@ def test_the_script_exits_2_with_one_line_for_a_folder_that_is_not_a_run(
     assert capsys.readouterr().out == f"written: {run_dir / 'model_card.md'}\n"
 
 
+def test_a_card_written_from_a_relative_path_names_its_files_by_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``scripts/model_card.py r1`` wrote ``load_classifier("r1/checkpoints/...")``: the card is copied
+    beside exports, where that path leads nowhere."""
+    run_dir = fabricated_run(tmp_path, {"val/acc": 0.5})
+    monkeypatch.chdir(run_dir.parent)
+    card = write_model_card(Path(run_dir.name)).read_text()
+    assert f'load_classifier("{run_dir}/checkpoints/' in card
+    assert f"ckpt_path={run_dir}/checkpoints/" in card
+
+
 def test_printed_commands_name_a_sweep_jobs_folder_as_hydra_reads_it() -> None:
     """A sweep job's folder has an ``=`` (``pooling=avg``), which Hydra's grammar refuses unquoted: the
     card's "use it" commands and the resume command failed when pasted. Each path is read back as is."""

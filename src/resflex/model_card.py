@@ -391,9 +391,10 @@ def write_model_card(run_dir: str | Path, classes: list[str] | None = None) -> P
     """Write ``<run>/model_card.md`` (atomically) and, when the names are known, ``<run>/classes.json``.
 
     ``classes`` default: ``classes.json`` if present, else the run's data (see
-    :meth:`resflex.run.Run.classes`).
+    :meth:`resflex.run.Run.classes`). The card names its files by absolute path: it is copied beside
+    exports, and a path relative to where it was written leads nowhere there.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser().absolute()
     if classes is None:
         classes = _known_classes(run_dir)
     if classes:
