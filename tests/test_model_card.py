@@ -169,6 +169,10 @@ def test_the_checkpoint_notes_follow_what_was_measured_on_it(tmp_path: Path) -> 
     assert "Not shown: the val numbers, measured on `last.ckpt` (another checkpoint)." in card
     assert "Not shown: the test numbers, measured on `last.ckpt` (another checkpoint)." in card
     assert "calibration" not in card
+    # both splits are another checkpoint's: recorded, not "none recorded" (the card said both)
+    assert "No evaluation of this checkpoint recorded in metrics.json." in card
+    assert "No accuracy per size of this checkpoint recorded in metrics.json (see above)." in card
+    assert "No evaluation recorded" not in card and "No accuracy per size recorded" not in card
 
 
 def test_the_card_names_the_classes_the_run_folder_keeps(tmp_path: Path) -> None:

@@ -277,6 +277,8 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
         lines += [
             f"| {s} | {size} | {number_text(acc)} | {number_text(loss)} |" for s, size, acc, loss in rows
         ]
+    elif other:  # recorded, of another checkpoint (said below): not "none recorded"
+        lines.append("No evaluation of this checkpoint recorded in metrics.json.")
     else:
         lines.append("No evaluation recorded in metrics.json.")
     lines += ["", *_measured_lines(record, checkpoint, checkpoint_why, other)]
@@ -295,7 +297,10 @@ def build_model_card(run_dir: Path, classes: list[str] | None = None) -> str:
             "",
         ]
     else:
-        lines += ["", "## Robustness across sizes", "", *robustness_lines(metrics, run.main_size())]
+        robustness = robustness_lines(metrics, run.main_size())
+        if other and not robust_ranges(metrics, run.main_size()):
+            robustness = ["No accuracy per size of this checkpoint recorded in metrics.json (see above)."]
+        lines += ["", "## Robustness across sizes", "", *robustness]
         lines += [
             "",
             "## Input convention",
