@@ -377,3 +377,22 @@ def test_a_mixed_precision_asked_for_on_the_cpu_is_said_to_be_replaced(tmp_path:
     with caplog.at_level(logging.WARNING, logger="resflex"):
         assert evaluate(cfg)["precision"] == "32-true"
     assert "eval.precision=bf16-mixed: evaluating on the CPU in 32-true" in caplog.text
+
+
+def test_eval_says_which_batchnorm_statistics_its_numbers_are_of(tmp_path: Path) -> None:
+    """A state dict saved again (the unsafe-checkpoint hint's advice) loses the per-size table: its
+    numbers differ from the calibrated run's, and nothing said which statistics were used."""
+    from resflex.evaluate import evaluate
+    from resflex.models.bn_calibration import BN_STATS_KEY
+
+    run_dir = tmp_path / "run"
+    train_tiny_run(run_dir)  # trained at 32, evaluated at 24: calibrated there after fit
+    checkpoint = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    cfg = compose_config("eval", [f"ckpt_path={checkpoint}", "eval.resolutions=[24,32]"], tmp_path / "a")
+    assert evaluate(cfg)["bn_statistics"].startswith("per size, from the checkpoint's table (24, 32 px)")
+    state = torch.load(checkpoint, weights_only=True)
+    del state[BN_STATS_KEY]
+    plain = run_dir / "checkpoints" / "plain.ckpt"
+    torch.save(state, plain)
+    cfg = compose_config("eval", [f"ckpt_path={plain}", "eval.resolutions=[24,32]"], tmp_path / "b")
+    assert evaluate(cfg)["bn_statistics"] == "one set, as trained (the checkpoint has no per-size table)"

@@ -56,7 +56,7 @@ from resflex.data.eval_sizes import is_auto
 from resflex.data.sizes import check_bucketed_size, parse_size_list
 from resflex.errors import ConfigError, interruption_as_one_line, user_errors_as_one_line
 from resflex.models.batch_memory import check_batch_fits, device_memory, element_bytes
-from resflex.models.bn_calibration import side_of
+from resflex.models.bn_calibration import has_batchnorm, side_of
 from resflex.models.input_shapes import forget_real_twins
 from resflex.preflight import meta_model
 from resflex.run import Run, open_run
@@ -285,6 +285,18 @@ def log_tensorboard(output_dir: Path, split: str, rows: list[dict[str, Any]], ta
         writer.close()
 
 
+def bn_statistics_text(module: Any) -> str | None:
+    """Which BatchNorm statistics the numbers are of (None: the model has no BatchNorm): each size's
+    nearest in the checkpoint's per-size table, or the one set the weights were trained with (a
+    checkpoint without the table: calibrated numbers would differ, e.g. a state dict saved again)."""
+    if not has_batchnorm(module.model):
+        return None
+    if module.size_stats is not None and module.size_stats.table:
+        sides = ", ".join(str(side) for side in sorted(module.size_stats.table))
+        return f"per size, from the checkpoint's table ({sides} px): each size uses its nearest"
+    return "one set, as trained (the checkpoint has no per-size table)"
+
+
 def class_order(run_classes: list[str] | None, data_classes: list[str]) -> list[int] | None:
     """For each of the data's labels, the checkpoint's label of the same class name; None when the two
     orders agree or the run's names are unknown. Raises :class:`ConfigError` for other names.
@@ -359,6 +371,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             head.bias.copy_(head.bias[order])
         log.info("the data lists the run's classes in another order: its labels are matched by class name")
 
+    bn_statistics = bn_statistics_text(module)
+
     if device.type == "cpu":
         retain_freed_host_memory()  # large evaluation batches: see the function
     module.to(device).eval()
@@ -396,11 +410,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "precision": str(precision),
         "results": rows,
         "robustness": robustness,
+        "bn_statistics": bn_statistics,
         "wall_time_s": round(time.time() - started, 2),
     }
     write_outputs(output_dir, record)
     log_tensorboard(output_dir, split, rows, table)
     print(f"checkpoint: {run.checkpoint}\ndata: {record['data']} ({split} split)\n{table}")
+    if bn_statistics is not None:
+        print(f"BatchNorm statistics: {bn_statistics}")
     if robustness is not None:
         print(f"robustness ({split}): {robustness_text(robustness)}")
     print(f"written: {output_dir / 'eval.json'}, {output_dir / 'eval.csv'} (TensorBoard: {output_dir})")
