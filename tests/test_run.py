@@ -204,3 +204,26 @@ def test_loading_a_naflex_run_without_its_schedule_says_so(tmp_path: Path) -> No
 
     with pytest.raises(ConfigError, match="has no resolution schedule"):
         naflex_classifier_of(_naflex_run_without_schedule(tmp_path))
+
+
+def test_a_run_config_that_builds_another_model_is_warned_about(tmp_path: Path, caplog) -> None:
+    """eval.py with another run's config: avg and max pooling have no parameters, the weights load
+    strictly into either, and the numbers were the other model's without a word."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from tests.test_eval_script import train_tiny_run
+
+    run_dir = tmp_path / "run"
+    train_tiny_run(run_dir, "pooling=avg")
+    other = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    other.pooling = OmegaConf.create({"_target_": "resflex.models.pooling.MaxPool"})
+    (tmp_path / "other" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(other, tmp_path / "other" / ".hydra" / "config.yaml")
+    with caplog.at_level(logging.WARNING, logger="resflex"):
+        open_run(run_dir, run_config=run_dir / ".hydra" / "config.yaml")  # its own: nothing to say
+        assert "builds another model" not in caplog.text
+        open_run(run_dir, run_config=tmp_path / "other" / ".hydra" / "config.yaml")
+    assert "builds another model than the checkpoint's own" in caplog.text
+    assert "model.net.pooling._target_" in caplog.text

@@ -406,6 +406,36 @@ def open_run_folder(run_dir: str | Path) -> Run:
     return Run(run_dir=run_dir, config_path=path, config=cfg, record=read_record(run_dir))
 
 
+def warn_model_differences(cfg: DictConfig, checkpoint: Path, config_path: Path) -> None:
+    """Warn when ``run_config`` builds another model than the checkpoint's own run config (beside its
+    ``checkpoints/`` folder) says: a head without parameters (avg against max pooling) loads strictly
+    into either, and the numbers are another model's without a word."""
+    from resflex.resume_check import config_differences
+
+    own = find_run_config(checkpoint)
+    if own is None or own.resolve() == config_path.resolve():
+        return
+    try:
+        saved = read_config(own, own.parent.parent)
+        models = [OmegaConf.to_container(c.model, resolve=True) for c in (saved, cfg)]
+    except Exception:  # the checkpoint's own config is unreadable: the one given is all there is
+        return
+    saved_model, given_model = ({str(k): v for k, v in m.items()} for m in models if isinstance(m, dict))
+    differences = [
+        key
+        for key, *_ in config_differences(saved_model, given_model)
+        if not key.startswith(("net.backbone.pretrained", "net.backbone.weights", "net.backbone.init_"))
+    ]
+    if differences:
+        log.warning(
+            "run_config=%s builds another model than the checkpoint's own %s (model.%s): the weights are "
+            "read into that model",
+            config_path,
+            own,
+            ", model.".join(differences[:4]) + (", ..." if len(differences) > 4 else ""),
+        )
+
+
 def open_run(path: str | Path, run_config: str | Path | None = None) -> Run:
     """A checkpoint (or a run folder: its best checkpoint, else ``checkpoints/last.ckpt``;
     :func:`resflex.run_folder.resolve_checkpoint_path`) with its run.
@@ -443,6 +473,8 @@ def open_run(path: str | Path, run_config: str | Path | None = None) -> Run:
         )
     run_dir = config_path.parent.parent
     cfg = read_config(config_path, run_dir)
+    if run_config:
+        warn_model_differences(cfg, ckpt, config_path)
     for key, value in PRETRAINING_SOURCES.items():
         if key in cfg.backbone:
             cfg.backbone[key] = value
