@@ -144,7 +144,9 @@ def _format(column: str, value: Any) -> str:
     return str(value)
 
 
-def table_rows(jobs: Sequence[Job], columns: Sequence[str]) -> list[list[str]]:
+def table_rows(jobs: Sequence[Job], columns: Sequence[str], exact: bool = False) -> list[list[str]]:
+    """One row of text per job. ``exact``: numbers as recorded and no value empty (``summary.csv``, for
+    programs), not rounded with ``-`` (the printed and markdown tables, for people)."""
     rows = []
     for job in jobs:
         row = []
@@ -155,6 +157,9 @@ def table_rows(jobs: Sequence[Job], columns: Sequence[str]) -> list[list[str]]:
                 row.append(job.status)
             elif column == "error":
                 row.append(job.error)
+            elif exact:
+                value = job.value(column)
+                row.append("" if value is None else str(value))
             else:
                 row.append(_format(column, job.value(column)))
         rows.append(row)
@@ -298,7 +303,7 @@ def summarize(root: str | Path, sort: str = "val/acc", ascending: bool = False, 
         with open(root / "summary.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(columns)
-            writer.writerows(rows)
+            writer.writerows(table_rows(jobs, columns, exact=True))
         (root / "summary.md").write_text(
             "\n\n".join(["\n".join(header), format_markdown(columns, rows)]) + "\n"
         )
