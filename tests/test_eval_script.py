@@ -167,6 +167,8 @@ def test_eval_refuses_unsafe_and_missing_checkpoints(tmp_path: Path) -> None:
         ("eval.resolutions=8", "eval.resolutions=8x8 is too small for test_resnet"),
         ("eval.resolutions=64x", "eval.resolutions must be a list of sizes, got '64x'"),
         ("eval.resolutions=auto", "eval.resolutions=auto is for training runs"),
+        # the hint named 48, 64 and 96 px whatever the run's size
+        ("eval.seq_lens=[64]", r"for NaFlex runs .*hint: eval.resolutions=\[16,32,64\] \(½×, 1×, 2× its 32"),
     ],
 )
 def test_eval_settings_a_run_cannot_honour_are_refused(tmp_path: Path, override: str, message: str) -> None:

@@ -138,10 +138,12 @@ def eval_seq_lens(cfg: DictConfig, run: Run) -> list[int]:
             hint="eval.seq_lens=[32,64,96] (the first one is val/acc's)",
         )
     if values and not run.is_naflex:
+        main = run.main_size()
+        side = max(main) if main else 64
         raise ConfigError(
             f"eval.seq_lens={values} is for NaFlex runs (resolution=naflex); this run is evaluated at "
             "image sizes",
-            hint="eval.resolutions=[48,64,96]",
+            hint=f"eval.resolutions=[{side // 2},{side},{side * 2}] (½×, 1×, 2× its {side} px)",
         )
     hint = "eval.seq_lens=[32,64,96] (whole tokens per image)"
     return [parse_seq_len(v, None, "eval.seq_lens", hint) for v in values]
