@@ -417,3 +417,16 @@ def test_hub_download_failure_is_a_one_line_config_error(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="could not get pretrained weights for test_resnet") as info:
         TimmBackbone(TINY_NET, pretrained=True)
     assert "\n" not in info.value.one_line() and "backbone.weights" in info.value.one_line()
+
+
+def test_a_list_optimizer_option_from_the_command_line_keeps_checkpoints_loadable(tmp_path: Path) -> None:
+    """``+optimizer.betas=[0.9,0.95]`` (the README's own example of a new key) reached the optimizer as
+    an OmegaConf ListConfig, which its param groups keep: every checkpoint of the run was refused by
+    the weights_only load, after the whole run (predict, eval, export and resume included)."""
+    from tests.conftest import TINY, TINY_SYNTHETIC, train_run
+
+    run_dir = tmp_path / "run"
+    train_run([*TINY, *TINY_SYNTHETIC, "+optimizer.betas=[0.9,0.95]", "eval.resolutions=[32]"], run_dir)
+    checkpoint = safe_load(run_dir / "checkpoints" / "last.ckpt", what="checkpoint")
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert all(type(g["betas"]) in (list, tuple) and tuple(g["betas"]) == (0.9, 0.95) for g in groups)

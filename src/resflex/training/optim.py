@@ -21,6 +21,16 @@ from resflex.errors import ConfigError
 from resflex.validation import check_value
 
 
+def plain_value(value: Any) -> Any:
+    """``value`` with OmegaConf containers turned into Python lists and dicts (resolved). omegaconf is
+    imported only for such a value: the benchmark builds optimizers where it is not installed."""
+    if type(value).__module__.split(".")[0] != "omegaconf":
+        return value
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True)
+
+
 class OptimizerFactory:
     """Builds the optimizer for a run's parameter groups; validates its config when constructed.
 
@@ -54,7 +64,10 @@ class OptimizerFactory:
                 "optimizer.momentum", options["momentum"], float, lambda v: 0 <= v < 1, "a number in [0, 1)"
             )
         self.scale_lr_with_world_size = bool(scale_lr_with_world_size)
-        self.options = dict(options)
+        # plain Python values: Hydra passes a list (``+optimizer.betas=[0.9,0.95]``) as an OmegaConf
+        # ListConfig, which the optimizer keeps in its param groups and so in every checkpoint, where a
+        # weights_only load refuses it (every checkpoint of the run unloadable)
+        self.options = {k: plain_value(v) for k, v in options.items()}
 
     def __call__(self, param_groups: Iterable[dict[str, Any]], world_size: int = 1) -> torch.optim.Optimizer:
         """The optimizer over ``param_groups``; each group's ``lr`` becomes the base LR × its ``lr_mult``."""
