@@ -378,3 +378,18 @@ def test_the_run_folder_check_names_the_sweep_folder_and_leaves_nothing_behind(t
     check_output_folder([f"paths.log_dir={tmp_path / 'file'}", "--cfg", "job"], "train")  # prints only
     check_output_folder([f"hydra.run.dir={tmp_path / 'a' / 'b'}"], "train")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe made nothing that stays
+
+
+def test_predict_and_export_without_ckpt_path_are_one_line(tmp_path: Path) -> None:
+    """Both read ``ckpt_path: ???`` as an attribute: omegaconf's MissingMandatoryValue traceback (eval.py
+    already said "ckpt_path is not set")."""
+    from resflex.export import run_export
+    from resflex.predict import predict
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    for name, task, args in (("predict", predict, [f"input={image}"]), ("export", run_export, [])):
+        cfg = compose_config(name, args, tmp_path / name)
+        with pytest.raises(ConfigError, match="ckpt_path is not set") as info:
+            task(cfg)
+        assert "pass ckpt_path=" in info.value.one_line()

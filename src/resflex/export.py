@@ -333,7 +333,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     opset = cfg.get("opset")
     if opset is not None:
         check_value("opset", opset, int, lambda v: v >= 7, "an ONNX opset number (e.g. 18) or null")
-    run = open_run(cfg.ckpt_path, cfg.get("run_config"))
+    run = open_run(cfg.get("ckpt_path"), cfg.get("run_config"))
     check_options(run, check)
     output = Path(str(cfg.output)) if cfg.get("output") else default_output(run.run_dir, fmt)
     check_suffix(output, fmt)

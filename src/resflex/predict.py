@@ -257,7 +257,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         )
     check_writable(output)
     input_path(cfg.get("input"))  # before the checkpoint is read (seconds for a large model)
-    run = open_run(cfg.ckpt_path, cfg.get("run_config"))
+    run = open_run(cfg.get("ckpt_path"), cfg.get("run_config"))
     check_naflex_options(run, settings.size, settings.seq_len)
     decoder = OmegaConf.select(run.config, "data.source.decoder", default=None) or DEFAULT_DECODER
     if run.is_naflex:  # token sequences, each image at its own aspect (resflex.predict_naflex)
