@@ -319,3 +319,18 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_and_prints_the_h
     while _processes_with(str(run_dir)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_with(str(run_dir)) == []  # no loader worker left behind
+
+
+def test_a_finished_run_extended_with_a_batch_limit_trains_whole_epochs(tmp_path: Path) -> None:
+    """trainer.limit_train_batches=5 of an epoch of 6 batches: the end-of-epoch checkpoint said "5 of 6
+    done", read as mid-epoch, and the resumed run's next epoch ran the one batch past the limit and
+    another (7 steps in 2 epochs, not 10)."""
+    from resflex.models.checkpoint import safe_load
+    from tests.conftest import RESUME_RUN, train_run
+
+    run_dir = tmp_path / "run"
+    assert "trainer.limit_train_batches=5" in RESUME_RUN and "data.source.num_train=48" in RESUME_RUN
+    train_run([*RESUME_RUN, "trainer.max_epochs=1", "eval.resolutions=[32]"], run_dir)
+    train_run([*RESUME_RUN, "trainer.max_epochs=2", "eval.resolutions=[32]", "ckpt_path=last"], run_dir)
+    checkpoint = safe_load(run_dir / "checkpoints" / "last.ckpt", what="checkpoint")
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 10)

@@ -324,7 +324,15 @@ class ResflexDataModule(pl.LightningDataModule):
         trainer, sampler = self.trainer, self.train_sampler
         if trainer is None or sampler is None:
             return {}
-        return sampler_position(sampler, batches_done_this_epoch(trainer))
+        done = batches_done_this_epoch(trainer)
+        position = sampler_position(sampler, done)
+        # an epoch cut short by trainer.limit_train_batches has ended at the limit: saved there (the
+        # end-of-epoch checkpoint), it was read as mid-epoch, and the next epoch of the resumed run
+        # ran only the sampler's batches beyond the limit (2 of 5)
+        limit = trainer.num_training_batches
+        if isinstance(limit, int) and 0 < limit <= done:
+            position["batches"] = done
+        return position
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Lightning calls this before it builds the train loader of a resumed run."""
