@@ -116,3 +116,23 @@ def test_a_logger_that_cannot_start_is_one_line_naming_it(
         build_loggers(cfg)
     line = info.value.one_line()
     assert line.startswith(message.format(file=file)) and "(hint: " in line and "\n" not in line
+
+
+def test_a_resumed_csv_run_keeps_the_rows_it_wrote_before(tmp_path: Path) -> None:
+    """Lightning's CSV writer deletes metrics.csv when it starts: a resumed run kept only the steps
+    after the resume (166 rows became 35)."""
+    import csv
+
+    from tests.conftest import RESUME_RUN, train_run
+
+    run_dir = tmp_path / "run"
+    base = [*RESUME_RUN, "logger=csv", "trainer.max_epochs=1", "eval.resolutions=[32]"]
+    train_run(base, run_dir)
+    path = run_dir / "csv" / "metrics.csv"
+    before = list(csv.DictReader(path.open()))
+    steps = sorted({int(r["step"]) for r in before if r.get("train/loss")})
+    assert steps == [0, 1, 2, 3, 4]
+    train_run([*base[:-2], "trainer.max_epochs=2", "eval.resolutions=[32]", "ckpt_path=last"], run_dir)
+    after = list(csv.DictReader(path.open()))
+    assert after[: len(before)] == [{**row, **{k: "" for k in after[0] if k not in row}} for row in before]
+    assert sorted({int(r["step"]) for r in after if r.get("train/loss")}) == list(range(10))

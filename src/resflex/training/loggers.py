@@ -12,7 +12,7 @@ MLflow        run artifact ``<tag>/step_N.png``    run artifact ``<tag>.md``
 CSV           ``<log_dir>/images/<tag>_step_N.png`` ``<log_dir>/text/<tag>.md``
 ============  ===================================  ==================================
 
-Two thin subclasses adapt Lightning's loggers to resflex's tags:
+Thin subclasses adapt Lightning's loggers to resflex's tags and resumes:
 
 - :class:`TensorBoardLogger` drops Lightning's ``epoch`` scalar: a chart of the
   epoch counter against the step was the first thing SCALARS showed, ahead of
@@ -24,13 +24,17 @@ Two thin subclasses adapt Lightning's loggers to resflex's tags:
   works offline; MLflow 3 refuses its old ``file:`` store unless
   ``MLFLOW_ALLOW_FILE_STORE=true``, which this logger sets when given a
   ``file:`` URI.
+- :class:`ResumableCSVLogger` keeps a resumed run's earlier ``metrics.csv`` rows (Lightning's
+  writer deletes the file when it starts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,40 @@ from matplotlib.figure import Figure
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.loggers import MLFlowLogger as _MLFlowLogger
 from pytorch_lightning.loggers import TensorBoardLogger as _TensorBoardLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger that keeps the rows a resumed run wrote before.
+
+    Why: Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts (with a warning
+    that it will), so ``ckpt_path=last`` left only the rows after the resume: a run stopped at step
+    54 and resumed kept steps 55 onwards. TensorBoard and MLflow keep what was logged; this keeps
+    the file and its header, and new columns are added as the writer adds them (rewriting the
+    file with its rows). A new run never finds a file there: a folder that holds a run is refused.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rows_kept = False
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self.rows_kept:
+            return super().experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        kept = path.read_bytes() if path.is_file() else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            writer = super().experiment
+        self.rows_kept = True
+        if kept is not None and not path.is_file():
+            path.write_bytes(kept)
+            with path.open(newline="") as file:
+                writer.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+        return writer
 
 
 class TensorBoardLogger(_TensorBoardLogger):
