@@ -89,6 +89,7 @@ from resflex.training.results import (
     write_metrics_json,
 )
 from resflex.training.run_record import RunRecord
+from resflex.training.safety import SigtermOutsideLightning
 from resflex.training.selection import apply_monitor
 
 log = logging.getLogger("resflex")
@@ -167,8 +168,20 @@ def completed_record(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -
     return record
 
 
+def interruption_cause(exc: BaseException) -> str:
+    """What stopped a run, for its record: not Lightning's exception names."""
+    return "stopped by SIGTERM" if isinstance(exc, SIGTERMException) else "stopped by Ctrl-C"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment; returns the record also written to ``metrics.json``."""
+    """Run one experiment; returns the record also written to ``metrics.json``. A SIGTERM outside
+    Lightning's calls (the data scan, the calibration after fit) stops it as one inside does."""
+    sigterm = SigtermOutsideLightning()
+    with sigterm.installed():
+        return _train(cfg, sigterm)
+
+
+def _train(cfg: DictConfig, sigterm: SigtermOutsideLightning) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     record = RunRecord(output_dir=str(output_dir))
     if HydraConfig.initialized():
@@ -200,6 +213,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(exc, ResumeRefused):
             raise  # the run folder stays the original run's: its record and its .hydra files
         record.status, record.error = "failed", describe_error(exc)
+        if is_interruption(exc):
+            record.status, record.error = "interrupted", interruption_cause(exc)
         record.wall_time_s = round(time.time() - started, 2)
         if is_global_zero(None) and held_run(output_dir) is not None:
             restore_hydra_files(output_dir)  # a resume refused before work: the run's record stays its own
@@ -229,7 +244,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ckpt_path is not None and Path(ckpt_path).is_file():
             check_resumable(ckpt_path, module)  # another model's checkpoint: one line, not Lightning's page
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            with sigterm.lightning():
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except pickle.UnpicklingError:
             raise DataError(
                 f"refusing to resume from {ckpt_path}: it contains code or Python objects, not just "
@@ -251,14 +267,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if calibrated or datamodule.extra_sizes_after_fit or earlier:
                 # the best checkpoint at every evaluation size (with its per-size statistics): val/* of
                 # metrics.json, the model card's robust range and the val size curve are these
-                trainer.validate(
-                    module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
-                )
+                with sigterm.lightning():
+                    trainer.validate(
+                        module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
+                    )
                 fit_metrics = {**fit_metrics, **collect_metrics(trainer)}
             if cfg.get("test_after_fit") and datamodule.has_split("test"):
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
                 # verbose=False: the end-of-run table replaces Lightning's (a sparse column per size)
-                trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+                with sigterm.lightning():
+                    trainer.test(
+                        module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False
+                    )
     except BaseException as exc:
         record.status = "interrupted" if is_interruption(exc) else "failed"
         batch = getattr(module, "last_batch", None)
@@ -266,7 +286,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         memory = out_of_memory_error(exc, batch, run_hint(cfg, batch, precision))
         record.error = describe_error(memory or exc)
         if is_interruption(exc):  # not Lightning's exception names: what stopped it
-            record.error = "stopped by SIGTERM" if isinstance(exc, SIGTERMException) else "stopped by Ctrl-C"
+            record.error = interruption_cause(exc)
         if memory is not None:  # the batch it was at and the keys that lower it, not the allocator's page
             raise memory from exc
         raise

@@ -334,3 +334,29 @@ def test_a_finished_run_extended_with_a_batch_limit_trains_whole_epochs(tmp_path
     train_run([*RESUME_RUN, "trainer.max_epochs=2", "eval.resolutions=[32]", "ckpt_path=last"], run_dir)
     checkpoint = safe_load(run_dir / "checkpoints" / "last.ckpt", what="checkpoint")
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 10)
+
+
+def test_a_sigterm_after_fit_stops_the_run_as_one_inside_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning handles SIGTERM inside fit/validate/test only: one during the BatchNorm calibration
+    after fit (or the data scan before it) killed the process, with no record, card or resume line."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    import resflex.train as train_module
+    from tests.conftest import RESUME_RUN, train_run
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("the SIGTERM did not stop the run")
+
+    monkeypatch.setattr(train_module, "calibrate_run_checkpoints", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    run_dir, overrides = tmp_path / "run", [*RESUME_RUN, "trainer.max_epochs=1", "eval.resolutions=[24,32]"]
+    with pytest.raises(SIGTERMException):
+        train_run(overrides, run_dir, hydra_files=True)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert (record["status"], record["error"]) == ("interrupted", "stopped by SIGTERM")
+    assert (run_dir / "model_card.md").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is before  # put back

@@ -13,9 +13,13 @@ cut short some other way is a one-line error naming it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +216,43 @@ class BadImageCounter(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._update(trainer)
+
+
+class SigtermOutsideLightning:
+    """SIGTERM as Lightning's ``SIGTERMException`` while Lightning does not handle it itself.
+
+    Why: Lightning's signal handler is installed only inside ``trainer.fit/validate/test``; a SIGTERM
+    before them (the data scan and profile of a large folder) or between them (the BatchNorm
+    calibration after fit) killed the process at once: no record, no model card, no resume command,
+    where Ctrl-C at the same point gets all three. Inside Lightning's calls (:meth:`lightning`) this
+    handler does nothing: Lightning chains the handler it finds to its own, which stops after the
+    current batch and saves (:class:`SaveOnInterrupt`). Installed from the main thread only (a
+    signal handler can be set nowhere else).
+    """
+
+    def __init__(self) -> None:
+        self.inside_lightning = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.inside_lightning:
+            raise SIGTERMException()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    @contextlib.contextmanager
+    def lightning(self) -> Iterator[None]:
+        """Lightning's own handling, for the length of a ``trainer.fit/validate/test`` call."""
+        self.inside_lightning = True
+        try:
+            yield
+        finally:
+            self.inside_lightning = False
