@@ -393,3 +393,17 @@ def test_predict_and_export_without_ckpt_path_are_one_line(tmp_path: Path) -> No
         with pytest.raises(ConfigError, match="ckpt_path is not set") as info:
             task(cfg)
         assert "pass ckpt_path=" in info.value.one_line()
+
+
+def test_a_group_the_command_does_not_have_is_one_line() -> None:
+    """``eval.py pooling=avg``: Hydra's "Could not override 'pooling'. No match in the defaults list",
+    with a hint to append it (+pooling=avg) that adds a node nothing reads."""
+    from resflex.config import check_groups_of_command
+
+    with pytest.raises(ConfigError, match=r"eval.py has no pooling group \(pooling=...\)") as info:
+        check_groups_of_command(["ckpt_path=x", "pooling=avg"], "eval")
+    assert "data" in (info.value.hint or "")
+    with pytest.raises(ConfigError, match="predict.py has no data group"):
+        check_groups_of_command(["ckpt_path=x", "data=imagefolder"], "predict")
+    check_groups_of_command(["ckpt_path=x", "data=imagefolder"], "eval")  # eval takes other data
+    check_groups_of_command(["pooling=avg"], "train")

@@ -6,7 +6,8 @@ the run: ``pooling=foo`` ("Could not find"), ``data.root=~/x`` (a lexer's except
 key (a page suggesting ``+key``), ``model.ema=maybe`` (taken as true), a run folder on a read-only
 disk (Hydra's own ``mkdir``). resflex answers each with one line and a hint, before any work
 starts: :func:`check_override_syntax`, :func:`check_group_choices`, :func:`check_override_keys`
-(with :func:`check_switches`), :func:`check_sweep_has_multirun`, :func:`check_output_folder`.
+(with :func:`check_switches`), :func:`check_groups_of_command`, :func:`check_sweep_has_multirun`,
+:func:`check_output_folder`.
 
 The ``trainer`` group starts from ``trainer/lightning``: every ``pytorch_lightning.Trainer``
 argument with Lightning's own default, read from its signature (:func:`register_trainer_schema`,
@@ -141,6 +142,41 @@ def exit_on_unknown_group_choice(argv: Sequence[str]) -> None:
     except ConfigError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_groups_of_command(argv: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> None:
+    """Raise :class:`ConfigError` for ``group=option`` naming a group this command's config does not
+    compose (``eval.py pooling=avg``, ``predict.py data=imagefolder``). Hydra's answer is "Could not
+    override 'pooling'. No match in the defaults list", with a hint to append it (``+pooling=avg``)
+    that would add a node nothing reads: eval, predict and export build the model from the run's own
+    config. Only for entry points that are not training (training composes every group)."""
+    if config_name == "train":
+        return
+    named = []
+    for arg in argv:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0]
+        if "." not in key and "/" not in key and not key.startswith("hydra") and (config_dir / key).is_dir():
+            named.append(key)
+    if not named:
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, return_hydra_config=True)
+        groups = set(cfg.hydra.runtime.choices)
+    except Exception:  # a problem with the config itself: the command reports it
+        return
+    for key in named:
+        if key not in groups:
+            own = ", ".join(sorted(g for g in groups if not g.startswith("hydra")))
+            raise ConfigError(
+                f"{config_name}.py has no {key} group ({key}=...): it builds the model from the "
+                "checkpoint's run config",
+                hint=f"the groups it has: {own}; its keys: --cfg job",
+            )
 
 
 def check_sweep_has_multirun(argv: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> None:
@@ -426,6 +462,7 @@ def prepare_cli(argv: Sequence[str], config_name: str | None = None) -> None:
     exit_on_unknown_group_choice(argv)
     if config_name is not None:
         try:
+            check_groups_of_command(argv, config_name)
             check_override_keys(argv, config_name)
             check_sweep_has_multirun(argv, config_name)
             check_output_folder(argv, config_name)
