@@ -327,7 +327,11 @@ def test_help_lists_this_commands_groups_with_its_choices(tmp_path: Path) -> Non
     result = run_cli(["pooling=avg", "--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert lines[0] == "resflex train: python scripts/train.py [group=option ...] [key=value ...]"
+    assert lines[0].startswith("resflex: python ")  # the script as typed (run_cli: its full path)
+    assert lines[0].endswith("scripts/train.py [group=option ...] [key=value ...]")
+    # an experiment preset renames task_name (its runs' folder); the help named scripts/<preset>.py
+    preset = run_cli(["experiment=multiscale_pyramid", "--help"], cwd=tmp_path).stdout.splitlines()[0]
+    assert preset == lines[0]
     groups = lines[
         lines.index("== Config groups (* this command's choice) ==") + 1 : lines.index("== Config ==") - 1
     ]

@@ -287,3 +287,12 @@ def test_the_readme_lists_every_group_with_its_options_and_default() -> None:
     for group, (options, bold) in table.items():
         assert options == set(group_options(group)), group
         assert bold == ({defaults[group]} if defaults.get(group) else set()), group
+
+
+def test_every_option_file_starts_by_saying_what_it_does() -> None:
+    """The README: every choice is a file whose first lines say what it does (trainer/cpu and gpu
+    started with their defaults list)."""
+    files = sorted(p for p in CONFIG_DIR.glob("*/**/*.yaml"))
+    assert len(files) > 40
+    silent = [str(p.relative_to(CONFIG_DIR)) for p in files if not p.read_text().startswith("#")]
+    assert not silent, silent

@@ -367,12 +367,24 @@ def config_groups_help(config_dir: Path = CONFIG_DIR) -> str:
     return "\n".join(lines)
 
 
+def command_name() -> str:
+    """How this command was typed, for ``--help``'s first line: ``python scripts/eval.py`` or an entry
+    point (``resflex-eval``). Not ``task_name``, which an experiment preset renames (its runs' folder),
+    nor Hydra's job name (the module, ``evaluate``)."""
+    from resflex.resume_check import launch_command
+
+    return " ".join(launch_command())
+
+
 def register_help_resolver() -> None:
-    """``${resflex.config_groups:}`` in ``configs/hydra/default.yaml``'s help template."""
+    """``${resflex.config_groups:}`` and ``${resflex.command:}`` in ``configs/hydra/default.yaml``'s help
+    template."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("resflex.config_groups"):
         OmegaConf.register_new_resolver("resflex.config_groups", config_groups_help, use_cache=False)
+    if not OmegaConf.has_resolver("resflex.command"):
+        OmegaConf.register_new_resolver("resflex.command", command_name, use_cache=False)
 
 
 #: flags after which a command only prints (its help, its config) and writes no run folder
