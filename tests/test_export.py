@@ -249,3 +249,20 @@ def test_a_vit_check_size_one_patch_high_is_named_as_such_in_torch_export(tmp_pa
         assert "dynamic_img_size" not in str(exc.hint) and not list(tmp_path.iterdir())
     else:
         assert out.is_file()
+
+
+def test_a_second_runs_export_into_one_folder_keeps_the_first_runs_card(tmp_path: Path) -> None:
+    """The card beside an export was always model_card.md: a second run exported into the folder
+    replaced the first's, and model.onnx was then described by the other run's card."""
+    from resflex.export import card_beside
+
+    first, second = tmp_path / "a" / "model_card.md", tmp_path / "b" / "model_card.md"
+    for card, name in ((first, "run_a"), (second, "run_b")):
+        card.parent.mkdir()
+        card.write_text(f"# Model card: {name}\n\nbody\n")
+    out = tmp_path / "export"
+    out.mkdir()
+    assert card_beside(out / "model.onnx", first) == out / "model_card.md"  # nothing there yet
+    (out / "model_card.md").write_text(first.read_text())
+    assert card_beside(out / "model.pt", first) == out / "model_card.md"  # the same run's: rewritten
+    assert card_beside(out / "vit.onnx", second) == out / "vit.model_card.md"

@@ -316,6 +316,19 @@ def check_options(run: Run, check: Any) -> None:
         )
 
 
+def card_beside(output: Path, source: Path) -> Path:
+    """Where the model card goes beside ``output``: ``model_card.md``, unless that is another run's
+    card (two runs exported into one folder): then ``<output stem>.model_card.md``, so neither file
+    is described by the other run's card."""
+    card = output.parent / "model_card.md"
+    if not card.is_file() or card.resolve() == source.resolve():
+        return card
+    first = card.read_text(errors="replace").partition("\n")[0]
+    if first == source.read_text(errors="replace").partition("\n")[0]:  # "# Model card: <run>"
+        return card
+    return output.parent / f"{output.stem}.model_card.md"
+
+
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """The task of ``scripts/export.py``: load, export, check, write the model card beside the file.
 
@@ -353,7 +366,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     card = None
     try:
         source = write_model_card(run.run_dir)
-        card = output.parent / "model_card.md"
+        card = card_beside(output, source)
         if source.resolve() != card.resolve():
             shutil.copyfile(source, card)
     except Exception as exc:  # the export itself is done and checked: a card problem is a warning
