@@ -183,7 +183,8 @@ def test_a_refused_size_names_the_value_given_and_a_list_keys_hint_is_a_list() -
     with pytest.raises(ConfigError) as info:
         RandomResolution(sizes=[32, -1])
     assert info.value.one_line() == (
-        "resolution.sizes must be positive integers, got -1 (hint: e.g. resolution.sizes=[32,64])"
+        "each entry of resolution.sizes must be positive integers, got -1 "
+        "(hint: e.g. resolution.sizes=[32,64])"
     )
     assert parse_size_list([48, [32, 64]], "k") == [(48, 48), (32, 64)] and parse_size_list(40, "k") == [
         (40, 40)

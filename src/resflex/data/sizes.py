@@ -56,8 +56,9 @@ def parse_size_list(value: object, key: str) -> list[Size]:
     for entry in value:
         try:
             sizes.append(parse_size(entry, key))
-        except ConfigError as exc:
-            raise ConfigError(exc.message, hint=f"e.g. {key}=[32,64]") from None
+        except ConfigError as exc:  # the entry's own message, said of an entry of the list
+            message = exc.message.replace(f"{key} must be", f"each entry of {key} must be", 1)
+            raise ConfigError(message, hint=f"e.g. {key}=[32,64]") from None
     return sizes
 
 

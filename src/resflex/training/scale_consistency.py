@@ -269,10 +269,9 @@ class ScaleConsistency:
                 f"model.scale_consistency_factors={factors!r} is invalid: expected factors in (0, 2], not 1",
                 hint="'model.scale_consistency_factors=[0.6]'",
             )
-        checked = [
-            check_value("model.scale_consistency_factors", v, float, _view_factor, "factors in (0, 2], not 1")
-            for v in values
-        ]
+        rule = "each factor in (0, 2] and not 1 (a view at the batch's own size)"
+        key = "model.scale_consistency_factors"
+        checked = [check_value(key, v, float, _view_factor, rule) for v in values]
         prob = check_value(
             "model.scale_consistency_prob", prob, float, lambda v: 0 <= v <= 1, "a probability in [0, 1]"
         )
