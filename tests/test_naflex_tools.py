@@ -239,9 +239,10 @@ def test_eval_seq_lens_on_a_run_that_takes_images_is_one_line() -> None:
 
     cfg = OmegaConf.create({"eval": {"resolutions": [], "seq_lens": [32]}})
     with pytest.raises(ConfigError) as info:
-        eval_seq_lens(cfg, SimpleNamespace(is_naflex=False))  # type: ignore[arg-type]
+        eval_seq_lens(cfg, SimpleNamespace(is_naflex=False, main_size=lambda: (64, 64)))  # type: ignore[arg-type]
     message = str(info.value)
-    assert "eval.seq_lens=[32] is for NaFlex runs" in message and "hint: eval.resolutions" in message
+    assert "eval.seq_lens=[32] is for NaFlex runs" in message
+    assert "hint: eval.resolutions=[32,64,128]" in message
 
 
 # ---- export -----------------------------------------------------------------------------------------
