@@ -451,3 +451,28 @@ def test_a_split_with_other_class_folders_says_which_are_where(tmp_path: Path) -
     assert "val/ has different class folders than train/: lions only in val/; dogs, owls only in train/" in (
         info.value.one_line()
     )
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_stays_an_interruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C mid-write: torch's zip writer fails on the way out with "unexpected pos" (a RuntimeError
+    whose context is the KeyboardInterrupt). Re-raised as such, it hid the interruption: the run was
+    "failed", with two tracebacks, its epoch's checkpoint lost and no resume line."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"weights": torch.ones(3)}, path)
+
+    def interrupted(obj: object, handle) -> None:
+        handle.write(b"x" * 4096)
+        try:
+            raise KeyboardInterrupt
+        finally:  # what the zip writer's cleanup does while the interrupt unwinds
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 4032")
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"weights": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(io.load_checkpoint(path)["weights"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]

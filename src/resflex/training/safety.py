@@ -56,6 +56,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
         except (OSError, RuntimeError) as exc:
+            interrupt = interruption_within(exc)
+            if interrupt is not None:  # Ctrl-C mid-write: torch's zip writer fails on the way out
+                raise interrupt from None  # the interruption, so the run saves on it and says resume
             # a full disk reaches torch's zip writer as "unexpected pos ..." (a RuntimeError): name it
             written = tmp.stat().st_size if tmp.exists() else 0
             tmp.unlink(missing_ok=True)
@@ -79,6 +82,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             location = map_location or "cpu"  # torch.load's; Lightning annotates the argument as a callable
             return super().load_checkpoint(path, map_location=location, weights_only=True)  # type: ignore[arg-type]
         return safe_load(path, what="checkpoint", map_location=map_location or "cpu")
+
+
+def interruption_within(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM ``exc`` was raised while handling, if any: torch's zip writer, stopped by a
+    KeyboardInterrupt mid-write, raises "unexpected pos" on the way out, and that RuntimeError hid the
+    interruption (the run was then "failed", its epoch's checkpoint lost, no resume line)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt | SIGTERMException):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
