@@ -476,3 +476,25 @@ def test_ctrl_c_while_a_checkpoint_is_written_stays_an_interruption(
     monkeypatch.undo()
     assert torch.equal(io.load_checkpoint(path)["weights"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_bad_image_raised_in_a_loader_worker_is_the_same_one_line_error() -> None:
+    """on_bad_image=raise with loader workers: torch rebuilds a worker's exception from its class and
+    one text, and BadImageError took two arguments: a RuntimeError with the worker's traceback (exit 1)."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from resflex.data.bad_images import BadImageError
+
+    class OneBadImage(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            raise BadImageError("/data/cat/cut.png", "image file is truncated")
+
+    with pytest.raises(BadImageError) as info:
+        next(iter(DataLoader(OneBadImage(), num_workers=1)))
+    assert info.value.one_line() == (
+        "cannot read image /data/cat/cut.png: image file is truncated "
+        "(hint: fix or remove the file, or set data.source.on_bad_image=skip)"
+    )

@@ -25,7 +25,16 @@ POLICIES = ("skip", "raise")
 class BadImageError(DataError):
     """An image file that cannot be decoded (empty, truncated, not an image)."""
 
-    def __init__(self, path: str | Path, cause: BaseException | str) -> None:
+    def __init__(self, path: str | Path, cause: BaseException | str | None = None) -> None:
+        if cause is None:
+            # rebuilt in the main process from a loader worker's report: torch (ExceptionWrapper.reraise)
+            # calls the class with one text, the worker's traceback, and without this form fell back to
+            # a RuntimeError with that traceback (on_bad_image=raise with loader workers: exit 1)
+            text, marker = str(path), f"{type(self).__name__}: "
+            original = [line.split(marker, 1)[1] for line in text.splitlines() if marker in line]
+            super().__init__(original[-1] if original else text)
+            self.path = ""
+            return
         detail = first_line(cause)
         super().__init__(
             f"cannot read image {path}: {detail}",
