@@ -532,3 +532,19 @@ def test_class_names_for_another_class_count_are_named_as_such(
         names = run.classes(10)
     assert names == [str(i) for i in range(10)]
     assert "the run's files name 3 classes but the checkpoint classifies 10" in caplog.text
+
+
+def test_native_size_keeps_the_buckets_aspect_for_an_image_larger_than_max_side(tmp_path: Path) -> None:
+    """Each side was clamped to predict.max_side on its own: a 2:1 photo of 4000x2000 ran at 360x512
+    (aspect 1.42), not the bucket's 256x512."""
+    from PIL import Image
+
+    from resflex.predict_plan import plan_batches
+
+    files = []
+    for name, (w, h) in {"large.png": (4000, 2000), "small.png": (96, 48)}.items():
+        Image.new("RGB", (w, h)).save(tmp_path / name)
+        files.append(tmp_path / name)
+    plan = plan_batches(files, "native", 4, "keep_aspect", None, [0.5, 1.0, 2.0], 8, 16, 512)
+    assert plan.sizes[0] == (256, 512)  # long side at max_side, the bucket's 2:1 kept
+    assert plan.sizes[1] == (48, 96)  # below max_side: its own area

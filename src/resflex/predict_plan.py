@@ -236,11 +236,13 @@ def plan_batches(
             framed = partial(framed_shape, schedule, aspect=aspect)
             if size == "native":
                 width, height = sizes[i]
-                side = min(max(math.sqrt(width * height), min_side), max_side)
-                h = side / math.sqrt(aspect)
+                side = max(math.sqrt(width * height), min_side)
+                h, w = side / math.sqrt(aspect), side * math.sqrt(aspect)  # the bucket's aspect
+                scale = min(1.0, max_side / max(h, w))  # the long side within max_side, aspect kept
+                h, w = h * scale, w * scale
                 shape = (
                     min(max(round_to(h, multiple), min_side), max_side),
-                    min(max(round_to(h * aspect, multiple), min_side), max_side),
+                    min(max(round_to(w, multiple), min_side), max_side),
                 )
                 plan.sizes[i] = shape
             elif size == "auto":
