@@ -393,3 +393,23 @@ def test_cut_pieces_keep_the_ddp_padding_last_and_every_rank_the_same_steps() ->
             p.indices for b in started.plan()[2:] for p in cut_batch(b, 2)
         ]
     assert [(b.size, len(b.indices)) for b in plans[0]] == [(b.size, len(b.indices)) for b in plans[1]]
+
+
+def test_a_mid_epoch_resume_on_other_training_data_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Images added or removed between a stop and its resume: the saved step skips into another plan
+    (some images twice, others not at all) without a word."""
+    import logging
+
+    from resflex.data.sampler import resume_position, sampler_position
+
+    schedule = RandomResolution(sizes=[16, 32], seed=3)
+    started = ResolutionBatchSampler(180, 8, schedule, seed=1, training=True)
+    saved = sampler_position(started, done=5)
+    with caplog.at_level(logging.WARNING, logger="resflex"):
+        resume_position(ResolutionBatchSampler(180, 8, schedule, seed=1, training=True), saved)
+        assert "other training data" not in caplog.text  # the same data: nothing to say
+        resume_position(ResolutionBatchSampler(199, 8, schedule, seed=1, training=True), saved)
+    assert (
+        "resumed mid-epoch on other training data: epoch 0 had 22 batches at the checkpoint and has 24"
+        in (caplog.text)
+    )

@@ -422,6 +422,16 @@ def resume_position(sampler: ResolutionBatchSampler, state: Mapping[str, Any]) -
                 f"keeps its images and sizes, each batch in {pieces}" if pieces > 1 else "keeps its batches",
                 now,
             )
+        elif "batches" in state and sampler.num_batches(epoch) != int(state["batches"]):
+            # the same batch budget, another epoch length: the images changed (added, removed)
+            log.warning(
+                "resumed mid-epoch on other training data: epoch %d had %d batches at the checkpoint and "
+                "has %d now, so the rest of it is another plan (some images of this epoch are seen twice, "
+                "others not at all); the next epochs cover the data as it is now",
+                epoch,
+                int(state["batches"]),
+                sampler.num_batches(epoch),
+            )
     sampler.set_epoch(epoch)
     sampler.set_start_step(step)
     log.info("train sampler resumes at epoch %d, step %d", epoch, step)
