@@ -386,3 +386,22 @@ def test_an_unreadable_image_is_replaced_by_the_next_one_with_skip_and_stops_wit
     assert image[:, 0, 0].tolist() == [200, 30, 60]
     with pytest.raises(BadImageError, match="img1.jpg"):
         SizedDataset(base, EvalTransform(), bad_images=BadImagePolicy("raise"))[(1, 4, 6)]
+
+
+def test_files_the_scan_leaves_out_for_their_extension_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A readable .jfif or .pbm in a class folder was not trained on, and nothing said so."""
+    import logging
+
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "images", splits=("train", "val"))
+    Image.new("RGB", (20, 20)).save(root / "train" / "owls" / "photo.jfif", format="JPEG")
+    Image.new("1", (20, 20)).save(root / "train" / "owls" / "scan.pbm")
+    (root / "train" / "owls" / ".DS_Store").write_bytes(b"")  # hidden: not the user's images
+    with caplog.at_level(logging.WARNING, logger="resflex"):
+        source = ImageFolderSource(str(root))
+    assert len(source.splits["train"]) == 18
+    assert "2 file(s) in the class folders of" in caplog.text and "photo.jfif, scan.pbm" in caplog.text
+    assert ".DS_Store" not in caplog.text

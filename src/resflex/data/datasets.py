@@ -118,6 +118,30 @@ class SyntheticSource(ImageSource):
         self.classes = SyntheticShapes.classes
 
 
+def warn_files_left_out(path: Path, folder: DatasetFolder, key: str) -> None:
+    """Warn about files in the class folders that the scan left out for their extension: a readable
+    ``.jfif`` or ``.pbm`` was not trained on, and nothing said so (``predict.py`` counts them)."""
+    listed = {Path(p) for p, _ in folder.samples}
+    left_out = sorted(
+        f
+        for name in folder.classes
+        for f in (path / name).rglob("*")
+        if f.is_file() and not f.name.startswith(".") and f not in listed
+    )
+    if left_out:
+        examples = ", ".join(f.name for f in left_out[:3])
+        log.warning(
+            "%s: %d file(s) in the class folders of %s left out, not named as images (%s%s); image files "
+            "end in %s",
+            key,
+            len(left_out),
+            path,
+            examples,
+            ", ..." if len(left_out) > 3 else "",
+            ", ".join(IMAGE_EXTENSIONS),
+        )
+
+
 def _scan_folder(
     path: Path, key: str, policy: BadImagePolicy | None = None, decoder: str = "pil"
 ) -> DatasetFolder:
@@ -144,6 +168,7 @@ def _scan_folder(
             f"(image files end in {', '.join(IMAGE_EXTENSIONS)})",
             hint="add images or remove the folder: each folder under it is a class",
         )
+    warn_files_left_out(path, folder, key)
     policy = policy or BadImagePolicy("skip")
     kept = []
     for sample in folder.samples:
