@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -74,15 +74,24 @@ def interruption_as_one_line(what: str) -> Iterator[None]:
         raise SystemExit(130) from None
 
 
-def find_user_error(exc: BaseException | None) -> ResflexError | None:
-    """Walk ``__cause__`` / ``__context__`` to find the first :class:`ResflexError`."""
+def find_in_chain(
+    exc: BaseException | None, matches: Callable[[BaseException], bool]
+) -> BaseException | None:
+    """The first exception in ``exc``'s chain (itself, then ``__cause__``, else ``__context__``) that
+    ``matches``, or None; a cycle in the chain ends the walk."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, ResflexError):
+        if matches(exc):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def find_user_error(exc: BaseException | None) -> ResflexError | None:
+    """The first :class:`ResflexError` in ``exc``'s chain."""
+    found = find_in_chain(exc, lambda e: isinstance(e, ResflexError))
+    return found if isinstance(found, ResflexError) else None
 
 
 def first_line(exc: BaseException | str) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from resflex.errors import ConfigError
+from resflex.errors import ConfigError, find_in_chain
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -139,15 +139,13 @@ def out_of_memory_cause(error: BaseException | None) -> BaseException | None:
     """The allocator's failure in ``error``'s chain (``__cause__``/``__context__``), or None: CUDA's
     ``torch.OutOfMemoryError``, the CPU's and MPS's RuntimeError, or a loader worker the system killed
     (``... exited unexpectedly``, raised from ``... is killed by signal: Killed``)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, torch.OutOfMemoryError) or (
-            isinstance(error, RuntimeError) and any(words in str(error) for words in ALLOCATION_FAILURES)
-        ):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+    return find_in_chain(
+        error,
+        lambda e: (
+            isinstance(e, torch.OutOfMemoryError)
+            or (isinstance(e, RuntimeError) and any(words in str(e) for words in ALLOCATION_FAILURES))
+        ),
+    )
 
 
 def release_memory() -> None:

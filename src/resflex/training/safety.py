@@ -29,7 +29,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from resflex.errors import DataError, ResflexError
+from resflex.errors import DataError, ResflexError, find_in_chain
 from resflex.models.checkpoint import safe_load
 from resflex.training.run_record import FillsRunRecord
 
@@ -88,14 +88,7 @@ def interruption_within(exc: BaseException) -> BaseException | None:
     """The Ctrl-C or SIGTERM ``exc`` was raised while handling, if any: torch's zip writer, stopped by a
     KeyboardInterrupt mid-write, raises "unexpected pos" on the way out, and that RuntimeError hid the
     interruption (the run was then "failed", its epoch's checkpoint lost, no resume line)."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt | SIGTERMException):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__context__
-    return None
+    return find_in_chain(exc, lambda e: isinstance(e, KeyboardInterrupt | SIGTERMException))
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
